@@ -1,0 +1,145 @@
+"""The device role: inference-only forward passes, pivot activations, Δ, local prediction.
+
+The device holds the data, the labels and the frozen backbone. It never runs autograd
+and keeps no optimizer state: per sample it uploads one opaque random id, the pivot
+activation of each selected layer and Δ = onehot(y) - softmax(z_b), where z_b are the
+backbone's logits for the label words at the pivot (the last prompt token).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from protocol.backbone import Backbone
+from protocol.channel import Channel
+from protocol.errors import UserInputError
+from protocol.messages import SAMPLE_ID_BYTES, Upload
+from protocol.side_network import AdditiveSideNetwork
+from protocol.tasks import Example, TaskSpec
+
+PAYLOAD_DTYPES = {"float16": np.float16, "float32": np.float32}
+MAX_PROMPT_TOKENS = 256
+
+
+@dataclass
+class PivotBatch:
+    """What one inference pass yields for a batch of prompts."""
+
+    activations: torch.Tensor  # (n, len(layers), d), float32, rounded to the payload dtype
+    label_logits: torch.Tensor  # (n, C): z_b
+
+
+def new_sample_ids(n: int) -> np.ndarray:
+    """Opaque random ids (never derived from content)."""
+    return np.frombuffer(secrets.token_bytes(n * SAMPLE_ID_BYTES), dtype=np.uint8).reshape(n, SAMPLE_ID_BYTES).copy()
+
+
+def prediction_difference(label_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Δ = onehot(y) - softmax(z_b)."""
+    onehot = torch.nn.functional.one_hot(labels, label_logits.shape[-1]).float()
+    return onehot - torch.softmax(label_logits.float(), dim=-1)
+
+
+def encode_prompts(backbone: Backbone, task: TaskSpec, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded token ids and attention mask of the prompts, on the backbone's device."""
+    tokenizer = backbone.tokenizer
+    # Truncate from the left so the pivot (end of the prompt) always survives.
+    tokenizer.truncation_side = "left"
+    return tokenizer([task.prompt(t) for t in texts], return_tensors="pt", padding=True,
+                     truncation=True, max_length=MAX_PROMPT_TOKENS).to(backbone.device)
+
+
+def pivot_outputs(backbone: Backbone, task: TaskSpec, texts: list[str], layers: tuple[int, ...],
+                  label_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pivot hidden states of `layers` (n, len(layers), d) and label-word logits z_b (n, C).
+
+    Runs under whatever autograd mode the caller chose (inference on the device,
+    gradients for the local LoRA baseline).
+    """
+    encoded = encode_prompts(backbone, task, texts)
+    # The base model skips the vocabulary projection of every position; the head is
+    # applied at the pivot only, which keeps memory bounded.
+    out = backbone.model.base_model(**encoded, output_hidden_states=True)
+    pivot = encoded["attention_mask"].sum(dim=1) - 1
+    rows = torch.arange(len(texts), device=pivot.device)
+    states = torch.stack([out.hidden_states[i][rows, pivot] for i in layers], dim=1)
+    head = backbone.model.get_output_embeddings()
+    label_logits = head(out.hidden_states[-1][rows, pivot])[:, label_ids]
+    return states, label_logits
+
+
+class DeviceRole:
+    """Runs the frozen backbone on the device's own data."""
+
+    def __init__(self, backbone: Backbone, task: TaskSpec, layers: tuple[int, ...] | None = None,
+                 payload_dtype: str = "float16", batch_size: int = 16, progress: bool = True) -> None:
+        if payload_dtype not in PAYLOAD_DTYPES:
+            raise UserInputError(f"payload dtype {payload_dtype!r} not in {sorted(PAYLOAD_DTYPES)}")
+        if batch_size < 1:
+            raise UserInputError("batch size must be at least 1")
+        self.backbone = backbone
+        self.task = task
+        self.layers = layers or tuple(range(1, backbone.n_layers + 1))
+        bad = [i for i in self.layers if not 1 <= i <= backbone.n_layers]
+        if bad or len(set(self.layers)) != len(self.layers):
+            raise UserInputError(f"layers {list(self.layers)} must be distinct and within 1..{backbone.n_layers}")
+        self.label_ids = backbone.label_token_ids(task.label_words)
+        self.payload_dtype = payload_dtype
+        self.batch_size = batch_size
+        self.progress = progress
+        self.forward_samples = 0
+        self.forward_seconds = 0.0
+
+    def forward(self, texts: list[str]) -> PivotBatch:
+        """One inference-only pass over a batch of texts."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            states, label_logits = pivot_outputs(self.backbone, self.task, texts, self.layers, self.label_ids)
+        rounded = states.to(torch.float16).float() if self.payload_dtype == "float16" else states.float()
+        self.forward_samples += len(texts)
+        self.forward_seconds += time.perf_counter() - start
+        return PivotBatch(activations=rounded.cpu(), label_logits=label_logits.float().cpu())
+
+    def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
+        """Forward passes over `examples`, batch by batch, with a progress bar."""
+        chunks = [examples[i:i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
+        for chunk in tqdm(chunks, desc=description, unit="batch", disable=not self.progress, leave=False):
+            yield chunk, self.forward([e.text for e in chunk])
+
+    def make_upload(self, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray) -> Upload:
+        """The message for one batch: ids, pivot activations and Δ (labels stay here)."""
+        labels = torch.tensor([e.label for e in chunk])
+        delta = prediction_difference(pivots.label_logits, labels)
+        return Upload(sample_ids=sample_ids,
+                      activations=pivots.activations.numpy().astype(PAYLOAD_DTYPES[self.payload_dtype]),
+                      delta=delta.numpy().astype(np.float32), layers=self.layers)
+
+    def upload(self, channel: Channel, examples: list[Example]) -> np.ndarray:
+        """Epoch 1: forward every example once and upload it; return the sample ids used."""
+        all_ids = []
+        for chunk, pivots in self.batches(examples, "device forward + upload"):
+            ids = new_sample_ids(len(chunk))
+            channel.request(self.make_upload(chunk, pivots, ids))
+            all_ids.append(ids)
+        return np.concatenate(all_ids)
+
+    def scores(self, examples: list[Example], side: AdditiveSideNetwork | None) -> tuple[np.ndarray, np.ndarray]:
+        """(p_b, p_b + g_φ(A)) per example, computed locally with no traffic."""
+        backbone_probs, combined = [], []
+        for _, pivots in self.batches(examples, "device predict"):
+            probs = torch.softmax(pivots.label_logits, dim=-1)
+            extra = torch.zeros_like(probs)
+            if side is not None:
+                side.eval()
+                with torch.inference_mode():
+                    extra = side(pivots.activations)
+            backbone_probs.append(probs.numpy())
+            combined.append((probs + extra).numpy())
+        return np.concatenate(backbone_probs), np.concatenate(combined)

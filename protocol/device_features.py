@@ -1,0 +1,61 @@
+"""The device's own cache of its forward passes over a dataset.
+
+Sweeps, audits and benchmarks apply many mechanisms and attacks to the same device
+outputs; the inference pass is the expensive part (~14 samples/s for SmolLM2 on two
+CPU cores), so the device keeps pivot activations and label logits for a dataset on
+its own disk, keyed by a digest of everything they depend on. The file is safetensors
+(no code runs on load) and is checked against the key and shapes when read. This is
+device-side state: it never goes to the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from protocol.backbone import cache_root
+from protocol.codec import decode, encode
+from protocol.device import DeviceRole, PivotBatch
+from protocol.errors import ProtocolError
+from protocol.files import write_atomic
+from protocol.tasks import Example
+
+_FORMAT = "device-features/1"
+
+
+def _key(device: DeviceRole, examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    spec = {"format": _FORMAT, "backbone": device.backbone.name, "task": asdict(device.task),
+            "layers": list(device.layers), "payload_dtype": device.payload_dtype}
+    digest.update(json.dumps(spec, sort_keys=True).encode())
+    for example in examples:
+        digest.update(example.text.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def encode_dataset(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> PivotBatch:
+    """Pivot activations and label logits for every example, from the cache when possible."""
+    key = _key(device, examples)
+    path = cache_root() / "device-features" / f"{key}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            tensors, metadata = decode(path.read_bytes())
+            acts, logits = tensors["activations"], tensors["label_logits"]
+            if metadata.get("key") == key and acts.shape[0] == logits.shape[0] == len(examples):
+                return PivotBatch(activations=torch.from_numpy(acts.astype(np.float32)),
+                                  label_logits=torch.from_numpy(logits))
+        except (ProtocolError, KeyError):
+            pass  # a damaged cache file is recomputed, never trusted
+    parts = [pivots for _, pivots in device.batches(examples, "device forward")]
+    result = PivotBatch(activations=torch.cat([p.activations for p in parts]),
+                        label_logits=torch.cat([p.label_logits for p in parts]))
+    if use_cache:
+        dtype = np.float16 if device.payload_dtype == "float16" else np.float32
+        write_atomic(path, encode({"activations": result.activations.numpy().astype(dtype),
+                                   "label_logits": result.label_logits.numpy().astype(np.float32)},
+                                  {"key": key}))
+    return result

@@ -1,0 +1,275 @@
+"""Typed protocol messages and their validated wire form.
+
+A message is a frozen dataclass with a `TYPE` name; `encode_message` turns it into a
+safetensors blob whose metadata carries the type, the protocol version and a small
+JSON object of scalar fields. `decode_message` rejects unknown versions and types,
+missing or extra fields, wrong dtypes or shapes, and NaN/inf where not allowed,
+before any state is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+import numpy as np
+
+from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocol.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+SAMPLE_ID_BYTES = 16
+
+
+def _tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], ndim: int,
+            finite: bool = False) -> np.ndarray:
+    if name not in tensors:
+        raise ProtocolError(f"missing tensor {name!r}")
+    value = tensors[name]
+    if value.dtype.name not in dtypes:
+        raise ProtocolError(f"tensor {name!r} has dtype {value.dtype.name}, expected {dtypes}")
+    if value.ndim != ndim:
+        raise ProtocolError(f"tensor {name!r} has {value.ndim} dims, expected {ndim}")
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ProtocolError(f"tensor {name!r} contains NaN or inf")
+    return value
+
+
+def _exact_keys(kind: str, found: set[str], expected: set[str]) -> None:
+    if found != expected:
+        raise ProtocolError(f"{kind}: fields {sorted(found)} differ from expected {sorted(expected)}")
+
+
+def _int_field(meta: dict[str, object], name: str, low: int = 0) -> int:
+    value = meta.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ProtocolError(f"field {name!r} must be an integer >= {low}")
+    return value
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base class: subclasses name their TYPE and map themselves to tensors + scalars."""
+
+    TYPE: ClassVar[str] = ""
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """Tensor fields and JSON-able scalar fields."""
+        return {}, {}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Message":
+        """Rebuild and validate; raise ProtocolError on anything unexpected."""
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), set())
+        return cls()
+
+
+def _check_ids(ids: np.ndarray) -> None:
+    if ids.ndim != 2 or ids.shape[1] != SAMPLE_ID_BYTES or ids.dtype != np.uint8:
+        raise ProtocolError(f"sample_ids must be uint8 of shape (n, {SAMPLE_ID_BYTES})")
+
+
+@dataclass(frozen=True)
+class Upload(Message):
+    """PAE upload: per-sample pivot activations of the listed layers and the signal Δ."""
+
+    TYPE: ClassVar[str] = "upload"
+    sample_ids: np.ndarray  # uint8 (n, 16): opaque random ids
+    activations: np.ndarray  # float16/float32 (n, len(layers), d)
+    delta: np.ndarray  # float32 (n, C)
+    layers: tuple[int, ...]
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return ({"sample_ids": self.sample_ids, "activations": self.activations, "delta": self.delta},
+                {"layers": list(self.layers)})
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Upload":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"sample_ids", "activations", "delta", "layers"})
+        ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
+        _check_ids(ids)
+        acts = _tensor(tensors, "activations", ("float16", "float32"), 3, finite=True)
+        delta = _tensor(tensors, "delta", ("float32",), 2, finite=True)
+        layers = meta["layers"]
+        if not isinstance(layers, list) or not all(isinstance(i, int) and i >= 1 for i in layers):
+            raise ProtocolError("field 'layers' must be a list of layer numbers >= 1")
+        if acts.shape[0] != ids.shape[0] or delta.shape[0] != ids.shape[0] or acts.shape[1] != len(layers):
+            raise ProtocolError(
+                f"inconsistent shapes: ids {ids.shape}, activations {acts.shape}, delta {delta.shape}, "
+                f"{len(layers)} layers"
+            )
+        return cls(sample_ids=ids, activations=acts, delta=delta, layers=tuple(layers))
+
+
+@dataclass(frozen=True)
+class FullUpload(Message):
+    """MobiLLM-style upload: activations of every token at every layer, plus labels."""
+
+    TYPE: ClassVar[str] = "full_upload"
+    sample_ids: np.ndarray  # uint8 (n, 16)
+    activations: np.ndarray  # float16/float32 (n, L, T, d)
+    attention_mask: np.ndarray  # uint8 (n, T)
+    labels: np.ndarray  # int64 (n,)
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return ({"sample_ids": self.sample_ids, "activations": self.activations,
+                 "attention_mask": self.attention_mask, "labels": self.labels}, {})
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "FullUpload":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta),
+                    {"sample_ids", "activations", "attention_mask", "labels"})
+        ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
+        _check_ids(ids)
+        acts = _tensor(tensors, "activations", ("float16", "float32"), 4, finite=True)
+        mask = _tensor(tensors, "attention_mask", ("uint8",), 2)
+        labels = _tensor(tensors, "labels", ("int64",), 1)
+        n = ids.shape[0]
+        if acts.shape[0] != n or mask.shape != (n, acts.shape[2]) or labels.shape != (n,):
+            raise ProtocolError(f"inconsistent shapes: activations {acts.shape}, mask {mask.shape}")
+        return cls(sample_ids=ids, activations=acts, attention_mask=mask, labels=labels)
+
+
+@dataclass(frozen=True)
+class UploadAck(Message):
+    """Server reply to an upload: how many samples were new and how many were repeats."""
+
+    TYPE: ClassVar[str] = "upload_ack"
+    stored: int
+    duplicates: int
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"stored": self.stored, "duplicates": self.duplicates}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "UploadAck":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"stored", "duplicates"})
+        return cls(stored=_int_field(meta, "stored"), duplicates=_int_field(meta, "duplicates"))
+
+
+@dataclass(frozen=True)
+class TrainRequest(Message):
+    """Ask the server to run `epochs` more epochs over its cache (no device work)."""
+
+    TYPE: ClassVar[str] = "train_request"
+    epochs: int
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"epochs": self.epochs}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "TrainRequest":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"epochs"})
+        return cls(epochs=_int_field(meta, "epochs", low=1))
+
+
+@dataclass(frozen=True)
+class TrainReport(Message):
+    """Server reply after training: epochs run so far, samples seen, last epoch's loss."""
+
+    TYPE: ClassVar[str] = "train_report"
+    epochs_done: int
+    samples: int
+    loss: float
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"epochs_done": self.epochs_done, "samples": self.samples, "loss": self.loss}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "TrainReport":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"epochs_done", "samples", "loss"})
+        loss = meta["loss"]
+        if not isinstance(loss, (int, float)) or not np.isfinite(loss):
+            raise ProtocolError("field 'loss' must be a finite number")
+        return cls(epochs_done=_int_field(meta, "epochs_done"), samples=_int_field(meta, "samples"),
+                   loss=float(loss))
+
+
+@dataclass(frozen=True)
+class FetchWeights(Message):
+    """Ask for the trained side network φ."""
+
+    TYPE: ClassVar[str] = "fetch_weights"
+
+
+@dataclass(frozen=True)
+class SideWeights(Message):
+    """The side network φ: its state dict and the hyper-parameters to rebuild it."""
+
+    TYPE: ClassVar[str] = "side_weights"
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    architecture: dict[str, object] = field(default_factory=dict)
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return dict(self.state), {"architecture": self.architecture}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "SideWeights":
+        if set(meta) != {"architecture"} or not isinstance(meta["architecture"], dict):
+            raise ProtocolError("side_weights: expected exactly the field 'architecture'")
+        for name in tensors:
+            _tensor(tensors, name, ("float32",), tensors[name].ndim, finite=True)
+        return cls(state=dict(tensors), architecture=dict(meta["architecture"]))
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """Sent back when a request violates the protocol; the sender should give up."""
+
+    TYPE: ClassVar[str] = "error"
+    reason: str
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"reason": self.reason}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "ErrorReply":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"reason"})
+        if not isinstance(meta["reason"], str):
+            raise ProtocolError("field 'reason' must be a string")
+        return cls(reason=meta["reason"])
+
+
+# The one list of message types.
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Upload, FullUpload, UploadAck, TrainRequest, TrainReport, FetchWeights,
+                SideWeights, ErrorReply)
+}
+
+
+def encode_message(message: Message) -> bytes:
+    """The wire form of a message."""
+    tensors, scalars = message.parts()
+    metadata = {"type": message.TYPE, "version": str(PROTOCOL_VERSION), "fields": json.dumps(scalars)}
+    return encode(tensors, metadata)
+
+
+def decode_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
+    """Parse and validate a wire message; raise ProtocolError on anything unexpected."""
+    tensors, metadata = decode(data, max_bytes)
+    if set(metadata) != {"type", "version", "fields"}:
+        raise ProtocolError(f"unexpected message metadata keys {sorted(metadata)}")
+    if metadata["version"] != str(PROTOCOL_VERSION):
+        raise ProtocolError(f"unsupported protocol version {metadata['version']!r}")
+    cls = MESSAGE_TYPES.get(metadata["type"])
+    if cls is None:
+        raise ProtocolError(f"unknown message type {metadata['type']!r}")
+    try:
+        scalars = json.loads(metadata["fields"])
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"fields are not JSON: {exc.msg}") from exc
+    if not isinstance(scalars, dict):
+        raise ProtocolError("fields must be a JSON object")
+    return cls.from_parts(tensors, scalars)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def expect(reply: Message, kind: type[M]) -> M:
+    """`reply` as the expected type; any other reply is a protocol violation."""
+    if not isinstance(reply, kind):
+        raise ProtocolError(f"expected a {kind.TYPE!r} reply, got {reply.TYPE!r}")
+    return reply

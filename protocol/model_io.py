@@ -1,0 +1,82 @@
+"""A deployable fine-tuned model: a reference to the public backbone plus φ.
+
+Saved as one safetensors file whose metadata names the backbone, the task, the
+layers and payload dtype the side network reads, and a SHA-256 over every tensor;
+loading recomputes the digest and refuses a file that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError, UserInputError
+from protocol.files import write_atomic
+from protocol.side_network import AdditiveSideNetwork, network_from_arrays, state_arrays
+from protocol.tasks import TaskSpec
+
+FORMAT = "secure-assist-finetuned/1"
+
+
+@dataclass
+class FineTunedModel:
+    """Everything the device needs to predict locally with backbone + φ."""
+
+    backbone: str
+    task: TaskSpec
+    layers: tuple[int, ...]
+    payload_dtype: str
+    side_network: AdditiveSideNetwork
+
+
+def _digest(state: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        array = np.ascontiguousarray(state[name])
+        digest.update(name.encode() + b"\0" + str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def save_finetuned(path: Path | str, model: FineTunedModel) -> None:
+    """Write the model file atomically."""
+    state = state_arrays(model.side_network)
+    task = asdict(model.task)
+    metadata = {
+        "format": FORMAT,
+        "backbone": model.backbone,
+        "task": json.dumps({**task, "label_words": list(task["label_words"]), "labels": list(task["labels"])}),
+        "layers": json.dumps(list(model.layers)),
+        "payload_dtype": model.payload_dtype,
+        "architecture": json.dumps(asdict(model.side_network.shape)),
+        "sha256": _digest(state),
+    }
+    write_atomic(Path(path), encode(state, metadata))
+
+
+def load_finetuned(path: Path | str) -> FineTunedModel:
+    """Read and verify a model file written by `save_finetuned`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"model file {path} does not exist")
+    try:
+        state, metadata = decode(path.read_bytes())
+        if metadata.get("format") != FORMAT:
+            raise UserInputError(f"{path} is not a secure-assist fine-tuned model ({FORMAT})")
+        if _digest(state) != metadata.get("sha256"):
+            raise UserInputError(f"{path} failed its integrity check (SHA-256 mismatch): the file is corrupt")
+        task = json.loads(metadata["task"])
+        return FineTunedModel(
+            backbone=metadata["backbone"],
+            task=TaskSpec(**{**task, "label_words": tuple(task["label_words"]), "labels": tuple(task["labels"])}),
+            layers=tuple(json.loads(metadata["layers"])),
+            payload_dtype=metadata["payload_dtype"],
+            side_network=network_from_arrays(state, json.loads(metadata["architecture"])),
+        )
+    except (ProtocolError, KeyError, ValueError, TypeError) as exc:
+        raise UserInputError(f"{path} is not a valid fine-tuned model: {exc}") from exc

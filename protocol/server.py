@@ -1,0 +1,150 @@
+"""The server role: cache uploads, train the side network on Δ, serve φ.
+
+The server holds the side network, its optimizer and the activation cache, and no
+device secret. Epoch 1 trains on each upload as it arrives; later epochs run from
+the cache alone, with zero device work and zero traffic. Every message in and out
+is recorded in the server's view (`protocol.transcript`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protocol.cache import ActivationCache
+from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocol.errors import ProtocolError
+from protocol.files import write_atomic
+from protocol.endpoint import RecordingEndpoint
+from protocol.messages import FetchWeights, Message, SideWeights, TrainReport, TrainRequest, Upload, UploadAck
+from protocol.side_network import AdditiveSideNetwork, SideNetworkShape, network_from_arrays, state_arrays
+from protocol.transcript import CACHE_FILE, SIDE_NETWORK_FILE
+
+
+@dataclass(frozen=True)
+class ServerTraining:
+    """Side-network hyper-parameters (server side)."""
+
+    rank: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    dropout: float = 0.0
+    seed: int = 0
+
+
+class SideTuningServer(RecordingEndpoint):
+    """PAE server for one device; its work directory is its whole view."""
+
+    def __init__(self, workdir: Path | str, training: ServerTraining = ServerTraining(),
+                 max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__(workdir, max_message_bytes)
+        self.training = training
+        self.cache = ActivationCache(self.workdir / CACHE_FILE)
+        self.network: AdditiveSideNetwork | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.layers: tuple[int, ...] | None = None
+        self.epochs_done = 0
+        self._generator = torch.Generator().manual_seed(training.seed)
+        self._restore_checkpoint()
+
+    def close(self) -> None:
+        """Release the cache and transcript files."""
+        self.cache.close()
+        super().close()
+
+    def handle(self, message: Message) -> Message:
+        """Dispatch one decoded request."""
+        if isinstance(message, Upload):
+            return self._on_upload(message)
+        if isinstance(message, TrainRequest):
+            return self._on_train(message.epochs)
+        if isinstance(message, FetchWeights):
+            return self._weights_message()
+        return super().handle(message)
+
+    def _ensure_network(self, upload: Upload) -> None:
+        shape = SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
+                                 rank=self.training.rank, n_classes=upload.delta.shape[1])
+        if self.network is None:
+            torch.manual_seed(self.training.seed)
+            self.network = AdditiveSideNetwork(shape, self.training.dropout)
+            # The first upload fixes the input standardization (see side_network's docstring).
+            self.network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
+            self.layers = upload.layers
+            self._make_optimizer()
+        elif shape != self.network.shape or upload.layers != self.layers:
+            raise ProtocolError(
+                f"upload shape {shape} / layers {upload.layers} differ from earlier uploads "
+                f"({self.network.shape} / {self.layers})"
+            )
+
+    def _make_optimizer(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.training.learning_rate,
+                                           weight_decay=self.training.weight_decay)
+
+    def _on_upload(self, upload: Upload) -> UploadAck:
+        self._ensure_network(upload)
+        new = self.cache.put_many(upload.sample_ids, upload.activations, upload.delta)
+        if new.any():
+            # Epoch 1 consumes uploads as they arrive; a resent sample is not trained on twice.
+            self._step(torch.from_numpy(upload.activations[new].astype(np.float32)),
+                       torch.from_numpy(upload.delta[new]))
+        return UploadAck(stored=int(new.sum()), duplicates=int((~new).sum()))
+
+    def _step(self, activations: torch.Tensor, delta: torch.Tensor) -> float:
+        self.network.train()
+        self.optimizer.zero_grad()
+        loss = nn.functional.mse_loss(self.network(activations), delta)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _on_train(self, epochs: int) -> TrainReport:
+        if self.network is None:
+            raise ProtocolError("nothing to train on: no upload received yet")
+        if self.epochs_done == 0:
+            self.epochs_done = 1  # the streaming pass over uploads was epoch 1
+        _, acts, delta = self.cache.load_all()
+        activations, targets = torch.from_numpy(acts.astype(np.float32)), torch.from_numpy(delta)
+        loss = 0.0
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=self._generator)
+            losses = [self._step(activations[batch], targets[batch])
+                      for batch in order.split(self.training.batch_size)]
+            loss = float(np.mean(losses))
+            self.epochs_done += 1
+            self._save_checkpoint()
+        return TrainReport(epochs_done=self.epochs_done, samples=len(targets), loss=loss)
+
+    def _weights_message(self) -> SideWeights:
+        if self.network is None:
+            raise ProtocolError("no side network yet: upload first")
+        return SideWeights(state=state_arrays(self.network), architecture=self._architecture())
+
+    def _architecture(self) -> dict[str, object]:
+        return asdict(self.network.shape)
+
+    def _save_checkpoint(self) -> None:
+        metadata = {"architecture": json.dumps(self._architecture()), "layers": json.dumps(list(self.layers)),
+                    "epochs_done": str(self.epochs_done)}
+        write_atomic(self.workdir / SIDE_NETWORK_FILE, encode(state_arrays(self.network), metadata))
+
+    def _restore_checkpoint(self) -> None:
+        path = self.workdir / SIDE_NETWORK_FILE
+        if not path.is_file():
+            return
+        state, metadata = decode(path.read_bytes())
+        try:
+            architecture = json.loads(metadata["architecture"])
+            self.layers = tuple(json.loads(metadata["layers"]))
+            self.epochs_done = int(metadata["epochs_done"])
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError(f"corrupt side-network checkpoint {path}: {exc}") from exc
+        self.network = network_from_arrays(state, architecture)
+        self._make_optimizer()

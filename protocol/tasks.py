@@ -1,0 +1,162 @@
+"""Classification tasks: prompt template, label words (verbalizer) and labelled data.
+
+SST-2 (GLUE) is embedded in the package. Users bring their own TSV, CSV or JSONL
+file with a text column and a label column; every malformed row is reported with
+its file and line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from protocol.errors import UserInputError
+
+# Protects the loader from a pathological file (one row should never be this large).
+MAX_TEXT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a text becomes a prompt and how labels map to label words."""
+
+    name: str
+    template: str
+    label_words: tuple[str, ...]
+    labels: tuple[str, ...]
+    text_column: str = "sentence"
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        if "{text}" not in self.template:
+            raise UserInputError(f"prompt template {self.template!r} lacks the '{{text}}' slot")
+        if len(self.label_words) < 2 or len(self.label_words) != len(self.labels):
+            raise UserInputError(
+                f"task {self.name!r}: need one label word per label and at least two labels "
+                f"(labels {self.labels!r}, label words {self.label_words!r})"
+            )
+        if len(set(self.labels)) != len(self.labels):
+            raise UserInputError(f"task {self.name!r}: repeated labels {self.labels!r}")
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes C."""
+        return len(self.labels)
+
+    def prompt(self, text: str) -> str:
+        """The prompt whose last token is the pivot."""
+        return self.template.replace("{text}", text)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text; `label` is the class index into `TaskSpec.labels`."""
+
+    text: str
+    label: int
+
+
+SST2 = TaskSpec(
+    name="sst2",
+    template="Review: {text}\nSentiment:",
+    label_words=(" negative", " positive"),
+    labels=("0", "1"),
+)
+
+# The one list of built-in tasks.
+BUILTIN_TASKS: dict[str, TaskSpec] = {SST2.name: SST2}
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserInputError(f"data file {path} does not exist")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not UTF-8 text ({exc})") from exc
+
+
+def _rows(path: Path, text: str) -> list[tuple[int, dict[str, object]]]:
+    """(line number, record) pairs from a TSV, CSV or JSONL file."""
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    if kind == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserInputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise UserInputError(f"{path}:{number}: expected a JSON object per line")
+            rows.append((number, record))
+        return rows
+    if kind not in (".tsv", ".csv"):
+        raise UserInputError(f"{path}: unsupported data format; use .tsv, .csv or .jsonl")
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if kind == ".tsv" else ",",
+                            quoting=csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL)
+    rows = []
+    for record in reader:
+        if None in record or any(v is None for v in record.values()):
+            raise UserInputError(
+                f"{path}:{reader.line_num}: wrong number of columns (expected {reader.fieldnames})"
+            )
+        rows.append((reader.line_num, record))
+    return rows
+
+
+def load_examples(path: Path | str, task: TaskSpec) -> list[Example]:
+    """Read labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz)."""
+    path = Path(path)
+    rows = _rows(path, _read_text(path))
+    if not rows:
+        raise UserInputError(f"{path}: no examples")
+    label_index = {label: i for i, label in enumerate(task.labels)}
+    examples = []
+    for number, record in rows:
+        for column in (task.text_column, task.label_column):
+            if column not in record:
+                raise UserInputError(f"{path}:{number}: missing column {column!r}")
+        text = str(record[task.text_column]).strip()
+        label = str(record[task.label_column]).strip()
+        if not text:
+            raise UserInputError(f"{path}:{number}: empty text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise UserInputError(f"{path}:{number}: text longer than {MAX_TEXT_CHARS} characters")
+        if label not in label_index:
+            raise UserInputError(
+                f"{path}:{number}: unknown label {label!r}; expected one of {list(task.labels)}"
+            )
+        examples.append(Example(text=text, label=label_index[label]))
+    return examples
+
+
+def builtin_split(task_name: str, split: str) -> list[Example]:
+    """The embedded copy of a built-in task's split ('train' or 'dev')."""
+    if task_name not in BUILTIN_TASKS:
+        raise UserInputError(f"unknown task {task_name!r}; built in: {sorted(BUILTIN_TASKS)}")
+    resource = resources.files("protocol") / "data" / task_name / f"{split}.tsv.gz"
+    if not resource.is_file():
+        raise UserInputError(f"task {task_name!r} has no split {split!r}; use 'train' or 'dev'")
+    with resources.as_file(resource) as path:
+        return load_examples(path, BUILTIN_TASKS[task_name])
+
+
+def sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """A seed-fixed random subset of n examples (all of them, shuffled, when n is None)."""
+    if n is not None and not 0 < n <= len(examples):
+        raise UserInputError(f"asked for {n} examples but only {len(examples)} are available")
+    chosen = list(examples)
+    random.Random(seed).shuffle(chosen)
+    return chosen if n is None else chosen[:n]

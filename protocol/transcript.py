@@ -1,0 +1,97 @@
+"""The server's view: every message it received or sent, what it cached, and φ.
+
+The server writes its view into its work directory as it goes:
+  transcript.log            length-prefixed records (direction byte, u64 length, message)
+  cache.sqlite              the activation cache
+  side_network.safetensors  the latest trained φ
+`ServerView` reads that directory back. It is the single input of every attack,
+which therefore sees exactly what the server process saw and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from protocol.cache import ActivationCache
+from protocol.codec import DEFAULT_MAX_BYTES
+from protocol.errors import ProtocolError, UserInputError
+from protocol.messages import Message, decode_message
+
+TRANSCRIPT_FILE = "transcript.log"
+CACHE_FILE = "cache.sqlite"
+SIDE_NETWORK_FILE = "side_network.safetensors"
+INBOUND, OUTBOUND = 0, 1
+_RECORD = struct.Struct("<BQ")
+
+
+class TranscriptWriter:
+    """Appends every message the server handles, flushed per record so a crash loses none."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = open(workdir / TRANSCRIPT_FILE, "ab")
+
+    def record(self, direction: int, data: bytes) -> None:
+        """Append one message in wire form."""
+        self._file.write(_RECORD.pack(direction, len(data)))
+        self._file.write(data)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the log file."""
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    """One transcript entry."""
+
+    direction: int
+    message: Message
+    size: int
+
+
+class ServerView:
+    """Read-only access to everything an honest-but-curious server holds."""
+
+    def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.workdir = Path(workdir)
+        if not (self.workdir / TRANSCRIPT_FILE).is_file():
+            raise UserInputError(f"{self.workdir} holds no server transcript ({TRANSCRIPT_FILE})")
+        self._max = max_message_bytes
+
+    def messages(self) -> Iterator[RecordedMessage]:
+        """Every recorded message, in order, decoded and validated."""
+        with open(self.workdir / TRANSCRIPT_FILE, "rb") as log:
+            while header := log.read(_RECORD.size):
+                if len(header) < _RECORD.size:
+                    raise ProtocolError("transcript ends inside a record header")
+                direction, size = _RECORD.unpack(header)
+                if direction not in (INBOUND, OUTBOUND) or size > self._max:
+                    raise ProtocolError("corrupt transcript record")
+                data = log.read(size)
+                if len(data) != size:
+                    raise ProtocolError("transcript ends inside a record")
+                yield RecordedMessage(direction, decode_message(data, self._max), size)
+
+    def received(self, kind: type[Message]) -> list[Message]:
+        """Inbound messages of one type."""
+        return [r.message for r in self.messages() if r.direction == INBOUND and isinstance(r.message, kind)]
+
+    def cache_contents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, activations, delta) as stored in the server's cache."""
+        cache = ActivationCache(self.workdir / CACHE_FILE)
+        try:
+            return cache.load_all()
+        finally:
+            cache.close()
+
+    @property
+    def side_network_path(self) -> Path:
+        """Where the server keeps its trained φ."""
+        return self.workdir / SIDE_NETWORK_FILE

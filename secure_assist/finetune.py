@@ -1,0 +1,98 @@
+"""One PAE fine-tuning run, end to end: device and server over a channel, then local
+evaluation on the device, with every cost measured."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocol.backbone import load_backbone
+from protocol.channel import InProcessChannel
+from protocol.device import DeviceRole
+from protocol.errors import UserInputError
+from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainRequest, expect
+from protocol.model_io import FineTunedModel, save_finetuned
+from protocol.server import ServerTraining, SideTuningServer
+from protocol.side_network import network_from_arrays
+from secure_assist.config import FinetuneConfig
+from secure_assist.data import resolve_data
+from secure_assist.resources import PeakMemory
+
+SERVER_DIR = "server"
+MODEL_FILE = "model.safetensors"
+
+
+def prepare_workdir(workdir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old run's cache unless asked to replace it."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not overwrite:
+            raise UserInputError(f"{workdir} already holds a run; pass --overwrite or choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of argmax predictions equal to the labels."""
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune with PAE and return the JSON-able summary."""
+    torch.manual_seed(config.seed)
+    workdir = Path(config.workdir)
+    task, train, evaluate = resolve_data(config)
+    prepare_workdir(workdir, overwrite)
+    backbone = load_backbone(config.model)
+    device = DeviceRole(backbone, task, layers=config.layers, payload_dtype=config.payload_dtype,
+                        batch_size=config.device_batch_size, progress=progress)
+    server = SideTuningServer(workdir / SERVER_DIR, ServerTraining(
+        rank=config.rank, learning_rate=config.learning_rate, batch_size=config.server_batch_size, seed=config.seed))
+    channel = InProcessChannel(server)
+    try:
+        with PeakMemory() as epoch1:
+            device.upload(channel, train)
+        uploaded_bytes = channel.bytes_up
+        forwards_epoch1, device_seconds_epoch1 = device.forward_samples, device.forward_seconds
+        server_seconds_epoch1 = server.compute_seconds
+        report = TrainReport(epochs_done=1, samples=len(train), loss=float("nan"))
+        if config.epochs > 1:
+            report = expect(channel.request(TrainRequest(epochs=config.epochs - 1)), TrainReport)
+        cached_epoch_seconds = (server.compute_seconds - server_seconds_epoch1) / max(1, config.epochs - 1)
+        forwards_after_epoch1 = device.forward_samples - forwards_epoch1
+        weights = expect(channel.request(FetchWeights()), SideWeights)
+    finally:
+        server.close()
+    side = network_from_arrays(weights.state, weights.architecture)
+    labels = np.array([e.label for e in evaluate])
+    backbone_probs, combined = device.scores(evaluate, side)
+    model_path = workdir / MODEL_FILE
+    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=task, layers=device.layers,
+                                              payload_dtype=config.payload_dtype, side_network=side))
+    return {
+        "config": asdict(config),
+        "n_train": len(train),
+        "n_eval": len(evaluate),
+        "zero_shot_accuracy": accuracy(backbone_probs, labels),
+        "accuracy": accuracy(combined, labels),
+        "epochs": config.epochs,
+        "final_train_loss": report.loss if config.epochs > 1 else None,
+        "bytes_up": channel.bytes_up,
+        "bytes_down": channel.bytes_down,
+        "upload_bytes_per_sample": uploaded_bytes / len(train),
+        "device_seconds": device.forward_seconds,
+        "device_seconds_epoch1": device_seconds_epoch1,
+        "device_forwards_epoch1": forwards_epoch1,
+        "device_forwards_after_epoch1": forwards_after_epoch1,
+        "server_seconds": server.compute_seconds,
+        "server_seconds_per_cached_epoch": cached_epoch_seconds,
+        "device_peak_rss_mib": epoch1.peak_mib,
+        "cache_samples": report.samples,
+        "cache_reads": report.samples * (config.epochs - 1),
+        "model_file": str(model_path),
+        "server_view": str(workdir / SERVER_DIR),
+    }
