@@ -3,6 +3,7 @@ evaluation on the device, with every cost measured."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,16 +16,20 @@ from protocol.backbone import load_backbone
 from protocol.channel import InProcessChannel
 from protocol.device import DeviceRole
 from protocol.errors import UserInputError
+from protocol.files import write_atomic
 from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainRequest, expect
 from protocol.model_io import FineTunedModel, save_finetuned
 from protocol.server import ServerTraining, SideTuningServer
 from protocol.side_network import network_from_arrays
+from protocol.tasks import Example
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.resources import PeakMemory
 
 SERVER_DIR = "server"
+DEVICE_DIR = "device"
 MODEL_FILE = "model.safetensors"
+GROUND_TRUTH_FILE = "ground_truth.jsonl"
 
 
 def prepare_workdir(workdir: Path, overwrite: bool) -> None:
@@ -34,6 +39,14 @@ def prepare_workdir(workdir: Path, overwrite: bool) -> None:
             raise UserInputError(f"{workdir} already holds a run; pass --overwrite or choose another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+
+
+def write_ground_truth(path: Path, sample_ids: np.ndarray, examples: list[Example]) -> None:
+    """The device's record of which id carried which text and label: the auditor's ground
+    truth, kept on the device side and never shown to the server or to an attack."""
+    lines = [json.dumps({"sample_id": bytes(sid).hex(), "label": e.label, "text": e.text})
+             for sid, e in zip(sample_ids, examples)]
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -55,7 +68,8 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     channel = InProcessChannel(server)
     try:
         with PeakMemory() as epoch1:
-            device.upload(channel, train)
+            sample_ids = device.upload(channel, train)
+        write_ground_truth(workdir / DEVICE_DIR / GROUND_TRUTH_FILE, sample_ids, train)
         uploaded_bytes = channel.bytes_up
         forwards_epoch1, device_seconds_epoch1 = device.forward_samples, device.forward_seconds
         server_seconds_epoch1 = server.compute_seconds
@@ -95,4 +109,5 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
         "cache_reads": report.samples * (config.epochs - 1),
         "model_file": str(model_path),
         "server_view": str(workdir / SERVER_DIR),
+        "ground_truth": str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE),
     }
