@@ -46,6 +46,6 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
         eval_pool, train_pool = shuffled[:cut], shuffled[cut:]
     train = sample(train_pool, min(config.train_samples, len(train_pool)) if config.train_samples else None,
                    config.seed)
-    evaluate = sample(eval_pool, min(config.eval_samples, len(eval_pool)) if config.eval_samples else None,
-                      config.seed + 1)
+    evaluate = (sample(eval_pool, min(config.eval_samples, len(eval_pool)), config.seed + 1)
+                if config.eval_samples else eval_pool)
     return task, train, evaluate
