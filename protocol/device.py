@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from protocol.backbone import Backbone
 from protocol.channel import Channel
 from protocol.errors import UserInputError
-from protocol.messages import SAMPLE_ID_BYTES, Upload
+from protocol.messages import SAMPLE_ID_BYTES, Message, Upload
 from protocol.side_network import AdditiveSideNetwork
 from protocol.tasks import Example, TaskSpec
 
@@ -34,6 +34,20 @@ class PivotBatch:
 
     activations: torch.Tensor  # (n, len(layers), d), float32, rounded to the payload dtype
     label_logits: torch.Tensor  # (n, C): z_b
+
+
+class UploadTransform(Protocol):
+    """A device-side protection applied to each upload before it leaves the device.
+
+    `transform` sees the plain upload plus the device-only labels and label logits and
+    returns the messages to send instead (none, to hold samples back until `flush`).
+    """
+
+    def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
+        """The messages that replace `upload` on the wire."""
+
+    def flush(self) -> list[Message]:
+        """Messages still held back once every batch was transformed."""
 
 
 def new_sample_ids(n: int) -> np.ndarray:
@@ -79,7 +93,8 @@ class DeviceRole:
     """Runs the frozen backbone on the device's own data."""
 
     def __init__(self, backbone: Backbone, task: TaskSpec, layers: tuple[int, ...] | None = None,
-                 payload_dtype: str = "float16", batch_size: int = 16, progress: bool = True) -> None:
+                 payload_dtype: str = "float16", batch_size: int = 16, progress: bool = True,
+                 transform: UploadTransform | None = None) -> None:
         if payload_dtype not in PAYLOAD_DTYPES:
             raise UserInputError(f"payload dtype {payload_dtype!r} not in {sorted(PAYLOAD_DTYPES)}")
         if batch_size < 1:
@@ -94,6 +109,7 @@ class DeviceRole:
         self.payload_dtype = payload_dtype
         self.batch_size = batch_size
         self.progress = progress
+        self.transform = transform
         self.forward_samples = 0
         self.forward_seconds = 0.0
 
@@ -126,9 +142,26 @@ class DeviceRole:
         all_ids = []
         for chunk, pivots in self.batches(examples, "device forward + upload"):
             ids = new_sample_ids(len(chunk))
-            channel.request(self.make_upload(chunk, pivots, ids))
+            self.send(channel, chunk, pivots, ids)
             all_ids.append(ids)
+        self.finish(channel)
         return np.concatenate(all_ids)
+
+    def send(self, channel: Channel, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray) -> None:
+        """Upload one batch, through the protection transform when there is one."""
+        upload = self.make_upload(chunk, pivots, sample_ids)
+        if self.transform is None:
+            channel.request(upload)
+            return
+        labels = np.array([e.label for e in chunk])
+        for message in self.transform.transform(upload, labels, pivots.label_logits.numpy()):
+            channel.request(message)
+
+    def finish(self, channel: Channel) -> None:
+        """Send what the protection transform held back (nothing without one)."""
+        if self.transform is not None:
+            for message in self.transform.flush():
+                channel.request(message)
 
     def scores(self, examples: list[Example], side: AdditiveSideNetwork | None) -> tuple[np.ndarray, np.ndarray]:
         """(p_b, p_b + g_φ(A)) per example, computed locally with no traffic."""
