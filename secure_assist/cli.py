@@ -10,13 +10,13 @@ import sys
 from typing import Sequence
 
 from protocol.errors import SecureAssistError
-from secure_assist.commands import finetune, predict
+from secure_assist.commands import attack, finetune, predict
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # The one list of subcommands: each module has `register(subparsers)`.
-COMMANDS = (finetune, predict)
+COMMANDS = (finetune, predict, attack)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,133 @@
+"""What every attack is: a server-side adversary that reads only the server's view.
+
+An attack receives a `protocol.transcript.ServerView` and the public knowledge it
+declares (`PublicKnowledge`), and returns an `AttackResult` keyed by sample id. It never
+sees ground truth: the auditor (`secure_assist.auditor`) holds that and scores results.
+An attack that needs a field the view lacks raises `MissingViewField` naming it.
+
+`ATTACKS` is the one list of attack names; CLI choices, errors and test
+parametrization come from it. Attack modules register themselves with `@register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, TypeVar
+
+import numpy as np
+
+from protocol.errors import SecureAssistError, UserInputError
+from protocol.tasks import Example, TaskSpec
+from protocol.transcript import ServerView
+
+# What a result holds, by attack family.
+LABELS, SCORES, RECONSTRUCTION, EXTRACTION = "labels", "scores", "reconstruction", "extraction"
+
+
+class MissingViewField(SecureAssistError):
+    """The server's view lacks a field this attack needs (e.g. gradients in PAE)."""
+
+    def __init__(self, attack: str, field_name: str) -> None:
+        super().__init__(f"attack {attack!r} needs {field_name!r}, which this server view does not hold")
+        self.field_name = field_name
+
+
+@dataclass(frozen=True)
+class PublicFeatures:
+    """Public-backbone outputs for public texts, computed by the attacker itself."""
+
+    activations: np.ndarray  # (n, len(layers), d) pivot states
+    label_logits: np.ndarray  # (n, C) backbone logits of the label words
+
+
+# texts, layers -> what the public backbone yields at the pivot for them.
+FeatureFunction = Callable[[list[str], tuple[int, ...]], PublicFeatures]
+
+
+@dataclass(frozen=True)
+class PublicKnowledge:
+    """Everything public the server may use: the backbone, the task, public data.
+
+    `features` runs the public backbone on public texts (the attacker's own compute; the
+    auditor supplies a cached implementation so repeated audits do not pay for it).
+    """
+
+    backbone_name: str
+    task: TaskSpec
+    unlabeled_texts: tuple[str, ...] = ()
+    labeled: tuple[Example, ...] = ()
+    candidate_texts: tuple[str, ...] = ()  # a pool the attacker matches uploads against
+    features: FeatureFunction | None = None
+    seed: int = 0
+
+    def public_features(self, attack: str, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
+        """Public-backbone pivot features for `texts`; an error when none is declared."""
+        if self.features is None:
+            raise UserInputError(f"attack {attack!r} needs a public feature function (public backbone)")
+        return self.features(texts, layers)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns, keyed by hex sample id (never scored by the attack)."""
+
+    attack: str
+    kind: str
+    sample_ids: list[str]
+    predictions: np.ndarray | None = None  # (n,) class indices, for LABELS
+    scores: np.ndarray | None = None  # (n,) continuous score for class 1, for SCORES
+    texts: list[str] | None = None  # reconstructed texts, for RECONSTRUCTION
+    token_ids: list[list[int]] | None = None  # per-position recovered token ids, if any
+    model: object | None = None  # the server's assembled model, for EXTRACTION
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class: subclasses set NAME, KIND, DESCRIPTION and implement `run`."""
+
+    NAME: ClassVar[str] = ""
+    KIND: ClassVar[str] = LABELS
+    DESCRIPTION: ClassVar[str] = ""
+    # True when the attack reads nothing derived from Δ (the activations-only baseline rows).
+    ACTIVATIONS_ONLY: ClassVar[bool] = False
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        """Attack the view with the declared public knowledge."""
+        raise NotImplementedError
+
+    def missing(self, field_name: str) -> MissingViewField:
+        """The typed error for a field this view lacks."""
+        return MissingViewField(self.NAME, field_name)
+
+
+# The one list of attack names.
+ATTACKS: dict[str, type[Attack]] = {}
+
+A = TypeVar("A", bound=type[Attack])
+
+
+def register(cls: A) -> A:
+    """Class decorator adding an attack to `ATTACKS` under its NAME."""
+    if not cls.NAME or cls.NAME in ATTACKS:
+        raise ValueError(f"attack name {cls.NAME!r} is empty or registered twice")
+    ATTACKS[cls.NAME] = cls
+    return cls
+
+
+def all_attacks() -> dict[str, type[Attack]]:
+    """The registry, with every attack module imported (importing registers them)."""
+    from attacks import catalog  # noqa: F401
+
+    return ATTACKS
+
+
+def get_attack(name: str) -> Attack:
+    """A fresh instance of the named attack; unknown names list the known ones."""
+    if name not in all_attacks():
+        raise UserInputError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name]()
+
+
+def hex_ids(sample_ids: np.ndarray) -> list[str]:
+    """Hex form of (n, 16) uint8 sample ids."""
+    return [bytes(row).hex() for row in np.asarray(sample_ids, dtype=np.uint8)]

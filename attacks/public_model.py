@@ -1,0 +1,45 @@
+"""The public backbone as the attacker uses it: its head, final norm and embeddings.
+
+Loaded once per process (the server holds one copy of the open weights).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from protocol.backbone import Backbone, load_backbone
+from protocol.tasks import TaskSpec
+
+
+@lru_cache(maxsize=2)
+def public_backbone(name: str) -> Backbone:
+    """The open-weight backbone named in the public knowledge (on the CPU)."""
+    return load_backbone(name, device=torch.device("cpu"))
+
+
+def zero_shot_logits(backbone: Backbone, task: TaskSpec, last_layer: np.ndarray) -> np.ndarray:
+    """Label-word logits z_b from last-layer pivot states: the backbone's own prediction."""
+    ids = backbone.label_token_ids(task.label_words)
+    return backbone.public_head(torch.from_numpy(last_layer)).float().cpu().numpy()[:, ids]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def logit_lens(backbone: Backbone, states: np.ndarray) -> np.ndarray:
+    """Vocabulary logits of intermediate states: the public final norm, then the LM head."""
+    norm = getattr(backbone.model.base_model, "norm", None) or torch.nn.Identity()
+    with torch.no_grad():
+        normed = norm(torch.from_numpy(states).float())
+    return backbone.public_head(normed).float().cpu().numpy()
+
+
+def input_embeddings(backbone: Backbone) -> np.ndarray:
+    """The public token embedding matrix (vocab, d)."""
+    return backbone.model.get_input_embeddings().weight.detach().float().cpu().numpy()

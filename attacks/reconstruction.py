@@ -1,0 +1,204 @@
+"""Input reconstruction from the server's view, with the public backbone and public text.
+
+Pivot-only views (PAE) hold one state per layer at the last prompt token; full-activation
+views (MobiLLM-style, split learning) hold every token's state and fall to per-position
+nearest-embedding inversion.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import torch
+
+from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
+from attacks.public_model import input_embeddings, logit_lens, public_backbone
+from attacks.view_data import full_activation_data, pivot_data
+from protocol.backbone import Backbone
+from protocol.tasks import TaskSpec
+from protocol.transcript import ServerView
+
+_WORD = re.compile(r"[\w']+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens (the unit of bag-of-words metrics)."""
+    return _WORD.findall(text.lower())
+
+
+def _template_words(task: TaskSpec) -> set[str]:
+    return set(words(task.template.replace("{text}", " ")))
+
+
+def _normalized(matrix: np.ndarray) -> np.ndarray:
+    centred = matrix - matrix.mean(axis=0, keepdims=True)
+    return centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-6)
+
+
+def _bag_text(backbone: Backbone, task: TaskSpec, token_ids: list[int]) -> str:
+    """Decoded tokens as a bag of words, template words removed (they are public)."""
+    template = _template_words(task)
+    found = [w for t in dict.fromkeys(token_ids) for w in words(backbone.tokenizer.decode([t]))]
+    return " ".join(w for w in dict.fromkeys(found) if w not in template)
+
+
+@register
+class PivotNearestEmbedding(Attack):
+    """Nearest input embedding (cosine, centred) of every layer's pivot state."""
+
+    NAME = "pivot_nearest_embedding"
+    KIND = RECONSTRUCTION
+    DESCRIPTION = "nearest public input embedding of each uploaded pivot state"
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        data = pivot_data(view, self)
+        backbone = public_backbone(public.backbone_name)
+        table = _normalized(input_embeddings(backbone))
+        texts = []
+        for sample in data.activations:
+            nearest = (_normalized(sample) @ table.T).argmax(axis=1)
+            texts.append(_bag_text(backbone, public.task, nearest.tolist()))
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
+
+
+@register
+class PivotLogitLens(Attack):
+    """Top tokens of the public final norm + LM head applied to every layer's pivot state."""
+
+    NAME = "pivot_logit_lens"
+    KIND = RECONSTRUCTION
+    DESCRIPTION = "logit lens (public norm + head) on every uploaded pivot state, top-3 tokens"
+    TOP = 3
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        data = pivot_data(view, self)
+        backbone = public_backbone(public.backbone_name)
+        texts = []
+        for sample in data.activations:
+            top = np.argsort(-logit_lens(backbone, sample), axis=1)[:, :self.TOP]
+            texts.append(_bag_text(backbone, public.task, top.ravel().tolist()))
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
+
+
+def _inversion_inputs(activations: np.ndarray) -> np.ndarray:
+    """Every fourth layer's pivot state, concatenated (keeps the model small)."""
+    return activations[:, ::4].reshape(len(activations), -1)
+
+
+@register
+class LearnedInversion(Attack):
+    """A multi-label linear model, trained on public text, from pivot states to the
+    words of the input; the decision threshold is tuned on held-out public text."""
+
+    NAME = "learned_inversion"
+    KIND = RECONSTRUCTION
+    DESCRIPTION = "bag-of-words inversion model trained on public text features"
+    VOCABULARY = 2000
+    EPOCHS = 60
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        data = pivot_data(view, self)
+        corpus = list(public.unlabeled_texts)
+        if len(corpus) < 50:
+            raise self.missing(f"public unlabeled text (>= 50 texts, got {len(corpus)})")
+        features = public.public_features(self.NAME, corpus, data.layers)
+        vocab = [w for w, _ in Counter(w for t in corpus for w in set(words(t))).most_common(self.VOCABULARY)]
+        index = {w: i for i, w in enumerate(vocab)}
+        targets = np.zeros((len(corpus), len(vocab)), np.float32)
+        for row, text in enumerate(corpus):
+            targets[row, [index[w] for w in set(words(text)) if w in index]] = 1.0
+        x = _inversion_inputs(features.activations)
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-3
+        cut = int(0.8 * len(corpus))
+        model = self._fit((x[:cut] - mean) / scale, targets[:cut], public.seed)
+        threshold = self._threshold(model, (x[cut:] - mean) / scale, targets[cut:])
+        model = self._fit((x - mean) / scale, targets, public.seed)
+        with torch.no_grad():
+            probs = torch.sigmoid(model(torch.from_numpy((_inversion_inputs(data.activations) - mean) / scale))).numpy()
+        texts = [" ".join(vocab[i] for i in np.flatnonzero(row >= threshold)) for row in probs]
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
+                            details={"threshold": threshold, "public_texts": len(corpus), "vocabulary": len(vocab)})
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(x.shape[1], y.shape[1])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        inputs, targets = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+        for _ in range(self.EPOCHS):
+            for batch in torch.randperm(len(inputs)).split(128):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs[batch]), targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return model.eval()
+
+    @staticmethod
+    def _threshold(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+        with torch.no_grad():
+            probs = torch.sigmoid(model(torch.from_numpy(x.astype(np.float32)))).numpy()
+        best, best_f1 = 0.5, -1.0
+        for threshold in np.linspace(0.05, 0.9, 18):
+            chosen = probs >= threshold
+            hits = (chosen & (y > 0)).sum()
+            f1 = 2 * hits / max(1, chosen.sum() + (y > 0).sum())
+            if f1 > best_f1:
+                best, best_f1 = float(threshold), f1
+        return best
+
+
+@register
+class CandidateMatching(Attack):
+    """Exact matching: the public backbone's pivot states of each candidate text are
+    compared with the uploaded ones; the nearest candidate is the reconstruction."""
+
+    NAME = "candidate_matching"
+    KIND = RECONSTRUCTION
+    DESCRIPTION = "nearest candidate text by public-backbone pivot states"
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        data = pivot_data(view, self)
+        pool = list(public.candidate_texts)
+        if not pool:
+            raise self.missing("a public candidate pool (candidate_texts)")
+        candidates = public.public_features(self.NAME, pool, data.layers).activations
+        flat = candidates.reshape(len(pool), -1).astype(np.float32)
+        squared = (flat ** 2).sum(axis=1)
+        matches = []
+        for start in range(0, len(data.activations), 256):
+            block = data.activations[start:start + 256].reshape(-1, flat.shape[1])
+            matches.extend((squared[None, :] - 2 * block @ flat.T).argmin(axis=1).tolist())
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids,
+                            texts=[pool[i] for i in matches], details={"pool": len(pool)})
+
+
+def strip_template(task: TaskSpec, prompt: str) -> str:
+    """The text slot of a reconstructed prompt (the template is public)."""
+    prefix, _, suffix = task.template.partition("{text}")
+    if prompt.startswith(prefix):
+        prompt = prompt[len(prefix):]
+    if suffix and prompt.endswith(suffix):
+        prompt = prompt[:-len(suffix)]
+    return prompt
+
+
+@register
+class FullActivationInversion(Attack):
+    """Per-position nearest input embedding of the earliest uploaded layer's states."""
+
+    NAME = "full_activation_inversion"
+    KIND = RECONSTRUCTION
+    DESCRIPTION = "per-token nearest public embedding of all-token activations (MobiLLM / split learning)"
+
+    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
+        data = full_activation_data(view, self)
+        backbone = public_backbone(public.backbone_name)
+        table = _normalized(input_embeddings(backbone))
+        token_ids, texts = [], []
+        for sample in data.activations:
+            ids = (_normalized(sample[0]) @ table.T).argmax(axis=1).tolist()
+            token_ids.append(ids)
+            texts.append(strip_template(public.task, backbone.tokenizer.decode(ids)))
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
+                            token_ids=token_ids, details={"layer": data.first_layer})

@@ -1,0 +1,194 @@
+"""The auditor: runs attacks on a run's server view and scores them against ground truth.
+
+Ground truth (`<workdir>/device/ground_truth.jsonl`) lives here and only here: an attack
+gets the server view and declared public knowledge, returns predictions keyed by sample
+id, and the auditor computes metrics, chance/prior baselines and 95% bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES, AttackResult, PublicFeatures, PublicKnowledge, get_attack
+from attacks.reconstruction import words
+from attacks.public_model import public_backbone
+from protocol.backbone import DEFAULT_BACKBONE
+from protocol.device import DeviceRole
+from protocol.device_features import encode_dataset
+from protocol.errors import UserInputError
+from protocol.model_io import load_finetuned
+from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
+from protocol.transcript import ServerView
+from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
+from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
+
+PUBLIC_LABELED = 128
+PUBLIC_UNLABELED = 1000
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One uploaded sample as the device knows it."""
+
+    label: int
+    text: str
+
+
+def load_ground_truth(workdir: Path) -> dict[str, Truth]:
+    """sample id (hex) -> label and text, from the device side of a run."""
+    path = workdir / DEVICE_DIR / GROUND_TRUTH_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path} is missing: the auditor needs the device's ground truth")
+    truth = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            truth[row["sample_id"]] = Truth(label=int(row["label"]), text=str(row["text"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserInputError(f"{path}:{number}: malformed ground-truth row ({exc})") from exc
+    return truth
+
+
+class CachedFeatures:
+    """The attacker's public-backbone forward passes, via the device-feature disk cache.
+
+    Requests made of known text groups in order reuse each group's cache entry.
+    """
+
+    def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
+        self._role = DeviceRole(public_backbone(backbone_name), task, progress=progress)
+        self._groups = groups
+
+    def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
+        parts, rest = [], list(texts)
+        while rest:
+            group = next((g for g in self._groups if g and rest[:len(g)] == g), rest)
+            batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
+            parts.append(batch)
+            rest = rest[len(group):]
+        columns = [self._role.layers.index(i) for i in layers]
+        return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
+                              label_logits=torch.cat([p.label_logits for p in parts]).numpy())
+
+
+def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example]:
+    """Round-robin over classes so every prefix (k = 8, 32, ...) holds each class."""
+    by_class = [[e for e in examples if e.label == c] for c in range(n_classes)]
+    order = []
+    for i in range(max(len(c) for c in by_class)):
+        order += [c[i] for c in by_class if i < len(c)]
+    return order
+
+
+def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
+                             progress: bool = True) -> PublicKnowledge:
+    """Public data for a built-in task: train-split texts disjoint from the private set
+    (k labeled examples, an unlabeled corpus) and a candidate pool of the private texts
+    mixed with as many public ones (the 'suspect list' of candidate matching)."""
+    private_texts = [t.text for t in truth.values()]
+    private = set(private_texts)
+    if task.name != SST2.name:
+        raise UserInputError(f"no built-in public data for task {task.name!r}; pass PublicKnowledge yourself")
+    pool = [e for e in sample(builtin_split(task.name, "train"), None, seed + 1000) if e.text not in private]
+    labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
+    unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
+    candidates = private_texts + unlabeled
+    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled]], progress)
+    return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
+                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed)
+
+
+def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
+    unknown = [sid for sid in result.sample_ids if sid not in truth]
+    if unknown:
+        raise UserInputError(f"{len(unknown)} attacked sample ids are not in the ground truth (e.g. {unknown[0]})")
+    return [truth[sid] for sid in result.sample_ids]
+
+
+def score_labels(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
+    """Accuracy, CI and baselines of label predictions."""
+    labels = np.array([t.label for t in _aligned(result, truth)])
+    return accuracy_with_interval(result.predictions, labels, seed)
+
+
+def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
+    """max(AUC, 1 - AUC) and its CI."""
+    labels = np.array([t.label for t in _aligned(result, truth)])
+    return auc_with_interval(np.asarray(result.scores, dtype=float), labels, seed)
+
+
+def score_reconstruction(result: AttackResult, truth: dict[str, Truth], tokenizer: object, task: TaskSpec,
+                         seed: int = 0) -> dict[str, Any]:
+    """Bag-of-words precision/recall/F1, exact match, ROUGE-L and, for per-position
+    attacks, the share of prompt tokens recovered at their position."""
+    rows = _aligned(result, truth)
+    per = np.array([bag_scores(words(guess), words(t.text)) for guess, t in zip(result.texts, rows)])
+    exact = np.array([" ".join(words(g)) == " ".join(words(t.text)) for g, t in zip(result.texts, rows)], float)
+    rouge = np.array([rouge_l(g, t.text) for g, t in zip(result.texts, rows)])
+    report: dict[str, Any] = {
+        "token_precision": float(per[:, 0].mean()), "token_recall": float(per[:, 1].mean()),
+        "token_f1": float(per[:, 2].mean()),
+        "token_f1_ci95": bootstrap_interval(lambda idx: float(per[idx, 2].mean()), len(per), seed),
+        "exact_match": float(exact.mean()),
+        "exact_match_ci95": bootstrap_interval(lambda idx: float(exact[idx].mean()), len(exact), seed),
+        "rouge_l": float(rouge.mean()), "n": len(rows)}
+    if result.token_ids is not None:
+        hits = total = 0
+        for guess, row in zip(result.token_ids, rows):
+            actual = tokenizer(task.prompt(row.text), add_special_tokens=False)["input_ids"]
+            hits += sum(a == b for a, b in zip(guess, actual))
+            total += len(actual)
+        report["position_token_accuracy"] = hits / total
+    return report
+
+
+def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, task: TaskSpec,
+                     held_out: list[Example], progress: bool = True) -> dict[str, Any]:
+    """Agreement of the server's copy with the deployed model on held-out inputs,
+    next to the agreement of the backbone alone."""
+    deployed = load_finetuned(workdir / MODEL_FILE)
+    role = DeviceRole(public_backbone(backbone_name), task, layers=deployed.layers,
+                      payload_dtype=deployed.payload_dtype, progress=progress)
+    pivots = encode_dataset(role, held_out)
+    base = torch.softmax(pivots.label_logits, dim=-1)
+    with torch.inference_mode():
+        reference = (base + deployed.side_network.eval()(pivots.activations)).argmax(dim=1).numpy()
+        copy = (base + result.model(pivots.activations)).argmax(dim=1).numpy()
+    agree, backbone_agree = (copy == reference).astype(float), (base.argmax(dim=1).numpy() == reference).astype(float)
+    return {"agreement": float(agree.mean()),
+            "agreement_ci95": bootstrap_interval(lambda idx: float(agree[idx].mean()), len(agree)),
+            "backbone_only_agreement": float(backbone_agree.mean()), "n": len(held_out)}
+
+
+def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
+               backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
+               progress: bool = True) -> dict[str, Any]:
+    """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
+    workdir = Path(workdir)
+    attack = get_attack(name)
+    truth = load_ground_truth(workdir)
+    if (workdir / MODEL_FILE).is_file() and (backbone_name is None or task is None):
+        deployed = load_finetuned(workdir / MODEL_FILE)
+        backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
+    backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
+    if public is None:
+        public = default_public_knowledge(backbone_name, task, truth, seed, progress)
+    result = attack.run(ServerView(workdir / SERVER_DIR), public)
+    report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
+                              "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
+    if attack.KIND == LABELS:
+        report.update(score_labels(result, truth, seed))
+    elif attack.KIND == SCORES:
+        report.update(score_scores(result, truth, seed))
+    elif attack.KIND == RECONSTRUCTION:
+        report.update(score_reconstruction(result, truth, public_backbone(backbone_name).tokenizer, task, seed))
+    elif attack.KIND == EXTRACTION:
+        report.update(score_extraction(result, workdir, backbone_name, task, builtin_split(task.name, "dev"),
+                                       progress))
+    return report

@@ -1,0 +1,36 @@
+"""`secure-assist attack`: run one server-side attack on a run and print its scores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from attacks.base import all_attacks
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the attack and print its report (JSON or one line per metric)."""
+    from secure_assist.auditor import run_attack
+
+    report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the subcommand to the CLI."""
+    attacks = all_attacks()
+    parser = commands.add_parser("attack", help="run a server-side attack on a run's view and score it",
+                                 description="Attacks: " + "; ".join(
+                                     f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(attacks.items())))
+    parser.add_argument("name", choices=sorted(attacks), metavar="NAME", help="attack name (see above)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory holding server/ (the view) and device/ground_truth.jsonl")
+    parser.add_argument("--seed", type=int, default=0, help="seed of public data sampling and bootstrap")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)

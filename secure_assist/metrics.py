@@ -1,0 +1,90 @@
+"""Pure metrics of the audit: accuracy, AUC, bootstrap intervals, reconstruction scores,
+and Clopper-Pearson bounds for empirical privacy.
+
+Everything here is a function of arrays; the auditor owns ground truth and calls these.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from rouge_score import rouge_scorer
+from scipy.stats import beta
+from sklearn.metrics import roc_auc_score
+
+BOOTSTRAP_ROUNDS = 1000
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, seed: int = 0,
+                       rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float]:
+    """95% percentile bootstrap interval of `statistic(indices)` over n resampled items."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(rounds)]
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def accuracy_with_interval(predictions: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, object]:
+    """Accuracy, its bootstrap CI and the prior (majority-class) baseline."""
+    correct = (np.asarray(predictions) == np.asarray(labels)).astype(float)
+    prior = float(np.bincount(labels).max() / len(labels))
+    return {"accuracy": float(correct.mean()),
+            "ci95": bootstrap_interval(lambda idx: float(correct[idx].mean()), len(correct), seed),
+            "prior_baseline": prior, "chance": 1.0 / max(2, int(labels.max()) + 1), "n": len(labels)}
+
+
+def symmetric_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """max(AUC, 1 - AUC): an attacker may flip the sign of any score."""
+    auc = float(roc_auc_score(labels, scores))
+    return max(auc, 1.0 - auc)
+
+
+def auc_with_interval(scores: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, object]:
+    """Symmetric AUC with its bootstrap CI (chance is 0.5)."""
+    def resampled(idx: np.ndarray) -> float:
+        return symmetric_auc(scores[idx], labels[idx]) if len(set(labels[idx])) == 2 else float("nan")
+
+    return {"auc": symmetric_auc(scores, labels), "ci95": bootstrap_interval(resampled, len(labels), seed),
+            "chance": 0.5, "n": len(labels)}
+
+
+def bag_scores(predicted: list[str], truth: list[str]) -> tuple[float, float, float]:
+    """Token precision, recall and F1 of two bags (sets) of tokens."""
+    guessed, actual = set(predicted), set(truth)
+    hits = len(guessed & actual)
+    precision = hits / len(guessed) if guessed else 0.0
+    recall = hits / len(actual) if actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return precision, recall, f1
+
+
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (rouge-score)."""
+    return float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure)
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial confidence interval."""
+    alpha = 1.0 - confidence
+    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return low, high
+
+
+def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int,
+                        delta: float = 0.0) -> float:
+    """Empirical ε implied by a test's TPR/FPR at 95% confidence (Clopper-Pearson):
+    (ε, δ)-DP forces TPR <= e^ε FPR + δ and 1 - FPR <= e^ε (1 - TPR) + δ."""
+    tpr_low, _ = clopper_pearson(true_positives, positives)
+    fpr_low, fpr_high = clopper_pearson(false_positives, negatives)
+    _, tpr_high = clopper_pearson(true_positives, positives)
+    bounds = [0.0]
+    if tpr_low - delta > 0 and fpr_high > 0:
+        bounds.append(np.log((tpr_low - delta) / fpr_high))
+    if 1 - fpr_low - delta > 0 and 1 - tpr_high > 0:
+        bounds.append(np.log((1 - fpr_low - delta) / (1 - tpr_high)))
+    return float(max(bounds))
