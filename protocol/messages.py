@@ -165,6 +165,22 @@ class TrainRequest(Message):
 
 
 @dataclass(frozen=True)
+class TrainUntil(Message):
+    """Ask the server to train until `epochs_total` epochs are done (idempotent: safe to resend)."""
+
+    TYPE: ClassVar[str] = "train_until"
+    epochs_total: int
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"epochs_total": self.epochs_total}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "TrainUntil":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"epochs_total"})
+        return cls(epochs_total=_int_field(meta, "epochs_total", low=1))
+
+
+@dataclass(frozen=True)
 class TrainReport(Message):
     """Server reply after training: epochs run so far, samples seen, last epoch's loss."""
 
@@ -234,7 +250,7 @@ class ErrorReply(Message):
 # The one list of message types.
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Upload, FullUpload, UploadAck, TrainRequest, TrainReport, FetchWeights,
+    for cls in (Upload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
                 SideWeights, ErrorReply)
 }
 

@@ -21,7 +21,13 @@ from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError
 from protocol.files import write_atomic
 from protocol.endpoint import RecordingEndpoint
-from protocol.messages import FetchWeights, Message, SideWeights, TrainReport, TrainRequest, Upload, UploadAck
+from protocol.messages import (
+    FetchWeights, Message, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload, UploadAck,
+)
+from protocol.recovery import (
+    STEP_LOG_FILE, TRAINING_STATE_FILE, StepLog, generator_array, load_optimizer_arrays, optimizer_arrays,
+    split_state,
+)
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape, network_from_arrays, state_arrays
 from protocol.transcript import CACHE_FILE, SIDE_NETWORK_FILE
 
@@ -36,6 +42,9 @@ class ServerTraining:
     batch_size: int = 32
     dropout: float = 0.0
     seed: int = 0
+    # Epoch 1 writes a full checkpoint every this many uploads; rows after it are replayed
+    # from the cache on restart (see protocol.recovery), so this only bounds restart time.
+    checkpoint_every_uploads: int = 32
 
 
 class SideTuningServer(RecordingEndpoint):
@@ -51,7 +60,11 @@ class SideTuningServer(RecordingEndpoint):
         self.layers: tuple[int, ...] | None = None
         self.epochs_done = 0
         self._generator = torch.Generator().manual_seed(training.seed)
+        self._steps = StepLog(self.workdir / STEP_LOG_FILE)
+        self._trained_rows = 0  # cache rows epoch 1 has trained on
+        self._uploads_since_checkpoint = 0
         self._restore_checkpoint()
+        self._catch_up()
 
     def close(self) -> None:
         """Release the cache and transcript files."""
@@ -64,6 +77,8 @@ class SideTuningServer(RecordingEndpoint):
             return self._on_upload(message)
         if isinstance(message, TrainRequest):
             return self._on_train(message.epochs)
+        if isinstance(message, TrainUntil):
+            return self._on_train(max(0, message.epochs_total - max(1, self.epochs_done)))
         if isinstance(message, FetchWeights):
             return self._weights_message()
         return super().handle(message)
@@ -78,6 +93,8 @@ class SideTuningServer(RecordingEndpoint):
             self.network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
             self.layers = upload.layers
             self._make_optimizer()
+            # Durable before any row is cached, so a restart can always rebuild the network.
+            self._save_checkpoint()
         elif shape != self.network.shape or upload.layers != self.layers:
             raise ProtocolError(
                 f"upload shape {shape} / layers {upload.layers} differ from earlier uploads "
@@ -92,9 +109,14 @@ class SideTuningServer(RecordingEndpoint):
         self._ensure_network(upload)
         new = self.cache.put_many(upload.sample_ids, upload.activations, upload.delta)
         if new.any():
+            self._steps.append(self._trained_rows + int(new.sum()))
             # Epoch 1 consumes uploads as they arrive; a resent sample is not trained on twice.
             self._step(torch.from_numpy(upload.activations[new].astype(np.float32)),
                        torch.from_numpy(upload.delta[new]))
+            self._trained_rows += int(new.sum())
+            self._uploads_since_checkpoint += 1
+            if self._uploads_since_checkpoint >= self.training.checkpoint_every_uploads:
+                self._save_checkpoint()
         return UploadAck(stored=int(new.sum()), duplicates=int((~new).sum()))
 
     def _step(self, activations: torch.Tensor, delta: torch.Tensor) -> float:
@@ -133,18 +155,52 @@ class SideTuningServer(RecordingEndpoint):
     def _save_checkpoint(self) -> None:
         metadata = {"architecture": json.dumps(self._architecture()), "layers": json.dumps(list(self.layers)),
                     "epochs_done": str(self.epochs_done)}
-        write_atomic(self.workdir / SIDE_NETWORK_FILE, encode(state_arrays(self.network), metadata))
+        network = state_arrays(self.network)
+        # The full training state first, then φ alone (the file attacks and devices read).
+        resume = {**network, **optimizer_arrays(self.optimizer), **generator_array(self._generator)}
+        write_atomic(self.workdir / TRAINING_STATE_FILE,
+                     encode(resume, {**metadata, "trained_rows": str(self._trained_rows)}))
+        write_atomic(self.workdir / SIDE_NETWORK_FILE, encode(network, metadata))
+        self._uploads_since_checkpoint = 0
 
     def _restore_checkpoint(self) -> None:
-        path = self.workdir / SIDE_NETWORK_FILE
+        path = self.workdir / TRAINING_STATE_FILE
+        if not path.is_file():
+            path = self.workdir / SIDE_NETWORK_FILE  # φ only (older work directories)
         if not path.is_file():
             return
-        state, metadata = decode(path.read_bytes())
+        arrays, metadata = decode(path.read_bytes())
+        state, optimizer, generator = split_state(arrays)
         try:
             architecture = json.loads(metadata["architecture"])
             self.layers = tuple(json.loads(metadata["layers"]))
             self.epochs_done = int(metadata["epochs_done"])
+            # Without a record, every cached row was trained on (older work directories).
+            self._trained_rows = int(metadata.get("trained_rows", len(self.cache)))
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"corrupt side-network checkpoint {path}: {exc}") from exc
         self.network = network_from_arrays(state, architecture)
         self._make_optimizer()
+        if optimizer:
+            load_optimizer_arrays(self.optimizer, optimizer)
+        if generator is not None:
+            self._generator.set_state(torch.from_numpy(np.array(generator)))
+
+    def _catch_up(self) -> None:
+        """Replay epoch-1 steps whose rows reached the cache after the last checkpoint."""
+        total = len(self.cache)
+        if self.network is None or self.epochs_done > 0 or self._trained_rows >= total:
+            return
+        bounds = [b for b in self._steps.read() if self._trained_rows < b <= total]
+        if not bounds or bounds[-1] != total:
+            # At most one upload was cached before its boundary was logged (the device
+            # waits for each acknowledgement); it was one step.
+            self._steps.append(total)
+            bounds.append(total)
+        _, acts, delta = self.cache.load_all()
+        start = self._trained_rows
+        for end in bounds:
+            self._step(torch.from_numpy(acts[start:end].astype(np.float32)), torch.from_numpy(delta[start:end]))
+            start = end
+        self._trained_rows = total
+        self._save_checkpoint()
