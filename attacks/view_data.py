@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attacks.base import Attack, hex_ids
+import protocol.split_messages  # noqa: F401  (registers the split-learning message types)
 from protocol.transcript import INBOUND, ServerView
 
 
@@ -47,7 +48,8 @@ def pivot_data(view: ServerView, attack: Attack, need_delta: bool = False) -> Pi
     for record in view.messages():
         message = record.message
         raw_ids, activations = getattr(message, "sample_ids", None), getattr(message, "activations", None)
-        if record.direction != INBOUND or raw_ids is None or activations is None or activations.ndim != 3:
+        if (record.direction != INBOUND or raw_ids is None or activations is None or activations.ndim != 3
+                or hasattr(message, "attention_mask")):  # all-token uploads are not pivot uploads
             continue
         layers = tuple(getattr(message, "layers", range(1, activations.shape[1] + 1)))
         delta = _plain_delta(message)
