@@ -79,6 +79,9 @@ class KeyDirectory:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def server_key(self) -> Path:
         return self.root / f"{SERVER_NAME}.key"

@@ -1,0 +1,51 @@
+"""`secure-assist serve`: the PAE server role for many devices over TLS 1.3."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from protocol.errors import UserInputError
+from protocol.files import write_atomic
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM."""
+    from protocol.server import ServerTraining
+    from protocol.transport.framing import MAX_LENGTH_FIELD
+    from protocol.transport.identity import KeyDirectory
+    from protocol.transport.server import TransportLimits, TransportServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    max_bytes = int(args.max_frame_mib * 1024 * 1024)
+    if not 1024 <= max_bytes <= MAX_LENGTH_FIELD:
+        raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
+    training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, batch_size=args.server_batch_size,
+                              seed=args.seed)
+    server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
+                             TransportLimits(max_frame_bytes=max_bytes))
+
+    def ready(host: str, port: int) -> None:
+        if args.ready_file:
+            write_atomic(Path(args.ready_file), f"{host}:{port}\n".encode())
+
+    asyncio.run(server.serve_until_signal(args.host, args.port, ready))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the subcommand to the CLI."""
+    parser = commands.add_parser("serve", help="run the server role for many devices (TLS 1.3, mutual auth)")
+    parser.add_argument("--keys", required=True, help="key directory with server.key/.crt and trusted_devices.json")
+    parser.add_argument("--workdir", required=True, help="root of the per-device work directories")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8443, help="TCP port; 0 picks a free one (default: 8443)")
+    parser.add_argument("--ready-file", help="write host:port here once listening")
+    parser.add_argument("--max-frame-mib", type=float, default=64.0, help="largest accepted frame (default: 64)")
+    parser.add_argument("--rank", type=int, default=64, help="side-network rank (default: 64)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    parser.add_argument("--server-batch-size", type=int, default=32, help="cached-epoch batch size (default: 32)")
+    parser.add_argument("--seed", type=int, default=0, help="side-network seed (default: 0)")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,122 @@
+"""The device side of PAE fine-tuning against a network server (`secure-assist device`).
+
+Resume *(choice)*: the device draws every sample id up front and writes them with the
+ground truth before the first upload, then records in `device/upload_progress.json` how
+many batches the server has acknowledged. A restarted device reuses the same ids and
+skips acknowledged batches, so it never re-forwards them; a batch whose acknowledgement
+was lost is re-sent and the server counts its samples as duplicates (uploads are
+idempotent by sample id). Training is requested with `TrainUntil(epochs)`, which is
+idempotent too, so a retried request after a server restart never over-trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from protocol.backbone import load_backbone
+from protocol.channel import Channel
+from protocol.device import DeviceRole, new_sample_ids
+from protocol.errors import UserInputError
+from protocol.files import write_atomic
+from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, expect
+from protocol.model_io import FineTunedModel, save_finetuned
+from protocol.side_network import network_from_arrays
+from protocol.tasks import Example
+from secure_assist.config import FinetuneConfig
+from secure_assist.data import resolve_data
+from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, accuracy, write_ground_truth
+
+PROGRESS_FILE = "upload_progress.json"
+
+
+def _run_key(config: FinetuneConfig, examples: list[Example]) -> str:
+    """What a resumed run must share with the interrupted one: the data and the upload layout."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(f"{example.label}\t{example.text}\n".encode())
+    digest.update(json.dumps([config.model, config.layers, config.payload_dtype, config.device_batch_size]).encode())
+    return digest.hexdigest()
+
+
+def _load_or_assign_ids(device_dir: Path, key: str, examples: list[Example], overwrite: bool) -> tuple[np.ndarray, int]:
+    """(sample ids, acknowledged batches): resumed from the progress file, or fresh."""
+    progress_path, truth_path = device_dir / PROGRESS_FILE, device_dir / GROUND_TRUTH_FILE
+    if progress_path.is_file() and not overwrite:
+        progress = json.loads(progress_path.read_text())
+        if progress.get("run_key") != key:
+            raise UserInputError(f"{device_dir} holds a different run; pass --overwrite or another --workdir")
+        rows = [json.loads(line) for line in truth_path.read_text().splitlines() if line]
+        ids = np.array([np.frombuffer(bytes.fromhex(r["sample_id"]), np.uint8) for r in rows])
+        return ids, int(progress["acknowledged_batches"])
+    if truth_path.exists() and not overwrite:
+        raise UserInputError(f"{device_dir} already holds a run; pass --overwrite or another --workdir")
+    ids = new_sample_ids(len(examples))
+    write_ground_truth(truth_path, ids, examples)
+    _save_progress(progress_path, key, 0)
+    return ids, 0
+
+
+def _save_progress(path: Path, key: str, acknowledged: int) -> None:
+    write_atomic(path, json.dumps({"run_key": key, "acknowledged_batches": acknowledged}).encode())
+
+
+def upload_resumable(device: DeviceRole, channel: Channel, examples: list[Example], device_dir: Path,
+                     key: str, overwrite: bool = False,
+                     on_acknowledged: Callable[[int], None] | None = None) -> np.ndarray:
+    """Epoch 1 with resume: forward and upload only batches the server has not acknowledged."""
+    ids, done = _load_or_assign_ids(device_dir, key, examples, overwrite)
+    size = device.batch_size
+    start = done * size
+    batches = device.batches(examples[start:], "device forward + upload")
+    for index, (chunk, pivots) in enumerate(batches, start=done):
+        device.send(channel, chunk, pivots, ids[index * size:index * size + len(chunk)])
+        _save_progress(device_dir / PROGRESS_FILE, key, index + 1)
+        if on_acknowledged:
+            on_acknowledged(index + 1)
+    device.finish(channel)
+    return ids
+
+
+def run_device_finetune(config: FinetuneConfig, channel: Channel, progress: bool = True, overwrite: bool = False,
+                        on_acknowledged: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Fine-tune through a (network) channel; the server's hyper-parameters are the server's."""
+    torch.manual_seed(config.seed)
+    workdir = Path(config.workdir)
+    task, train, evaluate = resolve_data(config)
+    device = DeviceRole(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
+                        batch_size=config.device_batch_size, progress=progress)
+    upload_resumable(device, channel, train, workdir / DEVICE_DIR, _run_key(config, train), overwrite,
+                     on_acknowledged)
+    uploaded_bytes = channel.bytes_up
+    report = expect(channel.request(TrainUntil(epochs_total=config.epochs)), TrainReport)
+    weights = expect(channel.request(FetchWeights()), SideWeights)
+    side = network_from_arrays(weights.state, weights.architecture)
+    labels = np.array([e.label for e in evaluate])
+    backbone_probs, combined = device.scores(evaluate, side)
+    model_path = workdir / MODEL_FILE
+    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=task, layers=device.layers,
+                                              payload_dtype=config.payload_dtype, side_network=side))
+    return {
+        "config": asdict(config),
+        "n_train": len(train),
+        "n_eval": len(evaluate),
+        "zero_shot_accuracy": accuracy(backbone_probs, labels),
+        "accuracy": accuracy(combined, labels),
+        "epochs_done": report.epochs_done,
+        "cache_samples": report.samples,
+        "bytes_up": channel.bytes_up,
+        "bytes_down": channel.bytes_down,
+        "upload_wire_bytes_this_session": uploaded_bytes,
+        "device_forwards": device.forward_samples,
+        "device_seconds": device.forward_seconds,
+        "reconnects": getattr(channel, "reconnects", 0),
+        "model_file": str(model_path),
+        "ground_truth": str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE),
+    }
