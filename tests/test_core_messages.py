@@ -1,0 +1,78 @@
+"""Wire messages: round trips and strict rejection of anything malformed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from protocol.codec import encode
+from protocol.device import new_sample_ids
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    PROTOCOL_VERSION, ErrorReply, FetchWeights, FullUpload, SideWeights, TrainReport, TrainRequest, Upload,
+    UploadAck, decode_message, encode_message,
+)
+
+
+def _upload(n: int = 3) -> Upload:
+    rng = np.random.default_rng(0)
+    return Upload(sample_ids=new_sample_ids(n), activations=rng.normal(size=(n, 2, 8)).astype(np.float16),
+                  delta=rng.normal(size=(n, 2)).astype(np.float32), layers=(1, 2))
+
+
+SAMPLES = [
+    _upload(),
+    FullUpload(sample_ids=new_sample_ids(2), activations=np.zeros((2, 2, 5, 8), np.float16),
+               attention_mask=np.ones((2, 5), np.uint8), labels=np.array([0, 1])),
+    UploadAck(stored=3, duplicates=1), TrainRequest(epochs=2), TrainReport(epochs_done=3, samples=10, loss=0.5),
+    FetchWeights(), SideWeights(state={"w": np.ones((2, 3), np.float32)}, architecture={"rank": 4}),
+    ErrorReply(reason="nope"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.TYPE)
+def test_round_trip(message) -> None:
+    decoded = decode_message(encode_message(message))
+    assert type(decoded) is type(message)
+    tensors, fields = decoded.parts()
+    expected_tensors, expected_fields = message.parts()
+    assert json.loads(json.dumps(fields)) == json.loads(json.dumps(expected_fields))
+    assert tensors.keys() == expected_tensors.keys()
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(value, expected_tensors[name])
+        assert value.dtype == expected_tensors[name].dtype
+
+
+def _raw(kind: str, tensors: dict, fields: dict, version: str = str(PROTOCOL_VERSION)) -> bytes:
+    return encode(tensors, {"type": kind, "version": version, "fields": json.dumps(fields)})
+
+
+def test_rejects_unknown_version_and_type() -> None:
+    with pytest.raises(ProtocolError, match="version"):
+        decode_message(_raw("fetch_weights", {}, {}, version="99"))
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode_message(_raw("rm_rf", {}, {}))
+
+
+def test_rejects_extra_fields_wrong_dtype_shapes_and_nan() -> None:
+    upload = _upload()
+    tensors, fields = upload.parts()
+    with pytest.raises(ProtocolError, match="differ from expected"):
+        decode_message(_raw("upload", tensors, {**fields, "label": 1}))
+    with pytest.raises(ProtocolError, match="dtype"):
+        decode_message(_raw("upload", {**tensors, "delta": tensors["delta"].astype(np.float64)}, fields))
+    with pytest.raises(ProtocolError, match="inconsistent shapes"):
+        decode_message(_raw("upload", {**tensors, "delta": tensors["delta"][:2]}, fields))
+    bad = tensors["activations"].copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ProtocolError, match="NaN"):
+        decode_message(_raw("upload", {**tensors, "activations": bad}, fields))
+
+
+def test_rejects_oversize_and_garbage() -> None:
+    data = encode_message(_upload(50))
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decode_message(data, max_bytes=len(data) - 1)
+    for garbage in (b"", b"\x01", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00[]"):
+        with pytest.raises(ProtocolError):
+            decode_message(garbage)

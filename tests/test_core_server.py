@@ -1,0 +1,97 @@
+"""PAE device + server over the in-process channel, with a tiny backbone."""
+
+import numpy as np
+import pytest
+
+from protocol.channel import InProcessChannel
+from protocol.device import DeviceRole
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    FetchWeights, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
+    encode_message, expect,
+)
+from protocol.server import ServerTraining, SideTuningServer
+from protocol.side_network import network_from_arrays
+from protocol.tasks import SST2, builtin_split, sample
+from protocol.transcript import INBOUND, OUTBOUND, ServerView
+
+
+@pytest.fixture()
+def examples():
+    return sample(builtin_split("sst2", "dev"), 48, 0)
+
+
+def test_epochs_after_the_first_need_no_device_work(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
+    channel = InProcessChannel(server)
+    device = DeviceRole(tiny_llama, SST2, batch_size=16, progress=False)
+    ids = device.upload(channel, examples)
+    forwards, bytes_up = device.forward_samples, channel.bytes_up
+    report = expect(channel.request(TrainRequest(epochs=3)), TrainReport)
+    assert (report.epochs_done, report.samples) == (4, 48)
+    assert device.forward_samples == forwards == 48
+    assert channel.bytes_up - bytes_up == len(encode_message(TrainRequest(epochs=3)))
+    cached_ids, acts, delta = ServerView(tmp_path / "server").cache_contents()
+    np.testing.assert_array_equal(cached_ids, ids)
+    assert acts.shape == (48, 2, 64) and delta.shape == (48, 2)
+    np.testing.assert_allclose(delta.sum(axis=1), 0, atol=1e-6)
+    server.close()
+
+
+def test_bytes_are_those_of_the_serialized_messages(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server")
+    channel = InProcessChannel(server)
+    device = DeviceRole(tiny_llama, SST2, batch_size=16, progress=False)
+    device.upload(channel, examples)
+    server.close()
+    records = list(ServerView(tmp_path / "server").messages())
+    assert sum(r.size for r in records if r.direction == INBOUND) == channel.bytes_up
+    assert sum(r.size for r in records if r.direction == OUTBOUND) == channel.bytes_down
+    uploads = [r.message for r in records if isinstance(r.message, Upload)]
+    assert len(uploads) == 3 and all(u.activations.dtype == np.float16 for u in uploads)
+    assert all(isinstance(r.message, UploadAck) for r in records if r.direction == OUTBOUND)
+
+
+def test_resent_uploads_are_counted_not_stored_twice(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server")
+    channel = InProcessChannel(server)
+    device = DeviceRole(tiny_llama, SST2, progress=False)
+    upload = device.make_upload(examples[:4], device.forward([e.text for e in examples[:4]]),
+                                np.repeat(np.arange(4, dtype=np.uint8)[:, None], 16, axis=1))
+    assert expect(channel.request(upload), UploadAck) == UploadAck(stored=4, duplicates=0)
+    assert expect(channel.request(upload), UploadAck) == UploadAck(stored=0, duplicates=4)
+    assert len(server.cache) == 4
+    server.close()
+
+
+def test_restart_restores_side_network_and_cache(tmp_path, tiny_llama, examples) -> None:
+    device = DeviceRole(tiny_llama, SST2, progress=False)
+    first = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
+    channel = InProcessChannel(first)
+    device.upload(channel, examples)
+    channel.request(TrainRequest(epochs=2))
+    before = expect(channel.request(FetchWeights()), SideWeights)
+    first.close()
+    second = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
+    after = expect(InProcessChannel(second).request(FetchWeights()), SideWeights)
+    assert second.epochs_done == 3 and len(second.cache) == 48
+    for name, value in before.state.items():
+        np.testing.assert_array_equal(after.state[name], value)
+    network_from_arrays(after.state, after.architecture)
+    second.close()
+
+
+def test_protocol_violations_are_answered_with_errors(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server")
+    channel = InProcessChannel(server)
+    with pytest.raises(ProtocolError, match="no upload"):
+        channel.request(TrainRequest(epochs=1))
+    with pytest.raises(ProtocolError, match="does not accept"):
+        channel.request(UploadAck(stored=1, duplicates=0))
+    device = DeviceRole(tiny_llama, SST2, progress=False)
+    device.upload(channel, examples[:4])
+    narrow = DeviceRole(tiny_llama, SST2, layers=(2,), progress=False)
+    with pytest.raises(ProtocolError, match="differ from earlier uploads"):
+        narrow.upload(channel, examples[4:8])
+    assert len(server.cache) == 4
+    server.close()
