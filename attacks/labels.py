@@ -164,11 +164,12 @@ class ModelCompletion(Attack):
         data = pivot_data(view, self)
         if len(public.labeled) < self.K:
             raise self.missing(f"{self.K} public labeled examples (got {len(public.labeled)})")
+        # Features of the whole public labeled set (one cached pass), of which k are used.
+        features = public.public_features(self.NAME, [e.text for e in public.labeled], data.layers)
         labeled = public.labeled[:self.K]
-        features = public.public_features(self.NAME, [e.text for e in labeled], data.layers)
         backbone = public_backbone(public.backbone_name)
         last = backbone.n_layers
-        train_x = probe_features(features.activations, features.label_logits)
+        train_x = probe_features(features.activations[:self.K], features.label_logits[:self.K])
         test_x = probe_features(data.activations, zero_shot_logits(backbone, public.task, data.layer(self, last)))
         scaler = StandardScaler().fit(train_x)
         probe = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(train_x), [e.label for e in labeled])

@@ -170,6 +170,13 @@ def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = 
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
                progress: bool = True) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
+    return audit(name, workdir, public, backbone_name, task, seed, progress)[1]
+
+
+def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
+          backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
+          progress: bool = True) -> tuple[AttackResult, dict[str, Any]]:
+    """The attack's raw result (which never saw ground truth) and its scored report."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -191,4 +198,4 @@ def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = 
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task, builtin_split(task.name, "dev"),
                                        progress))
-    return report
+    return result, report
