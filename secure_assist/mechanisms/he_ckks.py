@@ -1,0 +1,95 @@
+"""`he_ckks`: Δ leaves the device only CKKS-encrypted; the head comes back encrypted.
+
+Device flow: every batch's Δ is kept back and packed, per class, into ciphertexts of
+up to `slot_count` samples, sent with the pivot activations (`EncryptedUpload`). Then
+the device sends its *public* context (`HeFitRequest`); the server fits the ridge
+head enc(W) = M·enc(Δ) over its own label-free features and returns it; the device
+decrypts W and keeps it. No decryption of a server-computed ciphertext is ever sent
+back (that is the Li-Micciancio key-recovery setting).
+
+What this protects: Δ and the head (hence the labels as far as Δ goes). What it does
+not: the activations are in the clear (inputs and the backbone's zero-shot labels
+leak as in the plain protocol); no side-network body is trained (the server's
+features are a label-free PCA, which it knows).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from protocol.channel import Channel
+from protocol.messages import Message, Upload, expect
+from secure_assist.mechanisms.base import Mechanism, MechanismSettings
+from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, join_buffer, split_buffer
+from secure_assist.mechanisms.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
+from secure_assist.mechanisms.ridge import FeatureMap, RidgeHead
+
+
+class HeCkksDelta(Mechanism):
+    """Encrypt Δ with CKKS (device-held secret key) and fit the head under encryption."""
+
+    name = "he_ckks"
+    stage = "encrypt"
+    protects = "Δ and the fitted head (labels via Δ); not the activations"
+    guarantee = "CKKS (RLWE) semantic security at >= 128 bits; server holds a public context only"
+
+    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
+        super().__init__(settings, rng)
+        self.parameters = CkksParameters(settings.ckks_poly_modulus_degree, settings.ckks_coeff_mod_bit_sizes,
+                                         settings.ckks_scale_bits)
+        self.keys = CkksKeyHolder(self.parameters)
+        self._pending: list[Upload] = []
+        self.encrypt_seconds = 0.0
+        self.ciphertext_bytes = 0
+
+    def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
+        self._pending.append(upload)
+        messages = []
+        while sum(len(u.sample_ids) for u in self._pending) >= self.parameters.slot_count:
+            messages.append(self._encrypt_block(self.parameters.slot_count))
+        return messages
+
+    def flush(self) -> list[Message]:
+        return [self._encrypt_block(None)] if self._pending else []
+
+    def _encrypt_block(self, size: int | None) -> EncryptedUpload:
+        """Pack up to `size` pending samples (all if None) into one upload."""
+        ids = np.concatenate([u.sample_ids for u in self._pending])
+        acts = np.concatenate([u.activations for u in self._pending])
+        delta = np.concatenate([u.delta for u in self._pending])
+        layers = self._pending[0].layers
+        size = len(ids) if size is None else size
+        rest = Upload(sample_ids=ids[size:], activations=acts[size:], delta=delta[size:], layers=layers)
+        self._pending = [rest] if len(rest.sample_ids) else []
+        start = time.perf_counter()
+        buffer, sizes = join_buffer([self.keys.encrypt(delta[:size, c]) for c in range(delta.shape[1])])
+        self.encrypt_seconds += time.perf_counter() - start
+        self.ciphertext_bytes += len(buffer)
+        return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
+                               ciphertext_sizes=sizes, layers=layers)
+
+    def fit_request(self) -> HeFitRequest:
+        """The request carrying the public context (never the secret key)."""
+        context = np.frombuffer(self.keys.public_context(), dtype=np.uint8).copy()
+        return HeFitRequest(public_context=context, n_features=self.settings.he_features, ridge=self.settings.he_ridge)
+
+    def fit_head(self, channel: Channel) -> RidgeHead:
+        """Ask the server for enc(W), decrypt it here and return the device's head."""
+        return self.decrypt_head(expect(channel.request(self.fit_request()), HeFitReply))
+
+    def decrypt_head(self, reply: HeFitReply) -> RidgeHead:
+        """W from the reply's ciphertexts (class-major, one per feature)."""
+        values = np.array([self.keys.decrypt(c)[0] for c in split_buffer(reply.ciphertexts, reply.ciphertext_sizes)])
+        n_features = reply.components.shape[0] + 1
+        weights = values.reshape(-1, n_features).T  # (k+1, C)
+        return RidgeHead(FeatureMap(reply.input_mean, reply.input_scale, reply.components), weights)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "poly_modulus_degree": self.parameters.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(self.parameters.coeff_mod_bit_sizes),
+                "scale_bits": self.parameters.scale_bits, "he_features": self.settings.he_features,
+                "he_ridge": self.settings.he_ridge,
+                "body": "not trained: server features are a label-free PCA of the activations it sees"}
