@@ -39,6 +39,18 @@ class FinetuneConfig:
     server_batch_size: int = 32
     seed: int = 0
     workdir: str = "runs/finetune"
+    # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order.
+    mechanism: tuple[str, ...] = ("none",)
+    epsilon: float | None = None
+    dp_delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip: float = 1.0
+    activation_noise_multiplier: float | None = None
+    activation_clip: float = 50.0
+    mechanism_seed: int | None = None  # None: fresh OS entropy for the noise
+    # Share of the training data the device holds out for the safeguard; None: 0 for
+    # the unprotected baseline ('none'), 0.1 for any protected run.
+    safeguard_fraction: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("epochs", "device_batch_size", "rank", "server_batch_size")
@@ -49,6 +61,8 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserInputError(f"{name} must be at least 1 (or omitted for all), got {value}")
+        if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
+            raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         if not self.learning_rate > 0:
             raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
 

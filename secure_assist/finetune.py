@@ -24,7 +24,10 @@ from protocol.side_network import network_from_arrays
 from protocol.tasks import Example
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
+from secure_assist.mechanisms import MechanismChain, MechanismSettings
+from secure_assist.mechanisms.he_ckks import HeCkksDelta
 from secure_assist.resources import PeakMemory
+from secure_assist.safeguard import choose_shrink, shrink_network
 
 SERVER_DIR = "server"
 DEVICE_DIR = "device"
@@ -54,15 +57,52 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
+def build_mechanisms(config: FinetuneConfig) -> MechanismChain:
+    """The configured protections; every configuration error surfaces here, before anything is sent."""
+    chain = MechanismChain(config.mechanism, MechanismSettings(
+        epsilon=config.epsilon, delta=config.dp_delta, noise_multiplier=config.noise_multiplier, clip=config.clip,
+        activation_clip=config.activation_clip, activation_noise_multiplier=config.activation_noise_multiplier,
+        seed=config.mechanism_seed))
+    if chain.find(HeCkksDelta) is not None:
+        raise UserInputError("he_ckks fits a ridge head, not the side network this command deploys; use the "
+                             "secure_assist.mechanisms API (see benchmarks/mechanisms.py)")
+    return chain
+
+
+def hold_out(train: list[Example], config: FinetuneConfig) -> tuple[list[Example], list[Example]]:
+    """(examples to upload, the device's validation split for the safeguard)."""
+    fraction = config.safeguard_fraction
+    if fraction is None:
+        fraction = 0.0 if config.mechanism == ("none",) else 0.1
+    cut = int(len(train) * fraction)
+    if fraction > 0 and (cut < 1 or cut >= len(train)):
+        raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
+                             f"out of {len(train)}")
+    order = np.random.default_rng(config.seed).permutation(len(train))
+    return [train[i] for i in order[cut:]], [train[i] for i in order[:cut]]
+
+
+def apply_safeguard(device: DeviceRole, side: Any, validation: list[Example]) -> dict[str, Any] | None:
+    """Shrink or drop the side output so it never does worse than the backbone on validation."""
+    if not validation:
+        return None
+    backbone_probs, combined = device.scores(validation, side)
+    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]))
+    shrink_network(side, decision.factor)
+    return {**asdict(decision), "action": decision.action}
+
+
 def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune with PAE and return the JSON-able summary."""
     torch.manual_seed(config.seed)
     workdir = Path(config.workdir)
     task, train, evaluate = resolve_data(config)
+    mechanisms = build_mechanisms(config)
+    train, validation = hold_out(train, config)
     prepare_workdir(workdir, overwrite)
     backbone = load_backbone(config.model)
     device = DeviceRole(backbone, task, layers=config.layers, payload_dtype=config.payload_dtype,
-                        batch_size=config.device_batch_size, progress=progress)
+                        batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
     server = SideTuningServer(workdir / SERVER_DIR, ServerTraining(
         rank=config.rank, learning_rate=config.learning_rate, batch_size=config.server_batch_size, seed=config.seed))
     channel = InProcessChannel(server)
@@ -82,6 +122,8 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     finally:
         server.close()
     side = network_from_arrays(weights.state, weights.architecture)
+    mechanisms.restore(side)
+    safeguard = apply_safeguard(device, side, validation)
     labels = np.array([e.label for e in evaluate])
     backbone_probs, combined = device.scores(evaluate, side)
     model_path = workdir / MODEL_FILE
@@ -90,6 +132,8 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     return {
         "config": asdict(config),
         "n_train": len(train),
+        "mechanisms": mechanisms.describe(),
+        "safeguard": safeguard,
         "n_eval": len(evaluate),
         "zero_shot_accuracy": accuracy(backbone_probs, labels),
         "accuracy": accuracy(combined, labels),

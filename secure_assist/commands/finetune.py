@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import Any, Callable
 
 from secure_assist.config import FinetuneConfig, config_from_mapping, load_config_file
+from secure_assist.mechanisms import MECHANISMS
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
@@ -27,6 +28,15 @@ _FLAG_TYPES: dict[str, Callable[[str], Any]] = {
     "learning_rate": float,
     "train_samples": int,
     "eval_samples": int,
+    "mechanism": _csv(str),
+    "epsilon": float,
+    "dp_delta": float,
+    "noise_multiplier": float,
+    "clip": float,
+    "activation_noise_multiplier": float,
+    "activation_clip": float,
+    "mechanism_seed": int,
+    "safeguard_fraction": float,
 }
 _FLAG_HELP = {
     "model": "backbone: 'smollm2-135m' (embedded), a tiny-* test model, a local path or a cached hub id",
@@ -39,6 +49,15 @@ _FLAG_HELP = {
     "layers": "comma-separated backbone layers to upload (default: all)",
     "payload_dtype": "activation dtype on the wire: float16 or float32",
     "workdir": "directory for the server view, cache and fine-tuned model",
+    "mechanism": "comma-separated privacy mechanisms, composed: " + ", ".join(MECHANISMS),
+    "epsilon": "target per-sample ε of gaussian / label_rr",
+    "dp_delta": "δ of the gaussian mechanisms",
+    "noise_multiplier": "gaussian noise σ relative to --clip (instead of --epsilon)",
+    "clip": "L2 clip norm c of Δ (gaussian)",
+    "activation_noise_multiplier": "activation_noise σ relative to --activation-clip",
+    "activation_clip": "L2 clip norm of each layer's pivot vector (activation_noise)",
+    "mechanism_seed": "seed of the mechanisms' randomness (default: OS entropy)",
+    "safeguard_fraction": "share of the training data held out on the device for the safeguard",
 }
 
 
