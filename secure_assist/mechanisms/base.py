@@ -114,4 +114,4 @@ def clip_rows(values: np.ndarray, bound: float) -> np.ndarray:
 
 def warn_unprotected(what: str) -> None:
     """Emit the PrivacyWarning of a run that sends `what` in the clear."""
-    warnings.warn(f"mechanism 'none': {what} reaches the server unprotected", PrivacyWarning, stacklevel=3)
+    warnings.warn(f"mechanism 'none': {what} sent to the server unprotected", PrivacyWarning, stacklevel=3)

@@ -30,7 +30,7 @@ class NoProtection(Mechanism):
 
     def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
         super().__init__(settings, rng)
-        warn_unprotected("Δ (and with it every label) and the pivot activations")
+        warn_unprotected("Δ (and with it every label) and the pivot activations are")
 
 
 class GaussianDelta(Mechanism):
