@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_TAIL = 50
+
 
 @dataclass(frozen=True)
 class DistinguishingOutcome:
@@ -51,6 +53,8 @@ def _best_threshold(scores_0: np.ndarray, scores_1: np.ndarray) -> float:
         tpr = ((scores_1 > threshold).sum() + 1) / (len(scores_1) + 2)
         fpr = ((scores_0 > threshold).sum() + 1) / (len(scores_0) + 2)
         ratio = max(np.log(tpr / fpr), np.log((1 - fpr) / (1 - tpr)))
-        if ratio > best_ratio and (scores_1 > threshold).sum() >= 20:
+        # Tails of fewer than MIN_TAIL releases are noise on the fitting half, not evidence.
+        tails = min((scores_1 > threshold).sum(), (scores_0 <= threshold).sum())
+        if ratio > best_ratio and tails >= MIN_TAIL:
             best, best_ratio = float(threshold), ratio
     return best

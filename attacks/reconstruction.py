@@ -32,9 +32,22 @@ def _template_words(task: TaskSpec) -> set[str]:
     return set(words(task.template.replace("{text}", " ")))
 
 
-def _normalized(matrix: np.ndarray) -> np.ndarray:
-    centred = matrix - matrix.mean(axis=0, keepdims=True)
-    return centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-6)
+class EmbeddingIndex:
+    """Cosine nearest neighbours among the public input embeddings, all vectors centred on
+    the embedding mean (the shared offset would otherwise dominate every cosine)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        table = input_embeddings(backbone)
+        self._centre = table.mean(axis=0)
+        self._table = self._unit(table)
+
+    def _unit(self, matrix: np.ndarray) -> np.ndarray:
+        centred = matrix - self._centre
+        return centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-6)
+
+    def nearest(self, states: np.ndarray) -> list[int]:
+        """Token id nearest to each row of `states`."""
+        return (self._unit(states) @ self._table.T).argmax(axis=1).tolist()
 
 
 def _bag_text(backbone: Backbone, task: TaskSpec, token_ids: list[int]) -> str:
@@ -55,11 +68,8 @@ class PivotNearestEmbedding(Attack):
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
         backbone = public_backbone(public.backbone_name)
-        table = _normalized(input_embeddings(backbone))
-        texts = []
-        for sample in data.activations:
-            nearest = (_normalized(sample) @ table.T).argmax(axis=1)
-            texts.append(_bag_text(backbone, public.task, nearest.tolist()))
+        index = EmbeddingIndex(backbone)
+        texts = [_bag_text(backbone, public.task, index.nearest(sample)) for sample in data.activations]
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
 
 
@@ -194,10 +204,10 @@ class FullActivationInversion(Attack):
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = full_activation_data(view, self)
         backbone = public_backbone(public.backbone_name)
-        table = _normalized(input_embeddings(backbone))
+        index = EmbeddingIndex(backbone)
         token_ids, texts = [], []
         for sample in data.activations:
-            ids = (_normalized(sample[0]) @ table.T).argmax(axis=1).tolist()
+            ids = index.nearest(sample[0])
             token_ids.append(ids)
             texts.append(strip_template(public.task, backbone.tokenizer.decode(ids)))
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
