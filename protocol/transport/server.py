@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ class TransportServer:
         self.root = Path(self.root)
         self._slots: dict[str, _DeviceSlot] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._listener: asyncio.base_events.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
         self._context: ssl.SSLContext | None = None
         self._trust_stamp: float | None = None
 
@@ -91,8 +93,10 @@ class TransportServer:
         """Listen; return the bound address (port 0 picks a free one)."""
         if self.keys is not None:
             self._tls_context()  # fail at start, not at the first device, on missing keys
-        self._listener = await asyncio.start_server(self._on_connection, host, port)
-        bound = self._listener.sockets[0].getsockname()
+        self._listener = socket.create_server((host, port))
+        self._listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept_loop())
+        bound = self._listener.getsockname()
         log.info("listening on %s:%d (%s)", bound[0], bound[1], "TLS 1.3, mutual auth" if self.keys else "PLAINTEXT")
         return bound[0], bound[1]
 
@@ -111,6 +115,9 @@ class TransportServer:
 
     async def close(self) -> None:
         """Stop listening, end connections, finish in-flight work, close every device's files."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
         if self._listener is not None:
             self._listener.close()
         for task in list(self._tasks):
@@ -123,8 +130,6 @@ class TransportServer:
                 await loop.run_in_executor(slot.executor, slot.endpoint.close)
             slot.executor.shutdown(wait=True)
         self._slots.clear()
-        if self._listener is not None:
-            await self._listener.wait_closed()
 
     def device_stats(self) -> dict[str, dict[str, int]]:
         """Per-identity connection and request counts (for logs and benchmarks)."""
@@ -137,33 +142,64 @@ class TransportServer:
             self._context, self._trust_stamp = self.keys.server_context(), stamp
         return self._context
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            connection, _ = await loop.sock_accept(self._listener)
+            task = asyncio.create_task(self._on_connection(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _on_connection(self, connection: socket.socket) -> None:
+        peer = "%s:%s" % connection.getpeername()[:2]
+        writer = None
         try:
+            opened = await self._open(connection, peer)
+            if opened is None:
+                return
+            reader, writer = opened
             identity = await self._authenticate(writer, peer)
             if identity is not None:
                 await self._serve(identity, peer, reader, writer)
         except asyncio.CancelledError:
             log.info("%s: connection closed by server shutdown", peer)
         finally:
-            self._tasks.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (OSError, ssl.SSLError):
-                pass
+            if writer is None:
+                connection.close()
+            else:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except (OSError, ssl.SSLError):
+                    pass
+
+    async def _open(self, connection: socket.socket, peer: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Streams over the accepted socket, after the TLS handshake (None if it failed, logged).
+
+        The handshake runs inside `connect_accepted_socket`, before any byte reaches a
+        stream buffer, so no early byte can bypass TLS.
+        """
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        context = self._tls_context() if self.keys is not None else None
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, connection, ssl=context,
+                ssl_handshake_timeout=self.limits.handshake_seconds if context else None)
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            log.warning("%s: rejected: TLS handshake failed (%s)", peer, _reason(exc))
+            return None
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _authenticate(self, writer: asyncio.StreamWriter, peer: str) -> str | None:
         if self.keys is None:
             return PLAINTEXT_IDENTITY
         try:
-            await asyncio.wait_for(writer.start_tls(self._tls_context()), self.limits.handshake_seconds)
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            log.warning("%s: rejected: TLS handshake failed (%s)", peer, _reason(exc))
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        except ValueError as exc:  # the session broke right after the handshake
+            log.warning("%s: rejected: TLS handshake failed (%s)", peer, exc)
             return None
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         digest = fingerprint(der)
         entry = self.keys.load_trust().get(digest)
         if entry is None or entry.get("revoked", False):
