@@ -28,7 +28,8 @@ def _phase_inference(args: argparse.Namespace) -> dict:
     from protocol.tasks import SST2
     from secure_assist.resources import PeakMemory
 
-    train = _train(args)
+    # Peak memory depends on the batch, not on how many batches: a prefix is enough.
+    train = _train(args)[:args.inference_samples]
     device = DeviceRole(load_backbone(args.model), SST2, batch_size=args.batch_size, progress=False)
     with PeakMemory() as memory:
         for _ in device.batches(train, "inference"):
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lora-epochs", type=int, default=1)
     parser.add_argument("--mobillm-samples", type=int, default=200)
+    parser.add_argument("--inference-samples", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None)
@@ -127,7 +129,7 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="core-pae-")
-    shared = ("model", "train_samples", "eval_samples", "epochs", "lora_epochs", "mobillm_samples",
+    shared = ("model", "train_samples", "eval_samples", "epochs", "lora_epochs", "mobillm_samples", "inference_samples",
               "batch_size", "seed", "workdir")
     argv = [item for name in shared if getattr(args, name) is not None
             for item in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
