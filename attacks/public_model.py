@@ -10,7 +10,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from protocol.backbone import Backbone, load_backbone
+from protocol.backbone import Backbone, decoder_stack, layer_span, load_backbone
 from protocol.tasks import TaskSpec
 
 
@@ -43,3 +43,13 @@ def logit_lens(backbone: Backbone, states: np.ndarray) -> np.ndarray:
 def input_embeddings(backbone: Backbone) -> np.ndarray:
     """The public token embedding matrix (vocab, d)."""
     return backbone.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+
+
+def token_states(backbone: Backbone, task: TaskSpec, texts: list[str], layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden states after `layer` layers of every real prompt token of `texts`, and the
+    token ids: the attacker runs only the bottom of the public backbone on public text."""
+    encoded = backbone.tokenizer([task.prompt(t) for t in texts], return_tensors="pt", padding=True)
+    with torch.inference_mode(), layer_span(decoder_stack(backbone), 0, layer) as bottom:
+        states = bottom(**encoded, use_cache=False).last_hidden_state
+    real = encoded["attention_mask"].bool()
+    return states[real].float().numpy(), encoded["input_ids"][real].numpy()

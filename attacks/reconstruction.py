@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 import torch
 
 from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
-from attacks.public_model import input_embeddings, logit_lens, public_backbone
+from attacks.public_model import input_embeddings, logit_lens, public_backbone, token_states
 from attacks.view_data import full_activation_data, pivot_data
 from protocol.backbone import Backbone
 from protocol.tasks import TaskSpec
@@ -195,20 +196,45 @@ def strip_template(task: TaskSpec, prompt: str) -> str:
 
 @register
 class FullActivationInversion(Attack):
-    """Per-position nearest input embedding of the earliest uploaded layer's states."""
+    """Per-position inversion of the earliest uploaded layer's all-token states: a ridge
+    map from that layer's states to input embeddings, fitted on public text run through
+    the bottom of the public backbone, then the nearest embedding."""
 
     NAME = "full_activation_inversion"
     KIND = RECONSTRUCTION
-    DESCRIPTION = "per-token nearest public embedding of all-token activations (MobiLLM / split learning)"
+    DESCRIPTION = "per-token inversion (public ridge map + nearest embedding) of all-token activations"
+    PUBLIC_TEXTS = 200
+    RIDGE = 1.0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = full_activation_data(view, self)
         backbone = public_backbone(public.backbone_name)
+        corpus = list(public.unlabeled_texts[:self.PUBLIC_TEXTS])
+        if len(corpus) < 20:
+            raise self.missing(f"public unlabeled text (>= 20 texts, got {len(corpus)})")
+        states, tokens = [], []
+        for start in range(0, len(corpus), 32):
+            batch_states, batch_tokens = token_states(backbone, public.task, corpus[start:start + 32], data.first_layer)
+            states.append(batch_states)
+            tokens.append(batch_tokens)
+        mapping = _ridge_map(np.concatenate(states), input_embeddings(backbone)[np.concatenate(tokens)], self.RIDGE)
         index = EmbeddingIndex(backbone)
         token_ids, texts = [], []
         for sample in data.activations:
-            ids = index.nearest(sample[0])
+            ids = index.nearest(mapping(sample[0]))
             token_ids.append(ids)
             texts.append(strip_template(public.task, backbone.tokenizer.decode(ids)))
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
-                            token_ids=token_ids, details={"layer": data.first_layer})
+                            token_ids=token_ids, details={"layer": data.first_layer, "public_tokens": int(sum(len(t) for t in tokens))})
+
+
+def _ridge_map(states: np.ndarray, targets: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> (x - mean) W + target mean, W the ridge solution on centred public pairs."""
+    mean, target_mean = states.mean(axis=0), targets.mean(axis=0)
+    centred = states - mean
+    weights = np.linalg.solve(centred.T @ centred + ridge * np.eye(states.shape[1]), centred.T @ (targets - target_mean))
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return (x - mean) @ weights + target_mean
+
+    return apply

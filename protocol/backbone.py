@@ -13,9 +13,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -202,3 +203,22 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | None = No
     n_layers, hidden_size = _probe_hidden_states(model, name, device)
     return Backbone(name=name, model=model, tokenizer=tokenizer, n_layers=n_layers,
                     hidden_size=hidden_size, device=device)
+
+
+def decoder_stack(backbone: Backbone) -> torch.nn.Module:
+    """The decoder module holding `layers` and the final `norm` (llama, qwen2, ...)."""
+    inner = backbone.model.base_model
+    if not hasattr(inner, "layers") or not hasattr(inner, "norm"):
+        raise UserInputError(f"this operation needs a decoder stack with 'layers' and 'norm' ({backbone.name!r})")
+    return inner
+
+
+@contextmanager
+def layer_span(inner: torch.nn.Module, start: int, stop: int) -> Iterator[torch.nn.Module]:
+    """The decoder restricted to layers start..stop-1, without its final norm."""
+    layers, norm = inner.layers, inner.norm
+    inner.layers, inner.norm = torch.nn.ModuleList(list(layers)[start:stop]), torch.nn.Identity()
+    try:
+        yield inner
+    finally:
+        inner.layers, inner.norm = layers, norm

@@ -58,7 +58,8 @@ def test_split_learning_view_leaks_labels_and_tokens(tmp_path):
                              tmp_path / "server", cut_layer=1, batch_size=8, progress=False)
     assert len(run.losses) == 2 and run.bytes_down > 0
     write_ground_truth(tmp_path / "device" / "ground_truth.jsonl", run.sample_ids, train)
-    public = PublicKnowledge("tiny-llama", SST2)
+    public = PublicKnowledge("tiny-llama", SST2,
+                             unlabeled_texts=tuple(e.text for e in builtin_split("sst2", "train")[100:200]))
     assert run_attack("gradient_cosine", tmp_path, public=public)["auc"] >= 0.9
     result, report = audit("full_activation_inversion", tmp_path, public=public)
     assert report["position_token_accuracy"] >= 0.95 and result.details["layer"] == 1

@@ -158,3 +158,18 @@ def test_model_completion_probe_learns_from_public_labels(tmp_path):
     write_view(tmp_path, [Upload(sample_ids=ids, activations=acts, delta=np.zeros((N, 2), np.float32), layers=(1, 2))])
     write_truth(tmp_path, ids, labels.tolist(), ["t"] * N)
     assert run_attack("model_completion_k32", tmp_path, public=public)["accuracy"] >= 0.95
+
+
+def test_cli_attack_prints_json_and_rejects_mistakes(tmp_path, tiny, capsys):
+    import json
+
+    from secure_assist.cli import main
+
+    _pae_view(tmp_path, tiny)
+    assert main(["attack", "delta_argmax", "--workdir", str(tmp_path), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+    assert main(["attack", "delta_argmax", "--workdir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attack", "no_such_attack", "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2

@@ -6,10 +6,10 @@ import numpy as np
 
 from attack_views import random_ids, write_truth, write_view
 from attacks.base import PublicFeatures, PublicKnowledge, get_attack
-from attacks.public_model import input_embeddings, public_backbone
+from attacks.public_model import input_embeddings, public_backbone, token_states
 from attacks.reconstruction import words
 from protocol.messages import FullUpload, Upload
-from protocol.tasks import SST2
+from protocol.tasks import SST2, builtin_split
 from protocol.transcript import ServerView
 from secure_assist.auditor import audit, run_attack
 from secure_assist.metrics import bag_scores, rouge_l
@@ -68,21 +68,23 @@ def test_nearest_embedding_inverts_raw_embeddings(tmp_path):
 
 
 def test_full_activation_inversion_ignores_labels_in_the_view(tmp_path):
-    """An all-token view with its labels stripped yields the identical reconstruction."""
+    """Real layer-1 states of a tiny model are inverted per position; the same view with
+    its labels stripped yields the identical reconstruction."""
     backbone = public_backbone("tiny-llama")
-    table = input_embeddings(backbone)
-    prompt = backbone.tokenizer(SST2.prompt("quietly moving"), add_special_tokens=False)["input_ids"]
-    acts = table[prompt][None, None].astype(np.float16)
+    text = "quietly moving"
+    states, prompt = token_states(backbone, SST2, [text], 1)
+    public = PublicKnowledge("tiny-llama", SST2,
+                             unlabeled_texts=tuple(e.text for e in builtin_split("sst2", "train")[:100]))
     sample = random_ids(1)
     outputs = []
     for labels, folder in ((np.array([1]), "with"), (np.array([0]), "stripped")):
-        write_view(tmp_path / folder, [FullUpload(sample_ids=sample, activations=acts,
+        write_view(tmp_path / folder, [FullUpload(sample_ids=sample, activations=states[None, None].astype(np.float16),
                                                   attention_mask=np.ones((1, len(prompt)), np.uint8), labels=labels)])
-        write_truth(tmp_path / folder, sample, [1], ["quietly moving"])
-        outputs.append(audit("full_activation_inversion", tmp_path / folder, public=PublicKnowledge("tiny-llama", SST2)))
+        write_truth(tmp_path / folder, sample, [1], [text])
+        outputs.append(audit("full_activation_inversion", tmp_path / folder, public=public))
     (first, report), (second, _) = outputs
     assert first.texts == second.texts and first.token_ids == second.token_ids
-    assert report["position_token_accuracy"] == 1.0 and report["exact_match"] == 1.0
+    assert report["position_token_accuracy"] >= 0.9 and report["token_recall"] == 1.0
 
 
 def test_reconstruction_metrics():

@@ -11,17 +11,15 @@ Decoder-stack models with `layers` and `norm` modules (llama, qwen2, ...) are su
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
-from protocol.backbone import Backbone
+from protocol.backbone import Backbone, decoder_stack, layer_span
 from protocol.channel import InProcessChannel
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.device import PAYLOAD_DTYPES, encode_prompts, new_sample_ids
@@ -32,31 +30,13 @@ from protocol.split_messages import CutGradients, SplitActivations, SplitBackwar
 from protocol.tasks import Example, TaskSpec
 
 
-def _decoder(backbone: Backbone) -> torch.nn.Module:
-    inner = backbone.model.base_model
-    if not hasattr(inner, "layers") or not hasattr(inner, "norm"):
-        raise UserInputError(f"split learning needs a decoder stack with 'layers' and 'norm' ({backbone.name!r})")
-    return inner
-
-
-@contextmanager
-def layer_span(inner: torch.nn.Module, start: int, stop: int) -> Iterator[torch.nn.Module]:
-    """The decoder restricted to layers start..stop-1, without its final norm."""
-    layers, norm = inner.layers, inner.norm
-    inner.layers, inner.norm = torch.nn.ModuleList(list(layers)[start:stop]), torch.nn.Identity()
-    try:
-        yield inner
-    finally:
-        inner.layers, inner.norm = layers, norm
-
-
 class SplitLearningServer(RecordingEndpoint):
     """Runs layers cut_layer+1..L with LoRA; keeps the graph of the last forward until its backward."""
 
     def __init__(self, workdir: Path | str, backbone: Backbone, cut_layer: int, rank: int = 8,
                  learning_rate: float = 5e-4, max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
         super().__init__(workdir, max_message_bytes)
-        self.inner = _decoder(backbone)
+        self.inner = decoder_stack(backbone)
         self.cut_layer = cut_layer
         config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
                             layers_to_transform=list(range(cut_layer, backbone.n_layers)))
@@ -109,7 +89,7 @@ def run_split_learning(device_backbone: Backbone, server_backbone: Backbone, tas
         raise UserInputError(f"cut layer must lie in 1..{device_backbone.n_layers - 1}")
     server = SplitLearningServer(workdir, server_backbone, cut_layer)
     channel = InProcessChannel(server)
-    inner = _decoder(device_backbone)
+    inner = decoder_stack(device_backbone)
     head = device_backbone.model.get_output_embeddings()
     label_ids = device_backbone.label_token_ids(task.label_words)
     ids = new_sample_ids(len(train))
