@@ -278,6 +278,8 @@ class TransportServer:
         """Runs in the device's own thread."""
         if slot.endpoint is None:
             slot.endpoint = self.endpoint_factory(self.workdir(identity), self.training)
+            log.info("device %s: work directory open: %d cached samples, %d epochs done", identity[:16],
+                     len(slot.endpoint.cache), slot.endpoint.epochs_done)
         return slot.endpoint.handle_bytes(payload)
 
 
