@@ -1,0 +1,130 @@
+"""Run the audit: each variant is a real `run_finetune`, each attack a real `run_attack`."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from attacks.base import LABELS, MissingViewField, all_attacks
+from protocol.backbone import load_backbone
+from protocol.device import DeviceRole
+from protocol.errors import UserInputError
+from protocol.tasks import Example
+from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
+from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.verdict import headline, verdict
+from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.data import resolve_task
+from secure_assist.finetune import build_mechanisms, run_finetune
+
+SCHEMA = "secure-assist/audit-report"
+SCHEMA_VERSION = 1
+PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
+            "matplotlib")
+UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
+COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
+             "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages the numbers depend on."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and tuples converted, non-finite floats kept as floats)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def attack_names(config: AuditConfig) -> list[str]:
+    """The configured attacks (default: every registered one), checked against the registry."""
+    registry = all_attacks()
+    names = list(config.attacks) if config.attacks is not None else sorted(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise UserInputError(f"unknown attack(s) {unknown}; known: {', '.join(sorted(registry))}")
+    return names
+
+
+def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str, Any]:
+    """Fine-tune one variant, attack its server view, and check its DP claim."""
+    finetune_config = variant_finetune_config(config, variant)
+    try:
+        build_mechanisms(finetune_config)
+    except UserInputError as exc:
+        return {"variant": variant, "status": "skipped", "reason": str(exc)}
+    start = time.perf_counter()
+    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
+    workdir = Path(finetune_config.workdir)
+    truth = load_ground_truth(workdir)
+    public = default_public_knowledge(config.model, resolve_task(finetune_config), truth, config.seed, progress)
+    rows = []
+    for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
+                     leave=False):
+        attack_start = time.perf_counter()
+        try:
+            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress)
+        except MissingViewField as exc:
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
+            continue
+        rows.append({**jsonable(report), "status": "ok", **headline(report),
+                     "seconds": time.perf_counter() - attack_start})
+    label_rows = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS and r["activations_only"]]
+    baseline = max(label_rows, key=lambda r: r["accuracy"]) if label_rows else None
+    result: dict[str, Any] = {
+        "variant": variant, "status": "ok", "workdir": str(workdir),
+        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
+                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
+        "cost": {k: summary[k] for k in COST_KEYS},
+        "attacks": rows,
+        "activations_only_baseline": None if baseline is None else {
+            "attack": baseline["attack"], "accuracy": baseline["accuracy"], "ci95": baseline["ci95"]},
+        "dp_check": None,
+        "seconds": 0.0,
+    }
+    if any("epsilon" in m for m in summary["mechanisms"]):
+        device = DeviceRole(load_backbone(config.model), resolve_task(finetune_config), progress=False)
+        first = next(iter(truth.values()))
+        result["dp_check"] = jsonable(empirical_epsilon(
+            variant, build_mechanisms(finetune_config).mechanisms[0].settings, device,
+            Example(text=first.text, label=first.label), config.dp_releases, config.seed))
+    result["verdict"] = verdict(result)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def run_audit(config: AuditConfig, progress: bool = True) -> dict[str, Any]:
+    """Every variant of the config, audited; the JSON report as a dict."""
+    start = time.perf_counter()
+    attack_names(config)  # fail on an unknown attack before any fine-tuning
+    variants = [audit_variant(config, v, progress)
+                for v in tqdm(config.variants, desc="audit variants", unit="variant", disable=not progress)]
+    audited = [v for v in variants if v["status"] == "ok"]
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": jsonable(asdict(config)), "config_fingerprint": fingerprint(config), "seed": config.seed,
+        "package_versions": package_versions(),
+        "variants": variants,
+        "consistent": all(v["dp_check"] is None or v["dp_check"]["consistent"] for v in audited),
+        "wall_seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,48 @@
+"""The headline number of each attack row and the one-line verdict of each variant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES
+
+# kind -> (metric, its 95% CI key, the baseline it is read against)
+HEADLINES = {
+    LABELS: ("accuracy", "ci95", "prior_baseline"),
+    SCORES: ("auc", "ci95", "chance"),
+    RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
+    EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
+}
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """metric name, value, CI and chance/prior baseline of one scored attack report."""
+    metric, interval, baseline = HEADLINES[report["kind"]]
+    return {"metric": metric, "value": report[metric], "value_ci95": list(report[interval]),
+            "chance_baseline": report.get(baseline) if baseline else 0.0}
+
+
+def verdict(variant: dict[str, Any]) -> str:
+    """One line: do Δ-based label attacks beat the activations-only baseline, and is the DP claim consistent?"""
+    rows = [r for r in variant["attacks"] if r["status"] == "ok"]
+    baseline = variant["activations_only_baseline"]
+    delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
+    parts = []
+    if delta_rows and baseline:
+        best = max(delta_rows, key=lambda r: r["accuracy"])
+        text = (f"{best['attack']} {best['accuracy']:.1%} [{best['ci95'][0]:.1%}, {best['ci95'][1]:.1%}] vs "
+                f"activations-only {baseline['accuracy']:.1%}")
+        if best["ci95"][0] > baseline["accuracy"]:
+            parts.append(f"LABELS LEAK through Δ: {text}")
+        else:
+            parts.append(f"Δ adds no measurable label leakage: {text}")
+    reconstruction = [r for r in rows if r["kind"] == RECONSTRUCTION]
+    if reconstruction:
+        best = max(reconstruction, key=lambda r: r["token_f1"])
+        parts.append(f"inputs: {best['attack']} token F1 {best['token_f1']:.2f}")
+    check = variant.get("dp_check")
+    if check:
+        state = "consistent" if check["consistent"] else "INCONSISTENT"
+        parts.append(f"DP claim {state}: empirical ε ≥ {check['empirical_epsilon_lower_bound']:.2f} "
+                     f"vs claimed {check['claimed_epsilon']:.2f}")
+    return "; ".join(parts) or "no applicable attack"
