@@ -14,8 +14,6 @@ from secure_assist.mechanisms import MECHANISMS
 
 # Sizes chosen so the default audit of SmolLM2-135M finishes within 15 minutes on two cores.
 DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "rotation_mask", "he_ckks")
-# Mechanisms whose strength is set by a target ε.
-EPSILON_MECHANISMS = ("gaussian", "label_rr")
 
 
 @dataclass(frozen=True)
@@ -56,5 +54,5 @@ def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig
     return FinetuneConfig(model=config.model, task=config.task, train_samples=config.train_samples,
                           eval_samples=config.eval_samples, epochs=config.epochs, seed=config.seed,
                           workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
-                          epsilon=config.epsilon if variant in EPSILON_MECHANISMS else None,
+                          epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
                           mechanism_seed=config.seed)
