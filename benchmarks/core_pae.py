@@ -100,6 +100,20 @@ def _eval(args: argparse.Namespace) -> list:
 PHASES = {"inference": _phase_inference, "pae": _phase_pae, "lora": _phase_lora, "mobillm": _phase_mobillm}
 
 
+def _cached_phase(args: argparse.Namespace) -> dict:
+    """A phase's result, kept in the work directory so an interrupted run resumes where it stopped
+    (and a phase can run ahead in another process with the same arguments)."""
+    from protocol.files import write_atomic
+
+    path = Path(args.workdir) / f"{args.phase}.json" if args.workdir else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    result = PHASES[args.phase](args)
+    if path is not None:
+        write_atomic(path, json.dumps(result).encode())
+    return result
+
+
 def _run_phase(name: str, argv: list[str]) -> dict:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--phase", name, *argv], check=True,
@@ -126,7 +140,7 @@ def main() -> None:
     parser.add_argument("--phases", default="inference,pae,lora,mobillm")
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(PHASES[args.phase](args)))
+        print(json.dumps(_cached_phase(args)))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="core-pae-")
     shared = ("model", "train_samples", "eval_samples", "epochs", "lora_epochs", "mobillm_samples", "inference_samples",
