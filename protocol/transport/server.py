@@ -197,8 +197,9 @@ class TransportServer:
             return PLAINTEXT_IDENTITY
         try:
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        except ValueError as exc:  # the session broke right after the handshake
-            log.warning("%s: rejected: TLS handshake failed (%s)", peer, exc)
+        except ValueError:
+            # The session failed (bad record, reset) before the certificate could be read.
+            log.warning("%s: rejected: transport error right after the TLS handshake", peer)
             return None
         digest = fingerprint(der)
         entry = self.keys.load_trust().get(digest)
