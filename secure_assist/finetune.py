@@ -92,6 +92,18 @@ def apply_safeguard(device: DeviceRole, side: Any, validation: list[Example]) ->
     return {**asdict(decision), "action": decision.action}
 
 
+def evaluate_and_save(device: DeviceRole, config: FinetuneConfig, side: Any, evaluate: list[Example],
+                      workdir: Path) -> dict[str, Any]:
+    """Score the evaluation split on the device (backbone alone, and with φ) and save the deployable model."""
+    labels = np.array([e.label for e in evaluate])
+    backbone_probs, combined = device.scores(evaluate, side)
+    model_path = workdir / MODEL_FILE
+    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=device.task, layers=device.layers,
+                                              payload_dtype=config.payload_dtype, side_network=side))
+    return {"zero_shot_accuracy": accuracy(backbone_probs, labels), "accuracy": accuracy(combined, labels),
+            "model_file": str(model_path)}
+
+
 def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune with PAE and return the JSON-able summary."""
     torch.manual_seed(config.seed)
@@ -124,19 +136,15 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     side = network_from_arrays(weights.state, weights.architecture)
     mechanisms.restore(side)
     safeguard = apply_safeguard(device, side, validation)
-    labels = np.array([e.label for e in evaluate])
-    backbone_probs, combined = device.scores(evaluate, side)
-    model_path = workdir / MODEL_FILE
-    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=task, layers=device.layers,
-                                              payload_dtype=config.payload_dtype, side_network=side))
+    evaluation = evaluate_and_save(device, config, side, evaluate, workdir)
     return {
         "config": asdict(config),
         "n_train": len(train),
         "mechanisms": mechanisms.describe(),
         "safeguard": safeguard,
         "n_eval": len(evaluate),
-        "zero_shot_accuracy": accuracy(backbone_probs, labels),
-        "accuracy": accuracy(combined, labels),
+        "zero_shot_accuracy": evaluation["zero_shot_accuracy"],
+        "accuracy": evaluation["accuracy"],
         "epochs": config.epochs,
         "final_train_loss": report.loss if config.epochs > 1 else None,
         "bytes_up": channel.bytes_up,
@@ -151,7 +159,7 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
         "device_peak_rss_mib": epoch1.peak_mib,
         "cache_samples": report.samples,
         "cache_reads": report.samples * (config.epochs - 1),
-        "model_file": str(model_path),
+        "model_file": evaluation["model_file"],
         "server_view": str(workdir / SERVER_DIR),
         "ground_truth": str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE),
     }

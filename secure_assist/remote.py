@@ -26,12 +26,11 @@ from protocol.device import DeviceRole, new_sample_ids
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, expect
-from protocol.model_io import FineTunedModel, save_finetuned
 from protocol.side_network import network_from_arrays
 from protocol.tasks import Example
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
-from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, accuracy, write_ground_truth
+from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, evaluate_and_save, write_ground_truth
 
 PROGRESS_FILE = "upload_progress.json"
 
@@ -97,18 +96,14 @@ def run_device_finetune(config: FinetuneConfig, channel: Channel, progress: bool
     uploaded_bytes = channel.bytes_up
     report = expect(channel.request(TrainUntil(epochs_total=config.epochs)), TrainReport)
     weights = expect(channel.request(FetchWeights()), SideWeights)
-    side = network_from_arrays(weights.state, weights.architecture)
-    labels = np.array([e.label for e in evaluate])
-    backbone_probs, combined = device.scores(evaluate, side)
-    model_path = workdir / MODEL_FILE
-    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=task, layers=device.layers,
-                                              payload_dtype=config.payload_dtype, side_network=side))
+    evaluation = evaluate_and_save(device, config, network_from_arrays(weights.state, weights.architecture),
+                                   evaluate, workdir)
     return {
         "config": asdict(config),
         "n_train": len(train),
         "n_eval": len(evaluate),
-        "zero_shot_accuracy": accuracy(backbone_probs, labels),
-        "accuracy": accuracy(combined, labels),
+        "zero_shot_accuracy": evaluation["zero_shot_accuracy"],
+        "accuracy": evaluation["accuracy"],
         "epochs_done": report.epochs_done,
         "cache_samples": report.samples,
         "bytes_up": channel.bytes_up,
@@ -117,6 +112,6 @@ def run_device_finetune(config: FinetuneConfig, channel: Channel, progress: bool
         "device_forwards": device.forward_samples,
         "device_seconds": device.forward_seconds,
         "reconnects": getattr(channel, "reconnects", 0),
-        "model_file": str(model_path),
+        "model_file": evaluation["model_file"],
         "ground_truth": str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE),
     }

@@ -4,7 +4,6 @@ split-learning baseline end to end on a tiny model (its view decodes and leaks).
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from attack_views import random_ids, write_truth, write_view
 from attacks.base import PublicKnowledge

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from attacks.base import ATTACKS, MissingViewField, PublicKnowledge, all_attacks, get_attack
 from attacks.labels import resolve_clusters

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from attack_views import random_ids, write_truth, write_view
-from attacks.base import PublicFeatures, PublicKnowledge, get_attack
+from attacks.base import PublicFeatures, PublicKnowledge
 from attacks.public_model import input_embeddings, public_backbone, token_states
 from attacks.reconstruction import words
 from protocol.messages import FullUpload, Upload
 from protocol.tasks import SST2, builtin_split
-from protocol.transcript import ServerView
 from secure_assist.auditor import audit, run_attack
 from secure_assist.metrics import bag_scores, rouge_l
 

@@ -120,7 +120,7 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
-    lines = [f"# secure-assist audit report", "",
+    lines = ["# secure-assist audit report", "",
              f"Schema `{report['schema']}` v{report['schema_version']}; config fingerprint "
              f"`{report['config_fingerprint']}`; seed {report['seed']}; model `{report['config']['model']}`; "
              f"wall time {report['wall_seconds']:.0f} s; DP claims "
