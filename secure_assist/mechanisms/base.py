@@ -67,6 +67,8 @@ class Mechanism:
 
     name: ClassVar[str] = ""
     stage: ClassVar[str] = "delta"
+    # Whether the mechanism reads MechanismSettings.epsilon (sweeps vary ε only where it applies).
+    uses_epsilon: ClassVar[bool] = False
     protects: ClassVar[str] = ""
     guarantee: ClassVar[str] = ""
 

@@ -45,6 +45,7 @@ class GaussianDelta(Mechanism):
     name = "gaussian"
     protects = "labels and Δ of each sample"
     guarantee = "(ε, δ)-DP per sample, replace-one adjacency, one release (analytic Gaussian)"
+    uses_epsilon = True
 
     def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
         super().__init__(settings, rng)
@@ -81,6 +82,7 @@ class LabelRandomizedResponse(Mechanism):
     stage = "label"
     protects = "labels"
     guarantee = "ε-label-DP per sample (randomized response); inputs not protected"
+    uses_epsilon = True
 
     def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
         super().__init__(settings, rng)
