@@ -112,6 +112,10 @@ class DeviceRole:
         self.transform = transform
         self.forward_samples = 0
         self.forward_seconds = 0.0
+        # Passes served from the device-side cache (protocol.device_features.ForwardCachingDevice)
+        # and the seconds they took when they were computed.
+        self.reused_forwards = 0
+        self.reused_forward_seconds = 0.0
 
     def forward(self, texts: list[str]) -> PivotBatch:
         """One inference-only pass over a batch of texts."""

@@ -51,6 +51,9 @@ class FinetuneConfig:
     # Share of the training data the device holds out for the safeguard; None: 0 for
     # the unprotected baseline ('none'), 0.1 for any protected run.
     safeguard_fraction: float | None = None
+    # Keep the device's forward passes in its own disk cache and reuse them on the same
+    # data (audits and sweeps run many variants over one dataset); outputs are identical.
+    reuse_forwards: bool = False
 
     def __post_init__(self) -> None:
         positive = ("epochs", "device_batch_size", "rank", "server_batch_size")

@@ -15,6 +15,7 @@ import torch
 from protocol.backbone import load_backbone
 from protocol.channel import InProcessChannel
 from protocol.device import DeviceRole
+from protocol.device_features import ForwardCachingDevice
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainRequest, expect
@@ -113,8 +114,9 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     train, validation = hold_out(train, config)
     prepare_workdir(workdir, overwrite)
     backbone = load_backbone(config.model)
-    device = DeviceRole(backbone, task, layers=config.layers, payload_dtype=config.payload_dtype,
-                        batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
+    device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
+    device = device_class(backbone, task, layers=config.layers, payload_dtype=config.payload_dtype,
+                          batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
     server = SideTuningServer(workdir / SERVER_DIR, ServerTraining(
         rank=config.rank, learning_rate=config.learning_rate, batch_size=config.server_batch_size, seed=config.seed))
     channel = InProcessChannel(server)
@@ -150,7 +152,8 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
         "bytes_up": channel.bytes_up,
         "bytes_down": channel.bytes_down,
         "upload_bytes_per_sample": uploaded_bytes / len(train),
-        "device_seconds": device.forward_seconds,
+        "device_seconds": device.forward_seconds + device.reused_forward_seconds,
+        "device_forwards_reused": device.reused_forwards,
         "device_seconds_epoch1": device_seconds_epoch1,
         "device_forwards_epoch1": forwards_epoch1,
         "device_forwards_after_epoch1": forwards_after_epoch1,

@@ -58,6 +58,7 @@ _FLAG_HELP = {
     "activation_clip": "L2 clip norm of each layer's pivot vector (activation_noise)",
     "mechanism_seed": "seed of the mechanisms' randomness (default: OS entropy)",
     "safeguard_fraction": "share of the training data held out on the device for the safeguard",
+    "reuse_forwards": "keep the device's forward passes in its disk cache and reuse them on the same data",
 }
 
 
@@ -65,10 +66,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per FinetuneConfig field, plus --config for a JSON file."""
     parser.add_argument("--config", help="JSON file with FinetuneConfig keys (flags override it)")
     for field in fields(FinetuneConfig):
+        flag, text = "--" + field.name.replace("_", "-"), f"{_FLAG_HELP.get(field.name, '')} (default: {field.default!r})"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+            continue
         kind = _FLAG_TYPES.get(field.name, int if isinstance(field.default, int) else str)
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind,
-                            default=argparse.SUPPRESS,
-                            help=f"{_FLAG_HELP.get(field.name, '')} (default: {field.default!r})")
+        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:

@@ -1,0 +1,55 @@
+"""The device-side forward cache: identical outputs to a fresh pass, reused on the same data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from protocol.backbone import Backbone
+from protocol.device import DeviceRole
+from protocol.device_features import ForwardCachingDevice, encode_dataset
+from protocol.tasks import SST2, builtin_split
+from secure_assist.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SECURE_ASSIST_CACHE", str(tmp_path / "cache"))
+
+
+def test_cached_batches_equal_a_fresh_pass(tiny_llama: Backbone) -> None:
+    examples = builtin_split("sst2", "dev")[:20]
+    fresh = list(DeviceRole(tiny_llama, SST2, batch_size=8, progress=False).batches(examples, "x"))
+    caching = ForwardCachingDevice(tiny_llama, SST2, batch_size=8, progress=False)
+    for attempt in range(2):  # first computes and stores, second reads back
+        served = list(caching.batches(examples, "x"))
+        assert [chunk for chunk, _ in served] == [chunk for chunk, _ in fresh]
+        for (_, a), (_, b) in zip(served, fresh):
+            assert torch.equal(a.activations, b.activations) and torch.equal(a.label_logits, b.label_logits)
+    assert caching.forward_samples == 20 and caching.reused_forwards == 20
+    assert caching.reused_forward_seconds == pytest.approx(caching.forward_seconds, rel=1e-6)
+
+
+def test_damaged_cache_file_is_recomputed(tiny_llama: Backbone, tmp_path) -> None:
+    examples = builtin_split("sst2", "dev")[:6]
+    device = DeviceRole(tiny_llama, SST2, progress=False)
+    first = encode_dataset(device, examples)
+    (entry,) = (tmp_path / "cache" / "device-features").iterdir()
+    entry.write_bytes(entry.read_bytes()[:100])
+    again = encode_dataset(device, examples)
+    assert torch.equal(first.activations, again.activations) and device.forward_samples == 12
+
+
+def test_finetune_reuses_forwards_when_asked(tmp_path, capsys) -> None:
+    argv = ["finetune", "--model", "tiny-llama", "--train-samples", "32", "--eval-samples", "16", "--epochs", "2",
+            "--rank", "4", "--quiet", "--reuse-forwards", "--mechanism-seed", "0"]
+    summaries = []
+    for run in ("a", "b"):
+        assert main(argv + ["--workdir", str(tmp_path / run)]) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+    first, second = summaries
+    assert first["device_forwards_reused"] == 0 and first["device_forwards_epoch1"] == 32
+    assert second["device_forwards_reused"] == 32 + 16 and second["device_forwards_epoch1"] == 0
+    assert second["accuracy"] == first["accuracy"] and second["zero_shot_accuracy"] == first["zero_shot_accuracy"]
