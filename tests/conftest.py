@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny backbones are loaded once per session (they are read-only)."""
+"""Shared fixtures: tiny backbones and one tiny audit are built once per session (they are read-only)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,23 @@ def tiny_llama() -> Backbone:
     """A two-layer random llama with the real SmolLM2 tokenizer."""
     torch.set_num_threads(1)
     return load_backbone("tiny-llama", device=torch.device("cpu"))
+
+
+AUDIT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "clustering_delta", "model_completion_k8", "gradient_norm",
+                 "model_extraction")
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """(config, report, [report.json, report.md, report.html]) of one tiny-llama audit, shared by the
+    report and browser tests: plain PAE, Gaussian DP, and a CKKS variant that is skipped on a tiny model."""
+    # Imported here so that test sessions which never audit do not pay for matplotlib.
+    from secure_assist.audit.config import AuditConfig
+    from secure_assist.audit.report import write_reports
+    from secure_assist.audit.runner import run_audit
+
+    config = AuditConfig(model="tiny-llama", train_samples=40, eval_samples=16, epochs=2,
+                         variants=("none", "gaussian", "he_ckks"), attacks=AUDIT_ATTACKS, dp_releases=400,
+                         output=str(tmp_path_factory.mktemp("audit")))
+    report = run_audit(config, progress=False)
+    return config, report, write_reports(report, config.output)

@@ -14,28 +14,13 @@ import numpy as np
 import pytest
 
 from secure_assist.audit.config import AuditConfig, fingerprint
-from secure_assist.audit.report import REPORT_FILES, write_reports
-from secure_assist.audit.runner import SCHEMA, SCHEMA_VERSION, run_audit
+from secure_assist.audit.report import REPORT_FILES
+from secure_assist.audit.runner import SCHEMA, SCHEMA_VERSION
 from secure_assist.auditor import run_attack
 from secure_assist.cli import main
 from secure_assist.commands.audit import EXIT_INCONSISTENT
 from secure_assist.mechanisms import MECHANISMS
 from secure_assist.mechanisms.delta import GaussianDelta
-
-ATTACKS = ("delta_argmax", "public_head_zero_shot", "clustering_delta", "model_completion_k8", "gradient_norm",
-           "model_extraction")
-
-
-def tiny_config(output: Path, variants: tuple[str, ...] = ("none", "gaussian", "he_ckks")) -> AuditConfig:
-    return AuditConfig(model="tiny-llama", train_samples=40, eval_samples=16, epochs=2, variants=variants,
-                       attacks=ATTACKS, dp_releases=400, output=str(output))
-
-
-@pytest.fixture(scope="module")
-def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuditConfig, dict, list[Path]]:
-    config = tiny_config(tmp_path_factory.mktemp("audit"))
-    report = run_audit(config, progress=False)
-    return config, report, write_reports(report, config.output)
 
 
 def test_reports_are_written_with_the_schema_fields(audited: tuple[AuditConfig, dict, list[Path]]) -> None:
