@@ -10,13 +10,13 @@ import sys
 from typing import Sequence
 
 from protocol.errors import SecureAssistError
-from secure_assist.commands import attack, audit, device, finetune, keys, predict, serve
+from secure_assist.commands import attack, audit, compare, device, finetune, keys, predict, serve
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # The one list of subcommands: each module has `register(subparsers)`.
-COMMANDS = (finetune, predict, attack, audit, keys, serve, device)
+COMMANDS = (finetune, predict, attack, audit, compare, keys, serve, device)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,90 @@
+"""`secure-assist compare`: a resumable privacy-utility-cost sweep with a table and trade-off plots.
+
+The data and training flags are `secure-assist finetune`'s own; the five swept fields
+take lists instead (their singular finetune flags are aliases of the list flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+from secure_assist.commands.finetune import add_config_flags, config_from_args
+from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, SweepAxes
+from secure_assist.config import FinetuneConfig
+from secure_assist.mechanisms import MECHANISMS
+
+
+def _items(kind: Callable[[str], Any], separator: str = ",") -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(part.strip()) for part in text.split(separator) if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a '{separator}'-separated list: {exc}") from exc
+    return parse
+
+
+def _layer_subset(text: str) -> tuple[int, ...] | None:
+    return None if text == "all" else tuple(int(part) for part in text.split(",") if part)
+
+
+def _sample_count(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+# dest, flags, parser, help
+_AXES = (
+    ("mechanisms", ("--mechanisms", "--mechanism"), _items(str),
+     f"comma-separated mechanisms, '+' composes ({', '.join(MECHANISMS)}; default: {','.join(DEFAULT_MECHANISMS)})"),
+    ("epsilons", ("--epsilons", "--epsilon"), _items(float),
+     f"comma-separated target ε, applied to mechanisms that read ε (default: {DEFAULT_EPSILONS[0]:g})"),
+    ("layer_subsets", ("--layer-subsets", "--layers"), _items(_layer_subset, "/"),
+     "layer subsets separated by '/', each 'all' or comma-separated layers, e.g. all/1,2,3/28,29,30 (default: all)"),
+    ("activation_noise_multipliers", ("--activation-noise-multipliers", "--activation-noise-multiplier"),
+     _items(float), "comma-separated activation noise σ relative to --activation-clip; 0: none (default: 0)"),
+    ("train_samples", ("--train-samples",), _items(_sample_count),
+     f"comma-separated training sample counts, or 'all' (default: {FinetuneConfig.train_samples})"),
+    ("attacks", ("--attacks",), _items(str), f"comma-separated label attacks (default: {','.join(DEFAULT_ATTACKS)})"),
+)
+
+
+def axes_from_args(args: argparse.Namespace) -> SweepAxes:
+    """The sweep axes of the explicit list flags (SweepAxes defaults otherwise)."""
+    given = {dest: getattr(args, "axis_" + dest) for dest, *_ in _AXES if hasattr(args, "axis_" + dest)}
+    return SweepAxes(**given)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, sweep (resuming from finished points), write the outputs."""
+    from secure_assist.compare.grid import expand
+    from secure_assist.compare.report import write_outputs
+    from secure_assist.compare.sweep import run_sweep
+
+    points = expand(config_from_args(args), axes_from_args(args), args.output)
+    compare = run_sweep(points, args.output, progress=not args.quiet, announce=not args.quiet)
+    paths = write_outputs(compare, args.output)
+    if args.json:
+        print(json.dumps(compare, indent=1))
+    elif not args.quiet:
+        print(f"{len(points)} points: {compare['computed']} computed, {compare['cached']} cached, "
+              f"{compare['skipped']} skipped in {compare['wall_seconds']:.0f} s")
+        print("outputs: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the subcommand to the CLI."""
+    # 'resolve': the list flags below replace finetune's single-value flags of the swept fields.
+    parser = commands.add_parser("compare", conflict_handler="resolve",
+                                 help="sweep mechanisms, ε, layers, activation noise and sample counts; "
+                                      "resumable; table and trade-off plots")
+    add_config_flags(parser)
+    for dest, flags, kind, text in _AXES:
+        parser.add_argument(*flags, dest="axis_" + dest, metavar="LIST", type=kind, default=argparse.SUPPRESS,
+                            help=text)
+    parser.add_argument("--output", "--workdir", dest="output", default="runs/compare",
+                        help="folder for points/, runs/, compare.{json,md,csv} and the plots (default: runs/compare)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
+    parser.add_argument("--json", action="store_true", help="print compare.json on stdout")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,164 @@
+"""The sweep grid of `secure-assist compare`: axes, their validation, the points they expand
+to (one `FinetuneConfig` each) and each point's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from attacks.base import LABELS, get_attack
+from protocol.errors import UserInputError
+from secure_assist.config import FinetuneConfig
+from secure_assist.mechanisms import MECHANISMS
+
+# Bump when what a point file holds changes: older point files are then recomputed.
+POINT_SCHEMA_VERSION = 1
+ACTIVATION_NOISE = "activation_noise"
+# Label attacks run on every point: Δ read directly, the activations-only zero-shot
+# baseline, and model completion from 32 public labeled examples (activations only).
+DEFAULT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "model_completion_k32")
+DEFAULT_MECHANISMS = ("none", "gaussian", "label_rr")
+DEFAULT_EPSILONS = (1.0,)
+# FinetuneConfig fields that are sweep axes (set by the axis flags, not by the base config).
+AXIS_FIELDS = ("mechanism", "epsilon", "layers", "activation_noise_multiplier", "train_samples")
+
+
+@dataclass(frozen=True)
+class SweepAxes:
+    """The values swept; the grid is their cartesian product.
+
+    `mechanisms` entries are mechanism names, or several joined by '+' (a composition).
+    `layer_subsets` entries are layer tuples, None for all layers. An activation noise
+    multiplier of 0 means no activation noise; a positive one adds `activation_noise`.
+    """
+
+    mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
+    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
+    layer_subsets: tuple[tuple[int, ...] | None, ...] = (None,)
+    activation_noise_multipliers: tuple[float, ...] = (0.0,)
+    train_samples: tuple[int | None, ...] = (FinetuneConfig.train_samples,)
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+
+    def __post_init__(self) -> None:
+        for name in ("mechanisms", "epsilons", "layer_subsets", "activation_noise_multipliers", "train_samples",
+                     "attacks"):
+            if not getattr(self, name):
+                raise UserInputError(f"compare axis {name} is empty; give at least one value")
+        for entry in self.mechanisms:
+            unknown = [n for n in entry.split("+") if n not in MECHANISMS]
+            if unknown:
+                raise UserInputError(f"unknown mechanism(s) {unknown} in {entry!r}; choose from {sorted(MECHANISMS)}")
+        for value in self.epsilons:
+            if not (math.isfinite(value) and value > 0):
+                raise UserInputError(f"epsilon must be a positive finite number, got {value}")
+        for value in self.activation_noise_multipliers:
+            if not (math.isfinite(value) and value >= 0):
+                raise UserInputError(f"activation noise multiplier must be >= 0 (0: none), got {value}")
+        for subset in self.layer_subsets:
+            if subset is not None and (not subset or min(subset) < 1):
+                raise UserInputError(f"layer subset {subset} must list layers numbered from 1")
+        for value in self.train_samples:
+            if value is not None and value < 1:
+                raise UserInputError(f"train sample count must be at least 1, got {value}")
+        for name in self.attacks:
+            if get_attack(name).KIND != LABELS:  # get_attack rejects unknown names with the known ones
+                raise UserInputError(f"compare runs label attacks; {name!r} is a {get_attack(name).KIND} attack")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point: its axis values, its fine-tuning config and its fingerprint."""
+
+    axes: dict[str, Any]
+    label: str
+    series: str  # the label without ε
+    config: FinetuneConfig
+    attacks: tuple[str, ...]
+    fingerprint: str
+
+
+def point_identity(config: FinetuneConfig, attacks: tuple[str, ...]) -> dict[str, Any]:
+    """What a point's results depend on: its config (the workdir excluded) and its attacks."""
+    values = {k: v for k, v in asdict(config).items() if k != "workdir"}
+    return {"schema_version": POINT_SCHEMA_VERSION, "finetune": values, "attacks": list(attacks)}
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a point's identity."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def uses_epsilon(chain: tuple[str, ...]) -> bool:
+    """Whether any mechanism of the chain reads ε."""
+    return any(MECHANISMS[name].uses_epsilon for name in chain)
+
+
+def _chain(entry: str, activation_noise: float) -> tuple[str, ...]:
+    names = tuple(entry.split("+"))
+    if activation_noise > 0 and ACTIVATION_NOISE not in names:
+        # 'none' means no protection of Δ; with activation noise the chain is that alone.
+        names = tuple(n for n in names if n != "none") + (ACTIVATION_NOISE,)
+    return names
+
+
+def _series(entry: str, layers: tuple[int, ...] | None, noise: float, samples: int | None,
+            varying: set[str]) -> str:
+    """The point's name without ε: the line it belongs to in the trade-off plots."""
+    parts = [entry]
+    if "layer_subsets" in varying:
+        parts.append("layers=" + ("all" if layers is None else ",".join(map(str, layers))))
+    if "activation_noise_multipliers" in varying:
+        parts.append(f"σa={noise:g}")
+    if "train_samples" in varying:
+        parts.append(f"n={samples if samples is not None else 'all'}")
+    return " ".join(parts)
+
+
+def _label(series: str, epsilon: float | None) -> str:
+    return series if epsilon is None else f"{series} ε={epsilon:g}"
+
+
+def check_base(base: FinetuneConfig) -> None:
+    """Refuse base settings that the sweep axes replace or contradict."""
+    defaults = FinetuneConfig()
+    overridden = [f for f in AXIS_FIELDS if getattr(base, f) != getattr(defaults, f)]
+    if overridden:
+        raise UserInputError(f"compare sweeps {overridden} with its axis flags (--mechanisms, --epsilons, "
+                             f"--layer-subsets, --activation-noise-multipliers, --train-samples); "
+                             f"remove them from --config")
+    if base.noise_multiplier is not None:
+        raise UserInputError("compare sweeps ε; --noise-multiplier would contradict --epsilons")
+
+
+def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
+    """The grid's distinct points in sweep order; an axis a point ignores (ε for a mechanism
+    that reads none) does not multiply it."""
+    check_base(base)
+    varying = {name for name in ("layer_subsets", "activation_noise_multipliers", "train_samples")
+               if len(set(getattr(axes, name))) > 1}
+    points: dict[str, SweepPoint] = {}
+    for entry, epsilon, layers, noise, samples in itertools.product(
+            axes.mechanisms, axes.epsilons, axes.layer_subsets, axes.activation_noise_multipliers,
+            axes.train_samples):
+        chain = _chain(entry, noise)
+        epsilon = epsilon if uses_epsilon(chain) else None
+        config = replace(base, mechanism=chain, epsilon=epsilon, layers=layers,
+                         activation_noise_multiplier=noise or None, train_samples=samples,
+                         mechanism_seed=base.seed if base.mechanism_seed is None else base.mechanism_seed,
+                         reuse_forwards=True, workdir="")
+        key = fingerprint(point_identity(config, axes.attacks))
+        if key in points:
+            continue
+        config = replace(config, workdir=str(Path(output) / "runs" / key[:16]))
+        axis_values = {"mechanism": entry, "epsilon": epsilon, "layers": layers, "activation_noise_multiplier": noise,
+                       "train_samples": samples}
+        series = _series(entry, layers, noise, samples, varying)
+        points[key] = SweepPoint(axes=axis_values, label=_label(series, epsilon), series=series, config=config,
+                                 attacks=axes.attacks, fingerprint=key)
+    return list(points.values())
