@@ -55,4 +55,5 @@ def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig
                           eval_samples=config.eval_samples, epochs=config.epochs, seed=config.seed,
                           workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
                           epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
-                          mechanism_seed=config.seed)
+                          mechanism_seed=config.seed,
+                          reuse_forwards=True)  # every variant runs over the same data: one backbone pass
