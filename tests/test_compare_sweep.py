@@ -1,0 +1,136 @@
+"""`secure-assist compare` on tiny-llama: real points, outputs, the per-point cache, a
+corrupt point file, a user's own data, and resuming after a real SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from secure_assist.auditor import run_attack
+from secure_assist.cli import main
+from secure_assist.compare.plots import PLOT_FILES
+from secure_assist.compare.report import OUTPUT_FILES
+from secure_assist.compare.sweep import POINTS_DIR
+
+TINY = ["--model", "tiny-llama", "--train-samples", "40", "--eval-samples", "16", "--epochs", "2"]
+
+
+def compare(output: Path, *flags: str, capsys: pytest.CaptureFixture) -> dict:
+    assert main(["compare", *TINY, "--quiet", "--json", "--output", str(output), *flags]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("compare")
+    code = main(["compare", *TINY, "--quiet", "--output", str(output), "--mechanisms", "none,gaussian,none+gaussian",
+                 "--epsilons", "1,8"])
+    assert code == 0
+    return output, json.loads((output / "compare.json").read_text())
+
+
+def test_points_table_and_plots_are_written(swept: tuple[Path, dict]) -> None:
+    output, result = swept
+    points = {p["label"]: p for p in result["points"]}
+    assert list(points) == ["none", "gaussian ε=1", "gaussian ε=8", "none+gaussian ε=1", "none+gaussian ε=8"]
+    # A combination finetune refuses is recorded as skipped, with its reason, not a crash.
+    assert points["none+gaussian ε=1"]["status"] == "skipped" and "'none'" in points["none+gaussian ε=1"]["reason"]
+    assert result["computed"] == 3 and result["cached"] == 0 and result["skipped"] == 2
+    for label in ("none", "gaussian ε=1", "gaussian ε=8"):
+        point = points[label]
+        assert 0 <= point["utility"]["accuracy"] <= 1 and point["cost"]["upload_bytes_per_sample"] > 0
+        rows = {r["attack"]: r for r in point["attacks"]}
+        assert set(rows) == {"delta_argmax", "public_head_zero_shot", "model_completion_k32"}
+        best, baseline = point["leakage"]["best"], point["leakage"]["activations_only_baseline"]
+        assert best["accuracy"] == max(r["accuracy"] for r in rows.values())
+        assert best["ci95"][0] <= best["accuracy"] <= best["ci95"][1]
+        assert baseline["attack"] in ("public_head_zero_shot", "model_completion_k32")
+        assert (output / POINTS_DIR / f"{point['fingerprint']}.json").is_file()
+    # Plain PAE: argmax Δ is the label.
+    assert points["none"]["leakage"]["best"] == {**points["none"]["leakage"]["best"], "attack": "delta_argmax",
+                                                 "accuracy": 1.0}
+    # The point's numbers are those of the attack command on the same run.
+    run = points["gaussian ε=1"]
+    again = run_attack("delta_argmax", run["workdir"], seed=0, progress=False)
+    assert again["accuracy"] == {r["attack"]: r for r in run["attacks"]}["delta_argmax"]["accuracy"]
+    with open(output / "compare.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["point"] for r in table] == list(points) and table[0]["best_label_attack"] == "delta_argmax"
+    markdown = (output / "compare.md").read_text()
+    assert "| gaussian ε=8 | ok |" in markdown and "| none+gaussian ε=1 | skipped |" in markdown
+    for name in PLOT_FILES:
+        image = matplotlib.image.imread(output / name)
+        assert image.shape[0] > 100 and np.ptp(image[..., :3]) > 0.5  # drawn, not blank
+
+
+def test_rerun_is_all_cached_and_a_corrupt_point_is_recomputed(swept: tuple[Path, dict],
+                                                               capsys: pytest.CaptureFixture) -> None:
+    output, first = swept
+    files = sorted((output / POINTS_DIR).glob("*.json"))
+    damaged = files[0]
+    damaged.write_text(damaged.read_text()[:200])  # a torn write
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files[1:]}
+    result = compare(output, "--mechanisms", "none,gaussian,none+gaussian", "--epsilons", "1,8", capsys=capsys)
+    assert result["computed"] == 1 and result["cached"] == 2
+    recomputed = next(p for p in result["points"] if p["fingerprint"] == damaged.stem)
+    assert recomputed["cached"] is False and json.loads(damaged.read_text())["status"] == "ok"
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files[1:]} == before
+    # Seeded mechanisms: the recomputed point equals the first run's.
+    original = next(p for p in first["points"] if p["fingerprint"] == damaged.stem)
+    assert recomputed["utility"] == original["utility"] and recomputed["leakage"] == original["leakage"]
+
+
+def test_users_own_data_through_finetune_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = [("good", "a lovely, warm film"), ("bad", "dull and far too long"), ("good", "great acting"),
+            ("bad", "a boring mess")] * 8
+    data = tmp_path / "reviews.tsv"
+    data.write_text("verdict\treview\n" + "".join(f"{v}\t{t} {i}\n" for i, (v, t) in enumerate(rows)))
+    result = compare(tmp_path / "out", "--task", "custom", "--train-file", str(data), "--text-column", "review",
+                     "--label-column", "verdict", "--labels", "bad,good", "--label-words", " negative| positive",
+                     "--template", "Review: {text}\nSentiment:", "--mechanisms", "none", "--train-samples", "20",
+                     capsys=capsys)
+    point, = result["points"]
+    rows_by_attack = {r["attack"]: r for r in point["attacks"]}
+    assert point["status"] == "ok" and point["utility"]["n_train"] == 20
+    assert rows_by_attack["delta_argmax"]["accuracy"] == 1.0
+    # No public labeled data exists for a user's task: model completion says so instead of guessing.
+    assert rows_by_attack["model_completion_k32"]["status"] == "not_applicable"
+
+
+def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
+    output = tmp_path / "sweep"
+    command = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, "--mechanisms", "gaussian,label_rr",
+               "--epsilons", "0.5,1,2,4,8", "--output", str(output)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    points = output / POINTS_DIR
+    deadline = time.monotonic() + 240
+    while len(list(points.glob("*.json"))) < 3:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the sweep did not finish 3 points in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+    assert 3 <= len(done) < 10, "killed midway"
+
+    rerun = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    result = json.loads(rerun.stdout)
+    assert len(result["points"]) == 10 and all(p["status"] == "ok" for p in result["points"])
+    assert result["cached"] == len(done) and result["computed"] == 10 - len(done)
+    cached = {p["fingerprint"] for p in result["points"] if p["cached"]}
+    assert cached == {p.stem for p in done}
+    assert rerun.stderr.count("cached: ") == len(done)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == done  # untouched
+    assert len(list(points.glob("*.json"))) == 10
