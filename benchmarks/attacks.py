@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from attacks.base import MissingViewField, all_attacks
-from attacks.distinguishing import distinguish
 from protocol.backbone import load_backbone
 from protocol.baselines.mobillm import run_mobillm
 from protocol.baselines.split_learning import run_split_learning
@@ -38,10 +37,10 @@ from protocol.device_features import encode_dataset
 from protocol.tasks import SST2, Example, builtin_split, sample
 from protocol.transcript import INBOUND, ServerView, TranscriptWriter
 from protocol.messages import encode_message
+from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
 from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
 from secure_assist.mechanisms import MECHANISMS, MechanismSettings
-from secure_assist.metrics import epsilon_lower_bound
 
 LABEL_ATTACKS = ("delta_argmax", "public_head", "clustering_delta", "public_head_zero_shot",
                  "clustering_activations", "model_completion_k8", "model_completion_k32", "model_completion_k128")
@@ -92,27 +91,6 @@ def _protected_view(target: Path, mechanism: str, epsilon: float | None, device:
     return protection.describe()
 
 
-def _empirical_epsilon(mechanism: str, epsilon: float, device: DeviceRole, train: list[Example],
-                       releases: int) -> dict[str, Any]:
-    """Distinguishing attack on one sample's Δ channel: the same input with label 0 vs label 1."""
-    pivots = encode_dataset(device, train)
-    outputs = []
-    for label in (0, 1):
-        protection = MECHANISMS[mechanism](MechanismSettings(epsilon=epsilon, seed=label + 1),
-                                           np.random.default_rng(label + 1))
-        batch = type(pivots)(activations=pivots.activations[:1].repeat(releases, 1, 1),
-                             label_logits=pivots.label_logits[:1].repeat(releases, 1))
-        chunk = [Example(text=train[0].text, label=label)] * releases
-        upload = device.make_upload(chunk, batch, new_sample_ids(releases))
-        outputs.append(protection.apply(upload, np.full(releases, label), batch.label_logits.numpy()).delta)
-    outcome = distinguish(outputs[0], outputs[1])
-    bound = epsilon_lower_bound(outcome.true_positives, outcome.positives, outcome.false_positives,
-                                outcome.negatives, delta=1e-5 if mechanism == "gaussian" else 0.0)
-    return {"releases_per_input": releases, "tpr": outcome.true_positives / outcome.positives,
-            "fpr": outcome.false_positives / outcome.negatives, "empirical_epsilon_lower_bound": bound,
-            "claimed_epsilon": epsilon, "consistent": bound <= epsilon}
-
-
 def mechanisms_section(releases: int) -> list[dict[str, Any]]:
     """Label attacks per mechanism, plus empirical ε for the DP ones."""
     device = DeviceRole(load_backbone(), SST2, progress=False)
@@ -128,7 +106,8 @@ def mechanisms_section(releases: int) -> list[dict[str, Any]]:
                                    "claimed": {k: v for k, v in described.items() if k in ("guarantee", "epsilon")},
                                    "attacks": [_row(name, target, public) for name in LABEL_ATTACKS]}
         if mechanism in ("gaussian", "label_rr"):
-            row["distinguishing"] = _empirical_epsilon(mechanism, epsilon, device, train, releases)
+            row["distinguishing"] = empirical_epsilon(mechanism, MechanismSettings(epsilon=epsilon, seed=0), device,
+                                                      train[0], releases)
         rows.append(row)
     return rows
 
@@ -161,7 +140,7 @@ def full_activation_data_ids(workdir: Path) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/work/runs/plain", help="a `secure-assist finetune` run directory")
     parser.add_argument("--sections", default="pae,mechanisms,reconstruction")
@@ -177,7 +156,12 @@ def main() -> None:
     if "reconstruction" in sections:
         result["reconstruction"] = reconstruction_section(16 if args.quick else 100)
     print(json.dumps(result, indent=1, default=float))
+    inconsistent = [row["mechanism"] for row in result.get("mechanisms", [])
+                    if not row.get("distinguishing", {"consistent": True})["consistent"]]
+    if inconsistent:
+        print(f"error: empirical ε lower bound exceeds the claimed ε for {inconsistent}", file=sys.stderr)
+    return 1 if inconsistent else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
