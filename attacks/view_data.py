@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attacks.base import Attack, hex_ids
+import protocol.he_messages  # noqa: F401  (registers the CKKS-mode message types)
 import protocol.split_messages  # noqa: F401  (registers the split-learning message types)
 from protocol.transcript import INBOUND, ServerView
 

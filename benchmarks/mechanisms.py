@@ -27,15 +27,16 @@ from protocol.backbone import load_backbone
 from protocol.channel import InProcessChannel
 from protocol.device import DeviceRole, PivotBatch, new_sample_ids, prediction_difference
 from protocol.device_features import encode_dataset
+from protocol.he_messages import HeFitReply
 from protocol.messages import FetchWeights, SideWeights, TrainRequest, expect
 from protocol.server import ServerTraining, SideTuningServer
+from protocol.ridge_head import RidgeHead
 from protocol.side_network import network_from_arrays
 from protocol.tasks import SST2, builtin_split, sample
 from secure_assist.mechanisms import MechanismChain, MechanismSettings
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 from secure_assist.mechanisms.he_server import HeHeadServer
-from secure_assist.mechanisms.he_messages import HeFitReply
-from secure_assist.mechanisms.ridge import RidgeHead, ridge_operator
+from secure_assist.mechanisms.ridge import ridge_operator
 from secure_assist.safeguard import choose_shrink
 
 

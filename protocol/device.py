@@ -21,7 +21,6 @@ from protocol.backbone import Backbone
 from protocol.channel import Channel
 from protocol.errors import UserInputError
 from protocol.messages import SAMPLE_ID_BYTES, Message, Upload
-from protocol.side_network import AdditiveSideNetwork
 from protocol.tasks import Example, TaskSpec
 
 PAYLOAD_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -167,16 +166,19 @@ class DeviceRole:
             for message in self.transform.flush():
                 channel.request(message)
 
-    def scores(self, examples: list[Example], side: AdditiveSideNetwork | None) -> tuple[np.ndarray, np.ndarray]:
-        """(p_b, p_b + g_φ(A)) per example, computed locally with no traffic."""
-        backbone_probs, combined = [], []
-        for _, pivots in self.batches(examples, "device predict"):
-            probs = torch.softmax(pivots.label_logits, dim=-1)
-            extra = torch.zeros_like(probs)
-            if side is not None:
-                side.eval()
-                with torch.inference_mode():
-                    extra = side(pivots.activations)
-            backbone_probs.append(probs.numpy())
-            combined.append((probs + extra).numpy())
-        return np.concatenate(backbone_probs), np.concatenate(combined)
+    def scores(self, examples: list[Example], side: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+        """(p_b, p_b + g(A)) per example, computed locally with no traffic."""
+        parts = [side_scores(pivots, side) for _, pivots in self.batches(examples, "device predict")]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def side_scores(pivots: PivotBatch, side: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+    """(p_b, p_b + g(A)) of one batch of forward outputs; `side` maps pivot activations to C
+    side values (the side network φ or the CKKS mode's ridge head), None for the backbone alone."""
+    probs = torch.softmax(pivots.label_logits, dim=-1)
+    extra = torch.zeros_like(probs)
+    if side is not None:
+        side.eval()
+        with torch.inference_mode():
+            extra = side(pivots.activations)
+    return probs.numpy(), (probs + extra).numpy()

@@ -1,4 +1,4 @@
-"""Wire messages of the CKKS head fit (added to `protocol.messages.MESSAGE_TYPES`).
+"""Wire messages of the CKKS head fit (the `he_ckks` mechanism), registered in `MESSAGE_TYPES`.
 
 Ciphertexts travel as one raw uint8 buffer plus an int64 vector of their byte sizes;
 sizes are checked against the buffer and bounded before TenSEAL parses anything.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from protocol.ridge_head import RidgeHead
 from protocol.side_network import AdditiveSideNetwork
 
 SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
@@ -43,8 +44,11 @@ def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: n
                           validation_accuracy_chosen=scores[best])
 
 
-def shrink_network(network: AdditiveSideNetwork, factor: float) -> None:
-    """Scale g_φ by `factor` (the head is linear, so scaling its weight and bias suffices)."""
+def shrink_network(network: AdditiveSideNetwork | RidgeHead, factor: float) -> None:
+    """Scale the side output by `factor` (its last map is linear: scaling the head's weights suffices)."""
+    if isinstance(network, RidgeHead):
+        network.scale_(factor)
+        return
     with torch.no_grad():
         network.head.weight.mul_(factor)
         network.head.bias.mul_(factor)

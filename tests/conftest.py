@@ -22,7 +22,7 @@ AUDIT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "clustering_delta", "m
 @pytest.fixture(scope="session")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """(config, report, [report.json, report.md, report.html]) of one tiny-llama audit, shared by the
-    report and browser tests: plain PAE, Gaussian DP, and a CKKS variant that is skipped on a tiny model."""
+    report and browser tests: plain PAE, Gaussian DP and CKKS."""
     # Imported here so that test sessions which never audit do not pay for matplotlib.
     from secure_assist.audit.config import AuditConfig
     from secure_assist.audit.report import write_reports

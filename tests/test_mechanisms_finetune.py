@@ -30,7 +30,7 @@ def test_none_warns(tmp_path) -> None:
 @pytest.mark.parametrize("flags", [["--mechanism", "gaussian", "--epsilon", "-1"],
                                    ["--mechanism", "gaussian", "--epsilon", "1", "--clip", "0"],
                                    ["--mechanism", "bogus"],
-                                   ["--mechanism", "he_ckks"]])
+                                   ["--mechanism", "he_ckks,none"]])
 def test_bad_mechanism_flags_fail_before_anything_is_sent(tmp_path, capsys, flags) -> None:
     workdir = tmp_path / "run"
     code = main(["finetune", "--model", "tiny-llama", "--workdir", str(workdir), "--quiet", *flags])

@@ -13,7 +13,7 @@ from protocol.messages import MESSAGE_TYPES, decode_message, encode_message
 from secure_assist.mechanisms import MechanismChain, MechanismSettings
 from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, load_public_context
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
-from secure_assist.mechanisms.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
+from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from secure_assist.mechanisms.he_server import HeHeadServer
 from secure_assist.mechanisms.ridge import ridge_operator
 from test_mechanisms_dp import make_batch

@@ -101,6 +101,13 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
           for v in _audited(report) if v["dp_check"]]
     if dp:
         out.append(("DP claims", ["variant", "claimed ε", "empirical ε lower bound (95%)", "TPR", "FPR", "status"], dp))
+    he = [[v["variant"], _fmt(v["cost"]["he_device_encrypt_ms_per_sample"]),
+           f"{v['cost']['he_ciphertext_bytes_per_sample']:,.0f}", f"{v['cost']['he_public_context_bytes']:,}",
+           _fmt(v["cost"]["he_server_fit_seconds"]), _fmt(v["cost"]["he_device_decrypt_seconds"])]
+          for v in _audited(report) if "he_server_fit_seconds" in v["cost"]]
+    if he:
+        out.append(("CKKS costs", ["variant", "device encrypt ms/sample", "ciphertext bytes/sample",
+                                   "public context bytes", "server fit s", "device decrypt s"], he))
     for variant in _audited(report):
         rows = []
         base = variant["activations_only_baseline"]

@@ -31,6 +31,9 @@ PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
+# Reported by `he_ckks` runs only.
+HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
+                "he_server_fit_seconds", "he_device_decrypt_seconds")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -94,7 +97,7 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
         "variant": variant, "status": "ok", "workdir": str(workdir),
         "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
                     "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
-        "cost": {k: summary[k] for k in COST_KEYS},
+        "cost": {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary},
         "attacks": rows,
         "activations_only_baseline": None if baseline is None else {
             "attack": baseline["attack"], "accuracy": baseline["accuracy"], "ci95": baseline["ci95"]},

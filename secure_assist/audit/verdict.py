@@ -27,6 +27,7 @@ def verdict(variant: dict[str, Any]) -> str:
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
     delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
+    not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
     parts = []
     if delta_rows and baseline:
         best = max(delta_rows, key=lambda r: r["accuracy"])
@@ -36,6 +37,16 @@ def verdict(variant: dict[str, Any]) -> str:
             parts.append(f"LABELS LEAK through Δ: {text}")
         else:
             parts.append(f"Δ adds no measurable label leakage: {text}")
+    elif baseline and not_applicable:
+        # E.g. he_ckks: Δ never reaches the server in the clear, so only activations-only attacks run.
+        parts.append(f"Δ adds no measurable label leakage: no Δ-based attack applies "
+                     f"({len(not_applicable)} not applicable); best label attack is activations-only "
+                     f"{baseline['attack']} {baseline['accuracy']:.1%}")
+    extraction = [r for r in rows if r["kind"] == EXTRACTION]
+    if extraction:
+        best = max(extraction, key=lambda r: r["agreement"])
+        parts.append(f"model: server copy agrees {best['agreement']:.1%} with the deployed model "
+                     f"(backbone alone {best['backbone_only_agreement']:.1%})")
     reconstruction = [r for r in rows if r["kind"] == RECONSTRUCTION]
     if reconstruction:
         best = max(reconstruction, key=lambda r: r["token_f1"])

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from protocol.channel import Channel
+from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, Upload, expect
+from protocol.ridge_head import FeatureMap, RidgeHead
 from secure_assist.mechanisms.base import Mechanism, MechanismSettings
 from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, join_buffer, split_buffer
-from secure_assist.mechanisms.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
-from secure_assist.mechanisms.ridge import FeatureMap, RidgeHead
 
 
 class HeCkksDelta(Mechanism):

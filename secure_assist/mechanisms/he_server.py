@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
+from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, UploadAck
 from secure_assist.mechanisms.ckks import join_buffer, load_public_context, split_buffer
-from secure_assist.mechanisms.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from secure_assist.mechanisms.ridge import fit_feature_map, ridge_operator
 
 MAX_SAMPLES = 1_000_000
@@ -65,8 +65,8 @@ class HeHeadServer(RecordingEndpoint):
         return UploadAck(stored=len(ids), duplicates=0)
 
     def _on_fit(self, request: HeFitRequest) -> HeFitReply:
-        if not self.blocks:
-            raise ProtocolError("nothing to fit: no encrypted upload received yet")
+        if len(self._seen) < 2:
+            raise ProtocolError("nothing to fit: the PCA features need at least 2 uploaded samples")
         self.context = load_public_context(request.public_context.tobytes())
         start = time.perf_counter()
         activations = np.concatenate([acts for acts, _ in self.blocks])
