@@ -26,17 +26,19 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune against the server and print the JSON summary."""
     from protocol.transport.client import NetworkChannel
     from protocol.transport.identity import KeyDirectory
-    from secure_assist.remote import run_device_finetune
+    from secure_assist.remote import network_mechanisms, run_device_finetune
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_address(args.server)
+    config = config_from_args(args)
+    mechanisms = network_mechanisms(config)  # configuration errors and he_ckks fail before connecting
     keys = KeyDirectory(Path(args.keys))
     context, pinned = keys.device_context(args.name, Path(args.server_cert) if args.server_cert else None)
     channel = NetworkChannel(host, port, context, pinned, reconnect_seconds=args.reconnect_seconds)
     try:
-        summary = run_device_finetune(config_from_args(args), channel, progress=not args.quiet,
-                                      overwrite=args.overwrite)
+        summary = run_device_finetune(config, channel, progress=not args.quiet, overwrite=args.overwrite,
+                                      mechanisms=mechanisms)
     finally:
         channel.close()
     print(json.dumps(summary, indent=2))

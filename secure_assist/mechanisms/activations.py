@@ -57,6 +57,7 @@ class Int8Activations(Mechanism):
     """
 
     name = "int8_activations"
+    deterministic = True
     stage = "activations"
     protects = "inputs (precision of the pivot activations)"
     guarantee = "none (quantization)"

@@ -69,6 +69,9 @@ class Mechanism:
     stage: ClassVar[str] = "delta"
     # Whether the mechanism reads MechanismSettings.epsilon (sweeps vary ε only where it applies).
     uses_epsilon: ClassVar[bool] = False
+    # Whether the output is a fixed function of the upload (no randomness, no secret): only then
+    # may an interrupted network upload be resumed, re-sending a batch without a second release.
+    deterministic: ClassVar[bool] = False
     protects: ClassVar[str] = ""
     guarantee: ClassVar[str] = ""
 

@@ -25,6 +25,7 @@ class NoProtection(Mechanism):
     """The paper baseline: Δ (hence the label: argmax Δ = y) is sent in the clear."""
 
     name = "none"
+    deterministic = True
     protects = "nothing"
     guarantee = "none: argmax Δ reveals every label; activations reveal the inputs"
 
