@@ -51,6 +51,9 @@ def test_server_refuses_a_private_context() -> None:
         load_public_context(private)
     public = load_public_context(keys.public_context())
     assert public.is_public() and not public.has_secret_key()
+    # The fit uses no rotation and no ciphertext product: no key of any kind is sent.
+    assert not public.has_galois_keys() and not public.has_relin_keys() and not public.has_public_key()
+    assert len(keys.public_context()) < 1024
 
 
 def test_encrypted_fit_matches_plaintext_and_server_holds_no_secret(tmp_path) -> None:
@@ -70,6 +73,23 @@ def test_encrypted_fit_matches_plaintext_and_server_holds_no_secret(tmp_path) ->
     with pytest.raises(ValueError):
         server.context.secret_key()
     expected = ridge_operator(head.feature_map.apply(upload.activations), FIT.he_ridge) @ upload.delta
+    np.testing.assert_allclose(head.weights, expected, atol=1e-4)
+    server.close()
+
+
+def test_fit_over_several_ciphertext_blocks_matches_plaintext(tmp_path) -> None:
+    chain = MechanismChain(["he_ckks"], FIT)
+    server = HeHeadServer(tmp_path)
+    channel = InProcessChannel(server)
+    uploads = [make_batch(seed, 2500) for seed in (1, 2)]  # 5,000 samples: blocks of 4,096 + 904 slots
+    sent = [m for upload, labels, logits in uploads for m in chain.transform(upload, labels, logits)] + chain.flush()
+    assert [len(m.sample_ids) for m in sent] == [4096, 904]
+    for message in sent:
+        channel.request(message)
+    head = chain.find(HeCkksDelta).fit_head(channel)
+    activations = np.concatenate([u.activations for u, _, _ in uploads])
+    delta = np.concatenate([u.delta for u, _, _ in uploads])
+    expected = ridge_operator(head.feature_map.apply(activations), FIT.he_ridge) @ delta
     np.testing.assert_allclose(head.weights, expected, atol=1e-4)
     server.close()
 

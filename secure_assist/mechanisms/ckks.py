@@ -1,8 +1,10 @@
 """CKKS key material with TenSEAL: the device's secret context and the server's public one.
 
 The device creates the context and never lets the secret key go; the server loads a
-serialized *public* context (no secret key; Galois keys only, since it computes only
-ciphertext-plaintext products and rotations) and refuses anything private.
+serialized *public* context and refuses anything private. The fit needs only
+ciphertext-plaintext products and additions, so the public context carries no key at
+all: no Galois keys (no rotation is ever computed), no relinearization keys (no
+ciphertext-ciphertext product) and no public key (the server never encrypts).
 """
 
 from __future__ import annotations
@@ -57,16 +59,12 @@ class CkksKeyHolder:
         self._context = ts.context(ts.SCHEME_TYPE.CKKS, parameters.poly_modulus_degree,
                                    coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes))
         self._context.global_scale = 2.0**parameters.scale_bits
-        # The ridge fit's dot products sum slots by rotations. TenSEAL 0.3.18 only exposes
-        # SEAL's default power-of-two key set; relinearization keys are never sent (no
-        # ciphertext-ciphertext products), nor is the public key (the server never encrypts).
-        self._context.generate_galois_keys()
 
     def public_context(self) -> bytes:
-        """The serialized public context for the server: Galois keys, no secret key."""
+        """The serialized public context for the server: parameters only, no key of any kind."""
         public = self._context.copy()
         public.make_context_public()
-        return public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=True,
+        return public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
                                 save_relin_keys=False)
 
     def encrypt(self, values: np.ndarray) -> bytes:
@@ -83,15 +81,13 @@ class CkksKeyHolder:
 
 
 def load_public_context(data: bytes) -> ts.Context:
-    """The server's context: refuses a private one (secret key inside) or one without Galois keys."""
+    """The server's context: refuses a private one (secret key inside)."""
     try:
         context = ts.context_from(data)
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad bytes
         raise ProtocolError(f"malformed CKKS context: {exc}") from exc
     if context.is_private() or context.has_secret_key():
         raise ProtocolError("refusing a private CKKS context: the server must never hold the secret key")
-    if not context.has_galois_keys():
-        raise ProtocolError("the CKKS context lacks the Galois keys the fit needs")
     return context
 
 

@@ -65,7 +65,10 @@ class HeCkksDelta(Mechanism):
         rest = Upload(sample_ids=ids[size:], activations=acts[size:], delta=delta[size:], layers=layers)
         self._pending = [rest] if len(rest.sample_ids) else []
         start = time.perf_counter()
-        buffer, sizes = join_buffer([self.keys.encrypt(delta[:size, c]) for c in range(delta.shape[1])])
+        # Zero-padded to the slot count: the server adds blocks slot-wise, which needs equal sizes.
+        padded = np.zeros((self.parameters.slot_count, delta.shape[1]))
+        padded[:size] = delta[:size]
+        buffer, sizes = join_buffer([self.keys.encrypt(padded[:, c]) for c in range(delta.shape[1])])
         self.encrypt_seconds += time.perf_counter() - start
         self.ciphertext_bytes += len(buffer)
         return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
@@ -81,8 +84,9 @@ class HeCkksDelta(Mechanism):
         return self.decrypt_head(expect(channel.request(self.fit_request()), HeFitReply))
 
     def decrypt_head(self, reply: HeFitReply) -> RidgeHead:
-        """W from the reply's ciphertexts (class-major, one per feature)."""
-        values = np.array([self.keys.decrypt(c)[0] for c in split_buffer(reply.ciphertexts, reply.ciphertext_sizes)])
+        """W from the reply's ciphertexts (class-major, one per feature): each holds the
+        slot-wise terms M[j, i]·Δ_i, so W[j, c] is the sum of its slots."""
+        values = np.array([self.keys.decrypt(c).sum() for c in split_buffer(reply.ciphertexts, reply.ciphertext_sizes)])
         n_features = reply.components.shape[0] + 1
         weights = values.reshape(-1, n_features).T  # (k+1, C)
         return RidgeHead(FeatureMap(reply.input_mean, reply.input_scale, reply.components), weights)

@@ -27,7 +27,7 @@ MAX_SAMPLES = 1_000_000
 
 
 class HeHeadServer(RecordingEndpoint):
-    """Fits enc(W) = M·enc(Δ) with ciphertext-plaintext dot products."""
+    """Fits enc(W) = M·enc(Δ) with slot-wise ciphertext-plaintext products (summed by the device)."""
 
     def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
                  progress: bool = False) -> None:
@@ -75,12 +75,19 @@ class HeHeadServer(RecordingEndpoint):
         n_classes = len(self.blocks[0][1])
         bounds = np.cumsum([0] + [len(acts) for acts, _ in self.blocks])
         encrypted = [[self._load(c) for c in cts] for _, cts in self.blocks]  # [block][class]
+        slots = {ct.size() for block in encrypted for ct in block}
+        if len(slots) != 1 or min(slots) < max(np.diff(bounds)):
+            raise ProtocolError(f"encrypted Δ vectors must all hold one value per slot of a block, got sizes {slots}")
         results = []
         jobs = [(c, j) for c in range(n_classes) for j in range(operator.shape[0])]
         for c, j in tqdm(jobs, desc="server: encrypted ridge fit", disable=not self.progress, leave=False):
+            # Slot-wise products M[j, i]·Δ_i summed over blocks; the device sums the slots
+            # after decryption, so no rotation (and no Galois key) is ever needed.
             total = None
             for b, block in enumerate(encrypted):
-                part = block[c].dot(operator[j, bounds[b]:bounds[b + 1]].tolist())
+                weights = np.zeros(block[c].size())
+                weights[:bounds[b + 1] - bounds[b]] = operator[j, bounds[b]:bounds[b + 1]]
+                part = block[c] * weights.tolist()
                 total = part if total is None else total + part
             results.append(total.serialize())
         self.fit_seconds += time.perf_counter() - start
