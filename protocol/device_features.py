@@ -52,8 +52,10 @@ def _cached_or_computed(device: DeviceRole, examples: list[Example],
         try:
             tensors, metadata = decode(path.read_bytes())
             acts, logits = tensors["activations"], tensors["label_logits"]
-            if metadata.get("key") == key and acts.shape[0] == logits.shape[0] == len(examples):
-                seconds = float(metadata.get("forward_seconds", "nan"))
+            # An entry without its measured forward time predates this format: recompute it.
+            if (metadata.get("key") == key and acts.shape[0] == logits.shape[0] == len(examples)
+                    and "forward_seconds" in metadata):
+                seconds = float(metadata["forward_seconds"])
                 return PivotBatch(activations=torch.from_numpy(acts.astype(np.float32)),
                                   label_logits=torch.from_numpy(logits)), seconds
         except (ProtocolError, KeyError, ValueError):
