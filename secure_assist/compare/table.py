@@ -8,7 +8,7 @@ from typing import Any
 
 # The columns of compare.csv; a skipped point leaves its numbers empty.
 COLUMNS = ("point", "status", "n_train", "accuracy", "zero_shot_accuracy", "delta_vs_zero_shot", "best_label_attack",
-           "leak_accuracy", "leak_ci_low", "leak_ci_high", "activations_only_accuracy", "upload_bytes_per_sample",
+           "leak_accuracy", "leak_ci_low", "leak_ci_high", "delta_attack_accuracy", "activations_only_accuracy", "upload_bytes_per_sample",
            "device_seconds", "server_seconds", "cached")
 
 
@@ -28,6 +28,8 @@ def rows(compare: dict[str, Any]) -> list[dict[str, Any]]:
             if leak["best"] is not None:
                 row.update(best_label_attack=leak["best"]["attack"], leak_accuracy=leak["best"]["accuracy"],
                            leak_ci_low=leak["best"]["ci95"][0], leak_ci_high=leak["best"]["ci95"][1])
+            if leak["best_delta"] is not None:
+                row["delta_attack_accuracy"] = leak["best_delta"]["accuracy"]
             if leak["activations_only_baseline"] is not None:
                 row["activations_only_accuracy"] = leak["activations_only_baseline"]["accuracy"]
         else:
@@ -48,7 +50,8 @@ def to_csv(compare: dict[str, Any]) -> str:
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
-    if column in ("accuracy", "zero_shot_accuracy", "leak_accuracy", "activations_only_accuracy"):
+    if column in ("accuracy", "zero_shot_accuracy", "leak_accuracy", "delta_attack_accuracy",
+                  "activations_only_accuracy"):
         return f"{value:.1%}"
     if column == "delta_vs_zero_shot":
         return f"{value:+.1%}"
@@ -62,7 +65,7 @@ def _cell(value: Any, column: str) -> str:
 def to_markdown(compare: dict[str, Any]) -> str:
     """compare.md: the table with the leakage CI in one cell, and how many points were reused."""
     headers = ["point", "status", "n train", "accuracy", "zero-shot", "Δ vs zero-shot", "best label attack",
-               "leak acc [95% CI]", "activations-only", "upload B/sample", "device s", "server s", "cached"]
+               "leak acc [95% CI]", "best Δ attack", "activations-only", "upload B/sample", "device s", "server s", "cached"]
     lines = ["# secure-assist compare", "",
              f"{len(compare['points'])} points: {compare['computed']} computed, {compare['cached']} cached, "
              f"{compare['skipped']} skipped; wall time {compare['wall_seconds']:.0f} s.", "",
@@ -72,7 +75,7 @@ def to_markdown(compare: dict[str, Any]) -> str:
             f"{row['leak_accuracy']:.1%} [{row['leak_ci_low']:.1%}, {row['leak_ci_high']:.1%}]")
         cells = [_cell(row[c], c) for c in ("point", "status", "n_train", "accuracy", "zero_shot_accuracy",
                                             "delta_vs_zero_shot", "best_label_attack")]
-        cells += [leak] + [_cell(row[c], c) for c in ("activations_only_accuracy", "upload_bytes_per_sample",
+        cells += [leak] + [_cell(row[c], c) for c in ("delta_attack_accuracy", "activations_only_accuracy", "upload_bytes_per_sample",
                                                       "device_seconds", "server_seconds", "cached")]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
