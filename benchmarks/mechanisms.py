@@ -77,7 +77,9 @@ class Setting:
         return {"dev_accuracy_unshrunk": accuracy(self.dev_probs + dev_side, self.dev_labels),
                 "dev_accuracy": accuracy(self.dev_probs + decision.factor * dev_side, self.dev_labels),
                 "shrink_factor": decision.factor, "safeguard": decision.action,
-                "validation_accuracy_chosen": decision.validation_accuracy_chosen}
+                "validation_accuracy_chosen": decision.validation_accuracy_chosen,
+                "validation_accuracy_backbone": decision.validation_accuracy_backbone,
+                "safeguard_p_value": decision.p_value}
 
 
 def side_network_run(setting: Setting, names: list[str], settings: MechanismSettings, epochs: int) -> dict:

@@ -197,6 +197,24 @@ def test_safeguard_drops_a_harmful_side_output() -> None:
     assert decision.factor == 0.0 and decision.action == "dropped"
     helpful = (np.eye(2)[labels] - 0.5) * 2
     assert choose_shrink(probs, helpful, labels).validation_accuracy_chosen == 1.0
+    assert choose_shrink(probs, helpful, labels).p_value < 1e-6
+
+
+def test_safeguard_drops_a_gain_that_is_noise() -> None:
+    labels = np.zeros(200, dtype=int)
+    probs = np.tile([0.6, 0.4], (200, 1))
+    probs[:40] = [0.4, 0.6]  # the backbone gets 160 / 200 right
+    side = np.zeros((200, 2))
+    side[:3] = [0.5, -0.5]  # fixes 3 samples ...
+    side[40:42] = [-0.5, 0.5]  # ... and breaks 2: at most +1.5 points on validation, not significant
+    decision = choose_shrink(probs, side, labels)
+    assert decision.factor == 0.0 and decision.validation_accuracy_chosen == 0.8 and decision.p_value > 0.05
+    side[3:30] = [0.5, -0.5]  # fixes 30 and breaks 2: significant, deployed
+    decision = choose_shrink(probs, side, labels)
+    assert decision.factor > 0 and decision.validation_accuracy_chosen >= 0.94 and decision.p_value < 1e-6
+
+
+def test_shrink_to_zero_silences_the_side_network() -> None:
     network = AdditiveSideNetwork(SideNetworkShape(n_layers=L, hidden_size=D, rank=2, n_classes=C))
     torch.nn.init.normal_(network.head.weight)
     shrink_network(network, 0.0)
