@@ -168,15 +168,18 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
-    return audit(name, workdir, public, backbone_name, task, seed, progress)[1]
+    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True) -> tuple[AttackResult, dict[str, Any]]:
-    """The attack's raw result (which never saw ground truth) and its scored report."""
+          progress: bool = True, held_out: list[Example] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+    """The attack's raw result (which never saw ground truth) and its scored report.
+
+    `held_out`: the inputs model extraction is scored on (default: the task's whole dev
+    split); runs pass their own evaluation split, whose device forwards they already hold."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -196,6 +199,6 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     elif attack.KIND == RECONSTRUCTION:
         report.update(score_reconstruction(result, truth, public_backbone(backbone_name).tokenizer, task, seed))
     elif attack.KIND == EXTRACTION:
-        report.update(score_extraction(result, workdir, backbone_name, task, builtin_split(task.name, "dev"),
-                                       progress))
+        report.update(score_extraction(result, workdir, backbone_name, task,
+                                       held_out or builtin_split(task.name, "dev"), progress))
     return result, report

@@ -21,7 +21,7 @@ from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetun
 from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.audit.verdict import headline, verdict
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
-from secure_assist.data import resolve_task
+from secure_assist.data import resolve_data
 from secure_assist.finetune import build_mechanisms, run_finetune
 
 SCHEMA = "secure-assist/audit-report"
@@ -79,13 +79,15 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     summary = run_finetune(finetune_config, progress=progress, overwrite=True)
     workdir = Path(finetune_config.workdir)
     truth = load_ground_truth(workdir)
-    public = default_public_knowledge(config.model, resolve_task(finetune_config), truth, config.seed, progress)
+    task, _, evaluate = resolve_data(finetune_config)
+    public = default_public_knowledge(config.model, task, truth, config.seed, progress)
     rows = []
     for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
                      leave=False):
         attack_start = time.perf_counter()
         try:
-            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress)
+            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress,
+                                held_out=evaluate)
         except MissingViewField as exc:
             rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
             continue
@@ -105,7 +107,7 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
         "seconds": 0.0,
     }
     if any("epsilon" in m for m in summary["mechanisms"]):
-        device = DeviceRole(load_backbone(config.model), resolve_task(finetune_config), progress=False)
+        device = DeviceRole(load_backbone(config.model), task, progress=False)
         first = next(iter(truth.values()))
         result["dp_check"] = jsonable(empirical_epsilon(
             variant, build_mechanisms(finetune_config).mechanisms[0].settings, device,
