@@ -7,6 +7,8 @@ nearest-embedding inversion.
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from collections import Counter
 from typing import Callable
@@ -98,6 +100,10 @@ def _inversion_inputs(activations: np.ndarray) -> np.ndarray:
     return activations[:, ::4].reshape(len(activations), -1)
 
 
+# LearnedInversion fits keyed by a digest of their inputs (see `LearnedInversion._trained`).
+_TRAINED: dict[str, tuple[torch.nn.Module, float]] = {}
+
+
 @register
 class LearnedInversion(Attack):
     """A multi-label linear model, trained on public text, from pivot states to the
@@ -122,15 +128,25 @@ class LearnedInversion(Attack):
             targets[row, [index[w] for w in set(words(text)) if w in index]] = 1.0
         x = _inversion_inputs(features.activations)
         mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-3
-        cut = int(0.8 * len(corpus))
-        model = self._fit((x[:cut] - mean) / scale, targets[:cut], public.seed)
-        threshold = self._threshold(model, (x[cut:] - mean) / scale, targets[cut:])
-        model = self._fit((x - mean) / scale, targets, public.seed)
+        model, threshold = self._trained((x - mean) / scale, targets, public.seed)
         with torch.no_grad():
             probs = torch.sigmoid(model(torch.from_numpy((_inversion_inputs(data.activations) - mean) / scale))).numpy()
         texts = [" ".join(vocab[i] for i in np.flatnonzero(row >= threshold)) for row in probs]
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
                             details={"threshold": threshold, "public_texts": len(corpus), "vocabulary": len(vocab)})
+
+    def _trained(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.nn.Module, float]:
+        """The inversion model and its threshold (tuned on the last 20% of the public text).
+
+        Public knowledge only: an audit attacks several views with the same public corpus,
+        so the fit is memoized on a digest of its inputs (a pure function of them)."""
+        key = hashlib.sha256(x.tobytes() + y.tobytes() + str((seed, self.EPOCHS)).encode()).hexdigest()
+        if key not in _TRAINED:
+            cut = int(0.8 * len(x))
+            threshold = self._threshold(self._fit(x[:cut], y[:cut], seed), x[cut:], y[cut:])
+            _TRAINED.clear()  # one public corpus at a time: bounded memory
+            _TRAINED[key] = (self._fit(x, y, seed), threshold)
+        return _TRAINED[key]
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
