@@ -42,7 +42,8 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         axis.axhline(variants[0]["utility"]["zero_shot_accuracy"], color="gray", ls="--", label="zero-shot")
     axis.set_ylabel("eval accuracy")
     axis.set_ylim(0, 1)
-    axis.legend(loc="lower right")
+    axis.tick_params(axis="x", labelrotation=20)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     out["Utility per variant"] = _png(figure)
 
     label_attacks = sorted({r["attack"] for v in variants for r in v["attacks"]
@@ -56,17 +57,20 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
                   [rows[a]["ci95"][1] - rows[a]["accuracy"] if a in rows else 0 for a in label_attacks]]
         axis.bar([j + i * width for j in range(len(label_attacks))], values, width, yerr=errors,
                  label=variant["variant"], capsize=2)
-    axis.axhline(0.5, color="gray", ls=":", label="chance")
+    priors = [r["chance_baseline"] for v in variants for r in v["attacks"]
+              if r["status"] == "ok" and r["kind"] == "labels" and r.get("chance_baseline")]
+    axis.axhline(max(priors, default=0.5), color="gray", ls=":", label="chance (majority class)")
     axis.set_xticks([j + 0.4 - width / 2 for j in range(len(label_attacks))], label_attacks, rotation=30,
                     ha="right", fontsize=7)
     axis.set_ylabel("label attack accuracy (95% CI)")
     axis.set_ylim(0, 1.05)
-    axis.legend(fontsize=7, ncol=2)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     out["Label leakage per attack"] = _png(figure)
 
     figure, axis = plt.subplots(figsize=(6, 3))
     axis.bar(names, [v["cost"]["upload_bytes_per_sample"] / 1024 for v in variants], color="tab:orange")
     axis.set_ylabel("upload KiB per sample")
+    axis.tick_params(axis="x", labelrotation=20)
     out["Upload cost per variant"] = _png(figure)
     return out
 
