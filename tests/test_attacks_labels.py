@@ -167,6 +167,7 @@ def test_cli_attack_prints_json_and_rejects_mistakes(tmp_path, tiny, capsys):
     _pae_view(tmp_path, tiny)
     assert main(["attack", "delta_argmax", "--workdir", str(tmp_path), "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+    assert main(["attack", "delta_argmax", "--transcript", str(tmp_path), "--json", "--quiet"]) == 0  # alias
     assert main(["attack", "delta_argmax", "--workdir", str(tmp_path / "nowhere"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error:")
     with pytest.raises(SystemExit) as exit_info:

@@ -28,8 +28,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  description="Attacks: " + "; ".join(
                                      f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(attacks.items())))
     parser.add_argument("name", choices=sorted(attacks), metavar="NAME", help="attack name (see above)")
-    parser.add_argument("--workdir", required=True,
-                        help="run directory holding server/ (the view) and device/ground_truth.jsonl")
+    parser.add_argument("--workdir", "--transcript", dest="workdir", required=True,
+                        help="run directory holding server/ (the view: transcript, cache, φ) and "
+                             "device/ground_truth.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="seed of public data sampling and bootstrap")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
