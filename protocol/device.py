@@ -34,6 +34,12 @@ class PivotBatch:
     activations: torch.Tensor  # (n, len(layers), d), float32, rounded to the payload dtype
     label_logits: torch.Tensor  # (n, C): z_b
 
+    @staticmethod
+    def concatenate(parts: list["PivotBatch"]) -> "PivotBatch":
+        """One batch holding `parts` in order."""
+        return PivotBatch(activations=torch.cat([p.activations for p in parts]),
+                          label_logits=torch.cat([p.label_logits for p in parts]))
+
 
 class UploadTransform(Protocol):
     """A device-side protection applied to each upload before it leaves the device.

@@ -63,8 +63,7 @@ def _cached_or_computed(device: DeviceRole, examples: list[Example],
     start = device.forward_seconds
     # DeviceRole.batches explicitly: a ForwardCachingDevice must not recurse into its own cache.
     parts = [pivots for _, pivots in DeviceRole.batches(device, examples, "device forward")]
-    result = PivotBatch(activations=torch.cat([p.activations for p in parts]),
-                        label_logits=torch.cat([p.label_logits for p in parts]))
+    result = PivotBatch.concatenate(parts)
     if use_cache:
         dtype = np.float16 if device.payload_dtype == "float16" else np.float32
         write_atomic(path, encode({"activations": result.activations.numpy().astype(dtype),

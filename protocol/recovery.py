@@ -37,12 +37,16 @@ def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
 def load_optimizer_arrays(optimizer: torch.optim.Optimizer, arrays: dict[str, np.ndarray]) -> None:
     """Restore `optimizer_arrays` output into an optimizer built for the same parameters."""
     template = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in arrays.items():
         if not key.startswith(_OPTIMIZER_PREFIX):
             continue
         index, name = key[len(_OPTIMIZER_PREFIX):].split(".", 1)
         tensor = torch.from_numpy(np.array(value))
+        # Moments saved by another parameter layout (an older version) must not be applied.
+        if name != "step" and (int(index) >= len(params) or tensor.shape != params[int(index)].shape):
+            raise ProtocolError(f"optimizer state {key} does not fit this side network's parameters")
         state.setdefault(int(index), {})[name] = tensor.reshape(()) if name == "step" else tensor
     optimizer.load_state_dict({"state": state, "param_groups": template["param_groups"]})
 

@@ -62,9 +62,11 @@ class Example:
     label: int
 
 
+# The template is a measured choice (BENCHMARKS.md "Core"): "Review: {text}\nSentiment:"
+# gives 78.0% zero-shot and caps the side network near 84-85%, this one 82.8% and ~86.7%.
 SST2 = TaskSpec(
     name="sst2",
-    template="Review: {text}\nSentiment:",
+    template="Movie review: {text}\nOverall, the sentiment of this movie review is",
     label_words=(" negative", " positive"),
     labels=("0", "1"),
 )

@@ -36,6 +36,8 @@ class FinetuneConfig:
     device_batch_size: int = 16
     rank: int = 64
     learning_rate: float = 1e-3
+    weight_decay: float = 1.0
+    adapter_lr_scale: float = 0.01
     server_batch_size: int = 32
     seed: int = 0
     workdir: str = "runs/finetune"
@@ -68,6 +70,9 @@ class FinetuneConfig:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         if not self.learning_rate > 0:
             raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("weight_decay", "adapter_lr_scale"):
+            if not getattr(self, name) >= 0:
+                raise UserInputError(f"{name} must be zero or positive, got {getattr(self, name)}")
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

@@ -36,9 +36,7 @@ from secure_assist.resources import PeakMemory
 
 def forward_all(device: DeviceRole, examples: list[Example]) -> PivotBatch:
     """The device's forward outputs for every example (one pass; from its cache when it keeps one)."""
-    parts = [pivots for _, pivots in device.batches(examples, "device forward")]
-    return PivotBatch(activations=torch.cat([p.activations for p in parts]),
-                      label_logits=torch.cat([p.label_logits for p in parts]))
+    return PivotBatch.concatenate([pivots for _, pivots in device.batches(examples, "device forward")])
 
 
 def rows(pivots: PivotBatch, indices: np.ndarray) -> PivotBatch:

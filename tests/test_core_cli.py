@@ -44,6 +44,7 @@ def test_custom_task_from_user_file(tmp_path, capsys) -> None:
     (["--task", "custom"], "a custom task needs"),
     (["--train-file", "/nonexistent.tsv"], "does not exist"),
     (["--layers", "5"], "within 1..2"),
+    (["--weight-decay", "-1"], "weight_decay must be zero or positive"),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys, argv, message) -> None:
     assert main(TINY_RUN + ["--workdir", str(tmp_path / "run")] + argv) == 2

@@ -10,7 +10,8 @@ from protocol.messages import (
     FetchWeights, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
     encode_message, expect,
 )
-from protocol.server import ServerTraining, SideTuningServer
+from protocol.recovery import load_optimizer_arrays, optimizer_arrays
+from protocol.server import ServerTraining, SideTuningServer, cosine_factor
 from protocol.side_network import network_from_arrays
 from protocol.tasks import SST2, builtin_split, sample
 from protocol.transcript import INBOUND, OUTBOUND, ServerView
@@ -94,4 +95,39 @@ def test_protocol_violations_are_answered_with_errors(tmp_path, tiny_llama, exam
     with pytest.raises(ProtocolError, match="differ from earlier uploads"):
         narrow.upload(channel, examples[4:8])
     assert len(server.cache) == 4
+    server.close()
+
+
+def test_cosine_schedule_runs_from_the_full_rate_to_zero() -> None:
+    factors = [cosine_factor(e / 4, 5) for e in range(0, 21)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+
+
+def test_adapters_learn_at_their_scaled_rate_and_cached_epochs_decay(tmp_path, tiny_llama, examples) -> None:
+    training = ServerTraining(rank=4, learning_rate=1e-2, adapter_lr_scale=0.1)
+    server = SideTuningServer(tmp_path / "server", training)
+    channel = InProcessChannel(server)
+    DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
+    head_group, adapter_group = server.optimizer.param_groups
+    assert {id(p) for p in adapter_group["params"]} == {id(server.network.down), id(server.network.up)}
+    assert (head_group["lr"], adapter_group["lr"]) == (pytest.approx(1e-2), pytest.approx(1e-3))
+    seen = []
+    original = server._step
+    server._step = lambda *args: seen.append(head_group["lr"]) or original(*args)
+    channel.request(TrainRequest(epochs=3))
+    # 48 samples in batches of 32: two steps per cached epoch, over a 4-epoch horizon.
+    assert seen == pytest.approx([1e-2 * cosine_factor(e, 4) for e in (1, 1.5, 2, 2.5, 3, 3.5)])
+    server.close()
+
+
+def test_optimizer_state_of_another_layout_is_refused(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
+    channel = InProcessChannel(server)
+    DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
+    saved = optimizer_arrays(server.optimizer)
+    swapped = {k.replace("optimizer.1.", "optimizer.x.").replace("optimizer.3.", "optimizer.1.")
+               .replace("optimizer.x.", "optimizer.3."): v for k, v in saved.items()}
+    with pytest.raises(ProtocolError, match="does not fit"):
+        load_optimizer_arrays(server.optimizer, swapped)
     server.close()

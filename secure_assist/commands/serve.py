@@ -9,11 +9,11 @@ from pathlib import Path
 
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.server import ServerTraining
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
-    from protocol.server import ServerTraining
     from protocol.transport.framing import MAX_LENGTH_FIELD
     from protocol.transport.identity import KeyDirectory
     from protocol.transport.server import TransportLimits, TransportServer
@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     max_bytes = int(args.max_frame_mib * 1024 * 1024)
     if not 1024 <= max_bytes <= MAX_LENGTH_FIELD:
         raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
-    training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, batch_size=args.server_batch_size,
+    training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                              adapter_lr_scale=args.adapter_lr_scale, batch_size=args.server_batch_size,
                               seed=args.seed)
     server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
                              TransportLimits(max_frame_bytes=max_bytes))
@@ -46,6 +47,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-frame-mib", type=float, default=64.0, help="largest accepted frame (default: 64)")
     parser.add_argument("--rank", type=int, default=64, help="side-network rank (default: 64)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=ServerTraining.weight_decay,
+                        help=f"AdamW decoupled weight decay (default: {ServerTraining.weight_decay})")
+    parser.add_argument("--adapter-lr-scale", type=float, default=ServerTraining.adapter_lr_scale,
+                        help=f"adapters' learning rate as a multiple of --learning-rate "
+                             f"(default: {ServerTraining.adapter_lr_scale})")
     parser.add_argument("--server-batch-size", type=int, default=32, help="cached-epoch batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="side-network seed (default: 0)")
     parser.set_defaults(handler=run)
