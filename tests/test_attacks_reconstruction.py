@@ -63,11 +63,11 @@ def test_learned_inversion_recovers_words_from_public_training(tmp_path):
 def test_nearest_embedding_inverts_raw_embeddings(tmp_path):
     backbone = public_backbone("tiny-llama")
     table = input_embeddings(backbone)
-    ids = backbone.tokenizer(" movie", add_special_tokens=False)["input_ids"]
+    ids = backbone.tokenizer(" film", add_special_tokens=False)["input_ids"]
     acts = np.stack([table[ids[0]], table[ids[0]]])[None].astype(np.float32)
     sample = random_ids(1)
     write_view(tmp_path, [Upload(sample_ids=sample, activations=acts, delta=np.zeros((1, 2), np.float32), layers=(1, 2))])
-    write_truth(tmp_path, sample, [0], ["movie"])
+    write_truth(tmp_path, sample, [0], ["film"])
     assert run_attack("pivot_nearest_embedding", tmp_path, public=PublicKnowledge("tiny-llama", SST2))["token_f1"] == 1.0
 
 
