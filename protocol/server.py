@@ -48,6 +48,7 @@ class ServerTraining:
     learning_rate: float = 1e-3
     weight_decay: float = 1.0
     adapter_lr_scale: float = 0.01
+    cosine_decay: bool = True  # False: a constant learning rate (the pre-measurement recipe)
     batch_size: int = 32
     dropout: float = 0.0
     seed: int = 0
@@ -167,7 +168,8 @@ class SideTuningServer(RecordingEndpoint):
             batches = order.split(self.training.batch_size)
             losses = []
             for index, batch in enumerate(batches):
-                self._set_lr(cosine_factor(self.epochs_done + index / len(batches), horizon))
+                if self.training.cosine_decay:
+                    self._set_lr(cosine_factor(self.epochs_done + index / len(batches), horizon))
                 losses.append(self._step(activations[batch], targets[batch]))
             loss = float(np.mean(losses))
             self.epochs_done += 1

@@ -38,6 +38,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1.0
     adapter_lr_scale: float = 0.01
+    cosine_decay: bool = True
     server_batch_size: int = 32
     seed: int = 0
     workdir: str = "runs/finetune"

@@ -156,7 +156,8 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     device = make_device(config, task, mechanisms, progress)
     server = SideTuningServer(workdir / SERVER_DIR, ServerTraining(
         rank=config.rank, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-        adapter_lr_scale=config.adapter_lr_scale, batch_size=config.server_batch_size, seed=config.seed))
+        adapter_lr_scale=config.adapter_lr_scale, cosine_decay=config.cosine_decay,
+        batch_size=config.server_batch_size, seed=config.seed))
     channel = InProcessChannel(server)
     try:
         with PeakMemory() as epoch1:

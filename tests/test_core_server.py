@@ -131,3 +131,15 @@ def test_optimizer_state_of_another_layout_is_refused(tmp_path, tiny_llama, exam
     with pytest.raises(ProtocolError, match="does not fit"):
         load_optimizer_arrays(server.optimizer, swapped)
     server.close()
+
+
+def test_without_cosine_decay_the_rate_stays_constant(tmp_path, tiny_llama, examples) -> None:
+    server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4, cosine_decay=False))
+    channel = InProcessChannel(server)
+    DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
+    seen = []
+    original = server._step
+    server._step = lambda *args: seen.append(server.optimizer.param_groups[0]["lr"]) or original(*args)
+    channel.request(TrainRequest(epochs=2))
+    assert seen == [ServerTraining.learning_rate] * 4
+    server.close()

@@ -52,6 +52,7 @@ _FLAG_HELP = {
     "learning_rate": "server AdamW learning rate of the side network's gates and head",
     "weight_decay": "server AdamW decoupled weight decay",
     "adapter_lr_scale": "adapters learn at this multiple of --learning-rate (they overfit small data)",
+    "cosine_decay": "decay the server's learning rate to zero over the cached epochs (cosine)",
     "payload_dtype": "activation dtype on the wire: float16 or float32",
     "workdir": "directory for the server view, cache and fine-tuned model",
     "mechanism": "comma-separated privacy mechanisms, composed: " + ", ".join(MECHANISMS),

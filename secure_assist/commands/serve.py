@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     if not 1024 <= max_bytes <= MAX_LENGTH_FIELD:
         raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
     training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                              adapter_lr_scale=args.adapter_lr_scale, batch_size=args.server_batch_size,
+                              adapter_lr_scale=args.adapter_lr_scale, cosine_decay=args.cosine_decay,
+                              batch_size=args.server_batch_size,
                               seed=args.seed)
     server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
                              TransportLimits(max_frame_bytes=max_bytes))
@@ -52,6 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter-lr-scale", type=float, default=ServerTraining.adapter_lr_scale,
                         help=f"adapters' learning rate as a multiple of --learning-rate "
                              f"(default: {ServerTraining.adapter_lr_scale})")
+    parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction, default=ServerTraining.cosine_decay,
+                        help="decay the learning rate to zero over the cached epochs (default: on)")
     parser.add_argument("--server-batch-size", type=int, default=32, help="cached-epoch batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="side-network seed (default: 0)")
     parser.set_defaults(handler=run)
