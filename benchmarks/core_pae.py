@@ -124,12 +124,17 @@ def _run_phase(name: str, argv: list[str]) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every core benchmark shares: backbone, data sizes and PAE epochs."""
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--eval-samples", type=int, default=None, help="default: the full 872-sample dev set")
     parser.add_argument("--epochs", type=int, default=20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
     parser.add_argument("--lora-epochs", type=int, default=1)
     parser.add_argument("--mobillm-samples", type=int, default=200)
     parser.add_argument("--inference-samples", type=int, default=400)

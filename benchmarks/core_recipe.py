@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from core_pae import add_run_arguments  # sibling script: python puts benchmarks/ on sys.path
 from protocol.tasks import SST2
 
 PROMPTS = {"earlier": "Review: {text}\nSentiment:", "default": SST2.template}
@@ -28,10 +29,7 @@ RECIPES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--train-samples", type=int, default=2000)
-    parser.add_argument("--eval-samples", type=int, default=None, help="default: the full 872-sample dev set")
-    parser.add_argument("--epochs", type=int, default=20)
+    add_run_arguments(parser)
     parser.add_argument("--seeds", default="0", help="comma-separated; each seed draws its own training subset")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
