@@ -19,7 +19,7 @@ from torch import nn
 
 from protocol.cache import ActivationCache
 from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, UserInputError
 from protocol.files import write_atomic
 from protocol.endpoint import RecordingEndpoint
 from protocol.messages import (
@@ -55,6 +55,13 @@ class ServerTraining:
     # Epoch 1 writes a full checkpoint every this many uploads; rows after it are replayed
     # from the cache on restart (see protocol.recovery), so this only bounds restart time.
     checkpoint_every_uploads: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("weight_decay", "adapter_lr_scale"):
+            if not getattr(self, name) >= 0:
+                raise UserInputError(f"{name} must be zero or positive, got {getattr(self, name)}")
 
 
 def cosine_factor(epochs_elapsed: float, horizon: int) -> float:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
+from protocol.server import ServerTraining
 
 T = TypeVar("T")
 
@@ -69,11 +70,13 @@ class FinetuneConfig:
                 raise UserInputError(f"{name} must be at least 1 (or omitted for all), got {value}")
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
-        if not self.learning_rate > 0:
-            raise UserInputError(f"learning_rate must be positive, got {self.learning_rate}")
-        for name in ("weight_decay", "adapter_lr_scale"):
-            if not getattr(self, name) >= 0:
-                raise UserInputError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        self.server_training()  # validates the server's settings now, not after the forward passes
+
+    def server_training(self) -> ServerTraining:
+        """The server's side-network settings for this run."""
+        return ServerTraining(rank=self.rank, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                              adapter_lr_scale=self.adapter_lr_scale, cosine_decay=self.cosine_decay,
+                              batch_size=self.server_batch_size, seed=self.seed)
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

@@ -20,7 +20,7 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainRequest, expect
 from protocol.model_io import FineTunedModel, save_finetuned
-from protocol.server import ServerTraining, SideTuningServer
+from protocol.server import SideTuningServer
 from protocol.side_network import network_from_arrays
 from protocol.tasks import Example, TaskSpec
 from secure_assist.config import FinetuneConfig
@@ -154,10 +154,7 @@ def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool 
     train, validation = hold_out(train, config)
     prepare_workdir(workdir, overwrite)
     device = make_device(config, task, mechanisms, progress)
-    server = SideTuningServer(workdir / SERVER_DIR, ServerTraining(
-        rank=config.rank, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-        adapter_lr_scale=config.adapter_lr_scale, cosine_decay=config.cosine_decay,
-        batch_size=config.server_batch_size, seed=config.seed))
+    server = SideTuningServer(workdir / SERVER_DIR, config.server_training())
     channel = InProcessChannel(server)
     try:
         with PeakMemory() as epoch1:

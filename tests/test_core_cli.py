@@ -62,3 +62,10 @@ def test_unknown_config_key_and_existing_workdir(tmp_path, capsys) -> None:
     assert main(TINY_RUN + ["--workdir", str(tmp_path / "run")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nope.safetensors"), "--text", "x"]) == 2
+
+
+def test_serve_rejects_bad_training_settings_before_listening(tmp_path, capsys) -> None:
+    argv = ["serve", "--keys", str(tmp_path / "keys"), "--workdir", str(tmp_path / "srv"), "--adapter-lr-scale", "-0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "adapter_lr_scale must be zero or positive" in err and "Traceback" not in err
