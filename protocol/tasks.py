@@ -63,8 +63,8 @@ class Example:
 
 
 # The template is a measured choice (BENCHMARKS.md "Core", 2,000 training samples, dev set):
-# "Review: {text}\nSentiment:" gives 78.0% zero-shot and a side network near 84-85%; this
-# one gives 82.8% zero-shot and 86.8%.
+# "Review: {text}\nSentiment:" gives 78.0% zero-shot and PAE 82.9-85.1%; this one gives
+# 82.8% zero-shot and PAE 85.6-87.0% (two seeds, two server recipes).
 SST2 = TaskSpec(
     name="sst2",
     template="Movie review: {text}\nOverall, the sentiment of this movie review is",

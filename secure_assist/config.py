@@ -35,12 +35,13 @@ class FinetuneConfig:
     layers: tuple[int, ...] | None = None
     payload_dtype: str = "float16"
     device_batch_size: int = 16
-    rank: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1.0
-    adapter_lr_scale: float = 0.01
-    cosine_decay: bool = True
-    server_batch_size: int = 32
+    # Server-side training: the defaults are the server's own (protocol.server.ServerTraining).
+    rank: int = ServerTraining.rank
+    learning_rate: float = ServerTraining.learning_rate
+    weight_decay: float = ServerTraining.weight_decay
+    adapter_lr_scale: float = ServerTraining.adapter_lr_scale
+    cosine_decay: bool = ServerTraining.cosine_decay
+    server_batch_size: int = ServerTraining.batch_size
     seed: int = 0
     workdir: str = "runs/finetune"
     # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order.

@@ -24,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
     training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                               adapter_lr_scale=args.adapter_lr_scale, cosine_decay=args.cosine_decay,
-                              batch_size=args.server_batch_size,
-                              seed=args.seed)
+                              batch_size=args.server_batch_size, seed=args.seed)
     server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
                              TransportLimits(max_frame_bytes=max_bytes))
 
@@ -46,8 +45,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8443, help="TCP port; 0 picks a free one (default: 8443)")
     parser.add_argument("--ready-file", help="write host:port here once listening")
     parser.add_argument("--max-frame-mib", type=float, default=64.0, help="largest accepted frame (default: 64)")
-    parser.add_argument("--rank", type=int, default=64, help="side-network rank (default: 64)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    parser.add_argument("--rank", type=int, default=ServerTraining.rank,
+                        help=f"side-network rank (default: {ServerTraining.rank})")
+    parser.add_argument("--learning-rate", type=float, default=ServerTraining.learning_rate,
+                        help=f"AdamW learning rate (default: {ServerTraining.learning_rate})")
     parser.add_argument("--weight-decay", type=float, default=ServerTraining.weight_decay,
                         help=f"AdamW decoupled weight decay (default: {ServerTraining.weight_decay})")
     parser.add_argument("--adapter-lr-scale", type=float, default=ServerTraining.adapter_lr_scale,
@@ -55,6 +56,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                              f"(default: {ServerTraining.adapter_lr_scale})")
     parser.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction, default=ServerTraining.cosine_decay,
                         help="decay the learning rate to zero over the cached epochs (default: on)")
-    parser.add_argument("--server-batch-size", type=int, default=32, help="cached-epoch batch size (default: 32)")
-    parser.add_argument("--seed", type=int, default=0, help="side-network seed (default: 0)")
+    parser.add_argument("--server-batch-size", type=int, default=ServerTraining.batch_size,
+                        help=f"cached-epoch batch size (default: {ServerTraining.batch_size})")
+    parser.add_argument("--seed", type=int, default=ServerTraining.seed,
+                        help=f"side-network seed (default: {ServerTraining.seed})")
     parser.set_defaults(handler=run)
