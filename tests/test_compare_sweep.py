@@ -63,6 +63,7 @@ def test_points_table_and_plots_are_written(swept: tuple[Path, dict]) -> None:
     run = points["gaussian ε=1"]
     again = run_attack("delta_argmax", run["workdir"], seed=0, progress=False)
     assert again["accuracy"] == {r["attack"]: r for r in run["attacks"]}["delta_argmax"]["accuracy"]
+    assert all((output / name).is_file() for name in OUTPUT_FILES)
     with open(output / "compare.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [r["point"] for r in table] == list(points) and table[0]["best_label_attack"] == "delta_argmax"
