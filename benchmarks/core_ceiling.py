@@ -40,10 +40,12 @@ def main() -> None:
     from protocol.tasks import SST2, builtin_split, sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_arguments(parser)
+    add_run_arguments(parser, with_epochs=False)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-json", type=Path, default=None, help="a core_pae.py lora.json to compare with")
     args = parser.parse_args()
+    if args.lora_json is not None and not args.lora_json.is_file():
+        parser.error(f"--lora-json {args.lora_json}: no such file (a core_pae.py workdir holds lora.json)")
 
     device = DeviceRole(load_backbone(args.model), SST2, progress=True)
     train = sample(builtin_split("sst2", "train"), args.train_samples, args.seed)

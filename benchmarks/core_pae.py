@@ -124,12 +124,13 @@ def _run_phase(name: str, argv: list[str]) -> dict:
     return result
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every core benchmark shares: backbone, data sizes and PAE epochs."""
+def add_run_arguments(parser: argparse.ArgumentParser, with_epochs: bool = True) -> None:
+    """The flags the core benchmarks share: backbone, data sizes and (for those that train PAE) its epochs."""
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--eval-samples", type=int, default=None, help="default: the full 872-sample dev set")
-    parser.add_argument("--epochs", type=int, default=20)
+    if with_epochs:
+        parser.add_argument("--epochs", type=int, default=20)
 
 
 def main() -> None:
