@@ -3,7 +3,11 @@
 An attack receives a `protocol.transcript.ServerView` and the public knowledge it
 declares (`PublicKnowledge`), and returns an `AttackResult` keyed by sample id. It never
 sees ground truth: the auditor (`secure_assist.auditor`) holds that and scores results.
-An attack that needs a field the view lacks raises `MissingViewField` naming it.
+An attack declares the view fields it needs (`NEEDS`, names from
+`protocol.transcript.VIEW_FIELDS`); one that finds a needed field absent raises
+`MissingViewField` naming it. The auditor fails closed: when the view's mode declares
+that field, its absence is an error, not "not applicable". Preconditions outside the
+view (a layer that was not uploaded, public data the attacker lacks) raise `NotApplicable`.
 
 `ATTACKS` is the one list of attack names; CLI choices, errors and test
 parametrization come from it. Attack modules register themselves with `@register`.
@@ -24,7 +28,11 @@ from protocol.transcript import ServerView
 LABELS, SCORES, RECONSTRUCTION, EXTRACTION = "labels", "scores", "reconstruction", "extraction"
 
 
-class MissingViewField(SecureAssistError):
+class NotApplicable(SecureAssistError):
+    """The attack cannot run on this view and public knowledge (e.g. a layer not uploaded)."""
+
+
+class MissingViewField(NotApplicable):
     """The server's view lacks a field this attack needs (e.g. gradients in PAE)."""
 
     def __init__(self, attack: str, field_name: str) -> None:
@@ -90,6 +98,15 @@ class Attack:
     DESCRIPTION: ClassVar[str] = ""
     # True when the attack reads nothing derived from Δ (the activations-only baseline rows).
     ACTIVATIONS_ONLY: ClassVar[bool] = False
+    # View fields (protocol.transcript.VIEW_FIELDS) the attack reads, all of them; and, when
+    # not empty, fields of which it reads whichever the view holds (at least one).
+    NEEDS: ClassVar[frozenset[str]] = frozenset()
+    NEEDS_ONE_OF: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def applicable(cls, fields: frozenset[str]) -> bool:
+        """Whether a view holding `fields` has what this attack reads."""
+        return cls.NEEDS <= fields and (not cls.NEEDS_ONE_OF or bool(cls.NEEDS_ONE_OF & fields))
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         """Attack the view with the declared public knowledge."""
@@ -98,6 +115,10 @@ class Attack:
     def missing(self, field_name: str) -> MissingViewField:
         """The typed error for a field this view lacks."""
         return MissingViewField(self.NAME, field_name)
+
+    def lacks(self, what: str) -> NotApplicable:
+        """The typed error for a precondition outside the view (public data, a layer)."""
+        return NotApplicable(f"attack {self.NAME!r} needs {what}")
 
 
 # The one list of attack names.

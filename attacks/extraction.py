@@ -15,7 +15,7 @@ import torch
 from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.labels import load_side_network
 from protocol.he_messages import HeFitReply
-from protocol.transcript import OUTBOUND, ServerView
+from protocol.transcript import ENCRYPTED_HEAD, OUTBOUND, SIDE_NETWORK, ServerView
 
 
 class BackboneOnly(torch.nn.Module):
@@ -40,6 +40,7 @@ class ServerModelCopy(Attack):
     """Public backbone + whatever side output the server holds in the clear."""
 
     NAME = "model_extraction"
+    NEEDS_ONE_OF = frozenset({SIDE_NETWORK, ENCRYPTED_HEAD})
     KIND = EXTRACTION
     DESCRIPTION = "public backbone + server-held side output (φ; nothing when the head is CKKS-encrypted)"
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from attacks.base import SCORES, Attack, AttackResult, PublicKnowledge, register
 from attacks.view_data import gradient_data
-from protocol.transcript import ServerView
+from protocol.transcript import GRADIENTS, ServerView
 
 
 @register
@@ -20,6 +20,7 @@ class GradientNorm(Attack):
     """Score = ‖g‖₂ of each sample's gradient."""
 
     NAME = "gradient_norm"
+    NEEDS = frozenset({GRADIENTS})
     KIND = SCORES
     DESCRIPTION = "split learning: norm of the gradient the device returns"
 
@@ -35,6 +36,7 @@ class GradientCosine(Attack):
     (any fixed sample works; its unknown label only flips the sign of every score)."""
 
     NAME = "gradient_cosine"
+    NEEDS = frozenset({GRADIENTS})
     KIND = SCORES
     DESCRIPTION = "split learning: cosine of each gradient with a reference gradient"
 

@@ -21,7 +21,7 @@ from attacks.view_data import PivotData, pivot_data
 from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.side_network import network_from_arrays
-from protocol.transcript import ServerView
+from protocol.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK, ServerView
 
 
 def _zero_shot_probs(attack: Attack, data: PivotData, public: PublicKnowledge) -> np.ndarray:
@@ -39,6 +39,7 @@ class DeltaArgmax(Attack):
     """argmax Δ: with Δ = onehot(y) - p_b the label is the only positive entry (its sign)."""
 
     NAME = "delta_argmax"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS, DELTA})
     DESCRIPTION = "argmax of the received prediction difference"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
@@ -51,6 +52,7 @@ class PublicHeadCombined(Attack):
     """argmax(p_b + Δ): the public head on A_L undoes a Δ given relative to p_b."""
 
     NAME = "public_head"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS, DELTA})
     DESCRIPTION = "public final norm + LM head on the last-layer pivot state, combined with Δ"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
@@ -63,6 +65,7 @@ class PublicHeadZeroShot(Attack):
     """The backbone's zero-shot prediction from the uploaded A_L alone (no Δ)."""
 
     NAME = "public_head_zero_shot"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     DESCRIPTION = "activations only: public head on the last-layer pivot state"
     ACTIVATIONS_ONLY = True
 
@@ -94,6 +97,7 @@ class ClusteringDelta(Attack):
     """k-means on the received Δ (any invertible obfuscation of it keeps the clusters)."""
 
     NAME = "clustering_delta"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS, DELTA})
     DESCRIPTION = "k-means on Δ as received, clusters named by the public class prior"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
@@ -107,6 +111,7 @@ class ClusteringActivations(Attack):
     """k-means on PCA of the last-layer pivot states (no Δ)."""
 
     NAME = "clustering_activations"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     DESCRIPTION = "activations only: k-means on PCA-16 of the last-layer pivot state"
     ACTIVATIONS_ONLY = True
 
@@ -124,6 +129,7 @@ class SideModelLabelling(Attack):
     argmax(p_b + g_φ(A)) is the deployed model's prediction on each uploaded sample."""
 
     NAME = "side_model"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS, SIDE_NETWORK})
     DESCRIPTION = "server-held side network + public head label the cached training set"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
@@ -158,12 +164,13 @@ class ModelCompletion(Attack):
 
     KIND = LABELS
     ACTIVATIONS_ONLY = True
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     K = 0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
         if len(public.labeled) < self.K:
-            raise self.missing(f"{self.K} public labeled examples (got {len(public.labeled)})")
+            raise self.lacks(f"{self.K} public labeled examples (got {len(public.labeled)})")
         # Features of the whole public labeled set (one cached pass), of which k are used.
         features = public.public_features(self.NAME, [e.text for e in public.labeled], data.layers)
         labeled = public.labeled[:self.K]

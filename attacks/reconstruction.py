@@ -21,7 +21,7 @@ from attacks.public_model import input_embeddings, logit_lens, public_backbone, 
 from attacks.view_data import full_activation_data, pivot_data
 from protocol.backbone import Backbone
 from protocol.tasks import TaskSpec
-from protocol.transcript import ServerView
+from protocol.transcript import FULL_ACTIVATIONS, PIVOT_ACTIVATIONS, ServerView
 
 _WORD = re.compile(r"[\w']+|[^\w\s]")
 
@@ -65,6 +65,7 @@ class PivotNearestEmbedding(Attack):
     """Nearest input embedding (cosine, centred) of every layer's pivot state."""
 
     NAME = "pivot_nearest_embedding"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest public input embedding of each uploaded pivot state"
 
@@ -81,6 +82,7 @@ class PivotLogitLens(Attack):
     """Top tokens of the public final norm + LM head applied to every layer's pivot state."""
 
     NAME = "pivot_logit_lens"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     KIND = RECONSTRUCTION
     DESCRIPTION = "logit lens (public norm + head) on every uploaded pivot state, top-3 tokens"
     TOP = 3
@@ -110,6 +112,7 @@ class LearnedInversion(Attack):
     words of the input; the decision threshold is tuned on held-out public text."""
 
     NAME = "learned_inversion"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     KIND = RECONSTRUCTION
     DESCRIPTION = "bag-of-words inversion model trained on public text features"
     VOCABULARY = 2000
@@ -119,7 +122,7 @@ class LearnedInversion(Attack):
         data = pivot_data(view, self)
         corpus = list(public.unlabeled_texts)
         if len(corpus) < 50:
-            raise self.missing(f"public unlabeled text (>= 50 texts, got {len(corpus)})")
+            raise self.lacks(f"public unlabeled text (>= 50 texts, got {len(corpus)})")
         features = public.public_features(self.NAME, corpus, data.layers)
         vocab = [w for w, _ in Counter(w for t in corpus for w in set(words(t))).most_common(self.VOCABULARY)]
         index = {w: i for i, w in enumerate(vocab)}
@@ -181,6 +184,7 @@ class CandidateMatching(Attack):
     compared with the uploaded ones; the nearest candidate is the reconstruction."""
 
     NAME = "candidate_matching"
+    NEEDS = frozenset({PIVOT_ACTIVATIONS})
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest candidate text by public-backbone pivot states"
 
@@ -188,7 +192,7 @@ class CandidateMatching(Attack):
         data = pivot_data(view, self)
         pool = list(public.candidate_texts)
         if not pool:
-            raise self.missing("a public candidate pool (candidate_texts)")
+            raise self.lacks("a public candidate pool (candidate_texts)")
         candidates = public.public_features(self.NAME, pool, data.layers).activations
         flat = candidates.reshape(len(pool), -1).astype(np.float32)
         squared = (flat ** 2).sum(axis=1)
@@ -217,6 +221,7 @@ class FullActivationInversion(Attack):
     the bottom of the public backbone, then the nearest embedding."""
 
     NAME = "full_activation_inversion"
+    NEEDS = frozenset({FULL_ACTIVATIONS})
     KIND = RECONSTRUCTION
     DESCRIPTION = "per-token inversion (public ridge map + nearest embedding) of all-token activations"
     PUBLIC_TEXTS = 200
@@ -227,7 +232,7 @@ class FullActivationInversion(Attack):
         backbone = public_backbone(public.backbone_name)
         corpus = list(public.unlabeled_texts[:self.PUBLIC_TEXTS])
         if len(corpus) < 20:
-            raise self.missing(f"public unlabeled text (>= 20 texts, got {len(corpus)})")
+            raise self.lacks(f"public unlabeled text (>= 20 texts, got {len(corpus)})")
         states, tokens = [], []
         for start in range(0, len(corpus), 32):
             batch_states, batch_tokens = token_states(backbone, public.task, corpus[start:start + 32], data.first_layer)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attacks.base import Attack, hex_ids
-import protocol.he_messages  # noqa: F401  (registers the CKKS-mode message types)
-import protocol.split_messages  # noqa: F401  (registers the split-learning message types)
+
+
 from protocol.transcript import INBOUND, ServerView
 
 
@@ -31,7 +31,7 @@ class PivotData:
     def layer(self, attack: Attack, number: int) -> np.ndarray:
         """Activations of one backbone layer, or the typed error if it was not uploaded."""
         if number not in self.layers:
-            raise attack.missing(f"activations of layer {number}")
+            raise attack.lacks(f"activations of layer {number}, which the device did not upload")
         return self.activations[:, self.layers.index(number)]
 
 

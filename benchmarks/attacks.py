@@ -28,7 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np
 import torch
 
-from attacks.base import MissingViewField, all_attacks
+from attacks.base import NotApplicable, all_attacks
 from protocol.backbone import load_backbone
 from protocol.baselines.mobillm import run_mobillm
 from protocol.baselines.split_learning import run_split_learning
@@ -39,7 +39,7 @@ from protocol.transcript import INBOUND, ServerView, TranscriptWriter
 from protocol.messages import encode_message
 from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
-from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
+from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
 from secure_assist.mechanisms import MECHANISMS, MechanismSettings
 
 LABEL_ATTACKS = ("delta_argmax", "public_head", "clustering_delta", "public_head_zero_shot",
@@ -55,7 +55,7 @@ def _row(name: str, workdir: Path, public: Any) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         report = run_attack(name, workdir, public=public, progress=False)
-    except MissingViewField as exc:
+    except NotApplicable as exc:
         return {"attack": name, "not_applicable": str(exc)}
     return {"attack": name, **{k: v for k, v in report.items() if k in KEEP},
             "seconds": round(time.perf_counter() - start, 1)}

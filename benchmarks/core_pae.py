@@ -54,7 +54,7 @@ def _phase_lora(args: argparse.Namespace) -> dict:
     from protocol.backbone import load_backbone
     from protocol.baselines.local_lora import LoraSettings, run_local_lora
     from protocol.tasks import SST2
-    from secure_assist.finetune import accuracy
+    from secure_assist.run import accuracy
     from secure_assist.resources import PeakMemory
 
     train, evaluate = _train(args), _eval(args)
@@ -71,7 +71,7 @@ def _phase_mobillm(args: argparse.Namespace) -> dict:
     from protocol.backbone import load_backbone
     from protocol.baselines.mobillm import run_mobillm
     from protocol.tasks import SST2
-    from secure_assist.finetune import accuracy
+    from secure_assist.run import accuracy
 
     train = _train(args)[:args.mobillm_samples]
     evaluate = _eval(args)[:args.mobillm_samples]

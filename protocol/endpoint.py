@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError
-from protocol.messages import ErrorReply, Message, decode_message, encode_message
+from protocol.messages import ErrorReply, Hello, Message, ModeAccepted, decode_message, encode_message
 from protocol.transcript import INBOUND, OUTBOUND, TranscriptWriter
 
 
@@ -20,6 +20,8 @@ class RecordingEndpoint:
         self.max_message_bytes = max_message_bytes
         self.transcript = TranscriptWriter(self.workdir)
         self.compute_seconds = 0.0
+        # The training mode this endpoint serves (set by the host that opened it for a Hello).
+        self.mode: str | None = None
 
     def handle_bytes(self, data: bytes) -> bytes:
         """Answer one encoded request; a protocol violation becomes an ErrorReply."""
@@ -35,7 +37,12 @@ class RecordingEndpoint:
         return out
 
     def handle(self, message: Message) -> Message:
-        """Answer one decoded request (subclasses)."""
+        """Answer one decoded request (subclasses handle their own types first)."""
+        if isinstance(message, Hello):
+            if message.mode != self.mode:
+                raise ProtocolError(f"this device's server state holds training mode {self.mode!r}, "
+                                    f"not {message.mode!r}")
+            return ModeAccepted(mode=message.mode)
         raise ProtocolError(f"this endpoint does not accept {message.TYPE!r} requests")
 
     def close(self) -> None:

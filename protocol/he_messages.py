@@ -1,4 +1,4 @@
-"""Wire messages of the CKKS head fit (the `he_ckks` mechanism), registered in `MESSAGE_TYPES`.
+"""Wire messages of the CKKS head fit (the `he_ckks` mechanism), listed in `protocol.messages.MESSAGE_TYPES`.
 
 Ciphertexts travel as one raw uint8 buffer plus an int64 vector of their byte sizes;
 sizes are checked against the buffer and bounded before TenSEAL parses anything.
@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from protocol.errors import ProtocolError
-from protocol.messages import MESSAGE_TYPES, Message, _check_ids, _exact_keys, _int_field, _tensor
+from protocol.message_base import Message, _check_ids, _exact_keys, _int_field, _tensor
 
 MAX_FEATURES = 4096
 
@@ -110,8 +110,3 @@ class HeFitReply(Message):
             raise ProtocolError("ciphertext sizes do not add up to the buffer length")
         return cls(input_mean=mean, input_scale=scale, components=components, ciphertexts=buffer,
                    ciphertext_sizes=sizes)
-
-
-for _message in (EncryptedUpload, HeFitRequest, HeFitReply):
-    if MESSAGE_TYPES.setdefault(_message.TYPE, _message) is not _message:
-        raise RuntimeError(f"message type {_message.TYPE!r} registered twice")

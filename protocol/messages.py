@@ -17,57 +17,13 @@ import numpy as np
 
 from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError
+from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
+from protocol.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
+from protocol.message_base import (  # noqa: F401  (re-exported: the message API lives here)
+    PROTOCOL_VERSION, SAMPLE_ID_BYTES, Message, _check_ids, _exact_keys, _int_field, _tensor,
+)
 
-PROTOCOL_VERSION = 1
-SAMPLE_ID_BYTES = 16
-
-
-def _tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], ndim: int,
-            finite: bool = False) -> np.ndarray:
-    if name not in tensors:
-        raise ProtocolError(f"missing tensor {name!r}")
-    value = tensors[name]
-    if value.dtype.name not in dtypes:
-        raise ProtocolError(f"tensor {name!r} has dtype {value.dtype.name}, expected {dtypes}")
-    if value.ndim != ndim:
-        raise ProtocolError(f"tensor {name!r} has {value.ndim} dims, expected {ndim}")
-    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise ProtocolError(f"tensor {name!r} contains NaN or inf")
-    return value
-
-
-def _exact_keys(kind: str, found: set[str], expected: set[str]) -> None:
-    if found != expected:
-        raise ProtocolError(f"{kind}: fields {sorted(found)} differ from expected {sorted(expected)}")
-
-
-def _int_field(meta: dict[str, object], name: str, low: int = 0) -> int:
-    value = meta.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ProtocolError(f"field {name!r} must be an integer >= {low}")
-    return value
-
-
-@dataclass(frozen=True)
-class Message:
-    """Base class: subclasses name their TYPE and map themselves to tensors + scalars."""
-
-    TYPE: ClassVar[str] = ""
-
-    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-        """Tensor fields and JSON-able scalar fields."""
-        return {}, {}
-
-    @classmethod
-    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Message":
-        """Rebuild and validate; raise ProtocolError on anything unexpected."""
-        _exact_keys(cls.TYPE, set(tensors) | set(meta), set())
-        return cls()
-
-
-def _check_ids(ids: np.ndarray) -> None:
-    if ids.ndim != 2 or ids.shape[1] != SAMPLE_ID_BYTES or ids.dtype != np.uint8:
-        raise ProtocolError(f"sample_ids must be uint8 of shape (n, {SAMPLE_ID_BYTES})")
+MAX_MODE_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -247,12 +203,54 @@ class ErrorReply(Message):
         return cls(reason=meta["reason"])
 
 
-# The one list of message types.
+@dataclass(frozen=True)
+class Hello(Message):
+    """The first request of every connection: the training mode the device runs.
+
+    The server builds that mode's endpoint for the device, or refuses a mode it does
+    not offer (or one other than the mode the device's server state already holds)."""
+
+    TYPE: ClassVar[str] = "hello"
+    mode: str
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"mode": self.mode}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Hello":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode"})
+        mode = meta["mode"]
+        if not isinstance(mode, str) or not mode.isidentifier() or len(mode) > MAX_MODE_NAME:
+            raise ProtocolError(f"field 'mode' must be an identifier of at most {MAX_MODE_NAME} characters")
+        return cls(mode=mode)
+
+
+@dataclass(frozen=True)
+class ModeAccepted(Message):
+    """Server reply to `Hello`: the mode this connection now speaks."""
+
+    TYPE: ClassVar[str] = "mode_accepted"
+    mode: str
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"mode": self.mode}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "ModeAccepted":
+        return cls(mode=Hello.from_parts(tensors, meta).mode)
+
+
+# The one list of message types, every mode's messages named explicitly (never filled by
+# import side effects, so whether a transcript decodes does not depend on other imports).
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Upload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
-                SideWeights, ErrorReply)
+    for cls in (Hello, ModeAccepted, Upload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport,
+                FetchWeights, SideWeights, ErrorReply,
+                EncryptedUpload, HeFitRequest, HeFitReply,
+                SplitForward, SplitActivations, SplitBackward, CutGradients)
 }
+if len(MESSAGE_TYPES) != 18:
+    raise RuntimeError("two message classes share a TYPE name")
 
 
 def encode_message(message: Message) -> bytes:

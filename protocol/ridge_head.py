@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+_TENSORS = ("ridge.mean", "ridge.scale", "ridge.components", "ridge.weights")
+
 
 @dataclass
 class FeatureMap:
@@ -30,7 +32,9 @@ class FeatureMap:
 
 
 class RidgeHead(torch.nn.Module):
-    """The device's deployed head in CKKS mode: side output F(A)·W."""
+    """The device's deployed head in CKKS mode: side output F(A)·W (a `SideOutput`)."""
+
+    KIND = "ridge_head"
 
     def __init__(self, feature_map: FeatureMap, weights: np.ndarray) -> None:
         super().__init__()
@@ -52,6 +56,27 @@ class RidgeHead(torch.nn.Module):
         """(n, C) float32 side output of pivot activations (n, L, d)."""
         return torch.from_numpy(self.predict(activations.detach().cpu().float().numpy()).astype(np.float32))
 
-    def scale_(self, factor: float) -> None:
-        """Multiply the side output by `factor` (the safeguard's shrink; the map is linear in W)."""
-        self.weights = self.weights * factor
+    @property
+    def n_outputs(self) -> int:
+        """C, the number of side values."""
+        return self.n_classes
+
+    def map_outputs_(self, matrix: np.ndarray) -> None:
+        """Make the output F(A)·W·M (linear in W)."""
+        self.weights = self.weights @ np.asarray(matrix, dtype=np.float64)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """(tensors, architecture) for the model file."""
+        state = dict(zip(_TENSORS, (self.feature_map.mean, self.feature_map.scale, self.feature_map.components,
+                                    self.weights)))
+        return state, {"n_features": int(self.feature_map.components.shape[0]), "n_classes": self.n_classes}
+
+    @classmethod
+    def from_arrays(cls, state: dict[str, np.ndarray], architecture: dict[str, object]) -> "RidgeHead":
+        """Rebuild from `to_arrays` output; inconsistent shapes are errors."""
+        if set(state) != set(_TENSORS):
+            raise ValueError(f"a ridge head holds {sorted(_TENSORS)}, got {sorted(state)}")
+        mean, scale, components, weights = (state[name] for name in _TENSORS)
+        if mean.shape != scale.shape or components.shape[1:] != mean.shape:
+            raise ValueError("inconsistent ridge feature map shapes")
+        return cls(FeatureMap(mean=mean, scale=scale, components=components), weights)

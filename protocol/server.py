@@ -9,6 +9,7 @@ is recorded in the server's view (`protocol.transcript`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from protocol.recovery import (
 )
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape, network_from_arrays, state_arrays
 from protocol.transcript import CACHE_FILE, SIDE_NETWORK_FILE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class SideTuningServer(RecordingEndpoint):
         self._uploads_since_checkpoint = 0
         self._restore_checkpoint()
         self._catch_up()
+        log.info("work directory open: %d cached samples, %d epochs done", len(self.cache), self.epochs_done)
 
     def close(self) -> None:
         """Release the cache and transcript files."""

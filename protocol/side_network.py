@@ -45,7 +45,9 @@ class SideNetworkShape:
 
 
 class AdditiveSideNetwork(nn.Module):
-    """g_φ: per-layer pivot activations (B, L, d) -> C values added to p_b."""
+    """g_φ: per-layer pivot activations (B, L, d) -> C values added to p_b (a `SideOutput`)."""
+
+    KIND = "side_network"
 
     def __init__(self, shape: SideNetworkShape, dropout: float = 0.0) -> None:
         super().__init__()
@@ -87,6 +89,27 @@ class AdditiveSideNetwork(nn.Module):
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         """g_φ(A): C values per sample."""
         return self.head(self.side_states(activations))
+
+    @property
+    def n_outputs(self) -> int:
+        """C, the number of side values."""
+        return self.shape.n_classes
+
+    @torch.no_grad()
+    def map_outputs_(self, matrix: np.ndarray) -> None:
+        """Make the output g(A)·M: out·M = h·(Mᵀ·W)ᵀ + Mᵀ·b, folded into the linear head."""
+        transposed = torch.from_numpy(np.asarray(matrix, dtype=np.float32).T.copy())
+        self.head.weight.copy_(transposed @ self.head.weight)
+        self.head.bias.copy_(transposed @ self.head.bias)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """(tensors, architecture) for the model file."""
+        return state_arrays(self), asdict(self.shape)
+
+    @classmethod
+    def from_arrays(cls, state: dict[str, np.ndarray], architecture: dict[str, object]) -> "AdditiveSideNetwork":
+        """Rebuild from `to_arrays` output (validated)."""
+        return network_from_arrays(state, architecture)
 
 
 def state_arrays(network: AdditiveSideNetwork) -> dict[str, np.ndarray]:

@@ -1,9 +1,8 @@
-"""Message types of the split-learning baseline, registered in `protocol.messages.MESSAGE_TYPES`.
+"""Message types of the split-learning baseline, listed in `protocol.messages.MESSAGE_TYPES`.
 
 Device -> server: `SplitForward` (cut-layer activations of every token) and
 `SplitBackward` (d loss / d server output); server -> device: `SplitActivations`
 (the server's top-layer output) and `CutGradients` (d loss / d cut activations).
-Importing this module registers them so transcripts holding them decode.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from protocol.errors import ProtocolError
-from protocol.messages import MESSAGE_TYPES, Message, _check_ids, _exact_keys, _int_field, _tensor
+from protocol.message_base import Message, _check_ids, _exact_keys, _int_field, _tensor
 
 _FLOATS = ("float16", "float32")
 
@@ -98,6 +97,3 @@ class CutGradients(Message):
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "CutGradients":
         _exact_keys(cls.TYPE, set(tensors) | set(meta), {"gradients"})
         return cls(gradients=_tensor(tensors, "gradients", ("float32",), 3, finite=True))
-
-
-MESSAGE_TYPES.update({cls.TYPE: cls for cls in (SplitForward, SplitActivations, SplitBackward, CutGradients)})

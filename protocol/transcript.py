@@ -20,12 +20,23 @@ import numpy as np
 from protocol.cache import ActivationCache
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError, UserInputError
-from protocol.messages import Message, decode_message
+from protocol.messages import Hello, Message, decode_message
 
 TRANSCRIPT_FILE = "transcript.log"
 CACHE_FILE = "cache.sqlite"
 SIDE_NETWORK_FILE = "side_network.safetensors"
 INBOUND, OUTBOUND = 0, 1
+
+# What a server view can hold, by name: a training mode declares the fields its views hold
+# and an attack the fields it needs, so a view that should hold a field but does not is an
+# error (the audit fails closed) rather than a silent "not applicable".
+PIVOT_ACTIVATIONS = "pivot_activations"  # one state per uploaded layer and sample
+DELTA = "delta"  # the plaintext (possibly noised or masked) prediction difference
+SIDE_NETWORK = "side_network"  # φ, trained and kept by the server in the clear
+ENCRYPTED_HEAD = "encrypted_head"  # the CKKS head: the server computed enc(W) and its feature map
+FULL_ACTIVATIONS = "full_activations"  # every token's states (MobiLLM-style, split learning)
+GRADIENTS = "gradients"  # output gradients (split learning)
+VIEW_FIELDS = (PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK, ENCRYPTED_HEAD, FULL_ACTIVATIONS, GRADIENTS)
 _RECORD = struct.Struct("<BQ")
 
 
@@ -82,6 +93,12 @@ class ServerView:
     def received(self, kind: type[Message]) -> list[Message]:
         """Inbound messages of one type."""
         return [r.message for r in self.messages() if r.direction == INBOUND and isinstance(r.message, kind)]
+
+    def mode(self) -> str | None:
+        """The training mode the device named (its first `Hello`), None for views without one
+        (the MobiLLM-style and split-learning baselines)."""
+        return next((r.message.mode for r in self.messages()
+                     if r.direction == INBOUND and isinstance(r.message, Hello)), None)
 
     def cache_contents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, activations, delta) as stored in the server's cache."""

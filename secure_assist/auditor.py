@@ -15,21 +15,53 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES, AttackResult, PublicFeatures, PublicKnowledge, get_attack
+from attacks.base import (
+    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    PublicKnowledge, get_attack,
+)
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
-from protocol.errors import UserInputError
+from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
-from secure_assist.finetune import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
+from secure_assist.modes import MODES
+from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
 from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
 
 PUBLIC_LABELED = 128
 PUBLIC_UNLABELED = 1000
+
+
+class ViewContractError(SecureAssistError):
+    """A view whose mode declares a field that an attack then does not find: the audit
+    stops (fails closed) instead of reporting the attack as not applicable."""
+
+
+def run_on_view(attack: Attack, view: ServerView, public: PublicKnowledge) -> AttackResult:
+    """Run an attack, checking the view's declared fields against what the attack reads.
+
+    A view written by a registered mode declares its fields: an attack that needs a field
+    the mode lacks is not applicable (without running), and one that finds a declared
+    field missing is a `ViewContractError`. Views without a mode (the MobiLLM-style and
+    split-learning baselines) fall back to the attack's own `MissingViewField`."""
+    mode = view.mode()
+    if mode is None:
+        return attack.run(view, public)
+    if mode not in MODES:
+        raise ViewContractError(f"the server view names an unknown training mode {mode!r}")
+    declared = MODES[mode].view_fields
+    if not attack.applicable(declared):
+        missing = sorted((attack.NEEDS - declared) or attack.NEEDS_ONE_OF)
+        raise MissingViewField(attack.NAME, f"{' or '.join(missing)} (not in a {mode} view)")
+    try:
+        return attack.run(view, public)
+    except MissingViewField as exc:
+        raise ViewContractError(f"attack {attack.NAME!r} found no {exc.field_name!r} in a {mode} view, whose mode "
+                                f"declares {sorted(declared)}: the view or the attack's reader is broken") from exc
 
 
 @dataclass(frozen=True)
@@ -189,7 +221,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
     if public is None:
         public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    result = attack.run(ServerView(workdir / SERVER_DIR), public)
+    result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:

@@ -5,60 +5,75 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server import ServerTraining
+from secure_assist.mechanisms import MECHANISMS, parameter_fields
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything a PAE fine-tuning run depends on."""
+def option(default: Any, text: str, **extra: Any) -> Any:
+    """A config field with its CLI help (flags are generated from the fields)."""
+    return field(default=default, metadata={"help": text, **extra})
 
-    model: str = DEFAULT_BACKBONE
-    task: str = "sst2"
-    train_file: str | None = None
-    eval_file: str | None = None
-    template: str | None = None
-    label_words: tuple[str, ...] | None = None
-    labels: tuple[str, ...] | None = None
-    text_column: str = "sentence"
-    label_column: str = "label"
-    train_samples: int | None = 2000
-    eval_samples: int | None = None
-    epochs: int = 20
-    layers: tuple[int, ...] | None = None
-    payload_dtype: str = "float16"
-    device_batch_size: int = 16
-    # Server-side training: the defaults are the server's own (protocol.server.ServerTraining).
-    rank: int = ServerTraining.rank
-    learning_rate: float = ServerTraining.learning_rate
-    weight_decay: float = ServerTraining.weight_decay
-    adapter_lr_scale: float = ServerTraining.adapter_lr_scale
-    cosine_decay: bool = ServerTraining.cosine_decay
-    server_batch_size: int = ServerTraining.batch_size
-    seed: int = 0
-    workdir: str = "runs/finetune"
-    # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order.
-    mechanism: tuple[str, ...] = ("none",)
-    epsilon: float | None = None
-    dp_delta: float = 1e-5
-    noise_multiplier: float | None = None
-    clip: float = 1.0
-    activation_noise_multiplier: float | None = None
-    activation_clip: float = 50.0
-    mechanism_seed: int | None = None  # None: fresh OS entropy for the noise
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The fields of a fine-tuning run other than the mechanisms' own parameters."""
+
+    model: str = option(DEFAULT_BACKBONE, "backbone: 'smollm2-135m' (embedded), a tiny-* test model, a local path "
+                                           "or a cached hub id")
+    task: str = option("sst2", "built-in task name (sst2) or 'custom' (with --train-file, --template, "
+                                "--label-words, --labels)")
+    train_file: str | None = option(None, "training data file (CSV, TSV or JSONL)")
+    eval_file: str | None = option(None, "evaluation data file (default: a held-out split of --train-file)")
+    template: str | None = option(None, "prompt template containing {text}")
+    label_words: tuple[str, ...] | None = option(None, "label words separated by '|', e.g. ' negative| positive' "
+                                                        "(each one token)", separator="|")
+    labels: tuple[str, ...] | None = option(None, "label values as they appear in the data, comma-separated, in "
+                                                   "label-word order")
+    text_column: str = option("sentence", "column holding the text")
+    label_column: str = option("label", "column holding the label")
+    train_samples: int | None = option(2000, "number of training samples (seed-fixed subset)")
+    eval_samples: int | None = option(None, "number of evaluation samples (default: all)")
+    epochs: int = option(20, "training epochs (epoch 1 streams the uploads, later ones run from the cache)")
+    layers: tuple[int, ...] | None = option(None, "comma-separated backbone layers to upload (default: all)")
+    payload_dtype: str = option("float16", "activation dtype on the wire: float16 or float32")
+    device_batch_size: int = option(16, "device forward batch size")
+    # Side-network training: the defaults are the server's own (protocol.server.ServerTraining).
+    rank: int = option(ServerTraining.rank, "side-network adapter rank")
+    learning_rate: float = option(ServerTraining.learning_rate, "AdamW learning rate of the side network's gates "
+                                                                 "and head")
+    weight_decay: float = option(ServerTraining.weight_decay, "AdamW decoupled weight decay")
+    adapter_lr_scale: float = option(ServerTraining.adapter_lr_scale, "adapters learn at this multiple of "
+                                                                       "--learning-rate (they overfit small data)")
+    cosine_decay: bool = option(ServerTraining.cosine_decay, "decay the learning rate to zero over the cached "
+                                                              "epochs (cosine)")
+    server_batch_size: int = option(ServerTraining.batch_size, "cached-epoch batch size of the side network")
+    seed: int = option(0, "seed of the data subsets, the hold-out split and the side network")
+    workdir: str = option("runs/finetune", "directory for the server view, cache and fine-tuned model")
+    # The training mode (secure_assist.modes.MODES); None: the first one every mechanism supports
+    # (side_network, or ckks_ridge with he_ckks).
+    mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local; default: the one the "
+                                     "mechanisms imply)")
+    # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order; their
+    # parameters are the generated fields below.
+    mechanism: tuple[str, ...] = option(("none",), "comma-separated privacy mechanisms, composed: "
+                                         + ", ".join(MECHANISMS))
+    mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
     # the unprotected baseline ('none'), 0.1 for any protected run.
-    safeguard_fraction: float | None = None
+    safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "
+                                                     "safeguard")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
-    reuse_forwards: bool = False
+    reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "
+                                          "the same data")
 
     def __post_init__(self) -> None:
         positive = ("epochs", "device_batch_size", "rank", "server_batch_size")
@@ -72,12 +87,35 @@ class FinetuneConfig:
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         self.server_training()  # validates the server's settings now, not after the forward passes
+        for cls in MECHANISMS.values():  # each parameter's range, for every mechanism, now
+            cls.Parameters(**{f.name: getattr(self, f.name) for f in fields(cls.Parameters)})
 
     def server_training(self) -> ServerTraining:
         """The server's side-network settings for this run."""
         return ServerTraining(rank=self.rank, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                               adapter_lr_scale=self.adapter_lr_scale, cosine_decay=self.cosine_decay,
                               batch_size=self.server_batch_size, seed=self.seed)
+
+
+def mechanism_config_fields(defined: set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """make_dataclass entries for every mechanism parameter not in `defined`, with the
+    mechanism's own type, default and help: adding a parameter to a mechanism's dataclass
+    adds the config key and the CLI flags of every command that runs mechanisms."""
+    entries = []
+    for item in parameter_fields():
+        if item.name in defined:
+            continue
+        owner = next(cls for cls in MECHANISMS.values() if item.name in {f.name for f in fields(cls.Parameters)})
+        kind = typing.get_type_hints(owner.Parameters)[item.name]
+        entries.append((item.name, kind, field(default=item.default, metadata=item.metadata)))
+    return entries
+
+
+FinetuneConfig = make_dataclass(
+    "FinetuneConfig", mechanism_config_fields(), bases=(RunSettings,), frozen=True,
+    namespace={"__doc__": "Everything a fine-tuning run depends on: `RunSettings` plus every mechanism's "
+                          "parameters (generated from the mechanisms' parameter dataclasses).",
+               "__module__": __name__})
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.stats import binomtest
 
-from protocol.ridge_head import RidgeHead
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_output import SideOutput, scale_side_output
 
 SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SIGNIFICANCE = 0.05
@@ -59,11 +57,6 @@ def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: n
                           validation_accuracy_chosen=scores[best], p_value=p_value)
 
 
-def shrink_network(network: AdditiveSideNetwork | RidgeHead, factor: float) -> None:
-    """Scale the side output by `factor` (its last map is linear: scaling the head's weights suffices)."""
-    if isinstance(network, RidgeHead):
-        network.scale_(factor)
-        return
-    with torch.no_grad():
-        network.head.weight.mul_(factor)
-        network.head.bias.mul_(factor)
+def shrink_network(side: SideOutput, factor: float) -> None:
+    """Scale the side output by `factor`, whatever mode produced it."""
+    scale_side_output(side, factor)

@@ -12,7 +12,7 @@ from protocol.baselines.split_learning import run_split_learning
 from protocol.split_messages import SplitBackward
 from protocol.tasks import SST2, builtin_split
 from secure_assist.auditor import audit, run_attack
-from secure_assist.finetune import write_ground_truth
+from secure_assist.workdir import write_ground_truth
 
 N, T, D = 120, 5, 16
 

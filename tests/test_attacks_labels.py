@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks.base import ATTACKS, MissingViewField, PublicKnowledge, all_attacks, get_attack
+from attacks.base import ATTACKS, MissingViewField, NotApplicable, PublicKnowledge, all_attacks, get_attack
 from attacks.labels import resolve_clusters
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from protocol.errors import UserInputError
@@ -93,7 +93,7 @@ def test_missing_fields_are_named(tmp_path, tiny):
         run_attack("gradient_norm", tmp_path, public=tiny)
     with pytest.raises(MissingViewField, match="side_network"):
         run_attack("side_model", tmp_path, public=tiny)
-    with pytest.raises(MissingViewField, match="public labeled"):
+    with pytest.raises(NotApplicable, match="public labeled"):
         run_attack("model_completion_k8", tmp_path, public=tiny)
     full = tmp_path / "full"
     write_view(full, [FullUpload(sample_ids=random_ids(2), activations=np.zeros((2, 2, 3, 4), np.float16),

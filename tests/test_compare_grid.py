@@ -23,7 +23,7 @@ def test_product_of_axes_with_epsilon_only_where_a_mechanism_reads_it(tmp_path: 
     assert len(points) == 8 * 2 * 2
     assert len({p.fingerprint for p in points}) == len(points)
     for point in points:
-        reads_epsilon = any(MECHANISMS[m].uses_epsilon for m in point.config.mechanism)
+        reads_epsilon = any(MECHANISMS[m].uses_epsilon() for m in point.config.mechanism)
         assert (point.config.epsilon is not None) == reads_epsilon
         assert point.config.reuse_forwards and point.config.mechanism_seed == BASE.seed
         assert Path(point.config.workdir).parent == tmp_path / "runs"

@@ -14,7 +14,7 @@ from scipy.stats import norm
 from protocol.errors import UserInputError
 from protocol.messages import Upload
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
-from secure_assist.mechanisms import MECHANISMS, MechanismChain, MechanismSettings, PrivacyWarning
+from secure_assist.mechanisms import MECHANISMS, MechanismChain, PrivacyWarning
 from secure_assist.mechanisms.accounting import (
     analytic_gaussian_epsilon,
     analytic_gaussian_sigma,
@@ -61,7 +61,7 @@ def test_shapes_and_determinism_under_a_seed(name: str) -> None:
     for _ in range(2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
-            chain = MechanismChain([name], MechanismSettings(seed=7, **SETTINGS[name]))
+            chain = MechanismChain([name], SETTINGS[name], seed=7)
         outs.append(chain.transform(upload, labels, logits) + chain.flush())
     if name == "he_ckks":  # encryption is randomized by SEAL; compare sizes and cleartext parts
         assert outs[0][0].activations.shape == (N, L, D) and len(outs[0][0].ciphertext_sizes) == C
@@ -73,9 +73,13 @@ def test_shapes_and_determinism_under_a_seed(name: str) -> None:
     np.testing.assert_array_equal(first.activations, second.activations)
 
 
-def test_none_emits_privacy_warning() -> None:
+def test_none_warns_when_it_sends_not_when_it_is_built() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chain = MechanismChain(["none"])  # building a chain only validates: no warning, no keys
+    upload, labels, logits = make_batch()
     with pytest.warns(PrivacyWarning):
-        MechanismChain(["none"], MechanismSettings())
+        chain.transform(upload, labels, logits)
 
 
 def test_analytic_gaussian_matches_design_and_numeric_profile() -> None:
@@ -97,7 +101,7 @@ def test_opacus_rdp_is_the_looser_cross_check() -> None:
 def test_gaussian_noise_scale_statistically() -> None:
     n = 20_000
     upload, labels, logits = make_batch(1, n)
-    chain = MechanismChain(["gaussian"], MechanismSettings(noise_multiplier=2.0, clip=0.5, seed=3))
+    chain = MechanismChain(["gaussian"], {"noise_multiplier": 2.0, "clip": 0.5}, seed=3)
     noisy = chain.transform(upload, labels, logits)[0].delta
     clipped = upload.delta * np.minimum(1, 0.5 / np.linalg.norm(upload.delta, axis=1, keepdims=True))
     residual = (noisy - clipped).ravel()
@@ -108,7 +112,7 @@ def test_gaussian_noise_scale_statistically() -> None:
 
 
 def test_gaussian_reports_epsilon_for_target() -> None:
-    info = MechanismChain(["gaussian"], MechanismSettings(epsilon=1.0)).describe()[0]
+    info = MechanismChain(["gaussian"], {"epsilon": 1.0}).describe()[0]
     assert info["epsilon"] == pytest.approx(1.0, rel=1e-6)
     assert info["noise_multiplier"] == pytest.approx(2 * 3.7306, rel=1e-3)  # replace-one: sensitivity 2c
     assert info["epsilon_rdp_opacus"] > info["epsilon"]
@@ -117,7 +121,7 @@ def test_gaussian_reports_epsilon_for_target() -> None:
 def test_label_rr_flip_rate_epsilon_and_unbiasedness() -> None:
     n = 40_000
     upload, labels, logits = make_batch(2, n)
-    chain = MechanismChain(["label_rr"], MechanismSettings(epsilon=1.0, seed=5))
+    chain = MechanismChain(["label_rr"], {"epsilon": 1.0}, seed=5)
     rr = chain.mechanisms[0]
     noisy = rr.randomize(labels, C)
     q = math.exp(1.0) / (math.exp(1.0) + C - 1)
@@ -131,8 +135,9 @@ def test_label_rr_flip_rate_epsilon_and_unbiasedness() -> None:
 
 def test_rotation_mask_cancels_exactly_on_the_device() -> None:
     upload, labels, logits = make_batch(3)
-    chain = MechanismChain(["rotation_mask"], MechanismSettings(seed=1))
-    mask = chain.find(RotationMask)
+    chain = MechanismChain(["rotation_mask"], seed=1)
+    mask = chain.mechanisms[0]
+    assert isinstance(mask, RotationMask)
     masked = chain.transform(upload, labels, logits)[0].delta
     assert not np.allclose(masked, upload.delta)
     np.testing.assert_allclose(mask.unmask(masked.astype(np.float64)), upload.delta, atol=1e-6)
@@ -156,8 +161,8 @@ def test_int8_quantization_per_vector() -> None:
 
 def test_activation_noise_clips_and_reports_epsilon() -> None:
     upload, labels, logits = make_batch(4)
-    chain = MechanismChain(["activation_noise"], MechanismSettings(activation_noise_multiplier=1.0,
-                                                                   activation_clip=1.0, seed=0))
+    chain = MechanismChain(["activation_noise"], {"activation_noise_multiplier": 1.0, "activation_clip": 1.0},
+                           seed=0)
     out = chain.transform(upload, labels, logits)[0]
     assert out.activations.shape == upload.activations.shape
     info = chain.describe()[0]
@@ -166,7 +171,7 @@ def test_activation_noise_clips_and_reports_epsilon() -> None:
 
 def test_composition_runs_in_stage_order() -> None:
     chain = MechanismChain(["activation_noise", "gaussian", "label_rr"],
-                           MechanismSettings(epsilon=4.0, activation_noise_multiplier=0.1, seed=0))
+                           {"epsilon": 4.0, "activation_noise_multiplier": 0.1}, seed=0)
     assert chain.names == ["label_rr", "gaussian", "activation_noise"]
     upload, labels, logits = make_batch(5)
     assert chain.transform(upload, labels, logits)[0].delta.shape == (N, C)
@@ -185,7 +190,7 @@ def test_composition_runs_in_stage_order() -> None:
 ])
 def test_bad_configurations_fail_clearly(names: list[str], settings: dict) -> None:
     with pytest.raises(UserInputError):
-        MechanismChain(names, MechanismSettings(**settings))
+        MechanismChain(names, settings)
 
 
 def test_safeguard_drops_a_harmful_side_output() -> None:
@@ -219,3 +224,26 @@ def test_shrink_to_zero_silences_the_side_network() -> None:
     torch.nn.init.normal_(network.head.weight)
     shrink_network(network, 0.0)
     assert torch.count_nonzero(network(torch.randn(4, L, D))) == 0
+
+
+@pytest.mark.parametrize("names, mode", [(["he_ckks"], "side_network"), (["gaussian"], "device_local"),
+                                         (["rotation_mask", "he_ckks"], "device_local")])
+def test_a_mechanism_refuses_a_mode_it_does_not_support(names: list[str], mode: str) -> None:
+    with pytest.raises(UserInputError, match=f"does not support training mode '{mode}'"):
+        MechanismChain(names, {"epsilon": 1.0}, mode=mode)
+
+
+def test_he_ckks_construction_generates_no_keys() -> None:
+    chain = MechanismChain(["he_ckks"], SETTINGS["he_ckks"], mode="ckks_ridge")
+    assert "keys" not in vars(chain.mechanisms[0])  # the secret context is made on first use
+
+
+def test_every_dp_claim_names_its_target() -> None:
+    upload, labels, logits = make_batch(6)
+    chain = MechanismChain(["gaussian", "label_rr", "activation_noise"],
+                           {"epsilon": 2.0, "activation_noise_multiplier": 0.5}, seed=0)
+    chain.transform(upload, labels, logits)
+    claims = dict(chain.claims())
+    assert {name: claim.target for name, claim in claims.items()} == {
+        "gaussian": "delta", "label_rr": "delta", "activation_noise": "activations"}
+    assert claims["gaussian"].epsilon == pytest.approx(2.0)

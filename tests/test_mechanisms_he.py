@@ -10,16 +10,15 @@ import tenseal as ts
 from protocol.channel import InProcessChannel
 from protocol.errors import ProtocolError, UserInputError
 from protocol.messages import MESSAGE_TYPES, decode_message, encode_message
-from secure_assist.mechanisms import MechanismChain, MechanismSettings
+from secure_assist.mechanisms import MechanismChain
 from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, load_public_context
-from secure_assist.mechanisms.he_ckks import HeCkksDelta
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from secure_assist.mechanisms.he_server import HeHeadServer
 from secure_assist.mechanisms.ridge import ridge_operator
 from test_mechanisms_dp import make_batch
 
 SMALL = CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 25, 40), scale_bits=25)
-FIT = MechanismSettings(seed=0, he_features=4, he_ridge=10.0, ckks_poly_modulus_degree=8192)
+FIT = {"he_features": 4, "he_ridge": 10.0, "ckks_poly_modulus_degree": 8192}
 
 
 def test_message_types_registered() -> None:
@@ -57,8 +56,8 @@ def test_server_refuses_a_private_context() -> None:
 
 
 def test_encrypted_fit_matches_plaintext_and_server_holds_no_secret(tmp_path) -> None:
-    chain = MechanismChain(["he_ckks"], FIT)
-    he = chain.find(HeCkksDelta)
+    chain = MechanismChain(["he_ckks"], FIT, seed=0)
+    he = chain.stage("encrypt")
     server = HeHeadServer(tmp_path)
     channel = InProcessChannel(server)
     upload, labels, logits = make_batch(0, 48)
@@ -72,13 +71,13 @@ def test_encrypted_fit_matches_plaintext_and_server_holds_no_secret(tmp_path) ->
     assert not server.context.is_private() and not server.context.has_secret_key()
     with pytest.raises(ValueError):
         server.context.secret_key()
-    expected = ridge_operator(head.feature_map.apply(upload.activations), FIT.he_ridge) @ upload.delta
+    expected = ridge_operator(head.feature_map.apply(upload.activations), FIT["he_ridge"]) @ upload.delta
     np.testing.assert_allclose(head.weights, expected, atol=1e-4)
     server.close()
 
 
 def test_fit_over_several_ciphertext_blocks_matches_plaintext(tmp_path) -> None:
-    chain = MechanismChain(["he_ckks"], FIT)
+    chain = MechanismChain(["he_ckks"], FIT, seed=0)
     server = HeHeadServer(tmp_path)
     channel = InProcessChannel(server)
     uploads = [make_batch(seed, 2500) for seed in (1, 2)]  # 5,000 samples: blocks of 4,096 + 904 slots
@@ -86,17 +85,17 @@ def test_fit_over_several_ciphertext_blocks_matches_plaintext(tmp_path) -> None:
     assert [len(m.sample_ids) for m in sent] == [4096, 904]
     for message in sent:
         channel.request(message)
-    head = chain.find(HeCkksDelta).fit_head(channel)
+    head = chain.stage("encrypt").fit_head(channel)
     activations = np.concatenate([u.activations for u, _, _ in uploads])
     delta = np.concatenate([u.delta for u, _, _ in uploads])
-    expected = ridge_operator(head.feature_map.apply(activations), FIT.he_ridge) @ delta
+    expected = ridge_operator(head.feature_map.apply(activations), FIT["he_ridge"]) @ delta
     np.testing.assert_allclose(head.weights, expected, atol=1e-4)
     server.close()
 
 
 def test_private_context_in_fit_request_is_an_error_reply(tmp_path) -> None:
-    chain = MechanismChain(["he_ckks"], FIT)
-    he = chain.find(HeCkksDelta)
+    chain = MechanismChain(["he_ckks"], FIT, seed=0)
+    he = chain.stage("encrypt")
     server = HeHeadServer(tmp_path)
     channel = InProcessChannel(server)
     upload, labels, logits = make_batch(1, 16)

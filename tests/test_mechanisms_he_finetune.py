@@ -14,13 +14,14 @@ import torch
 from attacks.base import MissingViewField
 from protocol.codec import decode, encode
 from protocol.he_messages import EncryptedUpload, HeFitRequest
-from protocol.model_io import RIDGE_HEAD, load_finetuned
+from protocol.model_io import load_finetuned
 from protocol.ridge_head import RidgeHead
 from protocol.transcript import ServerView
 from secure_assist.auditor import run_attack
 from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
-from secure_assist.finetune import SERVER_DIR, run_finetune
+from secure_assist.finetune import run_finetune
+from secure_assist.workdir import SERVER_DIR
 from secure_assist.mechanisms.ckks import load_public_context
 
 ACTIVATION_CLIP = 2.0
@@ -68,7 +69,7 @@ def test_server_view_holds_a_public_context_and_no_plaintext_delta(he_run: dict)
 
 def test_model_file_holds_the_ridge_head_and_predict_works(he_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
     model = load_finetuned(he_run["model_file"])
-    assert model.head_kind == RIDGE_HEAD and isinstance(model.side_network, RidgeHead)
+    assert model.head_kind == RidgeHead.KIND and isinstance(model.side_network, RidgeHead)
     if he_run["safeguard"]["action"] == "dropped":
         assert not model.side_network.weights.any()
     assert main(["predict", he_run["model_file"], "--text", "a great movie", "--text", "dull", "--quiet"]) == 0

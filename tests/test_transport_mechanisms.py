@@ -1,5 +1,5 @@
 """`secure-assist device` applies the configured mechanisms on the network path (tiny-llama over
-TLS), refuses to resume a randomized upload, and refuses he_ckks before connecting."""
+TLS) and refuses to resume a randomized upload."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.server import TransportServer
-from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
-from secure_assist.remote import run_device_finetune
+from secure_assist.modes.host import host_factory
+from secure_assist.run import run_training
 
 
 def test_network_run_applies_the_mechanism_chain(tiny_llama, tmp_path: Path) -> None:
@@ -27,12 +27,12 @@ def test_network_run_applies_the_mechanism_chain(tiny_llama, tmp_path: Path) -> 
     config = FinetuneConfig(model="tiny-llama", train_samples=40, eval_samples=8, epochs=2, device_batch_size=8,
                             mechanism=("gaussian", "int8_activations"), epsilon=1.0, mechanism_seed=0,
                             workdir=str(tmp_path / "device"))
-    transport = TransportServer(tmp_path / "server", keys, ServerTraining(rank=4))
+    transport = TransportServer(tmp_path / "server", keys, ServerTraining(rank=4), endpoint_factory=host_factory())
     with BackgroundServer(transport) as running:
         context, pinned = keys.device_context("alice")
-        summary = run_device_finetune(config, NetworkChannel(*running.address, context, pinned), progress=False)
+        summary = run_training(config, NetworkChannel(*running.address, context, pinned), progress=False).to_json()
         with pytest.raises(UserInputError, match="randomized mechanism"):
-            run_device_finetune(config, NetworkChannel(*running.address, context, pinned), progress=False)
+            run_training(config, NetworkChannel(*running.address, context, pinned), progress=False)
     assert [m["name"] for m in summary["mechanisms"]] == ["gaussian", "int8_activations"]
     assert summary["n_train"] == 36 and summary["safeguard"]["validation_samples"] == 4
     fingerprint = next(iter(keys.load_trust()))
@@ -45,13 +45,3 @@ def test_network_run_applies_the_mechanism_chain(tiny_llama, tmp_path: Path) -> 
     # int8_activations: every layer vector sits on its own grid of 255 levels (up to float16 rounding).
     levels = acts / (np.abs(acts).max(axis=-1, keepdims=True) / 127)
     assert np.abs(levels - np.round(levels)).max() < 0.1
-
-
-def test_he_ckks_is_refused_before_connecting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Nothing listens on port 1 and no key directory exists: a refusal proves nothing was attempted.
-    code = main(["device", "--server", "127.0.0.1:1", "--keys", str(tmp_path / "keys"), "--name", "alice",
-                 "--model", "tiny-llama", "--mechanism", "he_ckks", "--workdir", str(tmp_path / "run"), "--quiet"])
-    assert code == 2
-    error = capsys.readouterr().err
-    assert error.startswith("error:") and "he_ckks" in error and "serve" in error
-    assert not (tmp_path / "run").exists()

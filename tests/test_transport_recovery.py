@@ -26,7 +26,8 @@ from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
-from secure_assist.remote import run_device_finetune
+from secure_assist.modes.host import host_factory
+from secure_assist.run import run_training
 
 TRAIN, EPOCHS, BATCH = 384, 40, 8
 TRAINING = ServerTraining(rank=16, checkpoint_every_uploads=8)
@@ -91,11 +92,11 @@ def test_server_killed_in_epoch_1_and_epoch_2_resumes_exactly(tmp_path: Path) ->
     keys.init(["faulty", "reference"])
 
     # Reference: the same run, never interrupted (in-process server, same training settings).
-    transport = TransportServer(tmp_path / "reference-server", keys, TRAINING)
+    transport = TransportServer(tmp_path / "reference-server", keys, TRAINING, endpoint_factory=host_factory())
     with BackgroundServer(transport) as running:
         context, pinned = keys.device_context("reference")
-        reference = run_device_finetune(config(tmp_path / "reference-device"),
-                                        NetworkChannel(*running.address, context, pinned), progress=False)
+        reference = run_training(config(tmp_path / "reference-device"),
+                                 NetworkChannel(*running.address, context, pinned), progress=False).to_json()
     reference_dir = transport.workdir(next(fp for fp, e in keys.load_trust().items() if e["name"] == "reference"))
 
     serve = ServeProcess(tmp_path, keys)
@@ -127,8 +128,8 @@ def test_server_killed_in_epoch_1_and_epoch_2_resumes_exactly(tmp_path: Path) ->
     try:
         context, pinned = keys.device_context("faulty")
         channel = NetworkChannel("127.0.0.1", serve.port, context, pinned, reconnect_seconds=180)
-        result = run_device_finetune(config(tmp_path / "faulty-device"), channel, progress=False,
-                                     on_acknowledged=kill_in_epoch_1)
+        result = run_training(config(tmp_path / "faulty-device"), channel, progress=False,
+                              on_acknowledged=kill_in_epoch_1).to_json()
     finally:
         watcher.join(timeout=5)
         serve.stop()

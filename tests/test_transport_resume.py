@@ -14,7 +14,7 @@ from protocol.server import ServerTraining, SideTuningServer
 from protocol.tasks import SST2, builtin_split, sample
 from protocol.messages import Upload
 from protocol.transcript import ServerView
-from secure_assist.remote import upload_resumable
+from secure_assist.upload import upload_resumable
 
 
 class DeviceCrash(Exception):

@@ -9,9 +9,11 @@ Reconnect and resume *(choice)*: a request that fails because the link broke (re
 reset, closed, timed out) is re-sent on a fresh connection until `reconnect_seconds`
 have passed. This is safe because every request the device sends is idempotent:
 uploads by sample id (the server stores a repeated id once and counts it as a duplicate),
-`TrainUntil` by its target epoch, `FetchWeights` trivially. Authentication failures and
-protocol errors are never retried. Resuming after the *device process* restarts is the
-caller's job (`secure_assist.remote` keeps a progress file of acknowledged batches).
+`TrainUntil` by its target epoch, `FetchWeights` trivially. Every connection starts with
+the device's `Hello` (its training mode): the channel replays the last one it sent on each
+new connection before the retried request. Authentication failures and protocol errors
+are never retried. Resuming after the *device process* restarts is the
+caller's job (`secure_assist.upload` keeps a progress file of acknowledged batches).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
-from protocol.messages import ErrorReply, Message, decode_message, encode_message
+from protocol.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.transport.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, encode_frame, parse_header
 from protocol.transport.identity import fingerprint
 
@@ -130,10 +132,14 @@ class NetworkChannel:
         self.reconnects = 0
         self._link: _Link | None = None
         self._sent = self._received = 0
+        self._hello: bytes | None = None  # replayed first on every new connection
+
 
     def request(self, message: Message) -> Message:
         """Send one request, reconnecting if the link breaks; an ErrorReply raises ProtocolError."""
         data = encode_message(message)
+        if isinstance(message, Hello):
+            self._hello = data
         deadline = time.monotonic() + self.reconnect_seconds
         delay = 0.05
         while True:
@@ -161,6 +167,13 @@ class NetworkChannel:
         if self._link is None:
             self._link = _Link(self.host, self.port, self.context, self.pinned_server, self.timeout)
             self._sent = self._received = 0  # a new connection numbers its frames afresh
+            if self._hello is not None and data is not self._hello:
+                reply = decode_message(self._round_trip(self._hello), self.max_frame_bytes)
+                if isinstance(reply, ErrorReply):
+                    raise ProtocolError(f"server refused the mode on reconnecting: {reply.reason}")
+        return self._round_trip(data)
+
+    def _round_trip(self, data: bytes) -> bytes:
         self._link.send(encode_frame(self._sent, data, self.max_frame_bytes))
         self._sent += 1
         header = parse_header(self._link.recv_exact(HEADER_BYTES), self._received, self.max_frame_bytes)

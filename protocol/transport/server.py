@@ -3,7 +3,7 @@
 Per connection: TLS 1.3 handshake with a required client certificate (done here, not by
 asyncio's listener, so every rejection gets a log line that says why), the device
 identity taken from the authenticated certificate's fingerprint, then a loop of
-frame -> validated message -> that device's `SideTuningServer` -> reply frame.
+frame -> validated message -> that device's server role (every mode `serve` offers) -> reply frame.
 Any violation is answered with an `ErrorReply` where possible, logged, and the
 connection is closed; invalid messages never reach the device's state or transcript.
 
@@ -24,7 +24,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from protocol.codec import read_metadata
 from protocol.errors import ProtocolError
@@ -48,12 +48,22 @@ class TransportLimits:
     idle_seconds: float = 300.0
 
 
+class DeviceEndpoint(Protocol):
+    """One device's server role: answers wire bytes, releases its files on close."""
+
+    def handle_bytes(self, data: bytes) -> bytes:
+        """Answer one encoded request."""
+
+    def close(self) -> None:
+        """Release files."""
+
+
 @dataclass
 class _DeviceSlot:
     """One device's server role and the thread that alone touches it."""
 
     executor: ThreadPoolExecutor
-    endpoint: SideTuningServer | None = None
+    endpoint: DeviceEndpoint | None = None
     connections: int = 0
     requests: int = 0
 
@@ -74,7 +84,9 @@ class TransportServer:
     keys: KeyDirectory | None  # None: plain TCP, no authentication (benchmark reference only)
     training: ServerTraining = field(default_factory=ServerTraining)
     limits: TransportLimits = field(default_factory=TransportLimits)
-    endpoint_factory: Callable[[Path, ServerTraining], SideTuningServer] = SideTuningServer
+    # `secure-assist serve` passes a `secure_assist.modes.host.ModeHost` factory (every offered mode,
+    # named by the device's Hello); the bare side-network server is the default for transport tests.
+    endpoint_factory: Callable[[Path, ServerTraining], DeviceEndpoint] = SideTuningServer
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -279,8 +291,7 @@ class TransportServer:
         """Runs in the device's own thread."""
         if slot.endpoint is None:
             slot.endpoint = self.endpoint_factory(self.workdir(identity), self.training)
-            log.info("device %s: work directory open: %d cached samples, %d epochs done", identity[:16],
-                     len(slot.endpoint.cache), slot.endpoint.epochs_done)
+            log.info("device %s: server role open", identity[:16])
         return slot.endpoint.handle_bytes(payload)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, make_dataclass
 from pathlib import Path
 
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
-from secure_assist.config import FinetuneConfig
+from secure_assist.config import FinetuneConfig, mechanism_config_fields, option
 from secure_assist.mechanisms import MECHANISMS
 
 # Sizes chosen so the default audit of SmolLM2-135M finishes within 15 minutes on two cores.
@@ -17,20 +17,22 @@ DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "rotation_mask", "he_ckks")
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditSettings:
     """What an audit runs: the data, the variants (mechanism names), ε, attacks and sizes."""
 
-    model: str = DEFAULT_BACKBONE
-    task: str = "sst2"
-    train_samples: int = 400
-    eval_samples: int = 200
-    epochs: int = 10
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    epsilon: float = 1.0
-    attacks: tuple[str, ...] | None = None  # None: every registered attack
-    dp_releases: int = 2000  # releases per neighbouring input of the distinguishing attack
-    seed: int = 0
-    output: str = "runs/audit"
+    model: str = option(DEFAULT_BACKBONE, "backbone (smollm2-135m, tiny-llama, a local HF directory, ...)")
+    task: str = option("sst2", "built-in task name")
+    train_samples: int = option(400, "number of training samples")
+    eval_samples: int = option(200, "number of evaluation samples")
+    epochs: int = option(10, "training epochs")
+    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "comma-separated mechanisms to audit "
+                                                         "(secure_assist.mechanisms.MECHANISMS)")
+    epsilon: float = option(1.0, "target ε of the DP variants (gaussian, label_rr)")
+    attacks: tuple[str, ...] | None = option(None, "comma-separated attacks (default: every registered one; "
+                                                   "attacks.base.ATTACKS)")
+    dp_releases: int = option(2000, "releases per neighbouring input of the distinguishing attack")
+    seed: int = option(0, "seed of the data, the variants and the attacks")
+    output: str = option("runs/audit", "folder for the variants' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in MECHANISMS]
@@ -43,6 +45,12 @@ class AuditConfig:
             raise UserInputError(f"epsilon must be positive, got {self.epsilon}")
 
 
+AuditConfig = make_dataclass(
+    "AuditConfig", mechanism_config_fields(defined={f.name for f in fields(AuditSettings)}), bases=(AuditSettings,),
+    frozen=True, namespace={"__doc__": "`AuditSettings` plus every mechanism's parameters (generated), passed to "
+                                       "each variant's run.", "__module__": __name__})
+
+
 def fingerprint(config: AuditConfig) -> str:
     """sha256 of the config's canonical JSON (the output folder excluded: it does not change results)."""
     values = {k: v for k, v in asdict(config).items() if k != "output"}
@@ -51,9 +59,11 @@ def fingerprint(config: AuditConfig) -> str:
 
 def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig:
     """The `secure-assist finetune` configuration of one variant (same data and seed for all)."""
+    parameters = {name: getattr(config, name) for name, *_ in mechanism_config_fields()}
     return FinetuneConfig(model=config.model, task=config.task, train_samples=config.train_samples,
                           eval_samples=config.eval_samples, epochs=config.epochs, seed=config.seed,
                           workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
                           epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
                           mechanism_seed=config.seed,
-                          reuse_forwards=True)  # every variant runs over the same data: one backbone pass
+                          reuse_forwards=True,  # every variant runs over the same data: one backbone pass
+                          **{k: v for k, v in parameters.items() if k != "epsilon"})

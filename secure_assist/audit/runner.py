@@ -12,17 +12,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, MissingViewField, all_attacks
+from attacks.base import LABELS, NotApplicable, all_attacks
 from protocol.backbone import load_backbone
 from protocol.device import DeviceRole
 from protocol.errors import UserInputError
-from protocol.tasks import Example
 from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
 from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.audit.verdict import headline, verdict
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
 from secure_assist.data import resolve_data
-from secure_assist.finetune import build_mechanisms, run_finetune
+from secure_assist.finetune import run_finetune
+from secure_assist.mechanisms import mechanism_parameters
+from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/audit-report"
 SCHEMA_VERSION = 1
@@ -88,7 +89,7 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
         try:
             report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress,
                                 held_out=evaluate)
-        except MissingViewField as exc:
+        except NotApplicable as exc:
             rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
             continue
         rows.append({**jsonable(report), "status": "ok", **headline(report),
@@ -106,12 +107,15 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
         "dp_check": None,
         "seconds": 0.0,
     }
-    if any("epsilon" in m for m in summary["mechanisms"]):
-        device = DeviceRole(load_backbone(config.model), task, progress=False)
-        first = next(iter(truth.values()))
+    claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
+    if claiming:
+        # Audit variants are single mechanisms: at most one claim to check.
+        mechanism = type(claiming[0])
+        device = DeviceRole(load_backbone(config.model), task, layers=finetune_config.layers, progress=False)
+        first, second = list(truth.values())[:2]
         result["dp_check"] = jsonable(empirical_epsilon(
-            variant, build_mechanisms(finetune_config).mechanisms[0].settings, device,
-            Example(text=first.text, label=first.label), config.dp_releases, config.seed))
+            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device, (first.text, second.text),
+            config.dp_releases, config.seed))
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
     return result

@@ -5,30 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 
 from secure_assist.audit.config import AuditConfig
+from secure_assist.commands import finetune as finetune_command
 
 # Exit code when a DP variant's empirical ε lower bound exceeds its claimed ε.
 EXIT_INCONSISTENT = 3
 
-_HELP = {
-    "model": "backbone (smollm2-135m, tiny-llama, a local HF directory, ...)",
-    "variants": "comma-separated mechanisms to audit (secure_assist.mechanisms.MECHANISMS)",
-    "attacks": "comma-separated attacks (default: every registered one; attacks.base.ATTACKS)",
-    "epsilon": "target ε of the DP variants (gaussian, label_rr)",
-    "dp_releases": "releases per neighbouring input of the distinguishing attack",
-    "output": "folder for the variants' runs and report.{json,md,html}",
-}
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part for part in text.split(",") if part)
-
 
 def config_from_args(args: argparse.Namespace) -> AuditConfig:
-    """The AuditConfig of the explicit flags (defaults otherwise)."""
-    return AuditConfig(**{f.name: getattr(args, f.name) for f in fields(AuditConfig) if hasattr(args, f.name)})
+    """The AuditConfig given by --config and the explicit flags."""
+    return finetune_command.config_from_args(args, AuditConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the subcommand to the CLI."""
     parser = commands.add_parser("audit", help="fine-tune each protection variant, run every attack, write reports")
-    for field in fields(AuditConfig):
-        kind = {"variants": _csv, "attacks": _csv, "epsilon": float}.get(field.name, type(field.default))
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{_HELP.get(field.name, '')} (default: {field.default!r})")
+    finetune_command.add_config_flags(parser, AuditConfig)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.set_defaults(handler=run)

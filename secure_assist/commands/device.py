@@ -1,6 +1,8 @@
 """`secure-assist device`: the device side of fine-tuning against a `secure-assist serve` server.
 
-Prediction stays local afterwards: `secure-assist predict <workdir>/model.safetensors`.
+Every training mode that uploads runs this way (`side_network`, `ckks_ridge` with
+`--mechanism he_ckks`); the device names its mode first. Prediction stays local
+afterwards: `secure-assist predict <workdir>/model.safetensors`.
 """
 
 from __future__ import annotations
@@ -26,22 +28,25 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune against the server and print the JSON summary."""
     from protocol.transport.client import NetworkChannel
     from protocol.transport.identity import KeyDirectory
-    from secure_assist.remote import network_mechanisms, run_device_finetune
+    from secure_assist.modes import resolve_mode
+    from secure_assist.run import build_mechanisms, run_training
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_address(args.server)
     config = config_from_args(args)
-    mechanisms = network_mechanisms(config)  # configuration errors and he_ckks fail before connecting
+    mode = resolve_mode(config.mode, config.mechanism)
+    build_mechanisms(config, mode)  # configuration errors fail before connecting
+    if not mode.uploads:
+        raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     keys = KeyDirectory(Path(args.keys))
     context, pinned = keys.device_context(args.name, Path(args.server_cert) if args.server_cert else None)
     channel = NetworkChannel(host, port, context, pinned, reconnect_seconds=args.reconnect_seconds)
     try:
-        summary = run_device_finetune(config, channel, progress=not args.quiet, overwrite=args.overwrite,
-                                      mechanisms=mechanisms)
+        summary = run_training(config, channel, progress=not args.quiet, overwrite=args.overwrite)
     finally:
         channel.close()
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.to_json(), indent=2))
     return 0
 
 

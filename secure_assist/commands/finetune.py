@@ -4,90 +4,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
+import typing
 from dataclasses import fields
 from typing import Any, Callable
 
 from secure_assist.config import FinetuneConfig, config_from_mapping, load_config_file
-from secure_assist.mechanisms import MECHANISMS
 
 
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+def _items(kind: Callable[[str], Any], separator: str) -> Callable[[str], tuple[Any, ...]]:
     def parse(text: str) -> tuple[Any, ...]:
         try:
-            return tuple(kind(part) for part in text.split(",") if part != "")
+            return tuple(kind(part) for part in text.split(separator) if part != "")
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {exc}") from exc
+            raise argparse.ArgumentTypeError(f"expected a '{separator}'-separated list: {exc}") from exc
     return parse
 
 
-# Flags whose type argparse cannot infer from the field's default.
-_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
-    "label_words": lambda text: tuple(text.split("|")),
-    "labels": _csv(str),
-    "layers": _csv(int),
-    "learning_rate": float,
-    "weight_decay": float,
-    "adapter_lr_scale": float,
-    "train_samples": int,
-    "eval_samples": int,
-    "mechanism": _csv(str),
-    "epsilon": float,
-    "dp_delta": float,
-    "noise_multiplier": float,
-    "clip": float,
-    "activation_noise_multiplier": float,
-    "activation_clip": float,
-    "mechanism_seed": int,
-    "safeguard_fraction": float,
-}
-_FLAG_HELP = {
-    "model": "backbone: 'smollm2-135m' (embedded), a tiny-* test model, a local path or a cached hub id",
-    "task": "built-in task name (sst2) or 'custom' (with --train-file, --template, --label-words, --labels)",
-    "template": "prompt template containing {text}",
-    "label_words": "label words separated by '|', e.g. ' negative| positive' (each one token)",
-    "labels": "label values as they appear in the data, comma-separated, in label-word order",
-    "train_samples": "number of training samples (seed-fixed subset)",
-    "eval_samples": "number of evaluation samples (default: all)",
-    "layers": "comma-separated backbone layers to upload (default: all)",
-    "learning_rate": "server AdamW learning rate of the side network's gates and head",
-    "weight_decay": "server AdamW decoupled weight decay",
-    "adapter_lr_scale": "adapters learn at this multiple of --learning-rate (they overfit small data)",
-    "cosine_decay": "decay the server's learning rate to zero over the cached epochs (cosine)",
-    "payload_dtype": "activation dtype on the wire: float16 or float32",
-    "workdir": "directory for the server view, cache and fine-tuned model",
-    "mechanism": "comma-separated privacy mechanisms, composed: " + ", ".join(MECHANISMS),
-    "epsilon": "target per-sample ε of gaussian / label_rr",
-    "dp_delta": "δ of the gaussian mechanisms",
-    "noise_multiplier": "gaussian noise σ relative to --clip (instead of --epsilon)",
-    "clip": "L2 clip norm c of Δ (gaussian)",
-    "activation_noise_multiplier": "activation_noise σ relative to --activation-clip",
-    "activation_clip": "L2 clip norm of each layer's pivot vector (activation_noise)",
-    "mechanism_seed": "seed of the mechanisms' randomness (default: OS entropy)",
-    "safeguard_fraction": "share of the training data held out on the device for the safeguard",
-    "reuse_forwards": "keep the device's forward passes in its disk cache and reuse them on the same data",
-}
+def flag_parser(annotation: Any, separator: str = ",") -> Callable[[str], Any]:
+    """The argparse type of a config field, from its annotation: str, int, float, an
+    optional one, or a tuple of them (a `separator`-separated list)."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else [annotation]
+    kind = options[0]
+    if typing.get_origin(kind) is tuple:
+        return _items(typing.get_args(kind)[0], separator)
+    return kind
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per FinetuneConfig field, plus --config for a JSON file."""
-    parser.add_argument("--config", help="JSON file with FinetuneConfig keys (flags override it)")
-    for field in fields(FinetuneConfig):
-        flag, text = "--" + field.name.replace("_", "-"), f"{_FLAG_HELP.get(field.name, '')} (default: {field.default!r})"
-        if isinstance(field.default, bool):
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type = FinetuneConfig,
+                     skip: tuple[str, ...] = ()) -> None:
+    """One flag per config field (type and help from the field itself), plus --config for a JSON file."""
+    parser.add_argument("--config", help=f"JSON file with {config_class.__name__} keys (flags override it)")
+    hints = typing.get_type_hints(config_class)
+    for item in fields(config_class):
+        if item.name in skip:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        text = f"{item.metadata.get('help', '')} (default: {item.default!r})"
+        if hints[item.name] is bool:
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
             continue
-        kind = _FLAG_TYPES.get(field.name, int if isinstance(field.default, int) else str)
-        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=text)
+        kind = flag_parser(hints[item.name], item.metadata.get("separator", ","))
+        parser.add_argument(flag, dest=item.name, type=kind, default=argparse.SUPPRESS, help=text)
 
 
-def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """The FinetuneConfig given by --config and the explicit flags."""
-    names = {f.name for f in fields(FinetuneConfig)}
+def config_from_args(args: argparse.Namespace, config_class: type = FinetuneConfig) -> Any:
+    """The config given by --config and the explicit flags."""
+    names = {f.name for f in fields(config_class)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if args.config:
-        return load_config_file(FinetuneConfig, args.config, overrides)
-    return config_from_mapping(FinetuneConfig, overrides)
+        return load_config_file(config_class, args.config, overrides)
+    return config_from_mapping(config_class, overrides)
 
 
 def run(args: argparse.Namespace) -> int:

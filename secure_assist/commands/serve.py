@@ -1,4 +1,5 @@
-"""`secure-assist serve`: the PAE server role for many devices over TLS 1.3."""
+"""`secure-assist serve`: the server role of every uploading training mode, for many devices
+over TLS 1.3 (each device names its mode in its first request)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from protocol.transport.framing import MAX_LENGTH_FIELD
     from protocol.transport.identity import KeyDirectory
     from protocol.transport.server import TransportLimits, TransportServer
+    from secure_assist.modes import get_mode, server_modes
+    from secure_assist.modes.host import host_factory
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     max_bytes = int(args.max_frame_mib * 1024 * 1024)
@@ -25,8 +28,13 @@ def run(args: argparse.Namespace) -> int:
     training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                               adapter_lr_scale=args.adapter_lr_scale, cosine_decay=args.cosine_decay,
                               batch_size=args.server_batch_size, seed=args.seed)
+    offered = args.modes or server_modes()
+    refused = [name for name in offered if not get_mode(name).uploads]
+    if refused:
+        raise UserInputError(f"{', '.join(refused)} upload nothing and cannot be served; offer {list(server_modes())}")
     server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
-                             TransportLimits(max_frame_bytes=max_bytes))
+                             TransportLimits(max_frame_bytes=max_bytes),
+                             endpoint_factory=host_factory(offered))
 
     def ready(host: str, port: int) -> None:
         if args.ready_file:
@@ -44,6 +52,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8443, help="TCP port; 0 picks a free one (default: 8443)")
     parser.add_argument("--ready-file", help="write host:port here once listening")
+    parser.add_argument("--modes", type=lambda text: tuple(p for p in text.split(",") if p), default=None,
+                        help="comma-separated training modes to offer (default: every mode that uploads)")
     parser.add_argument("--max-frame-mib", type=float, default=64.0, help="largest accepted frame (default: 64)")
     parser.add_argument("--rank", type=int, default=ServerTraining.rank,
                         help=f"side-network rank (default: {ServerTraining.rank})")

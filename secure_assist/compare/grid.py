@@ -96,7 +96,7 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 def uses_epsilon(chain: tuple[str, ...]) -> bool:
     """Whether any mechanism of the chain reads ε."""
-    return any(MECHANISMS[name].uses_epsilon for name in chain)
+    return any(MECHANISMS[name].uses_epsilon() for name in chain)
 
 
 def _chain(entry: str, activation_noise: float) -> tuple[str, ...]:

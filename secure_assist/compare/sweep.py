@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, MissingViewField, PublicKnowledge
+from attacks.base import LABELS, NotApplicable, PublicKnowledge
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
@@ -22,7 +22,8 @@ from secure_assist.auditor import default_public_knowledge, load_ground_truth, r
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data, resolve_task
-from secure_assist.finetune import build_mechanisms, run_finetune
+from secure_assist.finetune import run_finetune
+from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/compare"
 SCHEMA_VERSION = 1
@@ -94,7 +95,7 @@ def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     for name in point.attacks:
         try:
             report = run_attack(name, workdir, public=public, seed=point.config.seed, progress=progress)
-        except MissingViewField as exc:
+        except NotApplicable as exc:
             rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
             continue
         rows.append({**jsonable(report), "status": "ok", **headline(report)})

@@ -1,21 +1,25 @@
 """Device-side protections of what the device sends, chosen by name.
 
 `MECHANISMS` is the one list of names (CLI choices, errors, docs and tests come from
-it). `MechanismChain` composes several of them in stage order (labels, Δ,
-activations, encryption) and is the `UploadTransform` the device role applies.
+it). Each mechanism owns a typed parameter dataclass; `parameter_fields` merges their
+fields (the config keys and CLI flags are generated from it: a field shared by several
+mechanisms, such as `epsilon`, is one key). `MechanismChain` composes several
+mechanisms in stage order (labels, Δ, activations, encryption), checks that each
+supports the run's training mode, and is the `UploadTransform` the device role applies.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 import numpy as np
 
 from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_output import SideOutput
 from secure_assist.mechanisms.activations import ActivationNoise, Int8Activations
-from secure_assist.mechanisms.base import STAGES, Mechanism, MechanismSettings, PrivacyWarning
+from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, PrivacyWarning
 from secure_assist.mechanisms.delta import GaussianDelta, LabelRandomizedResponse, NoProtection, RotationMask
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 
@@ -25,33 +29,75 @@ MECHANISMS: dict[str, type[Mechanism]] = {
                 Int8Activations, HeCkksDelta)
 }
 
-__all__ = ["MECHANISMS", "Mechanism", "MechanismChain", "MechanismSettings", "PrivacyWarning"]
+__all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]
+
+
+def parameter_fields() -> list[dataclasses.Field]:
+    """Every mechanism parameter, once: the same name in two mechanisms must mean the same
+    thing (same type and default), else the registry is inconsistent."""
+    merged: dict[str, dataclasses.Field] = {}
+    for cls in MECHANISMS.values():
+        for item in dataclasses.fields(cls.Parameters):
+            known = merged.setdefault(item.name, item)
+            if (known.type, known.default) != (item.type, item.default):
+                raise RuntimeError(f"mechanism parameter {item.name!r} is declared differently by two mechanisms")
+    return list(merged.values())
+
+
+def mechanism_parameters(cls: type[Mechanism], values: Mapping[str, Any]) -> Any:
+    """The mechanism's parameter dataclass from a flat mapping (keys of other mechanisms ignored)."""
+    names = {item.name for item in dataclasses.fields(cls.Parameters)}
+    parameters = cls.Parameters(**{k: v for k, v in values.items() if k in names})
+    cls.check(parameters)
+    return parameters
+
+
+def check_chain(names: tuple[str, ...] | list[str], mode: str | None = None) -> list[type[Mechanism]]:
+    """The mechanism classes of a composition in stage order; unknown names, repeats,
+    'none' with others, and a mechanism that does not support `mode` are one-line errors."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in MECHANISMS]
+    if unknown or not names:
+        raise UserInputError(f"unknown mechanism(s) {unknown or '(none given)'}; choose from {sorted(MECHANISMS)}")
+    if len(set(names)) != len(names):
+        raise UserInputError(f"mechanism listed twice in {list(names)}")
+    if "none" in names and len(names) > 1:
+        raise UserInputError("'none' cannot be combined with other mechanisms")
+    classes = sorted((MECHANISMS[n] for n in names), key=lambda cls: STAGES.index(cls.stage))
+    for cls in classes:
+        if mode is not None and mode not in cls.modes:
+            raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode!r} "
+                                 f"(it supports {', '.join(cls.modes)})")
+    return classes
 
 
 class MechanismChain:
-    """Several mechanisms applied in stage order to each upload, before it leaves the device."""
+    """Several mechanisms applied in stage order to each upload, before it leaves the device.
 
-    def __init__(self, names: tuple[str, ...] | list[str], settings: MechanismSettings = MechanismSettings()) -> None:
-        names = tuple(names)
-        unknown = [n for n in names if n not in MECHANISMS]
-        if unknown or not names:
-            raise UserInputError(f"unknown mechanism(s) {unknown or '(none given)'}; choose from {sorted(MECHANISMS)}")
-        if len(set(names)) != len(names):
-            raise UserInputError(f"mechanism listed twice in {list(names)}")
-        if "none" in names and len(names) > 1:
-            raise UserInputError("'none' cannot be combined with other mechanisms")
-        ordered = sorted(names, key=lambda n: STAGES.index(MECHANISMS[n].stage))
-        generators = [np.random.default_rng(s) for s in np.random.SeedSequence(settings.seed).spawn(len(ordered))]
-        self.mechanisms: list[Mechanism] = [MECHANISMS[n](settings, g) for n, g in zip(ordered, generators)]
+    Building a chain validates names, parameters and the mode, and has no side effects
+    (no keys, no warnings): it is also how a configuration is checked before a run.
+    """
+
+    def __init__(self, names: tuple[str, ...] | list[str], values: Mapping[str, Any] | None = None,
+                 seed: int | None = None, mode: str | None = None) -> None:
+        classes = check_chain(names, mode)
+        generators = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(classes))]
+        self.mechanisms: list[Mechanism] = [cls(mechanism_parameters(cls, values or {}), rng)
+                                            for cls, rng in zip(classes, generators)]
 
     @property
     def names(self) -> list[str]:
         """Mechanism names in application order."""
         return [m.name for m in self.mechanisms]
 
-    def find(self, kind: type[Mechanism]) -> Mechanism | None:
-        """The chain's mechanism of this class, if any."""
-        return next((m for m in self.mechanisms if isinstance(m, kind)), None)
+    @property
+    def deterministic(self) -> bool:
+        """Whether every mechanism's output is a fixed function of the upload (resumable uploads)."""
+        return all(m.deterministic for m in self.mechanisms)
+
+    def stage(self, name: str) -> Mechanism | None:
+        """The chain's mechanism of a stage (e.g. 'encrypt'), if any."""
+        return next((m for m in self.mechanisms if m.stage == name), None)
 
     def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
         """Apply every mechanism; the last one decides what is sent."""
@@ -63,10 +109,14 @@ class MechanismChain:
         """What the last mechanism held back."""
         return self.mechanisms[-1].flush()
 
-    def restore(self, network: AdditiveSideNetwork) -> None:
-        """Undo, on the device, the mechanisms' effect on the downloaded side network."""
+    def restore(self, side: SideOutput) -> None:
+        """Undo, on the device, the mechanisms' effect on the downloaded side output."""
         for mechanism in reversed(self.mechanisms):
-            mechanism.restore(network)
+            mechanism.restore(side)
+
+    def claims(self) -> list[tuple[str, DpClaim]]:
+        """(mechanism name, DP claim) of every mechanism that makes one."""
+        return [(m.name, claim) for m in self.mechanisms if (claim := m.claim()) is not None]
 
     def describe(self) -> list[dict[str, Any]]:
         """One description per mechanism, in application order."""

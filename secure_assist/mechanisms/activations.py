@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,26 @@ import numpy as np
 from protocol.errors import UserInputError
 from protocol.messages import Upload
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
-from secure_assist.mechanisms.base import Mechanism, MechanismSettings, clip_rows, with_activations
+from secure_assist.mechanisms.base import (
+    ACTIVATIONS_TARGET, DpClaim, Mechanism, clip_rows, positive, probability, with_activations,
+)
+from secure_assist.mechanisms.delta import DP_DELTA_HELP
+
+
+@dataclass(frozen=True)
+class ActivationNoiseParameters:
+    """Parameters of `activation_noise`."""
+
+    activation_noise_multiplier: float | None = field(
+        default=None, metadata={"help": "activation_noise σ relative to --activation-clip"})
+    activation_clip: float = field(default=50.0, metadata={"help": "L2 clip norm of each layer's pivot vector "
+                                                                   "(activation_noise)"})
+    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
+
+    def __post_init__(self) -> None:
+        positive("activation_noise_multiplier", self.activation_noise_multiplier)
+        positive("activation_clip", self.activation_clip, allow_none=False)
+        probability("dp_delta", self.dp_delta)
 
 
 class ActivationNoise(Mechanism):
@@ -21,31 +41,47 @@ class ActivationNoise(Mechanism):
     """
 
     name = "activation_noise"
+    Parameters = ActivationNoiseParameters
+    dp_target = ACTIVATIONS_TARGET
     stage = "activations"
     protects = "inputs (pivot activations)"
     guarantee = "(ε, δ)-DP per sample on the activations, replace-one adjacency (analytic Gaussian)"
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
-        if settings.activation_noise_multiplier is None:
+    @classmethod
+    def check(cls, parameters: ActivationNoiseParameters) -> None:
+        if parameters.activation_noise_multiplier is None:
             raise UserInputError("mechanism 'activation_noise' needs activation_noise_multiplier")
+
+    def __init__(self, parameters: ActivationNoiseParameters, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.check(parameters)
         self.n_layers: int | None = None
+
+    def noise_scale(self) -> float:
+        """Standard deviation of the added noise."""
+        return self.parameters.activation_noise_multiplier * self.parameters.activation_clip
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         self.n_layers = upload.activations.shape[1]
-        bound = self.settings.activation_clip
-        clipped = clip_rows(upload.activations.astype(np.float32), bound)
-        noise = self.rng.normal(0.0, self.settings.activation_noise_multiplier * bound, size=clipped.shape)
+        clipped = clip_rows(upload.activations.astype(np.float32), self.parameters.activation_clip)
+        noise = self.rng.normal(0.0, self.noise_scale(), size=clipped.shape)
         return with_activations(upload, clipped + noise.astype(np.float32))
 
+    def claim(self) -> DpClaim | None:
+        if self.n_layers is None:
+            return None  # the sensitivity depends on the number of uploaded layers
+        sensitivity = 2.0 * np.sqrt(self.n_layers)
+        epsilon = analytic_gaussian_epsilon(self.parameters.activation_noise_multiplier, self.parameters.dp_delta,
+                                            sensitivity)
+        return DpClaim(target=self.dp_target, epsilon=epsilon, delta=self.parameters.dp_delta)
+
     def describe(self) -> dict[str, Any]:
-        info = {**super().describe(), "activation_clip": self.settings.activation_clip,
-                "activation_noise_multiplier": self.settings.activation_noise_multiplier,
-                "delta": self.settings.delta}
-        if self.n_layers is not None:
-            sensitivity = 2.0 * np.sqrt(self.n_layers)
-            info["epsilon"] = analytic_gaussian_epsilon(self.settings.activation_noise_multiplier,
-                                                        self.settings.delta, sensitivity)
+        info = {**super().describe(), "activation_clip": self.parameters.activation_clip,
+                "activation_noise_multiplier": self.parameters.activation_noise_multiplier,
+                "delta": self.parameters.dp_delta}
+        claim = self.claim()
+        if claim is not None:
+            info["epsilon"] = claim.epsilon
         return info
 
 

@@ -2,59 +2,67 @@
 
 A mechanism sees the plain `Upload` (and the device-only labels and label logits)
 before anything leaves the device, returns what is sent instead, and declares what it
-protects and its formal guarantee. Mechanisms that change what the server learns from
-(e.g. a secret rotation of Δ) also undo their effect on the downloaded side network,
-on the device.
+protects, its typed parameters, the training modes it supports and its DP claim.
+Mechanisms that change what the server learns from (e.g. a secret rotation of Δ) also
+undo their effect on the downloaded side output, on the device.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_output import SideOutput
 
 
 class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
-@dataclass(frozen=True)
-class MechanismSettings:
-    """Parameters shared by the mechanisms (each reads the ones it needs)."""
+# Training modes (secure_assist.modes.MODES) by name: mechanisms declare the modes they support.
+SIDE_NETWORK_MODE, CKKS_RIDGE_MODE, DEVICE_LOCAL_MODE = "side_network", "ckks_ridge", "device_local"
+UPLOADING_MODES = (SIDE_NETWORK_MODE, CKKS_RIDGE_MODE)
 
-    epsilon: float | None = None  # target ε per sample (gaussian, label_rr, activation_noise)
-    delta: float = 1e-5
-    noise_multiplier: float | None = None  # σ relative to the clip norm, instead of a target ε
-    clip: float = 1.0  # ‖Δ‖₂ bound of the gaussian mechanism
-    activation_clip: float = 50.0  # ‖A_i‖₂ bound per layer vector of activation_noise
-    activation_noise_multiplier: float | None = None
-    seed: int | None = None  # None: fresh OS entropy (a reproducible seed is for tests and sweeps)
-    ckks_poly_modulus_degree: int = 8192
-    ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    ckks_scale_bits: int = 40
-    he_features: int = 128  # PCA dimensions of the server's label-free features
-    he_ridge: float = 1000.0
+# What a DP claim protects: the released Δ (gaussian, label_rr) or the released activations.
+DELTA_TARGET, ACTIVATIONS_TARGET = "delta", "activations"
+
+
+@dataclass(frozen=True)
+class NoParameters:
+    """A mechanism without parameters."""
+
+
+def positive(name: str, value: float | None, allow_none: bool = True) -> None:
+    """A parameter that must be a positive finite number (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if value is None or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+        raise UserInputError(f"mechanism parameter {name} must be a positive finite number, got {value}")
+
+
+def probability(name: str, value: float) -> None:
+    """A parameter strictly between 0 and 1 (e.g. δ)."""
+    if not 0 < value < 1:
+        raise UserInputError(f"mechanism parameter {name} must be in (0, 1), got {value}")
+
+
+@dataclass(frozen=True)
+class DpClaim:
+    """A mechanism's formal guarantee: (ε, δ)-DP per sample of one released field."""
+
+    target: str  # DELTA_TARGET or ACTIVATIONS_TARGET: the Upload field the audit's DP check attacks
+    epsilon: float
+    delta: float
 
     def __post_init__(self) -> None:
-        for name in ("epsilon", "noise_multiplier", "activation_noise_multiplier"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UserInputError(f"mechanism {name} must be a positive finite number, got {value}")
-        for name in ("clip", "activation_clip"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UserInputError(f"mechanism {name} (clip norm) must be positive, got {value}")
-        if self.he_features < 1 or not (math.isfinite(self.he_ridge) and self.he_ridge > 0):
-            raise UserInputError("he_features must be >= 1 and he_ridge positive")
-        if not 0 < self.delta < 1:
-            raise UserInputError(f"mechanism delta must be in (0, 1), got {self.delta}")
+        if self.target not in (DELTA_TARGET, ACTIVATIONS_TARGET):
+            raise ValueError(f"unknown DP claim target {self.target!r}")
 
 
 # Order in a composition: labels are randomized before Δ is formed, Δ is noised or
@@ -63,21 +71,38 @@ STAGES = ("label", "delta", "activations", "encrypt")
 
 
 class Mechanism:
-    """Base class: subclasses set the class attributes and override `apply`."""
+    """Base class: subclasses set the class attributes and override `apply`.
+
+    Construction has no side effects (no key generation, no warnings): building a chain
+    validates a configuration cheaply; costs and warnings come with the first upload.
+    """
 
     name: ClassVar[str] = ""
     stage: ClassVar[str] = "delta"
-    # Whether the mechanism reads MechanismSettings.epsilon (sweeps vary ε only where it applies).
-    uses_epsilon: ClassVar[bool] = False
+    # The mechanism's own typed parameters; config keys and CLI flags are generated from its fields.
+    Parameters: ClassVar[type] = NoParameters
+    # The training modes this mechanism works in (checked when a chain is built for a mode).
+    modes: ClassVar[tuple[str, ...]] = UPLOADING_MODES
     # Whether the output is a fixed function of the upload (no randomness, no secret): only then
     # may an interrupted network upload be resumed, re-sending a batch without a second release.
     deterministic: ClassVar[bool] = False
     protects: ClassVar[str] = ""
     guarantee: ClassVar[str] = ""
+    # The released field a DP claim covers (DELTA_TARGET, ACTIVATIONS_TARGET), None without one.
+    dp_target: ClassVar[str | None] = None
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        self.settings = settings
+    def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
+        self.parameters = parameters
         self.rng = rng
+
+    @classmethod
+    def uses_epsilon(cls) -> bool:
+        """Whether the mechanism takes a target ε (sweeps vary ε only where it applies)."""
+        return "epsilon" in {f.name for f in fields(cls.Parameters)}
+
+    @classmethod
+    def check(cls, parameters: Any) -> None:
+        """Requirements of a selected mechanism beyond each value's range (e.g. ε given)."""
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         """The protected upload (subclasses)."""
@@ -91,8 +116,12 @@ class Mechanism:
         """Messages held back until every batch was seen (none by default)."""
         return []
 
-    def restore(self, network: AdditiveSideNetwork) -> None:
+    def restore(self, side: SideOutput) -> None:
         """Undo, on the device, what the mechanism did to the training targets (nothing by default)."""
+
+    def claim(self) -> DpClaim | None:
+        """The formal DP guarantee, if any (valid once the mechanism has seen an upload)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Name, what is protected, the formal guarantee and its parameters (for summaries)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from scipy.stats import ortho_group
 
 from protocol.errors import UserInputError
 from protocol.messages import Upload
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import (
     analytic_gaussian_epsilon,
     analytic_gaussian_sigma,
@@ -18,7 +19,13 @@ from secure_assist.mechanisms.accounting import (
     randomized_response_keep_probability,
     rdp_gaussian_epsilon,
 )
-from secure_assist.mechanisms.base import Mechanism, MechanismSettings, clip_rows, warn_unprotected, with_delta
+from secure_assist.mechanisms.base import (
+    DELTA_TARGET, DEVICE_LOCAL_MODE, UPLOADING_MODES, DpClaim, Mechanism, positive, probability, clip_rows,
+    warn_unprotected, with_delta,
+)
+
+EPSILON_HELP = "target per-sample ε"
+DP_DELTA_HELP = "δ of the Gaussian mechanisms"
 
 
 class NoProtection(Mechanism):
@@ -26,12 +33,47 @@ class NoProtection(Mechanism):
 
     name = "none"
     deterministic = True
+    # Also the only choice of a mode that uploads nothing.
+    modes = UPLOADING_MODES + (DEVICE_LOCAL_MODE,)
     protects = "nothing"
     guarantee = "none: argmax Δ reveals every label; activations reveal the inputs"
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
-        warn_unprotected("Δ (and with it every label) and the pivot activations are")
+    def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.warned = False  # once per run, when the first upload leaves
+
+    def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
+        if not self.warned:
+            warn_unprotected("Δ (and with it every label) and the pivot activations are")
+            self.warned = True
+        return upload
+
+
+@dataclass(frozen=True)
+class GaussianParameters:
+    """Parameters of `gaussian`: exactly one of ε or the noise multiplier."""
+
+    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
+    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
+    noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
+                                                                           "(instead of --epsilon)"})
+    clip: float = field(default=1.0, metadata={"help": "L2 clip norm c of Δ (gaussian)"})
+
+    def __post_init__(self) -> None:
+        positive("epsilon", self.epsilon)
+        positive("noise_multiplier", self.noise_multiplier)
+        positive("clip", self.clip, allow_none=False)
+        probability("dp_delta", self.dp_delta)
+
+
+@dataclass(frozen=True)
+class LabelRRParameters:
+    """Parameters of `label_rr`."""
+
+    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
+
+    def __post_init__(self) -> None:
+        positive("epsilon", self.epsilon)
 
 
 class GaussianDelta(Mechanism):
@@ -44,30 +86,40 @@ class GaussianDelta(Mechanism):
     """
 
     name = "gaussian"
+    Parameters = GaussianParameters
+    dp_target = DELTA_TARGET
     protects = "labels and Δ of each sample"
     guarantee = "(ε, δ)-DP per sample, replace-one adjacency, one release (analytic Gaussian)"
-    uses_epsilon = True
+    sensitivity = 2.0  # in units of the clip norm c (replace-one)
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
-        if (settings.epsilon is None) == (settings.noise_multiplier is None):
+    @classmethod
+    def check(cls, parameters: GaussianParameters) -> None:
+        if (parameters.epsilon is None) == (parameters.noise_multiplier is None):
             raise UserInputError("mechanism 'gaussian' needs exactly one of epsilon or noise_multiplier")
-        self.sensitivity = 2.0  # in units of the clip norm c (replace-one)
-        self.noise_multiplier = (settings.noise_multiplier if settings.noise_multiplier is not None
-                                 else analytic_gaussian_sigma(settings.epsilon, settings.delta, self.sensitivity))
-        self.epsilon = analytic_gaussian_epsilon(self.noise_multiplier, settings.delta, self.sensitivity)
+
+    def __init__(self, parameters: GaussianParameters, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.check(parameters)
+        self.noise_multiplier = (parameters.noise_multiplier if parameters.noise_multiplier is not None
+                                 else analytic_gaussian_sigma(parameters.epsilon, parameters.dp_delta,
+                                                              self.sensitivity))
+        self.epsilon = analytic_gaussian_epsilon(self.noise_multiplier, parameters.dp_delta, self.sensitivity)
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
-        clipped = clip_rows(upload.delta.astype(np.float64), self.settings.clip)
-        noise = self.rng.normal(0.0, self.noise_multiplier * self.settings.clip, size=clipped.shape)
+        clipped = clip_rows(upload.delta.astype(np.float64), self.parameters.clip)
+        noise = self.rng.normal(0.0, self.noise_multiplier * self.parameters.clip, size=clipped.shape)
         return with_delta(upload, clipped + noise)
 
+    def claim(self) -> DpClaim:
+        return DpClaim(target=self.dp_target, epsilon=self.epsilon, delta=self.parameters.dp_delta)
+
     def describe(self) -> dict[str, Any]:
-        rdp_epsilon, rdp_order = rdp_gaussian_epsilon(self.noise_multiplier, self.settings.delta, self.sensitivity)
-        return {**super().describe(), "clip": self.settings.clip, "noise_multiplier": self.noise_multiplier,
-                "delta": self.settings.delta, "epsilon": self.epsilon, "accountant": "analytic_gaussian",
+        delta = self.parameters.dp_delta
+        rdp_epsilon, rdp_order = rdp_gaussian_epsilon(self.noise_multiplier, delta, self.sensitivity)
+        return {**super().describe(), "clip": self.parameters.clip, "noise_multiplier": self.noise_multiplier,
+                "delta": delta, "epsilon": self.epsilon, "accountant": "analytic_gaussian",
                 "epsilon_rdp_opacus": rdp_epsilon, "rdp_order": rdp_order,
-                "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(self.noise_multiplier, self.settings.delta)}
+                "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(self.noise_multiplier, delta)}
 
 
 class LabelRandomizedResponse(Mechanism):
@@ -80,20 +132,25 @@ class LabelRandomizedResponse(Mechanism):
     """
 
     name = "label_rr"
+    Parameters = LabelRRParameters
+    dp_target = DELTA_TARGET
     stage = "label"
     protects = "labels"
     guarantee = "ε-label-DP per sample (randomized response); inputs not protected"
-    uses_epsilon = True
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
-        if settings.epsilon is None:
+    @classmethod
+    def check(cls, parameters: LabelRRParameters) -> None:
+        if parameters.epsilon is None:
             raise UserInputError("mechanism 'label_rr' needs epsilon")
+
+    def __init__(self, parameters: LabelRRParameters, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.check(parameters)
         self.n_classes: int | None = None
 
     def keep_probability(self, n_classes: int) -> float:
         """q for this ε and C."""
-        return randomized_response_keep_probability(self.settings.epsilon, n_classes)
+        return randomized_response_keep_probability(self.parameters.epsilon, n_classes)
 
     def randomize(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """ỹ: each label kept with probability q, else replaced by a uniform other class."""
@@ -111,8 +168,12 @@ class LabelRandomizedResponse(Mechanism):
         backbone_probs = torch.softmax(torch.from_numpy(label_logits).float(), dim=-1).numpy()
         return with_delta(upload, unbiased_onehot - backbone_probs)
 
+    def claim(self) -> DpClaim:
+        # Label-DP: Δ̃ is the only released function of the label (p_b depends on x alone).
+        return DpClaim(target=self.dp_target, epsilon=self.parameters.epsilon, delta=0.0)
+
     def describe(self) -> dict[str, Any]:
-        info = {**super().describe(), "epsilon": self.settings.epsilon}
+        info = {**super().describe(), "epsilon": self.parameters.epsilon}
         if self.n_classes is not None:
             q = self.keep_probability(self.n_classes)
             info.update(keep_probability=q, epsilon_check=randomized_response_epsilon(q, self.n_classes))
@@ -123,17 +184,17 @@ class RotationMask(Mechanism):
     """Δ·Q with a secret random orthogonal Q (C×C) held by the device.
 
     Obfuscation, not privacy: no formal guarantee, and clustering the masked Δ recovers
-    the label partition. The device folds Qᵀ back into the downloaded head, so the
-    deployed model is exactly the one trained on unmasked targets would be (MSE is
-    rotation invariant).
+    the label partition. The device folds Qᵀ back into the downloaded side output (any
+    mode's: its last map is linear), so the deployed model is exactly the one trained on
+    unmasked targets would be (MSE and ridge regression are rotation invariant).
     """
 
     name = "rotation_mask"
     protects = "label names of Δ (obfuscation only)"
     guarantee = "none (secret orthogonal transform; falls to clustering)"
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
+    def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
         self.rotation: np.ndarray | None = None
 
     def secret(self, n_classes: int) -> np.ndarray:
@@ -149,10 +210,7 @@ class RotationMask(Mechanism):
         """Undo the rotation on (n, C) values."""
         return values @ self.rotation.T
 
-    def restore(self, network: AdditiveSideNetwork) -> None:
-        # out·Qᵀ = h·(Q·W)ᵀ + Q·b: fold the inverse rotation into the linear head.
-        q = torch.from_numpy(self.rotation).float()
-        with torch.no_grad():
-            network.head.weight.copy_(q @ network.head.weight)
-            network.head.bias.copy_(q @ network.head.bias)
+    def restore(self, side: SideOutput) -> None:
+        # The side output learned Δ·Q; its output times Qᵀ is what unmasked targets give.
+        side.map_outputs_(self.rotation.T)
 

@@ -15,7 +15,10 @@ features are a label-free PCA, which it knows).
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,32 +27,61 @@ from protocol.channel import Channel
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, Upload, expect
 from protocol.ridge_head import FeatureMap, RidgeHead
-from secure_assist.mechanisms.base import Mechanism, MechanismSettings
+from protocol.errors import UserInputError
+from secure_assist.mechanisms.base import CKKS_RIDGE_MODE, Mechanism
 from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, join_buffer, split_buffer
+
+
+@dataclass(frozen=True)
+class HeCkksParameters:
+    """Parameters of `he_ckks`: the CKKS ring and modulus chain, and the server's ridge fit."""
+
+    ckks_poly_modulus_degree: int = field(default=8192, metadata={"help": "CKKS ring degree N (slots: N/2)"})
+    ckks_coeff_mod_bit_sizes: tuple[int, ...] = field(
+        default=(60, 40, 40, 60), metadata={"help": "CKKS coefficient modulus chain in bits, comma-separated"})
+    ckks_scale_bits: int = field(default=40, metadata={"help": "CKKS scale 2^bits"})
+    he_features: int = field(default=128, metadata={"help": "PCA dimensions of the server's label-free features"})
+    he_ridge: float = field(default=1000.0, metadata={"help": "ridge penalty λ of the encrypted head fit"})
+
+    def __post_init__(self) -> None:
+        self.ckks()  # validates the ring (128-bit security, levels, scale) without generating keys
+        if self.he_features < 1 or not (math.isfinite(self.he_ridge) and self.he_ridge > 0):
+            raise UserInputError("he_features must be >= 1 and he_ridge positive")
+
+    def ckks(self) -> CkksParameters:
+        """The CKKS ring parameters."""
+        return CkksParameters(self.ckks_poly_modulus_degree, tuple(self.ckks_coeff_mod_bit_sizes),
+                              self.ckks_scale_bits)
 
 
 class HeCkksDelta(Mechanism):
     """Encrypt Δ with CKKS (device-held secret key) and fit the head under encryption."""
 
     name = "he_ckks"
+    Parameters = HeCkksParameters
+    modes = (CKKS_RIDGE_MODE,)
     stage = "encrypt"
     protects = "Δ and the fitted head (labels via Δ); not the activations"
     guarantee = "CKKS (RLWE) semantic security at >= 128 bits; server holds a public context only"
 
-    def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
-        super().__init__(settings, rng)
-        self.parameters = CkksParameters(settings.ckks_poly_modulus_degree, settings.ckks_coeff_mod_bit_sizes,
-                                         settings.ckks_scale_bits)
-        self.keys = CkksKeyHolder(self.parameters)
+    def __init__(self, parameters: HeCkksParameters, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.ckks = parameters.ckks()
         self._pending: list[Upload] = []
         self.encrypt_seconds = 0.0
         self.ciphertext_bytes = 0
+        self.uploaded_samples = 0
+
+    @cached_property
+    def keys(self) -> CkksKeyHolder:
+        """The device's secret context, generated when first needed (not at construction)."""
+        return CkksKeyHolder(self.ckks)
 
     def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
         self._pending.append(upload)
         messages = []
-        while sum(len(u.sample_ids) for u in self._pending) >= self.parameters.slot_count:
-            messages.append(self._encrypt_block(self.parameters.slot_count))
+        while sum(len(u.sample_ids) for u in self._pending) >= self.ckks.slot_count:
+            messages.append(self._encrypt_block(self.ckks.slot_count))
         return messages
 
     def flush(self) -> list[Message]:
@@ -66,18 +98,20 @@ class HeCkksDelta(Mechanism):
         self._pending = [rest] if len(rest.sample_ids) else []
         start = time.perf_counter()
         # Zero-padded to the slot count: the server adds blocks slot-wise, which needs equal sizes.
-        padded = np.zeros((self.parameters.slot_count, delta.shape[1]))
+        padded = np.zeros((self.ckks.slot_count, delta.shape[1]))
         padded[:size] = delta[:size]
         buffer, sizes = join_buffer([self.keys.encrypt(padded[:, c]) for c in range(delta.shape[1])])
         self.encrypt_seconds += time.perf_counter() - start
         self.ciphertext_bytes += len(buffer)
+        self.uploaded_samples += size
         return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
                                ciphertext_sizes=sizes, layers=layers)
 
     def fit_request(self) -> HeFitRequest:
         """The request carrying the public context (never the secret key)."""
         context = np.frombuffer(self.keys.public_context(), dtype=np.uint8).copy()
-        return HeFitRequest(public_context=context, n_features=self.settings.he_features, ridge=self.settings.he_ridge)
+        return HeFitRequest(public_context=context, n_features=self.parameters.he_features,
+                            ridge=self.parameters.he_ridge)
 
     def fit_head(self, channel: Channel) -> RidgeHead:
         """Ask the server for enc(W), decrypt it here and return the device's head."""
@@ -92,8 +126,8 @@ class HeCkksDelta(Mechanism):
         return RidgeHead(FeatureMap(reply.input_mean, reply.input_scale, reply.components), weights)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "poly_modulus_degree": self.parameters.poly_modulus_degree,
-                "coeff_mod_bit_sizes": list(self.parameters.coeff_mod_bit_sizes),
-                "scale_bits": self.parameters.scale_bits, "he_features": self.settings.he_features,
-                "he_ridge": self.settings.he_ridge,
+        return {**super().describe(), "poly_modulus_degree": self.ckks.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(self.ckks.coeff_mod_bit_sizes),
+                "scale_bits": self.ckks.scale_bits, "he_features": self.parameters.he_features,
+                "he_ridge": self.parameters.he_ridge,
                 "body": "not trained: server features are a label-free PCA of the activations it sees"}

@@ -1,0 +1,61 @@
+"""What a training mode is: one way of getting a deployable side output.
+
+A mode declares the messages its device and server exchange, the fields its server
+view holds (attacks declare the fields they need), the server endpoint it runs (none
+for a mode that uploads nothing), and how the device turns the server's answer into a
+`SideOutput` once epoch 1 is uploaded. Everything else (data, hold-out, forward
+passes, mechanisms, upload with resume, safeguard, evaluation, model file, summary)
+is the one run path in `secure_assist.run`, the same for every mode and channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from protocol.channel import Channel
+from protocol.endpoint import RecordingEndpoint
+from protocol.messages import Message
+from protocol.server import ServerTraining
+from protocol.side_output import SideOutput
+from secure_assist.mechanisms import MechanismChain
+
+
+@dataclass
+class TrainOutcome:
+    """What a mode's training step hands back to the run path."""
+
+    side: SideOutput
+    epochs_done: int
+    cache_samples: int
+    final_train_loss: float | None = None
+    device_seconds: float = 0.0  # device work of this step beyond the forward passes (e.g. decryption)
+    details: dict[str, Any] = field(default_factory=dict)  # mode-specific summary keys
+
+
+class TrainingMode:
+    """Base class: subclasses set the class attributes and implement `make_server` and `train`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # Every message type this mode's device and server exchange (checked against the registry).
+    messages: ClassVar[tuple[type[Message], ...]] = ()
+    # The fields of `protocol.transcript.VIEW_FIELDS` this mode's server views hold.
+    view_fields: ClassVar[frozenset[str]] = frozenset()
+    # False: nothing leaves the device (the "server" runs on the device, its bytes are not traffic).
+    uploads: ClassVar[bool] = True
+    # A mechanism stage the chain must have (e.g. 'encrypt' for a mode that only takes ciphertexts).
+    required_stage: ClassVar[str | None] = None
+
+    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
+        """This mode's server endpoint for one device, its view kept in `workdir`."""
+        raise NotImplementedError
+
+    def server_details(self, endpoint: RecordingEndpoint) -> dict[str, float]:
+        """Mode-specific numbers only the server knows (reported when it runs in process)."""
+        return {}
+
+    def train(self, channel: Channel, epochs: int, mechanisms: MechanismChain) -> TrainOutcome:
+        """After epoch 1 is uploaded: have the server finish, fetch and rebuild the side output."""
+        raise NotImplementedError

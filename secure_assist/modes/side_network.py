@@ -1,0 +1,39 @@
+"""`side_network`: PAE proper. The server trains the additive side network φ on Δ from
+its activation cache (epochs >= 2 need no device work) and the device downloads φ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protocol.channel import Channel
+from protocol.endpoint import RecordingEndpoint
+from protocol.messages import (
+    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload,
+    UploadAck, expect,
+)
+from protocol.server import ServerTraining, SideTuningServer
+from protocol.side_network import network_from_arrays
+from protocol.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK
+from secure_assist.mechanisms import MechanismChain
+from secure_assist.modes.base import TrainingMode, TrainOutcome
+
+
+class SideNetworkMode(TrainingMode):
+    """The server trains φ; the device fetches it."""
+
+    name = "side_network"
+    description = "PAE: the server trains the side network on uploaded pivot states and Δ"
+    messages = (Hello, ModeAccepted, Upload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
+                SideWeights, ErrorReply)
+    view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
+
+    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
+        return SideTuningServer(workdir, training)
+
+    def train(self, channel: Channel, epochs: int, mechanisms: MechanismChain) -> TrainOutcome:
+        # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
+        report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+        weights = expect(channel.request(FetchWeights()), SideWeights)
+        return TrainOutcome(side=network_from_arrays(weights.state, weights.architecture),
+                            epochs_done=report.epochs_done, cache_samples=report.samples,
+                            final_train_loss=report.loss if epochs > 1 else None)

@@ -1,0 +1,171 @@
+"""The one run path of every training mode, over any channel.
+
+Device: data and hold-out split, one inference-only forward pass per sample, the
+mechanisms, a resumable epoch-1 upload; then the mode finishes the training (the
+server trains φ, or fits an encrypted head; `device_local` trains on the device) and
+hands back a side output, which the device restores (mechanisms), safeguards,
+evaluates and saves. `finetune` runs it in process, `device` against `serve` over TLS,
+and `audit` / `compare` through `finetune`: the same code for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from protocol.backbone import load_backbone
+from protocol.channel import Channel, InProcessChannel
+from protocol.device import DeviceRole
+from protocol.device_features import ForwardCachingDevice
+from protocol.errors import UserInputError
+from protocol.messages import Hello, ModeAccepted, expect
+from protocol.model_io import FineTunedModel, save_finetuned
+from protocol.side_output import SideOutput
+from protocol.tasks import Example, TaskSpec
+from secure_assist.config import FinetuneConfig
+from secure_assist.data import resolve_data
+from secure_assist.mechanisms import MECHANISMS, MechanismChain
+from secure_assist.modes import TrainingMode, resolve_mode
+from secure_assist.modes.host import ModeHost
+from secure_assist.resources import PeakMemory
+from secure_assist.safeguard import choose_shrink, shrink_network
+from secure_assist.summary import RunSummary
+from secure_assist.upload import run_key, upload_resumable
+from secure_assist.workdir import (
+    DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, SERVER_DIR, prepare_workdir,
+)
+
+
+def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -> MechanismChain:
+    """The configured protections for the run's mode; every configuration error (unknown
+    names, missing parameters, a mechanism the mode does not support, a mode without the
+    stage it needs) surfaces here, before anything is computed or sent."""
+    mode = mode or resolve_mode(config.mode, config.mechanism)
+    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode.name)
+    if mode.required_stage is not None and chain.stage(mode.required_stage) is None:
+        providers = [name for name, cls in MECHANISMS.items() if cls.stage == mode.required_stage]
+        raise UserInputError(f"training mode {mode.name!r} needs a mechanism of stage {mode.required_stage!r} "
+                             f"({', '.join(providers)}) in --mechanism")
+    return chain
+
+
+def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices to upload, indices of the device's validation split), seed-fixed."""
+    fraction = config.safeguard_fraction
+    if fraction is None:
+        fraction = 0.0 if config.mechanism == ("none",) else 0.1
+    cut = int(n_train * fraction)
+    if fraction > 0 and (cut < 1 or cut >= n_train):
+        raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
+                             f"out of {n_train}")
+    order = np.random.default_rng(config.seed).permutation(n_train)
+    return order[cut:], order[:cut]
+
+
+def hold_out(train: list[Example], config: FinetuneConfig) -> tuple[list[Example], list[Example]]:
+    """(examples to upload, the device's validation split for the safeguard)."""
+    upload, validation = hold_out_indices(len(train), config)
+    return [train[i] for i in upload], [train[i] for i in validation]
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of argmax predictions equal to the labels."""
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain, progress: bool) -> DeviceRole:
+    """The device role of a run, with its forward cache when `reuse_forwards` is set."""
+    device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
+    return device_class(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
+                        batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
+
+
+def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example]) -> dict[str, Any] | None:
+    """Shrink or drop the side output so it never does worse than the backbone on validation."""
+    if not validation:
+        return None
+    backbone_probs, combined = device.scores(validation, side)
+    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]))
+    shrink_network(side, decision.factor)
+    return {**asdict(decision), "action": decision.action}
+
+
+def evaluate_and_save(device: DeviceRole, config: FinetuneConfig, side: SideOutput, evaluate: list[Example],
+                      workdir: Path) -> tuple[float, float, Path]:
+    """(zero-shot accuracy, accuracy with the side output, model file) on the evaluation split,
+    computed on the device; the deployable model is saved."""
+    labels = np.array([e.label for e in evaluate])
+    backbone_probs, combined = device.scores(evaluate, side)
+    model_path = workdir / MODEL_FILE
+    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=device.task, layers=device.layers,
+                                              payload_dtype=config.payload_dtype, side_network=side))
+    return accuracy(backbone_probs, labels), accuracy(combined, labels), model_path
+
+
+def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
+                 overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> RunSummary:
+    """Run `config` end to end. `channel` None: the server role runs in this process (in
+    `<workdir>/server`, or on the device for a mode that uploads nothing) on a fresh work
+    directory; a given channel (the network): the server is elsewhere, and an interrupted
+    deterministic upload in `<workdir>/device` is resumed."""
+    torch.manual_seed(config.seed)
+    workdir = Path(config.workdir)
+    mode = resolve_mode(config.mode, config.mechanism)
+    mechanisms = build_mechanisms(config, mode)
+    task, train, evaluate = resolve_data(config)
+    upload_set, validation = hold_out(train, config)
+    host = None
+    if channel is None:
+        prepare_workdir(workdir, overwrite)
+        host = ModeHost(workdir / (SERVER_DIR if mode.uploads else LOCAL_TRAINING_DIR), (mode.name,),
+                        config.server_training())
+        channel = InProcessChannel(host)
+    elif not mode.uploads:
+        raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
+    try:
+        device = make_device(config, task, mechanisms, progress)
+        expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
+        with PeakMemory() as upload_peak:
+            upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),
+                             overwrite, on_acknowledged, resumable=mechanisms.deterministic)
+        uploaded_bytes = channel.bytes_up
+        forwards_epoch1, seconds_epoch1 = device.forward_samples, device.forward_seconds
+        server_seconds_epoch1 = None if host is None else host.compute_seconds
+        with PeakMemory() as train_peak:
+            outcome = mode.train(channel, config.epochs, mechanisms)
+        forwards_after_epoch1 = device.forward_samples - forwards_epoch1  # expected 0: the server uses its cache
+        server_seconds = None if host is None else host.compute_seconds
+        details = {**outcome.details, **(mode.server_details(host.endpoint) if host is not None else {})}
+    finally:
+        if host is not None:
+            host.close()
+    mechanisms.restore(outcome.side)
+    safeguard = apply_safeguard(device, outcome.side, validation)
+    zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, outcome.side, evaluate, workdir)
+    # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
+    device_train_seconds = 0.0 if mode.uploads else server_seconds
+    cached_epochs = max(0, outcome.epochs_done - 1)
+    per_cached_epoch = (None if server_seconds is None or not mode.uploads
+                        else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
+    return RunSummary(
+        config=asdict(config), mode=mode.name, head=outcome.side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
+        mechanisms=mechanisms.describe(), safeguard=safeguard, zero_shot_accuracy=zero_shot, accuracy=final_accuracy,
+        epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
+        bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,
+        upload_bytes_per_sample=(uploaded_bytes if mode.uploads else 0) / max(1, len(upload_set)),
+        upload_wire_bytes_this_session=uploaded_bytes if mode.uploads else 0,
+        reconnects=getattr(channel, "reconnects", 0),
+        device_seconds=(device.forward_seconds + device.reused_forward_seconds + outcome.device_seconds
+                        + device_train_seconds),
+        device_train_seconds=device_train_seconds, device_forwards=device.forward_samples,
+        device_forwards_reused=device.reused_forwards, device_seconds_epoch1=seconds_epoch1,
+        device_forwards_epoch1=forwards_epoch1, device_forwards_after_epoch1=forwards_after_epoch1,
+        device_peak_rss_mib=max(upload_peak.peak_mib, 0.0 if mode.uploads else train_peak.peak_mib),
+        server_seconds=server_seconds if mode.uploads else None, server_seconds_per_cached_epoch=per_cached_epoch,
+        cache_samples=outcome.cache_samples, cache_reads=outcome.cache_samples * cached_epochs,
+        model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if host is not None and mode.uploads else None,
+        ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=details)

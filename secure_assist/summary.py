@@ -1,0 +1,59 @@
+"""The typed summary of one fine-tuning run, whatever the mode and channel.
+
+`to_json` gives the JSON object `finetune` and `device` print: the keys of earlier
+versions are kept (schema 2 adds `summary_schema`, `mode` and `device_train_seconds`;
+a number the device cannot know, such as the server's seconds over the network, is null)
+and a mode's own numbers (e.g. the CKKS mode's `he_*` keys) sit beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUMMARY_SCHEMA = 2
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Utility, cost and where everything was written, for one run."""
+
+    config: dict[str, Any]
+    mode: str
+    head: str  # the deployed side output's kind
+    n_train: int  # samples uploaded (or trained on, device_local)
+    n_eval: int
+    mechanisms: list[dict[str, Any]]
+    safeguard: dict[str, Any] | None
+    zero_shot_accuracy: float
+    accuracy: float
+    epochs: int
+    epochs_done: int
+    final_train_loss: float | None
+    bytes_up: int  # on the wire; 0 when nothing leaves the device
+    bytes_down: int
+    upload_bytes_per_sample: float
+    upload_wire_bytes_this_session: int
+    reconnects: int
+    device_seconds: float  # forward passes (also those reused from the device cache) + the mode's device work
+    device_train_seconds: float  # training on the device (device_local)
+    device_forwards: int
+    device_forwards_reused: int
+    device_seconds_epoch1: float
+    device_forwards_epoch1: int
+    device_forwards_after_epoch1: int
+    device_peak_rss_mib: float
+    server_seconds: float | None  # None when the server is not in this process
+    server_seconds_per_cached_epoch: float | None
+    cache_samples: int
+    cache_reads: int
+    model_file: str
+    server_view: str | None  # None when the server is elsewhere or there is none
+    ground_truth: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-able summary: every field, the mode's details flattened beside them."""
+        values = asdict(self)
+        details = values.pop("details")
+        return {"summary_schema": SUMMARY_SCHEMA, **values, **details}
