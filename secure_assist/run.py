@@ -45,7 +45,7 @@ def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -
     names, missing parameters, a mechanism the mode does not support, a mode without the
     stage it needs) surfaces here, before anything is computed or sent."""
     mode = mode or resolve_mode(config.mode, config.mechanism)
-    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode.name)
+    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode)
     if mode.required_stage is not None and chain.stage(mode.required_stage) is None:
         providers = [name for name, cls in MECHANISMS.items() if cls.stage == mode.required_stage]
         raise UserInputError(f"training mode {mode.name!r} needs a mechanism of stage {mode.required_stage!r} "
@@ -77,8 +77,10 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain, progress: bool) -> DeviceRole:
-    """The device role of a run, with its forward cache when `reuse_forwards` is set."""
+def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None,
+                progress: bool) -> DeviceRole:
+    """The device role of a run (mechanisms None: nothing leaves the device, nothing to protect),
+    with its forward cache when `reuse_forwards` is set."""
     device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
     return device_class(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
                         batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
@@ -127,7 +129,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     try:
-        device = make_device(config, task, mechanisms, progress)
+        device = make_device(config, task, mechanisms if mode.uploads else None, progress)
         expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),

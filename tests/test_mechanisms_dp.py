@@ -23,6 +23,7 @@ from secure_assist.mechanisms.accounting import (
 )
 from secure_assist.mechanisms.activations import quantize_int8
 from secure_assist.mechanisms.delta import RotationMask
+from secure_assist.modes import MODES
 from secure_assist.safeguard import choose_shrink, shrink_network
 
 N, L, D, C = 64, 3, 8, 2
@@ -230,11 +231,11 @@ def test_shrink_to_zero_silences_the_side_network() -> None:
                                          (["rotation_mask", "he_ckks"], "device_local")])
 def test_a_mechanism_refuses_a_mode_it_does_not_support(names: list[str], mode: str) -> None:
     with pytest.raises(UserInputError, match=f"does not support training mode '{mode}'"):
-        MechanismChain(names, {"epsilon": 1.0}, mode=mode)
+        MechanismChain(names, {"epsilon": 1.0}, mode=MODES[mode])
 
 
 def test_he_ckks_construction_generates_no_keys() -> None:
-    chain = MechanismChain(["he_ckks"], SETTINGS["he_ckks"], mode="ckks_ridge")
+    chain = MechanismChain(["he_ckks"], SETTINGS["he_ckks"], mode=MODES["ckks_ridge"])
     assert "keys" not in vars(chain.mechanisms[0])  # the secret context is made on first use
 
 

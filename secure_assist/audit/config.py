@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, make_dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
-from secure_assist.config import FinetuneConfig, mechanism_config_fields, option
+from secure_assist.config import (
+    FinetuneConfig, check_mechanism_parameters, mechanism_config_fields, option, with_mechanism_parameters,
+)
 from secure_assist.mechanisms import MECHANISMS
 
 # Sizes chosen so the default audit of SmolLM2-135M finishes within 15 minutes on two cores.
@@ -43,12 +45,12 @@ class AuditSettings:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.epsilon > 0:
             raise UserInputError(f"epsilon must be positive, got {self.epsilon}")
+        check_mechanism_parameters(self)
 
 
-AuditConfig = make_dataclass(
-    "AuditConfig", mechanism_config_fields(defined={f.name for f in fields(AuditSettings)}), bases=(AuditSettings,),
-    frozen=True, namespace={"__doc__": "`AuditSettings` plus every mechanism's parameters (generated), passed to "
-                                       "each variant's run.", "__module__": __name__})
+AuditConfig = with_mechanism_parameters(
+    AuditSettings, "AuditConfig", "`AuditSettings` plus every mechanism's parameters (generated), passed to each "
+                                  "variant's run.")
 
 
 def fingerprint(config: AuditConfig) -> str:

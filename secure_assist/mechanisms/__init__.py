@@ -19,7 +19,7 @@ from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.activations import ActivationNoise, Int8Activations
-from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, PrivacyWarning
+from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, ModeTraits, PrivacyWarning
 from secure_assist.mechanisms.delta import GaussianDelta, LabelRandomizedResponse, NoProtection, RotationMask
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 
@@ -52,7 +52,7 @@ def mechanism_parameters(cls: type[Mechanism], values: Mapping[str, Any]) -> Any
     return parameters
 
 
-def check_chain(names: tuple[str, ...] | list[str], mode: str | None = None) -> list[type[Mechanism]]:
+def check_chain(names: tuple[str, ...] | list[str], mode: ModeTraits | None = None) -> list[type[Mechanism]]:
     """The mechanism classes of a composition in stage order; unknown names, repeats,
     'none' with others, and a mechanism that does not support `mode` are one-line errors."""
     names = tuple(names)
@@ -65,9 +65,10 @@ def check_chain(names: tuple[str, ...] | list[str], mode: str | None = None) -> 
         raise UserInputError("'none' cannot be combined with other mechanisms")
     classes = sorted((MECHANISMS[n] for n in names), key=lambda cls: STAGES.index(cls.stage))
     for cls in classes:
-        if mode is not None and mode not in cls.modes:
-            raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode!r} "
-                                 f"(it supports {', '.join(cls.modes)})")
+        if mode is not None and not cls.supports(mode):
+            supported = "every mode that uploads" if cls.modes is None else ", ".join(cls.modes)
+            raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode.name!r} "
+                                 f"(it supports {supported})")
     return classes
 
 
@@ -79,7 +80,7 @@ class MechanismChain:
     """
 
     def __init__(self, names: tuple[str, ...] | list[str], values: Mapping[str, Any] | None = None,
-                 seed: int | None = None, mode: str | None = None) -> None:
+                 seed: int | None = None, mode: ModeTraits | None = None) -> None:
         classes = check_chain(names, mode)
         generators = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(classes))]
         self.mechanisms: list[Mechanism] = [cls(mechanism_parameters(cls, values or {}), rng)

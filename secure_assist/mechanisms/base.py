@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -25,9 +25,15 @@ class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
-# Training modes (secure_assist.modes.MODES) by name: mechanisms declare the modes they support.
-SIDE_NETWORK_MODE, CKKS_RIDGE_MODE, DEVICE_LOCAL_MODE = "side_network", "ckks_ridge", "device_local"
-UPLOADING_MODES = (SIDE_NETWORK_MODE, CKKS_RIDGE_MODE)
+# The training mode (secure_assist.modes.MODES) that needs a particular mechanism by name.
+CKKS_RIDGE_MODE = "ckks_ridge"
+
+
+class ModeTraits(Protocol):
+    """What a mechanism needs to know of a training mode (secure_assist.modes.TrainingMode)."""
+
+    name: str
+    uploads: bool  # False: nothing leaves the device
 
 # What a DP claim protects: the released Δ (gaussian, label_rr) or the released activations.
 DELTA_TARGET, ACTIVATIONS_TARGET = "delta", "activations"
@@ -81,8 +87,9 @@ class Mechanism:
     stage: ClassVar[str] = "delta"
     # The mechanism's own typed parameters; config keys and CLI flags are generated from its fields.
     Parameters: ClassVar[type] = NoParameters
-    # The training modes this mechanism works in (checked when a chain is built for a mode).
-    modes: ClassVar[tuple[str, ...]] = UPLOADING_MODES
+    # The training modes this mechanism works in, by name; None: every mode that uploads (a
+    # transform of the upload means nothing where nothing is uploaded).
+    modes: ClassVar[tuple[str, ...] | None] = None
     # Whether the output is a fixed function of the upload (no randomness, no secret): only then
     # may an interrupted network upload be resumed, re-sending a batch without a second release.
     deterministic: ClassVar[bool] = False
@@ -99,6 +106,11 @@ class Mechanism:
     def uses_epsilon(cls) -> bool:
         """Whether the mechanism takes a target ε (sweeps vary ε only where it applies)."""
         return "epsilon" in {f.name for f in fields(cls.Parameters)}
+
+    @classmethod
+    def supports(cls, mode: ModeTraits) -> bool:
+        """Whether the mechanism works in this training mode."""
+        return mode.uploads if cls.modes is None else mode.name in cls.modes
 
     @classmethod
     def check(cls, parameters: Any) -> None:

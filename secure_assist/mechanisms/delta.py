@@ -20,8 +20,7 @@ from secure_assist.mechanisms.accounting import (
     rdp_gaussian_epsilon,
 )
 from secure_assist.mechanisms.base import (
-    DELTA_TARGET, DEVICE_LOCAL_MODE, UPLOADING_MODES, DpClaim, Mechanism, positive, probability, clip_rows,
-    warn_unprotected, with_delta,
+    DELTA_TARGET, DpClaim, Mechanism, ModeTraits, clip_rows, positive, probability, warn_unprotected, with_delta,
 )
 
 EPSILON_HELP = "target per-sample ε"
@@ -33,14 +32,16 @@ class NoProtection(Mechanism):
 
     name = "none"
     deterministic = True
-    # Also the only choice of a mode that uploads nothing.
-    modes = UPLOADING_MODES + (DEVICE_LOCAL_MODE,)
     protects = "nothing"
     guarantee = "none: argmax Δ reveals every label; activations reveal the inputs"
 
     def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
         self.warned = False  # once per run, when the first upload leaves
+
+    @classmethod
+    def supports(cls, mode: ModeTraits) -> bool:
+        return True  # also the only choice of a mode that uploads nothing
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         if not self.warned:

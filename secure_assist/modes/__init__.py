@@ -32,7 +32,7 @@ def resolve_mode(mode: str | None, mechanisms: tuple[str, ...]) -> TrainingMode:
         return get_mode(mode)
     known = [MECHANISMS[n] for n in mechanisms if n in MECHANISMS]
     for candidate in server_modes():
-        if all(candidate in cls.modes for cls in known):
+        if all(cls.supports(MODES[candidate]) for cls in known):
             return MODES[candidate]
     raise UserInputError(f"no training mode supports every mechanism of {list(mechanisms)}")
 
