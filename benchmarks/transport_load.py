@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from protocol.cache import ActivationCache
-from protocol.messages import Upload
+from protocol.messages import Hello, Upload
 from protocol.transcript import CACHE_FILE
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
@@ -61,6 +61,7 @@ def run_device(keys: KeyDirectory, name: str, port: int, samples: int, batch: in
     rng = np.random.default_rng(seed)
     context, pinned = keys.device_context(name)
     channel = NetworkChannel("127.0.0.1", port, context, pinned)
+    channel.request(Hello(mode="side_network"))  # every connection names its training mode first
     ids: set[bytes] = set()
     for start in range(0, samples, batch):
         upload = synthetic_upload(rng, min(batch, samples - start))
