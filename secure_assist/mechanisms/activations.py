@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from protocol.errors import UserInputError
 from protocol.messages import Upload
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
@@ -46,15 +45,10 @@ class ActivationNoise(Mechanism):
     stage = "activations"
     protects = "inputs (pivot activations)"
     guarantee = "(ε, δ)-DP per sample on the activations, replace-one adjacency (analytic Gaussian)"
-
-    @classmethod
-    def check(cls, parameters: ActivationNoiseParameters) -> None:
-        if parameters.activation_noise_multiplier is None:
-            raise UserInputError("mechanism 'activation_noise' needs activation_noise_multiplier")
+    required = ("activation_noise_multiplier",)
 
     def __init__(self, parameters: ActivationNoiseParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.n_layers: int | None = None
 
     def noise_scale(self) -> float:

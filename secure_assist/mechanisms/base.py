@@ -98,7 +98,11 @@ class Mechanism:
     # The released field a DP claim covers (DELTA_TARGET, ACTIVATIONS_TARGET), None without one.
     dp_target: ClassVar[str | None] = None
 
+    # Parameters that must be given (not None) when the mechanism is chosen.
+    required: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
+        self.check(parameters)
         self.parameters = parameters
         self.rng = rng
 
@@ -114,7 +118,10 @@ class Mechanism:
 
     @classmethod
     def check(cls, parameters: Any) -> None:
-        """Requirements of a selected mechanism beyond each value's range (e.g. ε given)."""
+        """Requirements of a chosen mechanism beyond each value's range (e.g. ε given)."""
+        missing = [name for name in cls.required if getattr(parameters, name) is None]
+        if missing:
+            raise UserInputError(f"mechanism {cls.name!r} needs {' and '.join(missing)}")
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         """The protected upload (subclasses)."""

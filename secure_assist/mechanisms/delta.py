@@ -100,7 +100,6 @@ class GaussianDelta(Mechanism):
 
     def __init__(self, parameters: GaussianParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.noise_multiplier = (parameters.noise_multiplier if parameters.noise_multiplier is not None
                                  else analytic_gaussian_sigma(parameters.epsilon, parameters.dp_delta,
                                                               self.sensitivity))
@@ -138,15 +137,10 @@ class LabelRandomizedResponse(Mechanism):
     stage = "label"
     protects = "labels"
     guarantee = "ε-label-DP per sample (randomized response); inputs not protected"
-
-    @classmethod
-    def check(cls, parameters: LabelRRParameters) -> None:
-        if parameters.epsilon is None:
-            raise UserInputError("mechanism 'label_rr' needs epsilon")
+    required = ("epsilon",)
 
     def __init__(self, parameters: LabelRRParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.n_classes: int | None = None
 
     def keep_probability(self, n_classes: int) -> float:
