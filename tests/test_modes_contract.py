@@ -135,3 +135,16 @@ def test_a_new_mode_is_one_class_plus_its_registration(tiny_llama, tmp_path: Pat
         remote = run_training(replace(config, workdir=str(tmp_path / "remote")),
                               NetworkChannel(*running.address, *keys.device_context("device")), progress=False)
     assert remote.mode == "single_epoch" and remote.accuracy == local["accuracy"]
+
+
+def test_rotation_mask_composes_with_he_ckks_exactly(tiny_llama, tmp_path: Path) -> None:
+    """The device folds the secret rotation back into the decrypted ridge head: the deployed
+    head equals the one fitted on unrotated Δ (ridge regression is rotation invariant)."""
+    config = replace(BASE, mechanism=("he_ckks",), safeguard_fraction=0.0)  # no shrink: compare raw heads
+    plain = run_finetune(replace(config, workdir=str(tmp_path / "he")), progress=False)
+    rotated = run_finetune(replace(config, mechanism=("rotation_mask", "he_ckks"), workdir=str(tmp_path / "rot")),
+                           progress=False)
+    he, rot = (load_finetuned(s["model_file"]).side_network for s in (plain, rotated))
+    assert np.abs(he.weights).max() > 1e-3  # a real head, not an all-zero one
+    np.testing.assert_allclose(rot.weights, he.weights, atol=1e-4)
+    assert rotated["accuracy"] == plain["accuracy"]
