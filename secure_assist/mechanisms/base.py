@@ -19,6 +19,7 @@ import numpy as np
 from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
 from protocol.side_network import AdditiveSideNetwork
+from secure_assist.mechanisms.ckks_packing import CkksParameters
 
 
 class PrivacyWarning(UserWarning):
@@ -37,10 +38,13 @@ class MechanismSettings:
     activation_noise_multiplier: float | None = None
     seed: int | None = None  # None: fresh OS entropy (a reproducible seed is for tests and sweeps)
     ckks_poly_modulus_degree: int = 8192
-    ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
     ckks_scale_bits: int = 40
     he_features: int = 128  # PCA dimensions of the server's label-free features
     he_ridge: float = 1000.0
+    # Samples of Δ per ciphertext (coefficient packing): the upload is C·⌈n/b⌉ ciphertexts and
+    # the reply C·⌈(k+1)/⌊N/b⌋⌉; 256 keeps both near 1-2 MB at n = 1,800, k = 128, N = 8192.
+    he_block_samples: int = 256
 
     def __post_init__(self) -> None:
         for name in ("epsilon", "noise_multiplier", "activation_noise_multiplier"):
@@ -53,8 +57,15 @@ class MechanismSettings:
                 raise UserInputError(f"mechanism {name} (clip norm) must be positive, got {value}")
         if self.he_features < 1 or not (math.isfinite(self.he_ridge) and self.he_ridge > 0):
             raise UserInputError("he_features must be >= 1 and he_ridge positive")
+        if not 1 <= self.he_block_samples <= self.ckks_parameters().coefficient_count:
+            raise UserInputError(f"he_block_samples must be in 1..{self.ckks_poly_modulus_degree} (the ring degree), "
+                                 f"got {self.he_block_samples}")
         if not 0 < self.delta < 1:
             raise UserInputError(f"mechanism delta must be in (0, 1), got {self.delta}")
+
+    def ckks_parameters(self) -> CkksParameters:
+        """The CKKS ring, modulus chain and scale (validated; no key is made)."""
+        return CkksParameters(self.ckks_poly_modulus_degree, tuple(self.ckks_coeff_mod_bit_sizes), self.ckks_scale_bits)
 
 
 # Order in a composition: labels are randomized before Δ is formed, Δ is noised or

@@ -1,11 +1,12 @@
 """`he_ckks`: Δ leaves the device only CKKS-encrypted; the head comes back encrypted.
 
-Device flow: every batch's Δ is kept back and packed, per class, into ciphertexts of
-up to `slot_count` samples, sent with the pivot activations (`EncryptedUpload`). Then
-the device sends its *public* context (`HeFitRequest`); the server fits the ridge
-head enc(W) = M·enc(Δ) over its own label-free features and returns it; the device
-decrypts W and keeps it. No decryption of a server-computed ciphertext is ever sent
-back (that is the Li-Micciancio key-recovery setting).
+Device flow: every batch's Δ is kept back and packed, per class, into the polynomial
+coefficients of ciphertexts of `he_block_samples` samples, sent with the pivot activations
+(`EncryptedUpload`). Then the device sends its *public* context (`HeFitRequest`:
+encryption parameters, no key); the server fits the ridge head enc(W) = M·enc(Δ) over
+its own label-free features, packed ⌊N/b⌋ weights per ciphertext (`ckks_packing`), and
+returns it; the device decrypts W and keeps it. No decryption of a server-computed
+ciphertext is ever sent back (that is the Li-Micciancio key-recovery setting).
 
 What this protects: Δ and the head (hence the labels as far as Δ goes). What it does
 not: the activations are in the clear (inputs and the backbone's zero-shot labels
@@ -21,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from protocol.channel import Channel
+from protocol.errors import ProtocolError
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, Upload, expect
 from protocol.ridge_head import FeatureMap, RidgeHead
 from secure_assist.mechanisms.base import Mechanism, MechanismSettings
-from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, join_buffer, split_buffer
+from secure_assist.mechanisms.ckks import CkksKeyHolder, join_buffer, split_buffer
+from secure_assist.mechanisms.ckks_packing import PackingLayout
 
 
 class HeCkksDelta(Mechanism):
@@ -38,18 +41,21 @@ class HeCkksDelta(Mechanism):
 
     def __init__(self, settings: MechanismSettings, rng: np.random.Generator) -> None:
         super().__init__(settings, rng)
-        self.parameters = CkksParameters(settings.ckks_poly_modulus_degree, settings.ckks_coeff_mod_bit_sizes,
-                                         settings.ckks_scale_bits)
-        self.keys = CkksKeyHolder(self.parameters)
+        self.parameters = settings.ckks_parameters()
+        self.keys = CkksKeyHolder(self.parameters)  # no key until the first encryption
         self._pending: list[Upload] = []
+        # The packing spacing (largest block sent) and the class count: the device reads the
+        # reply with the same layout the server computes from the uploads.
+        self._largest_block = 0
+        self._n_classes = 0
         self.encrypt_seconds = 0.0
         self.ciphertext_bytes = 0
 
     def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
         self._pending.append(upload)
         messages = []
-        while sum(len(u.sample_ids) for u in self._pending) >= self.parameters.slot_count:
-            messages.append(self._encrypt_block(self.parameters.slot_count))
+        while sum(len(u.sample_ids) for u in self._pending) >= self.settings.he_block_samples:
+            messages.append(self._encrypt_block(self.settings.he_block_samples))
         return messages
 
     def flush(self) -> list[Message]:
@@ -65,11 +71,10 @@ class HeCkksDelta(Mechanism):
         rest = Upload(sample_ids=ids[size:], activations=acts[size:], delta=delta[size:], layers=layers)
         self._pending = [rest] if len(rest.sample_ids) else []
         start = time.perf_counter()
-        # Zero-padded to the slot count: the server adds blocks slot-wise, which needs equal sizes.
-        padded = np.zeros((self.parameters.slot_count, delta.shape[1]))
-        padded[:size] = delta[:size]
-        buffer, sizes = join_buffer([self.keys.encrypt(padded[:, c]) for c in range(delta.shape[1])])
+        buffer, sizes = join_buffer([self.keys.encrypt(delta[:size, c]) for c in range(delta.shape[1])])
         self.encrypt_seconds += time.perf_counter() - start
+        self._largest_block = max(self._largest_block, size)
+        self._n_classes = delta.shape[1]
         self.ciphertext_bytes += len(buffer)
         return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
                                ciphertext_sizes=sizes, layers=layers)
@@ -84,16 +89,20 @@ class HeCkksDelta(Mechanism):
         return self.decrypt_head(expect(channel.request(self.fit_request()), HeFitReply))
 
     def decrypt_head(self, reply: HeFitReply) -> RidgeHead:
-        """W from the reply's ciphertexts (class-major, one per feature): each holds the
-        slot-wise terms M[j, i]·Δ_i, so W[j, c] is the sum of its slots."""
-        values = np.array([self.keys.decrypt(c).sum() for c in split_buffer(reply.ciphertexts, reply.ciphertext_sizes)])
-        n_features = reply.components.shape[0] + 1
-        weights = values.reshape(-1, n_features).T  # (k+1, C)
+        """W from the reply's ciphertexts (class-major, one per group of features): each
+        decrypts to a polynomial holding its group's weights at the layout's coefficients."""
+        layout = PackingLayout(self.parameters.coefficient_count, self._largest_block, reply.components.shape[0] + 1)
+        ciphertexts = split_buffer(reply.ciphertexts, reply.ciphertext_sizes)
+        if len(ciphertexts) != self._n_classes * layout.groups:
+            raise ProtocolError(f"the fit reply holds {len(ciphertexts)} ciphertexts, expected "
+                                f"{self._n_classes} classes x {layout.groups} feature groups")
+        weights = np.concatenate([layout.read(self.keys.decrypt(c), i % layout.groups)
+                                  for i, c in enumerate(ciphertexts)]).reshape(self._n_classes, -1).T  # (k+1, C)
         return RidgeHead(FeatureMap(reply.input_mean, reply.input_scale, reply.components), weights)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "poly_modulus_degree": self.parameters.poly_modulus_degree,
                 "coeff_mod_bit_sizes": list(self.parameters.coeff_mod_bit_sizes),
                 "scale_bits": self.parameters.scale_bits, "he_features": self.settings.he_features,
-                "he_ridge": self.settings.he_ridge,
+                "he_ridge": self.settings.he_ridge, "he_block_samples": self.settings.he_block_samples,
                 "body": "not trained: server features are a label-free PCA of the activations it sees"}
