@@ -108,5 +108,6 @@ def run_he_finetune(config: FinetuneConfig, task: TaskSpec, train: list[Example]
         "he_server_fit_seconds": server.fit_seconds,
         "he_device_decrypt_seconds": decrypt_seconds,
         "he_fit_reply_bytes": int(len(reply.ciphertexts)),
+        "he_fit_reply_ciphertexts": int(len(reply.ciphertext_sizes)),
         "he_features": int(reply.components.shape[0]),
     }

@@ -48,7 +48,7 @@ def test_summary_has_the_plain_keys_and_the_he_costs(he_run: dict, tmp_path: Pat
     assert safeguard["validation_samples"] == 4
     assert safeguard["validation_accuracy_chosen"] >= safeguard["validation_accuracy_backbone"]
     for key in ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
-                "he_server_fit_seconds", "he_device_decrypt_seconds"):
+                "he_server_fit_seconds", "he_device_decrypt_seconds", "he_fit_reply_ciphertexts"):
         assert he_run[key] > 0, key
 
 
