@@ -47,7 +47,16 @@ def _load(target: Any, data: bytes, *context: Any) -> Any:
     return target
 
 
+def _ciphertext(data: bytes, context: seal.SEALContext) -> seal.Ciphertext:
+    """A ciphertext from bytes, checked by SEAL against the context; bad bytes are a protocol error."""
+    try:
+        return _load(seal.Ciphertext(), data, context)
+    except (RuntimeError, ValueError) as exc:  # SEAL raises bare exceptions on malformed bytes
+        raise ProtocolError(f"malformed ciphertext: {exc}") from exc
+
+
 def _context(parameters: seal.EncryptionParameters) -> seal.SEALContext:
+    """SEAL's context for these parameters, which it marks unusable below 128-bit security."""
     return seal.SEALContext(parameters, True, seal.SEC_LEVEL_TYPE.TC128)
 
 
@@ -104,12 +113,8 @@ class CkksKeyHolder:
     def decrypt(self, ciphertext: bytes) -> np.ndarray:
         """The N coefficients, decrypted on the device (the result never goes back to the server)."""
         context, encoder, _, decryptor = self._keys
-        try:
-            encrypted = _load(seal.Ciphertext(), ciphertext, context)
-        except (RuntimeError, ValueError) as exc:  # SEAL raises bare exceptions on malformed bytes
-            raise ProtocolError(f"malformed ciphertext: {exc}") from exc
         plain = seal.Plaintext()
-        decryptor.decrypt(encrypted, plain)
+        decryptor.decrypt(_ciphertext(ciphertext, context), plain)
         return unembed(np.array(encoder.decode_complex(plain)))
 
 
@@ -136,10 +141,7 @@ class CkksPublicContext:
 
     def load_ciphertext(self, data: bytes) -> seal.Ciphertext:
         """An uploaded ciphertext, validated; malformed or at another level is a protocol error."""
-        try:
-            ciphertext = _load(seal.Ciphertext(), data, self._context)
-        except (RuntimeError, ValueError) as exc:
-            raise ProtocolError(f"malformed ciphertext: {exc}") from exc
+        ciphertext = _ciphertext(data, self._context)
         if ciphertext.size() != 2 or list(ciphertext.parms_id()) != list(self._level):
             raise ProtocolError("an uploaded ciphertext must be a fresh 2-part ciphertext at the fit's level")
         return ciphertext
