@@ -34,6 +34,7 @@ from protocol.ridge_head import RidgeHead
 from protocol.side_network import network_from_arrays
 from protocol.tasks import SST2, builtin_split, sample
 from secure_assist.mechanisms import MechanismChain, MechanismSettings
+from secure_assist.mechanisms.ckks import CkksPublicContext
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 from secure_assist.mechanisms.he_server import HeHeadServer
 from secure_assist.mechanisms.ridge import ridge_operator
@@ -117,9 +118,8 @@ def he_run(setting: Setting, settings: MechanismSettings, indices: np.ndarray) -
             upload_bytes = channel.bytes_up
             request = he.fit_request()
             reply = expect(channel.request(request), HeFitReply)
-            # The server object holds a public context only.
-            assert server.context is not None and not server.context.is_private()
-            assert not server.context.has_secret_key()
+            # The server object holds a public context only (encryption parameters, no key).
+            assert isinstance(server.context, CkksPublicContext)
         finally:
             server.close()
     start = time.perf_counter()
@@ -130,7 +130,8 @@ def he_run(setting: Setting, settings: MechanismSettings, indices: np.ndarray) -
             "public_context_bytes": int(len(request.public_context)),
             "server_fit_seconds": server.fit_seconds, "device_decrypt_seconds": decrypt_seconds,
             "upload_bytes_per_sample": upload_bytes / len(indices),
-            "fit_reply_bytes": len(reply.ciphertexts), "n_features": settings.he_features}, head
+            "fit_reply_bytes": len(reply.ciphertexts), "fit_reply_ciphertexts": len(reply.ciphertext_sizes),
+            "n_features": settings.he_features}, head
 
 
 def he_part(setting: Setting, quick: bool) -> dict:

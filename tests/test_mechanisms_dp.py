@@ -234,11 +234,6 @@ def test_a_mechanism_refuses_a_mode_it_does_not_support(names: list[str], mode: 
         MechanismChain(names, {"epsilon": 1.0}, mode=MODES[mode])
 
 
-def test_he_ckks_construction_generates_no_keys() -> None:
-    chain = MechanismChain(["he_ckks"], SETTINGS["he_ckks"], mode=MODES["ckks_ridge"])
-    assert "keys" not in vars(chain.mechanisms[0])  # the secret context is made on first use
-
-
 def test_every_dp_claim_names_its_target() -> None:
     upload, labels, logits = make_batch(6)
     chain = MechanismChain(["gaussian", "label_rr", "activation_noise"],

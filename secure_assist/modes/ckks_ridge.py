@@ -64,4 +64,5 @@ class CkksRidgeMode(TrainingMode):
                      "he_public_context_bytes": int(len(request.public_context)),
                      "he_device_decrypt_seconds": decrypt_seconds,
                      "he_fit_reply_bytes": int(len(reply.ciphertexts)),
+                     "he_fit_reply_ciphertexts": int(len(reply.ciphertext_sizes)),
                      "he_features": int(reply.components.shape[0])})
