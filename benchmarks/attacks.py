@@ -40,7 +40,7 @@ from protocol.messages import encode_message
 from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
-from secure_assist.mechanisms import MECHANISMS, MechanismSettings
+from secure_assist.mechanisms import MECHANISMS, mechanism_parameters
 
 LABEL_ATTACKS = ("delta_argmax", "public_head", "clustering_delta", "public_head_zero_shot",
                  "clustering_activations", "model_completion_k8", "model_completion_k32", "model_completion_k128")
@@ -72,8 +72,8 @@ def _protected_view(target: Path, mechanism: str, epsilon: float | None, device:
                     train: list[Example]) -> dict[str, Any]:
     """Uploads of the cached device outputs, passed through one mechanism, recorded as a view."""
     pivots = encode_dataset(device, train)
-    settings = MechanismSettings(epsilon=epsilon, seed=0)
-    protection = MECHANISMS[mechanism](settings, np.random.default_rng(0))
+    cls = MECHANISMS[mechanism]
+    protection = cls(mechanism_parameters(cls, {"epsilon": epsilon}), np.random.default_rng(0))
     writer = TranscriptWriter(target / SERVER_DIR)
     ids = new_sample_ids(len(train))
     labels = np.array([e.label for e in train])
@@ -106,8 +106,9 @@ def mechanisms_section(releases: int) -> list[dict[str, Any]]:
                                    "claimed": {k: v for k, v in described.items() if k in ("guarantee", "epsilon")},
                                    "attacks": [_row(name, target, public) for name in LABEL_ATTACKS]}
         if mechanism in ("gaussian", "label_rr"):
-            row["distinguishing"] = empirical_epsilon(mechanism, MechanismSettings(epsilon=epsilon, seed=0), device,
-                                                      train[0], releases)
+            cls = MECHANISMS[mechanism]
+            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), device,
+                                                      (train[0].text, train[1].text), releases)
         rows.append(row)
     return rows
 

@@ -25,23 +25,28 @@ import numpy as np
 import tenseal.sealapi as seal
 import torch
 
-from protocol.device import prediction_difference, side_scores
+from protocol.device import PivotBatch, prediction_difference, side_scores
 from protocol.device_features import encode_dataset
 from protocol.model_io import load_finetuned
 from protocol.ridge_head import RidgeHead
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
-from secure_assist.finetune import apply_safeguard, build_mechanisms, hold_out_indices, make_device, run_finetune
-from secure_assist.he_finetune import rows
+from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import PrivacyWarning
 from secure_assist.mechanisms.ckks import to_bytes
-from secure_assist.mechanisms.he_ckks import HeCkksDelta
 from secure_assist.mechanisms.ridge import ridge_operator
+from secure_assist.run import apply_safeguard, build_mechanisms, hold_out_indices, make_device
 
 TRAFFIC_KEYS = ("accuracy", "zero_shot_accuracy", "n_train", "bytes_up", "bytes_down", "upload_bytes_per_sample")
 HE_KEYS = ("he_public_context_bytes", "he_ciphertext_bytes_per_sample", "he_fit_reply_bytes",
            "he_fit_reply_ciphertexts", "he_server_fit_seconds", "he_device_decrypt_seconds",
            "he_device_encrypt_ms_per_sample", "safeguard")
+
+
+def rows(pivots: PivotBatch, indices: np.ndarray) -> PivotBatch:
+    """The forward outputs of some examples."""
+    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    return PivotBatch(activations=pivots.activations[index], label_logits=pivots.label_logits[index])
 
 
 def plaintext_reference(config: FinetuneConfig, he_summary: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +62,7 @@ def plaintext_reference(config: FinetuneConfig, he_summary: dict[str, Any]) -> d
     uploaded = device.make_upload([train[i] for i in upload_idx], rows(pivots, upload_idx),
                                   np.zeros((len(upload_idx), 16), np.uint8)).activations
     deployed = load_finetuned(he_summary["model_file"]).side_network
-    weights = ridge_operator(deployed.feature_map.apply(uploaded), mechanisms.find(HeCkksDelta).settings.he_ridge) @ delta
+    weights = ridge_operator(deployed.feature_map.apply(uploaded), config.he_ridge) @ delta
     head = RidgeHead(deployed.feature_map, weights)
     dev_labels = np.array([e.label for e in evaluate])
 
@@ -70,8 +75,7 @@ def plaintext_reference(config: FinetuneConfig, he_summary: dict[str, Any]) -> d
         he_head = RidgeHead(deployed.feature_map, deployed.weights / factor)
         result["he_head_accuracy_unshrunk"] = dev_accuracy(he_head)
         result["max_weight_error_vs_he_head"] = float(np.abs(he_head.weights - weights).max())
-    result["safeguard"] = apply_safeguard(device, head, [train[i] for i in validation_idx],
-                                          rows(pivots, validation_idx))
+    result["safeguard"] = apply_safeguard(device, head, [train[i] for i in validation_idx])
     result["accuracy"] = dev_accuracy(head)
     feature_map = deployed.feature_map
     result["feature_map_bytes"] = int(feature_map.mean.nbytes + feature_map.scale.nbytes
