@@ -7,26 +7,22 @@ import asyncio
 import logging
 from pathlib import Path
 
-from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.limits import ServerLimits
 from protocol.server import ServerTraining
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
-    from protocol.transport.framing import MAX_LENGTH_FIELD
     from protocol.transport.identity import KeyDirectory
-    from protocol.transport.server import TransportLimits, TransportServer
+    from protocol.transport.server import TransportServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    max_bytes = int(args.max_frame_mib * 1024 * 1024)
-    if not 1024 <= max_bytes <= MAX_LENGTH_FIELD:
-        raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
+    limits = ServerLimits.from_arguments(args)
     training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                               adapter_lr_scale=args.adapter_lr_scale, cosine_decay=args.cosine_decay,
                               batch_size=args.server_batch_size, seed=args.seed)
-    server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training,
-                             TransportLimits(max_frame_bytes=max_bytes))
+    server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training, limits)
 
     def ready(host: str, port: int) -> None:
         if args.ready_file:
@@ -44,7 +40,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8443, help="TCP port; 0 picks a free one (default: 8443)")
     parser.add_argument("--ready-file", help="write host:port here once listening")
-    parser.add_argument("--max-frame-mib", type=float, default=64.0, help="largest accepted frame (default: 64)")
     parser.add_argument("--rank", type=int, default=ServerTraining.rank,
                         help=f"side-network rank (default: {ServerTraining.rank})")
     parser.add_argument("--learning-rate", type=float, default=ServerTraining.learning_rate,
@@ -60,4 +55,5 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help=f"cached-epoch batch size (default: {ServerTraining.batch_size})")
     parser.add_argument("--seed", type=int, default=ServerTraining.seed,
                         help=f"side-network seed (default: {ServerTraining.seed})")
+    ServerLimits.add_arguments(parser)
     parser.set_defaults(handler=run)

@@ -1,0 +1,90 @@
+"""Open connections, and an accept loop that never stops serving.
+
+`accept_forever` survives every accept error. Out of descriptors (EMFILE/ENFILE) or
+buffers, the process cannot accept until something closes, so it sheds the newest
+connections that have not authenticated yet (the ones that have invested least, and
+where a flood of new connections lands, so authenticated devices and handshakes in
+progress keep going), logs, backs off, and tries again. Any other error is logged
+and retried with the same back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger("secure_assist.transport")
+# Accept errors that mean "out of descriptors or kernel memory": shedding connections helps.
+RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+SHED_BATCH = 16
+MIN_BACKOFF, MAX_BACKOFF = 0.01, 0.5
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted connection and what the server knows about it so far."""
+
+    peer: str
+    task: asyncio.Task | None = None
+    identity: str | None = None  # the device fingerprint, once authenticated
+    sent: int = 0  # frames sent back (the next reply's sequence number)
+    shed: bool = False  # closed by the server at the descriptor limit
+
+
+class ConnectionTable:
+    """Every open connection, in the order they were accepted."""
+
+    def __init__(self) -> None:
+        self._open: dict[Connection, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, connection: Connection) -> None:
+        """Track a newly accepted connection."""
+        self._open[connection] = None
+
+    def remove(self, connection: Connection) -> None:
+        """Forget a closed connection."""
+        self._open.pop(connection, None)
+
+    def tasks(self) -> list[asyncio.Task]:
+        """The tasks serving the open connections."""
+        return [c.task for c in self._open if c.task is not None]
+
+    def shed_newest_unauthenticated(self, count: int) -> int:
+        """Close up to `count` of the newest unauthenticated connections; return how many."""
+        victims = [c for c in reversed(self._open) if c.identity is None and not c.shed and c.task][:count]
+        for victim in victims:
+            victim.shed = True
+            victim.task.cancel()
+        return len(victims)
+
+
+async def accept_forever(listener: socket.socket, table: ConnectionTable,
+                         serve: Callable[[socket.socket, Connection], asyncio.Task]) -> None:
+    """Accept connections until cancelled; `serve` starts the task that handles one."""
+    loop = asyncio.get_running_loop()
+    delay = MIN_BACKOFF
+    while True:
+        try:
+            sock, address = await loop.sock_accept(listener)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no accept error may end serving (it did: issue 13)
+            shed = 0
+            if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
+                shed = table.shed_newest_unauthenticated(SHED_BATCH)
+            log.warning("accept failed (%s); %d open connections, shed the %d newest unauthenticated; "
+                        "retrying in %.2f s", exc, len(table), shed, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_BACKOFF)
+            continue
+        delay = MIN_BACKOFF
+        connection = Connection(peer="%s:%s" % address[:2])
+        table.add(connection)
+        connection.task = serve(sock, connection)
