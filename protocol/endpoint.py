@@ -18,7 +18,7 @@ from pathlib import Path
 
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError
-from protocol.limits import ServerLimits, upload_shape
+from protocol.limits import ServerLimits, admit_upload
 from protocol.messages import ErrorReply, Message, decode_message, encode_message
 from protocol.transcript import INBOUND, OUTBOUND, TranscriptWriter
 
@@ -73,17 +73,8 @@ class RecordingEndpoint:
         return out
 
     def admit(self, message: Message) -> None:
-        """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing.
-
-        Zero-sample uploads are always refused: a role would size its state from a shape alone.
-        """
-        shape = upload_shape(message)
-        if shape is None:
-            return
-        if shape.samples == 0:
-            raise ProtocolError("upload with zero samples refused: no state is sized from a declared shape alone")
-        if self.limits is not None:
-            self.limits.check_upload(shape)
+        """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing."""
+        if admit_upload(message, self.limits) is not None and self.limits is not None:
             self.limits.check_samples_held(self.samples_after(message))
 
     def samples_after(self, message: Message) -> int:

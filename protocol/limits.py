@@ -63,6 +63,18 @@ def upload_shape(message: object) -> UploadShape | None:
                        classes=classes)
 
 
+def admit_upload(message: object, limits: "ServerLimits | None") -> UploadShape | None:
+    """The checks every endpoint applies to an upload whatever it stores (no state needed), so the
+    transport can apply them before a device's namespace is even opened. Zero-sample uploads are
+    always refused: a role would size its state from a declared shape alone."""
+    shape = upload_shape(message)
+    if shape is not None and shape.samples == 0:
+        raise ProtocolError("upload with zero samples refused: no state is sized from a declared shape alone")
+    if shape is not None and limits is not None:
+        limits.check_upload(shape)
+    return shape
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """Bounds on what any one device can make `secure-assist serve` do (safe defaults)."""

@@ -29,6 +29,7 @@ class Connection:
     """One accepted connection and what the server knows about it so far."""
 
     peer: str
+    sock: socket.socket
     task: asyncio.Task | None = None
     identity: str | None = None  # the device fingerprint, once authenticated
     sent: int = 0  # frames sent back (the next reply's sequence number)
@@ -48,9 +49,11 @@ class ConnectionTable:
         """Track a newly accepted connection."""
         self._open[connection] = None
 
-    def remove(self, connection: Connection) -> None:
-        """Forget a closed connection."""
+    def closed(self, connection: Connection) -> None:
+        """Forget a connection whose task ended, and close its socket: a task cancelled before it
+        ever ran (shed right after accept) has no code of its own that would."""
         self._open.pop(connection, None)
+        connection.sock.close()
 
     def tasks(self) -> list[asyncio.Task]:
         """The tasks serving the open connections."""
@@ -85,6 +88,7 @@ async def accept_forever(listener: socket.socket, table: ConnectionTable,
             delay = min(2 * delay, MAX_BACKOFF)
             continue
         delay = MIN_BACKOFF
-        connection = Connection(peer="%s:%s" % address[:2])
+        connection = Connection(peer="%s:%s" % address[:2], sock=sock)
         table.add(connection)
         connection.task = serve(sock, connection)
+        connection.task.add_done_callback(lambda _, c=connection: table.closed(c))

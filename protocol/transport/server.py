@@ -41,7 +41,7 @@ from typing import Callable
 from protocol.codec import read_metadata
 from protocol.errors import ProtocolError
 from protocol.files import private_dir
-from protocol.limits import ServerLimits
+from protocol.limits import LimitExceeded, ServerLimits, admit_upload
 from protocol.messages import ErrorReply, Message, decode_message, encode_message
 from protocol.server import ServerTraining, SideTuningServer
 from protocol.transport.budget import PartialFrame, PartialFrameBudget
@@ -75,14 +75,17 @@ class _Rejected(Exception):
         self.reply = reply
 
 
-def decode_request(payload: bytes, max_bytes: int) -> Message:
-    """Decode and validate one request (on a worker thread); every failure is a ProtocolError."""
+def decode_request(payload: bytes, limits: ServerLimits) -> Message:
+    """Decode and validate one request, and apply the stateless upload limits (on a worker thread,
+    before any device namespace is opened); every failure is a ProtocolError."""
     try:
-        return decode_message(payload, max_bytes)
+        message = decode_message(payload, limits.max_frame_bytes)
     except ProtocolError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure must become an ErrorReply, not a dead task
         raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    admit_upload(message, limits)
+    return message
 
 
 @dataclass
@@ -200,10 +203,7 @@ class TransportServer:
             if writer is not None:
                 await self._send_error(writer, connection, "internal server error")
         finally:
-            self._connections.remove(connection)
-            if writer is None:
-                sock.close()
-            else:
+            if writer is not None:  # else the connection table closes the socket when this task ends
                 writer.close()
                 try:
                     await writer.wait_closed()
@@ -278,12 +278,15 @@ class TransportServer:
                 if why is not None:
                     raise _Rejected(f"device certificate {why}")
                 # Validated before any state is touched, off the event loop.
-                message = await loop.run_in_executor(self._decoder, decode_request, payload,
-                                                     self.limits.max_frame_bytes)
+                message = await loop.run_in_executor(self._decoder, decode_request, payload, self.limits)
             except _Rejected as rejection:
                 log.warning("%s: rejected: %s", peer, rejection)
                 if rejection.reply:
                     await self._send_error(writer, connection, str(rejection))
+                return
+            except LimitExceeded as exc:
+                log.warning("%s: rejected: %s", peer, exc)
+                await self._send_error(writer, connection, str(exc))
                 return
             except ProtocolError as exc:
                 log.warning("%s: rejected: invalid message: %s", peer, exc)
@@ -369,12 +372,16 @@ class TransportServer:
 async def _receive(reader: asyncio.StreamReader, length: int) -> bytes:
     """`length` bytes, gathered in a buffer this coroutine owns: a dropped frame frees it at once."""
     buffer = bytearray()
-    while len(buffer) < length:
-        chunk = await reader.read(min(length - len(buffer), _CHUNK))
-        if not chunk:
-            raise _Rejected(f"truncated connection: {len(buffer)} of {length} payload bytes", reply=False)
-        buffer += chunk
-    return bytes(buffer)
+    try:
+        while len(buffer) < length:
+            chunk = await reader.read(min(length - len(buffer), _CHUNK))
+            if not chunk:
+                raise _Rejected(f"truncated connection: {len(buffer)} of {length} payload bytes", reply=False)
+            buffer += chunk
+        return bytes(buffer)
+    finally:
+        # Now, not when the traceback of a drop (which references this frame) is collected.
+        buffer.clear()
 
 
 def _reason(exc: BaseException) -> str:
