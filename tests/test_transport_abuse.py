@@ -5,17 +5,23 @@ naming the limit, logs it, and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
+import socket
 import stat
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from protocol.channel import InProcessChannel
 from protocol.errors import ProtocolError
-from protocol.limits import MIB
+from protocol.he_messages import EncryptedUpload
+from protocol.limits import MIB, ServerLimits
 from protocol.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights, TrainRequest,
                                TrainUntil, UploadAck, encode_message)
 from protocol.recovery import TRAINING_STATE_FILE
@@ -24,9 +30,11 @@ from protocol.transcript import CACHE_FILE, TRANSCRIPT_FILE, ServerView
 from protocol.transport.abuse import (connect, exchange, flood_descriptors, hold_partial_frames, hostile_json_messages,
                                       huge_header_message, outcome, synthetic_upload)
 from protocol.transport.client import NetworkChannel
+from protocol.transport.connections import Connection, ConnectionTable, accept_forever
 from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
+from secure_assist.mechanisms.he_server import HeHeadServer
 from test_transport_recovery import epochs_in_checkpoint
 
 NAMES = ["alice", "bob", "carol", "dave", "eve", "oscar", "trudy", "walter", "peggy"]
@@ -83,7 +91,51 @@ def test_accept_loop_survives_running_out_of_descriptors(tmp_path: Path, keys: K
                 sock.close()
         assert server.alive()
         log = server.log()
-    assert "accept failed ([Errno 24] Too many open files)" in log and "shed the 16 newest" in log
+    # Shed at the connection capacity derived from the descriptor limit (128 - 64), before EMFILE.
+    assert "at the connection capacity (64, from the descriptor limit)" in log
+
+
+def test_accept_errors_are_logged_and_survived(caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 1, the error path itself: EMFILE sheds the newest unauthenticated connection,
+    any other accept error is logged, and accepting resumes."""
+    caplog.set_level(logging.INFO, "secure_assist.transport")
+
+    async def scenario() -> tuple[list[str], bool]:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        table, accepted = ConnectionTable(), []
+        failures = [RuntimeError("unexpected"), OSError(errno.EMFILE, "Too many open files")]
+        real_accept = loop.sock_accept
+
+        async def flaky_accept(sock: socket.socket) -> tuple[socket.socket, tuple]:
+            if len(accepted) == 1 and failures:  # after the first connection: fail twice, then recover
+                raise failures.pop()
+            return await real_accept(sock)
+
+        def serve_one(sock: socket.socket, connection: Connection) -> asyncio.Task:
+            accepted.append(connection)
+            return asyncio.create_task(asyncio.sleep(60))  # a handshake that never finishes
+
+        loop.sock_accept = flaky_accept
+        accepting = asyncio.create_task(accept_forever(listener, table, serve_one, capacity=100))
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        while len(accepted) < 2:
+            await asyncio.sleep(0.01)
+        first_shed = accepted[0].shed
+        accepting.cancel()
+        for connection in accepted:
+            connection.task.cancel()
+        await asyncio.sleep(0.05)
+        for sock in (*clients, listener):
+            sock.close()
+        return [c.peer for c in accepted], first_shed
+
+    peers, first_shed = asyncio.run(scenario())
+    assert len(peers) == 2 and first_shed  # EMFILE shed the one unauthenticated connection
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("accept failed ([Errno 24] Too many open files)" in m and "shed the 1 newest" in m for m in messages)
+    assert any("accept failed (unexpected)" in m for m in messages)
 
 
 def test_zero_sample_and_oversized_uploads_are_refused(serve: ServeProcess, keys: KeyDirectory) -> None:
@@ -160,11 +212,11 @@ def test_half_sent_frames_hold_at_most_the_budget(tight: ServeProcess, keys: Key
     for link in links:
         link.close()
     log = tight.log()
+    assert peak[0] - baseline < 48 * MIB, f"server grew by {(peak[0] - baseline) / MIB:.0f} MiB"
+    assert honest_seconds < 5.0
     assert len(outcomes) == 10 and all(not o.startswith("answered") for o in outcomes), outcomes
     assert log.count("max_connections_per_device=4") >= 2
     assert "max_partial_frames_mib=16" in log and "read_seconds=3" in log
-    assert peak[0] - baseline < 48 * MIB, f"server grew by {(peak[0] - baseline) / MIB:.0f} MiB"
-    assert honest_seconds < 5.0
 
 
 def test_resent_uploads_are_recorded_by_id_and_digest(tight: ServeProcess, keys: KeyDirectory) -> None:
@@ -202,8 +254,8 @@ def test_decoding_a_huge_malformed_frame_delays_no_other_device(serve: ServeProc
         assert isinstance(carol.request(FetchWeights()), SideWeights)
         slowest = max(slowest, time.monotonic() - began)
     attacker.join()
-    assert isinstance(replies[0], ErrorReply) and "header of" in replies[0].reason
     assert slowest < 1.0, f"another device waited {slowest:.2f} s"
+    assert isinstance(replies[0], ErrorReply) and "header of" in replies[0].reason
 
 
 def test_malformed_metadata_is_answered_with_an_error(serve: ServeProcess, keys: KeyDirectory) -> None:
@@ -269,3 +321,23 @@ def _request_quietly(device: NetworkChannel, message: Message) -> None:
         device.request(message)
     except ProtocolError:
         pass
+
+
+def test_the_ckks_head_server_takes_the_same_limits(tmp_path: Path) -> None:
+    """The limits that do not depend on the role are enforced for every endpoint, not only PAE's."""
+    server = HeHeadServer(tmp_path, limits=ServerLimits(max_samples_per_device=3, max_width=8))
+    channel = InProcessChannel(server)
+
+    def encrypted(samples: int, width: int) -> EncryptedUpload:
+        rng = np.random.default_rng(samples)
+        return EncryptedUpload(sample_ids=rng.integers(0, 256, (samples, 16), dtype=np.uint8),
+                               activations=np.ones((samples, 1, width), np.float32),
+                               ciphertexts=np.zeros(4, np.uint8), ciphertext_sizes=np.array([2, 2], np.int64),
+                               layers=(1,))
+
+    for upload, expected in ((encrypted(0, 4), "zero samples"), (encrypted(1, 9), "max_width=8"),
+                             (encrypted(4, 4), "max_samples_per_device=3")):
+        with pytest.raises(ProtocolError, match=expected):
+            channel.request(upload)
+    server.close()
+    assert (tmp_path / TRANSCRIPT_FILE).stat().st_size == 0  # refused before anything was recorded

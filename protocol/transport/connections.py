@@ -5,7 +5,9 @@ buffers, the process cannot accept until something closes, so it sheds the newes
 connections that have not authenticated yet (the ones that have invested least, and
 where a flood of new connections lands, so authenticated devices and handshakes in
 progress keep going), logs, backs off, and tries again. Any other error is logged
-and retried with the same back-off.
+and retried with the same back-off. To keep descriptors for the devices' files, the
+same shedding starts before the process limit: at `connection_capacity()` open
+connections (a quarter of the descriptors, at least 64, stay free).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +26,15 @@ log = logging.getLogger("secure_assist.transport")
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHED_BATCH = 16
 MIN_BACKOFF, MAX_BACKOFF = 0.01, 0.5
+RESERVED_DESCRIPTORS = 64
+
+
+def connection_capacity() -> int:
+    """Open connections allowed under this process's descriptor limit, keeping some for files."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(1, soft - max(RESERVED_DESCRIPTORS, soft // 4))
 
 
 @dataclass(eq=False)
@@ -69,10 +82,11 @@ class ConnectionTable:
 
 
 async def accept_forever(listener: socket.socket, table: ConnectionTable,
-                         serve: Callable[[socket.socket, Connection], asyncio.Task]) -> None:
+                         serve: Callable[[socket.socket, Connection], asyncio.Task], capacity: int) -> None:
     """Accept connections until cancelled; `serve` starts the task that handles one."""
     loop = asyncio.get_running_loop()
     delay = MIN_BACKOFF
+    shed_since_log, last_log = 0, 0.0
     while True:
         try:
             sock, address = await loop.sock_accept(listener)
@@ -92,3 +106,9 @@ async def accept_forever(listener: socket.socket, table: ConnectionTable,
         table.add(connection)
         connection.task = serve(sock, connection)
         connection.task.add_done_callback(lambda _, c=connection: table.closed(c))
+        if len(table) > capacity:
+            shed_since_log += table.shed_newest_unauthenticated(1)  # usually the one just accepted
+            if time.monotonic() - last_log > 1.0:  # a flood must not flood the log too
+                log.warning("at the connection capacity (%d, from the descriptor limit): shed the %d newest "
+                            "unauthenticated connections since the last report", capacity, shed_since_log)
+                shed_since_log, last_log = 0, time.monotonic()

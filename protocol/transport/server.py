@@ -45,7 +45,7 @@ from protocol.limits import LimitExceeded, ServerLimits, admit_upload
 from protocol.messages import ErrorReply, Message, decode_message, encode_message
 from protocol.server import ServerTraining, SideTuningServer
 from protocol.transport.budget import PartialFrame, PartialFrameBudget
-from protocol.transport.connections import Connection, ConnectionTable, accept_forever
+from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
 from protocol.transport.framing import HEADER_BYTES, encode_frame, parse_header
 from protocol.transport.identity import KeyDirectory, fingerprint
 
@@ -123,7 +123,8 @@ class TransportServer:
             self._refresh_trust()  # fail at start, not at the first device, on missing keys
         self._listener = socket.create_server((host, port))
         self._listener.setblocking(False)
-        self._accepting = asyncio.create_task(accept_forever(self._listener, self._connections, self._spawn))
+        self._accepting = asyncio.create_task(accept_forever(self._listener, self._connections, self._spawn,
+                                                             connection_capacity()))
         bound = self._listener.getsockname()
         log.info("listening on %s:%d (%s)", bound[0], bound[1], "TLS 1.3, mutual auth" if self.keys else "PLAINTEXT")
         return bound[0], bound[1]

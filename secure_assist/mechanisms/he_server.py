@@ -8,6 +8,7 @@ and its own label-free feature map. No side-network body is trained in this mode
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
+from protocol.limits import ServerLimits
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, UploadAck
 from secure_assist.mechanisms.ckks import join_buffer, load_public_context, split_buffer
@@ -30,8 +32,9 @@ class HeHeadServer(RecordingEndpoint):
     """Fits enc(W) = M·enc(Δ) with slot-wise ciphertext-plaintext products (summed by the device)."""
 
     def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
-                 progress: bool = False) -> None:
-        super().__init__(workdir, max_message_bytes)
+                 progress: bool = False, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(workdir, max_message_bytes, limits, stop)
         self.context: ts.Context | None = None
         self.blocks: list[tuple[np.ndarray, list[bytes]]] = []
         self.layers: tuple[int, ...] | None = None
@@ -46,6 +49,11 @@ class HeHeadServer(RecordingEndpoint):
         if isinstance(message, HeFitRequest):
             return self._on_fit(message)
         return super().handle(message)
+
+    def samples_after(self, message: Message) -> int:
+        """Samples held once `message` is stored (this role refuses repeated ids)."""
+        ids = getattr(message, "sample_ids", ())
+        return len(self._seen) + len({bytes(i) for i in ids})
 
     def _on_upload(self, upload: EncryptedUpload) -> UploadAck:
         if self.layers is not None and (upload.layers != self.layers or
@@ -81,6 +89,7 @@ class HeHeadServer(RecordingEndpoint):
         results = []
         jobs = [(c, j) for c in range(n_classes) for j in range(operator.shape[0])]
         for c, j in tqdm(jobs, desc="server: encrypted ridge fit", disable=not self.progress, leave=False):
+            self.check_stop()
             # Slot-wise products M[j, i]·Δ_i summed over blocks; the device sums the slots
             # after decryption, so no rotation (and no Galois key) is ever needed.
             total = None
