@@ -8,6 +8,11 @@ progress keep going), logs, backs off, and tries again. Any other error is logge
 and retried with the same back-off. To keep descriptors for the devices' files, the
 same shedding starts before the process limit: at `connection_capacity()` open
 connections (a quarter of the descriptors, at least 64, stay free).
+
+Among unauthenticated connections, those that have sent nothing for `SILENT_SECONDS`
+go first (newest first): a device sends its TLS ClientHello as soon as it connects,
+so such a connection only holds a descriptor, and a flood of them must not push out
+a device that has just connected and is talking.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import resource
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 log = logging.getLogger("secure_assist.transport")
@@ -26,6 +31,7 @@ log = logging.getLogger("secure_assist.transport")
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHED_BATCH = 16
 MIN_BACKOFF, MAX_BACKOFF = 0.01, 0.5
+SILENT_SECONDS = 1.0
 RESERVED_DESCRIPTORS = 64
 
 
@@ -47,6 +53,8 @@ class Connection:
     identity: str | None = None  # the device fingerprint, once authenticated
     sent: int = 0  # frames sent back (the next reply's sequence number)
     shed: bool = False  # closed by the server at the descriptor limit
+    talking: bool = False  # the peer has sent its first byte
+    accepted: float = field(default_factory=time.monotonic)
 
 
 class ConnectionTable:
@@ -73,8 +81,12 @@ class ConnectionTable:
         return [c.task for c in self._open if c.task is not None]
 
     def shed_newest_unauthenticated(self, count: int) -> int:
-        """Close up to `count` of the newest unauthenticated connections; return how many."""
-        victims = [c for c in reversed(self._open) if c.identity is None and not c.shed and c.task][:count]
+        """Close up to `count` of the newest unauthenticated connections, long-silent ones first;
+        return how many."""
+        now = time.monotonic()
+        candidates = [c for c in reversed(self._open) if c.identity is None and not c.shed and c.task]
+        silent = [c for c in candidates if not c.talking and now - c.accepted > SILENT_SECONDS]
+        victims = (silent + [c for c in candidates if c.talking or now - c.accepted <= SILENT_SECONDS])[:count]
         for victim in victims:
             victim.shed = True
             victim.task.cancel()

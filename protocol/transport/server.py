@@ -44,16 +44,15 @@ from protocol.files import private_dir
 from protocol.limits import LimitExceeded, ServerLimits, admit_upload
 from protocol.messages import ErrorReply, Message, decode_message, encode_message
 from protocol.server import ServerTraining, SideTuningServer
-from protocol.transport.budget import PartialFrame, PartialFrameBudget
 from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
-from protocol.transport.framing import HEADER_BYTES, encode_frame, parse_header
+from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory, fingerprint
+from protocol.transport.reading import FrameReader, Rejected, reason
 
 log = logging.getLogger("secure_assist.transport")
 DEVICES_DIR = "devices"
 # Namespace of every connection when the server runs without TLS (overhead benchmark only).
 PLAINTEXT_IDENTITY = "plaintext-unauthenticated"
-_CHUNK = 256 * 1024
 
 
 @dataclass
@@ -65,14 +64,6 @@ class _DeviceSlot:
     open: int = 0
     connections: int = 0
     requests: int = 0
-
-
-class _Rejected(Exception):
-    """Internal: end this connection, after sending `reason` back if the link allows."""
-
-    def __init__(self, reason: str, reply: bool = True) -> None:
-        super().__init__(reason)
-        self.reply = reply
 
 
 def decode_request(payload: bytes, limits: ServerLimits) -> Message:
@@ -109,8 +100,7 @@ class TransportServer:
         self._trust_stamp: tuple[int, int, int] | None = None
         self._stop = threading.Event()  # endpoints check it between training steps
         self._decoder = ThreadPoolExecutor(self.limits.decode_workers, thread_name_prefix="decode")
-        self._budget = PartialFrameBudget(self.limits.max_partial_frame_bytes, str(self.limits.exceeded(
-            "max_partial_frames_mib", "frame dropped to make room for a smaller one (largest partial frames first)")))
+        self._frames = FrameReader(self.limits)
 
     def workdir(self, identity: str) -> Path:
         """The namespace (work directory) of one device identity."""
@@ -160,8 +150,10 @@ class TransportServer:
                 # Queued behind any handler still running in the device's thread (it sees the stop flag).
                 await loop.run_in_executor(slot.executor, slot.endpoint.close)
             slot.executor.shutdown(wait=True)
+        devices = len(self._slots)
         self._slots.clear()
         self._decoder.shutdown(wait=True, cancel_futures=True)
+        log.info("stopped: %d device namespaces closed", devices)
 
     def device_stats(self) -> dict[str, dict[str, int]]:
         """Per-identity connection and request counts (for logs and benchmarks)."""
@@ -189,6 +181,8 @@ class TransportServer:
     async def _on_connection(self, sock: socket.socket, connection: Connection) -> None:
         writer = None
         try:
+            if not await self._first_byte(sock, connection):
+                return
             opened = await self._open(sock, connection.peer)
             if opened is None:
                 return
@@ -205,11 +199,24 @@ class TransportServer:
                 await self._send_error(writer, connection, "internal server error")
         finally:
             if writer is not None:  # else the connection table closes the socket when this task ends
-                writer.close()
-                try:
-                    await writer.wait_closed()
-                except (OSError, ssl.SSLError):
-                    pass
+                await _close(writer, abort=self._stop.is_set())
+
+    async def _first_byte(self, sock: socket.socket, connection: Connection) -> bool:
+        """Wait for the peer's first byte before building any TLS state (asyncio's SSL protocol
+        allocates a 256 KiB buffer per connection): a silent connection costs only its descriptor."""
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, self.limits.handshake_seconds)
+        except asyncio.TimeoutError:
+            log.warning("%s: rejected: %s", connection.peer,
+                        self.limits.exceeded("handshake_seconds", "no TLS handshake started"))
+            return False
+        finally:
+            loop.remove_reader(sock.fileno())
+        connection.talking = True
+        return True
 
     async def _open(self, sock: socket.socket, peer: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Streams over the accepted socket, after the TLS handshake (None if it failed, logged).
@@ -228,7 +235,7 @@ class TransportServer:
                 lambda: protocol, sock, ssl=context,
                 ssl_handshake_timeout=self.limits.handshake_seconds if context else None)
         except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.warning("%s: rejected: TLS handshake failed (%s)", peer, _reason(exc))
+            log.warning("%s: rejected: TLS handshake failed (%s)", peer, reason(exc))
             return None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
@@ -270,17 +277,17 @@ class TransportServer:
         peer, received = connection.peer, 0
         while True:
             try:
-                payload = await self._read_frame(reader, received)
+                payload = await self._frames.read(reader, received)
                 if payload is None:
                     log.info("%s: device closed the connection after %d requests", peer, received)
                     return
                 received += 1
                 why = self._trusted(connection.identity)
                 if why is not None:
-                    raise _Rejected(f"device certificate {why}")
+                    raise Rejected(f"device certificate {why}")
                 # Validated before any state is touched, off the event loop.
                 message = await loop.run_in_executor(self._decoder, decode_request, payload, self.limits)
-            except _Rejected as rejection:
+            except Rejected as rejection:
                 log.warning("%s: rejected: %s", peer, rejection)
                 if rejection.reply:
                     await self._send_error(writer, connection, str(rejection))
@@ -307,44 +314,6 @@ class TransportServer:
                 log.warning("%s: rejected: server role refused the request: %s", peer, decode_message(reply).reason)
                 return
 
-    async def _read_frame(self, reader: asyncio.StreamReader, expected: int) -> bytes | None:
-        """The next frame's payload, None on a clean close between frames."""
-        try:
-            header = await asyncio.wait_for(reader.readexactly(HEADER_BYTES), self.limits.idle_seconds)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None
-            raise _Rejected(f"truncated connection: {len(exc.partial)} of {HEADER_BYTES} header bytes", reply=False)
-        except asyncio.TimeoutError:
-            raise _Rejected(str(self.limits.exceeded("idle_seconds", "no request")))
-        except (ssl.SSLError, ConnectionError) as exc:
-            raise _Rejected(f"transport error: {_reason(exc)}", reply=False)
-        try:
-            frame = parse_header(header, expected, self.limits.max_frame_bytes)
-        except ProtocolError as exc:
-            raise _Rejected(str(exc)) from exc
-        return await self._read_payload(reader, frame.length)
-
-    async def _read_payload(self, reader: asyncio.StreamReader, length: int) -> bytes:
-        """The payload, read only once its bytes fit the global partial-frame budget."""
-        frame = PartialFrame(length)
-        if not await self._budget.reserve(frame, self.limits.read_seconds):
-            raise _Rejected(str(self.limits.exceeded(
-                "max_partial_frames_mib", f"no room within read_seconds for a frame of {length} bytes")))
-        try:
-            frame.reader = asyncio.ensure_future(_receive(reader, length))
-            return await asyncio.wait_for(frame.reader, self.limits.read_seconds)
-        except asyncio.CancelledError:
-            if frame.dropped is None or asyncio.current_task().cancelling():
-                raise  # server shutdown, not a drop
-            raise _Rejected(frame.dropped)
-        except asyncio.TimeoutError:
-            raise _Rejected(str(self.limits.exceeded("read_seconds", f"a frame of {length} bytes still arriving")))
-        except (ssl.SSLError, ConnectionError) as exc:
-            raise _Rejected(f"transport error: {_reason(exc)}", reply=False)
-        finally:
-            await self._budget.release(frame)
-
     def _slot(self, identity: str) -> _DeviceSlot:
         if identity not in self._slots:
             self._slots[identity] = _DeviceSlot(ThreadPoolExecutor(1, thread_name_prefix=f"device-{identity[:8]}"))
@@ -370,22 +339,13 @@ class TransportServer:
             pass
 
 
-async def _receive(reader: asyncio.StreamReader, length: int) -> bytes:
-    """`length` bytes, gathered in a buffer this coroutine owns: a dropped frame frees it at once."""
-    buffer = bytearray()
+async def _close(writer: asyncio.StreamWriter, abort: bool) -> None:
+    """Close a connection; bounded, because a TLS close waits for a peer that may never answer."""
+    if abort:  # shutting down: no TLS close_notify exchange
+        writer.transport.abort()
+        return
+    writer.close()
     try:
-        while len(buffer) < length:
-            chunk = await reader.read(min(length - len(buffer), _CHUNK))
-            if not chunk:
-                raise _Rejected(f"truncated connection: {len(buffer)} of {length} payload bytes", reply=False)
-            buffer += chunk
-        return bytes(buffer)
-    finally:
-        # Now, not when the traceback of a drop (which references this frame) is collected.
-        buffer.clear()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason
-    return str(exc) or type(exc).__name__
+        await asyncio.wait_for(writer.wait_closed(), 5.0)
+    except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        pass
