@@ -46,6 +46,7 @@ from protocol.transport.client import NetworkChannel
 from protocol.transport.fuzz import EXAMPLES, hostile_frames, server_verdict
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
+from transport_load import timed_threads  # sibling script: python puts benchmarks/ on sys.path
 
 # Both servers: the defaults, except the exact tiny-llama shape and a partial-frame budget sized
 # for this host (the defaults allow 64 MiB frames and 256 MiB of partial frames).
@@ -95,7 +96,7 @@ class Abusers:
             [sys.executable, "-m", "protocol.transport.abuse", "--target", "%s:%d" % address, "--keys",
              str(keys.root), "--frame-mib", FRAME_MIB, "--flood", str(DESCRIPTORS)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
-        if self.process.stdout.readline().strip() != "ready":
+        if self.process.stdout.readline().strip() != "ready":  # every attack has run at least once
             raise RuntimeError("the abuser process did not start")
 
     def snapshot(self) -> None:
@@ -134,16 +135,10 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
             long_run.request(Upload(sample_ids=new_sample_ids(len(upload.sample_ids)), activations=upload.activations,
                                     delta=upload.delta, layers=upload.layers))
         if abused:
-            abusers = Abusers(serve.address, keys)
-            time.sleep(3.0)  # the attacks are under way before the honest devices start
+            abusers = Abusers(serve.address, keys)  # returns once every attack is under way
         honest = [threading.Thread(target=honest_device, args=(serve, keys, f"device{i:02d}", mine, latencies, outcomes))
                   for i, mine in enumerate(uploads)]
-        began = time.perf_counter()
-        for thread in honest:
-            thread.start()
-        for thread in honest:
-            thread.join()
-        seconds = time.perf_counter() - began
+        seconds = timed_threads(honest)
         trainer = threading.Thread(target=quietly, args=(long_run.request, TrainUntil(epochs_total=LONG_RUN_EPOCHS)),
                                    daemon=True)
         started = time.time()
@@ -215,7 +210,7 @@ def percentile_ms(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=64, help="samples per honest device")
+    parser.add_argument("--samples", type=int, default=128, help="samples per honest device")
     parser.add_argument("--batch", type=int, default=8, help="samples per upload")
     parser.add_argument("--rounds", type=int, default=2, help="clean + abused pairs, alternated")
     parser.add_argument("--fuzz-frames", type=int, default=51_000)

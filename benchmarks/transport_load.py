@@ -58,6 +58,16 @@ def run_device(keys: KeyDirectory, name: str, port: int, samples: int, batch: in
     sent[name] = ids
 
 
+def timed_threads(threads: list[threading.Thread]) -> float:
+    """Start the threads together, wait for all; the seconds it took."""
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=32)
@@ -77,12 +87,7 @@ def main() -> None:
         sent: dict[str, set[bytes]] = {}
         threads = [threading.Thread(target=run_device, args=(keys, n, serve.port, args.samples, args.batch, i,
                                                              latencies, sent)) for i, n in enumerate(names)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - began
+        elapsed = timed_threads(threads)
         stop_seconds = serve.stop(timeout=120)
         lost = leaked = 0
         for fingerprint, name in keys.trusted_fingerprints().items():

@@ -88,7 +88,8 @@ class ServerLimits:
     max_partial_frames_mib: float = _limit(
         256.0, "bytes held for frames still arriving, all devices together, in MiB; when a frame does not fit, "
                "larger partial frames are dropped first")
-    max_connections_per_device: int = _limit(4, "open connections per device identity")
+    max_connections_per_device: int = _limit(
+        4, "open connections per device identity; one more closes the device's oldest idle connection")
     handshake_seconds: float = _limit(10.0, "time allowed for the TLS handshake")
     read_seconds: float = _limit(120.0, "time allowed for a frame's payload once its header has arrived")
     idle_seconds: float = _limit(300.0, "time a connection may wait between requests")

@@ -341,3 +341,15 @@ def test_the_ckks_head_server_takes_the_same_limits(tmp_path: Path) -> None:
             channel.request(upload)
     server.close()
     assert (tmp_path / TRANSCRIPT_FILE).stat().st_size == 0  # refused before anything was recorded
+
+
+def test_a_device_at_its_connection_limit_can_still_reconnect(serve: ServeProcess, keys: KeyDirectory) -> None:
+    """The per-device limit must not lock out a device whose old links died without a FIN: a new
+    connection replaces the device's oldest idle one."""
+    stale = [connect(serve.address, keys, "oscar") for _ in range(4)]
+    time.sleep(0.5)  # all four authenticated and idle on the server
+    assert channel(serve, keys, "oscar").request(synthetic_upload(4, 2, 8, seed=13)).stored == 4
+    assert outcome(stale[0]).startswith("closed")
+    for link in stale:
+        link.close()
+    assert "closing the device's oldest connection" in serve.log() and "max_connections_per_device=4" in serve.log()

@@ -160,7 +160,7 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
         try:
             if kind == "descriptor_flood":
                 sockets = flood_descriptors(address, flood)
-                seen[f"held {len(sockets) // 100 * 100}+ connections"] += 1
+                seen["connections opened"] += len(sockets)
                 stop.wait(2.0)  # silent past SILENT_SECONDS: the server sheds them before any talking peer
                 for sock in sockets:
                     sock.close()
@@ -190,7 +190,8 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
 
 def main() -> None:
     """`python -m protocol.transport.abuse --target HOST:PORT --keys DIR`: every attack in its own thread
-    until stdin closes; a line "snapshot" fixes the counts to report; they are printed as JSON."""
+    until stdin closes. Prints "ready" once each attack has run; a line "snapshot" on stdin fixes the
+    counts to report; they are printed as JSON at the end."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--target", required=True, help="HOST:PORT of the server (loopback)")
     parser.add_argument("--keys", required=True, help="key directory holding a device per attack name")
@@ -203,6 +204,8 @@ def main() -> None:
     for kind in ATTACKS:
         threading.Thread(target=attack_loop, args=(kind, (host, int(port)), keys, stop, seen[kind],
                                                    int(args.frame_mib * MIB), args.flood), daemon=True).start()
+    while not all(seen.values()):  # every attack has run once: the server is under all of them
+        time.sleep(0.1)
     print("ready", flush=True)
     snapshot = None
     for line in sys.stdin:

@@ -54,6 +54,8 @@ class Connection:
     sent: int = 0  # frames sent back (the next reply's sequence number)
     shed: bool = False  # closed by the server at the descriptor limit
     talking: bool = False  # the peer has sent its first byte
+    handling: bool = False  # a request of it is being handled by its device's endpoint
+    superseded: bool = False  # closed for a newer connection of the same device
     accepted: float = field(default_factory=time.monotonic)
 
 

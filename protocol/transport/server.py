@@ -61,7 +61,7 @@ class _DeviceSlot:
 
     executor: ThreadPoolExecutor
     endpoint: SideTuningServer | None = None
-    open: int = 0
+    open: list[Connection] = field(default_factory=list)  # oldest first
     connections: int = 0
     requests: int = 0
 
@@ -191,7 +191,8 @@ class TransportServer:
             if connection.identity is not None:
                 await self._serve(connection, reader, writer)
         except asyncio.CancelledError:
-            why = "shed at the descriptor limit" if connection.shed else "closed by server shutdown"
+            why = ("shed at the descriptor limit" if connection.shed else "superseded by a newer connection of its "
+                   "device" if connection.superseded else "closed by server shutdown")
             log.info("%s: connection %s", connection.peer, why)
         except Exception:  # noqa: BLE001 - one connection's failure (a bug, out of descriptors) ends it, logged
             log.exception("%s: internal error; closing the connection", connection.peer)
@@ -259,17 +260,26 @@ class TransportServer:
 
     async def _serve(self, connection: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         slot = self._slot(connection.identity)
-        if slot.open >= self.limits.max_connections_per_device:
-            reason = str(self.limits.exceeded("max_connections_per_device", f"connection {slot.open + 1}"))
-            log.warning("%s: rejected: %s", connection.peer, reason)
-            await self._send_error(writer, connection, reason)
-            return
-        slot.open += 1
+        if len(slot.open) >= self.limits.max_connections_per_device:
+            # The device's oldest connection not in a request's handling goes: a device that lost
+            # its links (half-open TCP) can always reconnect, and no device holds more than the limit.
+            waiting = [c for c in slot.open if not c.handling]
+            why = self.limits.exceeded("max_connections_per_device", f"connection {len(slot.open) + 1}")
+            if not waiting:
+                log.warning("%s: rejected: %s", connection.peer, why)
+                await self._send_error(writer, connection, str(why))
+                return
+            waiting[0].superseded = True
+            waiting[0].task.cancel()
+            slot.open.remove(waiting[0])
+            log.warning("%s: closing the device's oldest connection %s: %s", connection.peer, waiting[0].peer, why)
+        slot.open.append(connection)
         slot.connections += 1
         try:
             await self._request_loop(connection, slot, reader, writer)
         finally:
-            slot.open -= 1
+            if connection in slot.open:
+                slot.open.remove(connection)
 
     async def _request_loop(self, connection: Connection, slot: _DeviceSlot, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
@@ -300,8 +310,12 @@ class TransportServer:
                 log.warning("%s: rejected: invalid message: %s", peer, exc)
                 await self._send_error(writer, connection, f"invalid message: {exc}")
                 return
-            reply = await loop.run_in_executor(slot.executor, self._handle, slot, connection.identity, message,
-                                               payload)
+            connection.handling = True
+            try:
+                reply = await loop.run_in_executor(slot.executor, self._handle, slot, connection.identity, message,
+                                                   payload)
+            finally:
+                connection.handling = False
             slot.requests += 1
             writer.write(encode_frame(connection.sent, reply, self.limits.max_frame_bytes))
             connection.sent += 1
