@@ -53,6 +53,7 @@ log = logging.getLogger("secure_assist.transport")
 DEVICES_DIR = "devices"
 # Namespace of every connection when the server runs without TLS (overhead benchmark only).
 PLAINTEXT_IDENTITY = "plaintext-unauthenticated"
+_TLS_HANDSHAKE_RECORD = b"\x16"  # the content type of the record that carries a ClientHello
 
 
 @dataclass
@@ -191,9 +192,11 @@ class TransportServer:
             if connection.identity is not None:
                 await self._serve(connection, reader, writer)
         except asyncio.CancelledError:
-            why = ("shed at the descriptor limit" if connection.shed else "superseded by a newer connection of its "
-                   "device" if connection.superseded else "closed by server shutdown")
-            log.info("%s: connection %s", connection.peer, why)
+            if connection.shed:  # the accept loop logs a summary: a flood must not flood the log
+                log.debug("%s: connection shed at the descriptor limit", connection.peer)
+            else:
+                why = "superseded by a newer connection of its device" if connection.superseded else "shutdown"
+                log.info("%s: connection closed (%s)", connection.peer, why)
         except Exception:  # noqa: BLE001 - one connection's failure (a bug, out of descriptors) ends it, logged
             log.exception("%s: internal error; closing the connection", connection.peer)
             if writer is not None:
@@ -210,12 +213,22 @@ class TransportServer:
         loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
         try:
             await asyncio.wait_for(readable, self.limits.handshake_seconds)
+            first = sock.recv(1, socket.MSG_PEEK)
         except asyncio.TimeoutError:
             log.warning("%s: rejected: %s", connection.peer,
                         self.limits.exceeded("handshake_seconds", "no TLS handshake started"))
             return False
+        except OSError as exc:
+            log.debug("%s: gone before its first byte (%s)", connection.peer, exc)
+            return False
         finally:
             loop.remove_reader(sock.fileno())
+        if not first:  # closed without a word (a descriptor flood ending): nothing to log per connection
+            log.debug("%s: closed before its first byte", connection.peer)
+            return False
+        if self.keys is not None and first != _TLS_HANDSHAKE_RECORD:
+            log.warning("%s: rejected: not a TLS handshake (first byte %r)", connection.peer, first)
+            return False
         connection.talking = True
         return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import sys
@@ -14,6 +15,20 @@ from protocol.limits import ServerLimits
 from protocol.server import ServerTraining
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Pin glibc's mmap threshold at 1 MiB. By default it rises after large blocks are freed, after
+    which frame buffers come from the heap and stay resident when freed: every malformed or dropped
+    frame would raise the server's memory for good (measured: +80 MB after 37 malformed 15 MB frames)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator has no such threshold to pin
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; then end the process (it does not return after serving)."""
     from protocol.transport.identity import KeyDirectory
@@ -21,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = ServerLimits.from_arguments(args)
+    _return_large_buffers_to_the_os()
     training = ServerTraining(rank=args.rank, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                               adapter_lr_scale=args.adapter_lr_scale, cosine_decay=args.cosine_decay,
                               batch_size=args.server_batch_size, seed=args.seed)
