@@ -16,12 +16,14 @@ thread). Decoding and validating a request runs on a small shared worker pool, a
 off the event loop, so one device's large or malformed frame delays no other device.
 
 What one peer can make the server hold is bounded by `protocol.limits.ServerLimits`:
-handshake, read and idle timeouts, the frame size, connections per device, a global
-budget for partially received frames (`protocol.transport.budget`), and, in the
-endpoint, the shape, samples and epochs of each device. The allow-list is re-read when
-it changes, and checked before every request: revoking a device ends its open
-connections at their next request. The accept loop survives every accept error
-(`protocol.transport.connections`).
+handshake, read and idle timeouts, the frame size, connections per device (one more
+replaces the device's oldest idle connection), a global budget for partially received
+frames (`protocol.transport.reading`, `protocol.transport.budget`), and, in the
+endpoint, the shape, samples and epochs of each device. No TLS state is built for a
+connection before its first byte, which must start a TLS handshake. The allow-list is
+re-read when it changes, and checked before every request: revoking a device ends its
+open connections at their next request. The accept loop survives every accept error
+and sheds at the descriptor limit (`protocol.transport.connections`).
 """
 
 from __future__ import annotations
