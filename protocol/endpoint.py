@@ -19,7 +19,7 @@ from pathlib import Path
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError
 from protocol.limits import ServerLimits, admit_upload
-from protocol.messages import ErrorReply, Message, decode_message, encode_message
+from protocol.messages import ErrorReply, Message, ResentUpload, decode_message, encode_message
 from protocol.transcript import INBOUND, OUTBOUND, TranscriptWriter
 
 log = logging.getLogger("secure_assist.server")
@@ -74,6 +74,8 @@ class RecordingEndpoint:
 
     def admit(self, message: Message) -> None:
         """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing."""
+        if isinstance(message, ResentUpload):  # forged, it would put a false record in the view
+            raise ProtocolError("resent_upload is a transcript record, never a request")
         if admit_upload(message, self.limits) is not None and self.limits is not None:
             self.limits.check_samples_held(self.samples_after(message))
 
