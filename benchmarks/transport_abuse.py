@@ -119,6 +119,7 @@ def peak_rss(pid: int) -> int:
 
 
 def namespace(serve: ServeProcess, keys: KeyDirectory, name: str) -> Path:
+    """The work directory of device `name` on this server."""
     return serve.workdir / "devices" / next(fp for fp, e in keys.load_trust().items() if e["name"] == name)
 
 
@@ -169,6 +170,7 @@ def quietly(call: Callable, message: object) -> None:
 
 
 def samples_lost(serve: ServeProcess, keys: KeyDirectory, uploads: list[list[Upload]]) -> int:
+    """Honest samples acknowledged but missing from their device's cache."""
     lost = 0
     for i, mine in enumerate(uploads):
         cache = ActivationCache(namespace(serve, keys, f"device{i:02d}") / CACHE_FILE)
@@ -179,6 +181,7 @@ def samples_lost(serve: ServeProcess, keys: KeyDirectory, uploads: list[list[Upl
 
 
 def state_private(root: Path) -> bool:
+    """Whether every directory of the server's state is 0700 and every file 0600."""
     return all(stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600) for p in [root, *root.rglob("*")])
 
 
@@ -204,6 +207,7 @@ def fuzz(frames: int) -> dict:
 
 
 def percentile_ms(values: list[float], q: float) -> float:
+    """The q-th percentile of latencies in seconds, in milliseconds."""
     return round(float(np.percentile(values, q)) * 1000, 1)
 
 
