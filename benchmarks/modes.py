@@ -5,7 +5,8 @@ Phases (each a separate CLI process, so each device's peak RSS is its own):
   device_local  `secure-assist finetune --mode device_local` (the same side network on the device)
   he_tls        `secure-assist device --mechanism he_ckks` (ckks_ridge) against the same server
   he_local      `secure-assist finetune --mechanism he_ckks` in one process (same seeds and data)
-Each phase's summary is kept as <workdir>/<phase>.json (a rerun skips finished phases unless
+Phases reuse the device's forward cache (`--reuse-forwards`; the seconds of a reused pass are
+the ones measured when it was computed) unless --fresh-forwards. Each phase's summary is kept as <workdir>/<phase>.json (a rerun skips finished phases unless
 --fresh); the printed JSON holds every summary's key numbers and the comparisons: device_local
 vs PAE (accuracy, device seconds, peak RSS), HE over TLS vs in process (accuracy), HE bytes on
 the wire vs PAE's.
@@ -54,6 +55,8 @@ def phase_command(phase: str, args: argparse.Namespace, address: str | None, key
               str(args.workdir / phase), "--overwrite", "--quiet"]
     if args.eval_samples:
         common += ["--eval-samples", str(args.eval_samples)]
+    if not args.fresh_forwards:
+        common += ["--reuse-forwards"]
     he = ["--mechanism", "he_ckks"] if phase.startswith("he_") else []
     if phase.endswith("_tls"):
         return [sys.executable, "-m", "secure_assist.cli", "device", "--server", address, "--keys", str(keys.root),
@@ -100,6 +103,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--fresh", action="store_true", help="recompute phases already saved in --workdir")
+    parser.add_argument("--fresh-forwards", action="store_true",
+                        help="run the backbone in every phase instead of reusing the device's forward cache "
+                             "(reused passes are counted with the seconds measured when they were computed)")
     args = parser.parse_args()
     phases = [p for p in args.phases.split(",") if p]
     unknown = [p for p in phases if p not in PHASES]

@@ -3,7 +3,8 @@
 Tensors are stored as raw little-endian buffers with their dtype and shape in
 columns, so reading never deserializes code. Inserts are idempotent by sample id:
 a repeated upload is counted and ignored, never overwrites. SQLite's journal makes
-every committed batch survive a crash or a restart.
+every committed batch survive a crash or a restart. The database is created 0600 before
+SQLite opens it; SQLite gives its -wal and -shm files the database's mode.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from protocol.errors import ProtocolError
+from protocol.files import private_file
 
 _ALLOWED_DTYPES = {"float16", "float32"}
 _SCHEMA = """
@@ -36,7 +38,7 @@ class ActivationCache:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path)
+        self._db = sqlite3.connect(private_file(self.path))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
@@ -55,7 +57,7 @@ class ActivationCache:
         keys = [bytes(sid) for sid in sample_ids]
         new = np.zeros(len(keys), dtype=bool)
         with self._db:
-            seen = self._existing(keys)
+            seen = set(self._stored(keys))
             base = len(self)
             rows = []
             for i, key in enumerate(keys):
@@ -63,21 +65,32 @@ class ActivationCache:
                     continue
                 seen.add(key)
                 new[i] = True
-                act, d = activations[i], delta[i]
-                rows.append((key, base + len(rows),
-                             np.ascontiguousarray(act, dtype=act.dtype.newbyteorder("<")).tobytes(),
-                             act.dtype.name, act.shape[0], act.shape[1],
-                             np.ascontiguousarray(d, dtype="<f4").tobytes(), d.shape[0]))
+                act_bytes, act_dtype, delta_bytes = _row_values(activations[i], delta[i])
+                rows.append((key, base + len(rows), act_bytes, act_dtype, activations.shape[1],
+                             activations.shape[2], delta_bytes, delta.shape[1]))
             self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)", rows)
         return new
 
-    def _existing(self, keys: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
+    def count_new(self, sample_ids: np.ndarray) -> int:
+        """How many distinct ids of `sample_ids` are not cached yet."""
+        keys = {bytes(sid) for sid in sample_ids}
+        return len(keys) - len(self._stored(list(keys)))
+
+    def holds(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> bool:
+        """Whether every sample is cached already with exactly these values (a re-sent upload)."""
+        keys = [bytes(sid) for sid in sample_ids]
+        stored = self._stored(keys)
+        return all(stored.get(key) == _row_values(activations[i], delta[i]) for i, key in enumerate(keys))
+
+    def _stored(self, keys: list[bytes]) -> dict[bytes, tuple[bytes, str, bytes]]:
+        """Cached rows among `keys`: id -> (activation bytes, their dtype, Δ bytes)."""
+        found: dict[bytes, tuple[bytes, str, bytes]] = {}
         # SQLite limits the number of bound parameters per statement.
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            query = f"SELECT sample_id FROM samples WHERE sample_id IN ({','.join('?' * len(chunk))})"
-            found.update(row[0] for row in self._db.execute(query, chunk))
+            query = ("SELECT sample_id, activations, act_dtype, delta FROM samples "
+                     f"WHERE sample_id IN ({','.join('?' * len(chunk))})")
+            found.update((row[0], tuple(row[1:])) for row in self._db.execute(query, chunk))
         return found
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,3 +114,9 @@ class ActivationCache:
             acts.append(act_array.reshape(n_layers, hidden))
             deltas.append(delta_array)
         return np.stack(ids), np.stack(acts), np.stack(deltas)
+
+
+def _row_values(activations: np.ndarray, delta: np.ndarray) -> tuple[bytes, str, bytes]:
+    """One sample as stored: little-endian activation bytes, their dtype, float32 Δ bytes."""
+    return (np.ascontiguousarray(activations, dtype=activations.dtype.newbyteorder("<")).tobytes(),
+            activations.dtype.name, np.ascontiguousarray(delta, dtype="<f4").tobytes())

@@ -8,9 +8,11 @@ is recorded in the server's view (`protocol.transcript`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError, UserInputError
 from protocol.files import write_atomic
 from protocol.endpoint import RecordingEndpoint
+from protocol.limits import ServerLimits
 from protocol.messages import (
-    FetchWeights, Message, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload, UploadAck,
+    FetchWeights, Message, ResentUpload, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload, UploadAck,
+    encode_message,
 )
 from protocol.recovery import (
     STEP_LOG_FILE, TRAINING_STATE_FILE, StepLog, generator_array, load_optimizer_arrays, optimizer_arrays,
@@ -73,11 +77,17 @@ def cosine_factor(epochs_elapsed: float, horizon: int) -> float:
 
 
 class SideTuningServer(RecordingEndpoint):
-    """PAE server for one device; its work directory is its whole view."""
+    """PAE server for one device; its work directory is its whole view.
+
+    Devices are served from threads of one process, so every random draw uses this
+    device's own generators, never torch's global one: another device's timing cannot
+    change this device's initial weights or shuffling.
+    """
 
     def __init__(self, workdir: Path | str, training: ServerTraining = ServerTraining(),
-                 max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__(workdir, max_message_bytes)
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(workdir, max_message_bytes, limits, stop)
         self.training = training
         self.cache = ActivationCache(self.workdir / CACHE_FILE)
         self.network: AdditiveSideNetwork | None = None
@@ -109,12 +119,37 @@ class SideTuningServer(RecordingEndpoint):
             return self._weights_message()
         return super().handle(message)
 
+    def admit(self, message: Message) -> None:
+        """The endpoint-generic limits, and the epochs a training request would reach."""
+        super().admit(message)
+        if self.limits is None:
+            return
+        if isinstance(message, TrainUntil):
+            self.limits.check_epochs(message.epochs_total)
+        elif isinstance(message, TrainRequest):
+            self.limits.check_epochs(max(1, self.epochs_done) + message.epochs)
+
+    def samples_after(self, message: Message) -> int:
+        """Cached samples once `message` is stored (repeated ids are not stored again)."""
+        if isinstance(message, Upload):
+            return len(self.cache) + self.cache.count_new(message.sample_ids)
+        return len(self.cache)
+
+    def recorded_form(self, message: Message, data: bytes) -> bytes:
+        """A re-sent upload the cache holds exactly is recorded by ids and digest: it tells the
+        server nothing new, and re-sending must not grow the transcript by a full copy each time."""
+        if (isinstance(message, Upload) and message.layers == self.layers
+                and self.cache.holds(message.sample_ids, message.activations, message.delta)):
+            return encode_message(ResentUpload(sample_ids=message.sample_ids,
+                                               sha256=hashlib.sha256(data).hexdigest(), wire_bytes=len(data)))
+        return data
+
     def _ensure_network(self, upload: Upload) -> None:
         shape = SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
                                  rank=self.training.rank, n_classes=upload.delta.shape[1])
         if self.network is None:
-            torch.manual_seed(self.training.seed)
-            self.network = AdditiveSideNetwork(shape, self.training.dropout)
+            init = torch.Generator().manual_seed(self.training.seed)
+            self.network = AdditiveSideNetwork(shape, self.training.dropout, generator=init)
             # The first upload fixes the input standardization (see side_network's docstring).
             self.network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
             self.layers = upload.layers
@@ -179,6 +214,7 @@ class SideTuningServer(RecordingEndpoint):
             batches = order.split(self.training.batch_size)
             losses = []
             for index, batch in enumerate(batches):
+                self.check_stop()  # a shutdown abandons the epoch; the last checkpoint stays the truth
                 if self.training.cosine_decay:
                     self._set_lr(cosine_factor(self.epochs_done + index / len(batches), horizon))
                 losses.append(self._step(activations[batch], targets[batch]))

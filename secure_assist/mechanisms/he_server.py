@@ -9,6 +9,7 @@ this mode.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
+from protocol.limits import ServerLimits
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, UploadAck
 from secure_assist.mechanisms.ckks import CkksPublicContext, join_buffer, load_public_context, split_buffer
@@ -32,8 +34,9 @@ class HeHeadServer(RecordingEndpoint):
     reply ciphertext (`ckks_packing`); no rotation, so no key of any kind."""
 
     def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
-                 progress: bool = False) -> None:
-        super().__init__(workdir, max_message_bytes)
+                 progress: bool = False, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(workdir, max_message_bytes, limits, stop)
         self.context: CkksPublicContext | None = None
         self.blocks: list[tuple[np.ndarray, list[bytes]]] = []
         self.layers: tuple[int, ...] | None = None
@@ -48,6 +51,11 @@ class HeHeadServer(RecordingEndpoint):
         if isinstance(message, HeFitRequest):
             return self._on_fit(message)
         return super().handle(message)
+
+    def samples_after(self, message: Message) -> int:
+        """Samples held once `message` is stored (this role refuses repeated ids)."""
+        ids = getattr(message, "sample_ids", ())
+        return len(self._seen) + len({bytes(i) for i in ids})
 
     def _on_upload(self, upload: EncryptedUpload) -> UploadAck:
         if self.layers is not None and (upload.layers != self.layers or
@@ -84,6 +92,7 @@ class HeHeadServer(RecordingEndpoint):
         replies: list[list[bytes]] = [[] for _ in range(n_classes)]
         for group in tqdm(range(layout.groups), desc="server: encrypted ridge fit", disable=not self.progress,
                           leave=False):
+            self.check_stop()
             # One plaintext per block puts this group's operator rows where the polynomial product
             # sums them against the block's Δ coefficients; it serves every class.
             plaintexts = [self.context.encode(layout.plaintext(operator[:, bounds[b]:bounds[b + 1]], group))
