@@ -59,8 +59,9 @@ def phase_command(phase: str, args: argparse.Namespace, address: str | None, key
         common += ["--reuse-forwards"]
     he = ["--mechanism", "he_ckks"] if phase.startswith("he_") else []
     if phase.endswith("_tls"):
+        # A loaded machine can take longer than the default 600 s to train 19 cached epochs.
         return [sys.executable, "-m", "secure_assist.cli", "device", "--server", address, "--keys", str(keys.root),
-                "--name", phase, *common, *he]
+                "--name", phase, "--request-timeout", "3600", *common, *he]
     mode = ["--mode", "device_local"] if phase == "device_local" else []
     return [sys.executable, "-m", "secure_assist.cli", "finetune", *common, *mode, *he]
 
