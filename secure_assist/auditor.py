@@ -16,16 +16,19 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
+from attacks.rotation_math import relative_error
+from attacks.view_data import pivot_data
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
+from protocol.rotated_input import input_rotations, unrotate
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
 from secure_assist.modes import MODES
@@ -34,6 +37,10 @@ from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag
 
 PUBLIC_LABELED = 128
 PUBLIC_UNLABELED = 1000
+# Uploads whose text the server knows (it made the device process them): the known-pair attacks use the first k.
+KNOWN_SAMPLES = 64
+# An alignment attack has recovered a layer's rotation when ‖R̂ − R‖_F / ‖R‖_F is below this.
+RECOVERED_ERROR = 0.01
 
 
 class ViewContractError(SecureAssistError):
@@ -118,11 +125,21 @@ def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example
     return order
 
 
+def known_samples(truth: dict[str, Truth], seed: int = 0) -> tuple[tuple[str, str], ...]:
+    """(sample id, text) of `KNOWN_SAMPLES` uploads, seed-fixed: the texts a server made the
+    device process (threat model of the known-pair attacks: it injected them into the
+    device's data and recognised their uploads)."""
+    ids = list(truth)
+    order = np.random.default_rng([seed, 2]).permutation(len(ids))[:KNOWN_SAMPLES]
+    return tuple((ids[i], truth[ids[i]].text) for i in order)
+
+
 def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
-                             progress: bool = True) -> PublicKnowledge:
+                             progress: bool = True, mechanisms: tuple[str, ...] | None = None) -> PublicKnowledge:
     """Public data for a built-in task: train-split texts disjoint from the private set
-    (k labeled examples, an unlabeled corpus) and a candidate pool of the private texts
-    mixed with as many public ones (the 'suspect list' of candidate matching)."""
+    (k labeled examples, an unlabeled corpus), a candidate pool of the private texts
+    mixed with as many public ones (the 'suspect list' of candidate matching), the texts of
+    a few uploads (known pairs) and the device's mechanisms, if given (public, not secret)."""
     private_texts = [t.text for t in truth.values()]
     private = set(private_texts)
     if task.name != SST2.name:
@@ -131,9 +148,12 @@ def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str
     labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
     unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
     candidates = private_texts + unlabeled
-    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled]], progress)
+    known = known_samples(truth, seed)
+    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled],
+                                                    [text for _, text in known]], progress)
     return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
-                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed)
+                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed,
+                           mechanisms=mechanisms, known_samples=known)
 
 
 def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
@@ -198,6 +218,31 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
             "backbone_only_agreement": float(backbone_agree.mean()), "n": len(held_out)}
 
 
+def score_alignment(result: AttackResult, view: ServerView, workdir: Path, seed: int = 0) -> dict[str, Any]:
+    """How close R̂ is to the device's secret rotations (identity when it rotates nothing):
+    per-layer relative error, layers recovered, and the cosine between the realigned and the
+    true plain states per sample (beside that cosine with no realignment)."""
+    deployed = load_finetuned(workdir / MODEL_FILE)
+    states = pivot_data(view, get_attack(result.attack)).activations
+    truth = input_rotations(deployed.side_network)
+    if truth is None:
+        truth = np.broadcast_to(np.eye(states.shape[2], dtype=np.float32), result.rotation.shape)
+    errors = relative_error(result.rotation, truth)
+    plain = unrotate(states, truth)
+
+    def cosine(estimate: np.ndarray) -> np.ndarray:
+        dots = (estimate * plain).sum(axis=2)
+        norms = np.linalg.norm(estimate, axis=2) * np.linalg.norm(plain, axis=2)
+        return (dots / norms.clip(1e-12)).mean(axis=1)
+
+    aligned, unaligned = cosine(unrotate(states, result.rotation)), cosine(states)
+    return {"rotation_relative_error": errors.tolist(), "rotation_relative_error_mean": float(errors.mean()),
+            "layers_recovered": int((errors < RECOVERED_ERROR).sum()), "layers": len(errors),
+            "state_cosine": float(aligned.mean()),
+            "state_cosine_ci95": bootstrap_interval(lambda idx: float(aligned[idx].mean()), len(aligned), seed),
+            "unaligned_state_cosine": float(unaligned.mean()), "n": len(aligned)}
+
+
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
                progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
@@ -207,11 +252,14 @@ def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True, held_out: list[Example] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          progress: bool = True, held_out: list[Example] | None = None,
+          view: ServerView | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split); runs pass their own evaluation split, whose device forwards they already hold."""
+    split); runs pass their own evaluation split, whose device forwards they already hold.
+    `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
+    alignment attack realigned)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -221,7 +269,8 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
     if public is None:
         public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
+    view = view or ServerView(workdir / SERVER_DIR)
+    result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
@@ -233,4 +282,6 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))
+    elif attack.KIND == ALIGNMENT:
+        report.update(score_alignment(result, view, workdir, seed))
     return result, report
