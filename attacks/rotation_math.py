@@ -100,9 +100,14 @@ class Matching:
 
 
 def _nearest(features: np.ndarray, candidates: np.ndarray) -> Matching:
+    """Nearest and second-nearest candidate by Euclidean distance (squared distances by BLAS)."""
+    candidates = candidates.astype(np.float64)
+    squared = (candidates ** 2).sum(axis=1)
     index, margin = [], []
     for start in range(0, len(features), 512):
-        distances = cdist(features[start:start + 512], candidates)
+        block = features[start:start + 512].astype(np.float64)
+        distances = np.sqrt(np.maximum(squared[None] - 2 * block @ candidates.T + (block ** 2).sum(axis=1)[:, None],
+                                       0.0))
         order = np.argsort(distances, axis=1)[:, :2]
         best = np.take_along_axis(distances, order, axis=1)
         index.append(order[:, 0])

@@ -24,7 +24,7 @@ from attacks.public_model import public_backbone
 from attacks.rotation_math import relative_error
 from attacks.view_data import pivot_data
 from protocol.backbone import DEFAULT_BACKBONE
-from protocol.device import DeviceRole
+from protocol.device import DeviceRole, PivotBatch
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
@@ -97,7 +97,8 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
 class CachedFeatures:
     """The attacker's public-backbone forward passes, via the device-feature disk cache.
 
-    Requests made of known text groups in order reuse each group's cache entry.
+    Requests made of known text groups in order, or of a group's first texts, reuse each
+    group's cache entry.
     """
 
     def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
@@ -107,10 +108,12 @@ class CachedFeatures:
     def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
         parts, rest = [], list(texts)
         while rest:
-            group = next((g for g in self._groups if g and rest[:len(g)] == g), rest)
+            # A known group that starts the request, or that the request is a prefix of.
+            group = next((g for g in self._groups if g and (rest[:len(g)] == g or g[:len(rest)] == rest)), rest)
             batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
-            parts.append(batch)
-            rest = rest[len(group):]
+            used = min(len(group), len(rest))
+            parts.append(PivotBatch(activations=batch.activations[:used], label_logits=batch.label_logits[:used]))
+            rest = rest[used:]
         columns = [self._role.layers.index(i) for i in layers]
         return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
                               label_logits=torch.cat([p.label_logits for p in parts]).numpy())
@@ -218,29 +221,34 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
             "backbone_only_agreement": float(backbone_agree.mean()), "n": len(held_out)}
 
 
-def score_alignment(result: AttackResult, view: ServerView, workdir: Path, seed: int = 0) -> dict[str, Any]:
+def score_alignment(result: AttackResult, attack: Attack, view: ServerView, workdir: Path,
+                    seed: int = 0) -> dict[str, Any]:
     """How close R̂ is to the device's secret rotations (identity when it rotates nothing):
-    per-layer relative error, layers recovered, and the cosine between the realigned and the
-    true plain states per sample (beside that cosine with no realignment)."""
+    per-layer relative error, layers recovered, and per sample the cosine between the realigned
+    and the true plain states once the layer mean is removed (pivot states of one layer share
+    a large common offset that any alignment of the mean gets right), beside that cosine
+    without realignment."""
     deployed = load_finetuned(workdir / MODEL_FILE)
-    states = pivot_data(view, get_attack(result.attack)).activations
+    states = pivot_data(view, attack).activations
     truth = input_rotations(deployed.side_network)
     if truth is None:
         truth = np.broadcast_to(np.eye(states.shape[2], dtype=np.float32), result.rotation.shape)
     errors = relative_error(result.rotation, truth)
-    plain = unrotate(states, truth)
+    centred = states - states.mean(axis=0)
+    plain = unrotate(centred, truth)
 
     def cosine(estimate: np.ndarray) -> np.ndarray:
         dots = (estimate * plain).sum(axis=2)
         norms = np.linalg.norm(estimate, axis=2) * np.linalg.norm(plain, axis=2)
         return (dots / norms.clip(1e-12)).mean(axis=1)
 
-    aligned, unaligned = cosine(unrotate(states, result.rotation)), cosine(states)
+    aligned, unaligned = cosine(unrotate(centred, result.rotation)), cosine(centred)
     return {"rotation_relative_error": errors.tolist(), "rotation_relative_error_mean": float(errors.mean()),
             "layers_recovered": int((errors < RECOVERED_ERROR).sum()), "layers": len(errors),
-            "state_cosine": float(aligned.mean()),
-            "state_cosine_ci95": bootstrap_interval(lambda idx: float(aligned[idx].mean()), len(aligned), seed),
-            "unaligned_state_cosine": float(unaligned.mean()), "n": len(aligned)}
+            "centred_state_cosine": float(aligned.mean()),
+            "centred_state_cosine_ci95": bootstrap_interval(lambda idx: float(aligned[idx].mean()), len(aligned),
+                                                            seed),
+            "unaligned_centred_state_cosine": float(unaligned.mean()), "n": len(aligned)}
 
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
@@ -283,5 +291,5 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))
     elif attack.KIND == ALIGNMENT:
-        report.update(score_alignment(result, view, workdir, seed))
+        report.update(score_alignment(result, attack, view, workdir, seed))
     return result, report

@@ -13,7 +13,7 @@ HEADLINES = {
     SCORES: ("auc", "ci95", "chance"),
     RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
     EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
-    ALIGNMENT: ("state_cosine", "state_cosine_ci95", "unaligned_state_cosine"),
+    ALIGNMENT: ("centred_state_cosine", "centred_state_cosine_ci95", "unaligned_centred_state_cosine"),
 }
 
 
