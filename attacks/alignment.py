@@ -23,32 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from attacks.base import ALIGNMENT, RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import ALIGNMENT, Attack, AttackResult, PublicKnowledge, register
 from attacks.rotation_math import (
     eigen_alignment, invariant_match, nearest_states, procrustes, wasserstein_procrustes,
 )
-from attacks.reconstruction import candidate_pool
+from attacks.reconstruction import CandidateMatching, candidate_pool
 from attacks.view_data import PivotData, pivot_data
 from protocol.rotated_input import ROTATION_MECHANISM, unrotate
 from protocol.transcript import PIVOT_ACTIVATIONS, ServerView
 
 
 @register
-class RotationInvariantMatching(Attack):
+class RotationInvariantMatching(CandidateMatching):
     """Candidate matching by what a per-layer rotation keeps: norms, then within-layer Gram
     structure against anchors (works on plain and rotated views alike)."""
 
     NAME = "rotation_invariant_matching"
-    NEEDS = frozenset({PIVOT_ACTIVATIONS})
-    KIND = RECONSTRUCTION
     DESCRIPTION = "nearest candidate text by per-layer norms and inner products with matched anchors"
+    PUBLIC_COORDINATES = False
 
-    def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
-        data = pivot_data(view, self)
-        pool, candidates = candidate_pool(self, public, data.layers)
-        matching = invariant_match(data.activations, candidates)
-        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids,
-                            texts=[pool[i] for i in matching.index], details={"pool": len(pool)})
+    def match(self, states: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return invariant_match(states, candidates).index
 
 
 class RotationAlignment(Attack):

@@ -204,9 +204,13 @@ class CandidateMatching(Attack):
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
         pool, candidates = candidate_pool(self, public, data.layers)
-        matches = nearest_states(data.activations, candidates)
+        matches = self.match(data.activations, candidates)
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids,
                             texts=[pool[i] for i in matches], details={"pool": len(pool)})
+
+    def match(self, states: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The index of each uploaded sample's candidate."""
+        return nearest_states(states, candidates)
 
 
 def strip_template(task: TaskSpec, prompt: str) -> str:
