@@ -66,6 +66,7 @@ class PublicHeadZeroShot(Attack):
 
     NAME = "public_head_zero_shot"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     DESCRIPTION = "activations only: public head on the last-layer pivot state"
     ACTIVATIONS_ONLY = True
 
@@ -165,6 +166,7 @@ class ModelCompletion(Attack):
     KIND = LABELS
     ACTIVATIONS_ONLY = True
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     K = 0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:

@@ -18,6 +18,7 @@ import torch
 
 from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.public_model import input_embeddings, logit_lens, public_backbone, token_states
+from attacks.rotation_math import nearest_states
 from attacks.view_data import full_activation_data, pivot_data
 from protocol.backbone import Backbone
 from protocol.tasks import TaskSpec
@@ -66,6 +67,7 @@ class PivotNearestEmbedding(Attack):
 
     NAME = "pivot_nearest_embedding"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest public input embedding of each uploaded pivot state"
 
@@ -83,6 +85,7 @@ class PivotLogitLens(Attack):
 
     NAME = "pivot_logit_lens"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "logit lens (public norm + head) on every uploaded pivot state, top-3 tokens"
     TOP = 3
@@ -113,6 +116,7 @@ class LearnedInversion(Attack):
 
     NAME = "learned_inversion"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "bag-of-words inversion model trained on public text features"
     VOCABULARY = 2000
@@ -178,6 +182,14 @@ class LearnedInversion(Attack):
         return best
 
 
+def candidate_pool(attack: Attack, public: PublicKnowledge, layers: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """The candidate texts and their public-backbone pivot states of `layers`."""
+    pool = list(public.candidate_texts)
+    if not pool:
+        raise attack.lacks("a public candidate pool (candidate_texts)")
+    return pool, public.public_features(attack.NAME, pool, layers).activations
+
+
 @register
 class CandidateMatching(Attack):
     """Exact matching: the public backbone's pivot states of each candidate text are
@@ -185,23 +197,20 @@ class CandidateMatching(Attack):
 
     NAME = "candidate_matching"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest candidate text by public-backbone pivot states"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
-        pool = list(public.candidate_texts)
-        if not pool:
-            raise self.lacks("a public candidate pool (candidate_texts)")
-        candidates = public.public_features(self.NAME, pool, data.layers).activations
-        flat = candidates.reshape(len(pool), -1).astype(np.float32)
-        squared = (flat ** 2).sum(axis=1)
-        matches = []
-        for start in range(0, len(data.activations), 256):
-            block = data.activations[start:start + 256].reshape(-1, flat.shape[1])
-            matches.extend((squared[None, :] - 2 * block @ flat.T).argmin(axis=1).tolist())
+        pool, candidates = candidate_pool(self, public, data.layers)
+        matches = self.match(data.activations, candidates)
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids,
                             texts=[pool[i] for i in matches], details={"pool": len(pool)})
+
+    def match(self, states: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The index of each uploaded sample's candidate."""
+        return nearest_states(states, candidates)
 
 
 def strip_template(task: TaskSpec, prompt: str) -> str:

@@ -16,16 +16,19 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
+from attacks.rotation_math import relative_error
+from attacks.view_data import pivot_data
 from protocol.backbone import DEFAULT_BACKBONE
-from protocol.device import DeviceRole
+from protocol.device import DeviceRole, PivotBatch
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
+from protocol.rotated_input import input_rotations, unrotate
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
 from secure_assist.modes import MODES
@@ -34,6 +37,10 @@ from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag
 
 PUBLIC_LABELED = 128
 PUBLIC_UNLABELED = 1000
+# Uploads whose text the server knows (it made the device process them): the known-pair attacks use the first k.
+KNOWN_SAMPLES = 64
+# An alignment attack has recovered a layer's rotation when ‖R̂ − R‖_F / ‖R‖_F is below this.
+RECOVERED_ERROR = 0.01
 
 
 class ViewContractError(SecureAssistError):
@@ -90,7 +97,8 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
 class CachedFeatures:
     """The attacker's public-backbone forward passes, via the device-feature disk cache.
 
-    Requests made of known text groups in order reuse each group's cache entry.
+    Requests made of known text groups in order, or of a group's first texts, reuse each
+    group's cache entry.
     """
 
     def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
@@ -100,10 +108,12 @@ class CachedFeatures:
     def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
         parts, rest = [], list(texts)
         while rest:
-            group = next((g for g in self._groups if g and rest[:len(g)] == g), rest)
+            # A known group that starts the request, or that the request is a prefix of.
+            group = next((g for g in self._groups if g and (rest[:len(g)] == g or g[:len(rest)] == rest)), rest)
             batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
-            parts.append(batch)
-            rest = rest[len(group):]
+            used = min(len(group), len(rest))
+            parts.append(PivotBatch(activations=batch.activations[:used], label_logits=batch.label_logits[:used]))
+            rest = rest[used:]
         columns = [self._role.layers.index(i) for i in layers]
         return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
                               label_logits=torch.cat([p.label_logits for p in parts]).numpy())
@@ -118,11 +128,21 @@ def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example
     return order
 
 
+def known_samples(truth: dict[str, Truth], seed: int = 0) -> tuple[tuple[str, str], ...]:
+    """(sample id, text) of `KNOWN_SAMPLES` uploads, seed-fixed: the texts a server made the
+    device process (threat model of the known-pair attacks: it injected them into the
+    device's data and recognised their uploads)."""
+    ids = list(truth)
+    order = np.random.default_rng([seed, 2]).permutation(len(ids))[:KNOWN_SAMPLES]
+    return tuple((ids[i], truth[ids[i]].text) for i in order)
+
+
 def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
-                             progress: bool = True) -> PublicKnowledge:
+                             progress: bool = True, mechanisms: tuple[str, ...] | None = None) -> PublicKnowledge:
     """Public data for a built-in task: train-split texts disjoint from the private set
-    (k labeled examples, an unlabeled corpus) and a candidate pool of the private texts
-    mixed with as many public ones (the 'suspect list' of candidate matching)."""
+    (k labeled examples, an unlabeled corpus), a candidate pool of the private texts
+    mixed with as many public ones (the 'suspect list' of candidate matching), the texts of
+    a few uploads (known pairs) and the device's mechanisms, if given (public, not secret)."""
     private_texts = [t.text for t in truth.values()]
     private = set(private_texts)
     if task.name != SST2.name:
@@ -131,9 +151,12 @@ def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str
     labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
     unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
     candidates = private_texts + unlabeled
-    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled]], progress)
+    known = known_samples(truth, seed)
+    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled],
+                                                    [text for _, text in known]], progress)
     return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
-                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed)
+                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed,
+                           mechanisms=mechanisms, known_samples=known)
 
 
 def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
@@ -198,6 +221,36 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
             "backbone_only_agreement": float(backbone_agree.mean()), "n": len(held_out)}
 
 
+def score_alignment(result: AttackResult, attack: Attack, view: ServerView, workdir: Path,
+                    seed: int = 0) -> dict[str, Any]:
+    """How close R̂ is to the device's secret rotations (identity when it rotates nothing):
+    per-layer relative error, layers recovered, and per sample the cosine between the realigned
+    and the true plain states once the layer mean is removed (pivot states of one layer share
+    a large common offset that any alignment of the mean gets right), beside that cosine
+    without realignment."""
+    deployed = load_finetuned(workdir / MODEL_FILE)
+    states = pivot_data(view, attack).activations
+    truth = input_rotations(deployed.side_network)
+    if truth is None:
+        truth = np.broadcast_to(np.eye(states.shape[2], dtype=np.float32), result.rotation.shape)
+    errors = relative_error(result.rotation, truth)
+    centred = states - states.mean(axis=0)
+    plain = unrotate(centred, truth)
+
+    def cosine(estimate: np.ndarray) -> np.ndarray:
+        dots = (estimate * plain).sum(axis=2)
+        norms = np.linalg.norm(estimate, axis=2) * np.linalg.norm(plain, axis=2)
+        return (dots / norms.clip(1e-12)).mean(axis=1)
+
+    aligned, unaligned = cosine(unrotate(centred, result.rotation)), cosine(centred)
+    return {"rotation_relative_error": errors.tolist(), "rotation_relative_error_mean": float(errors.mean()),
+            "layers_recovered": int((errors < RECOVERED_ERROR).sum()), "layers": len(errors),
+            "centred_state_cosine": float(aligned.mean()),
+            "centred_state_cosine_ci95": bootstrap_interval(lambda idx: float(aligned[idx].mean()), len(aligned),
+                                                            seed),
+            "unaligned_centred_state_cosine": float(unaligned.mean()), "n": len(aligned)}
+
+
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
                progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
@@ -207,11 +260,14 @@ def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True, held_out: list[Example] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          progress: bool = True, held_out: list[Example] | None = None,
+          view: ServerView | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split); runs pass their own evaluation split, whose device forwards they already hold."""
+    split); runs pass their own evaluation split, whose device forwards they already hold.
+    `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
+    alignment attack realigned)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -221,7 +277,8 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
     if public is None:
         public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
+    view = view or ServerView(workdir / SERVER_DIR)
+    result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
@@ -233,4 +290,6 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))
+    elif attack.KIND == ALIGNMENT:
+        report.update(score_alignment(result, attack, view, workdir, seed))
     return result, report

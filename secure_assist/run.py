@@ -145,16 +145,16 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     finally:
         if host is not None:
             host.close()
-    mechanisms.restore(outcome.side)
-    safeguard = apply_safeguard(device, outcome.side, validation)
-    zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, outcome.side, evaluate, workdir)
+    side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
+    safeguard = apply_safeguard(device, side, validation)
+    zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, side, evaluate, workdir)
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds
     cached_epochs = max(0, outcome.epochs_done - 1)
     per_cached_epoch = (None if server_seconds is None or not mode.uploads
                         else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
     return RunSummary(
-        config=asdict(config), mode=mode.name, head=outcome.side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
+        config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
         mechanisms=mechanisms.describe(), safeguard=safeguard, zero_shot_accuracy=zero_shot, accuracy=final_accuracy,
         epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
         bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,

@@ -29,7 +29,7 @@ from secure_assist.safeguard import choose_shrink, shrink_network
 N, L, D, C = 64, 3, 8, 2
 SETTINGS = {"none": {}, "gaussian": {"epsilon": 2.0}, "label_rr": {"epsilon": 1.0}, "rotation_mask": {},
             "activation_noise": {"activation_noise_multiplier": 0.5},
-            "int8_activations": {}, "he_ckks": {"ckks_poly_modulus_degree": 4096,
+            "int8_activations": {}, "activation_rotation": {}, "he_ckks": {"ckks_poly_modulus_degree": 4096,
                                                 "ckks_coeff_mod_bit_sizes": (40, 20, 40), "ckks_scale_bits": 20}}
 
 

@@ -28,7 +28,8 @@ class AuditSettings:
     eval_samples: int = option(200, "number of evaluation samples")
     epochs: int = option(10, "training epochs")
     variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "comma-separated mechanisms to audit "
-                                                         "(secure_assist.mechanisms.MECHANISMS)")
+                                                         "(secure_assist.mechanisms.MECHANISMS; '+' composes, e.g. "
+                                                         "activation_rotation+he_ckks)")
     epsilon: float = option(1.0, "target ε of the DP variants (gaussian, label_rr)")
     attacks: tuple[str, ...] | None = option(None, "comma-separated attacks (default: every registered one; "
                                                    "attacks.base.ATTACKS)")
@@ -37,7 +38,7 @@ class AuditSettings:
     output: str = option("runs/audit", "folder for the variants' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
-        unknown = [v for v in self.variants if v not in MECHANISMS]
+        unknown = [name for v in self.variants for name in v.split("+") if name not in MECHANISMS]
         if unknown or not self.variants:
             raise UserInputError(f"unknown variant(s) {unknown or '(none given)'}; choose from {sorted(MECHANISMS)}")
         for name in ("train_samples", "eval_samples", "epochs", "dp_releases"):
@@ -64,7 +65,7 @@ def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig
     parameters = {name: getattr(config, name) for name, *_ in mechanism_config_fields()}
     return FinetuneConfig(model=config.model, task=config.task, train_samples=config.train_samples,
                           eval_samples=config.eval_samples, epochs=config.epochs, seed=config.seed,
-                          workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
+                          workdir=str(Path(config.output) / "variants" / variant), mechanism=tuple(variant.split("+")),
                           epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
                           mechanism_seed=config.seed,
                           reuse_forwards=True,  # every variant runs over the same data: one backbone pass

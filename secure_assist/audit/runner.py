@@ -19,7 +19,8 @@ from protocol.errors import UserInputError
 from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
 from secure_assist.audit.dp_check import empirical_epsilon
 from secure_assist.audit.verdict import headline, verdict
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.auditor import default_public_knowledge, load_ground_truth
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import mechanism_parameters
@@ -81,19 +82,15 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     workdir = Path(finetune_config.workdir)
     truth = load_ground_truth(workdir)
     task, _, evaluate = resolve_data(finetune_config)
-    public = default_public_knowledge(config.model, task, truth, config.seed, progress)
+    public = default_public_knowledge(config.model, task, truth, config.seed, progress, finetune_config.mechanism)
     rows = []
-    for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
-                     leave=False):
-        attack_start = time.perf_counter()
-        try:
-            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress,
-                                held_out=evaluate)
-        except NotApplicable as exc:
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
+    for name, report, seconds in tqdm(attack_reports(attack_names(config), workdir, public, config.seed, progress,
+                                                     evaluate),
+                                      desc=f"attacks on {variant}", unit="attack", disable=not progress, leave=False):
+        if isinstance(report, NotApplicable):
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
             continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report),
-                     "seconds": time.perf_counter() - attack_start})
+        rows.append({**jsonable(report), "status": "ok", **headline(report), "seconds": seconds})
     label_rows = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS and r["activations_only"]]
     baseline = max(label_rows, key=lambda r: r["accuracy"]) if label_rows else None
     result: dict[str, Any] = {
@@ -109,7 +106,7 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     }
     claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
     if claiming:
-        # Audit variants are single mechanisms: at most one claim to check.
+        # One DP check per variant: a composition ('a+b') with two claims has its first one checked.
         mechanism = type(claiming[0])
         device = DeviceRole(load_backbone(config.model), task, layers=finetune_config.layers, progress=False)
         first, second = list(truth.values())[:2]

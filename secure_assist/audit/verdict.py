@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES
+from attacks.base import ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES
+from secure_assist.audit.rotation_verdict import rotation_clauses
 
 # kind -> (metric, its 95% CI key, the baseline it is read against)
 HEADLINES = {
@@ -12,6 +13,7 @@ HEADLINES = {
     SCORES: ("auc", "ci95", "chance"),
     RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
     EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
+    ALIGNMENT: ("centred_state_cosine", "centred_state_cosine_ci95", "unaligned_centred_state_cosine"),
 }
 
 
@@ -51,6 +53,7 @@ def verdict(variant: dict[str, Any]) -> str:
     if reconstruction:
         best = max(reconstruction, key=lambda r: r["token_f1"])
         parts.append(f"inputs: {best['attack']} token F1 {best['token_f1']:.2f}")
+    parts += rotation_clauses(variant)
     check = variant.get("dp_check")
     if check:
         state = "consistent" if check["consistent"] else "INCONSISTENT"

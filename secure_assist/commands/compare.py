@@ -45,7 +45,8 @@ _AXES = (
      _items(float), "comma-separated activation noise σ relative to --activation-clip; 0: none (default: 0)"),
     ("train_samples", ("--train-samples",), _items(_sample_count),
      f"comma-separated training sample counts, or 'all' (default: {FinetuneConfig.train_samples})"),
-    ("attacks", ("--attacks",), _items(str), f"comma-separated label attacks (default: {','.join(DEFAULT_ATTACKS)})"),
+    ("attacks", ("--attacks",), _items(str),
+     f"comma-separated label and alignment attacks (default: {','.join(DEFAULT_ATTACKS)})"),
 )
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attacks.base import LABELS, get_attack
+from attacks.base import ALIGNMENT, LABELS, get_attack
 from protocol.errors import UserInputError
 from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
@@ -20,8 +20,11 @@ from secure_assist.mechanisms import MECHANISMS
 POINT_SCHEMA_VERSION = 1
 ACTIVATION_NOISE = "activation_noise"
 # Label attacks run on every point: Δ read directly, the activations-only zero-shot
-# baseline, and model completion from 32 public labeled examples (activations only).
-DEFAULT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "model_completion_k32")
+# baseline, and model completion from 32 public labeled examples (activations only); and the
+# alignment attacks, which apply only where the device rotates its states: the activations-only
+# attacks then run again on the states each one realigned.
+DEFAULT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "model_completion_k32", "distribution_alignment",
+                   "known_pairs_k1", "known_pairs_k8", "known_pairs_k64", "matching_alignment")
 DEFAULT_MECHANISMS = ("none", "gaussian", "label_rr")
 DEFAULT_EPSILONS = (1.0,)
 # FinetuneConfig fields that are sweep axes (set by the axis flags, not by the base config).
@@ -66,8 +69,9 @@ class SweepAxes:
             if value is not None and value < 1:
                 raise UserInputError(f"train sample count must be at least 1, got {value}")
         for name in self.attacks:
-            if get_attack(name).KIND != LABELS:  # get_attack rejects unknown names with the known ones
-                raise UserInputError(f"compare runs label attacks; {name!r} is a {get_attack(name).KIND} attack")
+            if get_attack(name).KIND not in (LABELS, ALIGNMENT):  # get_attack rejects unknown names
+                raise UserInputError(f"compare runs label and alignment attacks; {name!r} is a "
+                                     f"{get_attack(name).KIND} attack")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.auditor import default_public_knowledge, load_ground_truth
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data, resolve_task
@@ -60,12 +61,14 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
 
 def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
     """Built-in tasks: the audit's public data; a user's own task: the public backbone only
-    (attacks needing public labeled data then report themselves not applicable)."""
+    (attacks needing public labeled data then report themselves not applicable). Either way
+    the server knows the point's mechanisms."""
     task = resolve_task(config)
     try:
-        return default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, progress)
+        return default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, progress,
+                                        config.mechanism)
     except UserInputError:
-        return PublicKnowledge(backbone_name=config.model, task=task, seed=config.seed)
+        return PublicKnowledge(backbone_name=config.model, task=task, seed=config.seed, mechanisms=config.mechanism)
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -92,11 +95,9 @@ def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     workdir = Path(point.config.workdir)
     public = public_knowledge(point.config, workdir, progress)
     rows = []
-    for name in point.attacks:
-        try:
-            report = run_attack(name, workdir, public=public, seed=point.config.seed, progress=progress)
-        except NotApplicable as exc:
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
+    for name, report, _ in attack_reports(point.attacks, workdir, public, point.config.seed, progress):
+        if isinstance(report, NotApplicable):
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
             continue
         rows.append({**jsonable(report), "status": "ok", **headline(report)})
     return {

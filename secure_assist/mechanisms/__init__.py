@@ -18,7 +18,7 @@ import numpy as np
 from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
-from secure_assist.mechanisms.activations import ActivationNoise, Int8Activations
+from secure_assist.mechanisms.activations import ActivationNoise, ActivationRotation, Int8Activations
 from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, ModeTraits, PrivacyWarning
 from secure_assist.mechanisms.delta import GaussianDelta, LabelRandomizedResponse, NoProtection, RotationMask
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
@@ -26,7 +26,7 @@ from secure_assist.mechanisms.he_ckks import HeCkksDelta
 MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
     for cls in (NoProtection, GaussianDelta, LabelRandomizedResponse, RotationMask, ActivationNoise,
-                Int8Activations, HeCkksDelta)
+                Int8Activations, ActivationRotation, HeCkksDelta)
 }
 
 __all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]
@@ -110,10 +110,11 @@ class MechanismChain:
         """What the last mechanism held back."""
         return self.mechanisms[-1].flush()
 
-    def restore(self, side: SideOutput) -> None:
-        """Undo, on the device, the mechanisms' effect on the downloaded side output."""
+    def restore(self, side: SideOutput) -> SideOutput:
+        """The deployable side output: every mechanism's effect undone on the device, last first."""
         for mechanism in reversed(self.mechanisms):
-            mechanism.restore(side)
+            side = mechanism.restore(side)
+        return side
 
     def claims(self) -> list[tuple[str, DpClaim]]:
         """(mechanism name, DP claim) of every mechanism that makes one."""

@@ -3,8 +3,8 @@
 A mechanism sees the plain `Upload` (and the device-only labels and label logits)
 before anything leaves the device, returns what is sent instead, and declares what it
 protects, its typed parameters, the training modes it supports and its DP claim.
-Mechanisms that change what the server learns from (e.g. a secret rotation of Δ) also
-undo their effect on the downloaded side output, on the device.
+Mechanisms that change what the server learns from (e.g. a secret rotation of Δ or of the
+activations) also undo their effect on the downloaded side output, on the device.
 """
 
 from __future__ import annotations
@@ -135,8 +135,10 @@ class Mechanism:
         """Messages held back until every batch was seen (none by default)."""
         return []
 
-    def restore(self, side: SideOutput) -> None:
-        """Undo, on the device, what the mechanism did to the training targets (nothing by default)."""
+    def restore(self, side: SideOutput) -> SideOutput:
+        """The deployable side output: undo, on the device, what the mechanism did to the
+        training targets or inputs (the side output unchanged by default; it may be wrapped)."""
+        return side
 
     def claim(self) -> DpClaim | None:
         """The formal DP guarantee, if any (valid once the mechanism has seen an upload)."""

@@ -205,7 +205,8 @@ class RotationMask(Mechanism):
         """Undo the rotation on (n, C) values."""
         return values @ self.rotation.T
 
-    def restore(self, side: SideOutput) -> None:
+    def restore(self, side: SideOutput) -> SideOutput:
         # The side output learned Δ·Q; its output times Qᵀ is what unmasked targets give.
         side.map_outputs_(self.rotation.T)
+        return side
 
