@@ -75,13 +75,15 @@ class FrameReader:
 
 async def _receive(reader: asyncio.StreamReader, length: int) -> bytes:
     """`length` bytes, gathered in a buffer this coroutine owns: a dropped frame frees it at once."""
-    buffer = bytearray()
+    # Sized once (the budget has reserved `length`): growing by appends would copy, holding up to twice the frame.
+    buffer, filled = bytearray(length), 0
     try:
-        while len(buffer) < length:
-            chunk = await reader.read(min(length - len(buffer), _CHUNK))
+        while filled < length:
+            chunk = await reader.read(min(length - filled, _CHUNK))
             if not chunk:
-                raise Rejected(f"truncated connection: {len(buffer)} of {length} payload bytes", reply=False)
-            buffer += chunk
+                raise Rejected(f"truncated connection: {filled} of {length} payload bytes", reply=False)
+            buffer[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
         return bytes(buffer)
     finally:
         # Now, not when the traceback of a drop (which references this frame) is collected.
