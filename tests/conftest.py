@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -36,7 +38,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> tuple:
+def ray_cluster() -> Iterator[tuple]:
     """(executor, address) of one local Ray instance with 2 CPUs, shared by the Ray tests and
     stopped at the end. Without Ray the tests skip, unless SECURE_ASSIST_REQUIRE_RAY=1 (set by CI)."""
     import os

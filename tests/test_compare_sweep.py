@@ -1,5 +1,6 @@
 """`secure-assist compare` on tiny-llama: real points, outputs, the per-point cache, a
-corrupt point file, a user's own data, and resuming after a real SIGKILL."""
+corrupt point file, a user's own data, resuming after a real SIGKILL, and the same sweep
+on a local Ray cluster (2 CPUs) with its driver killed midway."""
 
 from __future__ import annotations
 
@@ -135,3 +136,44 @@ def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
     assert rerun.stderr.count("cached: ") == len(done)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == done  # untouched
     assert len(list(points.glob("*.json"))) == 10
+
+
+def _numbers(point: dict) -> dict:
+    """What must not depend on the executor: the identity, utility, leakage and attack scores."""
+    return {"fingerprint": point["fingerprint"], "status": point["status"], "utility": point.get("utility"),
+            "leakage": point.get("leakage"),
+            "attacks": [{k: v for k, v in r.items() if k not in ("seconds", "workdir")} for r in point.get("attacks", [])],
+            "bytes": point["cost"]["bytes_up"] if "cost" in point else None}
+
+
+def test_ray_sweep_equals_local_and_resumes_after_the_driver_is_killed(
+        swept: tuple[Path, dict], ray_cluster: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, local = swept
+    _, address = ray_cluster
+    output = tmp_path / "ray"
+    flags = ["--mechanisms", "none,gaussian,none+gaussian", "--epsilons", "1,8", "--executor", "ray"]
+    # A driver of its own joins the test's cluster (2 CPUs) and is SIGKILLed after its first point.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
+    driver = subprocess.Popen([sys.executable, "-m", "secure_assist.cli", "compare", *TINY, *flags, "--ray-address",
+                               address, "--output", str(output), "--quiet"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    points = output / POINTS_DIR
+    deadline = time.monotonic() + 240
+    while not list(points.glob("*.json")):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        assert time.monotonic() < deadline, "the Ray sweep did not finish a point in time"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+    assert 1 <= len(done) < 3, "killed midway"
+
+    # Restarted (here, on the same cluster): finished points are read back, the rest computed.
+    result = compare(output, *flags, capsys=capsys)
+    assert result["executor"] == "ray" and result["failed"] == 0
+    assert result["cached"] == len(done) and result["computed"] == 3 - len(done) and result["skipped"] == 2
+    assert {p["fingerprint"] for p in result["points"] if p["cached"]} == {p.stem for p in done}
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == done  # untouched
+    # Same points, same numbers as the local executor; no point forwarded anything itself.
+    assert [_numbers(p) for p in result["points"]] == [_numbers(p) for p in local["points"]]
+    assert all(p["cost"]["device_forwards"] == 0 for p in result["points"] if p["status"] == "ok")
