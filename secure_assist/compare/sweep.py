@@ -16,6 +16,7 @@ from attacks.base import LABELS, NotApplicable, PublicKnowledge
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.shared_forwards import SharedForwards
 from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
@@ -189,9 +190,14 @@ def run_sweep(points: list[SweepPoint], output: Path | str, progress: bool = Tru
             "points": results, "computed": sum(r["status"] == "ok" and not r["cached"] for r in results),
             "cached": sum(r["cached"] for r in results), "skipped": sum(r["status"] == "skipped" for r in results),
             "failed": sum(r["status"] == "failed" for r in results), "executor": executor.NAME,
-            "shared_forwards": {"computed": sum(t.computed for t in tables), "rows": sum(len(t.texts) for t in tables),
-                                "bytes": sum(t.nbytes for t in tables)},
+            "shared_forwards": _forwards_summary(tables),
             "wall_seconds": time.perf_counter() - start}
+
+
+def _forwards_summary(tables: list[SharedForwards]) -> dict[str, Any]:
+    """Device forwards computed for the whole sweep (0 when read back), rows, bytes held, seconds."""
+    return {"computed": sum(t.computed for t in tables), "rows": sum(len(t.texts) for t in tables),
+            "bytes": sum(t.nbytes for t in tables), "seconds": sum(t.seconds_per_forward * t.computed for t in tables)}
 
 
 def _announce(enabled: bool, line: str) -> None:
