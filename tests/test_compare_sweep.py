@@ -109,21 +109,26 @@ def test_users_own_data_through_finetune_flags(tmp_path: Path, capsys: pytest.Ca
     assert rows_by_attack["model_completion_k32"]["status"] == "not_applicable"
 
 
+def _killed_after(command: list[str], env: dict[str, str], points: Path, count: int) -> dict:
+    """Run a sweep, SIGKILL it as soon as `count` point files exist; {file: (mtime, bytes)} then."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(list(points.glob("*.json"))) < count:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"the sweep did not finish {count} points in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+
+
 def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
     output = tmp_path / "sweep"
     command = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, "--mechanisms", "gaussian,label_rr",
                "--epsilons", "0.5,1,2,4,8", "--output", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     points = output / POINTS_DIR
-    deadline = time.monotonic() + 240
-    while len(list(points.glob("*.json"))) < 3:
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the sweep did not finish 3 points in time"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+    done = _killed_after([*command, "--quiet"], env, points, 3)
     assert 3 <= len(done) < 10, "killed midway"
 
     rerun = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
@@ -154,18 +159,9 @@ def test_ray_sweep_equals_local_and_resumes_after_the_driver_is_killed(
     flags = ["--mechanisms", "none,gaussian,none+gaussian", "--epsilons", "1,8", "--executor", "ray"]
     # A driver of its own joins the test's cluster (2 CPUs) and is SIGKILLed after its first point.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
-    driver = subprocess.Popen([sys.executable, "-m", "secure_assist.cli", "compare", *TINY, *flags, "--ray-address",
-                               address, "--output", str(output), "--quiet"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    points = output / POINTS_DIR
-    deadline = time.monotonic() + 240
-    while not list(points.glob("*.json")):
-        assert driver.poll() is None, driver.stderr.read().decode()
-        assert time.monotonic() < deadline, "the Ray sweep did not finish a point in time"
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+    driver = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, *flags, "--ray-address", address,
+              "--output", str(output), "--quiet"]
+    done = _killed_after(driver, env, output / POINTS_DIR, 1)
     assert 1 <= len(done) < 3, "killed midway"
 
     # Restarted (here, on the same cluster): finished points are read back, the rest computed.
