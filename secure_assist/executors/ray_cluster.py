@@ -26,6 +26,16 @@ def _call(work: Callable[[Any, Any], Any], item: Any, shared: Any) -> Any:
     return work(item, shared)
 
 
+def _auth_refused(exc: BaseException | None) -> bool:
+    """Whether Ray refused the connection for want of the cluster's token (Ray reports it
+    as text inside a RuntimeError, not as a chained AuthenticationError)."""
+    while exc is not None:
+        if "AuthenticationError" in type(exc).__name__ or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class RayExecutor(Executor):
     """Runs the work as Ray tasks, at most one per CPU of the cluster at a time."""
 
@@ -67,8 +77,11 @@ class RayExecutor(Executor):
                 ray.init(address=self.address or "local", num_cpus=None if self.address else self.cpus,
                          include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+                hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and give its token "
+                        "(~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                        if _auth_refused(exc) else "")
                 raise UserInputError(f"cannot start or join Ray at {self.address or 'a local instance'}: "
-                                     f"{describe_error(exc)}") from exc
+                                     f"{describe_error(exc)}{hint}") from exc
             self._owns_ray = True
         # Retries are the executor's own (one, whatever failed), not Ray's.
         self._remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_call)
