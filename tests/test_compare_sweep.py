@@ -173,3 +173,29 @@ def test_ray_sweep_equals_local_and_resumes_after_the_driver_is_killed(
     # Same points, same numbers as the local executor; no point forwarded anything itself.
     assert [_numbers(p) for p in result["points"]] == [_numbers(p) for p in local["points"]]
     assert all(p["cost"]["device_forwards"] == 0 for p in result["points"] if p["status"] == "ok")
+
+
+def test_a_failing_point_is_retried_once_reported_and_the_sweep_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from secure_assist.compare import sweep
+
+    calls: list[str] = []
+
+    def run_point(point, progress):  # the real point, except that 'gaussian' breaks (a fault injected on purpose)
+        calls.append(point.label)
+        if point.label.startswith("gaussian"):
+            raise RuntimeError("disk full")
+        return real_run_point(point, progress)
+
+    real_run_point = sweep.run_point
+    monkeypatch.setattr(sweep, "run_point", run_point)
+    output = tmp_path / "out"
+    assert main(["compare", *TINY, "--mechanisms", "gaussian,none", "--output", str(output), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: 1 point(s) failed twice")
+    result = json.loads((output / "compare.json").read_text())
+    failed, done = result["points"]
+    assert calls == ["gaussian ε=1", "gaussian ε=1", "none"]
+    assert failed["status"] == "failed" and failed["reason"] == "RuntimeError: disk full" and failed["attempts"] == 2
+    assert done["status"] == "ok" and result["failed"] == 1 and result["computed"] == 1
+    assert [p.stem for p in (output / POINTS_DIR).glob("*.json")] == [done["fingerprint"]]  # a failure is not saved
+    assert "| gaussian ε=1 | failed | " in (output / "compare.md").read_text()
