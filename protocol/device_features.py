@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from typing import Iterator
 
 import numpy as np
@@ -23,6 +22,7 @@ from protocol.codec import decode, encode
 from protocol.device import DeviceRole, PivotBatch
 from protocol.errors import ProtocolError
 from protocol.files import write_atomic
+from protocol.shared_forwards import device_spec, served
 from protocol.tasks import Example
 
 _FORMAT = "device-features/1"
@@ -30,8 +30,7 @@ _FORMAT = "device-features/1"
 
 def _key(device: DeviceRole, examples: list[Example]) -> str:
     digest = hashlib.sha256()
-    spec = {"format": _FORMAT, "backbone": device.backbone.name, "task": asdict(device.task),
-            "layers": list(device.layers), "payload_dtype": device.payload_dtype}
+    spec = {"format": _FORMAT, **device_spec(device)}
     digest.update(json.dumps(spec, sort_keys=True).encode())
     for example in examples:
         digest.update(example.text.encode() + b"\0")
@@ -40,11 +39,11 @@ def _key(device: DeviceRole, examples: list[Example]) -> str:
 
 def encode_dataset(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> PivotBatch:
     """Pivot activations and label logits for every example, from the cache when possible."""
-    return _cached_or_computed(device, examples, use_cache)[0]
+    return cached_or_computed(device, examples, use_cache)[0]
 
 
-def _cached_or_computed(device: DeviceRole, examples: list[Example],
-                        use_cache: bool = True) -> tuple[PivotBatch, float | None]:
+def cached_or_computed(device: DeviceRole, examples: list[Example],
+                       use_cache: bool = True) -> tuple[PivotBatch, float | None]:
     """(outputs, forward seconds measured when the cache entry was made; None if computed now)."""
     key = _key(device, examples)
     path = cache_root() / "device-features" / f"{key}.safetensors"
@@ -77,13 +76,14 @@ class ForwardCachingDevice(DeviceRole):
 
     Audits and sweeps run many variants over the same data; the outputs are identical
     to a fresh pass (same rounding), so only the first variant pays for the backbone.
-    Reused passes are counted apart (`reused_forwards`, with the seconds measured when
-    they were computed) so cost reports stay honest.
+    Inside `protocol.shared_forwards.serving`, rows come from the shared table of the
+    whole sweep instead. Reused passes are counted apart (`reused_forwards`, with the
+    seconds measured when they were computed) so cost reports stay honest.
     """
 
     def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
-        """The whole dataset's outputs (cached or computed once), served batch by batch."""
-        pivots, seconds = _cached_or_computed(self, examples)
+        """The whole dataset's outputs (shared, cached or computed once), served batch by batch."""
+        pivots, seconds = served(self, examples) or cached_or_computed(self, examples)
         if seconds is not None:
             self.reused_forwards += len(examples)
             self.reused_forward_seconds += seconds

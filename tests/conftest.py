@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -33,3 +35,24 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple:
                          output=str(tmp_path_factory.mktemp("audit")))
     report = run_audit(config, progress=False)
     return config, report, write_reports(report, config.output)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[tuple]:
+    """(executor, address) of one local Ray instance with 2 CPUs, shared by the Ray tests and
+    stopped at the end. Without Ray the tests skip, unless SECURE_ASSIST_REQUIRE_RAY=1 (set by CI)."""
+    import os
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        reason = 'the Ray executor tests need Ray: pip install -e ".[test,ray]"'
+        if os.environ.get("SECURE_ASSIST_REQUIRE_RAY") == "1":
+            pytest.fail(reason + "; SECURE_ASSIST_REQUIRE_RAY=1 makes this a failure")
+        pytest.skip(reason)
+    from secure_assist.executors.ray_cluster import RayExecutor
+
+    executor = RayExecutor(cpus=2)
+    address = executor.start()
+    yield executor, address
+    executor.close()

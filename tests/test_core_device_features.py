@@ -53,3 +53,30 @@ def test_finetune_reuses_forwards_when_asked(tmp_path, capsys) -> None:
     assert first["device_forwards_reused"] == 0 and first["device_forwards_epoch1"] == 32
     assert second["device_forwards_reused"] == 32 + 16 and second["device_forwards_epoch1"] == 0
     assert second["accuracy"] == first["accuracy"] and second["zero_shot_accuracy"] == first["zero_shot_accuracy"]
+
+
+def test_shared_table_serves_any_subset_in_any_order(tiny_llama: Backbone) -> None:
+    from protocol.shared_forwards import SharedForwards, serving, spec_key
+
+    examples = builtin_split("sst2", "dev")[:20]
+    fresh = DeviceRole(tiny_llama, SST2, progress=False)
+    whole = encode_dataset(fresh, examples, use_cache=False)
+    table = SharedForwards(spec_key(fresh), [e.text for e in examples], whole.activations.numpy().astype("float16"),
+                           whole.label_logits.numpy(), seconds_per_forward=0.5, computed=20)
+    subset = [examples[i] for i in (7, 2, 19, 11)]
+    caching = ForwardCachingDevice(tiny_llama, SST2, batch_size=3, progress=False)
+    with serving([table]):
+        served = list(caching.batches(subset, "x"))
+    assert [chunk for chunk, _ in served] == [subset[:3], subset[3:]]
+    # The table's own rows: the pass over the whole list (a pass over other batches may differ in the last bits).
+    rows = [7, 2, 19, 11]
+    assert torch.equal(torch.cat([p.activations for _, p in served]), whole.activations[rows])
+    assert torch.equal(torch.cat([p.label_logits for _, p in served]), whole.label_logits[rows])
+    assert caching.forward_samples == 0 and caching.reused_forwards == 4 and caching.reused_forward_seconds == 2.0
+    # Another device configuration, a text the table lacks, or outside `serving`: computed as before.
+    other = ForwardCachingDevice(tiny_llama, SST2, layers=(1,), progress=False)
+    with serving([table]):
+        list(other.batches(subset, "x"))
+        list(caching.batches([*subset, builtin_split("sst2", "dev")[30]], "x"))
+    list(caching.batches(subset, "x"))
+    assert other.forward_samples == 4 and caching.forward_samples == 5 + 4

@@ -22,7 +22,10 @@ from secure_assist.audit.verdict import headline, verdict
 from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.auditor import default_public_knowledge, load_ground_truth
 from secure_assist.data import resolve_data
+from secure_assist.executors import Executor
+from secure_assist.executors.local import LocalExecutor
 from secure_assist.finetune import run_finetune
+from secure_assist.forwards import WithForwards, share_forwards
 from secure_assist.mechanisms import mechanism_parameters
 from secure_assist.run import build_mechanisms
 
@@ -118,12 +121,17 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     return result
 
 
-def run_audit(config: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """Every variant of the config, audited; the JSON report as a dict."""
+def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
+    """Every variant of the config, audited by `executor` (default: in this process) over device
+    forwards computed once; the JSON report as a dict. A variant that fails twice is reported failed."""
     start = time.perf_counter()
     attack_names(config)  # fail on an unknown attack before any fine-tuning
-    variants = [audit_variant(config, v, progress)
-                for v in tqdm(config.variants, desc="audit variants", unit="variant", disable=not progress)]
+    executor = executor or LocalExecutor()
+    tables = share_forwards([variant_finetune_config(config, v) for v in config.variants], progress)
+    outcomes = executor.map(WithForwards(audit_variant), [(config, v, progress and executor.IN_PROCESS)
+                                                          for v in config.variants], tables, "audit variants", progress)
+    variants = [o.value if o.ok else {"variant": v, "status": "failed", "reason": o.error}
+                for v, o in zip(config.variants, outcomes)]
     audited = [v for v in variants if v["status"] == "ok"]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,

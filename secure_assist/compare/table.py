@@ -68,7 +68,8 @@ def to_markdown(compare: dict[str, Any]) -> str:
                "leak acc [95% CI]", "best Δ attack", "activations-only", "upload B/sample", "device s", "server s", "cached"]
     lines = ["# secure-assist compare", "",
              f"{len(compare['points'])} points: {compare['computed']} computed, {compare['cached']} cached, "
-             f"{compare['skipped']} skipped; wall time {compare['wall_seconds']:.0f} s.", "",
+             f"{compare['skipped']} skipped, {compare['failed']} failed; wall time {compare['wall_seconds']:.0f} s.",
+             "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows(compare):
         leak = "" if row["leak_accuracy"] is None else (
