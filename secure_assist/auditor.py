@@ -23,14 +23,14 @@ from attacks.reconstruction import words
 from attacks.public_model import public_backbone
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
-from protocol.device_features import encode_dataset
+from protocol.device_features import ForwardCachingDevice, encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
 from secure_assist.modes import MODES
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
-from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
+from secure_assist.metrics import auc_with_interval, bag_scores, bootstrap_interval, label_leak_metrics, rouge_l
 
 PUBLIC_LABELED = 128
 PUBLIC_UNLABELED = 1000
@@ -90,23 +90,19 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
 class CachedFeatures:
     """The attacker's public-backbone forward passes, via the device-feature disk cache.
 
-    Requests made of known text groups in order reuse each group's cache entry.
+    `groups` are the text sets it will be asked about (the private texts, the public
+    corpus, the labeled examples); any request made of their texts reads their entries.
     """
 
     def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
-        self._role = DeviceRole(public_backbone(backbone_name), task, progress=progress)
-        self._groups = groups
+        self._role = ForwardCachingDevice(public_backbone(backbone_name), task, progress=progress,
+                                          pools=[[Example(text=t, label=0) for t in group] for group in groups])
 
     def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
-        parts, rest = [], list(texts)
-        while rest:
-            group = next((g for g in self._groups if g and rest[:len(g)] == g), rest)
-            batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
-            parts.append(batch)
-            rest = rest[len(group):]
+        outputs = self._role.outputs([Example(text=t, label=0) for t in texts])
         columns = [self._role.layers.index(i) for i in layers]
-        return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
-                              label_logits=torch.cat([p.label_logits for p in parts]).numpy())
+        return PublicFeatures(activations=outputs.activations[:, columns].numpy(),
+                              label_logits=outputs.label_logits.numpy())
 
 
 def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example]:
@@ -143,10 +139,10 @@ def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
     return [truth[sid] for sid in result.sample_ids]
 
 
-def score_labels(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
-    """Accuracy, CI and baselines of label predictions."""
+def score_labels(result: AttackResult, truth: dict[str, Truth], n_classes: int, seed: int = 0) -> dict[str, Any]:
+    """Accuracy with the prior, balanced accuracy and (when the attack gives class scores) AUC, with CIs."""
     labels = np.array([t.label for t in _aligned(result, truth)])
-    return accuracy_with_interval(result.predictions, labels, seed)
+    return label_leak_metrics(result.predictions, labels, n_classes, result.scores, seed)
 
 
 def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
@@ -225,7 +221,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
-        report.update(score_labels(result, truth, seed))
+        report.update(score_labels(result, truth, task.n_classes, seed))
     elif attack.KIND == SCORES:
         report.update(score_scores(result, truth, seed))
     elif attack.KIND == RECONSTRUCTION:

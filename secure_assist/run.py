@@ -77,11 +77,16 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain, progress: bool) -> DeviceRole:
-    """The device role of a run, with its forward cache when `reuse_forwards` is set."""
-    device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
-    return device_class(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
-                        batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
+def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None, progress: bool,
+                datasets: tuple[list[Example], ...] = ()) -> DeviceRole:
+    """The device role of a run, with its forward cache when `reuse_forwards` is set: one
+    entry per dataset (training set, evaluation set), whatever subsets of them are asked
+    for (the upload set and the safeguard's validation split share the training set's)."""
+    settings = dict(layers=config.layers, payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
+                    progress=progress, transform=mechanisms)
+    if config.reuse_forwards:
+        return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
+    return DeviceRole(load_backbone(config.model), task, **settings)
 
 
 def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example]) -> dict[str, Any] | None:
@@ -127,7 +132,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     try:
-        device = make_device(config, task, mechanisms, progress)
+        device = make_device(config, task, mechanisms, progress, (train, evaluate))
         expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),

@@ -6,9 +6,11 @@ from typing import Any
 
 from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES
 
-# kind -> (metric, its 95% CI key, the baseline it is read against)
+# kind -> (metric, its 95% CI key, the baseline it is read against). Label attacks are read
+# by balanced accuracy (chance 1/C whatever the class balance): on a task with a 90%
+# majority class, plain accuracy gives a constant guess 90% and hides or fakes a leak.
 HEADLINES = {
-    LABELS: ("accuracy", "ci95", "prior_baseline"),
+    LABELS: ("balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance"),
     SCORES: ("auc", "ci95", "chance"),
     RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
     EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
@@ -22,6 +24,24 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "chance_baseline": report.get(baseline) if baseline else 0.0}
 
 
+# A label attack whose balanced accuracy CI reaches this lower bound recovers (nearly) every
+# class: a full leak.
+FULL_LEAK = 0.95
+
+
+def leak_level(row: dict[str, Any]) -> str:
+    """'no leak' (balanced accuracy not above chance at 95%), 'full leak' or 'partial leak'."""
+    low = row["balanced_accuracy_ci95"][0]
+    if low <= row["balanced_chance"]:
+        return "no leak"
+    return "full leak" if low >= FULL_LEAK else "partial leak"
+
+
+def _balanced(row: dict[str, Any]) -> str:
+    low, high = row["balanced_accuracy_ci95"]
+    return f"{row['attack']} balanced accuracy {row['balanced_accuracy']:.1%} [{low:.1%}, {high:.1%}]"
+
+
 def verdict(variant: dict[str, Any]) -> str:
     """One line: do Δ-based label attacks beat the activations-only baseline, and is the DP claim consistent?"""
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
@@ -30,10 +50,9 @@ def verdict(variant: dict[str, Any]) -> str:
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
     parts = []
     if delta_rows and baseline:
-        best = max(delta_rows, key=lambda r: r["accuracy"])
-        text = (f"{best['attack']} {best['accuracy']:.1%} [{best['ci95'][0]:.1%}, {best['ci95'][1]:.1%}] vs "
-                f"activations-only {baseline['accuracy']:.1%}")
-        if best["ci95"][0] > baseline["accuracy"]:
+        best = max(delta_rows, key=lambda r: r["balanced_accuracy"])
+        text = f"{_balanced(best)} vs activations-only {baseline['balanced_accuracy']:.1%}"
+        if best["balanced_accuracy_ci95"][0] > baseline["balanced_accuracy"]:
             parts.append(f"LABELS LEAK through Δ: {text}")
         else:
             parts.append(f"Δ adds no measurable label leakage: {text}")
@@ -41,7 +60,7 @@ def verdict(variant: dict[str, Any]) -> str:
         # E.g. he_ckks: Δ never reaches the server in the clear, so only activations-only attacks run.
         parts.append(f"Δ adds no measurable label leakage: no Δ-based attack applies "
                      f"({len(not_applicable)} not applicable); best label attack is activations-only "
-                     f"{baseline['attack']} {baseline['accuracy']:.1%}")
+                     f"{_balanced(baseline)}")
     extraction = [r for r in rows if r["kind"] == EXTRACTION]
     if extraction:
         best = max(extraction, key=lambda r: r["agreement"])
