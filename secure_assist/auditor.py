@@ -16,25 +16,23 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
-from protocol.device_features import ForwardCachingDevice, encode_dataset
+from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
-from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
+from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
+from secure_assist.audit.sampling import SampledView
 from secure_assist.modes import MODES
+from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
 from secure_assist.metrics import auc_with_interval, bag_scores, bootstrap_interval, label_leak_metrics, rouge_l
-
-PUBLIC_LABELED = 128
-PUBLIC_UNLABELED = 1000
-
 
 class ViewContractError(SecureAssistError):
     """A view whose mode declares a field that an attack then does not find: the audit
@@ -85,51 +83,6 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{path}:{number}: malformed ground-truth row ({exc})") from exc
     return truth
-
-
-class CachedFeatures:
-    """The attacker's public-backbone forward passes, via the device-feature disk cache.
-
-    `groups` are the text sets it will be asked about (the private texts, the public
-    corpus, the labeled examples); any request made of their texts reads their entries.
-    """
-
-    def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
-        self._role = ForwardCachingDevice(public_backbone(backbone_name), task, progress=progress,
-                                          pools=[[Example(text=t, label=0) for t in group] for group in groups])
-
-    def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
-        outputs = self._role.outputs([Example(text=t, label=0) for t in texts])
-        columns = [self._role.layers.index(i) for i in layers]
-        return PublicFeatures(activations=outputs.activations[:, columns].numpy(),
-                              label_logits=outputs.label_logits.numpy())
-
-
-def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example]:
-    """Round-robin over classes so every prefix (k = 8, 32, ...) holds each class."""
-    by_class = [[e for e in examples if e.label == c] for c in range(n_classes)]
-    order = []
-    for i in range(max(len(c) for c in by_class)):
-        order += [c[i] for c in by_class if i < len(c)]
-    return order
-
-
-def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
-                             progress: bool = True) -> PublicKnowledge:
-    """Public data for a built-in task: train-split texts disjoint from the private set
-    (k labeled examples, an unlabeled corpus) and a candidate pool of the private texts
-    mixed with as many public ones (the 'suspect list' of candidate matching)."""
-    private_texts = [t.text for t in truth.values()]
-    private = set(private_texts)
-    if task.name != SST2.name:
-        raise UserInputError(f"no built-in public data for task {task.name!r}; pass PublicKnowledge yourself")
-    pool = [e for e in sample(builtin_split(task.name, "train"), None, seed + 1000) if e.text not in private]
-    labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
-    unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
-    candidates = private_texts + unlabeled
-    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled]], progress)
-    return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
-                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed)
 
 
 def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
@@ -196,18 +149,22 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-               progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
+               progress: bool = True, held_out: list[Example] | None = None,
+               public_file: str | None = None, keep: frozenset[str] | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
-    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out)[1]
+    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file, keep)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True, held_out: list[Example] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          progress: bool = True, held_out: list[Example] | None = None,
+          public_file: str | None = None, keep: frozenset[str] | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
-    `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split); runs pass their own evaluation split, whose device forwards they already hold."""
+    `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
+    task's unused rows). `held_out`: the inputs model extraction is scored on (default: the
+    task's whole dev split); runs pass their own evaluation split, whose device forwards
+    they already hold. `keep`: attack only these uploads (hex sample ids; a `SampledView`)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -216,8 +173,10 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
     if public is None:
-        public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
+        public = default_public_knowledge(backbone_name, task, [t.text for t in truth.values()], seed, progress,
+                                          public_file)
+    view = ServerView(workdir / SERVER_DIR) if keep is None else SampledView(workdir / SERVER_DIR, keep)
+    result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:

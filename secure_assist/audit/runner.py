@@ -1,4 +1,11 @@
-"""Run the audit: each variant is a real `run_finetune`, each attack a real `run_attack`."""
+"""Run the audit: each row is a real `run_finetune` (or a reference trained on the device),
+each attack a real `run_attack` on a variant's server view.
+
+One pass of the backbone serves everything: every row and the attacker's public-backbone
+passes read the device-feature cache entries of the audit's training and evaluation sets
+(computed by the first row), so the cost of an audit is one forward pass per sample plus
+the public texts, then training and attacks.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +19,29 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, NotApplicable, all_attacks
+from attacks.base import LABELS, RECONSTRUCTION, NotApplicable, all_attacks
 from protocol.backbone import load_backbone
 from protocol.device import DeviceRole
 from protocol.errors import UserInputError
-from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
+from secure_assist.audit.config import (
+    AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
+)
 from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.rows import (
+    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, correctness, local_lora_row, reference_row, utility,
+)
+from secure_assist.audit.sampling import sample_ids
+from secure_assist.audit.summary import conclusions
 from secure_assist.audit.verdict import headline, verdict
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
-from secure_assist.data import resolve_data
+from secure_assist.auditor import load_ground_truth, run_attack
+from secure_assist.data import data_provenance, file_provenance, resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import mechanism_parameters
+from secure_assist.public_knowledge import PublicData, knowledge, public_data
 from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/audit-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
@@ -69,71 +84,142 @@ def attack_names(config: AuditConfig) -> list[str]:
     return names
 
 
-def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str, Any]:
-    """Fine-tune one variant, attack its server view, and check its DP claim."""
-    finetune_config = variant_finetune_config(config, variant)
-    try:
-        build_mechanisms(finetune_config)
-    except UserInputError as exc:
-        return {"variant": variant, "status": "skipped", "reason": str(exc)}
-    start = time.perf_counter()
-    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
-    workdir = Path(finetune_config.workdir)
+def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+            "prior_baseline", "auc", "auc_ci95")
+    return None if row is None else {k: row[k] for k in keys if k in row}
+
+
+def attack_variant(config: AuditConfig, workdir: Path, data: EvalData, public: PublicData,
+                   progress: bool) -> list[dict[str, Any]]:
+    """Every configured attack on one variant's server view (reconstruction on a subsample)."""
     truth = load_ground_truth(workdir)
-    task, _, evaluate = resolve_data(finetune_config)
-    public = default_public_knowledge(config.model, task, truth, config.seed, progress)
+    known = knowledge(config.model, data.task, public, [t.text for t in truth.values()], config.seed, progress,
+                      private_pool=[e.text for e in data.train])
+    subsample = sample_ids(list(truth), config.attack_samples, config.seed)
+    registry = all_attacks()
     rows = []
-    for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
+    for name in tqdm(attack_names(config), desc=f"attacks on {workdir.name}", unit="attack", disable=not progress,
                      leave=False):
-        attack_start = time.perf_counter()
+        start = time.perf_counter()
+        keep = subsample if registry[name].KIND == RECONSTRUCTION and len(subsample) < len(truth) else None
         try:
-            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress,
-                                held_out=evaluate)
+            report = run_attack(name, workdir, public=known, seed=config.seed, progress=progress,
+                                held_out=data.evaluate, keep=keep)
         except NotApplicable as exc:
             rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
             continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report),
-                     "seconds": time.perf_counter() - attack_start})
-    label_rows = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS and r["activations_only"]]
-    baseline = max(label_rows, key=lambda r: r["accuracy"]) if label_rows else None
-    result: dict[str, Any] = {
-        "variant": variant, "status": "ok", "workdir": str(workdir),
-        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
-                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
-        "cost": {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary},
-        "attacks": rows,
-        "activations_only_baseline": None if baseline is None else {
-            "attack": baseline["attack"], "accuracy": baseline["accuracy"], "ci95": baseline["ci95"]},
-        "dp_check": None,
-        "seconds": 0.0,
-    }
+        rows.append({**jsonable(report), "status": "ok", **headline(report), "subsampled": keep is not None,
+                     "of_uploads": len(truth), "seconds": time.perf_counter() - start})
+    return rows
+
+
+def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
+    """The empirical ε lower bound of the variant's DP claim (None without one)."""
+    finetune_config = variant_finetune_config(config, variant)
     claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
-    if claiming:
-        # Audit variants are single mechanisms: at most one claim to check.
-        mechanism = type(claiming[0])
-        device = DeviceRole(load_backbone(config.model), task, layers=finetune_config.layers, progress=False)
-        first, second = list(truth.values())[:2]
-        result["dp_check"] = jsonable(empirical_epsilon(
-            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device, (first.text, second.text),
-            config.dp_releases, config.seed))
+    if not claiming:
+        return None
+    # Audit variants are single mechanisms: at most one claim to check.
+    mechanism = type(claiming[0])
+    device = DeviceRole(load_backbone(config.model), data.task, layers=finetune_config.layers, progress=False)
+    first, second = list(load_ground_truth(workdir).values())[:2]
+    return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device,
+                                      (first.text, second.text), config.dp_releases, config.seed))
+
+
+def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,
+                  references: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Fine-tune one variant, score it against the reference rows, attack its view, check its DP claim."""
+    finetune_config = variant_finetune_config(config, variant)
+    base = {"variant": variant.label, "mechanism": variant.mechanism, "epsilon": variant.epsilon}
+    try:
+        build_mechanisms(finetune_config)
+    except UserInputError as exc:
+        return {**base, "status": "skipped", "reason": str(exc)}
+    start = time.perf_counter()
+    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
+    workdir = Path(finetune_config.workdir)
+    correct = correctness(data.probabilities(summary["model_file"])[1], data.labels)
+    local = references[DEVICE_LOCAL]
+    cost = {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary}
+    cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
+    rows = attack_variant(config, workdir, data, public, progress)
+    labels = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
+    activations_only = [r for r in labels if r["activations_only"]]
+    result: dict[str, Any] = {
+        **base, "status": "ok", "reference": False, "workdir": str(workdir),
+        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS}, **utility(correct, config.seed),
+                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"],
+                    "vs_zero_shot": comparison(correct, references[ZERO_SHOT]["correct"], config.seed),
+                    "vs_device_local": comparison(correct, local["correct"], config.seed)},
+        "cost": cost, "attacks": rows,
+        "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r["balanced_accuracy"],
+                                                       default=None)),
+        "best_label_leak": _leak_summary(max(labels, key=lambda r: r["balanced_accuracy"], default=None)),
+        "dp_check": dp_check(config, variant, workdir, data),
+    }
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
     return result
 
 
+def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[str, dict[str, Any]]:
+    """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "correct"}."""
+    start = time.perf_counter()
+    summary = run_finetune(device_local_config(config), progress=progress, overwrite=True)
+    backbone_probs, local_probs = data.probabilities(summary["model_file"])
+    zero = correctness(backbone_probs, data.labels)
+    local = correctness(local_probs, data.labels)
+    references = {
+        ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, {"device_seconds": 0.0, "device_peak_rss_mib": None},
+                                         config.seed), "correct": zero},
+        DEVICE_LOCAL: {"row": reference_row(
+            DEVICE_LOCAL, local, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
+                                                         "device_peak_rss_mib")}, config.seed,
+            workdir=device_local_config(config).workdir, seconds=time.perf_counter() - start,
+            safeguard=summary["safeguard"]), "correct": local},
+    }
+    if config.with_lora:
+        row, correct = local_lora_row(data, config.seed, progress)
+        references["local_lora"] = {"row": row, "correct": correct}
+    for name, entry in references.items():
+        entry["row"]["utility"]["vs_zero_shot"] = comparison(entry["correct"], zero, config.seed)
+        entry["row"]["utility"]["vs_device_local"] = comparison(entry["correct"], local, config.seed)
+    return references
+
+
 def run_audit(config: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """Every variant of the config, audited; the JSON report as a dict."""
+    """Every reference row and variant of the config, audited; the JSON report as a dict."""
     start = time.perf_counter()
     attack_names(config)  # fail on an unknown attack before any fine-tuning
-    variants = [audit_variant(config, v, progress)
-                for v in tqdm(config.variants, desc="audit variants", unit="variant", disable=not progress)]
-    audited = [v for v in variants if v["status"] == "ok"]
-    return {
+    variants = audit_variants(config)
+    run_config = device_local_config(config)
+    task, train, evaluate = resolve_data(run_config)
+    data = EvalData(run_config, task, train, evaluate)
+    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
+    provenance = data_provenance(run_config, task, train, evaluate)
+    provenance["public"] = {"source": public.source, "rows": len(public.examples),
+                            **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file
+                               else {})}
+    bar = tqdm(total=len(variants) + 1, desc="audit rows", unit="row", disable=not progress)
+    references = reference_rows(config, data, progress)
+    bar.update()
+    audited = []
+    for variant in variants:
+        bar.set_postfix_str(variant.label)
+        audited.append(audit_variant(config, variant, data, public, references, progress))
+        bar.update()
+    bar.close()
+    report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": jsonable(asdict(config)), "config_fingerprint": fingerprint(config), "seed": config.seed,
-        "package_versions": package_versions(),
-        "variants": variants,
-        "consistent": all(v["dp_check"] is None or v["dp_check"]["consistent"] for v in audited),
-        "wall_seconds": time.perf_counter() - start,
+        "package_versions": package_versions(), "data": jsonable(provenance),
+        "references": [entry["row"] for entry in references.values()],
+        "variants": audited,
+        "consistent": all(v.get("dp_check") is None or v["dp_check"]["consistent"] for v in audited),
     }
+    report["conclusions"] = conclusions(report)
+    report["wall_seconds"] = time.perf_counter() - start
+    return report

@@ -42,13 +42,49 @@ def _balanced(row: dict[str, Any]) -> str:
     return f"{row['attack']} balanced accuracy {row['balanced_accuracy']:.1%} [{low:.1%}, {high:.1%}]"
 
 
+def points(value: float) -> str:
+    """An accuracy difference in percentage points."""
+    return f"{100 * value:+.1f}"
+
+
+def seconds_text(value: float) -> str:
+    """Seconds, whole above 10."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}"
+
+
+def saved_text(saved: float, reference: float) -> str:
+    """Device seconds saved against device_local (negative: the variant costs the device more)."""
+    share = f" ({100 * abs(saved) / reference:.0f}% of device_local's)" if reference > 0 else ""
+    if saved >= 0:
+        return f"saves {seconds_text(saved)} device seconds{share}"
+    return f"costs {seconds_text(-saved)} more device seconds{share}"
+
+
+def difference_text(entry: dict[str, Any]) -> str:
+    """'+3.1 points [+1.2, +5.0]' of a paired comparison."""
+    low, high = entry["ci95"]
+    return f"{points(entry['difference'])} points [{points(low)}, {points(high)}]"
+
+
+def utility_text(variant: dict[str, Any]) -> str:
+    """Accuracy with CI, vs zero-shot and what the server buys over device_local."""
+    utility, cost = variant["utility"], variant["cost"]
+    low, high = utility["accuracy_ci95"]
+    zero, local = utility["vs_zero_shot"], utility["vs_device_local"]
+    state = {"above": "significantly above", "below": "significantly below", "no": "not significantly different from"}
+    return (f"accuracy {utility['accuracy']:.1%} [{low:.1%}, {high:.1%}], {state[zero['significant']]} zero-shot "
+            f"({difference_text(zero)}); what the server buys over device_local: {difference_text(local)}, and it "
+            f"{saved_text(cost['device_seconds_saved'], cost['device_seconds'] + cost['device_seconds_saved'])}")
+
+
 def verdict(variant: dict[str, Any]) -> str:
-    """One line: do Δ-based label attacks beat the activations-only baseline, and is the DP claim consistent?"""
+    """One line: utility against the references, whether Δ-based label attacks beat the
+    activations-only baseline, the model and inputs, and whether the DP claim is consistent."""
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
     delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
-    parts = []
+    parts = [utility_text(variant)]
     if delta_rows and baseline:
         best = max(delta_rows, key=lambda r: r["balanced_accuracy"])
         text = f"{_balanced(best)} vs activations-only {baseline['balanced_accuracy']:.1%}"

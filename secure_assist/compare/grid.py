@@ -17,7 +17,7 @@ from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
 
 # Bump when what a point file holds changes: older point files are then recomputed.
-POINT_SCHEMA_VERSION = 1
+POINT_SCHEMA_VERSION = 2  # 2: label leakage read by balanced accuracy
 ACTIVATION_NOISE = "activation_noise"
 # Label attacks run on every point: Δ read directly, the activations-only zero-shot
 # baseline, and model completion from 32 public labeled examples (activations only).

@@ -18,10 +18,11 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.auditor import load_ground_truth, run_attack
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
-from secure_assist.data import resolve_data, resolve_task
+from secure_assist.data import resolve_data
+from secure_assist.public_knowledge import knowledge, public_data
 from secure_assist.finetune import run_finetune
 from secure_assist.run import build_mechanisms
 
@@ -51,7 +52,8 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
             return None
         leakage = saved["leakage"]
         for entry in (leakage["best"], leakage["activations_only_baseline"]):
-            if entry is not None and not (isinstance(entry["accuracy"], float) and len(entry["ci95"]) == 2):
+            if entry is not None and not (isinstance(entry["balanced_accuracy"], float)
+                                          and len(entry["balanced_accuracy_ci95"]) == 2):
                 return None
         return saved
     except (OSError, ValueError, KeyError, TypeError):
@@ -59,26 +61,27 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
 
 
 def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
-    """Built-in tasks: the audit's public data; a user's own task: the public backbone only
-    (attacks needing public labeled data then report themselves not applicable)."""
-    task = resolve_task(config)
-    try:
-        return default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, progress)
-    except UserInputError:
-        return PublicKnowledge(backbone_name=config.model, task=task, seed=config.seed)
+    """The audit's public data: unused rows of the built-in task or of the user's training
+    file (secure_assist.public_knowledge)."""
+    task, train, evaluate = resolve_data(config)
+    public = public_data(task, None, config.train_file, train + evaluate, config.seed)
+    private = [t.text for t in load_ground_truth(workdir).values()]
+    return knowledge(config.model, task, public, private, config.seed, progress, [e.text for e in train])
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {"attack": row["attack"], "accuracy": row["accuracy"], "ci95": row["ci95"],
-                                     "prior_baseline": row["prior_baseline"]}
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+            "prior_baseline")
+    return None if row is None else {k: row[k] for k in keys}
 
 
 def leakage(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best label attack overall, best reading Δ, and the activations-only baseline."""
+    """Best label attack overall (by balanced accuracy: chance 1/C on any class balance),
+    best reading Δ, and the activations-only baseline."""
     scored = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
 
     def best(subset: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return max(subset, key=lambda r: r["accuracy"]) if subset else None
+        return max(subset, key=lambda r: r["balanced_accuracy"]) if subset else None
 
     return {"best": _summary(best(scored)),
             "best_delta": _summary(best([r for r in scored if not r["activations_only"]])),
