@@ -47,6 +47,8 @@ PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
+# How the audit's one backbone pass is shared: passes a row computed, and passes it read from the device's cache.
+FORWARD_KEYS = ("device_forwards", "device_forwards_reused")
 # Reported by `he_ckks` runs only.
 HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
                 "he_server_fit_seconds", "he_device_decrypt_seconds")
@@ -142,7 +144,7 @@ def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public:
     workdir = Path(finetune_config.workdir)
     correct = correctness(data.probabilities(summary["model_file"])[1], data.labels)
     local = references[DEVICE_LOCAL]
-    cost = {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary}
+    cost = {k: summary[k] for k in COST_KEYS + FORWARD_KEYS + HE_COST_KEYS if k in summary}
     cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
     rows = attack_variant(config, workdir, data, public, progress)
     labels = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
@@ -176,7 +178,7 @@ def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[
                                          config.seed), "correct": zero},
         DEVICE_LOCAL: {"row": reference_row(
             DEVICE_LOCAL, local, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
-                                                         "device_peak_rss_mib")}, config.seed,
+                                                         "device_peak_rss_mib") + FORWARD_KEYS}, config.seed,
             workdir=device_local_config(config).workdir, seconds=time.perf_counter() - start,
             safeguard=summary["safeguard"]), "correct": local},
     }
