@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.compare.report import write_outputs
     from secure_assist.compare.sweep import run_sweep
 
-    points = expand(config_from_args(args), axes_from_args(args), args.output)
+    points = expand(config_from_args(args), axes_from_args(args), args.output, references=args.references)
     compare = run_sweep(points, args.output, progress=not args.quiet, announce=not args.quiet)
     paths = write_outputs(compare, args.output)
     if args.json:
@@ -85,6 +85,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help=text)
     parser.add_argument("--output", "--workdir", dest="output", default="runs/compare",
                         help="folder for points/, runs/, compare.{json,md,csv} and the plots (default: runs/compare)")
+    parser.add_argument("--references", action="store_true",
+                        help="add the device_local reference row (the side network trained on the device, nothing "
+                             "uploaded) at each training sample count")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print compare.json on stdout")
     parser.set_defaults(handler=run)

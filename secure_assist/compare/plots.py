@@ -96,7 +96,8 @@ def cost_plot(points: list[dict[str, Any]], path: Path) -> None:
     names = [p["label"] for p in points]
     figure, axes = plt.subplots(1, len(COST_PANELS), figsize=(4 + 0.5 * len(points), 4), squeeze=False)
     for axis, (key, title) in zip(axes[0], COST_PANELS):
-        axis.bar(range(len(points)), [p["cost"][key] for p in points], color="tab:blue")
+        # A reference row that uploads nothing has no server seconds: drawn as 0.
+        axis.bar(range(len(points)), [p["cost"][key] or 0.0 for p in points], color="tab:blue")
         axis.set_xticks(range(len(points)), names, rotation=60, ha="right", fontsize=7)
         axis.set_title(title)
     _save(figure, path)

@@ -93,7 +93,8 @@ def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     summary = run_finetune(point.config, progress=progress, overwrite=True)
     workdir = Path(point.config.workdir)
-    public = public_knowledge(point.config, workdir, progress)
+    # A reference row (device_local) uploads nothing: no server view, nothing to attack.
+    public = public_knowledge(point.config, workdir, progress) if point.attacks else None
     rows = []
     for name in point.attacks:
         try:
