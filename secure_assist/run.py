@@ -32,7 +32,7 @@ from secure_assist.mechanisms import MECHANISMS, MechanismChain
 from secure_assist.modes import TrainingMode, resolve_mode
 from secure_assist.modes.host import ModeHost
 from secure_assist.resources import PeakMemory
-from secure_assist.safeguard import choose_shrink, shrink_network
+from secure_assist.safeguard import VALIDATION_SHARE, choose_shrink, shrink_network
 from secure_assist.summary import RunSummary
 from secure_assist.upload import run_key, upload_resumable
 from secure_assist.workdir import (
@@ -57,7 +57,7 @@ def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, 
     """(indices to upload, indices of the device's validation split), seed-fixed."""
     fraction = config.safeguard_fraction
     if fraction is None:
-        fraction = 0.0 if config.mechanism == ("none",) else 0.1
+        fraction = 0.0 if config.mechanism == ("none",) else VALIDATION_SHARE
     cut = int(n_train * fraction)
     if fraction > 0 and (cut < 1 or cut >= n_train):
         raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
@@ -89,12 +89,14 @@ def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismCha
     return DeviceRole(load_backbone(config.model), task, **settings)
 
 
-def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example]) -> dict[str, Any] | None:
+def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example],
+                    seed: int = 0) -> dict[str, Any] | None:
     """Shrink or drop the side output so it never does worse than the backbone on validation."""
     if not validation:
         return None
     backbone_probs, combined = device.scores(validation, side)
-    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]))
+    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
+                             seed)
     shrink_network(side, decision.factor)
     return {**asdict(decision), "action": decision.action}
 
@@ -149,7 +151,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
         if host is not None:
             host.close()
     mechanisms.restore(outcome.side)
-    safeguard = apply_safeguard(device, outcome.side, validation)
+    safeguard = apply_safeguard(device, outcome.side, validation, config.seed)
     zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, outcome.side, evaluate, workdir)
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds

@@ -26,6 +26,9 @@ from protocol.side_output import SideOutput, scale_side_output
 
 SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SIGNIFICANCE = 0.05
+# The validation share a protected run holds out by default. Measured (BENCHMARKS.md, "Audit"): at 2,000 samples,
+# 200 validation samples deploy a side output 3 points above zero-shot about half the time, 400 every time.
+VALIDATION_SHARE = 0.2
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ def test_protected_run_reports_mechanisms_and_safeguard(tmp_path) -> None:
                             workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
     assert [m["name"] for m in summary["mechanisms"]] == ["label_rr", "int8_activations"]
-    assert summary["n_train"] == 36 and summary["safeguard"]["validation_samples"] == 4
+    assert summary["n_train"] == 32 and summary["safeguard"]["validation_samples"] == 8
     assert summary["safeguard"]["validation_accuracy_chosen"] >= summary["safeguard"]["validation_accuracy_backbone"]
 
 
