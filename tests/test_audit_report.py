@@ -73,13 +73,17 @@ def test_reports_are_written_with_the_schema_fields(audited: tuple[AuditConfig, 
 def test_reference_rows_and_what_the_server_buys(audited: tuple[AuditConfig, dict, list[Path]]) -> None:
     config, report, _ = audited
     references = {r["variant"]: r for r in report["references"]}
-    assert list(references) == ["zero_shot", "device_local"]
+    assert list(references) == ["zero_shot", "device_local", "local_lora"]
     for row in references.values():
         assert row["reference"] and row["cost"]["bytes_up"] == 0 and row["attacks"] == []
         low, high = row["utility"]["accuracy_ci95"]
         assert low <= row["utility"]["accuracy"] <= high and row["utility"]["n_eval"] == config.eval_samples
     local = references["device_local"]
     assert local["cost"]["device_seconds"] > 0 and local["cost"]["device_train_seconds"] > 0
+    lora = references["local_lora"]
+    assert lora["cost"]["device_seconds"] > 0 and lora["cost"]["trainable_parameters"] > 0
+    assert lora["utility"]["vs_device_local"]["difference"] == pytest.approx(
+        lora["utility"]["accuracy"] - local["utility"]["accuracy"])
     zero_shot = references["zero_shot"]["utility"]["accuracy"]
     for variant in report["variants"]:
         assert variant["utility"]["zero_shot_accuracy"] == zero_shot  # the same evaluation samples for every row
@@ -91,7 +95,7 @@ def test_reference_rows_and_what_the_server_buys(audited: tuple[AuditConfig, dic
     # The same side network, trained on the device or by the server from the same samples and seed.
     assert plain["utility"]["accuracy"] == local["utility"]["accuracy"]
     assert report["data"]["train"]["rows_used"] == config.train_samples and len(report["data"]["train"]["sha256"]) == 64
-    assert "device_local" in report["conclusions"][0]
+    assert "device_local" in report["conclusions"][0] and "local_lora" in report["conclusions"][1]
 
 
 def test_html_is_self_contained_with_decodable_plots(audited: tuple[AuditConfig, dict, list[Path]]) -> None:
