@@ -108,7 +108,9 @@ def _intro(report: dict[str, Any]) -> str:
     return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
             f"{report['config']['model']}; task {report['data']['task']}; wall time {report['wall_seconds']:.0f} s; "
             f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. Label leakage is balanced "
-            "accuracy (chance = 1/C on any class balance); device s = forward passes + training on the device.")
+            "accuracy (chance = 1/C on any class balance); device s = forward passes + training on the device (the "
+            "forward passes are computed once and each row is charged the time they took); device peak RSS = this "
+            "process's peak during the row's device phases (every row runs in the audit's one process).")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
