@@ -28,7 +28,7 @@ from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
-from secure_assist.audit.sampling import SampledView
+from secure_assist.audit.sampling import memory_view
 from secure_assist.modes import MODES
 from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
@@ -175,8 +175,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     if public is None:
         public = default_public_knowledge(backbone_name, task, [t.text for t in truth.values()], seed, progress,
                                           public_file)
-    view = ServerView(workdir / SERVER_DIR) if keep is None else SampledView(workdir / SERVER_DIR, keep)
-    result = run_on_view(attack, view, public)
+    result = run_on_view(attack, memory_view(workdir / SERVER_DIR, keep), public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
