@@ -88,7 +88,8 @@ class AttackResult:
     kind: str
     sample_ids: list[str]
     predictions: np.ndarray | None = None  # (n,) class indices, for LABELS
-    scores: np.ndarray | None = None  # (n,) continuous score for class 1, for SCORES
+    # SCORES: (n,) continuous score for class 1; LABELS, optionally: (n, C) per-class scores (AUC).
+    scores: np.ndarray | None = None
     texts: list[str] | None = None  # reconstructed texts, for RECONSTRUCTION
     token_ids: list[list[int]] | None = None  # per-position recovered token ids, if any
     model: object | None = None  # the server's assembled model, for EXTRACTION

@@ -29,9 +29,16 @@ def _zero_shot_probs(attack: Attack, data: PivotData, public: PublicKnowledge) -
     return softmax(zero_shot_logits(backbone, public.task, data.layer(attack, backbone.n_layers)))
 
 
-def _result(attack: Attack, data: PivotData, predictions: np.ndarray, **details: object) -> AttackResult:
+def _result(attack: Attack, data: PivotData, predictions: np.ndarray, scores: np.ndarray | None = None,
+            **details: object) -> AttackResult:
     return AttackResult(attack=attack.NAME, kind=LABELS, sample_ids=data.sample_ids,
-                        predictions=np.asarray(predictions, dtype=np.int64), details=dict(details))
+                        predictions=np.asarray(predictions, dtype=np.int64), details=dict(details),
+                        scores=None if scores is None else np.asarray(scores, dtype=np.float64))
+
+
+def _scored(attack: Attack, data: PivotData, scores: np.ndarray, **details: object) -> AttackResult:
+    """Predictions as the argmax of per-class scores, the scores kept for AUC."""
+    return _result(attack, data, scores.argmax(axis=1), scores, **details)
 
 
 @register
@@ -44,7 +51,7 @@ class DeltaArgmax(Attack):
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self, need_delta=True)
-        return _result(self, data, data.delta.argmax(axis=1))
+        return _scored(self, data, data.delta)
 
 
 @register
@@ -57,7 +64,7 @@ class PublicHeadCombined(Attack):
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self, need_delta=True)
-        return _result(self, data, (_zero_shot_probs(self, data, public) + data.delta).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public) + data.delta)
 
 
 @register
@@ -72,7 +79,7 @@ class PublicHeadZeroShot(Attack):
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
-        return _result(self, data, _zero_shot_probs(self, data, public).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public))
 
 
 def resolve_clusters(assignments: np.ndarray, n_classes: int, prior: np.ndarray) -> np.ndarray:
@@ -138,7 +145,7 @@ class SideModelLabelling(Attack):
         network = load_side_network(self, view)
         with torch.inference_mode():
             side = network(torch.from_numpy(data.activations)).numpy()
-        return _result(self, data, (_zero_shot_probs(self, data, public) + side).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public) + side)
 
 
 def load_side_network(attack: Attack, view: ServerView) -> torch.nn.Module:
@@ -182,7 +189,10 @@ class ModelCompletion(Attack):
         test_x = probe_features(data.activations, zero_shot_logits(backbone, public.task, data.layer(self, last)))
         scaler = StandardScaler().fit(train_x)
         probe = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(train_x), [e.label for e in labeled])
-        return _result(self, data, probe.predict(scaler.transform(test_x)), k=self.K)
+        # Classes absent from the k examples get probability 0: every task class keeps its column.
+        scores = np.zeros((len(test_x), public.task.n_classes))
+        scores[:, probe.classes_] = probe.predict_proba(scaler.transform(test_x))
+        return _result(self, data, probe.predict(scaler.transform(test_x)), scores, k=self.K)
 
 
 for _k in (8, 32, 128):

@@ -39,8 +39,9 @@ from protocol.transcript import ServerView
 from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.audit.verdict import headline, verdict
 from secure_assist.auditor import (
-    default_public_knowledge, load_ground_truth, run_on_view, score_alignment, score_labels,
+    load_ground_truth, run_on_view, score_alignment, score_labels, upload_texts,
 )
+from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
@@ -91,8 +92,8 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
     correct = dev_correct(config, summary["model_file"])
     workdir = Path(config.workdir)
     task, _, evaluate = resolve_data(config)
-    public = default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, args.progress,
-                                      config.mechanism)
+    public = default_public_knowledge(config.model, task, upload_texts(load_ground_truth(workdir)), config.seed,
+                                      args.progress, mechanisms=config.mechanism)
     rows = []
     for attack, report, seconds in attack_reports(args.attacks, workdir, public, config.seed, args.progress, evaluate):
         row = ({"attack": attack, "status": "not_applicable", "reason": str(report)}
@@ -121,8 +122,8 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
 def _rotated_run(args: argparse.Namespace) -> tuple[Path, Any, ServerView]:
     config = config_of(args, "activation_rotation")
     workdir = Path(config.workdir)
-    public = default_public_knowledge(config.model, resolve_data(config)[0], load_ground_truth(workdir), config.seed,
-                                      args.progress, config.mechanism)
+    public = default_public_knowledge(config.model, resolve_data(config)[0], upload_texts(load_ground_truth(workdir)),
+                                      config.seed, args.progress, mechanisms=config.mechanism)
     return workdir, public, ServerView(workdir / SERVER_DIR)
 
 

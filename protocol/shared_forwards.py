@@ -2,10 +2,10 @@
 
 A sweep or an audit runs many fine-tunings over the same data: every point of a sweep
 and every variant of an audit needs the device's pivot activations and label logits of
-its training and evaluation examples. Their example lists differ (a protected run holds
-10% of the training set out for its safeguard, sample-size axes take prefixes), so the
-list-keyed disk cache of `protocol.device_features` would forward the same texts again
-for each list. A `SharedForwards` table instead holds one row per distinct text for one
+its training and evaluation examples. Their example lists differ (sample-size axes take
+prefixes, runs evaluate on their own splits), so the disk cache of
+`protocol.device_features`, keyed by the set of texts of each dataset, would forward the
+same texts again for each distinct set. A `SharedForwards` table instead holds one row per distinct text for one
 device configuration (backbone, task and prompt, layers, payload dtype), computed once;
 a `ForwardCachingDevice` running inside `serving(tables)` reads its rows from the table
 instead of the backbone, in any order and any subset.

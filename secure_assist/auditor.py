@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
@@ -24,21 +24,19 @@ from attacks.public_model import public_backbone
 from attacks.rotation_math import relative_error
 from attacks.view_data import pivot_data
 from protocol.backbone import DEFAULT_BACKBONE
-from protocol.device import DeviceRole, PivotBatch
+from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
 from protocol.rotated_input import input_rotations, unrotate
-from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
+from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
+from secure_assist.audit.sampling import memory_view
 from secure_assist.modes import MODES
+from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
-from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
+from secure_assist.metrics import auc_with_interval, bag_scores, bootstrap_interval, label_leak_metrics, rouge_l
 
-PUBLIC_LABELED = 128
-PUBLIC_UNLABELED = 1000
-# Uploads whose text the server knows (it made the device process them): the known-pair attacks use the first k.
-KNOWN_SAMPLES = 64
 # An alignment attack has recovered a layer's rotation when ‖R̂ − R‖_F / ‖R‖_F is below this.
 RECOVERED_ERROR = 0.01
 
@@ -94,69 +92,9 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
     return truth
 
 
-class CachedFeatures:
-    """The attacker's public-backbone forward passes, via the device-feature disk cache.
-
-    Requests made of known text groups in order, or of a group's first texts, reuse each
-    group's cache entry.
-    """
-
-    def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
-        self._role = DeviceRole(public_backbone(backbone_name), task, progress=progress)
-        self._groups = groups
-
-    def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
-        parts, rest = [], list(texts)
-        while rest:
-            # A known group that starts the request, or that the request is a prefix of.
-            group = next((g for g in self._groups if g and (rest[:len(g)] == g or g[:len(rest)] == rest)), rest)
-            batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
-            used = min(len(group), len(rest))
-            parts.append(PivotBatch(activations=batch.activations[:used], label_logits=batch.label_logits[:used]))
-            rest = rest[used:]
-        columns = [self._role.layers.index(i) for i in layers]
-        return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
-                              label_logits=torch.cat([p.label_logits for p in parts]).numpy())
-
-
-def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example]:
-    """Round-robin over classes so every prefix (k = 8, 32, ...) holds each class."""
-    by_class = [[e for e in examples if e.label == c] for c in range(n_classes)]
-    order = []
-    for i in range(max(len(c) for c in by_class)):
-        order += [c[i] for c in by_class if i < len(c)]
-    return order
-
-
-def known_samples(truth: dict[str, Truth], seed: int = 0) -> tuple[tuple[str, str], ...]:
-    """(sample id, text) of `KNOWN_SAMPLES` uploads, seed-fixed: the texts a server made the
-    device process (threat model of the known-pair attacks: it injected them into the
-    device's data and recognised their uploads)."""
-    ids = list(truth)
-    order = np.random.default_rng([seed, 2]).permutation(len(ids))[:KNOWN_SAMPLES]
-    return tuple((ids[i], truth[ids[i]].text) for i in order)
-
-
-def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
-                             progress: bool = True, mechanisms: tuple[str, ...] | None = None) -> PublicKnowledge:
-    """Public data for a built-in task: train-split texts disjoint from the private set
-    (k labeled examples, an unlabeled corpus), a candidate pool of the private texts
-    mixed with as many public ones (the 'suspect list' of candidate matching), the texts of
-    a few uploads (known pairs) and the device's mechanisms, if given (public, not secret)."""
-    private_texts = [t.text for t in truth.values()]
-    private = set(private_texts)
-    if task.name != SST2.name:
-        raise UserInputError(f"no built-in public data for task {task.name!r}; pass PublicKnowledge yourself")
-    pool = [e for e in sample(builtin_split(task.name, "train"), None, seed + 1000) if e.text not in private]
-    labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
-    unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
-    candidates = private_texts + unlabeled
-    known = known_samples(truth, seed)
-    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled],
-                                                    [text for _, text in known]], progress)
-    return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
-                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed,
-                           mechanisms=mechanisms, known_samples=known)
+def upload_texts(truth: dict[str, Truth]) -> list[tuple[str, str]]:
+    """(sample id, text) of every upload, in the ground truth's order (what public knowledge takes)."""
+    return [(sid, t.text) for sid, t in truth.items()]
 
 
 def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
@@ -166,10 +104,10 @@ def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
     return [truth[sid] for sid in result.sample_ids]
 
 
-def score_labels(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
-    """Accuracy, CI and baselines of label predictions."""
+def score_labels(result: AttackResult, truth: dict[str, Truth], n_classes: int, seed: int = 0) -> dict[str, Any]:
+    """Accuracy with the prior, balanced accuracy and (when the attack gives class scores) AUC, with CIs."""
     labels = np.array([t.label for t in _aligned(result, truth)])
-    return accuracy_with_interval(result.predictions, labels, seed)
+    return label_leak_metrics(result.predictions, labels, n_classes, result.scores, seed)
 
 
 def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
@@ -253,21 +191,26 @@ def score_alignment(result: AttackResult, attack: Attack, view: ServerView, work
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-               progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
+               progress: bool = True, held_out: list[Example] | None = None,
+               public_file: str | None = None, keep: frozenset[str] | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
-    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out)[1]
+    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file=public_file,
+                 keep=keep)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
           progress: bool = True, held_out: list[Example] | None = None,
-          view: ServerView | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          view: ServerView | None = None, public_file: str | None = None,
+          keep: frozenset[str] | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
-    `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split); runs pass their own evaluation split, whose device forwards they already hold.
-    `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
-    alignment attack realigned)."""
+    `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
+    task's unused rows). `held_out`: the inputs model extraction is scored on (default: the
+    task's whole dev split); runs pass their own evaluation split, whose device forwards
+    they already hold. `view`: what the attack reads (default: the run's server view as
+    stored; e.g. a view an alignment attack realigned). `keep`: attack only these uploads
+    (hex sample ids; a `SampledView` of the stored view)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -276,13 +219,14 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
     if public is None:
-        public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    view = view or ServerView(workdir / SERVER_DIR)
+        public = default_public_knowledge(backbone_name, task, upload_texts(truth), seed,
+                                          progress, public_file)
+    view = view or memory_view(workdir / SERVER_DIR, keep)
     result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
-        report.update(score_labels(result, truth, seed))
+        report.update(score_labels(result, truth, task.n_classes, seed))
     elif attack.KIND == SCORES:
         report.update(score_scores(result, truth, seed))
     elif attack.KIND == RECONSTRUCTION:

@@ -67,7 +67,7 @@ class RunSettings:
                                          + ", ".join(MECHANISMS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
-    # the unprotected baseline ('none'), 0.1 for any protected run.
+    # the unprotected baseline ('none'), secure_assist.safeguard.VALIDATION_SHARE (0.2) for any protected run.
     safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "
                                                      "safeguard")
     # Keep the device's forward passes in its own disk cache and reuse them on the same

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from importlib import resources
+from pathlib import Path
+
 from protocol.errors import UserInputError
 from protocol.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
 from secure_assist.config import FinetuneConfig
@@ -49,3 +53,36 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
     evaluate = (sample(eval_pool, min(config.eval_samples, len(eval_pool)), config.seed + 1)
                 if config.eval_samples else eval_pool)
     return task, train, evaluate
+
+
+def file_provenance(path: str | None, task: TaskSpec, split: str) -> dict[str, object]:
+    """Where a split came from: the file (or the embedded copy) and the sha256 of its bytes."""
+    if path is None:
+        resource = resources.files("protocol") / "data" / task.name / f"{split}.tsv.gz"
+        return {"source": f"embedded {task.name} {split} split",
+                "sha256": hashlib.sha256(resource.read_bytes()).hexdigest()}
+    return {"source": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def data_provenance(config: FinetuneConfig, task: TaskSpec, train: list[Example],
+                    evaluate: list[Example]) -> dict[str, object]:
+    """The data an audit ran on: each file's sha256 and the rows used (training rows include
+    the device's validation split of protected runs)."""
+    builtin = config.train_file is None
+    eval_source = config.eval_file or config.train_file
+    return {"task": task.name, "template": task.template, "label_words": list(task.label_words),
+            "labels": list(task.labels), "classes": task.n_classes,
+            "train": {**file_provenance(config.train_file, task, "train"), "rows_used": len(train),
+                      "class_counts": class_counts(train, task)},
+            "eval": {**file_provenance(eval_source, task, "dev"), "rows_used": len(evaluate),
+                     "class_counts": class_counts(evaluate, task),
+                     "split": "its own file" if config.eval_file or builtin else
+                              f"{HELD_OUT_FRACTION:.0%} of --train-file held out (seed-fixed)"}}
+
+
+def class_counts(examples: list[Example], task: TaskSpec) -> dict[str, int]:
+    """Rows per label value."""
+    counts = [0] * task.n_classes
+    for example in examples:
+        counts[example.label] += 1
+    return dict(zip(task.labels, counts))

@@ -57,3 +57,9 @@ class WithForwards:
     def __call__(self, args: tuple[Any, ...], tables: list[SharedForwards]) -> Any:
         with serving(tables):
             return self.work(*args)
+
+
+def forwards_summary(tables: list[SharedForwards]) -> dict[str, Any]:
+    """Device forwards computed for the whole sweep (0 when read back), rows, bytes held, seconds."""
+    return {"computed": sum(t.computed for t in tables), "rows": sum(len(t.texts) for t in tables),
+            "bytes": sum(t.nbytes for t in tables), "seconds": sum(t.seconds_per_forward * t.computed for t in tables)}

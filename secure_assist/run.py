@@ -32,7 +32,7 @@ from secure_assist.mechanisms import MECHANISMS, MechanismChain
 from secure_assist.modes import TrainingMode, resolve_mode
 from secure_assist.modes.host import ModeHost
 from secure_assist.resources import PeakMemory
-from secure_assist.safeguard import choose_shrink, shrink_network
+from secure_assist.safeguard import VALIDATION_SHARE, choose_shrink, shrink_network
 from secure_assist.summary import RunSummary
 from secure_assist.upload import run_key, upload_resumable
 from secure_assist.workdir import (
@@ -57,7 +57,7 @@ def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, 
     """(indices to upload, indices of the device's validation split), seed-fixed."""
     fraction = config.safeguard_fraction
     if fraction is None:
-        fraction = 0.0 if config.mechanism == ("none",) else 0.1
+        fraction = 0.0 if config.mechanism == ("none",) else VALIDATION_SHARE
     cut = int(n_train * fraction)
     if fraction > 0 and (cut < 1 or cut >= n_train):
         raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
@@ -77,21 +77,27 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None,
-                progress: bool) -> DeviceRole:
+def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None, progress: bool,
+                datasets: tuple[list[Example], ...] = ()) -> DeviceRole:
     """The device role of a run (mechanisms None: nothing leaves the device, nothing to protect),
-    with its forward cache when `reuse_forwards` is set."""
-    device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
-    return device_class(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
-                        batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
+    with its forward cache when `reuse_forwards` is set: one entry per dataset (training set,
+    evaluation set), whatever subsets of them are asked for (the upload set and the
+    safeguard's validation split share the training set's)."""
+    settings = dict(layers=config.layers, payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
+                    progress=progress, transform=mechanisms)
+    if config.reuse_forwards:
+        return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
+    return DeviceRole(load_backbone(config.model), task, **settings)
 
 
-def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example]) -> dict[str, Any] | None:
+def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example],
+                    seed: int = 0) -> dict[str, Any] | None:
     """Shrink or drop the side output so it never does worse than the backbone on validation."""
     if not validation:
         return None
     backbone_probs, combined = device.scores(validation, side)
-    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]))
+    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
+                             seed)
     shrink_network(side, decision.factor)
     return {**asdict(decision), "action": decision.action}
 
@@ -129,7 +135,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     try:
-        device = make_device(config, task, mechanisms if mode.uploads else None, progress)
+        device = make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
         expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),
@@ -146,7 +152,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
         if host is not None:
             host.close()
     side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
-    safeguard = apply_safeguard(device, side, validation)
+    safeguard = apply_safeguard(device, side, validation, config.seed)
     zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, side, evaluate, workdir)
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds

@@ -15,10 +15,11 @@ from protocol.rotated_input import RotatedInput, input_rotations, unrotate
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
 from protocol.tasks import SST2
 from protocol.transcript import ServerView
-from secure_assist.auditor import audit, known_samples, load_ground_truth
+from secure_assist.auditor import audit, load_ground_truth, upload_texts
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import MechanismChain
+from secure_assist.public_knowledge import known_samples
 from test_mechanisms_dp import C, D, L, make_batch
 
 
@@ -91,7 +92,7 @@ def test_known_pairs_recover_the_rotation_with_d_pairs(tmp_path, tiny_llama) -> 
     workdir = tmp_path / "run"
     run_finetune(FinetuneConfig(model="tiny-llama", train_samples=80, eval_samples=4, epochs=1, payload_dtype="float32",
                                 mechanism=("activation_rotation",), workdir=str(workdir)), progress=False)
-    known = known_samples(load_ground_truth(workdir))
+    known = known_samples(upload_texts(load_ground_truth(workdir)))
     device = DeviceRole(tiny_llama, SST2, payload_dtype="float32", progress=False)
 
     def features(texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:

@@ -58,8 +58,9 @@ def test_points_table_and_plots_are_written(swept: tuple[Path, dict]) -> None:
         assert {r["attack"] for r in point["attacks"] if r["status"] == "not_applicable"} == {
             name for name in DEFAULT_ATTACKS if get_attack(name).KIND == ALIGNMENT}
         best, baseline = point["leakage"]["best"], point["leakage"]["activations_only_baseline"]
-        assert best["accuracy"] == max(r["accuracy"] for r in rows.values())
-        assert best["ci95"][0] <= best["accuracy"] <= best["ci95"][1]
+        # The best label leak is read by balanced accuracy (chance 1/C on any class balance).
+        assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in rows.values())
+        assert best["balanced_accuracy_ci95"][0] <= best["balanced_accuracy"] <= best["balanced_accuracy_ci95"][1]
         assert baseline["attack"] in ("public_head_zero_shot", "model_completion_k32")
         assert (output / POINTS_DIR / f"{point['fingerprint']}.json").is_file()
     # Plain PAE: argmax Δ is the label.
@@ -105,12 +106,17 @@ def test_users_own_data_through_finetune_flags(tmp_path: Path, capsys: pytest.Ca
     result = compare(tmp_path / "out", "--task", "custom", "--train-file", str(data), "--text-column", "review",
                      "--label-column", "verdict", "--labels", "bad,good", "--label-words", " negative| positive",
                      "--template", "Review: {text}\nSentiment:", "--mechanisms", "none", "--train-samples", "20",
-                     capsys=capsys)
-    point, = result["points"]
+                     "--references", capsys=capsys)
+    reference, point = result["points"]
+    # The device_local reference row: the same side network trained on the device, nothing uploaded, no attacks.
+    assert reference["label"] == "device_local" and reference["status"] == "ok" and reference["attacks"] == []
+    assert reference["cost"]["bytes_up"] == 0 and reference["leakage"]["best"] is None
+    assert reference["utility"]["accuracy"] == point["utility"]["accuracy"]  # same network, same samples and seed
     rows_by_attack = {r["attack"]: r for r in point["attacks"]}
     assert point["status"] == "ok" and point["utility"]["n_train"] == 20
     assert rows_by_attack["delta_argmax"]["accuracy"] == 1.0
-    # No public labeled data exists for a user's task: model completion says so instead of guessing.
+    # The public split of the user's 32-row file (rows not drawn for training or evaluation) is too small for
+    # 32 labeled examples: model completion says so instead of guessing.
     assert rows_by_attack["model_completion_k32"]["status"] == "not_applicable"
 
 

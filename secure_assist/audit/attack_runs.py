@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from attacks.base import ALIGNMENT, NotApplicable, PublicKnowledge, get_attack
+from attacks.base import ALIGNMENT, RECONSTRUCTION, NotApplicable, PublicKnowledge, get_attack
 from attacks.realigned_view import RealignedView
 from protocol.tasks import Example
 from protocol.transcript import ServerView
@@ -36,15 +36,20 @@ def realigned_name(attack: str, aligner: str) -> str:
 
 
 def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: PublicKnowledge, seed: int = 0,
-                   progress: bool = True, held_out: list[Example] | None = None) -> Iterator[Outcome]:
+                   progress: bool = True, held_out: list[Example] | None = None,
+                   keep: frozenset[str] | None = None) -> Iterator[Outcome]:
     """Each named attack's scored report (or NotApplicable), alignment attacks last, each
-    followed by the attacks it realigned."""
+    followed by the attacks it realigned. `keep`: the uploads (hex sample ids) reconstruction
+    attacks read (default: all); their reports then say `subsampled`."""
     aligners = [n for n in names if get_attack(n).KIND == ALIGNMENT]
     applied = []
     for name in [n for n in names if n not in aligners]:
         start = time.perf_counter()
+        subset = keep if get_attack(name).KIND == RECONSTRUCTION else None
         try:
-            report = audit(name, workdir, public=public, seed=seed, progress=progress, held_out=held_out)[1]
+            report = audit(name, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
+                           keep=subset)[1]
+            report["subsampled"] = subset is not None
             applied.append(name)
         except NotApplicable as exc:
             report = exc

@@ -1,4 +1,12 @@
-"""Run the audit: each variant is a real `run_finetune`, each attack a real `run_attack`."""
+"""Run the audit: each row is a real `run_finetune` (or a reference trained on the device),
+each attack a real `run_attack` on a variant's server view.
+
+One pass of the backbone serves everything: the device forwards of the audit's training
+and evaluation sets are computed once, before any row runs (`secure_assist.forwards`), and
+every row and the attacker's public-backbone passes over those texts read them, whichever
+executor runs the variants; so the cost of an audit is one forward pass per sample plus the
+public texts, then training and attacks.
+"""
 
 from __future__ import annotations
 
@@ -16,26 +24,37 @@ from attacks.base import LABELS, NotApplicable, all_attacks
 from protocol.backbone import load_backbone
 from protocol.device import DeviceRole
 from protocol.errors import UserInputError
-from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
+from protocol.shared_forwards import serving
+from secure_assist.audit.config import (
+    AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
+)
 from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.rows import (
+    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, correctness, local_lora_row, reference_row, utility,
+)
+from secure_assist.audit.sampling import sample_ids
+from secure_assist.audit.summary import conclusions
 from secure_assist.audit.verdict import headline, verdict
 from secure_assist.audit.attack_runs import attack_reports
-from secure_assist.auditor import default_public_knowledge, load_ground_truth
-from secure_assist.data import resolve_data
+from secure_assist.auditor import load_ground_truth, upload_texts
+from secure_assist.data import data_provenance, file_provenance, resolve_data
 from secure_assist.executors import Executor
 from secure_assist.executors.local import LocalExecutor
 from secure_assist.finetune import run_finetune
-from secure_assist.forwards import WithForwards, share_forwards
+from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.mechanisms import mechanism_parameters
+from secure_assist.public_knowledge import PublicData, knowledge, public_data
 from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/audit-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
+# How the audit's one backbone pass is shared: passes a row computed, and passes it read from the device's cache.
+FORWARD_KEYS = ("device_forwards", "device_forwards_reused")
 # Reported by `he_ckks` runs only.
 HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
                 "he_server_fit_seconds", "he_device_decrypt_seconds")
@@ -73,72 +92,146 @@ def attack_names(config: AuditConfig) -> list[str]:
     return names
 
 
-def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str, Any]:
-    """Fine-tune one variant, attack its server view, and check its DP claim."""
-    finetune_config = variant_finetune_config(config, variant)
-    try:
-        build_mechanisms(finetune_config)
-    except UserInputError as exc:
-        return {"variant": variant, "status": "skipped", "reason": str(exc)}
-    start = time.perf_counter()
-    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
-    workdir = Path(finetune_config.workdir)
+def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+            "prior_baseline", "auc", "auc_ci95")
+    return None if row is None else {k: row[k] for k in keys if k in row}
+
+
+def attack_variant(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData, public: PublicData,
+                   progress: bool) -> list[dict[str, Any]]:
+    """Every configured attack on one variant's server view (reconstruction on a subsample;
+    alignment attacks last, each followed by the attacks re-run on the states it realigned)."""
     truth = load_ground_truth(workdir)
-    task, _, evaluate = resolve_data(finetune_config)
-    public = default_public_knowledge(config.model, task, truth, config.seed, progress, finetune_config.mechanism)
+    known = knowledge(config.model, data.task, public, upload_texts(truth), config.seed, progress,
+                      private_pool=[e.text for e in data.train], mechanisms=tuple(variant.mechanism.split("+")))
+    subsample = sample_ids(list(truth), config.attack_samples, config.seed)
+    keep = subsample if len(subsample) < len(truth) else None
     rows = []
-    for name, report, seconds in tqdm(attack_reports(attack_names(config), workdir, public, config.seed, progress,
-                                                     evaluate),
-                                      desc=f"attacks on {variant}", unit="attack", disable=not progress, leave=False):
+    for name, report, seconds in tqdm(attack_reports(attack_names(config), workdir, known, config.seed, progress,
+                                                     data.evaluate, keep),
+                                      desc=f"attacks on {workdir.name}", unit="attack", disable=not progress,
+                                      leave=False):
         if isinstance(report, NotApplicable):
             rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
             continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report), "seconds": seconds})
-    label_rows = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS and r["activations_only"]]
-    baseline = max(label_rows, key=lambda r: r["accuracy"]) if label_rows else None
-    result: dict[str, Any] = {
-        "variant": variant, "status": "ok", "workdir": str(workdir),
-        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
-                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
-        "cost": {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary},
-        "attacks": rows,
-        "activations_only_baseline": None if baseline is None else {
-            "attack": baseline["attack"], "accuracy": baseline["accuracy"], "ci95": baseline["ci95"]},
-        "dp_check": None,
-        "seconds": 0.0,
-    }
+        rows.append({**jsonable(report), "status": "ok", **headline(report), "of_uploads": len(truth),
+                     "seconds": seconds})
+    return rows
+
+
+def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
+    """The empirical ε lower bound of the variant's DP claim (None without one)."""
+    finetune_config = variant_finetune_config(config, variant)
     claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
-    if claiming:
-        # One DP check per variant: a composition ('a+b') with two claims has its first one checked.
-        mechanism = type(claiming[0])
-        device = DeviceRole(load_backbone(config.model), task, layers=finetune_config.layers, progress=False)
-        first, second = list(truth.values())[:2]
-        result["dp_check"] = jsonable(empirical_epsilon(
-            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device, (first.text, second.text),
-            config.dp_releases, config.seed))
+    if not claiming:
+        return None
+    # One DP check per variant: a composition ('a+b') with two claims has its first one checked.
+    mechanism = type(claiming[0])
+    device = DeviceRole(load_backbone(config.model), data.task, layers=finetune_config.layers, progress=False)
+    first, second = list(load_ground_truth(workdir).values())[:2]
+    return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device,
+                                      (first.text, second.text), config.dp_releases, config.seed))
+
+
+def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,
+                  references: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Fine-tune one variant, score it against the reference rows, attack its view, check its DP claim."""
+    finetune_config = variant_finetune_config(config, variant)
+    base = {"variant": variant.label, "mechanism": variant.mechanism, "epsilon": variant.epsilon}
+    try:
+        build_mechanisms(finetune_config)
+    except UserInputError as exc:
+        return {**base, "status": "skipped", "reason": str(exc)}
+    start = time.perf_counter()
+    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
+    workdir = Path(finetune_config.workdir)
+    correct = correctness(data.probabilities(summary["model_file"])[1], data.labels)
+    local = references[DEVICE_LOCAL]
+    cost = {k: summary[k] for k in COST_KEYS + FORWARD_KEYS + HE_COST_KEYS if k in summary}
+    cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
+    rows = attack_variant(config, variant, workdir, data, public, progress)
+    labels = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
+    activations_only = [r for r in labels if r["activations_only"]]
+    result: dict[str, Any] = {
+        **base, "status": "ok", "reference": False, "workdir": str(workdir),
+        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS}, **utility(correct, config.seed),
+                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"],
+                    "vs_zero_shot": comparison(correct, references[ZERO_SHOT]["correct"], config.seed),
+                    "vs_device_local": comparison(correct, local["correct"], config.seed)},
+        "cost": cost, "attacks": rows,
+        "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r["balanced_accuracy"],
+                                                       default=None)),
+        "best_label_leak": _leak_summary(max(labels, key=lambda r: r["balanced_accuracy"], default=None)),
+        "dp_check": dp_check(config, variant, workdir, data),
+    }
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
     return result
 
 
+def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[str, dict[str, Any]]:
+    """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "correct"}."""
+    start = time.perf_counter()
+    summary = run_finetune(device_local_config(config), progress=progress, overwrite=True)
+    backbone_probs, local_probs = data.probabilities(summary["model_file"])
+    zero = correctness(backbone_probs, data.labels)
+    local = correctness(local_probs, data.labels)
+    references = {
+        ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, {"device_seconds": 0.0, "device_peak_rss_mib": None},
+                                         config.seed), "correct": zero},
+        DEVICE_LOCAL: {"row": reference_row(
+            DEVICE_LOCAL, local, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
+                                                         "device_peak_rss_mib") + FORWARD_KEYS}, config.seed,
+            workdir=device_local_config(config).workdir, seconds=time.perf_counter() - start,
+            safeguard=summary["safeguard"]), "correct": local},
+    }
+    if config.with_lora:
+        row, correct = local_lora_row(data, config.seed, progress)
+        references["local_lora"] = {"row": row, "correct": correct}
+    for name, entry in references.items():
+        entry["row"]["utility"]["vs_zero_shot"] = comparison(entry["correct"], zero, config.seed)
+        entry["row"]["utility"]["vs_device_local"] = comparison(entry["correct"], local, config.seed)
+    return references
+
+
 def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
-    """Every variant of the config, audited by `executor` (default: in this process) over device
-    forwards computed once; the JSON report as a dict. A variant that fails twice is reported failed."""
+    """Every reference row and variant of the config, audited; the JSON report as a dict.
+
+    The reference rows run in this process; the variants run on `executor` (default: in this
+    process, one after another), all over device forwards computed once. A variant that
+    fails twice is reported failed with its error."""
     start = time.perf_counter()
     attack_names(config)  # fail on an unknown attack before any fine-tuning
+    variants = audit_variants(config)
+    run_config = device_local_config(config)
+    task, train, evaluate = resolve_data(run_config)
+    data = EvalData(run_config, task, train, evaluate)
+    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
+    provenance = data_provenance(run_config, task, train, evaluate)
+    provenance["public"] = {"source": public.source, "rows": len(public.examples),
+                            **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file
+                               else {})}
     executor = executor or LocalExecutor()
-    tables = share_forwards([variant_finetune_config(config, v) for v in config.variants], progress)
-    outcomes = executor.map(WithForwards(audit_variant), [(config, v, progress and executor.IN_PROCESS)
-                                                          for v in config.variants], tables, "audit variants", progress)
-    variants = [o.value if o.ok else {"variant": v, "status": "failed", "reason": o.error}
-                for v, o in zip(config.variants, outcomes)]
-    audited = [v for v in variants if v["status"] == "ok"]
-    return {
+    tables = share_forwards([run_config] + [variant_finetune_config(config, v) for v in variants], progress)
+    with serving(tables):
+        references = reference_rows(config, data, progress)
+    outcomes = executor.map(WithForwards(audit_variant),
+                            [(config, v, data, public, references, progress and executor.IN_PROCESS)
+                             for v in variants], tables, "audit variants", progress)
+    audited = [o.value if o.ok else {"variant": v.label, "mechanism": v.mechanism, "epsilon": v.epsilon,
+                                     "status": "failed", "reason": o.error}
+               for v, o in zip(variants, outcomes)]
+    report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": jsonable(asdict(config)), "config_fingerprint": fingerprint(config), "seed": config.seed,
-        "package_versions": package_versions(),
-        "variants": variants,
-        "consistent": all(v["dp_check"] is None or v["dp_check"]["consistent"] for v in audited),
-        "wall_seconds": time.perf_counter() - start,
+        "package_versions": package_versions(), "data": jsonable(provenance),
+        "references": [entry["row"] for entry in references.values()],
+        "variants": audited,
+        "consistent": all(v.get("dp_check") is None or v["dp_check"]["consistent"] for v in audited),
+        "executor": executor.NAME, "shared_forwards": forwards_summary(tables),
     }
+    report["conclusions"] = conclusions(report)
+    report["wall_seconds"] = time.perf_counter() - start
+    return report

@@ -31,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     elif not args.quiet:
+        for sentence in report["conclusions"]:
+            print(sentence)
         for variant in report["variants"]:
-            print(f"{variant['variant']}: {variant.get('verdict') or 'skipped: ' + variant['reason']}")
+            if variant["status"] != "ok":
+                print(f"{variant['variant']}: {variant['status']}: {variant['reason']}")
         print("reports: " + ", ".join(str(p) for p in paths))
     failed = [v["variant"] for v in report["variants"] if v["status"] == "failed"]
     if failed:
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the subcommand to the CLI."""
-    parser = commands.add_parser("audit", help="fine-tune each protection variant, run every attack, write reports")
+    parser = commands.add_parser("audit", help="fine-tune each protection variant and the reference rows, run every "
+                                               "attack, write the decision page")
     finetune_command.add_config_flags(parser, AuditConfig)
     add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Absolute: a Ray worker may not share the driver's working directory.
     output = Path(args.output).resolve()
-    points = expand(config_from_args(args), axes_from_args(args), output)
+    points = expand(config_from_args(args), axes_from_args(args), output, references=args.references)
     with executor_from_args(args) as executor:
         compare = run_sweep(points, output, progress=not args.quiet, announce=not args.quiet, executor=executor)
     paths = write_outputs(compare, output)
@@ -99,6 +99,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help=text)
     parser.add_argument("--output", "--workdir", dest="output", default="runs/compare",
                         help="folder for points/, runs/, compare.{json,md,csv} and the plots (default: runs/compare)")
+    parser.add_argument("--references", action="store_true",
+                        help="add the device_local reference row (the side network trained on the device, nothing "
+                             "uploaded) at each training sample count")
     add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print compare.json on stdout")

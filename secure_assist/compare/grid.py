@@ -17,7 +17,7 @@ from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
 
 # Bump when what a point file holds changes: older point files are then recomputed.
-POINT_SCHEMA_VERSION = 1
+POINT_SCHEMA_VERSION = 2  # 2: label leakage read by balanced accuracy
 ACTIVATION_NOISE = "activation_noise"
 # Label attacks run on every point: Δ read directly, the activations-only zero-shot
 # baseline, and model completion from 32 public labeled examples (activations only); and the
@@ -140,9 +140,31 @@ def check_base(base: FinetuneConfig) -> None:
         raise UserInputError("compare sweeps ε; --noise-multiplier would contradict --epsilons")
 
 
-def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
+DEVICE_LOCAL = "device_local"
+
+
+def reference_points(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
+    """The `device_local` reference (the side network trained on the device, nothing uploaded) at each
+    training sample count of the sweep: what every point's server help is judged against."""
+    points = []
+    for samples in dict.fromkeys(axes.train_samples):
+        config = replace(base, mechanism=("none",), mode=DEVICE_LOCAL, epsilon=None, train_samples=samples,
+                         mechanism_seed=base.seed if base.mechanism_seed is None else base.mechanism_seed,
+                         reuse_forwards=True, workdir="")
+        key = fingerprint(point_identity(config, ()))
+        series = DEVICE_LOCAL + (f" n={samples if samples is not None else 'all'}" if len(axes.train_samples) > 1
+                                 else "")
+        points.append(SweepPoint(axes={"mechanism": DEVICE_LOCAL, "epsilon": None, "layers": None,
+                                       "activation_noise_multiplier": 0.0, "train_samples": samples},
+                                 label=series, series=series,
+                                 config=replace(config, workdir=str(Path(output) / "runs" / key[:16])),
+                                 attacks=(), fingerprint=key))
+    return points
+
+
+def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str, references: bool = False) -> list[SweepPoint]:
     """The grid's distinct points in sweep order; an axis a point ignores (ε for a mechanism
-    that reads none) does not multiply it."""
+    that reads none) does not multiply it. `references`: the device_local rows first."""
     check_base(base)
     varying = {name for name in ("layer_subsets", "activation_noise_multipliers", "train_samples")
                if len(set(getattr(axes, name))) > 1}
@@ -165,4 +187,4 @@ def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[Sw
         series = _series(entry, layers, noise, samples, varying)
         points[key] = SweepPoint(axes=axis_values, label=_label(series, epsilon), series=series, config=config,
                                  attacks=axes.attacks, fingerprint=key)
-    return list(points.values())
+    return (reference_points(base, axes, output) if references else []) + list(points.values())

@@ -16,18 +16,18 @@ from attacks.base import LABELS, NotApplicable, PublicKnowledge
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
-from protocol.shared_forwards import SharedForwards
 from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
 from secure_assist.audit.attack_runs import attack_reports
-from secure_assist.auditor import default_public_knowledge, load_ground_truth
+from secure_assist.auditor import load_ground_truth, upload_texts
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
-from secure_assist.data import resolve_data, resolve_task
+from secure_assist.data import resolve_data
 from secure_assist.executors import Executor, Progress
 from secure_assist.executors.local import LocalExecutor
+from secure_assist.public_knowledge import knowledge, public_data
 from secure_assist.finetune import run_finetune
-from secure_assist.forwards import WithForwards, share_forwards
+from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/compare"
@@ -56,7 +56,8 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
             return None
         leakage = saved["leakage"]
         for entry in (leakage["best"], leakage["activations_only_baseline"]):
-            if entry is not None and not (isinstance(entry["accuracy"], float) and len(entry["ci95"]) == 2):
+            if entry is not None and not (isinstance(entry["balanced_accuracy"], float)
+                                          and len(entry["balanced_accuracy_ci95"]) == 2):
                 return None
         return saved
     except (OSError, ValueError, KeyError, TypeError):
@@ -64,28 +65,27 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
 
 
 def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
-    """Built-in tasks: the audit's public data; a user's own task: the public backbone only
-    (attacks needing public labeled data then report themselves not applicable). Either way
-    the server knows the point's mechanisms."""
-    task = resolve_task(config)
-    try:
-        return default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, progress,
-                                        config.mechanism)
-    except UserInputError:
-        return PublicKnowledge(backbone_name=config.model, task=task, seed=config.seed, mechanisms=config.mechanism)
+    """The audit's public data: unused rows of the built-in task or of the user's training
+    file (secure_assist.public_knowledge); the server knows the point's mechanisms."""
+    task, train, evaluate = resolve_data(config)
+    public = public_data(task, None, config.train_file, train + evaluate, config.seed)
+    return knowledge(config.model, task, public, upload_texts(load_ground_truth(workdir)), config.seed, progress,
+                     [e.text for e in train], config.mechanism)
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {"attack": row["attack"], "accuracy": row["accuracy"], "ci95": row["ci95"],
-                                     "prior_baseline": row["prior_baseline"]}
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+            "prior_baseline")
+    return None if row is None else {k: row[k] for k in keys}
 
 
 def leakage(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best label attack overall, best reading Δ, and the activations-only baseline."""
+    """Best label attack overall (by balanced accuracy: chance 1/C on any class balance),
+    best reading Δ, and the activations-only baseline."""
     scored = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
 
     def best(subset: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return max(subset, key=lambda r: r["accuracy"]) if subset else None
+        return max(subset, key=lambda r: r["balanced_accuracy"]) if subset else None
 
     return {"best": _summary(best(scored)),
             "best_delta": _summary(best([r for r in scored if not r["activations_only"]])),
@@ -97,7 +97,8 @@ def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     summary = run_finetune(point.config, progress=progress, overwrite=True)
     workdir = Path(point.config.workdir)
-    public = public_knowledge(point.config, workdir, progress)
+    # A reference row (device_local) uploads nothing: no server view, nothing to attack.
+    public = public_knowledge(point.config, workdir, progress) if point.attacks else None
     rows = []
     for name, report, _ in attack_reports(point.attacks, workdir, public, point.config.seed, progress):
         if isinstance(report, NotApplicable):
@@ -191,14 +192,8 @@ def run_sweep(points: list[SweepPoint], output: Path | str, progress: bool = Tru
             "points": results, "computed": sum(r["status"] == "ok" and not r["cached"] for r in results),
             "cached": sum(r["cached"] for r in results), "skipped": sum(r["status"] == "skipped" for r in results),
             "failed": sum(r["status"] == "failed" for r in results), "executor": executor.NAME,
-            "shared_forwards": _forwards_summary(tables),
+            "shared_forwards": forwards_summary(tables),
             "wall_seconds": time.perf_counter() - start}
-
-
-def _forwards_summary(tables: list[SharedForwards]) -> dict[str, Any]:
-    """Device forwards computed for the whole sweep (0 when read back), rows, bytes held, seconds."""
-    return {"computed": sum(t.computed for t in tables), "rows": sum(len(t.texts) for t in tables),
-            "bytes": sum(t.nbytes for t in tables), "seconds": sum(t.seconds_per_forward * t.computed for t in tables)}
 
 
 def _announce(enabled: bool, line: str) -> None:
