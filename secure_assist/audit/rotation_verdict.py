@@ -2,8 +2,9 @@
 
 The rotation holds against an alignment attack when no attack re-run on the states it
 realigned scores significantly better (95% CI lower bound) than what the server gets
-without R: the same attack on the states as received, or what needs no states at all (the
-majority-class prior for labels, the backbone alone for a model copy), whichever is higher.
+without R: the same attack on the states as received, or what is not specific to any sample
+(the majority-class prior for labels, the re-run's guesses scored on shuffled samples for
+inputs, the backbone alone for a model copy), whichever is higher.
 It holds against rotation-invariant matching when that matching does no better than plain
 candidate matching on the received states.
 """
@@ -17,16 +18,17 @@ from protocol.rotated_input import ROTATION_MECHANISM
 
 # kind -> (metric, its CI key, what the server gets without the states, format)
 _METRICS = {LABELS: ("accuracy", "ci95", "prior_baseline", "{:.1%}"),
-            RECONSTRUCTION: ("token_f1", "token_f1_ci95", None, "{:.2f}"),
+            RECONSTRUCTION: ("token_f1", "token_f1_ci95", "token_f1_shuffled", "{:.2f}"),
             EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement", "{:.1%}")}
+_STATELESS = {LABELS: "prior", RECONSTRUCTION: "on shuffled samples", EXTRACTION: "backbone alone"}
 INVARIANT_MATCHING, PLAIN_MATCHING = "rotation_invariant_matching", "candidate_matching"
 
 
 def _gain(row: dict[str, Any], received: dict[str, Any]) -> tuple[float, str]:
     """(lower CI bound − the score without R, text) of a re-run row against its row as received."""
     metric, interval, stateless, form = _METRICS[row["kind"]]
-    floor = max(received[metric], row[stateless] if stateless else 0.0)
-    basis = "as received" if floor == received[metric] else ("prior" if row["kind"] == LABELS else "backbone alone")
+    floor = max(received[metric], row[stateless])
+    basis = "as received" if floor == received[metric] else _STATELESS[row["kind"]]
     text = (f"{received['attack']} {form.format(row[metric])} [{form.format(row[interval][0])}, "
             f"{form.format(row[interval][1])}] vs {form.format(floor)} {basis}")
     return row[interval][0] - floor, text
