@@ -29,7 +29,7 @@ from attacks.rotation_math import (
 )
 from attacks.reconstruction import CandidateMatching, candidate_pool
 from attacks.view_data import PivotData, layer_directions, pivot_data
-from protocol.rotated_input import ROTATION_MECHANISM, unrotate
+from protocol.input_maps import ROTATION_MECHANISM, unrotate
 from protocol.transcript import PIVOT_ACTIVATIONS, ServerView
 
 

@@ -28,7 +28,7 @@ from protocol.device import DeviceRole, PivotBatch
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
-from protocol.rotated_input import input_rotations, unrotate
+from protocol.input_maps import input_rotations, unrotate
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
 from secure_assist.modes import MODES
