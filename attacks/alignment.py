@@ -28,8 +28,8 @@ from attacks.rotation_math import (
     eigen_alignment, invariant_match, nearest_states, procrustes, wasserstein_procrustes,
 )
 from attacks.reconstruction import CandidateMatching, candidate_pool
-from attacks.view_data import PivotData, pivot_data
-from protocol.rotated_input import ROTATION_MECHANISM, unrotate
+from attacks.view_data import PivotData, layer_directions, pivot_data
+from protocol.input_maps import ROTATION_MECHANISM, unrotate
 from protocol.transcript import PIVOT_ACTIVATIONS, ServerView
 
 
@@ -128,7 +128,8 @@ class MatchingAlignment(RotationAlignment):
         keep = np.argsort(-matching.margin)[:max(1, int(self.CONFIDENT * len(matching.index)))]
         rotation = self._fit(data.activations[keep], candidates[matching.index[keep]])
         # Refinement: every sample's nearest candidate in the realigned space, then Procrustes again.
-        nearest = nearest_states(unrotate(data.activations, rotation.astype(np.float32)), candidates)
+        realigned = unrotate(data.activations, rotation.astype(np.float32))
+        nearest = nearest_states(layer_directions(realigned), layer_directions(candidates))
         rotation = self._fit(data.activations, candidates[nearest])
         return rotation, {"pool": len(pool), "pairs": int(len(keep))}
 

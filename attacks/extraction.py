@@ -17,7 +17,7 @@ import torch
 from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.labels import load_side_network
 from attacks.realigned_view import estimated_rotation
-from protocol.rotated_input import RotatedInput
+from protocol.input_maps import RotatedInput
 from protocol.he_messages import HeFitReply
 from protocol.transcript import ENCRYPTED_HEAD, OUTBOUND, SIDE_NETWORK, ServerView
 

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from protocol.rotated_input import unrotate
+from protocol.input_maps import unrotate
 from protocol.transcript import RecordedMessage, ServerView
 
 

@@ -62,9 +62,7 @@ ATTACKS = ("delta_argmax", "side_model", "public_head_zero_shot", "clustering_ac
            "model_completion_k32", "model_completion_k128", "candidate_matching", "rotation_invariant_matching",
            "learned_inversion", "model_extraction", "distribution_alignment", "known_pairs_k1", "known_pairs_k8",
            "known_pairs_k64", "matching_alignment")
-KEEP = ("attack", "kind", "metric", "value", "value_ci95", "chance_baseline", "realigned_by", "exact_match",
-        "exact_match_ci95", "layers_recovered", "layers", "rotation_relative_error_mean", "backbone_only_agreement",
-        "n", "seconds", "status", "reason")
+DROP = ("description", "workdir")  # the same in every row of a run
 PAIR_COUNTS = (1, 8, 64, 128, 256, 576, 1000, 1800)
 CORPUS_SIZES = (100, 300, 1000)
 
@@ -110,7 +108,7 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
            "upload_bytes_per_sample": summary["upload_bytes_per_sample"],
            "epsilon": next((m.get("epsilon") for m in summary["mechanisms"] if "epsilon" in m), None),
            "activations_only_baseline": variant["activations_only_baseline"], "verdict": verdict(variant),
-           "attacks": [{key: r[key] for key in KEEP if key in r} for r in rows]}
+           "attacks": [{key: value for key, value in r.items() if key not in DROP} for r in rows]}
     if plain is not None:
         difference = correct.astype(float) - plain
         out["accuracy_minus_plain"] = float(difference.mean())

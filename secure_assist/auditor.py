@@ -28,7 +28,7 @@ from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.model_io import load_finetuned
-from protocol.rotated_input import input_rotations, unrotate
+from protocol.input_maps import input_rotations, unrotate
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
 from secure_assist.audit.sampling import memory_view
@@ -118,17 +118,21 @@ def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -
 
 def score_reconstruction(result: AttackResult, truth: dict[str, Truth], tokenizer: object, task: TaskSpec,
                          seed: int = 0) -> dict[str, Any]:
-    """Bag-of-words precision/recall/F1, exact match, ROUGE-L and, for per-position
-    attacks, the share of prompt tokens recovered at their position."""
+    """Bag-of-words precision/recall/F1, exact match, ROUGE-L, the F1 of the same guesses scored
+    against other samples' texts (a seed-fixed permutation: what the guesses get right without
+    being specific to their sample, e.g. frequent words) and, for per-position attacks, the
+    share of prompt tokens recovered at their position."""
     rows = _aligned(result, truth)
     per = np.array([bag_scores(words(guess), words(t.text)) for guess, t in zip(result.texts, rows)])
+    others = np.random.default_rng(seed).permutation(len(rows))
+    shuffled = np.mean([bag_scores(words(guess), words(rows[i].text))[2] for guess, i in zip(result.texts, others)])
     exact = np.array([" ".join(words(g)) == " ".join(words(t.text)) for g, t in zip(result.texts, rows)], float)
     rouge = np.array([rouge_l(g, t.text) for g, t in zip(result.texts, rows)])
     report: dict[str, Any] = {
         "token_precision": float(per[:, 0].mean()), "token_recall": float(per[:, 1].mean()),
         "token_f1": float(per[:, 2].mean()),
         "token_f1_ci95": bootstrap_interval(lambda idx: float(per[idx, 2].mean()), len(per), seed),
-        "exact_match": float(exact.mean()),
+        "token_f1_shuffled": float(shuffled), "exact_match": float(exact.mean()),
         "exact_match_ci95": bootstrap_interval(lambda idx: float(exact[idx].mean()), len(exact), seed),
         "rouge_l": float(rouge.mean()), "n": len(rows)}
     if result.token_ids is not None:

@@ -11,7 +11,7 @@ import torch
 from attacks.base import NotApplicable, PublicFeatures, PublicKnowledge
 from protocol.device import DeviceRole
 from protocol.model_io import FineTunedModel, load_finetuned, save_finetuned
-from protocol.rotated_input import RotatedInput, input_rotations, unrotate
+from protocol.input_maps import ClippedInput, RotatedInput, input_rotations, unrotate
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
 from protocol.tasks import SST2
 from protocol.transcript import ServerView
@@ -52,6 +52,32 @@ def test_rotation_is_exact_on_the_device(tmp_path) -> None:
         loaded = load_finetuned(path).side_network
         np.testing.assert_array_equal(loaded(plain).numpy(), deployed(plain).numpy())
     np.testing.assert_array_equal(input_rotations(loaded), rotation)
+
+
+def test_noise_and_rotation_restore_the_uploads_input_map(tmp_path) -> None:
+    """The deployed side output reads the device's states as the uploads were made: clipped
+    (activation_noise, without its zero-mean noise), then rotated; the model file keeps both."""
+    upload, labels, logits = make_batch(6)
+    upload = type(upload)(sample_ids=upload.sample_ids, activations=upload.activations.astype(np.float32) * 10,
+                          delta=upload.delta, layers=upload.layers)
+    chain = MechanismChain(["activation_noise", "activation_rotation"],
+                           {"activation_noise_multiplier": 1e-6, "activation_clip": 5.0}, seed=0)
+    sent = chain.transform(upload, labels, logits)[0]
+    network = AdditiveSideNetwork(SideNetworkShape(n_layers=L, hidden_size=D, rank=2, n_classes=C))
+    torch.nn.init.normal_(network.head.weight)
+    with torch.no_grad():
+        trained_view = network(torch.from_numpy(sent.activations)).numpy()
+        deployed = chain.restore(network)
+        assert deployed.KIND == ClippedInput.KIND and deployed.inner.KIND == RotatedInput.KIND
+        np.testing.assert_allclose(deployed(torch.from_numpy(upload.activations)).numpy(), trained_view, atol=1e-3)
+        path = tmp_path / "model.safetensors"
+        save_finetuned(path, FineTunedModel(backbone="tiny-llama", task=SST2, layers=(1, 2, 3),
+                                            payload_dtype="float32", side_network=deployed))
+        loaded = load_finetuned(path).side_network
+        np.testing.assert_array_equal(loaded(torch.from_numpy(upload.activations)).numpy(),
+                                      deployed(torch.from_numpy(upload.activations)).numpy())
+    assert chain.names == ["activation_noise", "activation_rotation"]
+    np.testing.assert_array_equal(input_rotations(loaded), chain.mechanisms[-1].rotations)
 
 
 def _secret_bytes(rotation: np.ndarray) -> list[bytes]:

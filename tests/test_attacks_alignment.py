@@ -69,8 +69,8 @@ def test_audit_says_which_attacks_break_the_rotation(tmp_path) -> None:
     # the server's φ read through R̂ is the deployed model.
     assert realigned["exact_match"] > 0.9 > rows["candidate_matching"]["exact_match"]
     assert rows["model_extraction@known_pairs_k64"]["agreement"] == 1.0
-    assert "rotation BROKEN by known_pairs_k64" in variant["verdict"]
-    assert "rotation BROKEN by rotation_invariant_matching" in variant["verdict"]
+    assert "rotation does NOT hold against known_pairs_k64" in variant["verdict"]
+    assert "rotation does NOT hold against rotation_invariant_matching" in variant["verdict"]
     baseline = variant["activations_only_baseline"]
     assert baseline["accuracy"] == max(r["accuracy"] for r in variant["attacks"]
                                        if r["status"] == "ok" and r["kind"] == "labels")

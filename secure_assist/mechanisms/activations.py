@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from protocol.messages import Upload
-from protocol.rotated_input import ROTATION_MECHANISM, RotatedInput, rotate
+from protocol.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
@@ -63,6 +63,11 @@ class ActivationNoise(Mechanism):
         noise = self.rng.normal(0.0, self.noise_scale(), size=clipped.shape)
         return with_activations(upload, clipped + noise.astype(np.float32))
 
+    def restore(self, side: SideOutput) -> SideOutput:
+        # The side output learned on clipped states: the device clips its own the same way
+        # (the noise is zero-mean and is not added at prediction time).
+        return ClippedInput(side, self.parameters.activation_clip)
+
     def claim(self) -> DpClaim | None:
         if self.n_layers is None:
             return None  # the sensitivity depends on the number of uploaded layers
@@ -110,7 +115,7 @@ class ActivationRotation(Mechanism):
     """A_i·R_i with a secret Haar-random orthogonal R_i per uploaded layer, held by the device.
 
     The server trains on rotated states; the device wraps the side output it gets back in
-    the same rotation (`protocol.rotated_input.RotatedInput`), which travels in its model
+    the same rotation (`protocol.input_maps.RotatedInput`), which travels in its model
     file and never to the server. Side networks and ridge heads learn as well in any
     orthonormal basis, but everything the server would read in the backbone's own
     coordinates (public head, embeddings, public-text features, φ on plain states) no

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from protocol.errors import UserInputError
+from protocol.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
 
@@ -159,12 +160,6 @@ def with_activations(upload: Upload, activations: np.ndarray) -> Upload:
     """The same upload with new activations, kept in the payload dtype."""
     return Upload(sample_ids=upload.sample_ids, delta=upload.delta, layers=upload.layers,
                   activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
-
-
-def clip_rows(values: np.ndarray, bound: float) -> np.ndarray:
-    """Scale each vector along the last axis to L2 norm at most `bound`."""
-    norms = np.linalg.norm(values, axis=-1, keepdims=True)
-    return values * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
 
 
 def warn_unprotected(what: str) -> None:
