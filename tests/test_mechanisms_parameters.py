@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 import pytest
 
 from protocol.errors import UserInputError
-from secure_assist.audit.config import AuditConfig, AuditSettings
+from secure_assist.audit.config import AuditConfig, audit_config_class
 from secure_assist.commands.finetune import add_config_flags, config_from_args
 from secure_assist.config import FinetuneConfig, RunSettings, with_mechanism_parameters
 from secure_assist.mechanisms import MECHANISMS, parameter_fields
@@ -40,10 +40,12 @@ class Widget(RotationMask):
     Parameters = WidgetParameters
 
 
-@pytest.mark.parametrize("base", [RunSettings, AuditSettings])
-def test_a_new_parameter_gives_a_config_key_and_a_flag_by_itself(monkeypatch: pytest.MonkeyPatch, base: type) -> None:
+@pytest.mark.parametrize("command", ["finetune", "audit"])
+def test_a_new_parameter_gives_a_config_key_and_a_flag_by_itself(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     monkeypatch.setitem(MECHANISMS, Widget.name, Widget)
-    config_class = with_mechanism_parameters(base, "Generated", "")
+    config_class = with_mechanism_parameters(RunSettings, "Generated", "")
+    if command == "audit":  # the audit's configuration is generated from the run's
+        config_class = audit_config_class(config_class, "GeneratedAudit")
     parser = argparse.ArgumentParser()
     add_config_flags(parser, config_class)
     assert "--widget-strength" in parser.format_help() and "how strongly the widget protects" in parser.format_help()

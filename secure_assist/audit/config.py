@@ -100,11 +100,11 @@ class AuditSettings:
             variant_finetune_config(self, variant)
 
 
-def _run_fields() -> list[tuple[str, Any, Any]]:
-    """make_dataclass entries of every FinetuneConfig field the audit shares (type, default, help)."""
-    hints = typing.get_type_hints(FinetuneConfig)
+def _run_fields(run_class: type) -> list[tuple[str, Any, Any]]:
+    """make_dataclass entries of every `run_class` field the audit shares (type, default, help)."""
+    hints = typing.get_type_hints(run_class)
     entries = []
-    for item in fields(FinetuneConfig):
+    for item in fields(run_class):
         if item.name in PER_ROW_FIELDS:
             continue
         default = DEFAULT_EPSILON if item.name == "epsilon" else item.default
@@ -115,10 +115,17 @@ def _run_fields() -> list[tuple[str, Any, Any]]:
     return entries
 
 
-AuditConfig = make_dataclass(
-    "AuditConfig", _run_fields(), bases=(AuditSettings,), frozen=True,
-    namespace={"__doc__": "`AuditSettings` plus every `FinetuneConfig` field except the per-row ones (generated: "
-                          "the same names, types, defaults and help as `finetune`).", "__module__": __name__})
+def audit_config_class(run_class: type, name: str = "AuditConfig") -> type:
+    """`AuditSettings` plus every field of the fine-tuning configuration class `run_class`
+    except the per-row ones; each row's run is a `run_class`."""
+    return make_dataclass(
+        name, _run_fields(run_class), bases=(AuditSettings,), frozen=True,
+        namespace={"__doc__": f"`AuditSettings` plus every `{run_class.__name__}` field except the per-row ones "
+                              "(generated: the same names, types, defaults and help as `finetune`).",
+                   "__module__": __name__, "RUN_CLASS": run_class})
+
+
+AuditConfig = audit_config_class(FinetuneConfig)
 
 
 def audit_variants(config: AuditSettings) -> list[Variant]:
@@ -138,9 +145,10 @@ def row_finetune_config(config: AuditSettings, name: str, mechanism: str, epsilo
                         mode: str | None = None) -> FinetuneConfig:
     """The `secure-assist finetune` configuration of one row: the audit's own run settings
     (same data, seed and training for every row) with the row's mechanism and mode."""
-    shared = {item.name: getattr(config, item.name) for item in fields(FinetuneConfig)
+    run_class = getattr(config, "RUN_CLASS", FinetuneConfig)
+    shared = {item.name: getattr(config, item.name) for item in fields(run_class)
               if item.name not in PER_ROW_FIELDS and item.name != "epsilon"}
-    return FinetuneConfig(**shared, mechanism=tuple(mechanism.split("+")), epsilon=epsilon, mode=mode,
+    return run_class(**shared, mechanism=tuple(mechanism.split("+")), epsilon=epsilon, mode=mode,
                           workdir=str(Path(config.output).resolve() / "rows" / name), mechanism_seed=config.seed,
                           reuse_forwards=True)  # every row runs over the same data: one backbone pass
 
