@@ -37,7 +37,7 @@ from protocol.device_features import ForwardCachingDevice
 from protocol.model_io import load_finetuned
 from protocol.transcript import ServerView
 from secure_assist.audit.attack_runs import attack_reports
-from secure_assist.audit.verdict import headline, verdict
+from secure_assist.audit.verdict import headline, leak_clauses
 from secure_assist.auditor import (
     load_ground_truth, run_on_view, score_alignment, score_labels, upload_texts,
 )
@@ -98,16 +98,18 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
                if isinstance(report, NotApplicable) else {**report, "status": "ok", **headline(report)})
         rows.append({**row, "seconds": round(seconds, 1)})
     labels = [r for r in rows if r["status"] == "ok" and r["kind"] == "labels" and r["activations_only"]]
-    best = max(labels, key=lambda r: r["accuracy"]) if labels else None
+    best = max(labels, key=lambda r: r["balanced_accuracy"]) if labels else None
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "accuracy", "ci95")
     variant = {"variant": name, "attacks": rows, "dp_check": None, "utility": {"mechanisms": summary["mechanisms"]},
-               "activations_only_baseline": best and {k: best[k] for k in ("attack", "accuracy", "ci95")}}
+               "activations_only_baseline": best and {k: best[k] for k in keys}}
     k = int(correct.sum())
     out = {"variant": name, "mechanisms": list(config.mechanism), "accuracy": summary["accuracy"],
            "accuracy_ci95": clopper_pearson(k, len(correct)), "zero_shot_accuracy": summary["zero_shot_accuracy"],
            "safeguard": summary["safeguard"], "n_train": summary["n_train"], "n_eval": summary["n_eval"],
            "upload_bytes_per_sample": summary["upload_bytes_per_sample"],
            "epsilon": next((m.get("epsilon") for m in summary["mechanisms"] if "epsilon" in m), None),
-           "activations_only_baseline": variant["activations_only_baseline"], "verdict": verdict(variant),
+           "activations_only_baseline": variant["activations_only_baseline"],
+           "verdict": "; ".join(leak_clauses(variant)),
            "attacks": [{key: value for key, value in r.items() if key not in DROP} for r in rows]}
     if plain is not None:
         difference = correct.astype(float) - plain

@@ -80,13 +80,19 @@ def utility_text(variant: dict[str, Any]) -> str:
 
 
 def verdict(variant: dict[str, Any]) -> str:
-    """One line: utility against the references, whether Δ-based label attacks beat the
-    activations-only baseline, the model and inputs, and whether the DP claim is consistent."""
+    """One line: utility against the references, then what the server view leaks (`leak_clauses`)."""
+    return "; ".join([utility_text(variant), *leak_clauses(variant)])
+
+
+def leak_clauses(variant: dict[str, Any]) -> list[str]:
+    """Whether Δ-based label attacks beat the activations-only baseline, the model and inputs,
+    whether a rotation holds, and whether the DP claim is consistent (from the variant's
+    `attacks`, `activations_only_baseline`, `utility.mechanisms` and `dp_check`)."""
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
     delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
-    parts = [utility_text(variant)]
+    parts: list[str] = []
     if delta_rows and baseline:
         best = max(delta_rows, key=lambda r: r["balanced_accuracy"])
         text = f"{_balanced(best)} vs activations-only {baseline['balanced_accuracy']:.1%}"
@@ -114,4 +120,4 @@ def verdict(variant: dict[str, Any]) -> str:
         state = "consistent" if check["consistent"] else "INCONSISTENT"
         parts.append(f"DP claim {state}: empirical ε ≥ {check['empirical_epsilon_lower_bound']:.2f} "
                      f"vs claimed {check['claimed_epsilon']:.2f}")
-    return "; ".join(parts) or "no applicable attack"
+    return parts or ["no applicable attack"]
