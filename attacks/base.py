@@ -16,7 +16,7 @@ parametrization come from it. Attack modules register themselves with `@register
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from protocol.transcript import ServerView
 
 # What a result holds, by attack family.
 LABELS, SCORES, RECONSTRUCTION, EXTRACTION = "labels", "scores", "reconstruction", "extraction"
+# Generation views: the predicted answer token at every loss position of each sample.
+ANSWER_TOKENS = "answer_tokens"
 
 
 class NotApplicable(SecureAssistError):
@@ -50,6 +52,9 @@ class PublicFeatures:
 
 # texts, layers -> what the public backbone yields at the pivot for them.
 FeatureFunction = Callable[[list[str], tuple[int, ...]], PublicFeatures]
+# public instruction examples, layer -> (that layer's states at their answer positions (N, d),
+# the input token id at each of those positions (N,)), from the public backbone.
+AnswerStateFunction = Callable[[list[Any], int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class PublicKnowledge:
     candidate_texts: tuple[str, ...] = ()  # a pool the attacker matches uploads against
     features: FeatureFunction | None = None
     seed: int = 0
+    # Generation tasks: public instruction examples (with answers) and the public backbone's
+    # states at their answer positions (the auditor supplies it, as it does `features`).
+    public_examples: tuple[Any, ...] = ()
+    answer_states: AnswerStateFunction | None = None
 
     def public_features(self, attack: str, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
         """Public-backbone pivot features for `texts`; an error when none is declared."""
@@ -85,7 +94,7 @@ class AttackResult:
     predictions: np.ndarray | None = None  # (n,) class indices, for LABELS
     scores: np.ndarray | None = None  # (n,) continuous score for class 1, for SCORES
     texts: list[str] | None = None  # reconstructed texts, for RECONSTRUCTION
-    token_ids: list[list[int]] | None = None  # per-position recovered token ids, if any
+    token_ids: list[list[int]] | None = None  # per-position recovered token ids (prompt or answer tokens)
     model: object | None = None  # the server's assembled model, for EXTRACTION
     details: dict[str, object] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,12 +34,14 @@ CREATE TABLE IF NOT EXISTS samples (
 class ActivationCache:
     """Append-only store of uploaded samples, keyed by opaque sample id."""
 
+    SCHEMA = _SCHEMA
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db.execute(self.SCHEMA)
         self._db.commit()
 
     def close(self) -> None:
@@ -50,8 +53,17 @@ class ActivationCache:
 
     def put_many(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Store the samples not cached yet, in one transaction; return which rows were new."""
-        if activations.dtype.name not in _ALLOWED_DTYPES:
-            raise ProtocolError(f"cannot cache activations of dtype {activations.dtype.name}")
+        def row(i: int) -> tuple:
+            act, d = activations[i], delta[i]
+            return (_little_endian(act), act.dtype.name, act.shape[0], act.shape[1],
+                    np.ascontiguousarray(d, dtype="<f4").tobytes(), d.shape[0])
+
+        return self._insert(sample_ids, activations.dtype.name, row)
+
+    def _insert(self, sample_ids: np.ndarray, act_dtype: str, row: Callable[[int], tuple]) -> np.ndarray:
+        """Insert (id, arrival, *row(i)) for each sample id not cached yet, in one transaction."""
+        if act_dtype not in _ALLOWED_DTYPES:
+            raise ProtocolError(f"cannot cache activations of dtype {act_dtype}")
         keys = [bytes(sid) for sid in sample_ids]
         new = np.zeros(len(keys), dtype=bool)
         with self._db:
@@ -63,12 +75,10 @@ class ActivationCache:
                     continue
                 seen.add(key)
                 new[i] = True
-                act, d = activations[i], delta[i]
-                rows.append((key, base + len(rows),
-                             np.ascontiguousarray(act, dtype=act.dtype.newbyteorder("<")).tobytes(),
-                             act.dtype.name, act.shape[0], act.shape[1],
-                             np.ascontiguousarray(d, dtype="<f4").tobytes(), d.shape[0]))
-            self._db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)", rows)
+                rows.append((key, base + len(rows), *row(i)))
+            if rows:
+                marks = ",".join("?" * len(rows[0]))
+                self._db.executemany(f"INSERT INTO samples VALUES ({marks})", rows)
         return new
 
     def _existing(self, keys: list[bytes]) -> set[bytes]:
@@ -101,3 +111,58 @@ class ActivationCache:
             acts.append(act_array.reshape(n_layers, hidden))
             deltas.append(delta_array)
         return np.stack(ids), np.stack(acts), np.stack(deltas)
+
+
+def _little_endian(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+_SEQUENCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id BLOB PRIMARY KEY,
+    arrival INTEGER NOT NULL,
+    activations BLOB NOT NULL,
+    act_dtype TEXT NOT NULL,
+    n_positions INTEGER NOT NULL,
+    n_layers INTEGER NOT NULL,
+    hidden_size INTEGER NOT NULL,
+    residual BLOB NOT NULL
+)
+"""
+
+
+class SequenceCache(ActivationCache):
+    """The generation server's cache: sample id -> its loss positions' states (T, L, d) and r (T, d)."""
+
+    SCHEMA = _SEQUENCE_SCHEMA
+
+    def put_sequences(self, sample_ids: np.ndarray, rows: list[slice], activations: np.ndarray,
+                      residual: np.ndarray) -> np.ndarray:
+        """Store the samples not cached yet (sample i owns `rows[i]`); return which samples were new."""
+        def row(i: int) -> tuple:
+            act = activations[rows[i]]
+            return (_little_endian(act), act.dtype.name, *act.shape,
+                    np.ascontiguousarray(residual[rows[i]], dtype="<f4").tobytes())
+
+        return self._insert(sample_ids, activations.dtype.name, row)
+
+    def load_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (n, 16), counts (n,), activations (sum counts, L, d), residual (sum counts, d)) in arrival order."""
+        rows = self._db.execute("SELECT sample_id, activations, act_dtype, n_positions, n_layers, hidden_size, "
+                                "residual FROM samples ORDER BY arrival").fetchall()
+        ids, counts, acts, residual = [], [], [], []
+        for sid, act, dtype, positions, n_layers, hidden, signal in rows:
+            if dtype not in _ALLOWED_DTYPES:
+                raise ProtocolError(f"cache row has unexpected dtype {dtype!r}")
+            act_array = np.frombuffer(act, dtype=np.dtype(dtype).newbyteorder("<"))
+            signal_array = np.frombuffer(signal, dtype="<f4")
+            if act_array.size != positions * n_layers * hidden or signal_array.size != positions * hidden:
+                raise ProtocolError("cache row size does not match its recorded shape")
+            ids.append(np.frombuffer(sid, dtype=np.uint8))
+            counts.append(positions)
+            acts.append(act_array.reshape(positions, n_layers, hidden))
+            residual.append(signal_array.reshape(positions, hidden))
+        if not rows:
+            return np.zeros((0, 16), np.uint8), np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float16), \
+                np.zeros((0, 0), np.float32)
+        return np.stack(ids), np.array(counts, np.int64), np.concatenate(acts), np.concatenate(residual)

@@ -17,6 +17,7 @@ import numpy as np
 
 from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError
+from protocol.generation_messages import GenerationUpload, HeadGram
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
 from protocol.message_base import (  # noqa: F401  (re-exported: the message API lives here)
@@ -247,9 +248,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (Hello, ModeAccepted, Upload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport,
                 FetchWeights, SideWeights, ErrorReply,
                 EncryptedUpload, HeFitRequest, HeFitReply,
-                SplitForward, SplitActivations, SplitBackward, CutGradients)
+                SplitForward, SplitActivations, SplitBackward, CutGradients,
+                HeadGram, GenerationUpload)
 }
-if len(MESSAGE_TYPES) != 18:
+if len(MESSAGE_TYPES) != 20:
     raise RuntimeError("two message classes share a TYPE name")
 
 

@@ -1,6 +1,7 @@
 """What a device deploys next to the frozen backbone: a side output added to p_b.
 
-Every training mode yields one (the side network φ, the CKKS mode's ridge head); the
+Every training mode yields one (the side network φ, the CKKS mode's ridge head, the
+generation mode's hidden-space correction, added to the next-token logits through the head); the
 safeguard, the model file and `predict` use only this interface, never a concrete
 class. `SIDE_OUTPUTS` is the one list of kinds, used to rebuild a saved side output.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from protocol.ridge_head import RidgeHead
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_network import AdditiveSideNetwork, HiddenCorrection
 
 
 class SideOutput(Protocol):
@@ -39,7 +40,7 @@ class SideOutput(Protocol):
         """(tensors, architecture) that `from_arrays` rebuilds it from."""
 
 
-SIDE_OUTPUTS: dict[str, type] = {cls.KIND: cls for cls in (AdditiveSideNetwork, RidgeHead)}
+SIDE_OUTPUTS: dict[str, type] = {cls.KIND: cls for cls in (AdditiveSideNetwork, RidgeHead, HiddenCorrection)}
 
 
 def side_output_from_arrays(kind: str, state: dict[str, np.ndarray], architecture: dict[str, object]) -> SideOutput:

@@ -1,5 +1,8 @@
 """The device's safeguard: never deploy a side output worse than the backbone alone.
 
+Classification (below) tests accuracy; generation (`choose_scale`, further down) tests the
+answer NLL per token of the scaled correction, with a sign test over validation samples.
+
 The device holds out a validation split of its own training data (never uploaded),
 and picks the shrink factor s in [0, 1] of the side output that maximizes validation
 accuracy of argmax(p_b + s·g(A)); ties go to the smaller s. It then deploys s > 0 only
@@ -60,3 +63,42 @@ def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: n
 def shrink_network(side: SideOutput, factor: float) -> None:
     """Scale the side output by `factor`, whatever mode produced it."""
     scale_side_output(side, factor)
+
+
+# Generation: factors of the hidden-space correction tried on validation (the MSE fit through the
+# head is a conservative step, so factors above 1 are in the grid; see BENCHMARKS.md "Generation").
+SCALE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    """What the generation safeguard chose and why (NLL per validation answer token)."""
+
+    factor: float
+    validation_samples: int
+    validation_nll_backbone: float
+    validation_nll_unscaled: float
+    validation_nll_chosen: float
+    # One-sided exact sign-test p-value of the best factor against the backbone, over samples.
+    p_value: float
+
+    @property
+    def action(self) -> str:
+        """'kept', 'scaled' or 'dropped'."""
+        return "dropped" if self.factor == 0 else "kept" if self.factor == 1 else "scaled"
+
+
+def choose_scale(sample_nll: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = SCALE_GRID) -> ScaleDecision:
+    """The factor of `grid` (column j of `sample_nll`, each sample's summed answer NLL) with the
+    lowest NLL per token, or 0 when the samples it improves do not significantly outnumber
+    those it worsens."""
+    per_token = sample_nll.sum(axis=0) / counts.sum()
+    best = int(np.argmin(per_token))  # the first, i.e. the smallest factor, among ties
+    gained = int((sample_nll[:, best] < sample_nll[:, 0]).sum())
+    lost = int((sample_nll[:, best] > sample_nll[:, 0]).sum())
+    p_value = float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained > lost else 1.0
+    chosen = best if p_value <= SIGNIFICANCE else 0
+    return ScaleDecision(factor=float(grid[chosen]), validation_samples=len(counts),
+                         validation_nll_backbone=float(per_token[0]),
+                         validation_nll_unscaled=float(per_token[grid.index(1.0)]),
+                         validation_nll_chosen=float(per_token[chosen]), p_value=p_value)

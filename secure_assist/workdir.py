@@ -15,6 +15,7 @@ import numpy as np
 
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.instructions import InstructionExample
 from protocol.tasks import Example
 
 SERVER_DIR = "server"
@@ -34,9 +35,8 @@ def prepare_workdir(workdir: Path, overwrite: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def write_ground_truth(path: Path, sample_ids: np.ndarray, examples: list[Example]) -> None:
-    """The device's record of which id carried which text and label: the auditor's ground
-    truth, kept on the device side and never shown to the server or to an attack."""
-    lines = [json.dumps({"sample_id": bytes(sid).hex(), "label": e.label, "text": e.text})
-             for sid, e in zip(sample_ids, examples)]
+def write_ground_truth(path: Path, sample_ids: np.ndarray, examples: list[Example | InstructionExample]) -> None:
+    """The device's record of which id carried which text and label (or answer): the auditor's
+    ground truth, kept on the device side and never shown to the server or to an attack."""
+    lines = [json.dumps({"sample_id": bytes(sid).hex(), **e.record()}) for sid, e in zip(sample_ids, examples)]
     write_atomic(path, ("\n".join(lines) + "\n").encode())

@@ -20,13 +20,15 @@ from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.activations import ActivationNoise, Int8Activations
 from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, PrivacyWarning
-from secure_assist.mechanisms.delta import GaussianDelta, LabelRandomizedResponse, NoProtection, RotationMask
+from secure_assist.mechanisms.delta import (
+    GaussianDelta, GaussianResidual, LabelRandomizedResponse, NoProtection, RotationMask,
+)
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 
 MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
     for cls in (NoProtection, GaussianDelta, LabelRandomizedResponse, RotationMask, ActivationNoise,
-                Int8Activations, HeCkksDelta)
+                Int8Activations, HeCkksDelta, GaussianResidual)
 }
 
 __all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]

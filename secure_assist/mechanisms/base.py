@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from protocol.errors import UserInputError
+from protocol.generation_messages import GenerationUpload
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
+
+
+UploadT = TypeVar("UploadT", Upload, GenerationUpload)
 
 
 class PrivacyWarning(UserWarning):
@@ -27,10 +31,13 @@ class PrivacyWarning(UserWarning):
 
 # Training modes (secure_assist.modes.MODES) by name: mechanisms declare the modes they support.
 SIDE_NETWORK_MODE, CKKS_RIDGE_MODE, DEVICE_LOCAL_MODE = "side_network", "ckks_ridge", "device_local"
+GENERATION_MODE, GENERATION_LOCAL_MODE = "generation", "generation_local"
 UPLOADING_MODES = (SIDE_NETWORK_MODE, CKKS_RIDGE_MODE)
 
-# What a DP claim protects: the released Δ (gaussian, label_rr) or the released activations.
-DELTA_TARGET, ACTIVATIONS_TARGET = "delta", "activations"
+# What a DP claim protects: the released Δ (gaussian, label_rr), the released activations,
+# or the generation mode's released r (gaussian_r). Each names the upload field it covers.
+DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET = "delta", "activations", "residual"
+DP_TARGETS = (DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET)
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,12 @@ def probability(name: str, value: float) -> None:
 class DpClaim:
     """A mechanism's formal guarantee: (ε, δ)-DP per sample of one released field."""
 
-    target: str  # DELTA_TARGET or ACTIVATIONS_TARGET: the Upload field the audit's DP check attacks
+    target: str  # one of DP_TARGETS: the upload field the audit's DP check attacks
     epsilon: float
     delta: float
 
     def __post_init__(self) -> None:
-        if self.target not in (DELTA_TARGET, ACTIVATIONS_TARGET):
+        if self.target not in DP_TARGETS:
             raise ValueError(f"unknown DP claim target {self.target!r}")
 
 
@@ -88,7 +95,7 @@ class Mechanism:
     deterministic: ClassVar[bool] = False
     protects: ClassVar[str] = ""
     guarantee: ClassVar[str] = ""
-    # The released field a DP claim covers (DELTA_TARGET, ACTIVATIONS_TARGET), None without one.
+    # The released field a DP claim covers (one of DP_TARGETS), None without one.
     dp_target: ClassVar[str | None] = None
 
     def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
@@ -134,10 +141,9 @@ def with_delta(upload: Upload, delta: np.ndarray) -> Upload:
                   delta=np.ascontiguousarray(delta, dtype=np.float32), layers=upload.layers)
 
 
-def with_activations(upload: Upload, activations: np.ndarray) -> Upload:
-    """The same upload with new activations, kept in the payload dtype."""
-    return Upload(sample_ids=upload.sample_ids, delta=upload.delta, layers=upload.layers,
-                  activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
+def with_activations(upload: UploadT, activations: np.ndarray) -> UploadT:
+    """The same upload (classification or generation) with new activations, kept in the payload dtype."""
+    return replace(upload, activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
 
 
 def clip_rows(values: np.ndarray, bound: float) -> np.ndarray:
