@@ -7,7 +7,8 @@ Each phase runs in its own subprocess so that its peak RSS is its own:
   local    the same side network trained on the device (`generation_local`)
   lora     local LoRA (peft, r = 8 on q/v), SFT on the answer tokens of the same training samples
   mobillm  MobiLLM-style uploads (every token of prompt + answer at every layer): bytes per sample
-The main process adds paired bootstrap intervals over evaluation samples (PAE vs zero-shot,
+Rows with a blank instruction or answer are dropped from a copy of the train file first
+(`finetune` refuses them with their line number). The main process adds paired bootstrap intervals over evaluation samples (PAE vs zero-shot,
 PAE vs LoRA) and the share of LoRA's NLL reduction that PAE reaches. Prints one JSON object.
 Example (the data is read from the shared folder; it is never packaged):
   OMP_NUM_THREADS=1 python benchmarks/generation.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
@@ -30,10 +31,28 @@ from core_pae import cached_phase, run_phase  # sibling script: python puts benc
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
+def clean_copy(args: argparse.Namespace) -> tuple[str, list[int]]:
+    """(a copy of the JSONL train file without rows whose instruction or answer is blank, their
+    line numbers). `finetune` refuses such rows (the shared Alpaca file has two: 2336, 4659)."""
+    from protocol.files import write_atomic
+
+    kept, dropped = [], []
+    for number, line in enumerate(Path(args.train_file).read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        if str(row.get("instruction", "")).strip() and str(row.get("output", "")).strip():
+            kept.append(line)
+        else:
+            dropped.append(number)
+    path = Path(args.workdir) / "train_clean.jsonl"
+    if not path.is_file():
+        write_atomic(path, ("\n".join(kept) + "\n").encode())
+    return str(path), dropped
+
+
 def _config(args: argparse.Namespace, mode: str) -> object:
     from secure_assist.config import FinetuneConfig
 
-    return FinetuneConfig(model=args.model, task="generation", train_file=args.train_file,
+    return FinetuneConfig(model=args.model, task="generation", train_file=clean_copy(args)[0],
                           train_samples=args.train_samples, eval_samples=args.eval_samples, epochs=args.epochs,
                           layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None,
                           rouge_samples=args.rouge_samples, device_batch_size=args.batch_size, seed=args.seed,
@@ -183,6 +202,7 @@ def main() -> None:
             for item in ("--" + name.replace("_", "-"), str(value))]
     results = {name: run_phase(__file__, name, argv) for name in args.phases.split(",")}
     results["settings"] = {k: v for k, v in vars(args).items() if k != "phase"}
+    results["settings"]["dropped_blank_rows"] = clean_copy(args)[1]
     workdir = Path(args.workdir)
     if "pae" in results:
         results["pae_vs_zero_shot"] = _paired(workdir, "generation", None)

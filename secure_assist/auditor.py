@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
@@ -25,9 +25,11 @@ from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
+from protocol.instructions import InstructionExample, InstructionTask
 from protocol.model_io import load_finetuned
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
 from protocol.transcript import ServerView
+from secure_assist.answer_audit import generation_public_knowledge, score_answers, score_generation_extraction
 from secure_assist.modes import MODES
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
 from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
@@ -66,10 +68,11 @@ def run_on_view(attack: Attack, view: ServerView, public: PublicKnowledge) -> At
 
 @dataclass(frozen=True)
 class Truth:
-    """One uploaded sample as the device knows it."""
+    """One uploaded sample as the device knows it (generation: its text and answer, no label)."""
 
     label: int
     text: str
+    answer: str | None = None
 
 
 def load_ground_truth(workdir: Path) -> dict[str, Truth]:
@@ -81,7 +84,8 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             row = json.loads(line)
-            truth[row["sample_id"]] = Truth(label=int(row["label"]), text=str(row["text"]))
+            truth[row["sample_id"]] = Truth(label=int(row.get("label", -1)), text=str(row["text"]),
+                                            answer=row.get("answer"))
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{path}:{number}: malformed ground-truth row ({exc})") from exc
     return truth
@@ -199,19 +203,23 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
 
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
-               backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-               progress: bool = True, held_out: list[Example] | None = None) -> dict[str, Any]:
+               backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
+               progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
+               public_file: str | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
-    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out)[1]
+    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
-          backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True, held_out: list[Example] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
+          progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
+          public_file: str | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split); runs pass their own evaluation split, whose device forwards they already hold."""
+    split; for generation, the public examples); runs pass their own evaluation split, whose device
+    forwards they already hold. `public_file`: public instruction data of a generation
+    view (rows the device did not upload are used), when `public` is not given."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -219,7 +227,12 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         deployed = load_finetuned(workdir / MODEL_FILE)
         backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
-    if public is None:
+    generation = isinstance(task, InstructionTask)
+    if public is None and generation:
+        if public_file is None:
+            raise UserInputError("attacks on a generation view need public instruction data (--public-file)")
+        public = generation_public_knowledge(backbone_name, task, {t.text for t in truth.values()}, public_file, seed)
+    elif public is None:
         public = default_public_knowledge(backbone_name, task, truth, seed, progress)
     result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
@@ -230,6 +243,11 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         report.update(score_scores(result, truth, seed))
     elif attack.KIND == RECONSTRUCTION:
         report.update(score_reconstruction(result, truth, public_backbone(backbone_name).tokenizer, task, seed))
+    elif attack.KIND == ANSWER_TOKENS:
+        report.update(score_answers(result, [t.answer for t in _aligned(result, truth)], backbone_name, task, seed))
+    elif attack.KIND == EXTRACTION and generation:
+        report.update(score_generation_extraction(result.model, load_finetuned(workdir / MODEL_FILE),
+                                                  held_out or list(public.public_examples), seed, progress))
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))

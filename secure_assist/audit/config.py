@@ -9,6 +9,7 @@ from pathlib import Path
 
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
+from protocol.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig, mechanism_config_fields, option
 from secure_assist.mechanisms import MECHANISMS
 
@@ -21,7 +22,12 @@ class AuditSettings:
     """What an audit runs: the data, the variants (mechanism names), ε, attacks and sizes."""
 
     model: str = option(DEFAULT_BACKBONE, "backbone (smollm2-135m, tiny-llama, a local HF directory, ...)")
-    task: str = option("sst2", "built-in task name")
+    task: str = option("sst2", "built-in task name, or 'generation' (with --train-file)")
+    train_file: str | None = option(None, "instruction data of a generation audit (JSONL, CSV or TSV); rows the "
+                                          "device does not upload are the attacker's public data")
+    layers: tuple[int, ...] | None = option(None, "comma-separated backbone layers to upload (default: all)")
+    max_answer_tokens: int = option(32, "answer tokens per sample (generation)")
+    rouge_samples: int = option(100, "evaluation prompts scored with ROUGE-L (generation)")
     train_samples: int = option(400, "number of training samples")
     eval_samples: int = option(200, "number of evaluation samples")
     epochs: int = option(10, "training epochs")
@@ -38,7 +44,7 @@ class AuditSettings:
         unknown = [v for v in self.variants if v not in MECHANISMS]
         if unknown or not self.variants:
             raise UserInputError(f"unknown variant(s) {unknown or '(none given)'}; choose from {sorted(MECHANISMS)}")
-        for name in ("train_samples", "eval_samples", "epochs", "dp_releases"):
+        for name in ("train_samples", "eval_samples", "epochs", "dp_releases", "max_answer_tokens", "rouge_samples"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.epsilon > 0:
@@ -60,10 +66,13 @@ def fingerprint(config: AuditConfig) -> str:
 def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig:
     """The `secure-assist finetune` configuration of one variant (same data and seed for all)."""
     parameters = {name: getattr(config, name) for name, *_ in mechanism_config_fields()}
-    return FinetuneConfig(model=config.model, task=config.task, train_samples=config.train_samples,
-                          eval_samples=config.eval_samples, epochs=config.epochs, seed=config.seed,
+    return FinetuneConfig(model=config.model, task=config.task, train_file=config.train_file,
+                          train_samples=config.train_samples, eval_samples=config.eval_samples, epochs=config.epochs,
+                          seed=config.seed, layers=config.layers, max_answer_tokens=config.max_answer_tokens,
+                          rouge_samples=config.rouge_samples,
                           workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
                           epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
                           mechanism_seed=config.seed,
-                          reuse_forwards=True,  # every variant runs over the same data: one backbone pass
+                          # Every classification variant runs over the same data: one backbone pass.
+                          reuse_forwards=config.task != GENERATION_TASK,
                           **{k: v for k, v in parameters.items() if k != "epsilon"})

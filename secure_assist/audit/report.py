@@ -37,35 +37,41 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     names = [v["variant"] for v in variants]
     out = {}
     figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(names, [v["utility"]["accuracy"] for v in variants], color="tab:blue", label="fine-tuned")
+    axis.bar(names, [v["utility"]["value"] for v in variants], color="tab:blue", label="fine-tuned")
     if variants:
-        axis.axhline(variants[0]["utility"]["zero_shot_accuracy"], color="gray", ls="--", label="zero-shot")
-    axis.set_ylabel("eval accuracy")
-    axis.set_ylim(0, 1)
+        axis.axhline(variants[0]["utility"]["zero_shot"], color="gray", ls="--", label="zero-shot")
+        metric = variants[0]["utility"]["metric"]
+        axis.set_ylabel("eval accuracy" if metric == "accuracy" else "eval answer NLL / token (lower is better)")
+        if metric == "accuracy":
+            axis.set_ylim(0, 1)
     axis.tick_params(axis="x", labelrotation=20)
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     out["Utility per variant"] = _png(figure)
 
+    # Label attacks (classification) or answer-token attacks (generation): accuracy with its CI.
+    generation = any(r["kind"] == "answer_tokens" for v in variants for r in v["attacks"] if r["status"] == "ok")
+    kind = "answer_tokens" if generation else "labels"
     label_attacks = sorted({r["attack"] for v in variants for r in v["attacks"]
-                            if r["status"] == "ok" and r["kind"] == "labels"})
+                            if r["status"] == "ok" and r["kind"] == kind})
     figure, axis = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / max(1, len(variants))
     for i, variant in enumerate(variants):
         rows = {r["attack"]: r for r in variant["attacks"] if r["status"] == "ok"}
-        values = [rows[a]["accuracy"] if a in rows else 0.0 for a in label_attacks]
-        errors = [[rows[a]["accuracy"] - rows[a]["ci95"][0] if a in rows else 0 for a in label_attacks],
-                  [rows[a]["ci95"][1] - rows[a]["accuracy"] if a in rows else 0 for a in label_attacks]]
+        values = [rows[a]["value"] if a in rows else 0.0 for a in label_attacks]
+        errors = [[rows[a]["value"] - rows[a]["value_ci95"][0] if a in rows else 0 for a in label_attacks],
+                  [rows[a]["value_ci95"][1] - rows[a]["value"] if a in rows else 0 for a in label_attacks]]
         axis.bar([j + i * width for j in range(len(label_attacks))], values, width, yerr=errors,
                  label=variant["variant"], capsize=2)
     priors = [r["chance_baseline"] for v in variants for r in v["attacks"]
-              if r["status"] == "ok" and r["kind"] == "labels" and r.get("chance_baseline")]
-    axis.axhline(max(priors, default=0.5), color="gray", ls=":", label="chance (majority class)")
+              if r["status"] == "ok" and r["kind"] == kind and r.get("chance_baseline")]
+    axis.axhline(max(priors, default=0.0 if generation else 0.5), color="gray", ls=":",
+                 label="most frequent token" if generation else "chance (majority class)")
     axis.set_xticks([j + 0.4 - width / 2 for j in range(len(label_attacks))], label_attacks, rotation=30,
                     ha="right", fontsize=7)
-    axis.set_ylabel("label attack accuracy (95% CI)")
+    axis.set_ylabel(("answer-token" if generation else "label") + " attack accuracy (95% CI)")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    out["Label leakage per attack"] = _png(figure)
+    out[("Answer-token" if generation else "Label") + " leakage per attack"] = _png(figure)
 
     figure, axis = plt.subplots(figsize=(6, 3))
     axis.bar(names, [v["cost"]["upload_bytes_per_sample"] / 1024 for v in variants], color="tab:orange")
@@ -90,12 +96,12 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     """(title, header, rows) of every table, shared by the Markdown and HTML renderers."""
     variants = report["variants"]
     out = []
-    summary = [[v["variant"], _fmt(v["utility"]["accuracy"]), _fmt(v["utility"]["zero_shot_accuracy"]),
+    summary = [[v["variant"], v["utility"]["metric"], _fmt(v["utility"]["value"]), _fmt(v["utility"]["zero_shot"]),
                 f"{v['utility']['delta_vs_zero_shot']:+.3f}", f"{v['cost']['bytes_up']:,}",
                 _fmt(v["cost"]["device_seconds"]), _fmt(v["cost"]["server_seconds"]),
                 _fmt(v["cost"]["device_peak_rss_mib"]), v["verdict"]] for v in _audited(report)]
-    out.append(("Variants", ["variant", "accuracy", "zero-shot", "Δ vs zero-shot", "bytes up", "device s",
-                             "server s", "device peak RSS MiB", "verdict"], summary))
+    out.append(("Variants", ["variant", "utility metric", "value", "zero-shot", "Δ vs zero-shot", "bytes up",
+                             "device s", "server s", "device peak RSS MiB", "verdict"], summary))
     skipped = [[v["variant"], v["reason"]] for v in variants if v["status"] != "ok"]
     if skipped:
         out.append(("Skipped variants", ["variant", "reason"], skipped))
@@ -116,8 +122,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         rows = []
         base = variant["activations_only_baseline"]
         if base:
-            rows.append([f"activations-only baseline ({base['attack']})", "labels", "accuracy", _fmt(base["accuracy"]),
-                         f"[{base['ci95'][0]:.3f}, {base['ci95'][1]:.3f}]", "–", "yes"])
+            metric = base.get("metric", "accuracy")
+            rows.append([f"activations-only baseline ({base['attack']})", base.get("kind", "labels"), metric,
+                         _fmt(base[metric]), f"[{base['ci95'][0]:.3f}, {base['ci95'][1]:.3f}]", "–", "yes"])
         for r in variant["attacks"]:
             if r["status"] != "ok":
                 rows.append([r["attack"], "–", "not applicable", "–", "–", "–", "–"])

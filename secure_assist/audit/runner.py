@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -12,16 +12,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, NotApplicable, all_attacks
-from protocol.backbone import load_backbone
-from protocol.device import DeviceRole
+from attacks.base import ANSWER_TOKENS, LABELS, NotApplicable, all_attacks
 from protocol.errors import UserInputError
+from secure_assist.answer_audit import generation_public_knowledge
 from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
-from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair
 from secure_assist.audit.verdict import headline, verdict
 from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
-from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
+from secure_assist.kinds import task_kind
 from secure_assist.mechanisms import mechanism_parameters
 from secure_assist.run import build_mechanisms
 
@@ -30,6 +29,11 @@ SCHEMA_VERSION = 1
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
+GENERATION_UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_answer_nll", "eval_answer_nll", "answer_nll_reduction",
+                           "answer_nll_reduction_ci95", "zero_shot_token_accuracy", "eval_token_accuracy",
+                           "zero_shot_rouge_l", "rouge_l", "epochs", "safeguard", "mechanisms")
+# The kind of attack row whose activations-only best is the baseline: labels, or answer tokens (generation).
+BASELINE_KINDS = {LABELS: "accuracy", ANSWER_TOKENS: "token_accuracy"}
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
 # Reported by `he_ckks` runs only.
@@ -80,8 +84,12 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     summary = run_finetune(finetune_config, progress=progress, overwrite=True)
     workdir = Path(finetune_config.workdir)
     truth = load_ground_truth(workdir)
-    task, _, evaluate = resolve_data(finetune_config)
-    public = default_public_knowledge(config.model, task, truth, config.seed, progress)
+    kind = task_kind(finetune_config)
+    task, train, evaluate = kind.data(finetune_config)
+    generation = kind.name == "generation"
+    public = (generation_public_knowledge(config.model, task, {t.text for t in truth.values()}, config.train_file,
+                                          config.seed)
+              if generation else default_public_knowledge(config.model, task, truth, config.seed, progress))
     rows = []
     for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
                      leave=False):
@@ -94,16 +102,18 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
             continue
         rows.append({**jsonable(report), "status": "ok", **headline(report),
                      "seconds": time.perf_counter() - attack_start})
-    label_rows = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS and r["activations_only"]]
-    baseline = max(label_rows, key=lambda r: r["accuracy"]) if label_rows else None
+    baseline_kind = ANSWER_TOKENS if generation else LABELS
+    metric = BASELINE_KINDS[baseline_kind]
+    only = [r for r in rows if r["status"] == "ok" and r["kind"] == baseline_kind and r["activations_only"]]
+    baseline = max(only, key=lambda r: r[metric]) if only else None
     result: dict[str, Any] = {
         "variant": variant, "status": "ok", "workdir": str(workdir),
-        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
-                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
+        "utility": utility(summary, generation),
         "cost": {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary},
         "attacks": rows,
         "activations_only_baseline": None if baseline is None else {
-            "attack": baseline["attack"], "accuracy": baseline["accuracy"], "ci95": baseline["ci95"]},
+            "attack": baseline["attack"], "kind": baseline_kind, "metric": metric, metric: baseline[metric],
+            "ci95": baseline["value_ci95"]},
         "dp_check": None,
         "seconds": 0.0,
     }
@@ -111,14 +121,25 @@ def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str
     if claiming:
         # Audit variants are single mechanisms: at most one claim to check.
         mechanism = type(claiming[0])
-        device = DeviceRole(load_backbone(config.model), task, layers=finetune_config.layers, progress=False)
-        first, second = list(truth.values())[:2]
+        device = kind.make_device(replace(finetune_config, reuse_forwards=False), task, None, progress=False)
+        uploaded = [e for e in train if e.record()["text"] in {t.text for t in truth.values()}]
+        pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
         result["dp_check"] = jsonable(empirical_epsilon(
-            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device, (first.text, second.text),
-            config.dp_releases, config.seed))
+            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair, config.seed))
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def utility(summary: dict[str, Any], generation: bool) -> dict[str, Any]:
+    """A variant's utility numbers plus one headline (`metric`, `value`, `zero_shot`,
+    `delta_vs_zero_shot`) that reports and plots read whatever the task: accuracy, or the
+    answer NLL per token for generation (lower is better)."""
+    keys = GENERATION_UTILITY_KEYS if generation else UTILITY_KEYS
+    metric, zero_shot = (("eval_answer_nll", "zero_shot_answer_nll") if generation
+                         else ("accuracy", "zero_shot_accuracy"))
+    return {**{k: jsonable(summary[k]) for k in keys}, "metric": metric, "value": summary[metric],
+            "zero_shot": summary[zero_shot], "delta_vs_zero_shot": summary[metric] - summary[zero_shot]}
 
 
 def run_audit(config: AuditConfig, progress: bool = True) -> dict[str, Any]:

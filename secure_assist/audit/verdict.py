@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION, SCORES
+from attacks.base import ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES
 
 # kind -> (metric, its 95% CI key, the baseline it is read against)
 HEADLINES = {
@@ -12,6 +12,7 @@ HEADLINES = {
     SCORES: ("auc", "ci95", "chance"),
     RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
     EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
+    ANSWER_TOKENS: ("token_accuracy", "token_accuracy_ci95", "frequency_baseline"),
 }
 
 
@@ -23,20 +24,24 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def verdict(variant: dict[str, Any]) -> str:
-    """One line: do Δ-based label attacks beat the activations-only baseline, and is the DP claim consistent?"""
+    """One line: do Δ-based label attacks (r-based answer-token attacks) beat the activations-only
+    baseline, and is the DP claim consistent?"""
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
-    delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
+    kind = baseline["kind"] if baseline and "kind" in baseline else LABELS
+    what, signal = ("ANSWER TOKENS", "r") if kind == ANSWER_TOKENS else ("LABELS", "Δ")
+    signal_rows = [r for r in rows if r["kind"] == kind and not r["activations_only"]]
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
     parts = []
-    if delta_rows and baseline:
-        best = max(delta_rows, key=lambda r: r["accuracy"])
-        text = (f"{best['attack']} {best['accuracy']:.1%} [{best['ci95'][0]:.1%}, {best['ci95'][1]:.1%}] vs "
-                f"activations-only {baseline['accuracy']:.1%}")
-        if best["ci95"][0] > baseline["accuracy"]:
-            parts.append(f"LABELS LEAK through Δ: {text}")
+    if signal_rows and baseline:
+        best = max(signal_rows, key=lambda r: r["value"])
+        low, high = best["value_ci95"]
+        level = baseline[HEADLINES[kind][0]]
+        text = f"{best['attack']} {best['value']:.1%} [{low:.1%}, {high:.1%}] vs activations-only {level:.1%}"
+        if low > level:
+            parts.append(f"{what} LEAK through {signal}: {text}")
         else:
-            parts.append(f"Δ adds no measurable label leakage: {text}")
+            parts.append(f"{signal} adds no measurable {what.lower()} leakage: {text}")
     elif baseline and not_applicable:
         # E.g. he_ckks: Δ never reaches the server in the clear, so only activations-only attacks run.
         parts.append(f"Δ adds no measurable label leakage: no Δ-based attack applies "
