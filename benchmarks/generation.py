@@ -64,21 +64,14 @@ def _save_nll(args: argparse.Namespace, name: str, per_sample_nll: np.ndarray, c
 
 
 def _finetune(args: argparse.Namespace, mode: str) -> dict:
-    from protocol.generation_device import GenerationDevice
-    from protocol.model_io import load_finetuned
-    from protocol.backbone import load_backbone
     from secure_assist.finetune import run_finetune
-    from secure_assist.kinds import task_kind
-    from secure_assist.kinds.generation import per_sample_sums
+    from secure_assist.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
     config = _config(args, mode)
     summary = run_finetune(config, progress=False, overwrite=True)
     summary.pop("config")
-    model = load_finetuned(summary["model_file"])
-    _, _, evaluate = task_kind(config).data(config)
-    device = GenerationDevice(load_backbone(args.model), model.task, layers=model.layers, progress=False)
-    log_probs, _, counts = device.token_scores(evaluate, model.side_network, scales=(0.0, 1.0))
-    _save_nll(args, mode, per_sample_sums(-log_probs.astype(np.float64), counts), counts)
+    scores = np.load(Path(config.workdir) / DEVICE_DIR / EVAL_SCORES_FILE)
+    _save_nll(args, mode, scores["nll"], scores["counts"])
     return summary
 
 

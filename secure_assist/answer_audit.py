@@ -9,6 +9,7 @@ the deployed model on held-out answers (teacher forced).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -29,20 +30,27 @@ PUBLIC_EXAMPLES = 300
 class AnswerStates:
     """The attacker's public-backbone passes over public instruction examples: one layer's
     states at the answer positions and the input token there (the last prompt token, then
-    every answer token but the last)."""
+    every answer token but the last). Public knowledge only, so an audit's variants share
+    the passes (memoized per backbone, task, examples and layer)."""
 
     def __init__(self, backbone_name: str, task: InstructionTask) -> None:
         self._backbone_name, self._task = backbone_name, task
 
     def __call__(self, examples: list[InstructionExample], layer: int) -> tuple[np.ndarray, np.ndarray]:
-        device = GenerationDevice(public_backbone(self._backbone_name), self._task, layers=(layer,), progress=False)
-        states, inputs = [], []
-        for chunk, outputs in device.batches(examples, "public answer states"):
-            states.append(outputs.activations[:, 0].numpy())
-            for example in chunk:
-                prompt, answer = device.token_ids(example)
-                inputs += [prompt[-1]] + answer[:-1]
-        return np.concatenate(states), np.array(inputs, dtype=np.int64)
+        return _answer_states(self._backbone_name, self._task, tuple(examples), layer)
+
+
+@lru_cache(maxsize=4)
+def _answer_states(backbone_name: str, task: InstructionTask, examples: tuple[InstructionExample, ...],
+                   layer: int) -> tuple[np.ndarray, np.ndarray]:
+    device = GenerationDevice(public_backbone(backbone_name), task, layers=(layer,), progress=False)
+    states, inputs = [], []
+    for chunk, outputs in device.batches(list(examples), "public answer states"):
+        states.append(outputs.activations[:, 0].numpy())
+        for example in chunk:
+            prompt, answer = device.token_ids(example)
+            inputs += [prompt[-1]] + answer[:-1]
+    return np.concatenate(states), np.array(inputs, dtype=np.int64)
 
 
 def generation_public_knowledge(backbone_name: str, task: InstructionTask, private_texts: set[str],

@@ -1,7 +1,8 @@
 """The layout of a run's work directory, kept apart by side.
 
 <workdir>/server/  the server's view (in-process runs; over the network it is on the server)
-<workdir>/device/  the device's own records: ground truth, upload progress, local training
+<workdir>/device/  the device's own records: ground truth, upload progress, local training,
+                   per-sample evaluation scores (generation)
 <workdir>/model.safetensors  the deployable model
 """
 
@@ -24,6 +25,8 @@ DEVICE_DIR = "device"
 LOCAL_TRAINING_DIR = "device/local_training"
 MODEL_FILE = "model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
+# Generation runs: per-sample answer NLL and top-1 hits on the evaluation split (device side).
+EVAL_SCORES_FILE = "eval_scores.npz"
 
 
 def prepare_workdir(workdir: Path, overwrite: bool) -> None:

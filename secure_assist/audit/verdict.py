@@ -29,7 +29,8 @@ def verdict(variant: dict[str, Any]) -> str:
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
     kind = baseline["kind"] if baseline and "kind" in baseline else LABELS
-    what, signal = ("ANSWER TOKENS", "r") if kind == ANSWER_TOKENS else ("LABELS", "Δ")
+    what, signal, leak = (("ANSWER TOKENS", "r", "answer-token") if kind == ANSWER_TOKENS
+                          else ("LABELS", "Δ", "label"))
     signal_rows = [r for r in rows if r["kind"] == kind and not r["activations_only"]]
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
     parts = []
@@ -41,7 +42,7 @@ def verdict(variant: dict[str, Any]) -> str:
         if low > level:
             parts.append(f"{what} LEAK through {signal}: {text}")
         else:
-            parts.append(f"{signal} adds no measurable {what.lower()} leakage: {text}")
+            parts.append(f"{signal} adds no measurable {leak} leakage: {text}")
     elif baseline and not_applicable:
         # E.g. he_ckks: Δ never reaches the server in the clear, so only activations-only attacks run.
         parts.append(f"Δ adds no measurable label leakage: no Δ-based attack applies "

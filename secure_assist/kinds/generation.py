@@ -7,12 +7,16 @@ alone and with the deployed side output; `zero_shot_token_accuracy` / `eval_toke
 next-token top-1 accuracy on answer tokens; `zero_shot_rouge_l` / `rouge_l`, ROUGE-L of
 greedy generations (at most max_answer_tokens) against the reference answer as trained
 (truncated to the same tokens), on the first `rouge_samples` evaluation prompts; and
-`answer_nll_reduction` with a 95% paired bootstrap interval over evaluation samples.
+`answer_nll_reduction` with a 95% paired bootstrap interval over evaluation samples. The
+per-sample sums (columns: backbone, fine-tuned) are kept in `<workdir>/device/eval_scores.npz`
+for paired comparisons between runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,7 @@ import torch
 
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
+from protocol.files import write_atomic
 from protocol.generation_device import GenerationDevice
 from protocol.instructions import InstructionExample, InstructionTask, load_instructions
 from protocol.side_output import SideOutput
@@ -29,6 +34,7 @@ from secure_assist.kinds.base import TaskKind
 from secure_assist.mechanisms import MechanismChain
 from secure_assist.metrics import bootstrap_interval, rouge_l
 from secure_assist.safeguard import SCALE_GRID, choose_scale, shrink_network
+from secure_assist.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
 
 def per_sample_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -117,6 +123,11 @@ class GenerationKind(TaskKind):
                  evaluate: list[InstructionExample]) -> dict[str, Any]:
         log_probs, correct, counts = device.token_scores(evaluate, side)
         metrics = answer_metrics(log_probs, correct, counts, config.seed)
+        # Per-sample sums stay on the device side for paired comparisons between runs.
+        buffer = io.BytesIO()
+        np.savez(buffer, nll=per_sample_sums(-log_probs.astype(np.float64), counts),
+                 correct=per_sample_sums(correct.astype(np.float64), counts), counts=counts)
+        write_atomic(Path(config.workdir) / DEVICE_DIR / EVAL_SCORES_FILE, buffer.getvalue())
         prompts = evaluate[:config.rouge_samples]
         references = [reference_text(device, e) for e in prompts]
         with torch.inference_mode():
