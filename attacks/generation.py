@@ -93,7 +93,11 @@ class AnswerInversion(Attack):
         index = EmbeddingIndex(backbone)
         # Row t + 1 of a sample holds the state whose input is y_t; its last row gives no input.
         inverted = np.array(index.nearest(mapping(data.layer(self, layer))), dtype=np.int64)
-        top = logit_lens(backbone, data.layer(self, max(data.layers))).argmax(axis=1)
+        highest = max(data.layers)
+        states = data.layer(self, highest)
+        # The last layer's states are already final-normed (the head's input); earlier ones get the public norm.
+        top = (backbone.public_head(torch.from_numpy(states)).float().cpu().numpy() if highest == backbone.n_layers
+               else logit_lens(backbone, states)).argmax(axis=1)
         predicted = []
         for rows in data.sample_rows():
             predicted.append(inverted[rows][1:].tolist() + [int(top[rows.stop - 1])])
