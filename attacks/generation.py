@@ -8,7 +8,8 @@
   uploaded layer's states to input embeddings, fitted on public instruction data run
   through the public backbone, then the nearest embedding; the last token is the logit
   lens' top-1 of the last position's highest uploaded layer.
-- `generation_model_extraction`: public backbone + the server's hidden-space correction.
+- `generation_model_extraction`: public backbone + the server's hidden-space correction, at the
+  scale that fits the server's own cache best (the device picks its scale on data the server never sees).
 """
 
 from __future__ import annotations
@@ -105,16 +106,50 @@ class AnswerInversion(Attack):
                             details={"layer": layer, "public_positions": int(len(inputs))})
 
 
+# Scales of the server's correction the extraction attack tries (the device picks its own on validation data).
+EXTRACTION_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0)
+CALIBRATION_POSITIONS = 2000
+
+
+def calibrated_scale(network: torch.nn.Module, data: AnswerData, weight: torch.Tensor, last: int
+                     ) -> tuple[float, list[float]]:
+    """The scale of the server's correction with the lowest answer cross-entropy on its own cache.
+
+    No answer token is needed: with w_t = r_t + W_Uᵀ softmax(W_U h_t) (y_t's head row), the
+    cross-entropy of logits z_t + a·W_U s_t is LSE(z_t + a·W_U s_t) − h_tᵀw_t − a·s_tᵀw_t, which is
+    linear in r_t, so a noised r (gaussian_r) still gives an unbiased estimate."""
+    rows = np.linspace(0, len(data.residual) - 1, min(CALIBRATION_POSITIONS, len(data.residual))).astype(int)
+    states = torch.from_numpy(data.activations[rows, data.layers.index(last)])
+    with torch.no_grad():
+        logits = states @ weight.T
+        target = torch.from_numpy(data.residual[rows]) + torch.softmax(logits, dim=-1) @ weight
+        correction = network(torch.from_numpy(data.activations[rows]))
+        shift, own, gain = correction @ weight.T, (states * target).sum(dim=1), (correction * target).sum(dim=1)
+        losses = [float((torch.logsumexp(logits + a * shift, dim=-1) - own - a * gain).mean())
+                  for a in EXTRACTION_SCALES]
+    return EXTRACTION_SCALES[int(np.argmin(losses))], losses
+
+
 @register
 class GenerationModelExtraction(Attack):
-    """Public backbone + the hidden-space correction the server trained and keeps."""
+    """Public backbone + the hidden-space correction the server trained and keeps, at the scale
+    that fits the server's own cache best (the device's scale is never sent)."""
 
     NAME = "generation_model_extraction"
     KIND = EXTRACTION
-    NEEDS = frozenset({HIDDEN_CORRECTION})
-    DESCRIPTION = "public backbone + server-held hidden-space correction (the device's scale unknown: 1)"
+    NEEDS = frozenset({HIDDEN_CORRECTION, RESIDUAL, ANSWER_ACTIVATIONS})
+    DESCRIPTION = ("public backbone + server-held hidden-space correction, scaled to the lowest cross-entropy on "
+                   "the server's cache")
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         network = load_side_network(self, view, HiddenCorrection)
-        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=[], model=network,
-                            details={"backbone": public.backbone_name, "copy": "backbone + server correction"})
+        data = answer_data(view, self, need_residual=True)
+        backbone = public_backbone(public.backbone_name)
+        details: dict[str, object] = {"backbone": public.backbone_name, "copy": "backbone + server correction"}
+        if backbone.n_layers in data.layers:
+            scale, losses = calibrated_scale(network, data, torch.from_numpy(head_matrix(backbone)), backbone.n_layers)
+            network.map_outputs_(scale * np.eye(network.n_outputs))
+            details.update(scale=scale, calibration_losses=losses)
+        else:
+            details["scale"] = "1 (the last layer was not uploaded: no calibration)"
+        return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=[], model=network, details=details)
