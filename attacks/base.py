@@ -24,8 +24,8 @@ from protocol.errors import SecureAssistError, UserInputError
 from protocol.tasks import Example, TaskSpec
 from protocol.transcript import ServerView
 
-# What a result holds, by attack family.
-LABELS, SCORES, RECONSTRUCTION, EXTRACTION = "labels", "scores", "reconstruction", "extraction"
+# What a result holds, by attack family (ALIGNMENT: an estimate of the device's secret rotation).
+LABELS, SCORES, RECONSTRUCTION, EXTRACTION, ALIGNMENT = "labels", "scores", "reconstruction", "extraction", "alignment"
 # Generation views: the predicted answer token at every loss position of each sample.
 ANSWER_TOKENS = "answer_tokens"
 
@@ -76,6 +76,11 @@ class PublicKnowledge:
     # states at their answer positions (the auditor supplies it, as it does `features`).
     public_examples: tuple[Any, ...] = ()
     answer_states: AnswerStateFunction | None = None
+    # The device's mechanisms, which the server is assumed to know (not their secrets); None: unknown.
+    mechanisms: tuple[str, ...] | None = None
+    # (sample id, text) of uploads whose text the server knows: texts it made the device process
+    # (injected into its data) and recognised on arrival. The known-pair alignment attacks read them.
+    known_samples: tuple[tuple[str, str], ...] = ()
 
     def public_features(self, attack: str, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
         """Public-backbone pivot features for `texts`; an error when none is declared."""
@@ -92,10 +97,12 @@ class AttackResult:
     kind: str
     sample_ids: list[str]
     predictions: np.ndarray | None = None  # (n,) class indices, for LABELS
-    scores: np.ndarray | None = None  # (n,) continuous score for class 1, for SCORES
+    # SCORES: (n,) continuous score for class 1; LABELS, optionally: (n, C) per-class scores (AUC).
+    scores: np.ndarray | None = None
     texts: list[str] | None = None  # reconstructed texts, for RECONSTRUCTION
     token_ids: list[list[int]] | None = None  # per-position recovered token ids (prompt or answer tokens)
     model: object | None = None  # the server's assembled model, for EXTRACTION
+    rotation: np.ndarray | None = None  # (L, d, d) estimate R̂ of the secret rotations, for ALIGNMENT
     details: dict[str, object] = field(default_factory=dict)
 
 
@@ -111,6 +118,10 @@ class Attack:
     # not empty, fields of which it reads whichever the view holds (at least one).
     NEEDS: ClassVar[frozenset[str]] = frozenset()
     NEEDS_ONE_OF: ClassVar[frozenset[str]] = frozenset()
+    # True when the attack reads uploaded states in the public backbone's own coordinates (its
+    # head, embeddings, public-text features) or applies φ to plain states: a secret rotation
+    # defeats it as such, so the audit runs it again on states an alignment attack realigned.
+    PUBLIC_COORDINATES: ClassVar[bool] = False
 
     @classmethod
     def applicable(cls, fields: frozenset[str]) -> bool:

@@ -4,8 +4,10 @@ The deployed model is the public backbone plus a side output. In plain and DP ru
 is φ, which the server trained and keeps, so its copy is (backbone, φ). In the CKKS mode
 the deployed head is F(A)·W: the server computed the feature map F but holds W only
 encrypted (`HeFitReply`), so the best copy it can assemble is the backbone alone (a zero
-side output). The auditor measures agreement with the device's deployed model on
-held-out inputs, next to the backbone-only agreement.
+side output). Under `activation_rotation` φ reads states in the device's secret coordinates:
+on the view as received the copy is φ on plain states; on a view an alignment attack
+realigned it is φ∘R̂ (`attacks.realigned_view`). The auditor measures agreement with the
+device's deployed model on held-out inputs, next to the backbone-only agreement.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 
 from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.labels import load_side_network
+from attacks.realigned_view import estimated_rotation
+from protocol.input_maps import RotatedInput
 from protocol.he_messages import HeFitReply
 from protocol.transcript import ENCRYPTED_HEAD, OUTBOUND, SIDE_NETWORK, ServerView
 
@@ -41,6 +45,7 @@ class ServerModelCopy(Attack):
 
     NAME = "model_extraction"
     NEEDS_ONE_OF = frozenset({SIDE_NETWORK, ENCRYPTED_HEAD})
+    PUBLIC_COORDINATES = True
     KIND = EXTRACTION
     DESCRIPTION = "public backbone + server-held side output (φ; nothing when the head is CKKS-encrypted)"
 
@@ -51,5 +56,9 @@ class ServerModelCopy(Attack):
             return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=[],
                                 model=BackboneOnly(public.task.n_classes), details=details)
         network = load_side_network(self, view)
+        rotation = estimated_rotation(view)
+        if rotation is not None:
+            return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=[], model=RotatedInput(network, rotation),
+                                details={**details, "copy": "backbone + φ reading states through the estimated R̂"})
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=[], model=network,
                             details={**details, "copy": "backbone + φ"})

@@ -22,6 +22,7 @@ from attacks.labels import load_side_network
 from attacks.public_model import head_matrix, input_embeddings, logit_lens, public_backbone
 from attacks.reconstruction import EmbeddingIndex, ridge_map
 from attacks.view_data import AnswerData, answer_data
+from protocol.generation_device import CORRECTION_SCALES
 from protocol.side_network import HiddenCorrection
 from protocol.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL, ServerView
 
@@ -106,8 +107,9 @@ class AnswerInversion(Attack):
                             details={"layer": layer, "public_positions": int(len(inputs))})
 
 
-# Scales of the server's correction the extraction attack tries (the device picks its own on validation data).
-EXTRACTION_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0)
+# Scales of the server's correction the extraction attack tries: the device's own grid (it picks its scale
+# among them on validation data the server never sees).
+EXTRACTION_SCALES = CORRECTION_SCALES
 CALIBRATION_POSITIONS = 2000
 
 

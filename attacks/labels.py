@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, register
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
-from attacks.view_data import PivotData, pivot_data
+from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.side_network import AdditiveSideNetwork, network_from_arrays
@@ -29,9 +29,16 @@ def _zero_shot_probs(attack: Attack, data: PivotData, public: PublicKnowledge) -
     return softmax(zero_shot_logits(backbone, public.task, data.layer(attack, backbone.n_layers)))
 
 
-def _result(attack: Attack, data: PivotData, predictions: np.ndarray, **details: object) -> AttackResult:
+def _result(attack: Attack, data: PivotData, predictions: np.ndarray, scores: np.ndarray | None = None,
+            **details: object) -> AttackResult:
     return AttackResult(attack=attack.NAME, kind=LABELS, sample_ids=data.sample_ids,
-                        predictions=np.asarray(predictions, dtype=np.int64), details=dict(details))
+                        predictions=np.asarray(predictions, dtype=np.int64), details=dict(details),
+                        scores=None if scores is None else np.asarray(scores, dtype=np.float64))
+
+
+def _scored(attack: Attack, data: PivotData, scores: np.ndarray, **details: object) -> AttackResult:
+    """Predictions as the argmax of per-class scores, the scores kept for AUC."""
+    return _result(attack, data, scores.argmax(axis=1), scores, **details)
 
 
 @register
@@ -44,7 +51,7 @@ class DeltaArgmax(Attack):
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self, need_delta=True)
-        return _result(self, data, data.delta.argmax(axis=1))
+        return _scored(self, data, data.delta)
 
 
 @register
@@ -57,7 +64,7 @@ class PublicHeadCombined(Attack):
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self, need_delta=True)
-        return _result(self, data, (_zero_shot_probs(self, data, public) + data.delta).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public) + data.delta)
 
 
 @register
@@ -66,12 +73,13 @@ class PublicHeadZeroShot(Attack):
 
     NAME = "public_head_zero_shot"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     DESCRIPTION = "activations only: public head on the last-layer pivot state"
     ACTIVATIONS_ONLY = True
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
-        return _result(self, data, _zero_shot_probs(self, data, public).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public))
 
 
 def resolve_clusters(assignments: np.ndarray, n_classes: int, prior: np.ndarray) -> np.ndarray:
@@ -137,7 +145,7 @@ class SideModelLabelling(Attack):
         network = load_side_network(self, view)
         with torch.inference_mode():
             side = network(torch.from_numpy(data.activations)).numpy()
-        return _result(self, data, (_zero_shot_probs(self, data, public) + side).argmax(axis=1))
+        return _scored(self, data, _zero_shot_probs(self, data, public) + side)
 
 
 def load_side_network(attack: Attack, view: ServerView,
@@ -155,8 +163,13 @@ def load_side_network(attack: Attack, view: ServerView,
 
 
 def probe_features(activations: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
-    """Probe input: the mean pivot state of the upper half of the layers plus z_b."""
-    upper = activations[:, activations.shape[1] // 2:].mean(axis=1)
+    """Probe input: the mean direction of the upper half of the layers' pivot states plus z_b.
+
+    Directions, not raw states: a mechanism that clips each layer (activation_noise) then
+    leaves the probe's inputs where the public examples put them (measured on SST-2, 1,800
+    uploads under σ = 0.01: k = 8/32/128 score 73/79/82% instead of the majority class), and
+    on plain states it changes the scores by under 1.3 points."""
+    upper = layer_directions(activations[:, activations.shape[1] // 2:]).mean(axis=1)
     return np.concatenate([upper, zero_shot], axis=1)
 
 
@@ -166,6 +179,7 @@ class ModelCompletion(Attack):
     KIND = LABELS
     ACTIVATIONS_ONLY = True
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     K = 0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
@@ -181,7 +195,10 @@ class ModelCompletion(Attack):
         test_x = probe_features(data.activations, zero_shot_logits(backbone, public.task, data.layer(self, last)))
         scaler = StandardScaler().fit(train_x)
         probe = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(train_x), [e.label for e in labeled])
-        return _result(self, data, probe.predict(scaler.transform(test_x)), k=self.K)
+        # Classes absent from the k examples get probability 0: every task class keeps its column.
+        scores = np.zeros((len(test_x), public.task.n_classes))
+        scores[:, probe.classes_] = probe.predict_proba(scaler.transform(test_x))
+        return _result(self, data, probe.predict(scaler.transform(test_x)), scores, k=self.K)
 
 
 for _k in (8, 32, 128):

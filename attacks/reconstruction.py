@@ -18,7 +18,8 @@ import torch
 
 from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.public_model import input_embeddings, logit_lens, public_backbone, token_states
-from attacks.view_data import full_activation_data, pivot_data
+from attacks.rotation_math import nearest_states
+from attacks.view_data import full_activation_data, layer_directions, pivot_data
 from protocol.backbone import Backbone
 from protocol.tasks import TaskSpec
 from protocol.transcript import FULL_ACTIVATIONS, PIVOT_ACTIVATIONS, ServerView
@@ -66,6 +67,7 @@ class PivotNearestEmbedding(Attack):
 
     NAME = "pivot_nearest_embedding"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest public input embedding of each uploaded pivot state"
 
@@ -83,6 +85,7 @@ class PivotLogitLens(Attack):
 
     NAME = "pivot_logit_lens"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "logit lens (public norm + head) on every uploaded pivot state, top-3 tokens"
     TOP = 3
@@ -98,8 +101,9 @@ class PivotLogitLens(Attack):
 
 
 def _inversion_inputs(activations: np.ndarray) -> np.ndarray:
-    """Every fourth layer's pivot state, concatenated (keeps the model small)."""
-    return activations[:, ::4].reshape(len(activations), -1)
+    """Every fourth layer's pivot state direction, concatenated (keeps the model small; directions
+    survive a mechanism's per-layer clip or rescaling)."""
+    return layer_directions(activations[:, ::4]).reshape(len(activations), -1)
 
 
 # LearnedInversion fits keyed by a digest of their inputs (see `LearnedInversion._trained`).
@@ -113,6 +117,7 @@ class LearnedInversion(Attack):
 
     NAME = "learned_inversion"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "bag-of-words inversion model trained on public text features"
     VOCABULARY = 2000
@@ -139,16 +144,17 @@ class LearnedInversion(Attack):
                             details={"threshold": threshold, "public_texts": len(corpus), "vocabulary": len(vocab)})
 
     def _trained(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.nn.Module, float]:
-        """The inversion model and its threshold (tuned on the last 20% of the public text).
+        """The inversion model, fitted on the first 80% of the public text, and its threshold, tuned on the rest
+        (one fit: refitting on all of it cost an audit as much again for 20% more text).
 
         Public knowledge only: an audit attacks several views with the same public corpus,
         so the fit is memoized on a digest of its inputs (a pure function of them)."""
         key = hashlib.sha256(x.tobytes() + y.tobytes() + str((seed, self.EPOCHS)).encode()).hexdigest()
         if key not in _TRAINED:
             cut = int(0.8 * len(x))
-            threshold = self._threshold(self._fit(x[:cut], y[:cut], seed), x[cut:], y[cut:])
+            model = self._fit(x[:cut], y[:cut], seed)
             _TRAINED.clear()  # one public corpus at a time: bounded memory
-            _TRAINED[key] = (self._fit(x, y, seed), threshold)
+            _TRAINED[key] = (model, self._threshold(model, x[cut:], y[cut:]))
         return _TRAINED[key]
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
@@ -178,6 +184,14 @@ class LearnedInversion(Attack):
         return best
 
 
+def candidate_pool(attack: Attack, public: PublicKnowledge, layers: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """The candidate texts and their public-backbone pivot states of `layers`."""
+    pool = list(public.candidate_texts)
+    if not pool:
+        raise attack.lacks("a public candidate pool (candidate_texts)")
+    return pool, public.public_features(attack.NAME, pool, layers).activations
+
+
 @register
 class CandidateMatching(Attack):
     """Exact matching: the public backbone's pivot states of each candidate text are
@@ -185,23 +199,22 @@ class CandidateMatching(Attack):
 
     NAME = "candidate_matching"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
+    PUBLIC_COORDINATES = True
     KIND = RECONSTRUCTION
     DESCRIPTION = "nearest candidate text by public-backbone pivot states"
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
-        pool = list(public.candidate_texts)
-        if not pool:
-            raise self.lacks("a public candidate pool (candidate_texts)")
-        candidates = public.public_features(self.NAME, pool, data.layers).activations
-        flat = candidates.reshape(len(pool), -1).astype(np.float32)
-        squared = (flat ** 2).sum(axis=1)
-        matches = []
-        for start in range(0, len(data.activations), 256):
-            block = data.activations[start:start + 256].reshape(-1, flat.shape[1])
-            matches.extend((squared[None, :] - 2 * block @ flat.T).argmin(axis=1).tolist())
+        pool, candidates = candidate_pool(self, public, data.layers)
+        matches = self.match(data.activations, candidates)
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids,
                             texts=[pool[i] for i in matches], details={"pool": len(pool)})
+
+    def match(self, states: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The index of each uploaded sample's candidate: nearest by per-layer directions, which a
+        clip or rescaling of each layer's vector leaves in place (under activation_noise with the
+        default clip, raw states match 0.3% of 400 SST-2 uploads, directions 100% at σ = 0.03)."""
+        return nearest_states(layer_directions(states), layer_directions(candidates))
 
 
 def strip_template(task: TaskSpec, prompt: str) -> str:

@@ -35,6 +35,13 @@ class PivotData:
         return self.activations[:, self.layers.index(number)]
 
 
+def layer_directions(activations: np.ndarray) -> np.ndarray:
+    """Each layer's state scaled to unit norm: what an attack that compares states with the
+    public backbone's should read when a mechanism may clip or rescale each layer's vector
+    (activation_noise clips to its bound, int8 rounds on its own scale): directions survive."""
+    return activations / np.linalg.norm(activations, axis=-1, keepdims=True).clip(1e-12)
+
+
 def _plain_delta(message: object) -> np.ndarray | None:
     delta = getattr(message, "delta", None)
     if isinstance(delta, np.ndarray) and delta.ndim == 2 and delta.dtype.kind == "f":

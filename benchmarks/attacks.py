@@ -37,10 +37,11 @@ from protocol.device_features import encode_dataset
 from protocol.tasks import SST2, Example, builtin_split, sample
 from protocol.transcript import INBOUND, ServerView, TranscriptWriter
 from protocol.messages import encode_message
-from secure_assist.audit.dp_check import empirical_epsilon
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair
+from secure_assist.auditor import load_ground_truth, run_attack, upload_texts
+from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
-from secure_assist.mechanisms import MECHANISMS, MechanismSettings
+from secure_assist.mechanisms import MECHANISMS, mechanism_parameters
 
 LABEL_ATTACKS = ("delta_argmax", "public_head", "clustering_delta", "public_head_zero_shot",
                  "clustering_activations", "model_completion_k8", "model_completion_k32", "model_completion_k128")
@@ -64,7 +65,7 @@ def _row(name: str, workdir: Path, public: Any) -> dict[str, Any]:
 def pae_section(workdir: Path) -> list[dict[str, Any]]:
     """Every registered attack on the real PAE run."""
     truth = load_ground_truth(workdir)
-    public = default_public_knowledge("smollm2-135m", SST2, truth, progress=False)
+    public = default_public_knowledge("smollm2-135m", SST2, upload_texts(truth), progress=False)
     return [_row(name, workdir, public) for name in sorted(all_attacks())]
 
 
@@ -72,8 +73,8 @@ def _protected_view(target: Path, mechanism: str, epsilon: float | None, device:
                     train: list[Example]) -> dict[str, Any]:
     """Uploads of the cached device outputs, passed through one mechanism, recorded as a view."""
     pivots = encode_dataset(device, train)
-    settings = MechanismSettings(epsilon=epsilon, seed=0)
-    protection = MECHANISMS[mechanism](settings, np.random.default_rng(0))
+    cls = MECHANISMS[mechanism]
+    protection = cls(mechanism_parameters(cls, {"epsilon": epsilon}), np.random.default_rng(0))
     writer = TranscriptWriter(target / SERVER_DIR)
     ids = new_sample_ids(len(train))
     labels = np.array([e.label for e in train])
@@ -101,13 +102,15 @@ def mechanisms_section(releases: int) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory() as folder:
             target = Path(folder)
             described = _protected_view(target, mechanism, epsilon, device, train)
-            public = default_public_knowledge("smollm2-135m", SST2, load_ground_truth(target), progress=False)
+            public = default_public_knowledge("smollm2-135m", SST2, upload_texts(load_ground_truth(target)),
+                                              progress=False)
             row: dict[str, Any] = {"mechanism": mechanism, "epsilon": epsilon,
                                    "claimed": {k: v for k, v in described.items() if k in ("guarantee", "epsilon")},
                                    "attacks": [_row(name, target, public) for name in LABEL_ATTACKS]}
         if mechanism in ("gaussian", "label_rr"):
-            row["distinguishing"] = empirical_epsilon(mechanism, MechanismSettings(epsilon=epsilon, seed=0), device,
-                                                      train[0], releases)
+            cls = MECHANISMS[mechanism]
+            pair = release_pair(device, cls.dp_target, train[:2], releases)
+            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), pair)
         rows.append(row)
     return rows
 
@@ -122,7 +125,8 @@ def reconstruction_section(n_samples: int) -> dict[str, Any]:
         # The upload order is the training order; the harness (device side) records which id was which.
         ids = full_activation_data_ids(mobillm)
         write_ground_truth(mobillm / DEVICE_DIR / GROUND_TRUTH_FILE, ids, train)
-        public = default_public_knowledge("smollm2-135m", SST2, load_ground_truth(mobillm), progress=False)
+        public = default_public_knowledge("smollm2-135m", SST2, upload_texts(load_ground_truth(mobillm)),
+                                          progress=False)
         out["mobillm"] = [_row("full_activation_inversion", mobillm, public)]
         split = Path(folder) / "split"
         run = run_split_learning(load_backbone(), load_backbone(), SST2, train, split / SERVER_DIR,

@@ -1,8 +1,9 @@
 """What a generation server learns (SmolLM2-135M, Alpaca): answer tokens from r_t, from the activations
 alone, under Gaussian DP on r and under activation protections, with the DP check of each claim.
 
-Every variant is a real fine-tuning run in the `generation` mode, attacked and DP-checked by the
-audit's own code (`secure_assist.audit.runner.audit_variant`): `answer_from_residual` (r_t plus the
+Every variant is a real fine-tuning run in the `generation` mode, attacked, DP-checked and compared
+with the reference rows (zero-shot, generation_local, of the default settings) by the audit's own code
+(`secure_assist.audit.runner.audit_variant`): `answer_from_residual` (r_t plus the
 public head), `answer_inversion` (activations only: public ridge map of the lowest uploaded layer to
 input embeddings) and `generation_model_extraction`. Variants: plain; `gaussian_r` at each ε;
 `activation_noise` at each σ/c; plain with fewer, deeper layers. Also reported: the per-sample L2 norm of
@@ -77,18 +78,20 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="generation-leakage-")
 
-    from secure_assist.audit.config import AuditConfig
-    from secure_assist.audit.runner import audit_variant, jsonable
+    from secure_assist.audit.config import AuditConfig, audit_variants
+    from secure_assist.audit.runner import audit_inputs, audit_variant, jsonable, reference_rows
 
     base = AuditConfig(model=args.model, task="generation", train_file=clean_copy(args)[0],
                        train_samples=args.train_samples, eval_samples=args.eval_samples, epochs=args.epochs,
                        layers=tuple(int(x) for x in args.layers.split(",")), rouge_samples=args.rouge_samples,
                        attacks=ATTACKS, dp_releases=args.dp_releases, seed=args.seed, output=args.workdir)
+    data, public, _ = audit_inputs(base)
+    references = reference_rows(base, data, progress=False)
     rows = []
     for label, mechanism, overrides in variants(args):
-        config = replace(base, output=str(Path(args.workdir) / label.replace(" ", "_").replace(",", "-")),
-                         **overrides)
-        row = audit_variant(config, mechanism, progress=False)
+        config = replace(base, variants=(mechanism,),
+                         output=str(Path(args.workdir) / label.replace(" ", "_").replace(",", "-")), **overrides)
+        row = audit_variant(config, audit_variants(config)[0], data, public, references, progress=False)
         row["label"] = label
         rows.append(jsonable(row))
         print(f"[generation_leakage] {label}: {row.get('verdict') or row.get('reason')}", flush=True)

@@ -33,8 +33,9 @@ from protocol.server import ServerTraining, SideTuningServer
 from protocol.ridge_head import RidgeHead
 from protocol.side_network import network_from_arrays
 from protocol.tasks import SST2, builtin_split, sample
-from secure_assist.mechanisms import MechanismChain, MechanismSettings
-from secure_assist.mechanisms.he_ckks import HeCkksDelta
+from secure_assist.mechanisms import MechanismChain
+from secure_assist.mechanisms.ckks import CkksPublicContext
+from secure_assist.mechanisms.he_ckks import HeCkksParameters
 from secure_assist.mechanisms.he_server import HeHeadServer
 from secure_assist.mechanisms.ridge import ridge_operator
 from secure_assist.safeguard import choose_shrink
@@ -82,8 +83,8 @@ class Setting:
                 "safeguard_p_value": decision.p_value}
 
 
-def side_network_run(setting: Setting, names: list[str], settings: MechanismSettings, epochs: int) -> dict:
-    chain = MechanismChain(names, settings)
+def side_network_run(setting: Setting, names: list[str], values: dict, epochs: int) -> dict:
+    chain = MechanismChain(names, values, seed=0)
     with tempfile.TemporaryDirectory() as workdir:
         server = SideTuningServer(workdir, ServerTraining())
         channel = InProcessChannel(server)
@@ -105,10 +106,10 @@ def side_network_run(setting: Setting, names: list[str], settings: MechanismSett
             **setting.safeguarded_dev_accuracy(val_side, dev_side)}
 
 
-def he_run(setting: Setting, settings: MechanismSettings, indices: np.ndarray) -> tuple[dict, RidgeHead]:
+def he_run(setting: Setting, parameters: HeCkksParameters, indices: np.ndarray) -> tuple[dict, RidgeHead]:
     """Upload `indices` under he_ckks, fit on the server, decrypt on the device; costs measured."""
-    chain = MechanismChain(["he_ckks"], settings)
-    he = chain.find(HeCkksDelta)
+    chain = MechanismChain(["he_ckks"], vars(parameters), seed=0)
+    he = chain.stage("encrypt")
     with tempfile.TemporaryDirectory() as workdir:
         server = HeHeadServer(workdir, progress=True)
         channel = InProcessChannel(server)
@@ -117,9 +118,8 @@ def he_run(setting: Setting, settings: MechanismSettings, indices: np.ndarray) -
             upload_bytes = channel.bytes_up
             request = he.fit_request()
             reply = expect(channel.request(request), HeFitReply)
-            # The server object holds a public context only.
-            assert server.context is not None and not server.context.is_private()
-            assert not server.context.has_secret_key()
+            # The server object holds a public context only (encryption parameters, no key).
+            assert isinstance(server.context, CkksPublicContext)
         finally:
             server.close()
     start = time.perf_counter()
@@ -130,18 +130,19 @@ def he_run(setting: Setting, settings: MechanismSettings, indices: np.ndarray) -
             "public_context_bytes": int(len(request.public_context)),
             "server_fit_seconds": server.fit_seconds, "device_decrypt_seconds": decrypt_seconds,
             "upload_bytes_per_sample": upload_bytes / len(indices),
-            "fit_reply_bytes": len(reply.ciphertexts), "n_features": settings.he_features}, head
+            "fit_reply_bytes": len(reply.ciphertexts), "fit_reply_ciphertexts": len(reply.ciphertext_sizes),
+            "n_features": parameters.he_features}, head
 
 
 def he_part(setting: Setting, quick: bool) -> dict:
-    settings = MechanismSettings(seed=0, he_features=8 if quick else 128)
-    cost, head = he_run(setting, settings, setting.up_idx)
+    parameters = HeCkksParameters(he_features=8 if quick else 128)
+    cost, head = he_run(setting, parameters, setting.up_idx)
     # The same head fitted in plaintext: the server's feature map, plaintext Δ.
     pivots = setting.pivots
     uploaded = pivots.activations[setting.up_idx].numpy().astype(np.float16)
     delta = prediction_difference(pivots.label_logits[setting.up_idx],
                                   torch.from_numpy(setting.labels[setting.up_idx])).numpy()
-    plain = RidgeHead(head.feature_map, ridge_operator(head.feature_map.apply(uploaded), settings.he_ridge) @ delta)
+    plain = RidgeHead(head.feature_map, ridge_operator(head.feature_map.apply(uploaded), parameters.he_ridge) @ delta)
     val_acts = pivots.activations[setting.val_idx].numpy()
     dev_acts = setting.dev_acts.numpy()
     result = {"accuracy_run": cost, "max_weight_error": float(np.abs(head.weights - plain.weights).max()),
@@ -149,7 +150,7 @@ def he_part(setting: Setting, quick: bool) -> dict:
               "plaintext_ridge": setting.safeguarded_dev_accuracy(plain.predict(val_acts), plain.predict(dev_acts))}
     sizes = (200,) if quick else (500, 2000, 8000)
     everything = np.arange(len(setting.train))
-    result["cost_growth"] = [he_run(setting, settings, np.resize(everything, n))[0] for n in sizes]
+    result["cost_growth"] = [he_run(setting, parameters, np.resize(everything, n))[0] for n in sizes]
     result["cost_growth_note"] = "8000 tiles the 2000 cached samples 4x (cost measurement only)"
     return result
 
@@ -172,8 +173,8 @@ def main() -> int:
                        "dev": int(len(setting.dev_labels)), "epochs": epochs, "delta": 1e-5},
            "zero_shot_dev_accuracy": accuracy(setting.dev_probs, setting.dev_labels)}
     if args.part in ("all", "dp"):
-        out["plain"] = side_network_run(setting, ["rotation_mask"], MechanismSettings(seed=0), epochs)
-        out["dp"] = {name: {str(eps): side_network_run(setting, [name], MechanismSettings(epsilon=eps, seed=0), epochs)
+        out["plain"] = side_network_run(setting, ["rotation_mask"], {}, epochs)
+        out["dp"] = {name: {str(eps): side_network_run(setting, [name], {"epsilon": eps}, epochs)
                             for eps in epsilons} for name in ("gaussian", "label_rr")}
     if args.part in ("all", "he"):
         out["he"] = he_part(setting, args.quick)

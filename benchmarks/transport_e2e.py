@@ -30,18 +30,20 @@ from protocol.backbone import load_backbone
 from protocol.channel import Channel, InProcessChannel
 from protocol.device import DeviceRole, PivotBatch, new_sample_ids
 from protocol.device_features import encode_dataset
-from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, expect
-from protocol.server import ServerTraining, SideTuningServer
+from protocol.messages import FetchWeights, Hello, SideWeights, TrainReport, TrainUntil, expect
+from protocol.server import ServerTraining
 from protocol.side_network import network_from_arrays
 from protocol.tasks import SST2, builtin_split, sample
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
+from secure_assist.modes.host import ModeHost
 
 
 def fine_tune(channel: Channel, device: DeviceRole, train, features: PivotBatch, ids: np.ndarray,
               epochs: int) -> tuple[SideWeights, float]:
-    """Upload every cached batch, train to `epochs`, fetch φ; return φ and the wall time."""
+    """Name the mode, upload every cached batch, train to `epochs`, fetch φ; return φ and the wall time."""
     began = time.perf_counter()
+    channel.request(Hello(mode="side_network"))
     size = device.batch_size
     for start in range(0, len(train), size):
         stop = min(start + size, len(train))
@@ -93,7 +95,7 @@ def main() -> None:
                                  "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        server = SideTuningServer(root / "in-process-server", ServerTraining())
+        server = ModeHost(root / "in-process-server", ("side_network",), ServerTraining())
         local = InProcessChannel(server)
         local_weights, local_seconds = fine_tune(local, device, train, train_features, ids, args.epochs)
         server.close()

@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +27,7 @@ from protocol.messages import Upload
 from protocol.transcript import CACHE_FILE
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
+from protocol.transport.serve_process import ServeProcess
 
 LAYERS, HIDDEN, CLASSES = 30, 576, 2
 
@@ -42,25 +40,11 @@ def synthetic_upload(rng: np.random.Generator, n: int) -> Upload:
                   layers=tuple(range(1, LAYERS + 1)))
 
 
-def start_server(keys: KeyDirectory, workdir: Path) -> tuple[subprocess.Popen, int]:
-    ready = workdir / "ready"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "secure_assist.cli", "serve", "--keys", str(keys.root), "--workdir",
-         str(workdir / "server"), "--port", "0", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "serve.log", "wb"),
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    while not ready.exists():
-        if process.poll() is not None:
-            raise SystemExit(f"server exited: {(workdir / 'serve.log').read_text()}")
-        time.sleep(0.1)
-    return process, int(ready.read_text().rsplit(":", 1)[1])
-
-
 def run_device(keys: KeyDirectory, name: str, port: int, samples: int, batch: int, seed: int,
                latencies: list[float], sent: dict[str, set[bytes]]) -> None:
     rng = np.random.default_rng(seed)
     context, pinned = keys.device_context(name)
-    channel = NetworkChannel("127.0.0.1", port, context, pinned)
+    channel = NetworkChannel("127.0.0.1", port, context, pinned, mode="side_network")
     ids: set[bytes] = set()
     for start in range(0, samples, batch):
         upload = synthetic_upload(rng, min(batch, samples - start))
@@ -72,6 +56,16 @@ def run_device(keys: KeyDirectory, name: str, port: int, samples: int, batch: in
         ids.update(bytes(i) for i in upload.sample_ids)
     channel.close()
     sent[name] = ids
+
+
+def timed_threads(threads: list[threading.Thread]) -> float:
+    """Start the threads together, wait for all; the seconds it took."""
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -88,19 +82,13 @@ def main() -> None:
         keys = KeyDirectory(root / "keys")
         names = [f"device{i:02d}" for i in range(args.devices)]
         keys.init(names)
-        process, port = start_server(keys, root)
+        serve = ServeProcess(root, keys).start()
         latencies: list[float] = []
         sent: dict[str, set[bytes]] = {}
-        threads = [threading.Thread(target=run_device, args=(keys, n, port, args.samples, args.batch, i,
+        threads = [threading.Thread(target=run_device, args=(keys, n, serve.port, args.samples, args.batch, i,
                                                              latencies, sent)) for i, n in enumerate(names)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - began
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        elapsed = timed_threads(threads)
+        stop_seconds = serve.stop(timeout=120)
         lost = leaked = 0
         for fingerprint, name in keys.trusted_fingerprints().items():
             cache = ActivationCache(root / "server" / "devices" / fingerprint / CACHE_FILE)
@@ -115,7 +103,7 @@ def main() -> None:
         "transport": "TLS 1.3, mutual auth, separate `serve` process, loopback",
         "samples_uploaded": total, "samples_expected": args.devices * args.samples,
         "samples_lost": lost, "samples_in_wrong_namespace": leaked,
-        "clean_shutdown_rc": process.returncode,
+        "clean_shutdown_rc": serve.process.returncode, "stop_seconds": stop_seconds,
         "seconds": round(elapsed, 2), "samples_per_second": round(total / elapsed, 1),
         "upload_latency_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
         "upload_latency_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),

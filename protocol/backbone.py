@@ -103,7 +103,12 @@ def _convert_smollm2(target: Path) -> None:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         # Rename last so a crash mid-conversion never leaves a half-written cache behind.
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process (a second sweep worker on this machine) converted it first: use that copy.
+            if not (target / "model.safetensors").is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -1,9 +1,11 @@
-"""The server's persistent activation cache: sample id -> (A, Δ), in SQLite.
+"""The server's persistent activation cache: sample id -> (A, Δ), in SQLite (the generation
+server's `SequenceCache`: sample id -> its loss positions' states and r).
 
 Tensors are stored as raw little-endian buffers with their dtype and shape in
 columns, so reading never deserializes code. Inserts are idempotent by sample id:
 a repeated upload is counted and ignored, never overwrites. SQLite's journal makes
-every committed batch survive a crash or a restart.
+every committed batch survive a crash or a restart. The database is created 0600 before
+SQLite opens it; SQLite gives its -wal and -shm files the database's mode.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from protocol.errors import ProtocolError
+from protocol.files import private_file
 
 _ALLOWED_DTYPES = {"float16", "float32"}
 _SCHEMA = """
@@ -32,14 +35,18 @@ CREATE TABLE IF NOT EXISTS samples (
 
 
 class ActivationCache:
-    """Append-only store of uploaded samples, keyed by opaque sample id."""
+    """Append-only store of uploaded samples, keyed by opaque sample id.
+
+    `SCHEMA` is the table a subclass stores (`SequenceCache`: one row per sample, several
+    positions each) and `VALUES` its float32 column next to the activations (Δ or r)."""
 
     SCHEMA = _SCHEMA
+    VALUES = "delta"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path)
+        self._db = sqlite3.connect(private_file(self.path))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(self.SCHEMA)
         self._db.commit()
@@ -54,9 +61,8 @@ class ActivationCache:
     def put_many(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Store the samples not cached yet, in one transaction; return which rows were new."""
         def row(i: int) -> tuple:
-            act, d = activations[i], delta[i]
-            return (_little_endian(act), act.dtype.name, act.shape[0], act.shape[1],
-                    np.ascontiguousarray(d, dtype="<f4").tobytes(), d.shape[0])
+            act_bytes, act_dtype, delta_bytes = _row_values(activations[i], delta[i])
+            return (act_bytes, act_dtype, activations.shape[1], activations.shape[2], delta_bytes, delta.shape[1])
 
         return self._insert(sample_ids, activations.dtype.name, row)
 
@@ -67,7 +73,7 @@ class ActivationCache:
         keys = [bytes(sid) for sid in sample_ids]
         new = np.zeros(len(keys), dtype=bool)
         with self._db:
-            seen = self._existing(keys)
+            seen = set(self._stored(keys))
             base = len(self)
             rows = []
             for i, key in enumerate(keys):
@@ -81,13 +87,30 @@ class ActivationCache:
                 self._db.executemany(f"INSERT INTO samples VALUES ({marks})", rows)
         return new
 
-    def _existing(self, keys: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
+    def count_new(self, sample_ids: np.ndarray) -> int:
+        """How many distinct ids of `sample_ids` are not cached yet."""
+        keys = {bytes(sid) for sid in sample_ids}
+        return len(keys) - len(self._stored(list(keys)))
+
+    def holds(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> bool:
+        """Whether every sample is cached already with exactly these values (a re-sent upload)."""
+        return self._holds(sample_ids, lambda i: _row_values(activations[i], delta[i]))
+
+    def _holds(self, sample_ids: np.ndarray, values: Callable[[int], tuple[bytes, str, bytes]]) -> bool:
+        """Whether every sample i is cached with exactly `values(i)` (see `_row_values`)."""
+        keys = [bytes(sid) for sid in sample_ids]
+        stored = self._stored(keys)
+        return all(stored.get(key) == values(i) for i, key in enumerate(keys))
+
+    def _stored(self, keys: list[bytes]) -> dict[bytes, tuple[bytes, str, bytes]]:
+        """Cached rows among `keys`: id -> (activation bytes, their dtype, `VALUES` bytes)."""
+        found: dict[bytes, tuple[bytes, str, bytes]] = {}
         # SQLite limits the number of bound parameters per statement.
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            query = f"SELECT sample_id FROM samples WHERE sample_id IN ({','.join('?' * len(chunk))})"
-            found.update(row[0] for row in self._db.execute(query, chunk))
+            query = (f"SELECT sample_id, activations, act_dtype, {self.VALUES} FROM samples "
+                     f"WHERE sample_id IN ({','.join('?' * len(chunk))})")
+            found.update((row[0], tuple(row[1:])) for row in self._db.execute(query, chunk))
         return found
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,8 +136,10 @@ class ActivationCache:
         return np.stack(ids), np.stack(acts), np.stack(deltas)
 
 
-def _little_endian(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+def _row_values(activations: np.ndarray, values: np.ndarray) -> tuple[bytes, str, bytes]:
+    """One sample as stored: little-endian activation bytes, their dtype, float32 value bytes (Δ or r)."""
+    return (np.ascontiguousarray(activations, dtype=activations.dtype.newbyteorder("<")).tobytes(),
+            activations.dtype.name, np.ascontiguousarray(values, dtype="<f4").tobytes())
 
 
 _SEQUENCE_SCHEMA = """
@@ -135,16 +160,21 @@ class SequenceCache(ActivationCache):
     """The generation server's cache: sample id -> its loss positions' states (T, L, d) and r (T, d)."""
 
     SCHEMA = _SEQUENCE_SCHEMA
+    VALUES = "residual"
 
     def put_sequences(self, sample_ids: np.ndarray, rows: list[slice], activations: np.ndarray,
                       residual: np.ndarray) -> np.ndarray:
         """Store the samples not cached yet (sample i owns `rows[i]`); return which samples were new."""
         def row(i: int) -> tuple:
-            act = activations[rows[i]]
-            return (_little_endian(act), act.dtype.name, *act.shape,
-                    np.ascontiguousarray(residual[rows[i]], dtype="<f4").tobytes())
+            act_bytes, act_dtype, residual_bytes = _row_values(activations[rows[i]], residual[rows[i]])
+            return (act_bytes, act_dtype, *activations[rows[i]].shape, residual_bytes)
 
         return self._insert(sample_ids, activations.dtype.name, row)
+
+    def holds_sequences(self, sample_ids: np.ndarray, rows: list[slice], activations: np.ndarray,
+                        residual: np.ndarray) -> bool:
+        """Whether every sample is cached already with exactly these rows (a re-sent upload)."""
+        return self._holds(sample_ids, lambda i: _row_values(activations[rows[i]], residual[rows[i]]))
 
     def load_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ids (n, 16), counts (n,), activations (sum counts, L, d), residual (sum counts, d)) in arrival order."""

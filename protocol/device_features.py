@@ -3,17 +3,22 @@
 Sweeps, audits and benchmarks apply many mechanisms and attacks to the same device
 outputs; the inference pass is the expensive part (~14 samples/s for SmolLM2 on two
 CPU cores), so the device keeps pivot activations and label logits for a dataset on
-its own disk, keyed by a digest of everything they depend on. The file is safetensors
-(no code runs on load) and is checked against the key and shapes when read. This is
-device-side state: it never goes to the server.
+its own disk. An entry is keyed by a digest of everything the outputs depend on and of
+the *set* of texts (not their order), and holds one row per text with its sha256, so
+any subset or reordering of a cached dataset is served from it: an audit's variants
+upload different subsets of one training set (protected runs hold out a validation
+split), and all of them, their validation splits and the attacker's public-backbone
+passes over the same texts, read the one entry. The file is safetensors (no code runs
+on load) and is checked against the key and shapes when read. This is device-side
+state: it never goes to the server.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,70 +28,151 @@ from protocol.codec import decode, encode
 from protocol.device import DeviceRole, PivotBatch
 from protocol.errors import ProtocolError
 from protocol.files import write_atomic
+from protocol.shared_forwards import device_spec, served
 from protocol.tasks import Example
 
-_FORMAT = "device-features/1"
+_FORMAT = "device-features/2"
+# The device's own files: large datasets (8,000 samples × 30 layers × 576 × fp16 is 276 MB)
+# exceed the wire limit, which guards against peers, not against the device itself.
+_MAX_ENTRY_BYTES = 16 * 2**30
 
 
-def _key(device: DeviceRole, examples: list[Example]) -> str:
+def text_digest(text: str) -> bytes:
+    """The 32-byte sha256 identifying a text's row in a cache entry."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _key(device: DeviceRole, digests: Sequence[bytes]) -> str:
     digest = hashlib.sha256()
-    spec = {"format": _FORMAT, "backbone": device.backbone.name, "task": asdict(device.task),
-            "layers": list(device.layers), "payload_dtype": device.payload_dtype}
+    spec = {"format": _FORMAT, **device_spec(device)}
     digest.update(json.dumps(spec, sort_keys=True).encode())
-    for example in examples:
-        digest.update(example.text.encode() + b"\0")
+    for item in sorted(set(digests)):
+        digest.update(item)
     return digest.hexdigest()
+
+
+@dataclass
+class _Entry:
+    """One cached dataset: its outputs, the row of each text digest, and the forward seconds
+    measured when it was computed (None: computed by this device just now, already counted)."""
+
+    pivots: PivotBatch
+    rows: dict[bytes, int]
+    seconds: float | None
+
+    def gather(self, digests: list[bytes]) -> PivotBatch:
+        index = torch.tensor([self.rows[d] for d in digests], dtype=torch.long)
+        return PivotBatch(self.pivots.activations[index], self.pivots.label_logits[index])
+
+
+def _load(path, key: str) -> _Entry | None:
+    """A trustworthy cache entry, or None (absent, damaged, another key, or an older format)."""
+    if not path.is_file():
+        return None
+    try:
+        tensors, metadata = decode(path.read_bytes(), _MAX_ENTRY_BYTES)
+        acts, logits, digests = tensors["activations"], tensors["label_logits"], tensors["text_sha256"]
+        if metadata.get("key") != key or not acts.shape[0] == logits.shape[0] == digests.shape[0]:
+            return None
+        rows = {}
+        for row, item in enumerate(digests):
+            rows.setdefault(item.tobytes(), row)
+        return _Entry(PivotBatch(activations=torch.from_numpy(acts.astype(np.float32)),
+                                 label_logits=torch.from_numpy(logits)), rows, float(metadata["forward_seconds"]))
+    except (ProtocolError, KeyError, ValueError):
+        return None  # a damaged cache file is recomputed, never trusted
+
+
+def _entry(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> _Entry:
+    """The dataset's entry: read from the cache, or computed (in the given order) and stored."""
+    digests = [text_digest(e.text) for e in examples]
+    key = _key(device, digests)
+    path = cache_root() / "device-features" / f"{key}.safetensors"
+    if use_cache and (entry := _load(path, key)) is not None:
+        return entry
+    start = device.forward_seconds
+    # DeviceRole.batches explicitly: a ForwardCachingDevice must not recurse into its own cache.
+    result = PivotBatch.concatenate([pivots for _, pivots in DeviceRole.batches(device, examples, "device forward")])
+    if use_cache:
+        dtype = np.float16 if device.payload_dtype == "float16" else np.float32
+        write_atomic(path, encode({"activations": result.activations.numpy().astype(dtype),
+                                   "label_logits": result.label_logits.numpy().astype(np.float32),
+                                   "text_sha256": np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 32)},
+                                  {"key": key, "forward_seconds": repr(device.forward_seconds - start)}))
+    rows: dict[bytes, int] = {}
+    for row, item in enumerate(digests):
+        rows.setdefault(item, row)
+    return _Entry(result, rows, None)
 
 
 def encode_dataset(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> PivotBatch:
     """Pivot activations and label logits for every example, from the cache when possible."""
-    return _cached_or_computed(device, examples, use_cache)[0]
+    return _entry(device, examples, use_cache).gather([text_digest(e.text) for e in examples])
 
 
-def _cached_or_computed(device: DeviceRole, examples: list[Example],
-                        use_cache: bool = True) -> tuple[PivotBatch, float | None]:
-    """(outputs, forward seconds measured when the cache entry was made; None if computed now)."""
-    key = _key(device, examples)
-    path = cache_root() / "device-features" / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            tensors, metadata = decode(path.read_bytes())
-            acts, logits = tensors["activations"], tensors["label_logits"]
-            # An entry without its measured forward time predates this format: recompute it.
-            if (metadata.get("key") == key and acts.shape[0] == logits.shape[0] == len(examples)
-                    and "forward_seconds" in metadata):
-                seconds = float(metadata["forward_seconds"])
-                return PivotBatch(activations=torch.from_numpy(acts.astype(np.float32)),
-                                  label_logits=torch.from_numpy(logits)), seconds
-        except (ProtocolError, KeyError, ValueError):
-            pass  # a damaged cache file is recomputed, never trusted
-    start = device.forward_seconds
-    # DeviceRole.batches explicitly: a ForwardCachingDevice must not recurse into its own cache.
-    parts = [pivots for _, pivots in DeviceRole.batches(device, examples, "device forward")]
-    result = PivotBatch.concatenate(parts)
-    if use_cache:
-        dtype = np.float16 if device.payload_dtype == "float16" else np.float32
-        write_atomic(path, encode({"activations": result.activations.numpy().astype(dtype),
-                                   "label_logits": result.label_logits.numpy().astype(np.float32)},
-                                  {"key": key, "forward_seconds": repr(device.forward_seconds - start)}))
-    return result, None
+def cached_or_computed(device: DeviceRole, examples: list[Example],
+                       use_cache: bool = True) -> tuple[PivotBatch, float | None]:
+    """(outputs of `examples` as one entry, forward seconds measured when the cache entry was made;
+    None if computed now)."""
+    entry = _entry(device, examples, use_cache)
+    return entry.gather([text_digest(e.text) for e in examples]), entry.seconds
 
 
 class ForwardCachingDevice(DeviceRole):
     """A device that keeps its forward passes over each dataset in the device-side cache.
 
-    Audits and sweeps run many variants over the same data; the outputs are identical
-    to a fresh pass (same rounding), so only the first variant pays for the backbone.
-    Reused passes are counted apart (`reused_forwards`, with the seconds measured when
-    they were computed) so cost reports stay honest.
+    `pools` are the datasets the device will be asked about (e.g. its training set and
+    its evaluation set): a request for examples of a pool is served from the pool's one
+    entry (computed in full on first use), whatever subset or order is asked for; other
+    examples form an entry of their own. The outputs are identical to a fresh pass over
+    the pool (same rounding). Reused passes are counted apart (`reused_forwards`, with
+    their share of the seconds measured when the entry was computed) so cost reports stay
+    honest; passes this device computed itself are counted once, when computed.
+    Inside `protocol.shared_forwards.serving`, rows come from the shared table of the
+    whole sweep or audit instead.
     """
 
-    def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
-        """The whole dataset's outputs (cached or computed once), served batch by batch."""
-        pivots, seconds = _cached_or_computed(self, examples)
-        if seconds is not None:
+    def __init__(self, *args: object, pools: Sequence[list[Example]] = (), **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._pools = [list(pool) for pool in pools if pool]
+        self._pool_digests = [{text_digest(e.text) for e in pool} for pool in self._pools]
+        self._loaded: dict[int, _Entry] = {}
+
+    def _pool_entry(self, index: int) -> _Entry:
+        if index not in self._loaded:
+            self._loaded[index] = _entry(self, self._pools[index])
+        return self._loaded[index]
+
+    def outputs(self, examples: list[Example]) -> PivotBatch:
+        """Forward outputs of `examples` in order: each from the first pool holding its text,
+        the others from an entry of their own (from the served table instead, when it holds them all)."""
+        shared = served(self, examples)
+        if shared is not None:
             self.reused_forwards += len(examples)
-            self.reused_forward_seconds += seconds
+            self.reused_forward_seconds += shared[1]
+            return shared[0]
+        digests = [text_digest(e.text) for e in examples]
+        owners = [next((i for i, known in enumerate(self._pool_digests) if d in known), None) for d in digests]
+        strangers = [e for e, owner in zip(examples, owners) if owner is None]
+        if strangers:
+            self._pools.append(strangers)
+            self._pool_digests.append({text_digest(e.text) for e in strangers})
+            owners = [len(self._pools) - 1 if owner is None else owner for owner in owners]
+        activations, logits = [None] * len(examples), [None] * len(examples)
+        for owner in dict.fromkeys(owners):
+            positions = [i for i, o in enumerate(owners) if o == owner]
+            entry = self._pool_entry(owner)
+            if entry.seconds is not None:
+                self.reused_forwards += len(positions)
+                self.reused_forward_seconds += entry.seconds * len(positions) / len(self._pools[owner])
+            part = entry.gather([digests[i] for i in positions])
+            for row, i in enumerate(positions):
+                activations[i], logits[i] = part.activations[row], part.label_logits[row]
+        return PivotBatch(activations=torch.stack(activations), label_logits=torch.stack(logits))
+
+    def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
+        """The examples' outputs (shared, cached or computed once), served batch by batch."""
+        pivots = self.outputs(examples)
         for start in range(0, len(examples), self.batch_size):
             stop = start + self.batch_size
             yield examples[start:stop], PivotBatch(pivots.activations[start:stop], pivots.label_logits[start:stop])

@@ -14,8 +14,8 @@ head, Σ_t ‖W_U s_t − Δ_t‖² with Δ_t = onehot(y_t) − softmax(z_t), eq
 server needs: the V-sized Δ_t never leaves the device.
 
 Inference adds the side output's hidden-space correction through the head, in logit
-space: z_t + W_U s_t = W_U (h_t + s_t) (BENCHMARKS.md "Generation" compares it with
-probability space).
+space: z_t + W_U s_t = W_U (h_t + s_t) (how it compares with probability space is not yet
+measured).
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from protocol.instructions import InstructionExample, InstructionTask
 
 # Positions scored at once against the whole vocabulary (bounds the (rows, V) logits in memory).
 VOCAB_CHUNK = 256
+# Factors of the hidden-space correction the device tries on its validation split (the safeguard), and
+# so the scales an attacker tries too (public: only the device's choice is secret). The MSE fit through
+# the head is a very short step in logit space (its effect on token y scales with y's leverage in W_U,
+# about d/V): in a pilot run on SmolLM2 the best factor was about 512 (not yet in BENCHMARKS.md), hence the range.
+CORRECTION_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0)
 
 
 @dataclass

@@ -13,6 +13,7 @@ Batches are drawn by sample; each sample contributes all of its loss positions.
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError
 from protocol.files import write_atomic
 from protocol.generation_messages import GenerationUpload, HeadGram
+from protocol.limits import ServerLimits
 from protocol.messages import Message, UploadAck
 from protocol.server import ServerTraining, SideTuningServer
 from protocol.side_network import AdditiveSideNetwork, HiddenCorrection
@@ -47,13 +49,14 @@ class GenerationServer(SideTuningServer):
     UPLOAD = GenerationUpload
 
     def __init__(self, workdir: Path | str, training: ServerTraining = ServerTraining(),
-                 max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
         # The whitening must be known before the base class replays cached rows on restart.
         self._gram: np.ndarray | None = None
         self._scale: float | None = None
         self._whiten: torch.Tensor | None = None
         self._load_gram(Path(workdir) / GRAM_FILE)
-        super().__init__(workdir, training, max_message_bytes)
+        super().__init__(workdir, training, max_message_bytes, limits, stop)
 
     def _open_cache(self) -> SequenceCache:
         return SequenceCache(self.workdir / GENERATION_CACHE_FILE)
@@ -73,6 +76,10 @@ class GenerationServer(SideTuningServer):
         self._gram = gram.astype(np.float32)
         self._save_gram()
         return UploadAck(stored=1, duplicates=0)
+
+    def _holds(self, upload: GenerationUpload) -> bool:
+        return self.cache.holds_sequences(upload.sample_ids, upload.sample_rows(), upload.activations,
+                                          upload.residual)
 
     def _output_size(self, upload: GenerationUpload) -> int:
         return upload.activations.shape[2]

@@ -19,8 +19,8 @@ MAX_FEATURES = 4096
 
 @dataclass(frozen=True)
 class EncryptedUpload(Message):
-    """Pivot activations in the clear plus Δ encrypted: one ciphertext per class packing
-    the block's samples in slot order."""
+    """Pivot activations in the clear plus Δ encrypted: one ciphertext per class holding the
+    block's samples, in order, as its polynomial's low coefficients."""
 
     TYPE: ClassVar[str] = "encrypted_upload"
     sample_ids: np.ndarray  # uint8 (n, 16)
@@ -56,7 +56,8 @@ class EncryptedUpload(Message):
 
 @dataclass(frozen=True)
 class HeFitRequest(Message):
-    """Fit the ridge head on the encrypted Δ received so far, under this public context."""
+    """Fit the ridge head on the encrypted Δ received so far, under this public context
+    (CKKS encryption parameters only: no key of any kind)."""
 
     TYPE: ClassVar[str] = "he_fit_request"
     public_context: np.ndarray  # uint8 (bytes,)
@@ -81,14 +82,15 @@ class HeFitRequest(Message):
 
 @dataclass(frozen=True)
 class HeFitReply(Message):
-    """The label-free feature map (plaintext) and enc(W): one ciphertext per (class, feature)."""
+    """The label-free feature map (plaintext) and enc(W): per class, one ciphertext per group of
+    ⌊N/s⌋ head rows (s: the largest upload block), class-major; row k is the bias."""
 
     TYPE: ClassVar[str] = "he_fit_reply"
     input_mean: np.ndarray  # float32 (L·d,)
     input_scale: np.ndarray  # float32 (L·d,)
     components: np.ndarray  # float32 (k, L·d)
     ciphertexts: np.ndarray  # uint8 (total bytes,)
-    ciphertext_sizes: np.ndarray  # int64 (C·(k+1),), class-major; feature k is the bias
+    ciphertext_sizes: np.ndarray  # int64 (C·groups,)
 
     def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         return ({"input_mean": self.input_mean, "input_scale": self.input_scale, "components": self.components,
@@ -104,7 +106,8 @@ class HeFitReply(Message):
         buffer = _tensor(tensors, "ciphertexts", ("uint8",), 1)
         sizes = _tensor(tensors, "ciphertext_sizes", ("int64",), 1)
         k = components.shape[0]
-        if mean.shape != scale.shape or components.shape[1] != mean.shape[0] or len(sizes) % (k + 1):
+        # 2..64 classes (as uploaded), each with at most one ciphertext per head row
+        if mean.shape != scale.shape or components.shape[1] != mean.shape[0] or not 2 <= len(sizes) <= 64 * (k + 1):
             raise ProtocolError("inconsistent HE fit reply shapes")
         if int(sizes.sum()) != len(buffer):
             raise ProtocolError("ciphertext sizes do not add up to the buffer length")

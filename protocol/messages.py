@@ -15,7 +15,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocol.codec import DEFAULT_MAX_BYTES, MAX_MESSAGE_HEADER_BYTES, decode, encode
 from protocol.errors import ProtocolError
 from protocol.generation_messages import GenerationUpload, HeadGram
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
@@ -57,6 +57,31 @@ class Upload(Message):
                 f"{len(layers)} layers"
             )
         return cls(sample_ids=ids, activations=acts, delta=delta, layers=tuple(layers))
+
+
+@dataclass(frozen=True)
+class ResentUpload(Message):
+    """Transcript record, never a request (every endpoint refuses it): an upload whose samples the
+    server's cache already held with exactly these values, kept as its sample ids, the SHA-256 of
+    its wire form and its size instead of a second full copy."""
+
+    TYPE: ClassVar[str] = "resent_upload"
+    sample_ids: np.ndarray  # uint8 (n, 16)
+    sha256: str
+    wire_bytes: int
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {"sample_ids": self.sample_ids}, {"sha256": self.sha256, "wire_bytes": self.wire_bytes}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "ResentUpload":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"sample_ids", "sha256", "wire_bytes"})
+        ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
+        _check_ids(ids)
+        digest = meta["sha256"]
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise ProtocolError("field 'sha256' must be 64 lowercase hex digits")
+        return cls(sample_ids=ids, sha256=digest, wire_bytes=_int_field(meta, "wire_bytes", low=1))
 
 
 @dataclass(frozen=True)
@@ -243,15 +268,15 @@ class ModeAccepted(Message):
 
 # The one list of message types, every mode's messages named explicitly (never filled by
 # import side effects, so whether a transcript decodes does not depend on other imports).
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (Hello, ModeAccepted, Upload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport,
-                FetchWeights, SideWeights, ErrorReply,
-                EncryptedUpload, HeFitRequest, HeFitReply,
-                SplitForward, SplitActivations, SplitBackward, CutGradients,
-                HeadGram, GenerationUpload)
-}
-if len(MESSAGE_TYPES) != 20:
+_MESSAGE_CLASSES: tuple[type[Message], ...] = (
+    Hello, ModeAccepted, Upload, ResentUpload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport,
+    FetchWeights, SideWeights, ErrorReply,
+    EncryptedUpload, HeFitRequest, HeFitReply,
+    SplitForward, SplitActivations, SplitBackward, CutGradients,
+    HeadGram, GenerationUpload,
+)
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _MESSAGE_CLASSES}
+if len(MESSAGE_TYPES) != len(_MESSAGE_CLASSES):
     raise RuntimeError("two message classes share a TYPE name")
 
 
@@ -264,7 +289,7 @@ def encode_message(message: Message) -> bytes:
 
 def decode_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
     """Parse and validate a wire message; raise ProtocolError on anything unexpected."""
-    tensors, metadata = decode(data, max_bytes)
+    tensors, metadata = decode(data, max_bytes, MAX_MESSAGE_HEADER_BYTES)
     if set(metadata) != {"type", "version", "fields"}:
         raise ProtocolError(f"unexpected message metadata keys {sorted(metadata)}")
     if metadata["version"] != str(PROTOCOL_VERSION):
@@ -274,8 +299,8 @@ def decode_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
         raise ProtocolError(f"unknown message type {metadata['type']!r}")
     try:
         scalars = json.loads(metadata["fields"])
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"fields are not JSON: {exc.msg}") from exc
+    except (ValueError, RecursionError) as exc:  # also huge integers and deep nesting, not only bad syntax
+        raise ProtocolError(f"fields are not usable JSON: {str(exc)[:200]}") from exc
     if not isinstance(scalars, dict):
         raise ProtocolError("fields must be a JSON object")
     return cls.from_parts(tensors, scalars)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from protocol.errors import ProtocolError
+from protocol.files import open_private_append
 
 TRAINING_STATE_FILE = "training_state.safetensors"
 STEP_LOG_FILE = "epoch1_steps.log"
@@ -71,7 +72,7 @@ class StepLog:
 
     def append(self, rows: int) -> None:
         """Record that a step ended with `rows` cached rows; durable before training on them."""
-        with open(self.path, "ab") as log:
+        with open_private_append(self.path) as log:
             log.write(_ROW.pack(rows))
             log.flush()
             os.fsync(log.fileno())

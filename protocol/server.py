@@ -8,9 +8,11 @@ is recorded in the server's view (`protocol.transcript`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,8 +26,10 @@ from protocol.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocol.errors import ProtocolError, UserInputError
 from protocol.files import write_atomic
 from protocol.endpoint import RecordingEndpoint
+from protocol.limits import ServerLimits
 from protocol.messages import (
-    FetchWeights, Message, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload, UploadAck,
+    FetchWeights, Message, ResentUpload, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload, UploadAck,
+    encode_message,
 )
 from protocol.recovery import (
     STEP_LOG_FILE, TRAINING_STATE_FILE, StepLog, generator_array, load_optimizer_arrays, optimizer_arrays,
@@ -78,14 +82,19 @@ class SideTuningServer(RecordingEndpoint):
 
     Training batches are drawn by sample; a subclass whose samples own several rows (the
     generation server: one row per loss position) says so through `_training_set`.
+
+    Devices are served from threads of one process, so every random draw uses this
+    device's own generators, never torch's global one: another device's timing cannot
+    change this device's initial weights or shuffling.
     """
 
     NETWORK: ClassVar[type[AdditiveSideNetwork]] = AdditiveSideNetwork
     UPLOAD: ClassVar[type[Message]] = Upload
 
     def __init__(self, workdir: Path | str, training: ServerTraining = ServerTraining(),
-                 max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__(workdir, max_message_bytes)
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(workdir, max_message_bytes, limits, stop)
         self.training = training
         self.cache = self._open_cache()
         self.network: AdditiveSideNetwork | None = None
@@ -124,12 +133,40 @@ class SideTuningServer(RecordingEndpoint):
         """Side values per row: C, the classes of Δ."""
         return upload.delta.shape[1]
 
+    def admit(self, message: Message) -> None:
+        """The endpoint-generic limits, and the epochs a training request would reach."""
+        super().admit(message)
+        if self.limits is None:
+            return
+        if isinstance(message, TrainUntil):
+            self.limits.check_epochs(message.epochs_total)
+        elif isinstance(message, TrainRequest):
+            self.limits.check_epochs(max(1, self.epochs_done) + message.epochs)
+
+    def samples_after(self, message: Message) -> int:
+        """Cached samples once `message` is stored (repeated ids are not stored again)."""
+        if isinstance(message, self.UPLOAD):
+            return len(self.cache) + self.cache.count_new(message.sample_ids)
+        return len(self.cache)
+
+    def recorded_form(self, message: Message, data: bytes) -> bytes:
+        """A re-sent upload the cache holds exactly is recorded by ids and digest: it tells the
+        server nothing new, and re-sending must not grow the transcript by a full copy each time."""
+        if isinstance(message, self.UPLOAD) and message.layers == self.layers and self._holds(message):
+            return encode_message(ResentUpload(sample_ids=message.sample_ids,
+                                               sha256=hashlib.sha256(data).hexdigest(), wire_bytes=len(data)))
+        return data
+
+    def _holds(self, upload: Upload) -> bool:
+        """Whether the cache holds every sample of `upload` with exactly its values."""
+        return self.cache.holds(upload.sample_ids, upload.activations, upload.delta)
+
     def _ensure_network(self, upload: Upload) -> None:
         shape = SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
                                  rank=self.training.rank, n_classes=self._output_size(upload))
         if self.network is None:
-            torch.manual_seed(self.training.seed)
-            self.network = self.NETWORK(shape, self.training.dropout)
+            init = torch.Generator().manual_seed(self.training.seed)
+            self.network = self.NETWORK(shape, self.training.dropout, generator=init)
             # The first upload fixes the input standardization (see side_network's docstring).
             self.network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
             self.layers = upload.layers
@@ -212,6 +249,7 @@ class SideTuningServer(RecordingEndpoint):
             batches = order.split(self.training.batch_size)
             losses = []
             for index, batch in enumerate(batches):
+                self.check_stop()  # a shutdown abandons the epoch; the last checkpoint stays the truth
                 if self.training.cosine_decay:
                     self._set_lr(cosine_factor(self.epochs_done + index / len(batches), horizon))
                 rows = self._rows(batch, offsets)

@@ -49,7 +49,8 @@ class AdditiveSideNetwork(nn.Module):
 
     KIND = "side_network"
 
-    def __init__(self, shape: SideNetworkShape, dropout: float = 0.0) -> None:
+    def __init__(self, shape: SideNetworkShape, dropout: float = 0.0, generator: torch.Generator | None = None) -> None:
+        """`generator`: where the adapters' random initialisation is drawn (torch's global RNG if None)."""
         super().__init__()
         self.shape = shape
         n, d, r = shape.n_layers, shape.hidden_size, shape.rank
@@ -57,10 +58,11 @@ class AdditiveSideNetwork(nn.Module):
         self.register_buffer("input_scale", torch.ones(n, d))
         self.dropout = nn.Dropout(dropout)
         self.gate_logits = nn.Parameter(torch.zeros(n))
-        self.down = nn.Parameter(torch.randn(n, d, r) / d**0.5)
+        self.down = nn.Parameter(torch.randn(n, d, r, generator=generator) / d**0.5)
         # Zero-initialised up-projections make every adapter start as the identity.
         self.up = nn.Parameter(torch.zeros(n, r, d))
-        self.head = nn.Linear(d, shape.n_classes)
+        # Zeroed below, so skip the default initialisation: it would draw from the global RNG.
+        self.head = torch.nn.utils.skip_init(nn.Linear, d, shape.n_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -1,7 +1,9 @@
 """The server's view: every message it received or sent, what it cached, and φ.
 
-The server writes its view into its work directory as it goes:
-  transcript.log            length-prefixed records (direction byte, u64 length, message)
+The server writes its view into its work directory as it goes (0700 directory, 0600 files):
+  transcript.log            length-prefixed records (direction byte, u64 length, message); an
+                            upload re-sent with samples the cache already held is recorded as a
+                            `ResentUpload` (ids, SHA-256, size), not a second full copy
   cache.sqlite              the activation cache
   side_network.safetensors  the latest trained φ
 `ServerView` reads that directory back. It is the single input of every attack,
@@ -20,7 +22,8 @@ import numpy as np
 from protocol.cache import ActivationCache
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError, UserInputError
-from protocol.messages import Hello, Message, decode_message
+from protocol.files import open_private_append, private_dir
+from protocol.messages import Hello, Message, ResentUpload, decode_message
 
 TRANSCRIPT_FILE = "transcript.log"
 CACHE_FILE = "cache.sqlite"
@@ -49,8 +52,8 @@ class TranscriptWriter:
     """Appends every message the server handles, flushed per record so a crash loses none."""
 
     def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(workdir / TRANSCRIPT_FILE, "ab")
+        private_dir(workdir)
+        self._file: BinaryIO = open_private_append(workdir / TRANSCRIPT_FILE)
 
     def record(self, direction: int, data: bytes) -> None:
         """Append one message in wire form."""
@@ -69,7 +72,7 @@ class RecordedMessage:
 
     direction: int
     message: Message
-    size: int
+    size: int  # bytes on the wire (for a `ResentUpload`, those of the upload it stands for)
 
 
 class ServerView:
@@ -93,7 +96,10 @@ class ServerView:
                 data = log.read(size)
                 if len(data) != size:
                     raise ProtocolError("transcript ends inside a record")
-                yield RecordedMessage(direction, decode_message(data, self._max), size)
+                message = decode_message(data, self._max)
+                if isinstance(message, ResentUpload):
+                    size = message.wire_bytes
+                yield RecordedMessage(direction, message, size)
 
     def received(self, kind: type[Message]) -> list[Message]:
         """Inbound messages of one type."""

@@ -1,4 +1,4 @@
-"""The auditor's side of generation views: public knowledge, and scores against the answers.
+"""The auditor's side of generation views: the public backbone's answer states, and scores against the answers.
 
 Ground truth stays here: attacks return answer token ids per loss position and the
 auditor compares them with the device's answers (tokenized as the device did), with
@@ -15,16 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import AttackResult, PublicKnowledge
+from attacks.base import AttackResult
 from attacks.public_model import public_backbone
 from attacks.reconstruction import words
 from protocol.generation_device import GenerationDevice
-from protocol.instructions import InstructionExample, InstructionTask, load_instructions
+from protocol.instructions import InstructionExample, InstructionTask
 from protocol.model_io import FineTunedModel
-from protocol.tasks import sample
 from secure_assist.metrics import bag_scores, bootstrap_interval
-
-PUBLIC_EXAMPLES = 300
 
 
 class AnswerStates:
@@ -51,15 +48,6 @@ def _answer_states(backbone_name: str, task: InstructionTask, examples: tuple[In
             prompt, answer = device.token_ids(example)
             inputs += [prompt[-1]] + answer[:-1]
     return np.concatenate(states), np.array(inputs, dtype=np.int64)
-
-
-def generation_public_knowledge(backbone_name: str, task: InstructionTask, private_texts: set[str],
-                                public_file: str, seed: int = 0) -> PublicKnowledge:
-    """Public instruction data: rows of `public_file` the device did not upload (a stand-in for
-    public data of the same kind), and the public backbone to run them through."""
-    pool = [e for e in sample(load_instructions(public_file, task), None, seed + 1000) if e.text not in private_texts]
-    return PublicKnowledge(backbone_name=backbone_name, task=task, public_examples=tuple(pool[:PUBLIC_EXAMPLES]),
-                           answer_states=AnswerStates(backbone_name, task), seed=seed)
 
 
 def score_answers(result: AttackResult, answers: list[str], backbone_name: str, task: InstructionTask,

@@ -16,26 +16,31 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField, PublicFeatures,
+    ALIGNMENT, ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
+from attacks.rotation_math import relative_error
+from attacks.view_data import pivot_data
 from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
 from protocol.instructions import InstructionExample, InstructionTask
 from protocol.model_io import load_finetuned
-from protocol.tasks import SST2, Example, TaskSpec, builtin_split, sample
+from protocol.input_maps import input_rotations, unrotate
+from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
-from secure_assist.answer_audit import generation_public_knowledge, score_answers, score_generation_extraction
+from secure_assist.answer_audit import score_answers, score_generation_extraction
+from secure_assist.audit.sampling import memory_view
 from secure_assist.modes import MODES
+from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
-from secure_assist.metrics import accuracy_with_interval, auc_with_interval, bag_scores, bootstrap_interval, rouge_l
+from secure_assist.metrics import auc_with_interval, bag_scores, bootstrap_interval, label_leak_metrics, rouge_l
 
-PUBLIC_LABELED = 128
-PUBLIC_UNLABELED = 1000
+# An alignment attack has recovered a layer's rotation when ‖R̂ − R‖_F / ‖R‖_F is below this.
+RECOVERED_ERROR = 0.01
 
 
 class ViewContractError(SecureAssistError):
@@ -91,53 +96,9 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
     return truth
 
 
-class CachedFeatures:
-    """The attacker's public-backbone forward passes, via the device-feature disk cache.
-
-    Requests made of known text groups in order reuse each group's cache entry.
-    """
-
-    def __init__(self, backbone_name: str, task: TaskSpec, groups: list[list[str]], progress: bool = True) -> None:
-        self._role = DeviceRole(public_backbone(backbone_name), task, progress=progress)
-        self._groups = groups
-
-    def __call__(self, texts: list[str], layers: tuple[int, ...]) -> PublicFeatures:
-        parts, rest = [], list(texts)
-        while rest:
-            group = next((g for g in self._groups if g and rest[:len(g)] == g), rest)
-            batch = encode_dataset(self._role, [Example(text=t, label=0) for t in group])
-            parts.append(batch)
-            rest = rest[len(group):]
-        columns = [self._role.layers.index(i) for i in layers]
-        return PublicFeatures(activations=torch.cat([p.activations for p in parts])[:, columns].numpy(),
-                              label_logits=torch.cat([p.label_logits for p in parts]).numpy())
-
-
-def _interleave_classes(examples: list[Example], n_classes: int) -> list[Example]:
-    """Round-robin over classes so every prefix (k = 8, 32, ...) holds each class."""
-    by_class = [[e for e in examples if e.label == c] for c in range(n_classes)]
-    order = []
-    for i in range(max(len(c) for c in by_class)):
-        order += [c[i] for c in by_class if i < len(c)]
-    return order
-
-
-def default_public_knowledge(backbone_name: str, task: TaskSpec, truth: dict[str, Truth], seed: int = 0,
-                             progress: bool = True) -> PublicKnowledge:
-    """Public data for a built-in task: train-split texts disjoint from the private set
-    (k labeled examples, an unlabeled corpus) and a candidate pool of the private texts
-    mixed with as many public ones (the 'suspect list' of candidate matching)."""
-    private_texts = [t.text for t in truth.values()]
-    private = set(private_texts)
-    if task.name != SST2.name:
-        raise UserInputError(f"no built-in public data for task {task.name!r}; pass PublicKnowledge yourself")
-    pool = [e for e in sample(builtin_split(task.name, "train"), None, seed + 1000) if e.text not in private]
-    labeled = _interleave_classes(pool[:PUBLIC_LABELED], task.n_classes)
-    unlabeled = [e.text for e in pool[PUBLIC_LABELED:PUBLIC_LABELED + PUBLIC_UNLABELED]]
-    candidates = private_texts + unlabeled
-    features = CachedFeatures(backbone_name, task, [private_texts, unlabeled, [e.text for e in labeled]], progress)
-    return PublicKnowledge(backbone_name=backbone_name, task=task, unlabeled_texts=tuple(unlabeled),
-                           labeled=tuple(labeled), candidate_texts=tuple(candidates), features=features, seed=seed)
+def upload_texts(truth: dict[str, Truth]) -> list[tuple[str, str]]:
+    """(sample id, text) of every upload, in the ground truth's order (what public knowledge takes)."""
+    return [(sid, t.text) for sid, t in truth.items()]
 
 
 def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
@@ -147,10 +108,10 @@ def _aligned(result: AttackResult, truth: dict[str, Truth]) -> list[Truth]:
     return [truth[sid] for sid in result.sample_ids]
 
 
-def score_labels(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
-    """Accuracy, CI and baselines of label predictions."""
+def score_labels(result: AttackResult, truth: dict[str, Truth], n_classes: int, seed: int = 0) -> dict[str, Any]:
+    """Accuracy with the prior, balanced accuracy and (when the attack gives class scores) AUC, with CIs."""
     labels = np.array([t.label for t in _aligned(result, truth)])
-    return accuracy_with_interval(result.predictions, labels, seed)
+    return label_leak_metrics(result.predictions, labels, n_classes, result.scores, seed)
 
 
 def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -> dict[str, Any]:
@@ -161,17 +122,21 @@ def score_scores(result: AttackResult, truth: dict[str, Truth], seed: int = 0) -
 
 def score_reconstruction(result: AttackResult, truth: dict[str, Truth], tokenizer: object, task: TaskSpec,
                          seed: int = 0) -> dict[str, Any]:
-    """Bag-of-words precision/recall/F1, exact match, ROUGE-L and, for per-position
-    attacks, the share of prompt tokens recovered at their position."""
+    """Bag-of-words precision/recall/F1, exact match, ROUGE-L, the F1 of the same guesses scored
+    against other samples' texts (a seed-fixed permutation: what the guesses get right without
+    being specific to their sample, e.g. frequent words) and, for per-position attacks, the
+    share of prompt tokens recovered at their position."""
     rows = _aligned(result, truth)
     per = np.array([bag_scores(words(guess), words(t.text)) for guess, t in zip(result.texts, rows)])
+    others = np.random.default_rng(seed).permutation(len(rows))
+    shuffled = np.mean([bag_scores(words(guess), words(rows[i].text))[2] for guess, i in zip(result.texts, others)])
     exact = np.array([" ".join(words(g)) == " ".join(words(t.text)) for g, t in zip(result.texts, rows)], float)
     rouge = np.array([rouge_l(g, t.text) for g, t in zip(result.texts, rows)])
     report: dict[str, Any] = {
         "token_precision": float(per[:, 0].mean()), "token_recall": float(per[:, 1].mean()),
         "token_f1": float(per[:, 2].mean()),
         "token_f1_ci95": bootstrap_interval(lambda idx: float(per[idx, 2].mean()), len(per), seed),
-        "exact_match": float(exact.mean()),
+        "token_f1_shuffled": float(shuffled), "exact_match": float(exact.mean()),
         "exact_match_ci95": bootstrap_interval(lambda idx: float(exact[idx].mean()), len(exact), seed),
         "rouge_l": float(rouge.mean()), "n": len(rows)}
     if result.token_ids is not None:
@@ -202,24 +167,59 @@ def score_extraction(result: AttackResult, workdir: Path, backbone_name: str, ta
             "backbone_only_agreement": float(backbone_agree.mean()), "n": len(held_out)}
 
 
+def score_alignment(result: AttackResult, attack: Attack, view: ServerView, workdir: Path,
+                    seed: int = 0) -> dict[str, Any]:
+    """How close R̂ is to the device's secret rotations (identity when it rotates nothing):
+    per-layer relative error, layers recovered, and per sample the cosine between the realigned
+    and the true plain states once the layer mean is removed (pivot states of one layer share
+    a large common offset that any alignment of the mean gets right), beside that cosine
+    without realignment."""
+    deployed = load_finetuned(workdir / MODEL_FILE)
+    states = pivot_data(view, attack).activations
+    truth = input_rotations(deployed.side_network)
+    if truth is None:
+        truth = np.broadcast_to(np.eye(states.shape[2], dtype=np.float32), result.rotation.shape)
+    errors = relative_error(result.rotation, truth)
+    centred = states - states.mean(axis=0)
+    plain = unrotate(centred, truth)
+
+    def cosine(estimate: np.ndarray) -> np.ndarray:
+        dots = (estimate * plain).sum(axis=2)
+        norms = np.linalg.norm(estimate, axis=2) * np.linalg.norm(plain, axis=2)
+        return (dots / norms.clip(1e-12)).mean(axis=1)
+
+    aligned, unaligned = cosine(unrotate(centred, result.rotation)), cosine(centred)
+    return {"rotation_relative_error": errors.tolist(), "rotation_relative_error_mean": float(errors.mean()),
+            "layers_recovered": int((errors < RECOVERED_ERROR).sum()), "layers": len(errors),
+            "centred_state_cosine": float(aligned.mean()),
+            "centred_state_cosine_ci95": bootstrap_interval(lambda idx: float(aligned[idx].mean()), len(aligned),
+                                                            seed),
+            "unaligned_centred_state_cosine": float(unaligned.mean()), "n": len(aligned)}
+
+
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
                progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
-               public_file: str | None = None) -> dict[str, Any]:
+               public_file: str | None = None, keep: frozenset[str] | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
-    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file)[1]
+    return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file=public_file,
+                 keep=keep)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
           progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
-          public_file: str | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          view: ServerView | None = None, public_file: str | None = None,
+          keep: frozenset[str] | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
-    `held_out`: the inputs model extraction is scored on (default: the task's whole dev
-    split; for generation, the public examples); runs pass their own evaluation split, whose device
-    forwards they already hold. `public_file`: public instruction data of a generation
-    view (rows the device did not upload are used), when `public` is not given."""
+    `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
+    task's unused rows; a generation view needs `public_file`). `held_out`: the inputs model
+    extraction is scored on (default: the task's whole dev split; for generation, the public
+    examples); runs pass their own evaluation split, whose device forwards they already hold.
+    `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
+    alignment attack realigned). `keep`: attack only these uploads (hex sample ids; a
+    `SampledView` of the stored view)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -227,28 +227,27 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         deployed = load_finetuned(workdir / MODEL_FILE)
         backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
     backbone_name, task = backbone_name or DEFAULT_BACKBONE, task or SST2
-    generation = isinstance(task, InstructionTask)
-    if public is None and generation:
-        if public_file is None:
-            raise UserInputError("attacks on a generation view need public instruction data (--public-file)")
-        public = generation_public_knowledge(backbone_name, task, {t.text for t in truth.values()}, public_file, seed)
-    elif public is None:
-        public = default_public_knowledge(backbone_name, task, truth, seed, progress)
-    result = run_on_view(attack, ServerView(workdir / SERVER_DIR), public)
+    if public is None:
+        public = default_public_knowledge(backbone_name, task, upload_texts(truth), seed,
+                                          progress, public_file)
+    view = view or memory_view(workdir / SERVER_DIR, keep)
+    result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}
     if attack.KIND == LABELS:
-        report.update(score_labels(result, truth, seed))
+        report.update(score_labels(result, truth, task.n_classes, seed))
     elif attack.KIND == SCORES:
         report.update(score_scores(result, truth, seed))
     elif attack.KIND == RECONSTRUCTION:
         report.update(score_reconstruction(result, truth, public_backbone(backbone_name).tokenizer, task, seed))
     elif attack.KIND == ANSWER_TOKENS:
         report.update(score_answers(result, [t.answer for t in _aligned(result, truth)], backbone_name, task, seed))
-    elif attack.KIND == EXTRACTION and generation:
+    elif attack.KIND == EXTRACTION and isinstance(task, InstructionTask):
         report.update(score_generation_extraction(result.model, load_finetuned(workdir / MODEL_FILE),
                                                   held_out or list(public.public_examples), seed, progress))
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))
+    elif attack.KIND == ALIGNMENT:
+        report.update(score_alignment(result, attack, view, workdir, seed))
     return result, report

@@ -75,8 +75,9 @@ class RunSettings:
                                          + ", ".join(MECHANISMS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
-    # the unprotected classification baseline ('none'), 0.1 for any protected run and for
-    # every generation run (the device picks the correction's scale there).
+    # the unprotected classification baseline ('none'), secure_assist.safeguard.VALIDATION_SHARE (0.2)
+    # for any protected classification run, 0.1 for every generation run (the device picks the
+    # correction's scale there).
     safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "
                                                      "safeguard")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
@@ -96,14 +97,20 @@ class RunSettings:
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         self.server_training()  # validates the server's settings now, not after the forward passes
-        for cls in MECHANISMS.values():  # each parameter's range, for every mechanism, now
-            cls.Parameters(**{f.name: getattr(self, f.name) for f in fields(cls.Parameters)})
+        check_mechanism_parameters(self)
 
     def server_training(self) -> ServerTraining:
         """The server's side-network settings for this run."""
         return ServerTraining(rank=self.rank, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                               adapter_lr_scale=self.adapter_lr_scale, cosine_decay=self.cosine_decay,
                               batch_size=self.server_batch_size, seed=self.seed)
+
+
+def check_mechanism_parameters(config: Any) -> None:
+    """Every mechanism parameter's range (of every mechanism, chosen or not), from a generated
+    config: a bad value is an error before any work, whichever command took it."""
+    for cls in MECHANISMS.values():
+        cls.Parameters(**{f.name: getattr(config, f.name) for f in fields(cls.Parameters)})
 
 
 def mechanism_config_fields(defined: set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
@@ -120,11 +127,16 @@ def mechanism_config_fields(defined: set[str] = frozenset()) -> list[tuple[str, 
     return entries
 
 
-FinetuneConfig = make_dataclass(
-    "FinetuneConfig", mechanism_config_fields(), bases=(RunSettings,), frozen=True,
-    namespace={"__doc__": "Everything a fine-tuning run depends on: `RunSettings` plus every mechanism's "
-                          "parameters (generated from the mechanisms' parameter dataclasses).",
-               "__module__": __name__})
+def with_mechanism_parameters(base: type, name: str, doc: str) -> type:
+    """A frozen dataclass `name`: the fields of `base` plus every mechanism parameter that
+    `base` does not define itself."""
+    return make_dataclass(name, mechanism_config_fields({f.name for f in fields(base)}), bases=(base,), frozen=True,
+                          namespace={"__doc__": doc, "__module__": base.__module__})
+
+
+FinetuneConfig = with_mechanism_parameters(
+    RunSettings, "FinetuneConfig", "Everything a fine-tuning run depends on: `RunSettings` plus every mechanism's "
+                                   "parameters (generated from the mechanisms' parameter dataclasses).")
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

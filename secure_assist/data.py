@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from importlib import resources
+from pathlib import Path
 from typing import TypeVar
 
 from protocol.errors import UserInputError
+from protocol.instructions import InstructionTask
 from protocol.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
 from secure_assist.config import FinetuneConfig
 
@@ -62,3 +66,39 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
     else:
         eval_pool = None
     return (task, *subsets(config, train_pool, eval_pool))
+
+
+def file_provenance(path: str | None, task: TaskSpec | InstructionTask, split: str) -> dict[str, object]:
+    """Where a split came from: the file (or the embedded copy) and the sha256 of its bytes."""
+    if path is None:
+        resource = resources.files("protocol") / "data" / task.name / f"{split}.tsv.gz"
+        return {"source": f"embedded {task.name} {split} split",
+                "sha256": hashlib.sha256(resource.read_bytes()).hexdigest()}
+    return {"source": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def data_provenance(config: FinetuneConfig, task: TaskSpec | InstructionTask, train: list[Example] | list[E],
+                    evaluate: list[Example] | list[E]) -> dict[str, object]:
+    """The data an audit ran on: each file's sha256 and the rows used (training rows include
+    the device's validation split of protected runs); a classification task adds its
+    template, labels and class counts."""
+    builtin = config.train_file is None
+    eval_source = config.eval_file or config.train_file
+    labelled = isinstance(task, TaskSpec)
+    return {"task": task.name,
+            **({"template": task.template, "label_words": list(task.label_words), "labels": list(task.labels),
+                "classes": task.n_classes} if labelled else {}),
+            "train": {**file_provenance(config.train_file, task, "train"), "rows_used": len(train),
+                      **({"class_counts": class_counts(train, task)} if labelled else {})},
+            "eval": {**file_provenance(eval_source, task, "dev"), "rows_used": len(evaluate),
+                     **({"class_counts": class_counts(evaluate, task)} if labelled else {}),
+                     "split": "its own file" if config.eval_file or builtin else
+                              f"{HELD_OUT_FRACTION:.0%} of --train-file held out (seed-fixed)"}}
+
+
+def class_counts(examples: list[Example], task: TaskSpec) -> dict[str, int]:
+    """Rows per label value."""
+    counts = [0] * task.n_classes
+    for example in examples:
+        counts[example.label] += 1
+    return dict(zip(task.labels, counts))

@@ -33,6 +33,52 @@ def accuracy_with_interval(predictions: np.ndarray, labels: np.ndarray, seed: in
             "prior_baseline": prior, "chance": 1.0 / max(2, int(labels.max()) + 1), "n": len(labels)}
 
 
+def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present in `labels`: 1/C for any constant guess,
+    whatever the class balance (accuracy gives the majority share for free)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return float(np.mean([(predictions[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """One-vs-rest AUC of each class's score column, averaged over the classes present with
+    both positives and negatives (rank formula, ties averaged, as sklearn's roc_auc_score)."""
+    aucs = []
+    for c in np.unique(labels):
+        positives = labels == c
+        n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+        if n_pos and n_neg:
+            ranks = rankdata(scores[:, c])
+            aucs.append((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def label_leak_metrics(predictions: np.ndarray, labels: np.ndarray, n_classes: int,
+                       scores: np.ndarray | None = None, seed: int = 0) -> dict[str, object]:
+    """Everything a label attack is scored on: accuracy with the prior beside it, balanced
+    accuracy (chance 1/C on any class balance: the leak metric) and, when the attack gives
+    per-class scores (n, C), macro one-vs-rest AUC (chance 0.5); each with a 95% bootstrap CI."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    report = accuracy_with_interval(predictions, labels, seed)
+    report.update(
+        balanced_accuracy=balanced_accuracy(predictions, labels),
+        balanced_accuracy_ci95=bootstrap_interval(lambda idx: balanced_accuracy(predictions[idx], labels[idx]),
+                                                  len(labels), seed),
+        balanced_chance=1.0 / n_classes)
+    if scores is not None:
+        scores = np.asarray(scores, dtype=float)
+        report.update(auc=macro_auc(scores, labels),
+                      auc_ci95=bootstrap_interval(lambda idx: macro_auc(scores[idx], labels[idx]), len(labels), seed))
+    return report
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0) -> dict[str, object]:
+    """Accuracy of A minus accuracy of B on the same samples, with a paired bootstrap 95% CI."""
+    diff = np.asarray(correct_a, dtype=float) - np.asarray(correct_b, dtype=float)
+    return {"difference": float(diff.mean()),
+            "ci95": bootstrap_interval(lambda idx: float(diff[idx].mean()), len(diff), seed), "n": len(diff)}
+
+
 def symmetric_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """max(AUC, 1 - AUC): an attacker may flip the sign of any score.
 

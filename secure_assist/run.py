@@ -45,7 +45,7 @@ def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -
     names, missing parameters, a mechanism the mode does not support, a mode without the
     stage it needs, a mode of another task kind) surfaces here, before anything is computed or sent."""
     mode = mode or resolve_mode(config.mode, config.mechanism, task_kind(config).name)
-    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode.name)
+    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode)
     if mode.required_stage is not None and chain.stage(mode.required_stage) is None:
         providers = [name for name, cls in MECHANISMS.items() if cls.stage == mode.required_stage]
         raise UserInputError(f"training mode {mode.name!r} needs a mechanism of stage {mode.required_stage!r} "
@@ -102,7 +102,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     try:
-        device = kind.make_device(config, task, mechanisms, progress)
+        device = kind.make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
         kind.check(device, train + evaluate)
         expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
         mode.open(channel, device)
@@ -120,17 +120,17 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     finally:
         if host is not None:
             host.close()
-    mechanisms.restore(outcome.side)
-    safeguard = kind.safeguard(device, outcome.side, validation)
-    metrics = kind.evaluate(device, config, outcome.side, evaluate)
-    model_path = save_model(device, config, outcome.side, workdir)
+    side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
+    safeguard = kind.safeguard(device, side, validation, config.seed)
+    metrics = kind.evaluate(device, config, side, evaluate)
+    model_path = save_model(device, config, side, workdir)
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds
     cached_epochs = max(0, outcome.epochs_done - 1)
     per_cached_epoch = (None if server_seconds is None or not mode.uploads
                         else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
     return RunSummary(
-        config=asdict(config), mode=mode.name, head=outcome.side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
+        config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
         mechanisms=mechanisms.describe(), safeguard=safeguard, metrics=metrics,
         epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
         bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,

@@ -1,16 +1,25 @@
-"""The device's safeguard: never deploy a side output worse than the backbone alone.
+"""The device's safeguard: never deploy a side output that is not measurably better than the backbone alone.
 
 Classification (below) tests accuracy; generation (`choose_scale`, further down) tests the
 answer NLL per token of the scaled correction, with a sign test over validation samples.
 
-The device holds out a validation split of its own training data (never uploaded),
-and picks the shrink factor s in [0, 1] of the side output that maximizes validation
-accuracy of argmax(p_b + s·g(A)); ties go to the smaller s. It then deploys s > 0 only
-when the gain over the backbone is significant: a one-sided exact McNemar test on the
-validation samples where the two disagree, at level `SIGNIFICANCE`. A few hundred
-validation samples make small gains noise: a DP-noised side output that wins by luck on
-validation can lose on new data (measured: ε = 8 Gaussian, +1 point on 200 validation
-samples, −0.7 point on the dev set), so an insignificant gain drops the side output.
+The device holds out a validation split of its own training data (never uploaded). On it,
+it must choose the shrink factor s in [0, 1] of the side output (argmax(p_b + s·g(A)))
+and decide whether any s > 0 is better than the backbone. Choosing s and testing the
+choice on the same samples is optimistic (the best of 21 factors looks better than it
+is), so the test is cross-fitted *(choice)*: the validation split is cut into two
+seed-fixed halves, s is chosen on each half, and each sample is predicted with the
+factor chosen on the *other* half. A one-sided exact McNemar test of those predictions
+against the backbone, on every validation sample, decides at level `SIGNIFICANCE`:
+no sample's prediction used a factor selected on its own label, and the test still
+uses the whole split. When it passes, the deployed factor is the one chosen on the
+whole split (ties to the smaller s); otherwise the side output is dropped (s = 0).
+`tests/test_safeguard.py` simulates side outputs no better than the backbone and checks
+that at most 5% are deployed.
+
+Generation (`choose_scale`, further down) tests the answer NLL per token of the scaled
+correction instead, with a one-sided sign test over validation samples of the best factor
+against the backbone (not cross-fitted).
 """
 
 from __future__ import annotations
@@ -20,10 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+from protocol.generation_device import CORRECTION_SCALES
 from protocol.side_output import SideOutput, scale_side_output
 
 SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SIGNIFICANCE = 0.05
+# The validation share a protected run holds out by default. Measured (BENCHMARKS.md, "Audit"): at 2,000 samples,
+# 200 validation samples deploy a side output 3 points above zero-shot about half the time, 400 every time.
+VALIDATION_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -34,8 +47,9 @@ class ShrinkDecision:
     validation_samples: int
     validation_accuracy_backbone: float
     validation_accuracy_unshrunk: float
-    validation_accuracy_chosen: float
-    # One-sided exact McNemar p-value of the best factor against the backbone (1.0: no gain).
+    validation_accuracy_chosen: float  # of the factor chosen on the whole split (0 when dropped: the backbone)
+    cross_fitted_accuracy: float  # each sample predicted with the factor chosen on the other half
+    # One-sided exact McNemar p-value of the cross-fitted predictions against the backbone (1.0: no gain).
     p_value: float
 
     @property
@@ -44,20 +58,41 @@ class ShrinkDecision:
         return "dropped" if self.factor == 0 else "kept" if self.factor == 1 else "shrunk"
 
 
-def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray) -> ShrinkDecision:
-    """The best factor on the validation split (smallest among ties), or 0 when its gain is not significant."""
-    backbone_right = backbone_probs.argmax(axis=1) == labels
-    predictions = [(backbone_probs + s * side_output).argmax(axis=1) == labels for s in SHRINK_GRID]
-    scores = [float(right.mean()) for right in predictions]
-    best = int(np.argmax(scores))  # argmax returns the first, i.e. the smallest factor, among ties
-    gained = int((predictions[best] & ~backbone_right).sum())
-    lost = int((~predictions[best] & backbone_right).sum())
-    p_value = float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained > lost else 1.0
-    if p_value > SIGNIFICANCE:
-        best = 0
+def _right(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(factors, n) correctness of argmax(p_b + s·g) for every factor of the grid."""
+    return np.stack([(backbone_probs + s * side_output).argmax(axis=1) == labels for s in SHRINK_GRID])
+
+
+def _best(right: np.ndarray) -> int:
+    """Index of the most accurate factor (argmax returns the first, i.e. the smallest, among ties)."""
+    return int(np.argmax(right.mean(axis=1)))
+
+
+def sign_test_greater(gained: int, lost: int) -> float:
+    """One-sided exact sign-test p-value that `gained` paired wins outnumber `lost` losses (ties dropped)."""
+    return float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained > lost else 1.0
+
+
+def mcnemar_greater(candidate: np.ndarray, backbone: np.ndarray) -> float:
+    """One-sided exact McNemar p-value that `candidate` is right more often than `backbone` (paired)."""
+    return sign_test_greater(int((candidate & ~backbone).sum()), int((~candidate & backbone).sum()))
+
+
+def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray,
+                  seed: int = 0) -> ShrinkDecision:
+    """The factor to deploy: chosen on the whole split if the cross-fitted test finds a significant gain, else 0."""
+    right = _right(backbone_probs, side_output, labels)
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
+    crossed = np.empty(len(labels), dtype=bool)
+    for this, other in (halves, halves[::-1]):
+        crossed[this] = right[_best(right[:, other]), this] if len(other) else right[0, this]
+    p_value = mcnemar_greater(crossed, right[0])
+    best = _best(right) if p_value <= SIGNIFICANCE else 0
     return ShrinkDecision(factor=float(SHRINK_GRID[best]), validation_samples=len(labels),
-                          validation_accuracy_backbone=scores[0], validation_accuracy_unshrunk=scores[-1],
-                          validation_accuracy_chosen=scores[best], p_value=p_value)
+                          validation_accuracy_backbone=float(right[0].mean()),
+                          validation_accuracy_unshrunk=float(right[-1].mean()),
+                          validation_accuracy_chosen=float(right[best].mean()),
+                          cross_fitted_accuracy=float(crossed.mean()), p_value=p_value)
 
 
 def shrink_network(side: SideOutput, factor: float) -> None:
@@ -65,10 +100,8 @@ def shrink_network(side: SideOutput, factor: float) -> None:
     scale_side_output(side, factor)
 
 
-# Generation: factors of the hidden-space correction tried on validation. The MSE fit through the
-# head is a very short step in logit space (its effect on token y scales with y's leverage in W_U,
-# about d/V): on SmolLM2 the best factor was about 512 (BENCHMARKS.md "Generation"), hence the range.
-SCALE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0)
+# Generation: factors of the hidden-space correction tried on validation (see CORRECTION_SCALES).
+SCALE_GRID = CORRECTION_SCALES
 
 
 @dataclass(frozen=True)
@@ -95,9 +128,8 @@ def choose_scale(sample_nll: np.ndarray, counts: np.ndarray, grid: tuple[float, 
     those it worsens."""
     per_token = sample_nll.sum(axis=0) / counts.sum()
     best = int(np.argmin(per_token))  # the first, i.e. the smallest factor, among ties
-    gained = int((sample_nll[:, best] < sample_nll[:, 0]).sum())
-    lost = int((sample_nll[:, best] > sample_nll[:, 0]).sum())
-    p_value = float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained > lost else 1.0
+    p_value = sign_test_greater(int((sample_nll[:, best] < sample_nll[:, 0]).sum()),
+                                int((sample_nll[:, best] > sample_nll[:, 0]).sum()))
     chosen = best if p_value <= SIGNIFICANCE else 0
     return ScaleDecision(factor=float(grid[chosen]), validation_samples=len(counts),
                          validation_nll_backbone=float(per_token[0]),

@@ -1,5 +1,6 @@
-"""The audit's report.html in a real headless Chromium: every plot loads, the page paints (a screenshot that is
-not blank), and nothing is fetched from outside the file.
+"""The audit's report.html in a real headless Chromium: the page opens with the summary table and the
+privacy–utility plot (both inside the first screen, painted in a screenshot of the top), every plot loads, the page
+paints (a screenshot that is not blank), and nothing is fetched from outside the file.
 
 Without Chromium and chromedriver the test skips, unless SECURE_ASSIST_REQUIRE_BROWSER=1 (set by CI), where a
 missing browser is a failure.
@@ -16,7 +17,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from secure_assist.audit.report import plots
+from secure_assist.audit.plots import PRIVACY_UTILITY, plots
+from secure_assist.audit.summary import rows_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -25,6 +27,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1280,900", "--force-device-scale-factor=1")
 
+VIEWPORT_HEIGHT = 900
+SUMMARY_JS = """const t = document.getElementById('summary'); const r = t.getBoundingClientRect();
+return {rows: t.rows.length, cells: Array.from(t.rows[1].cells).map(c => c.innerText),
+        box: [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]};"""
 IMAGES_JS = """return Array.from(document.images).map(i => {
   const r = i.getBoundingClientRect();
   return {alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
@@ -83,6 +89,8 @@ def test_report_html_renders_every_plot_in_headless_chromium(audited: tuple, tmp
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(
             "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
         images = driver.execute_script(IMAGES_JS)
+        summary = driver.execute_script(SUMMARY_JS)
+        top = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})  # the first screen only
         fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
@@ -96,6 +104,18 @@ def test_report_html_renders_every_plot_in_headless_chromium(audited: tuple, tmp
     for image in images:
         assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
     assert not [u for u in fetched if not u.startswith("data:")], fetched  # the browser fetched nothing outside
+
+    # The decision page opens with the summary table (one row per reference row and variant) and the
+    # privacy–utility plot: both start on the first screen, and both are painted there.
+    first = matplotlib.image.imread(io.BytesIO(base64.b64decode(top["data"])), format="png")[..., :3]
+    (tmp_path / "report_top.png").write_bytes(base64.b64decode(top["data"]))
+    assert summary["rows"] == 1 + len(rows_of(report)) and summary["cells"][0] == "zero_shot"
+    assert images[0]["alt"] == PRIVACY_UTILITY
+    for box in (summary["box"], images[0]["box"]):
+        left, top_y, width, height = (round(v) for v in box)
+        assert top_y < VIEWPORT_HEIGHT - 100, box  # starts on the first screen
+        crop = first[top_y:min(top_y + height, first.shape[0]), left:left + width]
+        assert crop.size and crop.std() > 0.05 and (crop.min(axis=2) < 0.5).mean() > 0.01, box  # ink, not a blank box
 
     png = base64.b64decode(shot["data"])
     screenshot = tmp_path / "report.png"

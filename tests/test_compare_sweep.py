@@ -1,5 +1,6 @@
 """`secure-assist compare` on tiny-llama: real points, outputs, the per-point cache, a
-corrupt point file, a user's own data, and resuming after a real SIGKILL."""
+corrupt point file, a user's own data, resuming after a real SIGKILL, and the same sweep
+on a local Ray cluster (2 CPUs) with its driver killed midway."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from attacks.base import ALIGNMENT, get_attack
 from secure_assist.auditor import run_attack
+from secure_assist.compare.grid import DEFAULT_ATTACKS
 from secure_assist.cli import main
 from secure_assist.compare.plots import PLOT_FILES
 from secure_assist.compare.report import OUTPUT_FILES
@@ -49,11 +52,15 @@ def test_points_table_and_plots_are_written(swept: tuple[Path, dict]) -> None:
     for label in ("none", "gaussian ε=1", "gaussian ε=8"):
         point = points[label]
         assert 0 <= point["utility"]["accuracy"] <= 1 and point["cost"]["upload_bytes_per_sample"] > 0
-        rows = {r["attack"]: r for r in point["attacks"]}
+        rows = {r["attack"]: r for r in point["attacks"] if r["status"] == "ok"}
         assert set(rows) == {"delta_argmax", "public_head_zero_shot", "model_completion_k32"}
+        # The alignment attacks apply only where the device rotates its states (none does here).
+        assert {r["attack"] for r in point["attacks"] if r["status"] == "not_applicable"} == {
+            name for name in DEFAULT_ATTACKS if get_attack(name).KIND == ALIGNMENT}
         best, baseline = point["leakage"]["best"], point["leakage"]["activations_only_baseline"]
-        assert best["accuracy"] == max(r["accuracy"] for r in rows.values())
-        assert best["ci95"][0] <= best["accuracy"] <= best["ci95"][1]
+        # The best label leak is read by balanced accuracy (chance 1/C on any class balance).
+        assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in rows.values())
+        assert best["balanced_accuracy_ci95"][0] <= best["balanced_accuracy"] <= best["balanced_accuracy_ci95"][1]
         assert baseline["attack"] in ("public_head_zero_shot", "model_completion_k32")
         assert (output / POINTS_DIR / f"{point['fingerprint']}.json").is_file()
     # Plain PAE: argmax Δ is the label.
@@ -99,13 +106,31 @@ def test_users_own_data_through_finetune_flags(tmp_path: Path, capsys: pytest.Ca
     result = compare(tmp_path / "out", "--task", "custom", "--train-file", str(data), "--text-column", "review",
                      "--label-column", "verdict", "--labels", "bad,good", "--label-words", " negative| positive",
                      "--template", "Review: {text}\nSentiment:", "--mechanisms", "none", "--train-samples", "20",
-                     capsys=capsys)
-    point, = result["points"]
+                     "--references", capsys=capsys)
+    reference, point = result["points"]
+    # The device_local reference row: the same side network trained on the device, nothing uploaded, no attacks.
+    assert reference["label"] == "device_local" and reference["status"] == "ok" and reference["attacks"] == []
+    assert reference["cost"]["bytes_up"] == 0 and reference["leakage"]["best"] is None
+    assert reference["utility"]["accuracy"] == point["utility"]["accuracy"]  # same network, same samples and seed
     rows_by_attack = {r["attack"]: r for r in point["attacks"]}
     assert point["status"] == "ok" and point["utility"]["n_train"] == 20
     assert rows_by_attack["delta_argmax"]["accuracy"] == 1.0
-    # No public labeled data exists for a user's task: model completion says so instead of guessing.
+    # The public split of the user's 32-row file (rows not drawn for training or evaluation) is too small for
+    # 32 labeled examples: model completion says so instead of guessing.
     assert rows_by_attack["model_completion_k32"]["status"] == "not_applicable"
+
+
+def _killed_after(command: list[str], env: dict[str, str], points: Path, count: int) -> dict:
+    """Run a sweep, SIGKILL it as soon as `count` point files exist; {file: (mtime, bytes)} then."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(list(points.glob("*.json"))) < count:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"the sweep did not finish {count} points in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
 
 
 def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
@@ -113,16 +138,8 @@ def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, "--mechanisms", "gaussian,label_rr",
                "--epsilons", "0.5,1,2,4,8", "--output", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     points = output / POINTS_DIR
-    deadline = time.monotonic() + 240
-    while len(list(points.glob("*.json"))) < 3:
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the sweep did not finish 3 points in time"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in points.glob("*.json")}
+    done = _killed_after([*command, "--quiet"], env, points, 3)
     assert 3 <= len(done) < 10, "killed midway"
 
     rerun = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
@@ -135,3 +152,61 @@ def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
     assert rerun.stderr.count("cached: ") == len(done)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == done  # untouched
     assert len(list(points.glob("*.json"))) == 10
+
+
+def _numbers(point: dict) -> dict:
+    """What must not depend on the executor: the identity, utility, leakage and attack scores."""
+    return {"fingerprint": point["fingerprint"], "status": point["status"], "utility": point.get("utility"),
+            "leakage": point.get("leakage"),
+            "attacks": [{k: v for k, v in r.items() if k not in ("seconds", "workdir")} for r in point.get("attacks", [])],
+            "bytes": point["cost"]["bytes_up"] if "cost" in point else None}
+
+
+def test_ray_sweep_equals_local_and_resumes_after_the_driver_is_killed(
+        swept: tuple[Path, dict], ray_cluster: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, local = swept
+    _, address = ray_cluster
+    output = tmp_path / "ray"
+    flags = ["--mechanisms", "none,gaussian,none+gaussian", "--epsilons", "1,8", "--executor", "ray"]
+    # A driver of its own joins the test's cluster (2 CPUs) and is SIGKILLed after its first point.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
+    driver = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, *flags, "--ray-address", address,
+              "--output", str(output), "--quiet"]
+    done = _killed_after(driver, env, output / POINTS_DIR, 1)
+    assert 1 <= len(done) < 3, "killed midway"
+
+    # Restarted (here, on the same cluster): finished points are read back, the rest computed.
+    result = compare(output, *flags, capsys=capsys)
+    assert result["executor"] == "ray" and result["failed"] == 0
+    assert result["cached"] == len(done) and result["computed"] == 3 - len(done) and result["skipped"] == 2
+    assert {p["fingerprint"] for p in result["points"] if p["cached"]} == {p.stem for p in done}
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == done  # untouched
+    # Same points, same numbers as the local executor; no point forwarded anything itself.
+    assert [_numbers(p) for p in result["points"]] == [_numbers(p) for p in local["points"]]
+    assert all(p["cost"]["device_forwards"] == 0 for p in result["points"] if p["status"] == "ok")
+
+
+def test_a_failing_point_is_retried_once_reported_and_the_sweep_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from secure_assist.compare import sweep
+
+    calls: list[str] = []
+
+    def run_point(point, progress):  # the real point, except that 'gaussian' breaks (a fault injected on purpose)
+        calls.append(point.label)
+        if point.label.startswith("gaussian"):
+            raise RuntimeError("disk full")
+        return real_run_point(point, progress)
+
+    real_run_point = sweep.run_point
+    monkeypatch.setattr(sweep, "run_point", run_point)
+    output = tmp_path / "out"
+    assert main(["compare", *TINY, "--mechanisms", "gaussian,none", "--output", str(output), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: 1 point(s) failed twice")
+    result = json.loads((output / "compare.json").read_text())
+    failed, done = result["points"]
+    assert calls == ["gaussian ε=1", "gaussian ε=1", "none"]
+    assert failed["status"] == "failed" and failed["reason"] == "RuntimeError: disk full" and failed["attempts"] == 2
+    assert done["status"] == "ok" and result["failed"] == 1 and result["computed"] == 1
+    assert [p.stem for p in (output / POINTS_DIR).glob("*.json")] == [done["fingerprint"]]  # a failure is not saved
+    assert "| gaussian ε=1 | failed | " in (output / "compare.md").read_text()

@@ -69,3 +69,22 @@ def test_serve_rejects_bad_training_settings_before_listening(tmp_path, capsys) 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "adapter_lr_scale must be zero or positive" in err and "Traceback" not in err
+
+
+def test_serve_shows_its_limits_and_rejects_bad_ones(tmp_path, capsys) -> None:
+    from dataclasses import fields
+
+    from protocol.limits import ServerLimits
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    assert all("--" + f.name.replace("_", "-") in help_text for f in fields(ServerLimits))
+    base = ["serve", "--keys", str(tmp_path / "keys"), "--workdir", str(tmp_path / "srv")]
+    for flags, message in ((["--max-width", "0"], "--max-width must be a whole number >= 1"),
+                           (["--read-seconds", "nan"], "--read-seconds must be a positive number"),
+                           (["--max-frame-mib", "32", "--max-partial-frames-mib", "16"], "at least --max-frame-mib")):
+        assert main(base + flags) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "srv").exists()

@@ -7,7 +7,7 @@ from protocol.channel import InProcessChannel
 from protocol.device import DeviceRole
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    FetchWeights, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
+    FetchWeights, ResentUpload, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
     encode_message, expect,
 )
 from protocol.recovery import load_optimizer_arrays, optimizer_arrays
@@ -89,6 +89,9 @@ def test_protocol_violations_are_answered_with_errors(tmp_path, tiny_llama, exam
         channel.request(TrainRequest(epochs=1))
     with pytest.raises(ProtocolError, match="does not accept"):
         channel.request(UploadAck(stored=1, duplicates=0))
+    with pytest.raises(ProtocolError, match="transcript record, never a request"):
+        channel.request(ResentUpload(sample_ids=np.zeros((1, 16), np.uint8), sha256="0" * 64, wire_bytes=10**9))
+    assert not any(isinstance(r.message, ResentUpload) for r in ServerView(tmp_path / "server").messages())
     device = DeviceRole(tiny_llama, SST2, progress=False)
     device.upload(channel, examples[:4])
     narrow = DeviceRole(tiny_llama, SST2, layers=(2,), progress=False)

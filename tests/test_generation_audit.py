@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.report import write_reports
 from secure_assist.audit.runner import run_audit
@@ -26,12 +28,23 @@ def test_generation_audit_measures_the_r_leak_and_its_dp_protection(tmp_path: Pa
     assert rows["answer_from_residual"]["chance_baseline"] < 0.5
     assert rows["delta_argmax"]["status"] == "not_applicable"  # a classification attack: no pivot view here
     assert plain["activations_only_baseline"]["attack"] == "answer_inversion"
-    assert plain["verdict"].startswith("ANSWER TOKENS LEAK through r")
+    assert "ANSWER TOKENS LEAK through r" in plain["verdict"]
+    assert "what the server buys over device_local" in plain["verdict"]
     assert "eval_answer_nll" in plain["utility"] and plain["utility"]["metric"] == "eval_answer_nll"
+    assert plain["best_answer_token_leak"]["attack"] == "answer_from_residual"
+    # The reference rows of a generation audit: the backbone alone and the generation_local run.
+    references = {r["variant"]: r for r in report["references"]}
+    assert list(references) == ["zero_shot", "device_local"]
+    local = references["device_local"]["utility"]
+    assert plain["utility"]["vs_device_local"]["difference"] == \
+        pytest.approx(plain["utility"]["eval_answer_nll"] - local["eval_answer_nll"])
+    assert plain["utility"]["zero_shot_answer_nll"] == pytest.approx(references["zero_shot"]["utility"]["eval_answer_nll"])
     dp_rows = {r["attack"]: r for r in dp["attacks"]}
     assert dp_rows["answer_from_residual"]["value_ci95"][1] < 0.5
     assert dp["dp_check"]["target"] == "residual" and dp["dp_check"]["consistent"]
     assert delta_only["status"] == "skipped" and "generation" in delta_only["reason"]
     assert report["consistent"]
     paths = write_reports(report, config.output)
-    assert "answer_from_residual" in paths[1].read_text()
+    markdown = paths[1].read_text()
+    assert "answer_from_residual" in markdown and "answer NLL per token (95% CI)" in markdown
+    assert "## Conclusions" in markdown

@@ -11,6 +11,7 @@ import pytest
 from protocol.errors import UserInputError
 from protocol.generation_messages import GenerationUpload
 from secure_assist.mechanisms import MECHANISMS, MechanismChain, PrivacyWarning
+from secure_assist.modes import MODES
 
 COUNTS = np.array([3, 1, 4])
 D = 8
@@ -27,7 +28,7 @@ def upload(seed: int = 0, scale: float = 5.0) -> GenerationUpload:
 def released(names: list[str], values: dict, message: GenerationUpload, seed: int = 0) -> GenerationUpload:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PrivacyWarning)
-        chain = MechanismChain(names, values, seed=seed, mode="generation")
+        chain = MechanismChain(names, values, seed=seed, mode=MODES["generation"])
         return chain.transform(message, np.zeros(int(COUNTS.sum()), np.int64), np.zeros((int(COUNTS.sum()), 0)))[0]
 
 
@@ -45,7 +46,7 @@ def test_gaussian_r_clips_each_whole_sample_signal_and_adds_calibrated_noise() -
 
 
 def test_gaussian_r_claims_epsilon_on_r_and_is_deterministic_under_a_seed() -> None:
-    chain = MechanismChain(["gaussian_r"], {"epsilon": 4.0}, seed=3, mode="generation")
+    chain = MechanismChain(["gaussian_r"], {"epsilon": 4.0}, seed=3, mode=MODES["generation"])
     (claim_name, claim), = chain.claims()
     assert claim_name == "gaussian_r" and claim.target == "residual" and claim.epsilon == pytest.approx(4.0)
     first = released(["gaussian_r"], {"epsilon": 4.0}, upload(), seed=3)
@@ -54,7 +55,8 @@ def test_gaussian_r_claims_epsilon_on_r_and_is_deterministic_under_a_seed() -> N
 
 
 def test_activation_noise_counts_every_position_of_a_sample() -> None:
-    chain = MechanismChain(["activation_noise"], {"activation_noise_multiplier": 50.0}, seed=0, mode="generation")
+    chain = MechanismChain(["activation_noise"], {"activation_noise_multiplier": 50.0}, seed=0,
+                           mode=MODES["generation"])
     chain.transform(upload(), np.zeros(8, np.int64), np.zeros((8, 0)))
     single = MechanismChain(["activation_noise"], {"activation_noise_multiplier": 50.0}, seed=0)
     single.mechanisms[0].vectors = 2  # one position of two layers: a classification pivot upload
@@ -65,10 +67,10 @@ def test_activation_noise_counts_every_position_of_a_sample() -> None:
 @pytest.mark.parametrize("name", ["gaussian", "label_rr", "rotation_mask", "he_ckks"])
 def test_delta_mechanisms_refuse_the_generation_mode(name: str) -> None:
     with pytest.raises(UserInputError, match="does not support training mode 'generation'"):
-        MechanismChain([name], {"epsilon": 1.0}, mode="generation")
+        MechanismChain([name], {"epsilon": 1.0}, mode=MODES["generation"])
 
 
 def test_gaussian_r_is_generation_only() -> None:
     assert MECHANISMS["gaussian_r"].modes == ("generation",)
     with pytest.raises(UserInputError, match="does not support training mode 'side_network'"):
-        MechanismChain(["gaussian_r"], {"epsilon": 1.0}, mode="side_network")
+        MechanismChain(["gaussian_r"], {"epsilon": 1.0}, mode=MODES["side_network"])

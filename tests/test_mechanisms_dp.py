@@ -22,18 +22,19 @@ from secure_assist.mechanisms.accounting import (
     rdp_gaussian_epsilon,
 )
 from secure_assist.mechanisms.activations import quantize_int8
-from secure_assist.mechanisms.base import UPLOADING_MODES
+from secure_assist.mechanisms.base import CLASSIFICATION_KIND
 from secure_assist.mechanisms.delta import RotationMask
+from secure_assist.modes import MODES
 from secure_assist.safeguard import choose_shrink, shrink_network
 
 N, L, D, C = 64, 3, 8, 2
 SETTINGS = {"none": {}, "gaussian": {"epsilon": 2.0}, "label_rr": {"epsilon": 1.0}, "rotation_mask": {},
             "activation_noise": {"activation_noise_multiplier": 0.5},
-            "int8_activations": {}, "he_ckks": {"ckks_poly_modulus_degree": 4096,
+            "int8_activations": {}, "activation_rotation": {}, "he_ckks": {"ckks_poly_modulus_degree": 4096,
                                                 "ckks_coeff_mod_bit_sizes": (40, 20, 40), "ckks_scale_bits": 20},
             "gaussian_r": {"epsilon": 2.0}}
 # Mechanisms of classification uploads (the generation ones are tested in test_generation_mechanisms).
-CLASSIFICATION = sorted(name for name, cls in MECHANISMS.items() if set(cls.modes) & set(UPLOADING_MODES))
+CLASSIFICATION = sorted(name for name, cls in MECHANISMS.items() if CLASSIFICATION_KIND in cls.task_kinds)
 
 
 def make_batch(seed: int = 0, n: int = N) -> tuple[Upload, np.ndarray, np.ndarray]:
@@ -234,12 +235,7 @@ def test_shrink_to_zero_silences_the_side_network() -> None:
                                          (["rotation_mask", "he_ckks"], "device_local")])
 def test_a_mechanism_refuses_a_mode_it_does_not_support(names: list[str], mode: str) -> None:
     with pytest.raises(UserInputError, match=f"does not support training mode '{mode}'"):
-        MechanismChain(names, {"epsilon": 1.0}, mode=mode)
-
-
-def test_he_ckks_construction_generates_no_keys() -> None:
-    chain = MechanismChain(["he_ckks"], SETTINGS["he_ckks"], mode="ckks_ridge")
-    assert "keys" not in vars(chain.mechanisms[0])  # the secret context is made on first use
+        MechanismChain(names, {"epsilon": 1.0}, mode=MODES[mode])
 
 
 def test_every_dp_claim_names_its_target() -> None:

@@ -1,7 +1,10 @@
 """Property-based fuzzing of the frame decoder and the message decoder.
 
 Over 10,000 generated inputs in total (see the `max_examples` settings): arbitrary
-bytes, structurally valid headers with hostile fields, and bit-flipped valid messages.
+bytes, structurally valid headers with hostile fields, and bit-flipped valid messages;
+plus 3,400 damaged frames spread over every registered message type
+(`protocol.transport.fuzz`, which the abuse benchmark runs at 50,000+), through the
+server's own decoding path.
 The only exception allowed is ProtocolError. Allocation is bounded by construction (the
 frame length is checked before reading, the safetensors header before loading); hostile
 size fields are checked with tracemalloc (which sees numpy buffers) in a separate test,
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import tracemalloc
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -20,8 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
+from protocol.limits import ServerLimits
 from protocol.messages import Upload, decode_message, encode_message
 from protocol.transport.framing import FRAME_VERSION, HEADER, MAGIC, decode_frame, encode_frame
+from protocol.transport.fuzz import EXAMPLES, hostile_frames, registered_types, server_verdict
 
 LIMIT = 1 << 20
 # Decoding may copy the input a few times (bytes(), tensor views, JSON); never more.
@@ -105,3 +111,21 @@ def test_hostile_size_fields_allocate_nothing_large(name: str) -> None:
     finally:
         tracemalloc.stop()
     assert peak <= 8 * len(data) + ALLOCATION_SLACK, f"{peak} bytes allocated for a {len(data)}-byte input"
+
+
+def test_fuzzing_covers_every_registered_message_type() -> None:
+    types = registered_types()  # every message module imported explicitly by protocol.transport.fuzz
+    assert len(types) >= 15 and {"upload", "encrypted_upload", "he_fit_reply", "split_forward"} <= set(types)
+    assert set(EXAMPLES) == set(types), "a registered message type has no fuzzing example"
+    rng = np.random.default_rng(0)
+    for name, example in EXAMPLES.items():
+        assert decode_message(encode_message(example(rng))).TYPE == name
+
+
+def test_damaged_frames_of_every_type_get_protocol_errors_only() -> None:
+    limits = ServerLimits(max_frame_mib=1.0)
+    verdicts: Counter = Counter()
+    for name, frame in hostile_frames(np.random.default_rng(13), 200 * len(EXAMPLES), limits.max_frame_bytes):
+        verdicts[name, server_verdict(frame, limits)] += 1  # anything but ProtocolError raises here
+    assert {name for name, _ in verdicts} == set(registered_types())
+    assert sum(n for (_, verdict), n in verdicts.items() if verdict == "rejected") > 0.9 * sum(verdicts.values())

@@ -4,10 +4,6 @@ exactly once and a side network bit-identical to an uninterrupted run's."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +20,7 @@ from protocol.transcript import CACHE_FILE, SIDE_NETWORK_FILE
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
+from protocol.transport.serve_process import ServeProcess
 from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
 from secure_assist.modes.host import host_factory
@@ -36,42 +33,6 @@ TRAINING = ServerTraining(rank=16, checkpoint_every_uploads=8)
 def config(workdir: Path) -> FinetuneConfig:
     return FinetuneConfig(model="tiny-llama", train_samples=TRAIN, eval_samples=64, epochs=EPOCHS,
                           device_batch_size=BATCH, workdir=str(workdir))
-
-
-class ServeProcess:
-    """`secure-assist serve` as a real child process, restartable on the same port."""
-
-    def __init__(self, tmp: Path, keys: KeyDirectory) -> None:
-        self.tmp, self.keys, self.port, self.starts = tmp, keys, 0, 0
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.starts += 1
-        ready = self.tmp / f"ready{self.starts}"
-        log = open(self.tmp / f"serve{self.starts}.log", "wb")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "secure_assist.cli", "serve", "--keys", str(self.keys.root),
-             "--workdir", str(self.tmp / "server"), "--port", str(self.port), "--ready-file", str(ready),
-             "--rank", str(TRAINING.rank)], stdout=log, stderr=log, env=env)
-        if self.port == 0:  # the first start picks the port every restart reuses
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                assert self.process.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
-            self.port = int(ready.read_text().rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-    def log(self, start: int) -> str:
-        return (self.tmp / f"serve{start}.log").read_text()
 
 
 def epochs_in_checkpoint(path: Path) -> int:
@@ -99,7 +60,7 @@ def test_server_killed_in_epoch_1_and_epoch_2_resumes_exactly(tmp_path: Path) ->
                                  NetworkChannel(*running.address, context, pinned), progress=False).to_json()
     reference_dir = transport.workdir(next(fp for fp, e in keys.load_trust().items() if e["name"] == "reference"))
 
-    serve = ServeProcess(tmp_path, keys)
+    serve = ServeProcess(tmp_path, keys, ["--rank", str(TRAINING.rank)])
     serve.start()
     faulty_fp = next(fp for fp, e in keys.load_trust().items() if e["name"] == "faulty")
     faulty_dir = tmp_path / "server" / "devices" / faulty_fp

@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from protocol.errors import ProtocolError
-from protocol.messages import ErrorReply, FetchWeights, SideWeights, Upload, UploadAck, decode_message, encode_message
+from protocol.messages import (ErrorReply, FetchWeights, ResentUpload, SideWeights, Upload, UploadAck, decode_message,
+                               encode_message)
 from protocol.server import ServerTraining
 from protocol.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel, _Link
 from protocol.transport.framing import HEADER, HEADER_BYTES, MAGIC, FRAME_VERSION, encode_frame, parse_header
 from protocol.transport.identity import KeyDirectory, make_identity
-from protocol.transport.server import TransportLimits, TransportServer
+from protocol.limits import ServerLimits
+from protocol.transport.server import TransportServer
 
 MAX_FRAME = 256 * 1024
 
@@ -41,7 +43,7 @@ def keys(tmp_path: Path) -> KeyDirectory:
 @pytest.fixture()
 def server(tmp_path: Path, keys: KeyDirectory):
     transport = TransportServer(tmp_path / "server", keys, ServerTraining(rank=4),
-                                TransportLimits(max_frame_bytes=MAX_FRAME, idle_seconds=5.0))
+                                ServerLimits(max_frame_mib=MAX_FRAME / 2**20, idle_seconds=5.0))
     with BackgroundServer(transport) as running:
         yield running
 
@@ -86,7 +88,10 @@ def test_honest_device_round_trip_records_transcript(server, keys):
     alice.close()
     digest = next(fp for fp, e in keys.load_trust().items() if e["name"] == "alice")
     view = ServerView(server.server.workdir(digest))
-    assert len(view.received(Upload)) == 2
+    assert len(view.received(Upload)) == 1  # the re-send is recorded by ids and digest only
+    (resent,) = view.received(ResentUpload)
+    np.testing.assert_array_equal(resent.sample_ids, make_upload(0).sample_ids)
+    assert resent.wire_bytes == len(encode_message(make_upload(0)))
     assert len(view.cache_contents()[0]) == 4
     assert alice.bytes_up > len(encode_message(make_upload(0))) * 2  # TLS records and handshake counted
 

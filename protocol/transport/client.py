@@ -124,6 +124,8 @@ class NetworkChannel:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     timeout: float = 600.0
     reconnect_seconds: float = 120.0
+    # The training mode to name on every connection; None: the caller sends its own `Hello`.
+    mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.context is not None and not self.pinned_server:
@@ -132,7 +134,8 @@ class NetworkChannel:
         self.reconnects = 0
         self._link: _Link | None = None
         self._sent = self._received = 0
-        self._hello: bytes | None = None  # replayed first on every new connection
+        # Replayed first on every new connection.
+        self._hello: bytes | None = None if self.mode is None else encode_message(Hello(mode=self.mode))
 
 
     def request(self, message: Message) -> Message:

@@ -1,60 +1,144 @@
-"""The audit's frozen configuration, its fingerprint, and the fine-tuning run of each variant."""
+"""The audit's frozen configuration, its variants, its fingerprint, and the fine-tuning run of each row.
+
+`AuditConfig` is generated from `FinetuneConfig` itself: every data, model, training and
+mechanism field of a fine-tuning run is an audit field with the same name, type, default
+and help (so `audit` takes every `finetune` flag and `--config` key), minus the fields
+that differ per variant (the mechanism, the mode, the work directory), plus the audit's
+own settings (`AuditSettings`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, make_dataclass
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
+from typing import Any
 
-from protocol.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.instructions import GENERATION_TASK
-from secure_assist.config import FinetuneConfig, mechanism_config_fields, option
+from secure_assist.config import FinetuneConfig, option
 from secure_assist.mechanisms import MECHANISMS
 
-# Sizes chosen so the default audit of SmolLM2-135M finishes within 15 minutes on two cores.
-DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "rotation_mask", "he_ckks")
+# One variant per protection of Δ; label_rr twice: at ε = 1 (the DP setting at ε ≤ 1, with gaussian) and
+# at ε = 4, which keeps enough label signal to beat zero-shot measurably. rotation_mask (obfuscation, broken by
+# clustering: BENCHMARKS.md, "Attacks") is left to --variants so that the default fits 15 minutes on two cores.
+DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "label_rr@4", "he_ckks")
+# Fields of a fine-tuning run that the audit sets per row (from the variant and --output).
+PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
+# The DP variants' ε unless a variant names its own (`label_rr@4`).
+DEFAULT_EPSILON = 1.0
+# The reference modes that upload nothing (secure_assist.modes.MODES), by task kind.
+DEVICE_LOCAL, GENERATION_LOCAL = "device_local", "generation_local"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One audited protection: a mechanism (or several joined by '+') and, for mechanisms that
+    read it, its ε."""
+
+    mechanism: str
+    epsilon: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The variant's name in reports and its folder name: `label_rr@4`, `none`."""
+        return self.mechanism if self.epsilon is None else f"{self.mechanism}@{self.epsilon:g}"
+
+
+def parse_variant(text: str, default_epsilon: float | None) -> Variant:
+    """`NAME` or `NAME@EPSILON` (the mechanism must read ε to take one)."""
+    name, at, value = text.strip().partition("@")
+    names = name.split("+")
+    if not all(n in MECHANISMS for n in names):
+        raise UserInputError(f"unknown variant {text!r}; choose mechanisms from {sorted(MECHANISMS)} ('+' composes "
+                             f"them), optionally with @ε (e.g. label_rr@4)")
+    if not any(MECHANISMS[n].uses_epsilon() for n in names):
+        if at:
+            raise UserInputError(f"variant {text!r}: mechanism {name!r} takes no ε")
+        return Variant(name)
+    if not at:
+        return Variant(name, default_epsilon)
+    try:
+        epsilon = float(value)
+    except ValueError:
+        epsilon = math.nan
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise UserInputError(f"variant {text!r}: ε must be a positive number")
+    return Variant(name, epsilon)
 
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """What an audit runs: the data, the variants (mechanism names), ε, attacks and sizes."""
+    """What an audit adds to a fine-tuning run's settings: the variants, the attacks, the
+    attacker's public data, the reference rows and where the reports go."""
 
-    model: str = option(DEFAULT_BACKBONE, "backbone (smollm2-135m, tiny-llama, a local HF directory, ...)")
-    task: str = option("sst2", "built-in task name, or 'generation' (with --train-file)")
-    train_file: str | None = option(None, "instruction data of a generation audit (JSONL, CSV or TSV); rows the "
-                                          "device does not upload are the attacker's public data")
-    layers: tuple[int, ...] | None = option(None, "comma-separated backbone layers to upload (default: all)")
-    max_answer_tokens: int = option(32, "answer tokens per sample (generation)")
-    rouge_samples: int = option(100, "evaluation prompts scored with ROUGE-L (generation)")
-    train_samples: int = option(400, "number of training samples")
-    eval_samples: int = option(200, "number of evaluation samples")
-    epochs: int = option(10, "training epochs")
-    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "comma-separated mechanisms to audit "
-                                                         "(secure_assist.mechanisms.MECHANISMS)")
-    epsilon: float = option(1.0, "target ε of the DP variants (gaussian, label_rr)")
+    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "comma-separated variants: a mechanism "
+                                       f"({', '.join(MECHANISMS)}) or several joined by '+' "
+                                       "(activation_rotation+he_ckks), optionally with its ε as NAME@ε (label_rr@4)")
     attacks: tuple[str, ...] | None = option(None, "comma-separated attacks (default: every registered one; "
                                                    "attacks.base.ATTACKS)")
+    public_file: str | None = option(None, "the attacker's public data (a data file with the task's columns): "
+                                           "labeled examples, unlabeled text and candidate texts (default: unused "
+                                           "rows of the built-in task, or of --train-file for custom data and "
+                                           "generation)")
+    with_lora: bool = option(False, "add the local LoRA reference row (trains LoRA on the device: slow)")
+    attack_samples: int = option(200, "uploaded samples the reconstruction attacks read (a seed-fixed subsample, "
+                                      "CIs over it); label attacks read every sample")
     dp_releases: int = option(2000, "releases per neighbouring input of the distinguishing attack")
-    seed: int = option(0, "seed of the data, the variants and the attacks")
-    output: str = option("runs/audit", "folder for the variants' runs and report.{json,md,html}")
+    output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
-        unknown = [v for v in self.variants if v not in MECHANISMS]
-        if unknown or not self.variants:
-            raise UserInputError(f"unknown variant(s) {unknown or '(none given)'}; choose from {sorted(MECHANISMS)}")
-        for name in ("train_samples", "eval_samples", "epochs", "dp_releases", "max_answer_tokens", "rouge_samples"):
+        if not self.variants:
+            raise UserInputError("give at least one variant")
+        for name in ("dp_releases", "attack_samples"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.epsilon > 0:
-            raise UserInputError(f"epsilon must be positive, got {self.epsilon}")
+        labels = [v.label for v in audit_variants(self)]
+        if len(set(labels)) != len(labels):
+            raise UserInputError(f"a variant is listed twice in {labels}")
+        if self.with_lora and getattr(self, "task", None) == GENERATION_TASK:
+            raise UserInputError("--with-lora trains a classification LoRA: generation audits have no local_lora row "
+                                 "(not yet supported)")
+        for variant in audit_variants(self):  # every run's settings are checked now, not after hours
+            variant_finetune_config(self, variant)
 
 
-AuditConfig = make_dataclass(
-    "AuditConfig", mechanism_config_fields(defined={f.name for f in fields(AuditSettings)}), bases=(AuditSettings,),
-    frozen=True, namespace={"__doc__": "`AuditSettings` plus every mechanism's parameters (generated), passed to "
-                                       "each variant's run.", "__module__": __name__})
+def _run_fields(run_class: type) -> list[tuple[str, Any, Any]]:
+    """make_dataclass entries of every `run_class` field the audit shares (type, default, help)."""
+    hints = typing.get_type_hints(run_class)
+    entries = []
+    for item in fields(run_class):
+        if item.name in PER_ROW_FIELDS:
+            continue
+        default = DEFAULT_EPSILON if item.name == "epsilon" else item.default
+        metadata = dict(item.metadata)
+        if item.name == "epsilon":
+            metadata["help"] = "ε of the DP variants that do not name their own (NAME@ε)"
+        entries.append((item.name, hints[item.name], field(default=default, metadata=metadata)))
+    return entries
+
+
+def audit_config_class(run_class: type, name: str = "AuditConfig") -> type:
+    """`AuditSettings` plus every field of the fine-tuning configuration class `run_class`
+    except the per-row ones; each row's run is a `run_class`."""
+    return make_dataclass(
+        name, _run_fields(run_class), bases=(AuditSettings,), frozen=True,
+        namespace={"__doc__": f"`AuditSettings` plus every `{run_class.__name__}` field except the per-row ones "
+                              "(generated: the same names, types, defaults and help as `finetune`).",
+                   "__module__": __name__, "RUN_CLASS": run_class})
+
+
+AuditConfig = audit_config_class(FinetuneConfig)
+
+
+def audit_variants(config: AuditSettings) -> list[Variant]:
+    """The configured variants, parsed."""
+    noise_given = getattr(config, "noise_multiplier", None) is not None
+    default = None if noise_given else getattr(config, "epsilon", DEFAULT_EPSILON)
+    return [parse_variant(text, default) for text in config.variants]
 
 
 def fingerprint(config: AuditConfig) -> str:
@@ -63,16 +147,26 @@ def fingerprint(config: AuditConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def variant_finetune_config(config: AuditConfig, variant: str) -> FinetuneConfig:
-    """The `secure-assist finetune` configuration of one variant (same data and seed for all)."""
-    parameters = {name: getattr(config, name) for name, *_ in mechanism_config_fields()}
-    return FinetuneConfig(model=config.model, task=config.task, train_file=config.train_file,
-                          train_samples=config.train_samples, eval_samples=config.eval_samples, epochs=config.epochs,
-                          seed=config.seed, layers=config.layers, max_answer_tokens=config.max_answer_tokens,
-                          rouge_samples=config.rouge_samples,
-                          workdir=str(Path(config.output) / "variants" / variant), mechanism=(variant,),
-                          epsilon=config.epsilon,  # read by the DP mechanisms, ignored by the others
-                          mechanism_seed=config.seed,
-                          # Every classification variant runs over the same data: one backbone pass.
-                          reuse_forwards=config.task != GENERATION_TASK,
-                          **{k: v for k, v in parameters.items() if k != "epsilon"})
+def row_finetune_config(config: AuditSettings, name: str, mechanism: str, epsilon: float | None,
+                        mode: str | None = None) -> FinetuneConfig:
+    """The `secure-assist finetune` configuration of one row: the audit's own run settings
+    (same data, seed and training for every row) with the row's mechanism and mode."""
+    run_class = getattr(config, "RUN_CLASS", FinetuneConfig)
+    shared = {item.name: getattr(config, item.name) for item in fields(run_class)
+              if item.name not in PER_ROW_FIELDS and item.name != "epsilon"}
+    return run_class(**shared, mechanism=tuple(mechanism.split("+")), epsilon=epsilon, mode=mode,
+                          workdir=str(Path(config.output).resolve() / "rows" / name), mechanism_seed=config.seed,
+                          # Every row runs over the same data: one backbone pass (generation runs recompute theirs).
+                          reuse_forwards=config.task != GENERATION_TASK)
+
+
+def variant_finetune_config(config: AuditSettings, variant: Variant) -> FinetuneConfig:
+    """The fine-tuning configuration of one variant."""
+    return row_finetune_config(config, variant.label, variant.mechanism, variant.epsilon)
+
+
+def device_local_config(config: AuditSettings) -> FinetuneConfig:
+    """The `device_local` reference row: the side network trained on the device, nothing uploaded
+    (the task kind's mode that uploads nothing: `device_local`, or `generation_local`)."""
+    return row_finetune_config(config, DEVICE_LOCAL, "none", None,
+                               mode=GENERATION_LOCAL if config.task == GENERATION_TASK else DEVICE_LOCAL)

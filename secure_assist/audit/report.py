@@ -1,84 +1,27 @@
-"""Write an audit report as JSON, Markdown and self-contained HTML (plots embedded as PNG)."""
+"""Write an audit report as JSON, Markdown and self-contained HTML (plots embedded as PNG).
+
+The HTML page is a decision page: it opens with the summary table and the privacy–utility
+plot, then the conclusions (sentences computed from the numbers), then the details.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display is needed or wanted
-import matplotlib.pyplot as plt  # noqa: E402
-
-from protocol.files import write_atomic  # noqa: E402
+from protocol.files import write_atomic
+from secure_assist.audit.plots import plots, privacy_utility_title
+from secure_assist.audit.rows import row_value
+from secure_assist.audit.summary import report_metric, summary_header, summary_table
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+SUMMARY_TITLE = "Summary: which protection, at what cost, and what the server buys"
 
 
 def _audited(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for v in report["variants"] if v["status"] == "ok"]
-
-
-def _png(figure: plt.Figure) -> str:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def plots(report: dict[str, Any]) -> dict[str, str]:
-    """title -> base64 PNG: utility, label leakage with CIs, and upload cost per variant."""
-    variants = _audited(report)
-    names = [v["variant"] for v in variants]
-    out = {}
-    figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(names, [v["utility"]["value"] for v in variants], color="tab:blue", label="fine-tuned")
-    if variants:
-        axis.axhline(variants[0]["utility"]["zero_shot"], color="gray", ls="--", label="zero-shot")
-        metric = variants[0]["utility"]["metric"]
-        axis.set_ylabel("eval accuracy" if metric == "accuracy" else "eval answer NLL / token (lower is better)")
-        if metric == "accuracy":
-            axis.set_ylim(0, 1)
-    axis.tick_params(axis="x", labelrotation=20)
-    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
-    out["Utility per variant"] = _png(figure)
-
-    # Label attacks (classification) or answer-token attacks (generation): accuracy with its CI.
-    generation = any(r["kind"] == "answer_tokens" for v in variants for r in v["attacks"] if r["status"] == "ok")
-    kind = "answer_tokens" if generation else "labels"
-    label_attacks = sorted({r["attack"] for v in variants for r in v["attacks"]
-                            if r["status"] == "ok" and r["kind"] == kind})
-    figure, axis = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / max(1, len(variants))
-    for i, variant in enumerate(variants):
-        rows = {r["attack"]: r for r in variant["attacks"] if r["status"] == "ok"}
-        values = [rows[a]["value"] if a in rows else 0.0 for a in label_attacks]
-        errors = [[rows[a]["value"] - rows[a]["value_ci95"][0] if a in rows else 0 for a in label_attacks],
-                  [rows[a]["value_ci95"][1] - rows[a]["value"] if a in rows else 0 for a in label_attacks]]
-        axis.bar([j + i * width for j in range(len(label_attacks))], values, width, yerr=errors,
-                 label=variant["variant"], capsize=2)
-    priors = [r["chance_baseline"] for v in variants for r in v["attacks"]
-              if r["status"] == "ok" and r["kind"] == kind and r.get("chance_baseline")]
-    axis.axhline(max(priors, default=0.0 if generation else 0.5), color="gray", ls=":",
-                 label="most frequent token" if generation else "chance (majority class)")
-    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(label_attacks))], label_attacks, rotation=30,
-                    ha="right", fontsize=7)
-    axis.set_ylabel(("answer-token" if generation else "label") + " attack accuracy (95% CI)")
-    axis.set_ylim(0, 1.05)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    out[("Answer-token" if generation else "Label") + " leakage per attack"] = _png(figure)
-
-    figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(names, [v["cost"]["upload_bytes_per_sample"] / 1024 for v in variants], color="tab:orange")
-    axis.set_ylabel("upload KiB per sample")
-    axis.tick_params(axis="x", labelrotation=20)
-    out["Upload cost per variant"] = _png(figure)
-    return out
 
 
 def _fmt(value: Any) -> str:
@@ -87,22 +30,63 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _ci(row: dict[str, Any]) -> str:
-    low, high = row["value_ci95"]
-    return f"[{low:.3f}, {high:.3f}]"
+def _ci(low_high: list[float]) -> str:
+    return f"[{low_high[0]:.3f}, {low_high[1]:.3f}]"
+
+
+def _data_rows(report: dict[str, Any]) -> list[list[str]]:
+    data = report["data"]
+    rows = []
+    for split in ("train", "eval"):
+        entry = data[split]
+        counts = ", ".join(f"{k}: {v}" for k, v in entry["class_counts"].items()) if "class_counts" in entry else "–"
+        rows.append([split, entry["source"], entry["sha256"], str(entry["rows_used"]), counts])
+    public = data["public"]
+    rows.append(["public (attacker)", public["source"], public.get("sha256", "–"), str(public["rows"]), "–"])
+    return rows
+
+
+def _safeguard(variant: dict[str, Any]) -> str:
+    guard = variant["utility"]["safeguard"]
+    return "–" if not guard else f"{guard['action']} (s = {guard['factor']:.2f}, p = {guard['p_value']:.3f})"
+
+
+def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in variant["attacks"]:
+        if r["status"] != "ok":
+            rows.append([r["attack"], "–", "not applicable", "–", "–", "–", "–", r["reason"]])
+            continue
+        extra = []
+        if r["kind"] == "labels":
+            extra.append(f"accuracy {r['accuracy']:.3f} (prior {r['prior_baseline']:.3f})")
+            if "auc" in r:
+                extra.append(f"AUC {r['auc']:.3f} {_ci(r['auc_ci95'])}")
+        if r["kind"] == "answer_tokens":
+            extra.append(f"word F1 {r['token_f1']:.3f}; exact answers {r['exact_match']:.3f}")
+        if r.get("subsampled"):
+            extra.append(f"on {r['n']} of {r['of_uploads']} uploads")
+        rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r["value_ci95"]),
+                     _fmt(r["chance_baseline"]), "yes" if r["activations_only"] else "no", "; ".join(extra)])
+    return rows
 
 
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table, shared by the Markdown and HTML renderers."""
-    variants = report["variants"]
-    out = []
-    summary = [[v["variant"], v["utility"]["metric"], _fmt(v["utility"]["value"]), _fmt(v["utility"]["zero_shot"]),
-                f"{v['utility']['delta_vs_zero_shot']:+.3f}", f"{v['cost']['bytes_up']:,}",
-                _fmt(v["cost"]["device_seconds"]), _fmt(v["cost"]["server_seconds"]),
-                _fmt(v["cost"]["device_peak_rss_mib"]), v["verdict"]] for v in _audited(report)]
-    out.append(("Variants", ["variant", "utility metric", "value", "zero-shot", "Δ vs zero-shot", "bytes up",
-                             "device s", "server s", "device peak RSS MiB", "verdict"], summary))
-    skipped = [[v["variant"], v["reason"]] for v in variants if v["status"] != "ok"]
+    """(title, header, rows) of every table after the summary, shared by the Markdown and HTML renderers."""
+    metric = report_metric(report)
+    out = [("Data", ["split", "source", "sha256", "rows used", "class counts"], _data_rows(report))]
+    variants = [[v["variant"], _fmt(row_value(v)[0]), _fmt(v["utility"][metric.zero_shot_key]),
+                 _safeguard(v), f"{v['cost']['bytes_up']:,}", _fmt(v["cost"]["device_seconds"]),
+                 _fmt(v["cost"]["device_seconds_saved"]), _fmt(v["cost"]["server_seconds"]),
+                 _fmt(v["cost"]["device_peak_rss_mib"]), v["verdict"]] for v in _audited(report)]
+    out.append(("Variants", ["variant", metric.label, "zero-shot", "safeguard", "bytes up", "device s",
+                             "device s saved vs device_local", "server s", "device peak RSS MiB", "verdict"], variants))
+    references = [[r["variant"], _fmt(row_value(r)[0]), _ci(row_value(r)[1]),
+                   _fmt(r["cost"]["device_seconds"]), _fmt(r["cost"]["device_peak_rss_mib"]), r["note"]]
+                  for r in report["references"]]
+    out.append(("Reference rows (nothing uploaded, nothing leaks)",
+                ["row", metric.label, "95% CI", "device s", "device peak RSS MiB", "what it is"], references))
+    skipped = [[v["variant"], v["reason"]] for v in report["variants"] if v["status"] != "ok"]
     if skipped:
         out.append(("Skipped variants", ["variant", "reason"], skipped))
     dp = [[v["variant"], _fmt(v["dp_check"]["claimed_epsilon"]), _fmt(v["dp_check"]["empirical_epsilon_lower_bound"]),
@@ -119,53 +103,66 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         out.append(("CKKS costs", ["variant", "device encrypt ms/sample", "ciphertext bytes/sample",
                                    "public context bytes", "server fit s", "device decrypt s"], he))
     for variant in _audited(report):
-        rows = []
-        base = variant["activations_only_baseline"]
-        if base:
-            metric = base.get("metric", "accuracy")
-            rows.append([f"activations-only baseline ({base['attack']})", base.get("kind", "labels"), metric,
-                         _fmt(base[metric]), f"[{base['ci95'][0]:.3f}, {base['ci95'][1]:.3f}]", "–", "yes"])
-        for r in variant["attacks"]:
-            if r["status"] != "ok":
-                rows.append([r["attack"], "–", "not applicable", "–", "–", "–", "–"])
-                continue
-            rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r), _fmt(r["chance_baseline"]),
-                         "yes" if r["activations_only"] else "no"])
-        out.append((f"Leakage: {variant['variant']}",
-                    ["attack", "kind", "metric", "value", "95% CI", "chance/prior", "activations only"], rows))
+        out.append((f"Leakage: {variant['variant']}", ["attack", "kind", "metric", "value", "95% CI", "chance/prior",
+                                                       "activations only", "also"], _leakage_rows(variant)))
     return out
+
+
+def _leak_explained(report: dict[str, Any]) -> str:
+    if report_metric(report).leak_kind == "labels":
+        return "Label leakage is balanced accuracy (chance = 1/C on any class balance)"
+    return ("Answer-token leakage is token accuracy (chance: always the most frequent answer token); utility is the "
+            "answer NLL per token (lower is better)")
+
+
+def _intro(report: dict[str, Any]) -> str:
+    return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
+            f"{report['config']['model']}; task {report['data']['task']}; wall time {report['wall_seconds']:.0f} s; "
+            f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. {_leak_explained(report)}; "
+            "device s = forward passes + training on the device (the forward passes are computed once and each row "
+            "is charged the time they took); device peak RSS = this process's peak during the row's device phases "
+            "(every row runs in the audit's one process).")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
-    lines = ["# secure-assist audit report", "",
-             f"Schema `{report['schema']}` v{report['schema_version']}; config fingerprint "
-             f"`{report['config_fingerprint']}`; seed {report['seed']}; model `{report['config']['model']}`; "
-             f"wall time {report['wall_seconds']:.0f} s; DP claims "
-             f"{'consistent' if report['consistent'] else 'INCONSISTENT'}.", ""]
-    for title, header, rows in tables(report):
+    lines = ["# secure-assist audit report", "", _intro(report), ""]
+    sections = [(SUMMARY_TITLE, list(summary_header(report)), summary_table(report))] + tables(report)
+    for index, (title, header, rows) in enumerate(sections):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
         lines.append("")
+        if index == 0:
+            lines += ["## Conclusions", ""] + [f"- {sentence}" for sentence in report["conclusions"]] + [""]
     return "\n".join(lines)
 
 
+def _html_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]], ident: str = "") -> str:
+    attribute = f" id='{ident}'" if ident else ""
+    return (f"<h2>{html.escape(title)}</h2><table{attribute}><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+            + "</table>")
+
+
+def _html_image(title: str, png: str) -> str:
+    return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src=\"data:image/png;base64,{png}\">"
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (no external resources)."""
+    """The report as one self-contained HTML page (no external resources), summary first."""
+    images = plots(report)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>secure-assist audit</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>",
-             "<h1>secure-assist audit report</h1>",
-             f"<p>config fingerprint <code>{report['config_fingerprint']}</code>, seed {report['seed']}, "
-             f"model <code>{html.escape(report['config']['model'])}</code>, wall time {report['wall_seconds']:.0f} s, "
-             f"DP claims <b>{'consistent' if report['consistent'] else 'INCONSISTENT'}</b></p>"]
-    for title, png in plots(report).items():
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src=\"data:image/png;base64,{png}\">")
-    for title, header, rows in tables(report):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}#summary td:first-child{font-weight:bold}"
+             "</style></head><body>", "<h1>secure-assist audit report</h1>",
+             f"<p>{html.escape(_intro(report))}</p>",
+             _html_table(SUMMARY_TITLE, summary_header(report), summary_table(report), "summary"),
+             _html_image(privacy_utility_title(report), images.pop(privacy_utility_title(report))),
+             "<h2>Conclusions</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in report["conclusions"])
+             + "</ul>"]
+    parts += [_html_table(title, header, rows) for title, header, rows in tables(report)]
+    parts += [_html_image(title, png) for title, png in images.items()]
     parts.append(f"<h2>Package versions</h2><pre>{html.escape(json.dumps(report['package_versions'], indent=1))}</pre>")
     return "\n".join(parts + ["</body></html>"])
 

@@ -1,4 +1,14 @@
-"""Run the audit: each variant is a real `run_finetune`, each attack a real `run_attack`."""
+"""Run the audit: each row is a real `run_finetune` (or a reference trained on the device),
+each attack a real `run_attack` on a variant's server view.
+
+One pass of the backbone serves everything: the device forwards of the audit's training
+and evaluation sets are computed once, before any row runs (`secure_assist.forwards`), and
+every row and the attacker's public-backbone passes over those texts read them, whichever
+executor runs the variants; so the cost of an audit is one forward pass per sample plus the
+public texts, then training and attacks. A generation audit (`--task generation`) has the
+same rows, scored by the answer NLL per token; its runs recompute their forward passes
+(`reuse_forwards` keeps classification passes only), and its leak is the answer tokens.
+"""
 
 from __future__ import annotations
 
@@ -12,33 +22,47 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import ANSWER_TOKENS, LABELS, NotApplicable, all_attacks
+from attacks.base import NotApplicable, all_attacks
 from protocol.errors import UserInputError
-from secure_assist.answer_audit import generation_public_knowledge
-from secure_assist.audit.config import AuditConfig, fingerprint, variant_finetune_config
+from protocol.shared_forwards import serving
+from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.audit.config import (
+    AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
+)
 from secure_assist.audit.dp_check import empirical_epsilon, release_pair
-from secure_assist.audit.verdict import headline, verdict
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.audit.rows import (
+    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, utility,
+)
+from secure_assist.audit.sampling import sample_ids
+from secure_assist.audit.summary import conclusions
+from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, headline, verdict
+from secure_assist.auditor import load_ground_truth, upload_texts
+from secure_assist.data import data_provenance, file_provenance
+from secure_assist.executors import Executor
+from secure_assist.executors.local import LocalExecutor
 from secure_assist.finetune import run_finetune
+from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.kinds import task_kind
 from secure_assist.mechanisms import mechanism_parameters
+from secure_assist.public_knowledge import PublicData, knowledge, public_data
 from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/audit-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
-UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
-GENERATION_UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_answer_nll", "eval_answer_nll", "answer_nll_reduction",
-                           "answer_nll_reduction_ci95", "zero_shot_token_accuracy", "eval_token_accuracy",
-                           "zero_shot_rouge_l", "rouge_l", "epochs", "safeguard", "mechanisms")
-# The kind of attack row whose activations-only best is the baseline: labels, or answer tokens (generation).
-BASELINE_KINDS = {LABELS: "accuracy", ANSWER_TOKENS: "token_accuracy"}
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
+# How the audit's one backbone pass is shared: passes a row computed, and passes it read from the device's cache.
+FORWARD_KEYS = ("device_forwards", "device_forwards_reused")
 # Reported by `he_ckks` runs only.
 HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
                 "he_server_fit_seconds", "he_device_decrypt_seconds")
+# What a leak summary keeps of an attack row, by attack kind (besides its name and kind).
+LEAK_KEYS = {"labels": ("balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+                        "prior_baseline", "auc", "auc_ci95"),
+             "answer_tokens": ("token_accuracy", "token_accuracy_ci95", "frequency_baseline", "token_f1",
+                               "exact_match")}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -73,88 +97,157 @@ def attack_names(config: AuditConfig) -> list[str]:
     return names
 
 
-def audit_variant(config: AuditConfig, variant: str, progress: bool) -> dict[str, Any]:
-    """Fine-tune one variant, attack its server view, and check its DP claim."""
+def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"attack": row["attack"], "kind": row["kind"], **{k: row[k] for k in LEAK_KEYS[row["kind"]] if k in row}}
+
+
+def attack_variant(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData, public: PublicData,
+                   progress: bool) -> list[dict[str, Any]]:
+    """Every configured attack on one variant's server view (reconstruction on a subsample;
+    alignment attacks last, each followed by the attacks re-run on the states it realigned)."""
+    truth = load_ground_truth(workdir)
+    known = knowledge(config.model, data.task, public, upload_texts(truth), config.seed, progress,
+                      private_pool=[e.text for e in data.train], mechanisms=tuple(variant.mechanism.split("+")))
+    subsample = sample_ids(list(truth), config.attack_samples, config.seed)
+    keep = subsample if len(subsample) < len(truth) else None
+    rows = []
+    for name, report, seconds in tqdm(attack_reports(attack_names(config), workdir, known, config.seed, progress,
+                                                     data.evaluate, keep),
+                                      desc=f"attacks on {workdir.name}", unit="attack", disable=not progress,
+                                      leave=False):
+        if isinstance(report, NotApplicable):
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
+            continue
+        rows.append({**jsonable(report), "status": "ok", **headline(report), "of_uploads": len(truth),
+                     "seconds": seconds})
+    return rows
+
+
+def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
+    """The empirical ε lower bound of the variant's DP claim (None without one), released from
+    the first uploads (generation: the first two whose answers have the same length)."""
     finetune_config = variant_finetune_config(config, variant)
+    claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
+    if not claiming:
+        return None
+    # One DP check per variant: a composition ('a+b') with two claims has its first one checked.
+    mechanism = type(claiming[0])
+    device = task_kind(finetune_config).make_device(replace(finetune_config, reuse_forwards=False), data.task, None,
+                                                    progress=False)
+    by_text = {e.text: e for e in data.train}
+    uploaded = [by_text[t.text] for t in load_ground_truth(workdir).values() if t.text in by_text]
+    pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
+    return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair,
+                                      config.seed))
+
+
+def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,
+                  references: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Fine-tune one variant, score it against the reference rows, attack its view, check its DP claim."""
+    finetune_config = variant_finetune_config(config, variant)
+    base = {"variant": variant.label, "mechanism": variant.mechanism, "epsilon": variant.epsilon}
     try:
         build_mechanisms(finetune_config)
     except UserInputError as exc:
-        return {"variant": variant, "status": "skipped", "reason": str(exc)}
+        return {**base, "status": "skipped", "reason": str(exc)}
     start = time.perf_counter()
     summary = run_finetune(finetune_config, progress=progress, overwrite=True)
     workdir = Path(finetune_config.workdir)
-    truth = load_ground_truth(workdir)
-    kind = task_kind(finetune_config)
-    task, train, evaluate = kind.data(finetune_config)
-    generation = kind.name == "generation"
-    public = (generation_public_knowledge(config.model, task, {t.text for t in truth.values()}, config.train_file,
-                                          config.seed)
-              if generation else default_public_knowledge(config.model, task, truth, config.seed, progress))
-    rows = []
-    for name in tqdm(attack_names(config), desc=f"attacks on {variant}", unit="attack", disable=not progress,
-                     leave=False):
-        attack_start = time.perf_counter()
-        try:
-            report = run_attack(name, workdir, public=public, seed=config.seed, progress=progress,
-                                held_out=evaluate)
-        except NotApplicable as exc:
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
-            continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report),
-                     "seconds": time.perf_counter() - attack_start})
-    baseline_kind = ANSWER_TOKENS if generation else LABELS
-    metric = BASELINE_KINDS[baseline_kind]
-    only = [r for r in rows if r["status"] == "ok" and r["kind"] == baseline_kind and r["activations_only"]]
-    baseline = max(only, key=lambda r: r[metric]) if only else None
+    metric = data.metric
+    scores = data.scores(summary)[1]
+    local = references[DEVICE_LOCAL]
+    cost = {k: summary[k] for k in COST_KEYS + FORWARD_KEYS + HE_COST_KEYS if k in summary}
+    cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
+    rows = attack_variant(config, variant, workdir, data, public, progress)
+    leaks = [r for r in rows if r["status"] == "ok" and r["kind"] == metric.leak_kind]
+    activations_only = [r for r in leaks if r["activations_only"]]
+    leak_metric = HEADLINES[metric.leak_kind][0]
     result: dict[str, Any] = {
-        "variant": variant, "status": "ok", "workdir": str(workdir),
-        "utility": utility(summary, generation),
-        "cost": {k: summary[k] for k in COST_KEYS + HE_COST_KEYS if k in summary},
-        "attacks": rows,
-        "activations_only_baseline": None if baseline is None else {
-            "attack": baseline["attack"], "kind": baseline_kind, "metric": metric, metric: baseline[metric],
-            "ci95": baseline["value_ci95"]},
-        "dp_check": None,
-        "seconds": 0.0,
+        **base, "status": "ok", "reference": False, "workdir": str(workdir),
+        "utility": {**{k: jsonable(summary[k]) for k in metric.summary_keys}, **utility(scores, metric, config.seed),
+                    "delta_vs_zero_shot": summary[metric.key] - summary[metric.zero_shot_key],
+                    "vs_zero_shot": comparison(scores, references[ZERO_SHOT]["scores"], config.seed),
+                    "vs_device_local": comparison(scores, local["scores"], config.seed)},
+        "cost": cost, "attacks": rows,
+        "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r[leak_metric], default=None)),
+        LEAK_FIELDS[metric.leak_kind]: _leak_summary(max(leaks, key=lambda r: r[leak_metric], default=None)),
+        "dp_check": dp_check(config, variant, workdir, data),
     }
-    claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
-    if claiming:
-        # Audit variants are single mechanisms: at most one claim to check.
-        mechanism = type(claiming[0])
-        device = kind.make_device(replace(finetune_config, reuse_forwards=False), task, None, progress=False)
-        uploaded = [e for e in train if e.record()["text"] in {t.text for t in truth.values()}]
-        pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
-        result["dp_check"] = jsonable(empirical_epsilon(
-            mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair, config.seed))
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
     return result
 
 
-def utility(summary: dict[str, Any], generation: bool) -> dict[str, Any]:
-    """A variant's utility numbers plus one headline (`metric`, `value`, `zero_shot`,
-    `delta_vs_zero_shot`) that reports and plots read whatever the task: accuracy, or the
-    answer NLL per token for generation (lower is better)."""
-    keys = GENERATION_UTILITY_KEYS if generation else UTILITY_KEYS
-    metric, zero_shot = (("eval_answer_nll", "zero_shot_answer_nll") if generation
-                         else ("accuracy", "zero_shot_accuracy"))
-    return {**{k: jsonable(summary[k]) for k in keys}, "metric": metric, "value": summary[metric],
-            "zero_shot": summary[zero_shot], "delta_vs_zero_shot": summary[metric] - summary[zero_shot]}
+def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[str, dict[str, Any]]:
+    """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "scores"}."""
+    start = time.perf_counter()
+    local_config = device_local_config(config)
+    summary = run_finetune(local_config, progress=progress, overwrite=True)
+    zero, local = data.scores(summary)
+    metric = data.metric
+    references = {
+        ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, metric, {"device_seconds": 0.0, "device_peak_rss_mib": None},
+                                         config.seed), "scores": zero},
+        DEVICE_LOCAL: {"row": reference_row(
+            DEVICE_LOCAL, local, metric, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
+                                                                  "device_peak_rss_mib") + FORWARD_KEYS},
+            config.seed, workdir=local_config.workdir, seconds=time.perf_counter() - start,
+            safeguard=summary["safeguard"]), "scores": local},
+    }
+    if config.with_lora:
+        row, scores = local_lora_row(data, config.seed, progress)
+        references["local_lora"] = {"row": row, "scores": scores}
+    for name, entry in references.items():
+        entry["row"]["utility"]["vs_zero_shot"] = comparison(entry["scores"], zero, config.seed)
+        entry["row"]["utility"]["vs_device_local"] = comparison(entry["scores"], local, config.seed)
+    return references
 
 
-def run_audit(config: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """Every variant of the config, audited; the JSON report as a dict."""
+def audit_inputs(config: AuditConfig) -> tuple[EvalData, PublicData, dict[str, Any]]:
+    """What every row of an audit shares: the evaluation data (with the reference run's config),
+    the attacker's public data, and where both came from."""
+    run_config = device_local_config(config)
+    task, train, evaluate = task_kind(run_config).data(run_config)
+    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
+    provenance = data_provenance(run_config, task, train, evaluate)
+    provenance["public"] = {"source": public.source, "rows": len(public.examples),
+                            **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file
+                               else {})}
+    return EvalData(run_config, task, train, evaluate), public, provenance
+
+
+def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
+    """Every reference row and variant of the config, audited; the JSON report as a dict.
+
+    The reference rows run in this process; the variants run on `executor` (default: in this
+    process, one after another), all over device forwards computed once. A variant that
+    fails twice is reported failed with its error."""
     start = time.perf_counter()
     attack_names(config)  # fail on an unknown attack before any fine-tuning
-    variants = [audit_variant(config, v, progress)
-                for v in tqdm(config.variants, desc="audit variants", unit="variant", disable=not progress)]
-    audited = [v for v in variants if v["status"] == "ok"]
-    return {
+    variants = audit_variants(config)
+    data, public, provenance = audit_inputs(config)
+    executor = executor or LocalExecutor()
+    tables = share_forwards([data.config] + [variant_finetune_config(config, v) for v in variants], progress)
+    with serving(tables):
+        references = reference_rows(config, data, progress)
+    outcomes = executor.map(WithForwards(audit_variant),
+                            [(config, v, data, public, references, progress and executor.IN_PROCESS)
+                             for v in variants], tables, "audit variants", progress)
+    audited = [o.value if o.ok else {"variant": v.label, "mechanism": v.mechanism, "epsilon": v.epsilon,
+                                     "status": "failed", "reason": o.error}
+               for v, o in zip(variants, outcomes)]
+    report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": jsonable(asdict(config)), "config_fingerprint": fingerprint(config), "seed": config.seed,
-        "package_versions": package_versions(),
-        "variants": variants,
-        "consistent": all(v["dp_check"] is None or v["dp_check"]["consistent"] for v in audited),
-        "wall_seconds": time.perf_counter() - start,
+        "package_versions": package_versions(), "data": jsonable(provenance),
+        "references": [entry["row"] for entry in references.values()],
+        "variants": audited,
+        "consistent": all(v.get("dp_check") is None or v["dp_check"]["consistent"] for v in audited),
+        "executor": executor.NAME, "shared_forwards": forwards_summary(tables),
     }
+    report["conclusions"] = conclusions(report)
+    report["wall_seconds"] = time.perf_counter() - start
+    return report

@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the attack and print its report (JSON or one line per metric)."""
     from secure_assist.auditor import run_attack
 
-    report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet, public_file=args.public_file)
+    report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet,
+                        public_file=args.public_file)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -31,9 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", "--transcript", dest="workdir", required=True,
                         help="run directory holding server/ (the view: transcript, cache, φ) and "
                              "device/ground_truth.jsonl")
+    parser.add_argument("--public-file", help="the attacker's public data: a data file with the run's task columns "
+                                              "(labeled examples, unlabeled text, candidates; generation: instruction "
+                                              "rows, those the device uploaded left out); needed for a custom or "
+                                              "generation task, default for a built-in one: its unused training rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of public data sampling and bootstrap")
-    parser.add_argument("--public-file", help="generation views: instruction data the attacker holds (rows the "
-                                              "device did not upload are used)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)

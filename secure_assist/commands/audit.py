@@ -8,6 +8,7 @@ import sys
 
 from secure_assist.audit.config import AuditConfig
 from secure_assist.commands import finetune as finetune_command
+from secure_assist.executors import add_executor_flags, executor_from_args
 
 # Exit code when a DP variant's empirical ε lower bound exceeds its claimed ε.
 EXIT_INCONSISTENT = 3
@@ -24,14 +25,22 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.audit.runner import run_audit
 
     config = config_from_args(args)
-    report = run_audit(config, progress=not args.quiet)
+    with executor_from_args(args) as executor:
+        report = run_audit(config, progress=not args.quiet, executor=executor)
     paths = write_reports(report, config.output)
     if args.json:
         print(json.dumps(report, indent=1))
     elif not args.quiet:
+        for sentence in report["conclusions"]:
+            print(sentence)
         for variant in report["variants"]:
-            print(f"{variant['variant']}: {variant.get('verdict') or 'skipped: ' + variant['reason']}")
+            if variant["status"] != "ok":
+                print(f"{variant['variant']}: {variant['status']}: {variant['reason']}")
         print("reports: " + ", ".join(str(p) for p in paths))
+    failed = [v["variant"] for v in report["variants"] if v["status"] == "failed"]
+    if failed:
+        print(f"error: variant(s) {', '.join(failed)} failed twice (see the report); rerun to retry", file=sys.stderr)
+        return 1
     if not report["consistent"]:
         print("error: a DP variant's empirical ε lower bound exceeds its claimed ε (inconsistent)", file=sys.stderr)
         return EXIT_INCONSISTENT
@@ -40,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the subcommand to the CLI."""
-    parser = commands.add_parser("audit", help="fine-tune each protection variant, run every attack, write reports")
+    parser = commands.add_parser("audit", help="fine-tune each protection variant and the reference rows, run every "
+                                               "attack, write the decision page")
     finetune_command.add_config_flags(parser, AuditConfig)
+    add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.set_defaults(handler=run)

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from secure_assist.commands.finetune import add_config_flags, config_from_args
 from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, SweepAxes
 from secure_assist.config import FinetuneConfig
+from secure_assist.executors import add_executor_flags, executor_from_args
 from secure_assist.mechanisms import MECHANISMS
+
+# Exit code when some points failed (twice each); the others are computed and reported.
+EXIT_POINTS_FAILED = 1
 
 
 def _items(kind: Callable[[str], Any], separator: str = ",") -> Callable[[str], tuple[Any, ...]]:
@@ -45,7 +51,8 @@ _AXES = (
      _items(float), "comma-separated activation noise σ relative to --activation-clip; 0: none (default: 0)"),
     ("train_samples", ("--train-samples",), _items(_sample_count),
      f"comma-separated training sample counts, or 'all' (default: {FinetuneConfig.train_samples})"),
-    ("attacks", ("--attacks",), _items(str), f"comma-separated label attacks (default: {','.join(DEFAULT_ATTACKS)})"),
+    ("attacks", ("--attacks",), _items(str),
+     f"comma-separated label and alignment attacks (default: {','.join(DEFAULT_ATTACKS)})"),
 )
 
 
@@ -61,15 +68,22 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.compare.report import write_outputs
     from secure_assist.compare.sweep import run_sweep
 
-    points = expand(config_from_args(args), axes_from_args(args), args.output)
-    compare = run_sweep(points, args.output, progress=not args.quiet, announce=not args.quiet)
-    paths = write_outputs(compare, args.output)
+    # Absolute: a Ray worker may not share the driver's working directory.
+    output = Path(args.output).resolve()
+    points = expand(config_from_args(args), axes_from_args(args), output, references=args.references)
+    with executor_from_args(args) as executor:
+        compare = run_sweep(points, output, progress=not args.quiet, announce=not args.quiet, executor=executor)
+    paths = write_outputs(compare, output)
     if args.json:
         print(json.dumps(compare, indent=1))
     elif not args.quiet:
         print(f"{len(points)} points: {compare['computed']} computed, {compare['cached']} cached, "
-              f"{compare['skipped']} skipped in {compare['wall_seconds']:.0f} s")
+              f"{compare['skipped']} skipped, {compare['failed']} failed in {compare['wall_seconds']:.0f} s")
         print("outputs: " + ", ".join(str(p) for p in paths))
+    if compare["failed"]:
+        print(f"error: {compare['failed']} point(s) failed twice (their errors are in compare.json); "
+              f"rerun to retry them", file=sys.stderr)
+        return EXIT_POINTS_FAILED
     return 0
 
 
@@ -85,6 +99,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help=text)
     parser.add_argument("--output", "--workdir", dest="output", default="runs/compare",
                         help="folder for points/, runs/, compare.{json,md,csv} and the plots (default: runs/compare)")
+    parser.add_argument("--references", action="store_true",
+                        help="add the device_local reference row (the side network trained on the device, nothing "
+                             "uploaded) at each training sample count")
+    add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print compare.json on stdout")
     parser.set_defaults(handler=run)

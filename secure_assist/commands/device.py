@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     keys = KeyDirectory(Path(args.keys))
     context, pinned = keys.device_context(args.name, Path(args.server_cert) if args.server_cert else None)
-    channel = NetworkChannel(host, port, context, pinned, reconnect_seconds=args.reconnect_seconds)
+    channel = NetworkChannel(host, port, context, pinned, timeout=args.request_timeout,
+                             reconnect_seconds=args.reconnect_seconds)
     try:
         summary = run_training(config, channel, progress=not args.quiet, overwrite=args.overwrite)
     finally:
@@ -60,6 +61,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--server-cert", help="pinned server certificate (default: <keys>/server.crt)")
     parser.add_argument("--reconnect-seconds", type=float, default=120.0,
                         help="how long to keep retrying a broken link (default: 120)")
+    parser.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds to wait for one reply, e.g. the server's training (default: 600)")
     add_config_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming --workdir")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

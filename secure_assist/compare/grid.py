@@ -11,18 +11,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attacks.base import LABELS, get_attack
+from attacks.base import ALIGNMENT, LABELS, get_attack
 from protocol.errors import UserInputError
 from protocol.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
 
 # Bump when what a point file holds changes: older point files are then recomputed.
-POINT_SCHEMA_VERSION = 1
+POINT_SCHEMA_VERSION = 2  # 2: label leakage read by balanced accuracy
 ACTIVATION_NOISE = "activation_noise"
 # Label attacks run on every point: Δ read directly, the activations-only zero-shot
-# baseline, and model completion from 32 public labeled examples (activations only).
-DEFAULT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "model_completion_k32")
+# baseline, and model completion from 32 public labeled examples (activations only); and the
+# alignment attacks, which apply only where the device rotates its states: the activations-only
+# attacks then run again on the states each one realigned.
+DEFAULT_ATTACKS = ("delta_argmax", "public_head_zero_shot", "model_completion_k32", "distribution_alignment",
+                   "known_pairs_k1", "known_pairs_k8", "known_pairs_k64", "matching_alignment")
 DEFAULT_MECHANISMS = ("none", "gaussian", "label_rr")
 DEFAULT_EPSILONS = (1.0,)
 # FinetuneConfig fields that are sweep axes (set by the axis flags, not by the base config).
@@ -67,8 +70,9 @@ class SweepAxes:
             if value is not None and value < 1:
                 raise UserInputError(f"train sample count must be at least 1, got {value}")
         for name in self.attacks:
-            if get_attack(name).KIND != LABELS:  # get_attack rejects unknown names with the known ones
-                raise UserInputError(f"compare runs label attacks; {name!r} is a {get_attack(name).KIND} attack")
+            if get_attack(name).KIND not in (LABELS, ALIGNMENT):  # get_attack rejects unknown names
+                raise UserInputError(f"compare runs label and alignment attacks; {name!r} is a "
+                                     f"{get_attack(name).KIND} attack")
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,31 @@ def check_base(base: FinetuneConfig) -> None:
                              "`secure-assist audit --task generation` (or benchmarks/generation_leakage.py)")
 
 
-def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
+DEVICE_LOCAL = "device_local"
+
+
+def reference_points(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
+    """The `device_local` reference (the side network trained on the device, nothing uploaded) at each
+    training sample count of the sweep: what every point's server help is judged against."""
+    points = []
+    for samples in dict.fromkeys(axes.train_samples):
+        config = replace(base, mechanism=("none",), mode=DEVICE_LOCAL, epsilon=None, train_samples=samples,
+                         mechanism_seed=base.seed if base.mechanism_seed is None else base.mechanism_seed,
+                         reuse_forwards=True, workdir="")
+        key = fingerprint(point_identity(config, ()))
+        series = DEVICE_LOCAL + (f" n={samples if samples is not None else 'all'}" if len(axes.train_samples) > 1
+                                 else "")
+        points.append(SweepPoint(axes={"mechanism": DEVICE_LOCAL, "epsilon": None, "layers": None,
+                                       "activation_noise_multiplier": 0.0, "train_samples": samples},
+                                 label=series, series=series,
+                                 config=replace(config, workdir=str(Path(output) / "runs" / key[:16])),
+                                 attacks=(), fingerprint=key))
+    return points
+
+
+def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str, references: bool = False) -> list[SweepPoint]:
     """The grid's distinct points in sweep order; an axis a point ignores (ε for a mechanism
-    that reads none) does not multiply it."""
+    that reads none) does not multiply it. `references`: the device_local rows first."""
     check_base(base)
     varying = {name for name in ("layer_subsets", "activation_noise_multipliers", "train_samples")
                if len(set(getattr(axes, name))) > 1}
@@ -165,4 +191,4 @@ def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[Sw
         series = _series(entry, layers, noise, samples, varying)
         points[key] = SweepPoint(axes=axis_values, label=_label(series, epsilon), series=series, config=config,
                                  attacks=axes.attacks, fingerprint=key)
-    return list(points.values())
+    return (reference_points(base, axes, output) if references else []) + list(points.values())

@@ -67,26 +67,27 @@ def accuracy_plot(points: list[dict[str, Any]], path: Path) -> None:
 
 
 def leakage_plot(points: list[dict[str, Any]], path: Path) -> None:
-    """Best label-attack accuracy vs ε with 95% CI bars; the activations-only baseline dashed."""
+    """Best label attack's balanced accuracy vs ε with 95% CI bars; the activations-only baseline dashed."""
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for (name, group), color in zip(_series(points).items(), plt.cm.tab10.colors * 10):
         scored = [p for p in group if p["leakage"]["best"] is not None]
         best = [p["leakage"]["best"] for p in scored]
         if scored and group[0]["axes"]["epsilon"] is None:
-            axis.axhline(best[0]["accuracy"], color=color, ls=":", label=name)
-            axis.axhspan(*best[0]["ci95"], color=color, alpha=0.15)
+            axis.axhline(best[0]["balanced_accuracy"], color=color, ls=":", label=name)
+            axis.axhspan(*best[0]["balanced_accuracy_ci95"], color=color, alpha=0.15)
         elif scored:
-            value = [b["accuracy"] for b in best]
-            errors = [[v - b["ci95"][0] for v, b in zip(value, best)], [b["ci95"][1] - v for v, b in zip(value, best)]]
+            value = [b["balanced_accuracy"] for b in best]
+            errors = [[v - b["balanced_accuracy_ci95"][0] for v, b in zip(value, best)],
+                      [b["balanced_accuracy_ci95"][1] - v for v, b in zip(value, best)]]
             axis.errorbar([p["axes"]["epsilon"] for p in scored], value, yerr=errors, fmt="o-", color=color,
                           capsize=3, label=name)
     baselines = [p["leakage"]["activations_only_baseline"] for p in points]
     if any(b is not None for b in baselines):
         # One line: the best activations-only attack over all points (it does not depend on Δ's protection).
-        level = max(b["accuracy"] for b in baselines if b is not None)
+        level = max(b["balanced_accuracy"] for b in baselines if b is not None)
         axis.axhline(level, color="gray", ls="--", label=f"activations only {level:.1%}")
     axis.set_ylim(0, 1.02)
-    _epsilon_axis(axis, "label-attack accuracy", points)
+    _epsilon_axis(axis, "label-attack balanced accuracy", points)
     _save(figure, path)
 
 
@@ -95,7 +96,8 @@ def cost_plot(points: list[dict[str, Any]], path: Path) -> None:
     names = [p["label"] for p in points]
     figure, axes = plt.subplots(1, len(COST_PANELS), figsize=(4 + 0.5 * len(points), 4), squeeze=False)
     for axis, (key, title) in zip(axes[0], COST_PANELS):
-        axis.bar(range(len(points)), [p["cost"][key] for p in points], color="tab:blue")
+        # A reference row that uploads nothing has no server seconds: drawn as 0.
+        axis.bar(range(len(points)), [p["cost"][key] or 0.0 for p in points], color="tab:blue")
         axis.set_xticks(range(len(points)), names, rotation=60, ha="right", fontsize=7)
         axis.set_title(title)
     _save(figure, path)

@@ -16,13 +16,19 @@ from attacks.base import LABELS, NotApplicable, PublicKnowledge
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
-from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
+from secure_assist.audit.rows import UTILITY_KEYS
+from secure_assist.audit.runner import COST_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
-from secure_assist.auditor import default_public_knowledge, load_ground_truth, run_attack
+from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.auditor import load_ground_truth, upload_texts
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
-from secure_assist.data import resolve_data, resolve_task
+from secure_assist.data import resolve_data
+from secure_assist.executors import Executor, Progress
+from secure_assist.executors.local import LocalExecutor
+from secure_assist.public_knowledge import knowledge, public_data
 from secure_assist.finetune import run_finetune
+from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.run import build_mechanisms
 
 SCHEMA = "secure-assist/compare"
@@ -51,7 +57,8 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
             return None
         leakage = saved["leakage"]
         for entry in (leakage["best"], leakage["activations_only_baseline"]):
-            if entry is not None and not (isinstance(entry["accuracy"], float) and len(entry["ci95"]) == 2):
+            if entry is not None and not (isinstance(entry["balanced_accuracy"], float)
+                                          and len(entry["balanced_accuracy_ci95"]) == 2):
                 return None
         return saved
     except (OSError, ValueError, KeyError, TypeError):
@@ -59,26 +66,27 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
 
 
 def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
-    """Built-in tasks: the audit's public data; a user's own task: the public backbone only
-    (attacks needing public labeled data then report themselves not applicable)."""
-    task = resolve_task(config)
-    try:
-        return default_public_knowledge(config.model, task, load_ground_truth(workdir), config.seed, progress)
-    except UserInputError:
-        return PublicKnowledge(backbone_name=config.model, task=task, seed=config.seed)
+    """The audit's public data: unused rows of the built-in task or of the user's training
+    file (secure_assist.public_knowledge); the server knows the point's mechanisms."""
+    task, train, evaluate = resolve_data(config)
+    public = public_data(task, None, config.train_file, train + evaluate, config.seed)
+    return knowledge(config.model, task, public, upload_texts(load_ground_truth(workdir)), config.seed, progress,
+                     [e.text for e in train], config.mechanism)
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {"attack": row["attack"], "accuracy": row["accuracy"], "ci95": row["ci95"],
-                                     "prior_baseline": row["prior_baseline"]}
+    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+            "prior_baseline")
+    return None if row is None else {k: row[k] for k in keys}
 
 
 def leakage(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best label attack overall, best reading Δ, and the activations-only baseline."""
+    """Best label attack overall (by balanced accuracy: chance 1/C on any class balance),
+    best reading Δ, and the activations-only baseline."""
     scored = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
 
     def best(subset: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return max(subset, key=lambda r: r["accuracy"]) if subset else None
+        return max(subset, key=lambda r: r["balanced_accuracy"]) if subset else None
 
     return {"best": _summary(best(scored)),
             "best_delta": _summary(best([r for r in scored if not r["activations_only"]])),
@@ -90,20 +98,20 @@ def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     summary = run_finetune(point.config, progress=progress, overwrite=True)
     workdir = Path(point.config.workdir)
-    public = public_knowledge(point.config, workdir, progress)
+    # A reference row (device_local) uploads nothing: no server view, nothing to attack.
+    public = public_knowledge(point.config, workdir, progress) if point.attacks else None
     rows = []
-    for name in point.attacks:
-        try:
-            report = run_attack(name, workdir, public=public, seed=point.config.seed, progress=progress)
-        except NotApplicable as exc:
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(exc)})
+    for name, report, _ in attack_reports(point.attacks, workdir, public, point.config.seed, progress):
+        if isinstance(report, NotApplicable):
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
             continue
         rows.append({**jsonable(report), "status": "ok", **headline(report)})
     return {
         "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
                     "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
         # Reused forwards come from the device-side cache (reuse_forwards): counted apart, as finetune does.
-        "cost": {**{k: summary[k] for k in COST_KEYS}, "device_forwards_reused": summary["device_forwards_reused"]},
+        "cost": {**{k: summary[k] for k in COST_KEYS}, "device_forwards": summary["device_forwards"],
+                 "device_forwards_reused": summary["device_forwards_reused"]},
         "attacks": rows, "leakage": leakage(rows), "workdir": str(workdir),
         "seconds": time.perf_counter() - start,
     }
@@ -127,37 +135,68 @@ def check_points(points: list[SweepPoint]) -> None:
             raise UserInputError(f"layer subset {list(layers)} must be distinct layers within 1..{n_layers}")
 
 
-def run_sweep(points: list[SweepPoint], output: Path | str, progress: bool = True,
-              announce: bool = True) -> dict[str, Any]:
-    """Every point, from its saved file when it has one, else computed and saved; the
-    compare.json content (not yet written)."""
+def _runnable(point: SweepPoint) -> str | None:
+    """Why finetune refuses the point's mechanisms, or None when it runs."""
+    try:
+        build_mechanisms(point.config)
+    except UserInputError as exc:
+        return str(exc)
+    return None
+
+
+def run_sweep(points: list[SweepPoint], output: Path | str, progress: bool = True, announce: bool = True,
+              executor: Executor | None = None) -> dict[str, Any]:
+    """Every point, from its saved file when it has one, else computed by `executor` (default:
+    in this process) and saved as it finishes; the compare.json content (not yet written).
+
+    The device forwards of every runnable point are computed once, before any point runs,
+    and served to all of them. A point that fails is retried once, then recorded as failed
+    (not saved: the next run computes it) while the others go on."""
     output = Path(output)
     start = time.perf_counter()
     check_points(points)
-    results, computed = [], 0
-    bar = tqdm(points, desc="compare", unit="point", disable=not progress)
-    for point in bar:
-        bar.set_postfix_str(point.label)
+    executor = executor or LocalExecutor()
+    results: list[dict[str, Any]] = [{} for _ in points]
+    refusals = [_runnable(point) for point in points]
+    todo = []
+    for index, (point, reason) in enumerate(zip(points, refusals)):
         path = point_path(output, point)
         saved = load_finished(path, point)
         if saved is not None:
-            results.append({**saved, "cached": True})
-            if announce:
-                tqdm.write(f"cached: {point.label} ({path.name})", file=sys.stderr)
-            continue
-        try:
-            build_mechanisms(point.config)
-        except UserInputError as exc:
+            results[index] = {**saved, "cached": True}
+            _announce(announce, f"cached: {point.label} ({path.name})")
+        elif reason is not None:
             # Not saved: a refusal costs nothing to recompute and may be lifted later.
-            results.append({**_record(point, "skipped", reason=str(exc)), "cached": False})
-            if announce:
-                tqdm.write(f"skipped: {point.label}: {exc}", file=sys.stderr)
-            continue
-        record = _record(point, "ok", **run_point(point, progress))
-        write_atomic(path, json.dumps(record, indent=1).encode())
-        computed += 1
-        results.append({**record, "cached": False})
+            results[index] = {**_record(point, "skipped", reason=reason), "cached": False}
+            _announce(announce, f"skipped: {point.label}: {reason}")
+        else:
+            todo.append(index)
+    # Over every runnable point, finished or not: a resumed sweep reads the same rows back.
+    tables = share_forwards([p.config for p, r in zip(points, refusals) if r is None], progress) if todo else []
+    bar = Progress(len(points), "compare", progress, done=len(points) - len(todo))
+    inner = progress and executor.IN_PROCESS
+    try:
+        for outcome in executor.run(WithForwards(run_point), [(points[i], inner) for i in todo], tables, bar):
+            index = todo[outcome.index]
+            point = points[index]
+            if outcome.ok:
+                record = _record(point, "ok", **outcome.value)
+                write_atomic(point_path(output, point), json.dumps(record, indent=1).encode())
+                results[index] = {**record, "cached": False}
+            else:
+                results[index] = {**_record(point, "failed", reason=outcome.error, attempts=outcome.attempts),
+                                  "cached": False}
+                _announce(announce, f"failed after {outcome.attempts} attempts: {point.label}: {outcome.error}")
+    finally:
+        bar.close()
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "package_versions": package_versions(),
-            "points": results, "computed": computed, "cached": sum(r["cached"] for r in results),
-            "skipped": sum(r["status"] == "skipped" for r in results),
+            "points": results, "computed": sum(r["status"] == "ok" and not r["cached"] for r in results),
+            "cached": sum(r["cached"] for r in results), "skipped": sum(r["status"] == "skipped" for r in results),
+            "failed": sum(r["status"] == "failed" for r in results), "executor": executor.NAME,
+            "shared_forwards": forwards_summary(tables),
             "wall_seconds": time.perf_counter() - start}
+
+
+def _announce(enabled: bool, line: str) -> None:
+    if enabled:
+        tqdm.write(line, file=sys.stderr)

@@ -7,9 +7,10 @@ import io
 from typing import Any
 
 # The columns of compare.csv; a skipped point leaves its numbers empty.
+# Leakage is balanced accuracy (chance 1/C whatever the class balance); the best attack's plain accuracy is beside it.
 COLUMNS = ("point", "status", "n_train", "accuracy", "zero_shot_accuracy", "delta_vs_zero_shot", "best_label_attack",
-           "leak_accuracy", "leak_ci_low", "leak_ci_high", "delta_attack_accuracy", "activations_only_accuracy", "upload_bytes_per_sample",
-           "device_seconds", "server_seconds", "cached")
+           "leak_balanced_accuracy", "leak_ci_low", "leak_ci_high", "leak_accuracy", "delta_attack_balanced_accuracy",
+           "activations_only_balanced_accuracy", "upload_bytes_per_sample", "device_seconds", "server_seconds", "cached")
 
 
 def rows(compare: dict[str, Any]) -> list[dict[str, Any]]:
@@ -26,12 +27,14 @@ def rows(compare: dict[str, Any]) -> list[dict[str, Any]]:
                        upload_bytes_per_sample=cost["upload_bytes_per_sample"],
                        device_seconds=cost["device_seconds"], server_seconds=cost["server_seconds"])
             if leak["best"] is not None:
-                row.update(best_label_attack=leak["best"]["attack"], leak_accuracy=leak["best"]["accuracy"],
-                           leak_ci_low=leak["best"]["ci95"][0], leak_ci_high=leak["best"]["ci95"][1])
+                best = leak["best"]
+                row.update(best_label_attack=best["attack"], leak_balanced_accuracy=best["balanced_accuracy"],
+                           leak_ci_low=best["balanced_accuracy_ci95"][0], leak_ci_high=best["balanced_accuracy_ci95"][1],
+                           leak_accuracy=best["accuracy"])
             if leak["best_delta"] is not None:
-                row["delta_attack_accuracy"] = leak["best_delta"]["accuracy"]
+                row["delta_attack_balanced_accuracy"] = leak["best_delta"]["balanced_accuracy"]
             if leak["activations_only_baseline"] is not None:
-                row["activations_only_accuracy"] = leak["activations_only_baseline"]["accuracy"]
+                row["activations_only_balanced_accuracy"] = leak["activations_only_baseline"]["balanced_accuracy"]
         else:
             row["best_label_attack"] = point.get("reason")
         out.append(row)
@@ -50,8 +53,8 @@ def to_csv(compare: dict[str, Any]) -> str:
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
-    if column in ("accuracy", "zero_shot_accuracy", "leak_accuracy", "delta_attack_accuracy",
-                  "activations_only_accuracy"):
+    if column in ("accuracy", "zero_shot_accuracy", "leak_balanced_accuracy", "leak_accuracy",
+                  "delta_attack_balanced_accuracy", "activations_only_balanced_accuracy"):
         return f"{value:.1%}"
     if column == "delta_vs_zero_shot":
         return f"{value:+.1%}"
@@ -65,17 +68,20 @@ def _cell(value: Any, column: str) -> str:
 def to_markdown(compare: dict[str, Any]) -> str:
     """compare.md: the table with the leakage CI in one cell, and how many points were reused."""
     headers = ["point", "status", "n train", "accuracy", "zero-shot", "Δ vs zero-shot", "best label attack",
-               "leak acc [95% CI]", "best Δ attack", "activations-only", "upload B/sample", "device s", "server s", "cached"]
+               "leak balanced acc [95% CI]", "its accuracy", "best Δ attack (bal.)", "activations-only (bal.)",
+               "upload B/sample", "device s", "server s", "cached"]
     lines = ["# secure-assist compare", "",
              f"{len(compare['points'])} points: {compare['computed']} computed, {compare['cached']} cached, "
-             f"{compare['skipped']} skipped; wall time {compare['wall_seconds']:.0f} s.", "",
+             f"{compare['skipped']} skipped, {compare['failed']} failed; wall time {compare['wall_seconds']:.0f} s.",
+             "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows(compare):
-        leak = "" if row["leak_accuracy"] is None else (
-            f"{row['leak_accuracy']:.1%} [{row['leak_ci_low']:.1%}, {row['leak_ci_high']:.1%}]")
+        leak = "" if row["leak_balanced_accuracy"] is None else (
+            f"{row['leak_balanced_accuracy']:.1%} [{row['leak_ci_low']:.1%}, {row['leak_ci_high']:.1%}]")
         cells = [_cell(row[c], c) for c in ("point", "status", "n_train", "accuracy", "zero_shot_accuracy",
                                             "delta_vs_zero_shot", "best_label_attack")]
-        cells += [leak] + [_cell(row[c], c) for c in ("delta_attack_accuracy", "activations_only_accuracy", "upload_bytes_per_sample",
+        cells += [leak] + [_cell(row[c], c) for c in ("leak_accuracy", "delta_attack_balanced_accuracy",
+                                                      "activations_only_balanced_accuracy", "upload_bytes_per_sample",
                                                       "device_seconds", "server_seconds", "cached")]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from protocol.device import ForwardDevice
 from protocol.side_output import SideOutput
 from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MechanismChain
+from secure_assist.safeguard import VALIDATION_SHARE
 
 
 class TaskKind:
@@ -27,21 +28,25 @@ class TaskKind:
         """(task, training examples, evaluation examples), seed-fixed subsets as configured."""
         raise NotImplementedError
 
-    def make_device(self, config: FinetuneConfig, task: Any, mechanisms: MechanismChain,
-                    progress: bool) -> ForwardDevice:
-        """The device role of a run (uploads go through `mechanisms`)."""
+    def make_device(self, config: FinetuneConfig, task: Any, mechanisms: MechanismChain | None, progress: bool,
+                    datasets: tuple[list[Any], ...] = ()) -> ForwardDevice:
+        """The device role of a run (uploads go through `mechanisms`; None: nothing leaves the
+        device, nothing to protect). `datasets` (training set, evaluation set) key the device's
+        forward cache when `reuse_forwards` is set: subsets of them share their dataset's entry."""
         raise NotImplementedError
 
     def validation_fraction(self, config: FinetuneConfig) -> float:
         """The device's validation share when `safeguard_fraction` is not set: 0 for the
-        unprotected baseline ('none'), 0.1 for any protected run."""
-        return 0.0 if config.mechanism == ("none",) else 0.1
+        unprotected baseline ('none'), `VALIDATION_SHARE` for any protected run."""
+        return 0.0 if config.mechanism == ("none",) else VALIDATION_SHARE
 
     def check(self, device: ForwardDevice, examples: list[Any]) -> None:
         """Every example's problems, raised before any forward pass (nothing by default)."""
 
-    def safeguard(self, device: ForwardDevice, side: SideOutput, validation: list[Any]) -> dict[str, Any] | None:
-        """Adjust the side output on the device's validation split (None: no split)."""
+    def safeguard(self, device: ForwardDevice, side: SideOutput, validation: list[Any],
+                  seed: int = 0) -> dict[str, Any] | None:
+        """Adjust the side output on the device's validation split (None: no split); `seed`
+        fixes any random split the decision makes."""
         raise NotImplementedError
 
     def evaluate(self, device: ForwardDevice, config: FinetuneConfig, side: SideOutput,

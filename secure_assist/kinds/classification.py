@@ -32,20 +32,25 @@ class ClassificationKind(TaskKind):
     def data(self, config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[Example]]:
         return resolve_data(config)
 
-    def make_device(self, config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain,
-                    progress: bool) -> DeviceRole:
-        """The device role, with its forward cache when `reuse_forwards` is set."""
-        device_class = ForwardCachingDevice if config.reuse_forwards else DeviceRole
-        return device_class(load_backbone(config.model), task, layers=config.layers,
-                            payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
-                            progress=progress, transform=mechanisms)
+    def make_device(self, config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None,
+                    progress: bool, datasets: tuple[list[Example], ...] = ()) -> DeviceRole:
+        """The device role, with its forward cache when `reuse_forwards` is set: one entry per
+        dataset (training set, evaluation set), whatever subsets of them are asked for (the
+        upload set and the safeguard's validation split share the training set's)."""
+        settings = dict(layers=config.layers, payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
+                        progress=progress, transform=mechanisms)
+        if config.reuse_forwards:
+            return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
+        return DeviceRole(load_backbone(config.model), task, **settings)
 
-    def safeguard(self, device: DeviceRole, side: SideOutput, validation: list[Example]) -> dict[str, Any] | None:
-        """Shrink or drop the side output so it never does worse than the backbone on validation."""
+    def safeguard(self, device: DeviceRole, side: SideOutput, validation: list[Example],
+                  seed: int = 0) -> dict[str, Any] | None:
+        """Shrink or drop the side output unless it is measurably better than the backbone on validation."""
         if not validation:
             return None
         backbone_probs, combined = device.scores(validation, side)
-        decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]))
+        decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
+                                 seed)
         shrink_network(side, decision.factor)
         return {**asdict(decision), "action": decision.action}
 

@@ -90,8 +90,8 @@ class GenerationKind(TaskKind):
         eval_pool = load_instructions(config.eval_file, task) if config.eval_file else None
         return (task, *subsets(config, train_pool, eval_pool))
 
-    def make_device(self, config: FinetuneConfig, task: InstructionTask, mechanisms: MechanismChain,
-                    progress: bool) -> GenerationDevice:
+    def make_device(self, config: FinetuneConfig, task: InstructionTask, mechanisms: MechanismChain | None,
+                    progress: bool, datasets: tuple[list[InstructionExample], ...] = ()) -> GenerationDevice:
         if config.reuse_forwards:
             raise UserInputError("reuse_forwards keeps classification forward passes only; generation runs "
                                  "recompute them")
@@ -101,15 +101,15 @@ class GenerationKind(TaskKind):
 
     def validation_fraction(self, config: FinetuneConfig) -> float:
         """0.1 for every run: the correction's scale is chosen on the device's validation split
-        (the MSE fit through the head is a short step; BENCHMARKS.md "Generation")."""
+        (the MSE fit through the head is a short step: see `CORRECTION_SCALES`)."""
         return 0.1
 
     def check(self, device: GenerationDevice, examples: list[InstructionExample]) -> None:
         for example in examples:
             device.token_ids(example)  # an answer that tokenizes to nothing names its file and line
 
-    def safeguard(self, device: GenerationDevice, side: SideOutput,
-                  validation: list[InstructionExample]) -> dict[str, Any] | None:
+    def safeguard(self, device: GenerationDevice, side: SideOutput, validation: list[InstructionExample],
+                  seed: int = 0) -> dict[str, Any] | None:
         """Scale the correction to the factor with the lowest validation answer NLL, kept only
         when its gain over the backbone is significant (one-sided sign test over samples)."""
         if not validation:

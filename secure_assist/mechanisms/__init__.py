@@ -18,8 +18,8 @@ import numpy as np
 from protocol.errors import UserInputError
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
-from secure_assist.mechanisms.activations import ActivationNoise, Int8Activations
-from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, PrivacyWarning
+from secure_assist.mechanisms.activations import ActivationNoise, ActivationRotation, Int8Activations
+from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, ModeTraits, PrivacyWarning
 from secure_assist.mechanisms.delta import (
     GaussianDelta, GaussianResidual, LabelRandomizedResponse, NoProtection, RotationMask,
 )
@@ -28,7 +28,7 @@ from secure_assist.mechanisms.he_ckks import HeCkksDelta
 MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
     for cls in (NoProtection, GaussianDelta, LabelRandomizedResponse, RotationMask, ActivationNoise,
-                Int8Activations, HeCkksDelta, GaussianResidual)
+                Int8Activations, ActivationRotation, HeCkksDelta, GaussianResidual)
 }
 
 __all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]
@@ -54,7 +54,7 @@ def mechanism_parameters(cls: type[Mechanism], values: Mapping[str, Any]) -> Any
     return parameters
 
 
-def check_chain(names: tuple[str, ...] | list[str], mode: str | None = None) -> list[type[Mechanism]]:
+def check_chain(names: tuple[str, ...] | list[str], mode: ModeTraits | None = None) -> list[type[Mechanism]]:
     """The mechanism classes of a composition in stage order; unknown names, repeats,
     'none' with others, and a mechanism that does not support `mode` are one-line errors."""
     names = tuple(names)
@@ -67,9 +67,9 @@ def check_chain(names: tuple[str, ...] | list[str], mode: str | None = None) -> 
         raise UserInputError("'none' cannot be combined with other mechanisms")
     classes = sorted((MECHANISMS[n] for n in names), key=lambda cls: STAGES.index(cls.stage))
     for cls in classes:
-        if mode is not None and mode not in cls.modes:
-            raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode!r} "
-                                 f"(it supports {', '.join(cls.modes)})")
+        if mode is not None and not cls.supports(mode):
+            raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode.name!r} "
+                                 f"(it supports {cls.supported_modes()})")
     return classes
 
 
@@ -81,7 +81,7 @@ class MechanismChain:
     """
 
     def __init__(self, names: tuple[str, ...] | list[str], values: Mapping[str, Any] | None = None,
-                 seed: int | None = None, mode: str | None = None) -> None:
+                 seed: int | None = None, mode: ModeTraits | None = None) -> None:
         classes = check_chain(names, mode)
         generators = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(classes))]
         self.mechanisms: list[Mechanism] = [cls(mechanism_parameters(cls, values or {}), rng)
@@ -111,10 +111,11 @@ class MechanismChain:
         """What the last mechanism held back."""
         return self.mechanisms[-1].flush()
 
-    def restore(self, side: SideOutput) -> None:
-        """Undo, on the device, the mechanisms' effect on the downloaded side output."""
+    def restore(self, side: SideOutput) -> SideOutput:
+        """The deployable side output: every mechanism's effect undone on the device, last first."""
         for mechanism in reversed(self.mechanisms):
-            mechanism.restore(side)
+            side = mechanism.restore(side)
+        return side
 
     def claims(self) -> list[tuple[str, DpClaim]]:
         """(mechanism name, DP claim) of every mechanism that makes one."""

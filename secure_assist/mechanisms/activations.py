@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from protocol.errors import UserInputError
 from protocol.generation_messages import GenerationUpload
 from protocol.messages import Upload
+from protocol.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
+from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
-    ACTIVATIONS_TARGET, GENERATION_MODE, UPLOADING_MODES, DpClaim, Mechanism, UploadT, clip_rows, positive,
+    ACTIVATIONS_TARGET, CLASSIFICATION_KIND, GENERATION_KIND, DpClaim, Mechanism, UploadT, clip_rows, positive,
     probability, with_activations,
 )
 from secure_assist.mechanisms.delta import DP_DELTA_HELP
@@ -45,21 +46,16 @@ class ActivationNoise(Mechanism):
     """
 
     name = "activation_noise"
-    modes = UPLOADING_MODES + (GENERATION_MODE,)
+    task_kinds = (CLASSIFICATION_KIND, GENERATION_KIND)
     Parameters = ActivationNoiseParameters
     dp_target = ACTIVATIONS_TARGET
     stage = "activations"
     protects = "inputs (pivot activations)"
     guarantee = "(ε, δ)-DP per sample on the activations, replace-one adjacency (analytic Gaussian)"
-
-    @classmethod
-    def check(cls, parameters: ActivationNoiseParameters) -> None:
-        if parameters.activation_noise_multiplier is None:
-            raise UserInputError("mechanism 'activation_noise' needs activation_noise_multiplier")
+    required = ("activation_noise_multiplier",)
 
     def __init__(self, parameters: ActivationNoiseParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.vectors: int | None = None  # clipped vectors per sample (the largest seen)
 
     def noise_scale(self) -> float:
@@ -71,6 +67,11 @@ class ActivationNoise(Mechanism):
         clipped = clip_rows(upload.activations.astype(np.float32), self.parameters.activation_clip)
         noise = self.rng.normal(0.0, self.noise_scale(), size=clipped.shape)
         return with_activations(upload, clipped + noise.astype(np.float32))
+
+    def restore(self, side: SideOutput) -> SideOutput:
+        # The side output learned on clipped states: the device clips its own the same way
+        # (the noise is zero-mean and is not added at prediction time).
+        return ClippedInput(side, self.parameters.activation_clip)
 
     def claim(self) -> DpClaim | None:
         if self.vectors is None:
@@ -98,7 +99,7 @@ class Int8Activations(Mechanism):
     """
 
     name = "int8_activations"
-    modes = UPLOADING_MODES + (GENERATION_MODE,)
+    task_kinds = (CLASSIFICATION_KIND, GENERATION_KIND)
     deterministic = True
     stage = "activations"
     protects = "inputs (precision of the pivot activations)"
@@ -120,3 +121,50 @@ def quantize_int8(values: np.ndarray) -> np.ndarray:
     scale = np.where(scale > 0, scale, 1.0)
     return (np.clip(np.round(values / scale), -127, 127) * scale).astype(np.float32)
 
+
+class ActivationRotation(Mechanism):
+    """A_i·R_i with a secret Haar-random orthogonal R_i per uploaded layer, held by the device.
+
+    The server trains on rotated states; the device wraps the side output it gets back in
+    the same rotation (`protocol.input_maps.RotatedInput`), which travels in its model
+    file and never to the server. Side networks and ridge heads learn as well in any
+    orthonormal basis, but everything the server would read in the backbone's own
+    coordinates (public head, embeddings, public-text features, φ on plain states) no
+    longer applies. Obfuscation without a formal guarantee: norms and inner products
+    within a layer are unchanged, which the alignment attacks exploit.
+    """
+
+    name = ROTATION_MECHANISM
+    stage = "activations"
+    protects = ("inputs, the activations-only label leak and the model (φ reads pivot states in secret "
+                "coordinates)")
+    guarantee = "none (secret orthogonal transform per layer; norms and within-layer inner products are kept)"
+
+    def __init__(self, parameters: object, rng: np.random.Generator) -> None:
+        super().__init__(parameters, rng)
+        self.rotations: np.ndarray | None = None
+        self.payload_dtype: str | None = None
+
+    def secret(self, n_layers: int, width: int) -> np.ndarray:
+        """The device's secret (L, d, d) rotations, drawn once on the first upload."""
+        if self.rotations is None:
+            self.rotations = np.stack([haar_orthogonal(width, self.rng) for _ in range(n_layers)]).astype(np.float32)
+        return self.rotations
+
+    def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
+        _, n_layers, width = upload.activations.shape
+        self.payload_dtype = upload.activations.dtype.name
+        return with_activations(upload, rotate(upload.activations, self.secret(n_layers, width), self.payload_dtype))
+
+    def restore(self, side: SideOutput) -> SideOutput:
+        if self.rotations is None:
+            return side  # nothing was uploaded, so nothing was rotated
+        # The side output learned on rotated states: it reads the device's states through R.
+        return RotatedInput(side, self.rotations, self.payload_dtype)
+
+
+def haar_orthogonal(width: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-distributed orthogonal matrix: QR of a Gaussian matrix with R's diagonal made
+    positive (Mezzadri 2007); scipy's ortho_group takes seconds at d = 576, this milliseconds."""
+    q, r = np.linalg.qr(rng.standard_normal((width, width)))
+    return q * np.sign(np.diag(r))

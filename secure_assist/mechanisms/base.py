@@ -3,8 +3,8 @@
 A mechanism sees the plain `Upload` (and the device-only labels and label logits)
 before anything leaves the device, returns what is sent instead, and declares what it
 protects, its typed parameters, the training modes it supports and its DP claim.
-Mechanisms that change what the server learns from (e.g. a secret rotation of Δ) also
-undo their effect on the downloaded side output, on the device.
+Mechanisms that change what the server learns from (e.g. a secret rotation of Δ or of the
+activations) also undo their effect on the downloaded side output, on the device.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from protocol.errors import UserInputError
 from protocol.generation_messages import GenerationUpload
+from protocol.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
 
@@ -29,10 +30,19 @@ class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
-# Training modes (secure_assist.modes.MODES) by name: mechanisms declare the modes they support.
-SIDE_NETWORK_MODE, CKKS_RIDGE_MODE, DEVICE_LOCAL_MODE = "side_network", "ckks_ridge", "device_local"
-GENERATION_MODE, GENERATION_LOCAL_MODE = "generation", "generation_local"
-UPLOADING_MODES = (SIDE_NETWORK_MODE, CKKS_RIDGE_MODE)
+# The training mode (secure_assist.modes.MODES) that needs a particular mechanism by name, and
+# the generation mode (the only one that takes `gaussian_r`).
+CKKS_RIDGE_MODE, GENERATION_MODE = "ckks_ridge", "generation"
+# Task kinds (secure_assist.kinds.TASK_KINDS) by name: mechanisms declare the kinds whose uploads they transform.
+CLASSIFICATION_KIND, GENERATION_KIND = "classification", "generation"
+
+
+class ModeTraits(Protocol):
+    """What a mechanism needs to know of a training mode (secure_assist.modes.TrainingMode)."""
+
+    name: str
+    uploads: bool  # False: nothing leaves the device
+    task_kind: str  # CLASSIFICATION_KIND or GENERATION_KIND: the uploads it sends
 
 # What a DP claim protects: the released Δ (gaussian, label_rr), the released activations,
 # or the generation mode's released r (gaussian_r). Each names the upload field it covers.
@@ -88,8 +98,12 @@ class Mechanism:
     stage: ClassVar[str] = "delta"
     # The mechanism's own typed parameters; config keys and CLI flags are generated from its fields.
     Parameters: ClassVar[type] = NoParameters
-    # The training modes this mechanism works in (checked when a chain is built for a mode).
-    modes: ClassVar[tuple[str, ...]] = UPLOADING_MODES
+    # The training modes this mechanism works in, by name; None: every mode that uploads (a
+    # transform of the upload means nothing where nothing is uploaded) a task kind of `task_kinds`.
+    modes: ClassVar[tuple[str, ...] | None] = None
+    # The task kinds whose uploads the mechanism transforms (a Δ mechanism has no Δ to protect
+    # in a generation upload).
+    task_kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION_KIND,)
     # Whether the output is a fixed function of the upload (no randomness, no secret): only then
     # may an interrupted network upload be resumed, re-sending a batch without a second release.
     deterministic: ClassVar[bool] = False
@@ -98,7 +112,11 @@ class Mechanism:
     # The released field a DP claim covers (one of DP_TARGETS), None without one.
     dp_target: ClassVar[str | None] = None
 
+    # Parameters that must be given (not None) when the mechanism is chosen.
+    required: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
+        self.check(parameters)
         self.parameters = parameters
         self.rng = rng
 
@@ -108,8 +126,25 @@ class Mechanism:
         return "epsilon" in {f.name for f in fields(cls.Parameters)}
 
     @classmethod
+    def supports(cls, mode: ModeTraits) -> bool:
+        """Whether the mechanism works in this training mode."""
+        if mode.task_kind not in cls.task_kinds:
+            return False
+        return mode.uploads if cls.modes is None else mode.name in cls.modes
+
+    @classmethod
+    def supported_modes(cls) -> str:
+        """The modes `supports` accepts, in words (for errors)."""
+        if cls.modes is not None:
+            return ", ".join(cls.modes)
+        return f"every {' or '.join(cls.task_kinds)} mode that uploads"
+
+    @classmethod
     def check(cls, parameters: Any) -> None:
-        """Requirements of a selected mechanism beyond each value's range (e.g. ε given)."""
+        """Requirements of a chosen mechanism beyond each value's range (e.g. ε given)."""
+        missing = [name for name in cls.required if getattr(parameters, name) is None]
+        if missing:
+            raise UserInputError(f"mechanism {cls.name!r} needs {' and '.join(missing)}")
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         """The protected upload (subclasses)."""
@@ -123,8 +158,10 @@ class Mechanism:
         """Messages held back until every batch was seen (none by default)."""
         return []
 
-    def restore(self, side: SideOutput) -> None:
-        """Undo, on the device, what the mechanism did to the training targets (nothing by default)."""
+    def restore(self, side: SideOutput) -> SideOutput:
+        """The deployable side output: undo, on the device, what the mechanism did to the
+        training targets or inputs (the side output unchanged by default; it may be wrapped)."""
+        return side
 
     def claim(self) -> DpClaim | None:
         """The formal DP guarantee, if any (valid once the mechanism has seen an upload)."""
@@ -144,12 +181,6 @@ def with_delta(upload: Upload, delta: np.ndarray) -> Upload:
 def with_activations(upload: UploadT, activations: np.ndarray) -> UploadT:
     """The same upload (classification or generation) with new activations, kept in the payload dtype."""
     return replace(upload, activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
-
-
-def clip_rows(values: np.ndarray, bound: float) -> np.ndarray:
-    """Scale each vector along the last axis to L2 norm at most `bound`."""
-    norms = np.linalg.norm(values, axis=-1, keepdims=True)
-    return values * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
 
 
 def warn_unprotected(what: str) -> None:

@@ -1,94 +1,191 @@
-"""CKKS key material with TenSEAL: the device's secret context and the server's public one.
+"""CKKS key material with TenSEAL's SEAL bindings: the device's secret key, the server's public context.
 
-The device creates the context and never lets the secret key go; the server loads a
-serialized *public* context and refuses anything private. The fit needs only
-ciphertext-plaintext products and additions, so the public context carries no key at
-all: no Galois keys (no rotation is ever computed), no relinearization keys (no
-ciphertext-ciphertext product) and no public key (the server never encrypts).
+The device creates the keys (lazily, on first use) and never lets the secret key go;
+the server gets the *encryption parameters* only. The fit needs only
+ciphertext-plaintext products, additions and one rescale (see `ckks_packing`), so the
+public context carries no key at all: no Galois keys (no rotation is ever computed), no
+relinearization keys (no ciphertext-ciphertext product) and no public key (the device
+encrypts with its secret key; the server never encrypts). `load_public_context` accepts
+nothing else.
+
+TenSEAL's `sealapi` saves and loads SEAL objects through file paths only, so (de)serialization
+goes through a private temporary file; only public objects (parameters, ciphertexts) ever do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tenseal as ts
+import tenseal.sealapi as seal
 
 from protocol.errors import ProtocolError, UserInputError
+from secure_assist.mechanisms.ckks_packing import CkksParameters, embed, unembed
 
-# Largest total coefficient modulus (bits) per ring degree N that keeps 128-bit
-# classical security (HomomorphicEncryption.org standard, as enforced by SEAL).
-MAX_COEFF_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 MAX_CIPHERTEXT_BYTES = 16 * 1024 * 1024
+# Encryption parameters serialize to under 100 bytes at N = 8192; any key is tens of KB or more.
+MAX_PUBLIC_CONTEXT_BYTES = 1024
 
 
-@dataclass(frozen=True)
-class CkksParameters:
-    """Ring degree, modulus chain and scale. Two levels: one for the ridge dot products and
-    headroom; the defaults are the N = 8192 setting of the benchmark."""
+def to_bytes(public_object: Any) -> bytes:
+    """A SEAL object's serialization (compressed by SEAL); never called with a secret key."""
+    with tempfile.TemporaryDirectory(prefix="secure-assist-ckks-") as folder:
+        path = Path(folder) / "object"
+        public_object.save(str(path))
+        return path.read_bytes()
 
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    scale_bits: int = 40
 
-    def __post_init__(self) -> None:
-        limit = MAX_COEFF_BITS_128.get(self.poly_modulus_degree)
-        if limit is None:
-            raise UserInputError(f"CKKS poly_modulus_degree must be one of {sorted(MAX_COEFF_BITS_128)}, "
-                                 f"got {self.poly_modulus_degree}")
-        total = sum(self.coeff_mod_bit_sizes)
-        if total > limit:
-            raise UserInputError(f"CKKS parameters below 128-bit security: {total} modulus bits at "
-                                 f"N={self.poly_modulus_degree} (at most {limit})")
-        if len(self.coeff_mod_bit_sizes) < 3:
-            raise UserInputError("CKKS needs at least 3 moduli (one multiplication level)")
-        if not 20 <= self.scale_bits <= min(self.coeff_mod_bit_sizes):
-            raise UserInputError(f"CKKS scale of 2^{self.scale_bits} must be in 2^20 .. the smallest modulus")
+def _load(target: Any, data: bytes, *context: Any) -> Any:
+    """`target` loaded (and validated by SEAL against `context`) from bytes."""
+    with tempfile.TemporaryDirectory(prefix="secure-assist-ckks-") as folder:
+        path = Path(folder) / "object"
+        path.write_bytes(data)
+        target.load(*context, str(path))
+    return target
 
-    @property
-    def slot_count(self) -> int:
-        """Values per ciphertext."""
-        return self.poly_modulus_degree // 2
+
+def _ciphertext(data: bytes, context: seal.SEALContext) -> seal.Ciphertext:
+    """A ciphertext from bytes, checked by SEAL against the context; bad bytes are a protocol error."""
+    try:
+        return _load(seal.Ciphertext(), data, context)
+    except (RuntimeError, ValueError) as exc:  # SEAL raises bare exceptions on malformed bytes
+        raise ProtocolError(f"malformed ciphertext: {exc}") from exc
+
+
+def _context(parameters: seal.EncryptionParameters) -> seal.SEALContext:
+    """SEAL's context for these parameters, which it marks unusable below 128-bit security."""
+    return seal.SEALContext(parameters, True, seal.SEC_LEVEL_TYPE.TC128)
+
+
+def _encryption_level(context: seal.SEALContext) -> list[int]:
+    """The parms_id of the last-but-one level: base prime plus the one rescale prime the fit uses."""
+    return context.last_context_data().prev_context_data().parms_id()
 
 
 class CkksKeyHolder:
-    """The device's CKKS context with the secret key; only its public form leaves."""
+    """The device's CKKS context with the secret key; only its public form leaves.
+
+    Construction only records the parameters: the SEAL context and the secret key are made
+    when first needed, so building (and validating) the mechanism generates no key."""
 
     def __init__(self, parameters: CkksParameters = CkksParameters()) -> None:
         self.parameters = parameters
-        self._context = ts.context(ts.SCHEME_TYPE.CKKS, parameters.poly_modulus_degree,
-                                   coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes))
-        self._context.global_scale = 2.0**parameters.scale_bits
+
+    @cached_property
+    def _parameters(self) -> seal.EncryptionParameters:
+        parameters = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parameters.set_poly_modulus_degree(self.parameters.poly_modulus_degree)
+        parameters.set_coeff_modulus(seal.CoeffModulus.Create(self.parameters.poly_modulus_degree,
+                                                              list(self.parameters.coeff_mod_bit_sizes)))
+        return parameters
+
+    @cached_property
+    def _keys(self) -> tuple[seal.SEALContext, seal.CKKSEncoder, seal.Encryptor, seal.Decryptor]:
+        """Context, encoder, and the secret key's encryptor and decryptor (made on first use)."""
+        context = _context(self._parameters)
+        if not context.parameters_set():
+            raise UserInputError(f"invalid CKKS parameters: {context.parameters_error_message()}")
+        secret = seal.KeyGenerator(context).secret_key()
+        return context, seal.CKKSEncoder(context), seal.Encryptor(context, secret), seal.Decryptor(context, secret)
 
     def public_context(self) -> bytes:
-        """The serialized public context for the server: parameters only, no key of any kind."""
-        public = self._context.copy()
-        public.make_context_public()
-        return public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
-                                save_relin_keys=False)
+        """The serialized public context for the server: encryption parameters, no key of any kind."""
+        return to_bytes(self._parameters)
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        """One ciphertext packing a vector; longer than the slot count is a user error."""
+        """One ciphertext whose polynomial has `values` as its low coefficients (the rest zero),
+        at the level the fit needs; longer than the ring degree is a user error. SEAL serializes a
+        secret-key encryption with c1 replaced by its seed, which halves the upload."""
         values = np.asarray(values, dtype=np.float64).ravel()
-        if len(values) > self.parameters.slot_count:
-            raise UserInputError(f"vector of {len(values)} values exceeds the CKKS slot count "
-                                 f"{self.parameters.slot_count}")
-        return ts.ckks_vector(self._context, values.tolist()).serialize()
+        n = self.parameters.coefficient_count
+        if len(values) > n:
+            raise UserInputError(f"vector of {len(values)} values exceeds the CKKS ring degree {n}")
+        context, encoder, encryptor, _ = self._keys
+        coefficients = np.zeros(n)
+        coefficients[:len(values)] = values
+        plain = seal.Plaintext()
+        encoder.encode(embed(coefficients).tolist(), _encryption_level(context), 2.0**self.parameters.scale_bits, plain)
+        return to_bytes(encryptor.encrypt_symmetric(plain))
 
     def decrypt(self, ciphertext: bytes) -> np.ndarray:
-        """Decrypt on the device (the result never goes back to the server)."""
-        return np.array(ts.ckks_vector_from(self._context, ciphertext).decrypt())
+        """The N coefficients, decrypted on the device (the result never goes back to the server)."""
+        context, encoder, _, decryptor = self._keys
+        plain = seal.Plaintext()
+        decryptor.decrypt(_ciphertext(ciphertext, context), plain)
+        return unembed(np.array(encoder.decode_complex(plain)))
 
 
-def load_public_context(data: bytes) -> ts.Context:
-    """The server's context: refuses a private one (secret key inside)."""
+class CkksPublicContext:
+    """The server's CKKS context: encryption parameters and what computes with them, no key.
+
+    It checks each uploaded ciphertext (SEAL validates it against the parameters; this
+    class requires the level the device encrypts at) and computes Σ_b ct_b ⊙ P_b,
+    rescaled to the base prime."""
+
+    def __init__(self, context: seal.SEALContext) -> None:
+        self._context = context
+        self._level = _encryption_level(context)
+        self._evaluator = seal.Evaluator(context)
+        self._encoder = seal.CKKSEncoder(context)
+        # Plaintexts are encoded at scale = the prime the rescale divides by, so the reply
+        # keeps the device's scale exactly.
+        self._plain_scale = float(context.get_context_data(self._level).parms().coeff_modulus()[-1].value())
+
+    @property
+    def poly_modulus_degree(self) -> int:
+        """Coefficients per ciphertext (N)."""
+        return self._context.first_context_data().parms().poly_modulus_degree()
+
+    def load_ciphertext(self, data: bytes) -> seal.Ciphertext:
+        """An uploaded ciphertext, validated; malformed or at another level is a protocol error."""
+        ciphertext = _ciphertext(data, self._context)
+        if ciphertext.size() != 2 or list(ciphertext.parms_id()) != list(self._level):
+            raise ProtocolError("an uploaded ciphertext must be a fresh 2-part ciphertext at the fit's level")
+        return ciphertext
+
+    def encode(self, coefficients: np.ndarray) -> seal.Plaintext:
+        """A plaintext polynomial with these coefficients, at the uploads' level."""
+        plain = seal.Plaintext()
+        self._encoder.encode(embed(coefficients).tolist(), self._level, self._plain_scale, plain)
+        return plain
+
+    def dot(self, ciphertexts: list[seal.Ciphertext], plaintexts: list[seal.Plaintext]) -> bytes:
+        """Σ_b ciphertexts[b] ⊙ plaintexts[b] (polynomial products), rescaled; serialized."""
+        try:
+            products = []
+            for ciphertext, plain in zip(ciphertexts, plaintexts, strict=True):
+                product = seal.Ciphertext()
+                self._evaluator.multiply_plain(ciphertext, plain, product)
+                products.append(product)
+            total = seal.Ciphertext()
+            self._evaluator.add_many(products, total)
+            self._evaluator.rescale_to_next_inplace(total)
+        except (RuntimeError, ValueError) as exc:  # e.g. mismatched scales across uploads
+            raise ProtocolError(f"encrypted fit failed: {exc}") from exc
+        return to_bytes(total)
+
+
+def load_public_context(data: bytes) -> CkksPublicContext:
+    """The server's context from the device's public one: CKKS encryption parameters only.
+
+    Anything larger than parameters can be (a key, a TenSEAL context with its keys) is
+    refused before parsing, and the parameters must give 128-bit security with a fit level."""
+    if len(data) > MAX_PUBLIC_CONTEXT_BYTES:
+        raise ProtocolError(f"refusing a CKKS context of {len(data)} bytes: the server takes encryption "
+                            "parameters only, never key material (the secret key stays on the device)")
     try:
-        context = ts.context_from(data)
-    except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad bytes
+        parameters = _load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), data)
+    except (RuntimeError, ValueError) as exc:
         raise ProtocolError(f"malformed CKKS context: {exc}") from exc
-    if context.is_private() or context.has_secret_key():
-        raise ProtocolError("refusing a private CKKS context: the server must never hold the secret key")
-    return context
+    context = _context(parameters)
+    if parameters.scheme() != seal.SCHEME_TYPE.CKKS or not context.parameters_set():
+        raise ProtocolError("the public context must hold valid 128-bit-secure CKKS parameters")
+    if context.first_context_data().chain_index() < 1:
+        raise ProtocolError("the CKKS parameters leave no level for the fit's rescale")
+    return CkksPublicContext(context)
 
 
 def split_buffer(buffer: np.ndarray, sizes: np.ndarray) -> list[bytes]:

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import ortho_group
 
 from protocol.errors import UserInputError
+from protocol.generation_messages import GenerationUpload
 from protocol.messages import Upload
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import (
@@ -19,10 +20,9 @@ from secure_assist.mechanisms.accounting import (
     randomized_response_keep_probability,
     rdp_gaussian_epsilon,
 )
-from protocol.generation_messages import GenerationUpload
 from secure_assist.mechanisms.base import (
-    DELTA_TARGET, DEVICE_LOCAL_MODE, GENERATION_LOCAL_MODE, GENERATION_MODE, RESIDUAL_TARGET, UPLOADING_MODES,
-    DpClaim, Mechanism, positive, probability, clip_rows, warn_unprotected, with_delta,
+    DELTA_TARGET, GENERATION_KIND, GENERATION_MODE, RESIDUAL_TARGET, DpClaim, Mechanism, ModeTraits, clip_rows,
+    positive, probability, warn_unprotected, with_delta,
 )
 
 EPSILON_HELP = "target per-sample ε"
@@ -34,14 +34,16 @@ class NoProtection(Mechanism):
 
     name = "none"
     deterministic = True
-    # Also the only choice of a mode that uploads nothing.
-    modes = UPLOADING_MODES + (DEVICE_LOCAL_MODE, GENERATION_MODE, GENERATION_LOCAL_MODE)
     protects = "nothing"
     guarantee = "none: argmax Δ reveals every label; activations reveal the inputs"
 
     def __init__(self, parameters: Any, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
         self.warned = False  # once per run, when the first upload leaves
+
+    @classmethod
+    def supports(cls, mode: ModeTraits) -> bool:
+        return True  # also the only choice of a mode that uploads nothing
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         if not self.warned:
@@ -98,11 +100,10 @@ class GaussianDelta(Mechanism):
     @classmethod
     def check(cls, parameters: GaussianParameters) -> None:
         if (parameters.epsilon is None) == (parameters.noise_multiplier is None):
-            raise UserInputError("mechanism 'gaussian' needs exactly one of epsilon or noise_multiplier")
+            raise UserInputError(f"mechanism {cls.name!r} needs exactly one of epsilon or noise_multiplier")
 
     def __init__(self, parameters: GaussianParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.noise_multiplier = (parameters.noise_multiplier if parameters.noise_multiplier is not None
                                  else analytic_gaussian_sigma(parameters.epsilon, parameters.dp_delta,
                                                               self.sensitivity))
@@ -161,6 +162,7 @@ class GaussianResidual(GaussianDelta):
     Parameters = GaussianResidualParameters
     dp_target = RESIDUAL_TARGET
     modes = (GENERATION_MODE,)
+    task_kinds = (GENERATION_KIND,)
     protects = "answer tokens through r (the generation difference signal)"
     guarantee = "(ε, δ)-DP per sample on r, replace-one adjacency, one release (analytic Gaussian)"
 
@@ -190,15 +192,10 @@ class LabelRandomizedResponse(Mechanism):
     stage = "label"
     protects = "labels"
     guarantee = "ε-label-DP per sample (randomized response); inputs not protected"
-
-    @classmethod
-    def check(cls, parameters: LabelRRParameters) -> None:
-        if parameters.epsilon is None:
-            raise UserInputError("mechanism 'label_rr' needs epsilon")
+    required = ("epsilon",)
 
     def __init__(self, parameters: LabelRRParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.check(parameters)
         self.n_classes: int | None = None
 
     def keep_probability(self, n_classes: int) -> float:
@@ -263,7 +260,8 @@ class RotationMask(Mechanism):
         """Undo the rotation on (n, C) values."""
         return values @ self.rotation.T
 
-    def restore(self, side: SideOutput) -> None:
+    def restore(self, side: SideOutput) -> SideOutput:
         # The side output learned Δ·Q; its output times Qᵀ is what unmasked targets give.
         side.map_outputs_(self.rotation.T)
+        return side
 

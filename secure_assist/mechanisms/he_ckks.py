@@ -1,11 +1,12 @@
 """`he_ckks`: Δ leaves the device only CKKS-encrypted; the head comes back encrypted.
 
-Device flow: every batch's Δ is kept back and packed, per class, into ciphertexts of
-up to `slot_count` samples, sent with the pivot activations (`EncryptedUpload`). Then
-the device sends its *public* context (`HeFitRequest`); the server fits the ridge
-head enc(W) = M·enc(Δ) over its own label-free features and returns it; the device
-decrypts W and keeps it. No decryption of a server-computed ciphertext is ever sent
-back (that is the Li-Micciancio key-recovery setting).
+Device flow: every batch's Δ is kept back and packed, per class, into the polynomial
+coefficients of ciphertexts of `he_block_samples` samples, sent with the pivot activations
+(`EncryptedUpload`). Then the device sends its *public* context (`HeFitRequest`:
+encryption parameters, no key); the server fits the ridge head enc(W) = M·enc(Δ) over
+its own label-free features, packed ⌊N/b⌋ weights per ciphertext (`ckks_packing`), and
+returns it; the device decrypts W and keeps it. No decryption of a server-computed
+ciphertext is ever sent back (that is the Li-Micciancio key-recovery setting).
 
 What this protects: Δ and the head (hence the labels as far as Δ goes). What it does
 not: the activations are in the clear (inputs and the backbone's zero-shot labels
@@ -18,38 +19,45 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from protocol.channel import Channel
+from protocol.errors import ProtocolError
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
-from protocol.messages import Message, Upload, expect
+from protocol.messages import Message, Upload
 from protocol.ridge_head import FeatureMap, RidgeHead
 from protocol.errors import UserInputError
 from secure_assist.mechanisms.base import CKKS_RIDGE_MODE, Mechanism
-from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksParameters, join_buffer, split_buffer
+from secure_assist.mechanisms.ckks import CkksKeyHolder, join_buffer, split_buffer
+from secure_assist.mechanisms.ckks_packing import CkksParameters, PackingLayout
 
 
 @dataclass(frozen=True)
 class HeCkksParameters:
-    """Parameters of `he_ckks`: the CKKS ring and modulus chain, and the server's ridge fit."""
+    """Parameters of `he_ckks`: the CKKS ring and modulus chain, the packing, and the server's ridge fit."""
 
-    ckks_poly_modulus_degree: int = field(default=8192, metadata={"help": "CKKS ring degree N (slots: N/2)"})
+    ckks_poly_modulus_degree: int = field(default=8192, metadata={"help": "CKKS ring degree N"})
+    # One level: the fit is one ciphertext-plaintext product.
     ckks_coeff_mod_bit_sizes: tuple[int, ...] = field(
-        default=(60, 40, 40, 60), metadata={"help": "CKKS coefficient modulus chain in bits, comma-separated"})
+        default=(60, 40, 60), metadata={"help": "CKKS coefficient modulus chain in bits, comma-separated"})
     ckks_scale_bits: int = field(default=40, metadata={"help": "CKKS scale 2^bits"})
+    # Samples of Δ per ciphertext (coefficient packing): the upload is C·⌈n/b⌉ ciphertexts and
+    # the reply C·⌈(k+1)/⌊N/b⌋⌉; 256 keeps both near 1-2 MB at n = 1,800, k = 128, N = 8192.
+    he_block_samples: int = field(default=256, metadata={"help": "samples of Δ packed per ciphertext"})
     he_features: int = field(default=128, metadata={"help": "PCA dimensions of the server's label-free features"})
     he_ridge: float = field(default=1000.0, metadata={"help": "ridge penalty λ of the encrypted head fit"})
 
     def __post_init__(self) -> None:
-        self.ckks()  # validates the ring (128-bit security, levels, scale) without generating keys
+        ring = self.ckks()  # validates the ring (128-bit security, levels, scale) without making a key
+        if not 1 <= self.he_block_samples <= ring.coefficient_count:
+            raise UserInputError(f"he_block_samples must be in 1..{ring.coefficient_count} (the ring degree), "
+                                 f"got {self.he_block_samples}")
         if self.he_features < 1 or not (math.isfinite(self.he_ridge) and self.he_ridge > 0):
             raise UserInputError("he_features must be >= 1 and he_ridge positive")
 
     def ckks(self) -> CkksParameters:
-        """The CKKS ring parameters."""
+        """The CKKS ring, modulus chain and scale."""
         return CkksParameters(self.ckks_poly_modulus_degree, tuple(self.ckks_coeff_mod_bit_sizes),
                               self.ckks_scale_bits)
 
@@ -67,21 +75,21 @@ class HeCkksDelta(Mechanism):
     def __init__(self, parameters: HeCkksParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
         self.ckks = parameters.ckks()
+        self.keys = CkksKeyHolder(self.ckks)  # no key until the first encryption
         self._pending: list[Upload] = []
+        # The packing spacing (largest block sent) and the class count: the device reads the
+        # reply with the same layout the server computes from the uploads.
+        self._largest_block = 0
+        self._n_classes = 0
         self.encrypt_seconds = 0.0
         self.ciphertext_bytes = 0
         self.uploaded_samples = 0
 
-    @cached_property
-    def keys(self) -> CkksKeyHolder:
-        """The device's secret context, generated when first needed (not at construction)."""
-        return CkksKeyHolder(self.ckks)
-
     def transform(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> list[Message]:
         self._pending.append(upload)
         messages = []
-        while sum(len(u.sample_ids) for u in self._pending) >= self.ckks.slot_count:
-            messages.append(self._encrypt_block(self.ckks.slot_count))
+        while sum(len(u.sample_ids) for u in self._pending) >= self.parameters.he_block_samples:
+            messages.append(self._encrypt_block(self.parameters.he_block_samples))
         return messages
 
     def flush(self) -> list[Message]:
@@ -97,11 +105,10 @@ class HeCkksDelta(Mechanism):
         rest = Upload(sample_ids=ids[size:], activations=acts[size:], delta=delta[size:], layers=layers)
         self._pending = [rest] if len(rest.sample_ids) else []
         start = time.perf_counter()
-        # Zero-padded to the slot count: the server adds blocks slot-wise, which needs equal sizes.
-        padded = np.zeros((self.ckks.slot_count, delta.shape[1]))
-        padded[:size] = delta[:size]
-        buffer, sizes = join_buffer([self.keys.encrypt(padded[:, c]) for c in range(delta.shape[1])])
+        buffer, sizes = join_buffer([self.keys.encrypt(delta[:size, c]) for c in range(delta.shape[1])])
         self.encrypt_seconds += time.perf_counter() - start
+        self._largest_block = max(self._largest_block, size)
+        self._n_classes = delta.shape[1]
         self.ciphertext_bytes += len(buffer)
         self.uploaded_samples += size
         return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
@@ -113,21 +120,21 @@ class HeCkksDelta(Mechanism):
         return HeFitRequest(public_context=context, n_features=self.parameters.he_features,
                             ridge=self.parameters.he_ridge)
 
-    def fit_head(self, channel: Channel) -> RidgeHead:
-        """Ask the server for enc(W), decrypt it here and return the device's head."""
-        return self.decrypt_head(expect(channel.request(self.fit_request()), HeFitReply))
-
     def decrypt_head(self, reply: HeFitReply) -> RidgeHead:
-        """W from the reply's ciphertexts (class-major, one per feature): each holds the
-        slot-wise terms M[j, i]·Δ_i, so W[j, c] is the sum of its slots."""
-        values = np.array([self.keys.decrypt(c).sum() for c in split_buffer(reply.ciphertexts, reply.ciphertext_sizes)])
-        n_features = reply.components.shape[0] + 1
-        weights = values.reshape(-1, n_features).T  # (k+1, C)
+        """W from the reply's ciphertexts (class-major, one per group of features): each
+        decrypts to a polynomial holding its group's weights at the layout's coefficients."""
+        layout = PackingLayout(self.ckks.coefficient_count, self._largest_block, reply.components.shape[0] + 1)
+        ciphertexts = split_buffer(reply.ciphertexts, reply.ciphertext_sizes)
+        if len(ciphertexts) != self._n_classes * layout.groups:
+            raise ProtocolError(f"the fit reply holds {len(ciphertexts)} ciphertexts, expected "
+                                f"{self._n_classes} classes x {layout.groups} feature groups")
+        weights = np.concatenate([layout.read(self.keys.decrypt(c), i % layout.groups)
+                                  for i, c in enumerate(ciphertexts)]).reshape(self._n_classes, -1).T  # (k+1, C)
         return RidgeHead(FeatureMap(reply.input_mean, reply.input_scale, reply.components), weights)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "poly_modulus_degree": self.ckks.poly_modulus_degree,
                 "coeff_mod_bit_sizes": list(self.ckks.coeff_mod_bit_sizes),
                 "scale_bits": self.ckks.scale_bits, "he_features": self.parameters.he_features,
-                "he_ridge": self.parameters.he_ridge,
+                "he_ridge": self.parameters.he_ridge, "he_block_samples": self.parameters.he_block_samples,
                 "body": "not trained: server features are a label-free PCA of the activations it sees"}

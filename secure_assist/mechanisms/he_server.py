@@ -1,38 +1,43 @@
 """The server role of the CKKS mode: caches activations and encrypted Δ, fits the head.
 
-It holds a *public* CKKS context only (`load_public_context` refuses a private one),
-so it can compute on ciphertexts but never read Δ or the head it returns. What it
-does see: the pivot activations in the clear (inputs leak as in the plain protocol)
-and its own label-free feature map. No side-network body is trained in this mode.
+It holds a *public* CKKS context only (encryption parameters; `load_public_context`
+refuses anything more), so it can compute on ciphertexts but never read Δ or the head
+it returns. What it does see: the pivot activations in the clear (inputs leak as in the
+plain protocol) and its own label-free feature map. No side-network body is trained in
+this mode.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
 from tqdm.auto import tqdm
 
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
+from protocol.limits import ServerLimits
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import Message, UploadAck
-from secure_assist.mechanisms.ckks import join_buffer, load_public_context, split_buffer
+from secure_assist.mechanisms.ckks import CkksPublicContext, join_buffer, load_public_context, split_buffer
+from secure_assist.mechanisms.ckks_packing import PackingLayout
 from secure_assist.mechanisms.ridge import fit_feature_map, ridge_operator
 
 MAX_SAMPLES = 1_000_000
 
 
 class HeHeadServer(RecordingEndpoint):
-    """Fits enc(W) = M·enc(Δ) with slot-wise ciphertext-plaintext products (summed by the device)."""
+    """Fits enc(W) = M·enc(Δ) with ciphertext-plaintext polynomial products, ⌊N/s⌋ weights per
+    reply ciphertext (`ckks_packing`); no rotation, so no key of any kind."""
 
     def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
-                 progress: bool = False) -> None:
-        super().__init__(workdir, max_message_bytes)
-        self.context: ts.Context | None = None
+                 progress: bool = False, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(workdir, max_message_bytes, limits, stop)
+        self.context: CkksPublicContext | None = None
         self.blocks: list[tuple[np.ndarray, list[bytes]]] = []
         self.layers: tuple[int, ...] | None = None
         self._seen: set[bytes] = set()
@@ -46,6 +51,11 @@ class HeHeadServer(RecordingEndpoint):
         if isinstance(message, HeFitRequest):
             return self._on_fit(message)
         return super().handle(message)
+
+    def samples_after(self, message: Message) -> int:
+        """Samples held once `message` is stored (this role refuses repeated ids)."""
+        ids = getattr(message, "sample_ids", ())
+        return len(self._seen) + len({bytes(i) for i in ids})
 
     def _on_upload(self, upload: EncryptedUpload) -> UploadAck:
         if self.layers is not None and (upload.layers != self.layers or
@@ -72,31 +82,25 @@ class HeHeadServer(RecordingEndpoint):
         activations = np.concatenate([acts for acts, _ in self.blocks])
         feature_map = fit_feature_map(activations, request.n_features)
         operator = ridge_operator(feature_map.apply(activations), request.ridge)  # (k+1, n)
-        n_classes = len(self.blocks[0][1])
         bounds = np.cumsum([0] + [len(acts) for acts, _ in self.blocks])
-        encrypted = [[self._load(c) for c in cts] for _, cts in self.blocks]  # [block][class]
-        slots = {ct.size() for block in encrypted for ct in block}
-        if len(slots) != 1 or min(slots) < max(np.diff(bounds)):
-            raise ProtocolError(f"encrypted Δ vectors must all hold one value per slot of a block, got sizes {slots}")
-        results = []
-        jobs = [(c, j) for c in range(n_classes) for j in range(operator.shape[0])]
-        for c, j in tqdm(jobs, desc="server: encrypted ridge fit", disable=not self.progress, leave=False):
-            # Slot-wise products M[j, i]·Δ_i summed over blocks; the device sums the slots
-            # after decryption, so no rotation (and no Galois key) is ever needed.
-            total = None
-            for b, block in enumerate(encrypted):
-                weights = np.zeros(block[c].size())
-                weights[:bounds[b + 1] - bounds[b]] = operator[j, bounds[b]:bounds[b + 1]]
-                part = block[c] * weights.tolist()
-                total = part if total is None else total + part
-            results.append(total.serialize())
+        spacing = int(max(np.diff(bounds)))
+        if spacing > self.context.poly_modulus_degree:
+            raise ProtocolError(f"an encrypted block of {spacing} samples exceeds the CKKS ring degree")
+        layout = PackingLayout(self.context.poly_modulus_degree, spacing, operator.shape[0])
+        encrypted = [[self.context.load_ciphertext(c) for c in cts] for _, cts in self.blocks]  # [block][class]
+        n_classes = len(encrypted[0])
+        replies: list[list[bytes]] = [[] for _ in range(n_classes)]
+        for group in tqdm(range(layout.groups), desc="server: encrypted ridge fit", disable=not self.progress,
+                          leave=False):
+            self.check_stop()
+            # One plaintext per block puts this group's operator rows where the polynomial product
+            # sums them against the block's Δ coefficients; it serves every class.
+            plaintexts = [self.context.encode(layout.plaintext(operator[:, bounds[b]:bounds[b + 1]], group))
+                          for b in range(len(self.blocks))]
+            for c in range(n_classes):
+                replies[c].append(self.context.dot([block[c] for block in encrypted], plaintexts))
         self.fit_seconds += time.perf_counter() - start
-        buffer, sizes = join_buffer(results)
+        buffer, sizes = join_buffer([reply for per_class in replies for reply in per_class])  # class-major
         return HeFitReply(input_mean=feature_map.mean, input_scale=feature_map.scale,
                           components=feature_map.components, ciphertexts=buffer, ciphertext_sizes=sizes)
 
-    def _load(self, ciphertext: bytes) -> ts.CKKSVector:
-        try:
-            return ts.ckks_vector_from(self.context, ciphertext)
-        except Exception as exc:  # TenSEAL raises bare exceptions on malformed bytes
-            raise ProtocolError(f"malformed ciphertext: {exc}") from exc

@@ -37,7 +37,7 @@ def resolve_mode(mode: str | None, mechanisms: tuple[str, ...], task_kind: str =
         return chosen
     known = [MECHANISMS[n] for n in mechanisms if n in MECHANISMS]
     for candidate in server_modes():
-        if MODES[candidate].task_kind == task_kind and all(candidate in cls.modes for cls in known):
+        if MODES[candidate].task_kind == task_kind and all(cls.supports(MODES[candidate]) for cls in known):
             return MODES[candidate]
     raise UserInputError(f"no {task_kind} training mode supports every mechanism of {list(mechanisms)}")
 

@@ -10,6 +10,7 @@ is the one run path in `secure_assist.run`, the same for every mode and channel.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 from protocol.channel import Channel
 from protocol.device import ForwardDevice
 from protocol.endpoint import RecordingEndpoint
+from protocol.limits import ServerLimits
 from protocol.messages import Message
 from protocol.server import ServerTraining
 from protocol.side_output import SideOutput
@@ -48,11 +50,13 @@ class TrainingMode:
     uploads: ClassVar[bool] = True
     # A mechanism stage the chain must have (e.g. 'encrypt' for a mode that only takes ciphertexts).
     required_stage: ClassVar[str | None] = None
-    # The task kind this mode trains for (secure_assist.task_kinds.TASK_KINDS).
+    # The task kind this mode trains for (secure_assist.kinds.TASK_KINDS).
     task_kind: ClassVar[str] = "classification"
 
-    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
-        """This mode's server endpoint for one device, its view kept in `workdir`."""
+    def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                    stop: threading.Event | None = None) -> RecordingEndpoint:
+        """This mode's server endpoint for one device, its view kept in `workdir` (`limits` None: in
+        process, where the device is this process; `stop`: set when the hosting server shuts down)."""
         raise NotImplementedError
 
     def server_details(self, endpoint: RecordingEndpoint) -> dict[str, float]:

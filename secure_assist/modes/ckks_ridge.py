@@ -4,12 +4,14 @@ under encryption and returns enc(W); the device decrypts W and deploys the head.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Protocol
 
 from protocol.channel import Channel
 from protocol.endpoint import RecordingEndpoint
+from protocol.limits import ServerLimits
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.messages import ErrorReply, Hello, ModeAccepted, UploadAck, expect
 from protocol.ridge_head import RidgeHead
@@ -43,8 +45,9 @@ class CkksRidgeMode(TrainingMode):
     view_fields = frozenset({PIVOT_ACTIVATIONS, ENCRYPTED_HEAD})
     required_stage = "encrypt"
 
-    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
-        return HeHeadServer(workdir)
+    def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                    stop: threading.Event | None = None) -> RecordingEndpoint:
+        return HeHeadServer(workdir, limits=limits, stop=stop)
 
     def server_details(self, endpoint: RecordingEndpoint) -> dict[str, float]:
         return {"he_server_fit_seconds": endpoint.fit_seconds}
@@ -64,4 +67,5 @@ class CkksRidgeMode(TrainingMode):
                      "he_public_context_bytes": int(len(request.public_context)),
                      "he_device_decrypt_seconds": decrypt_seconds,
                      "he_fit_reply_bytes": int(len(reply.ciphertexts)),
+                     "he_fit_reply_ciphertexts": int(len(reply.ciphertext_sizes)),
                      "he_features": int(reply.components.shape[0])})

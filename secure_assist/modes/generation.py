@@ -11,6 +11,7 @@ device: nothing leaves it (the "what does the server buy?" reference).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from protocol.channel import Channel
@@ -18,6 +19,7 @@ from protocol.endpoint import RecordingEndpoint
 from protocol.generation_device import GenerationDevice
 from protocol.generation_messages import GenerationUpload, HeadGram
 from protocol.generation_server import GenerationServer
+from protocol.limits import ServerLimits
 from protocol.messages import (
     ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, UploadAck, expect,
 )
@@ -38,8 +40,9 @@ class GenerationMode(SideNetworkMode):
     task_kind = "generation"
     output_class = HiddenCorrection
 
-    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
-        return GenerationServer(workdir, training)
+    def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                    stop: threading.Event | None = None) -> RecordingEndpoint:
+        return GenerationServer(workdir, training, limits=limits, stop=stop)
 
     def open(self, channel: Channel, device: GenerationDevice) -> None:
         # Idempotent on the server: a resumed device sends the same matrix again.

@@ -11,14 +11,16 @@ server view says which mode wrote it.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Callable
 
 from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
-from protocol.files import write_atomic
-from protocol.messages import ErrorReply, Hello, decode_message, encode_message
+from protocol.files import private_dir, write_atomic
+from protocol.limits import ServerLimits
+from protocol.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.server import ServerTraining
 from secure_assist.modes import MODES, server_modes
 
@@ -30,7 +32,8 @@ class ModeHost:
     """Hosts whichever offered mode the device names; its state lives in `workdir`."""
 
     def __init__(self, workdir: Path | str, offered: tuple[str, ...], training: ServerTraining = ServerTraining(),
-                 max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
         unknown = [name for name in offered if name not in MODES]
         if unknown or not offered:
             raise ValueError(f"cannot offer modes {unknown or '(none)'}; known: {list(MODES)}")
@@ -38,6 +41,8 @@ class ModeHost:
         self.offered = tuple(offered)
         self.training = training
         self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.stop = stop
         self.endpoint: RecordingEndpoint | None = None
         self.mode: str | None = None
 
@@ -47,18 +52,27 @@ class ModeHost:
         return 0.0 if self.endpoint is None else self.endpoint.compute_seconds
 
     def handle_bytes(self, data: bytes) -> bytes:
-        """Answer one encoded request. Until a mode is open only a Hello is accepted; once it
+        """Answer one encoded request (in process: decoded here)."""
+        try:
+            message = decode_message(data, self.max_message_bytes)
+        except ProtocolError as exc:
+            if self.endpoint is None:
+                return encode_message(ErrorReply(reason=str(exc)))
+            return self.endpoint.handle_bytes(data)  # the mode's endpoint records what it refuses
+        return self.handle_message(message, data)
+
+    def handle_message(self, message: Message, data: bytes) -> bytes:
+        """Answer one decoded request. Until a mode is open only a Hello is accepted; once it
         is, the mode's endpoint answers everything (a later Hello included) and records it."""
         if self.endpoint is None:
             try:
-                message = decode_message(data, self.max_message_bytes)
                 if not isinstance(message, Hello):
                     raise ProtocolError("the first request must be 'hello' naming the training mode")
                 self._open(message.mode)
             except ProtocolError as exc:
                 log.warning("refused a device's first request: %s", exc)
                 return encode_message(ErrorReply(reason=str(exc)))
-        return self.endpoint.handle_bytes(data)
+        return self.endpoint.handle_message(message, data)
 
     def _open(self, mode: str) -> None:
         if mode not in self.offered:
@@ -67,9 +81,9 @@ class ModeHost:
         if held is not None and held != mode:
             raise ProtocolError(f"this device's server state holds training mode {held!r}, not {mode!r}")
         if self.endpoint is None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.workdir)  # server state is the server user's alone, whatever the umask
             write_atomic(self.workdir / MODE_FILE, mode.encode())
-            self.endpoint = MODES[mode].make_server(self.workdir, self.training)
+            self.endpoint = MODES[mode].make_server(self.workdir, self.training, self.limits, self.stop)
             self.endpoint.mode = mode
             self.mode = mode
 
@@ -83,8 +97,9 @@ class ModeHost:
             self.endpoint.close()
 
 
-def host_factory(offered: tuple[str, ...] | None = None) -> Callable[[Path, ServerTraining], ModeHost]:
+def host_factory(offered: tuple[str, ...] | None = None) -> Callable[..., ModeHost]:
     """The transport server's per-device endpoint factory: a host offering `offered`
-    (default: every mode that uploads)."""
+    (default: every mode that uploads), under the server's limits and stop flag."""
     modes = offered or server_modes()
-    return lambda workdir, training: ModeHost(workdir, modes, training)
+    return lambda workdir, training, limits=None, stop=None: ModeHost(workdir, modes, training, limits=limits,
+                                                                      stop=stop)

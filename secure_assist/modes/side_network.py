@@ -3,10 +3,12 @@ its activation cache (epochs >= 2 need no device work) and the device downloads 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from protocol.channel import Channel
 from protocol.endpoint import RecordingEndpoint
+from protocol.limits import ServerLimits
 from protocol.messages import (
     ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload,
     UploadAck, expect,
@@ -29,8 +31,9 @@ class SideNetworkMode(TrainingMode):
     # The side output the fetched weights rebuild.
     output_class: type[AdditiveSideNetwork] = AdditiveSideNetwork
 
-    def make_server(self, workdir: Path, training: ServerTraining) -> RecordingEndpoint:
-        return SideTuningServer(workdir, training)
+    def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                    stop: threading.Event | None = None) -> RecordingEndpoint:
+        return SideTuningServer(workdir, training, limits=limits, stop=stop)
 
     def train(self, channel: Channel, epochs: int, mechanisms: MechanismChain) -> TrainOutcome:
         # TrainUntil is idempotent: a request retried after a reconnect never over-trains.

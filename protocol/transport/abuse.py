@@ -1,0 +1,219 @@
+"""Hostile clients of `secure-assist serve`: the attacks of issue 13, each bounded in size and time.
+
+One implementation serves the regression tests (`tests/test_transport_abuse.py`) and the abuse
+benchmark (`benchmarks/transport_abuse.py`), which runs every attack in a loop in a process of its
+own (`python -m protocol.transport.abuse`, see `main`). Authenticated attacks use an allow-listed
+identity over a raw TLS link, so they can send what `NetworkChannel` never would: half a
+frame, a message with zero samples, hostile metadata. Loopback use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from protocol.codec import encode
+from protocol.errors import ProtocolError
+from protocol.limits import MIB
+from protocol.messages import PROTOCOL_VERSION, Message, TrainUntil, Upload, decode_message, encode_message
+from protocol.transport.client import NetworkChannel, _Link
+from protocol.transport.framing import HEADER, HEADER_BYTES, MAGIC, FRAME_VERSION, encode_frame, parse_header
+from protocol.transport.fuzz import hostile_frames
+from protocol.transport.identity import KeyDirectory
+
+Address = tuple[str, int]
+
+
+def connect(address: Address, keys: KeyDirectory, name: str, timeout: float = 10.0) -> _Link:
+    """An authenticated TLS link of device `name` that sends raw frames."""
+    context, pinned = keys.device_context(name)
+    return _Link(*address, context, pinned, timeout=timeout)
+
+
+def read_reply(link: _Link, sequence: int = 0) -> Message:
+    """The next reply frame's message."""
+    header = parse_header(link.recv_exact(HEADER_BYTES), sequence, 2**32 - 1)
+    return decode_message(link.recv_exact(header.length))
+
+
+def exchange(link: _Link, payload: bytes, sequence: int = 0) -> Message:
+    """Send one frame carrying `payload`, return the reply."""
+    link.send(encode_frame(sequence, payload, max_frame_bytes=2**32 - 1))
+    return read_reply(link, sequence)
+
+
+def outcome(link: _Link, sequence: int = 0) -> str:
+    """What the server did with a link: the ErrorReply's reason, or how the link ended."""
+    try:
+        reply = read_reply(link, sequence)
+    except (ConnectionError, OSError, ProtocolError) as exc:
+        return f"closed ({type(exc).__name__})"
+    return getattr(reply, "reason", f"answered {reply.TYPE}")
+
+
+def flood_descriptors(address: Address, count: int) -> list[socket.socket]:
+    """`count` plain TCP connections that never start TLS (the caller closes them)."""
+    sockets = []
+    for _ in range(count):
+        try:
+            sockets.append(socket.create_connection(address, timeout=2.0))
+        except OSError:  # the backlog is full: what is open already holds the server's descriptors
+            break
+    return sockets
+
+
+def synthetic_upload(samples: int, layers: int, width: int, classes: int = 2, seed: int = 0) -> Upload:
+    """An upload of random values with this shape (zero samples: a few hundred bytes, whatever the width)."""
+    rng = np.random.default_rng(seed)
+    return Upload(sample_ids=rng.integers(0, 256, (samples, 16), dtype=np.uint8),
+                  activations=rng.standard_normal((samples, layers, width)).astype(np.float16),
+                  delta=rng.standard_normal((samples, classes)).astype(np.float32),
+                  layers=tuple(range(1, layers + 1)))
+
+
+def huge_header_message(size: int) -> bytes:
+    """A malformed message whose JSON header is ~`size` bytes of numbers: slow to parse, never valid."""
+    numbers = ",".join(["1"] * (size // 2))
+    header = ('{"__metadata__": {"type": "upload", "version": "%d", "fields": "{}"}, "pad": [%s]}'
+              % (PROTOCOL_VERSION, numbers)).encode()
+    return struct.pack("<Q", len(header)) + header
+
+
+def hostile_json_messages() -> dict[str, bytes]:
+    """Messages that made the old decoder raise something other than ProtocolError."""
+    meta = {"type": "train_until", "version": str(PROTOCOL_VERSION)}
+    deep = "[" * 100_000 + "]" * 100_000
+    header = ('{"__metadata__": {"type": "fetch_weights", "version": "%d", "fields": "{}"}, "x": %s}'
+              % (PROTOCOL_VERSION, deep)).encode()
+    return {
+        "5000-digit integer field": encode({}, {**meta, "fields": '{"epochs_total": ' + "9" * 5000 + "}"}),
+        "100,000-deep fields": encode({}, {**meta, "fields": deep}),
+        "100,000-deep header": struct.pack("<Q", len(header)) + header,
+    }
+
+
+def hold_partial_frames(address: Address, keys: KeyDirectory, name: str, connections: int, declared: int,
+                        sent: int, timeout: float = 10.0) -> list[_Link]:
+    """Open `connections` links as `name`, each sending a frame header for `declared` bytes and
+    then only `sent` of them, and stall; return the links (the caller reads their outcome and closes)."""
+    links = [connect(address, keys, name, timeout) for _ in range(connections)]
+
+    def send_part(link: _Link) -> None:
+        try:
+            link.send(HEADER.pack(MAGIC, FRAME_VERSION, 0, declared) + bytes(sent))
+        except OSError:  # the server stopped reading (it refused or dropped the frame): the attack is over
+            pass
+
+    threads = [threading.Thread(target=send_part, args=(link,), daemon=True) for link in links]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout + 5)
+    return links
+
+
+# Every attack of issue 13 that runs against a live server, by name (also the attacking device's name).
+ATTACKS = ("descriptor_flood", "oversized_shape", "train_forever", "half_sent_frames", "resend",
+           "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames")
+_OUTCOMES = ("max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs", "max_width",
+             "max_layers", "max_classes", "zero samples", "revoked", "header of", "closed", "invalid message")
+
+
+def outcome_kind(text: str) -> str:
+    """An attack's outcome reduced to the limit or rule that stopped it."""
+    return next((key for key in _OUTCOMES if key in text), text[:60])
+
+
+def revoked_channel(address: Address, keys: KeyDirectory) -> NetworkChannel:
+    """A new device that uploads once, keeps its connection open, and is then revoked."""
+    name = f"revoked-{time.monotonic_ns()}"
+    keys.add_device(name)
+    channel = NetworkChannel(*address, *keys.device_context(name), reconnect_seconds=1.0, mode="side_network")
+    channel.request(synthetic_upload(4, 2, 8))
+    keys.revoke(name)
+    return channel
+
+
+def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading.Event, seen: Counter,
+                frame_bytes: int, flood: int) -> None:
+    """Run attack `kind` until `stop`, as device `kind` (dashes for underscores); count the outcomes.
+    `frame_bytes`: the server's frame limit; `flood`: connections the descriptor flood opens."""
+    name = kind.replace("_", "-")
+    rng = np.random.default_rng(ATTACKS.index(kind))
+    payloads = {"oversized_shape": [encode_message(synthetic_upload(0, 1, 1_000_000)),
+                                    encode_message(synthetic_upload(1, 2, 5000))],
+                "train_forever": [encode_message(TrainUntil(epochs_total=10**9))],
+                "resend": [encode_message(synthetic_upload(4096, 2, 64, seed=3))],  # 1 MiB, the same each time
+                "huge_malformed_frame": [huge_header_message(frame_bytes - MIB)],
+                "hostile_json": list(hostile_json_messages().values())}.get(kind, [])
+    revoked = revoked_channel(address, keys) if kind == "revoked_device" else None
+    while not stop.is_set():
+        try:
+            if kind == "descriptor_flood":
+                sockets = flood_descriptors(address, flood)
+                seen["connections opened"] += len(sockets)
+                stop.wait(2.0)  # silent past SILENT_SECONDS: the server sheds them before any talking peer
+                for sock in sockets:
+                    sock.close()
+            elif kind == "half_sent_frames":  # one connection more than the per-device default
+                links = hold_partial_frames(address, keys, name, 5, frame_bytes, frame_bytes - frame_bytes // 16)
+                seen.update(outcome(link) for link in links)
+                for link in links:
+                    link.close()
+            elif revoked is not None:  # an open connection, revoked after it was opened
+                revoked.request(synthetic_upload(4, 2, 8))
+                seen["answered upload_ack"] += 1
+            elif kind == "fuzz_frames":
+                _, frame = next(hostile_frames(rng, 1, frame_bytes))
+                link = connect(address, keys, name)
+                link.send(frame)
+                seen[outcome_kind(outcome(link))] += 1
+                link.close()
+            for payload in payloads:
+                link = connect(address, keys, name)
+                reply = exchange(link, payload)
+                seen[outcome_kind(getattr(reply, "reason", f"answered {reply.TYPE}"))] += 1
+                link.close()
+        except (OSError, ConnectionError, ProtocolError) as exc:
+            seen[outcome_kind(str(exc) if "revoked" in str(exc) else f"closed ({type(exc).__name__})")] += 1
+        stop.wait(0.05)
+
+
+def main() -> None:
+    """`python -m protocol.transport.abuse --target HOST:PORT --keys DIR`: every attack in its own thread
+    until stdin closes. Prints "ready" once each attack has run; a line "snapshot" on stdin fixes the
+    counts to report; they are printed as JSON at the end."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--target", required=True, help="HOST:PORT of the server (loopback)")
+    parser.add_argument("--keys", required=True, help="key directory holding a device per attack name")
+    parser.add_argument("--frame-mib", type=float, default=64.0, help="the server's --max-frame-mib")
+    parser.add_argument("--flood", type=int, default=1024, help="connections of the descriptor flood")
+    args = parser.parse_args()
+    host, port = args.target.rsplit(":", 1)
+    keys, stop = KeyDirectory(Path(args.keys)), threading.Event()
+    seen = {kind: Counter() for kind in ATTACKS}
+    for kind in ATTACKS:
+        threading.Thread(target=attack_loop, args=(kind, (host, int(port)), keys, stop, seen[kind],
+                                                   int(args.frame_mib * MIB), args.flood), daemon=True).start()
+    while not all(seen.values()):  # every attack has run once: the server is under all of them
+        time.sleep(0.1)
+    print("ready", flush=True)
+    snapshot = None
+    for line in sys.stdin:
+        if line.strip() == "snapshot":
+            snapshot = {kind: dict(counts.most_common(4)) for kind, counts in seen.items()}
+    stop.set()
+    print(json.dumps(snapshot or {kind: dict(counts.most_common(4)) for kind, counts in seen.items()}))
+
+
+if __name__ == "__main__":
+    main()

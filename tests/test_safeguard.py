@@ -1,0 +1,77 @@
+"""The safeguard's honesty and power, by simulation: side outputs no better than the backbone are deployed in at
+most 5% of trials, while choosing the factor and testing it on the same samples (the earlier design) is not held
+to that; a side output that is clearly better is deployed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from secure_assist.safeguard import SHRINK_GRID, choose_shrink, mcnemar_greater
+
+TRIALS = 400
+VALIDATION = 200
+
+
+def _backbone(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_b, labels, margin): a backbone right on ~80% of samples, with a spread of confidence."""
+    labels = rng.integers(0, 2, n)
+    margin = rng.normal(1.2, 1.5, n)  # logit of the true class minus the other's
+    logits = np.zeros((n, 2))
+    logits[np.arange(n), labels] = margin
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, labels, margin
+
+
+def _noise(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A side output of pure noise (e.g. a DP-noised head that learned nothing), at a random scale."""
+    probs, labels, _ = _backbone(rng, n)
+    side = rng.normal(0.0, rng.choice([0.05, 0.2, 1.0]), (n, 2))
+    return probs, labels, side - side.mean(axis=1, keepdims=True)
+
+
+def _trade(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A side output that pushes toward the truth exactly as often as away from it, strongest where the backbone
+    is least sure: every shrink factor is, in expectation, no better than the backbone."""
+    probs, labels, _ = _backbone(rng, n)
+    toward = np.where(rng.random(n) < 0.5, 1.0, -1.0) * rng.exponential(0.3, n)
+    side = np.zeros((n, 2))
+    side[np.arange(n), labels] = toward / 2
+    side[np.arange(n), 1 - labels] = -toward / 2
+    return probs, labels, side
+
+
+def _same_sample_deploys(probs: np.ndarray, side: np.ndarray, labels: np.ndarray) -> bool:
+    """The earlier design: the best factor on the split, tested on the same split."""
+    right = [(probs + s * side).argmax(axis=1) == labels for s in SHRINK_GRID]
+    best = int(np.argmax([r.mean() for r in right]))
+    return best > 0 and mcnemar_greater(right[best], right[0]) <= 0.05
+
+
+@pytest.mark.parametrize("scenario", [_noise, _trade], ids=["noise", "trade"])
+def test_a_side_output_no_better_than_the_backbone_is_rarely_deployed(scenario) -> None:
+    rng = np.random.default_rng(1)
+    deployed = same_sample = 0
+    for trial in range(TRIALS):
+        probs, labels, side = scenario(rng, VALIDATION)
+        deployed += choose_shrink(probs, side, labels, seed=trial).factor > 0
+        same_sample += _same_sample_deploys(probs, side, labels)
+    assert deployed / TRIALS <= 0.05, deployed
+    # Exact binomial: the cross-fitted rate is not above 5% at 95% confidence either.
+    assert binomtest(deployed, TRIALS, 0.05, alternative="greater").pvalue > 0.05
+    assert same_sample >= deployed  # selecting on the test samples only ever looks better
+
+
+def test_a_clearly_better_side_output_is_deployed() -> None:
+    rng = np.random.default_rng(2)
+    deployed = 0
+    for trial in range(50):
+        probs, labels, _ = _backbone(rng, VALIDATION)
+        fixes = rng.random(VALIDATION) < 0.5  # half the samples get a push toward the truth
+        side = np.zeros((VALIDATION, 2))
+        side[np.arange(VALIDATION), labels] = np.where(fixes, 0.4, 0.0)
+        decision = choose_shrink(probs, side, labels, seed=trial)
+        deployed += decision.factor > 0
+        assert decision.validation_accuracy_chosen >= decision.validation_accuracy_backbone
+    assert deployed >= 45
