@@ -13,6 +13,7 @@ the wire vs PAE's.
 
     python benchmarks/modes.py --workdir /work/runs/modes                 # SmolLM2-135M, 2,000 / full dev
     python benchmarks/modes.py --workdir /tmp/modes --model tiny-llama --train-samples 64 --eval-samples 32
+    python benchmarks/modes.py --workdir /work/runs/modes_raw --phases he_tls,he_local --safeguard-fraction 0
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def phase_command(phase: str, args: argparse.Namespace, address: str | None, key
         common += ["--eval-samples", str(args.eval_samples)]
     if not args.fresh_forwards:
         common += ["--reuse-forwards"]
+    if args.safeguard_fraction is not None:
+        common += ["--safeguard-fraction", str(args.safeguard_fraction)]
     he = ["--mechanism", "he_ckks"] if phase.startswith("he_") else []
     if phase.endswith("_tls"):
         # A loaded machine can take longer than the default 600 s to train 19 cached epochs.
@@ -107,6 +110,9 @@ def main() -> None:
     parser.add_argument("--fresh-forwards", action="store_true",
                         help="run the backbone in every phase instead of reusing the device's forward cache "
                              "(reused passes are counted with the seconds measured when they were computed)")
+    parser.add_argument("--safeguard-fraction", type=float, default=None,
+                        help="the device's validation share in every phase (default: each mode's own; 0 deploys the "
+                             "raw head, e.g. to compare HE over TLS with HE in process on the whole training set)")
     args = parser.parse_args()
     phases = [p for p in args.phases.split(",") if p]
     unknown = [p for p in phases if p not in PHASES]
@@ -130,7 +136,8 @@ def main() -> None:
             server.wait(timeout=60)
     print(json.dumps({"setting": {"model": args.model, "train_samples": args.train_samples,
                                   "eval_samples": args.eval_samples or "full dev", "epochs": args.epochs,
-                                  "seed": args.seed, "cpu_threads": os.cpu_count()},
+                                  "seed": args.seed, "cpu_threads": os.cpu_count(),
+                                  "safeguard_fraction": args.safeguard_fraction or "each mode's default"},
                       "phases": {p: {k: s.get(k) for k in KEYS + ("process_wall_seconds",)} for p, s in done.items()},
                       "comparisons": compare(done)}, indent=1))
 
