@@ -16,7 +16,7 @@ parametrization come from it. Attack modules register themselves with `@register
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from protocol.transcript import ServerView
 
 # What a result holds, by attack family (ALIGNMENT: an estimate of the device's secret rotation).
 LABELS, SCORES, RECONSTRUCTION, EXTRACTION, ALIGNMENT = "labels", "scores", "reconstruction", "extraction", "alignment"
+# Generation views: the predicted answer token at every loss position of each sample.
+ANSWER_TOKENS = "answer_tokens"
 
 
 class NotApplicable(SecureAssistError):
@@ -50,6 +52,9 @@ class PublicFeatures:
 
 # texts, layers -> what the public backbone yields at the pivot for them.
 FeatureFunction = Callable[[list[str], tuple[int, ...]], PublicFeatures]
+# public instruction examples, layer -> (that layer's states at their answer positions (N, d),
+# the input token id at each of those positions (N,)), from the public backbone.
+AnswerStateFunction = Callable[[list[Any], int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class PublicKnowledge:
     candidate_texts: tuple[str, ...] = ()  # a pool the attacker matches uploads against
     features: FeatureFunction | None = None
     seed: int = 0
+    # Generation tasks: public instruction examples (with answers) and the public backbone's
+    # states at their answer positions (the auditor supplies it, as it does `features`).
+    public_examples: tuple[Any, ...] = ()
+    answer_states: AnswerStateFunction | None = None
     # The device's mechanisms, which the server is assumed to know (not their secrets); None: unknown.
     mechanisms: tuple[str, ...] | None = None
     # (sample id, text) of uploads whose text the server knows: texts it made the device process
@@ -91,7 +100,7 @@ class AttackResult:
     # SCORES: (n,) continuous score for class 1; LABELS, optionally: (n, C) per-class scores (AUC).
     scores: np.ndarray | None = None
     texts: list[str] | None = None  # reconstructed texts, for RECONSTRUCTION
-    token_ids: list[list[int]] | None = None  # per-position recovered token ids, if any
+    token_ids: list[list[int]] | None = None  # per-position recovered token ids (prompt or answer tokens)
     model: object | None = None  # the server's assembled model, for EXTRACTION
     rotation: np.ndarray | None = None  # (L, d, d) estimate R̂ of the secret rotations, for ALIGNMENT
     details: dict[str, object] = field(default_factory=dict)

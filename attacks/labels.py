@@ -20,7 +20,7 @@ from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.side_network import network_from_arrays
+from protocol.side_network import AdditiveSideNetwork, network_from_arrays
 from protocol.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK, ServerView
 
 
@@ -148,8 +148,9 @@ class SideModelLabelling(Attack):
         return _scored(self, data, _zero_shot_probs(self, data, public) + side)
 
 
-def load_side_network(attack: Attack, view: ServerView) -> torch.nn.Module:
-    """φ as the server checkpointed it."""
+def load_side_network(attack: Attack, view: ServerView,
+                      cls: type[AdditiveSideNetwork] = AdditiveSideNetwork) -> torch.nn.Module:
+    """φ (as `cls`) as the server checkpointed it."""
     path = view.side_network_path
     if not path.is_file():
         raise attack.missing("side_network.safetensors (a trained side network)")
@@ -158,7 +159,7 @@ def load_side_network(attack: Attack, view: ServerView) -> torch.nn.Module:
         architecture = json.loads(metadata["architecture"])
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"side-network checkpoint {path} lacks its architecture") from exc
-    return network_from_arrays(state, architecture).eval()
+    return network_from_arrays(state, architecture, cls).eval()
 
 
 def probe_features(activations: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:

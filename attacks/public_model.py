@@ -40,6 +40,11 @@ def logit_lens(backbone: Backbone, states: np.ndarray) -> np.ndarray:
     return backbone.public_head(normed).float().cpu().numpy()
 
 
+def head_matrix(backbone: Backbone) -> np.ndarray:
+    """The public LM head W_U (vocab, d), float32."""
+    return backbone.model.get_output_embeddings().weight.detach().float().cpu().numpy()
+
+
 def input_embeddings(backbone: Backbone) -> np.ndarray:
     """The public token embedding matrix (vocab, d)."""
     return backbone.model.get_input_embeddings().weight.detach().float().cpu().numpy()

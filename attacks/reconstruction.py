@@ -251,7 +251,7 @@ class FullActivationInversion(Attack):
             batch_states, batch_tokens = token_states(backbone, public.task, corpus[start:start + 32], data.first_layer)
             states.append(batch_states)
             tokens.append(batch_tokens)
-        mapping = _ridge_map(np.concatenate(states), input_embeddings(backbone)[np.concatenate(tokens)], self.RIDGE)
+        mapping = ridge_map(np.concatenate(states), input_embeddings(backbone)[np.concatenate(tokens)], self.RIDGE)
         index = EmbeddingIndex(backbone)
         token_ids, texts = [], []
         for sample in data.activations:
@@ -262,7 +262,7 @@ class FullActivationInversion(Attack):
                             token_ids=token_ids, details={"layer": data.first_layer, "public_tokens": int(sum(len(t) for t in tokens))})
 
 
-def _ridge_map(states: np.ndarray, targets: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+def ridge_map(states: np.ndarray, targets: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
     """x -> (x - mean) W + target mean, W the ridge solution on centred public pairs."""
     mean, target_mean = states.mean(axis=0), targets.mean(axis=0)
     centred = states - mean

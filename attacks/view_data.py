@@ -57,7 +57,8 @@ def pivot_data(view: ServerView, attack: Attack, need_delta: bool = False) -> Pi
         message = record.message
         raw_ids, activations = getattr(message, "sample_ids", None), getattr(message, "activations", None)
         if (record.direction != INBOUND or raw_ids is None or activations is None or activations.ndim != 3
-                or hasattr(message, "attention_mask")):  # all-token uploads are not pivot uploads
+                or hasattr(message, "attention_mask")  # all-token uploads are not pivot uploads
+                or hasattr(message, "counts")):  # nor are generation uploads (several positions per sample)
             continue
         layers = tuple(getattr(message, "layers", range(1, activations.shape[1] + 1)))
         delta = _plain_delta(message)
@@ -140,3 +141,47 @@ def gradient_data(view: ServerView, attack: Attack) -> GradientData:
         raise attack.missing("output_gradients (only split learning sends gradients)")
     return GradientData(sample_ids=ids, gradients=np.stack(rows))
 
+
+
+@dataclass
+class AnswerData:
+    """Generation uploads: every sample's loss-position rows, in arrival order (first copy of each id)."""
+
+    sample_ids: list[str]
+    counts: np.ndarray  # (n,) rows of each sample
+    activations: np.ndarray  # float32 (sum counts, len(layers), d)
+    layers: tuple[int, ...]
+    residual: np.ndarray | None  # float32 (sum counts, d): r_t as received
+
+    def sample_rows(self) -> list[slice]:
+        """Each sample's rows."""
+        ends = np.cumsum(self.counts)
+        return [slice(int(e - c), int(e)) for e, c in zip(ends, self.counts)]
+
+    def layer(self, attack: Attack, number: int) -> np.ndarray:
+        """States of one backbone layer at every row, or the typed error if it was not uploaded."""
+        if number not in self.layers:
+            raise attack.lacks(f"activations of layer {number}, which the device did not upload")
+        return self.activations[:, self.layers.index(number)]
+
+
+def answer_data(view: ServerView, attack: Attack, need_residual: bool = False) -> AnswerData:
+    """States (and r when present) at the loss positions of every generation upload."""
+    ids, counts, acts, residual, layers, seen = [], [], [], [], None, set()
+    for record in view.messages():
+        message = record.message
+        if record.direction != INBOUND or getattr(message, "counts", None) is None:
+            continue
+        layers = tuple(message.layers)
+        for sample_id, rows in zip(hex_ids(message.sample_ids), message.sample_rows()):
+            if sample_id in seen:
+                continue
+            seen.add(sample_id)
+            ids.append(sample_id)
+            counts.append(rows.stop - rows.start)
+            acts.append(message.activations[rows].astype(np.float32))
+            residual.append(message.residual[rows].astype(np.float32))
+    if not ids:
+        raise attack.missing("answer-position activations (no generation upload in this view)")
+    return AnswerData(sample_ids=ids, counts=np.array(counts, np.int64), activations=np.concatenate(acts),
+                      layers=layers, residual=np.concatenate(residual) if need_residual else None)

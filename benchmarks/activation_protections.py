@@ -37,6 +37,7 @@ from protocol.device_features import ForwardCachingDevice
 from protocol.model_io import load_finetuned
 from protocol.transcript import ServerView
 from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.audit.rows import ACCURACY
 from secure_assist.audit.verdict import headline, leak_clauses
 from secure_assist.auditor import (
     load_ground_truth, run_on_view, score_alignment, score_labels, upload_texts,
@@ -100,7 +101,8 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
     labels = [r for r in rows if r["status"] == "ok" and r["kind"] == "labels" and r["activations_only"]]
     best = max(labels, key=lambda r: r["balanced_accuracy"]) if labels else None
     keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "accuracy", "ci95")
-    variant = {"variant": name, "attacks": rows, "dp_check": None, "utility": {"mechanisms": summary["mechanisms"]},
+    variant = {"variant": name, "attacks": rows, "dp_check": None,
+               "utility": {"metric": ACCURACY.key, "mechanisms": summary["mechanisms"]},
                "activations_only_baseline": best and {k: best[k] for k in keys}}
     k = int(correct.sum())
     out = {"variant": name, "mechanisms": list(config.mechanism), "accuracy": summary["accuracy"],

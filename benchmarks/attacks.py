@@ -37,7 +37,7 @@ from protocol.device_features import encode_dataset
 from protocol.tasks import SST2, Example, builtin_split, sample
 from protocol.transcript import INBOUND, ServerView, TranscriptWriter
 from protocol.messages import encode_message
-from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair
 from secure_assist.auditor import load_ground_truth, run_attack, upload_texts
 from secure_assist.public_knowledge import default_public_knowledge
 from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
@@ -109,8 +109,8 @@ def mechanisms_section(releases: int) -> list[dict[str, Any]]:
                                    "attacks": [_row(name, target, public) for name in LABEL_ATTACKS]}
         if mechanism in ("gaussian", "label_rr"):
             cls = MECHANISMS[mechanism]
-            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), device,
-                                                      (train[0].text, train[1].text), releases)
+            pair = release_pair(device, cls.dp_target, train[:2], releases)
+            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), pair)
         rows.append(row)
     return rows
 

@@ -54,7 +54,7 @@ def _phase_lora(args: argparse.Namespace) -> dict:
     from protocol.backbone import load_backbone
     from protocol.baselines.local_lora import LoraSettings, run_local_lora
     from protocol.tasks import SST2
-    from secure_assist.run import accuracy
+    from secure_assist.kinds.classification import accuracy
     from secure_assist.resources import PeakMemory
 
     train, evaluate = _train(args), _eval(args)
@@ -71,7 +71,7 @@ def _phase_mobillm(args: argparse.Namespace) -> dict:
     from protocol.backbone import load_backbone
     from protocol.baselines.mobillm import run_mobillm
     from protocol.tasks import SST2
-    from secure_assist.run import accuracy
+    from secure_assist.kinds.classification import accuracy
 
     train = _train(args)[:args.mobillm_samples]
     evaluate = _eval(args)[:args.mobillm_samples]
@@ -100,7 +100,7 @@ def _eval(args: argparse.Namespace) -> list:
 PHASES = {"inference": _phase_inference, "pae": _phase_pae, "lora": _phase_lora, "mobillm": _phase_mobillm}
 
 
-def _cached_phase(args: argparse.Namespace) -> dict:
+def cached_phase(phases: dict, args: argparse.Namespace) -> dict:
     """A phase's result, kept in the work directory so an interrupted run resumes where it stopped
     (and a phase can run ahead in another process with the same arguments)."""
     from protocol.files import write_atomic
@@ -108,19 +108,20 @@ def _cached_phase(args: argparse.Namespace) -> dict:
     path = Path(args.workdir) / f"{args.phase}.json" if args.workdir else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
-    result = PHASES[args.phase](args)
+    result = phases[args.phase](args)
     if path is not None:
         write_atomic(path, json.dumps(result).encode())
     return result
 
 
-def _run_phase(name: str, argv: list[str]) -> dict:
+def run_phase(script: str, name: str, argv: list[str]) -> dict:
+    """Run one phase of `script` in its own process (its peak RSS is its own); its JSON result."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--phase", name, *argv], check=True,
+    out = subprocess.run([sys.executable, script, "--phase", name, *argv], check=True,
                          capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["phase_wall_seconds"] = time.perf_counter() - start
-    print(f"[core_pae] {name} done in {result['phase_wall_seconds']:.0f} s", file=sys.stderr)
+    print(f"[{Path(script).stem}] {name} done in {result['phase_wall_seconds']:.0f} s", file=sys.stderr)
     return result
 
 
@@ -146,14 +147,14 @@ def main() -> None:
     parser.add_argument("--phases", default="inference,pae,lora,mobillm")
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(_cached_phase(args)))
+        print(json.dumps(cached_phase(PHASES, args)))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="core-pae-")
     shared = ("model", "train_samples", "eval_samples", "epochs", "lora_epochs", "mobillm_samples", "inference_samples",
               "batch_size", "seed", "workdir")
     argv = [item for name in shared if getattr(args, name) is not None
             for item in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
-    results = {name: _run_phase(name, argv) for name in args.phases.split(",")}
+    results = {name: run_phase(__file__, name, argv) for name in args.phases.split(",")}
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("phase",)}
     if {"pae", "mobillm"} <= results.keys():
         pae_bytes = results["pae"]["upload_bytes_per_sample"]

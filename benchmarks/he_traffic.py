@@ -35,7 +35,8 @@ from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import PrivacyWarning
 from secure_assist.mechanisms.ckks import to_bytes
 from secure_assist.mechanisms.ridge import ridge_operator
-from secure_assist.run import apply_safeguard, build_mechanisms, hold_out_indices, make_device
+from secure_assist.kinds import task_kind
+from secure_assist.run import build_mechanisms, hold_out_indices
 
 TRAFFIC_KEYS = ("accuracy", "zero_shot_accuracy", "n_train", "bytes_up", "bytes_down", "upload_bytes_per_sample")
 HE_KEYS = ("he_public_context_bytes", "he_ciphertext_bytes_per_sample", "he_fit_reply_bytes",
@@ -53,7 +54,8 @@ def plaintext_reference(config: FinetuneConfig, he_summary: dict[str, Any]) -> d
     """The HE run's head refitted on plaintext Δ: same feature map and split, same safeguard, same dev set."""
     task, train, evaluate = resolve_data(config)
     mechanisms = build_mechanisms(config)
-    device = make_device(config, task, mechanisms, progress=False)
+    kind = task_kind(config)
+    device = kind.make_device(config, task, mechanisms, progress=False)
     pivots, dev_pivots = encode_dataset(device, train), encode_dataset(device, evaluate)
     upload_idx, validation_idx = hold_out_indices(len(train), config)
     labels = torch.tensor([train[i].label for i in upload_idx])
@@ -75,7 +77,7 @@ def plaintext_reference(config: FinetuneConfig, he_summary: dict[str, Any]) -> d
         he_head = RidgeHead(deployed.feature_map, deployed.weights / factor)
         result["he_head_accuracy_unshrunk"] = dev_accuracy(he_head)
         result["max_weight_error_vs_he_head"] = float(np.abs(he_head.weights - weights).max())
-    result["safeguard"] = apply_safeguard(device, head, [train[i] for i in validation_idx])
+    result["safeguard"] = kind.safeguard(device, head, [train[i] for i in validation_idx], config.seed)
     result["accuracy"] = dev_accuracy(head)
     feature_map = deployed.feature_map
     result["feature_map_bytes"] = int(feature_map.mean.nbytes + feature_map.scale.nbytes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -94,10 +94,13 @@ def pivot_outputs(backbone: Backbone, task: TaskSpec, texts: list[str], layers: 
     return states, label_logits
 
 
-class DeviceRole:
-    """Runs the frozen backbone on the device's own data."""
+class ForwardDevice:
+    """What every device role shares: the frozen backbone, the uploaded layers and their
+    payload dtype, batched inference passes with a progress bar, cost counters, and the
+    protection transform every upload goes through. Subclasses define one pass
+    (`run_batch`), the upload it yields (`make_upload`) and what the mechanisms see."""
 
-    def __init__(self, backbone: Backbone, task: TaskSpec, layers: tuple[int, ...] | None = None,
+    def __init__(self, backbone: Backbone, task: object, layers: tuple[int, ...] | None = None,
                  payload_dtype: str = "float16", batch_size: int = 16, progress: bool = True,
                  transform: UploadTransform | None = None) -> None:
         if payload_dtype not in PAYLOAD_DTYPES:
@@ -110,7 +113,6 @@ class DeviceRole:
         bad = [i for i in self.layers if not 1 <= i <= backbone.n_layers]
         if bad or len(set(self.layers)) != len(self.layers):
             raise UserInputError(f"layers {list(self.layers)} must be distinct and within 1..{backbone.n_layers}")
-        self.label_ids = backbone.label_token_ids(task.label_words)
         self.payload_dtype = payload_dtype
         self.batch_size = batch_size
         self.progress = progress
@@ -122,21 +124,74 @@ class DeviceRole:
         self.reused_forwards = 0
         self.reused_forward_seconds = 0.0
 
+    def rounded(self, states: torch.Tensor) -> torch.Tensor:
+        """Float32 states rounded as the payload dtype sends them (the side output sees the same values)."""
+        return states.to(torch.float16).float() if self.payload_dtype == "float16" else states.float()
+
+    def run_batch(self, chunk: list[Any]) -> Any:
+        """One inference-only pass over a batch of examples (subclasses)."""
+        raise NotImplementedError
+
+    def make_upload(self, chunk: list[Any], outputs: Any, sample_ids: np.ndarray) -> Message:
+        """The plain upload of one batch (subclasses)."""
+        raise NotImplementedError
+
+    def mechanism_inputs(self, chunk: list[Any], outputs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The device-only (labels, label logits) the protection mechanisms may read (subclasses)."""
+        raise NotImplementedError
+
+    def batches(self, examples: list[Any], description: str) -> Iterator[tuple[list[Any], Any]]:
+        """Forward passes over `examples`, batch by batch, with a progress bar."""
+        chunks = [examples[i:i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
+        for chunk in tqdm(chunks, desc=description, unit="batch", disable=not self.progress, leave=False):
+            yield chunk, self.run_batch(chunk)
+
+    def upload(self, channel: Channel, examples: list[Any]) -> np.ndarray:
+        """Epoch 1: forward every example once and upload it; return the sample ids used."""
+        all_ids = []
+        for chunk, outputs in self.batches(examples, "device forward + upload"):
+            ids = new_sample_ids(len(chunk))
+            self.send(channel, chunk, outputs, ids)
+            all_ids.append(ids)
+        self.finish(channel)
+        return np.concatenate(all_ids)
+
+    def send(self, channel: Channel, chunk: list[Any], outputs: Any, sample_ids: np.ndarray) -> None:
+        """Upload one batch, through the protection transform when there is one."""
+        upload = self.make_upload(chunk, outputs, sample_ids)
+        if self.transform is None:
+            channel.request(upload)
+            return
+        for message in self.transform.transform(upload, *self.mechanism_inputs(chunk, outputs)):
+            channel.request(message)
+
+    def finish(self, channel: Channel) -> None:
+        """Send what the protection transform held back (nothing without one)."""
+        if self.transform is not None:
+            for message in self.transform.flush():
+                channel.request(message)
+
+
+class DeviceRole(ForwardDevice):
+    """Runs the frozen backbone on the device's own data (classification: one pivot per sample)."""
+
+    def __init__(self, backbone: Backbone, task: TaskSpec, layers: tuple[int, ...] | None = None,
+                 payload_dtype: str = "float16", batch_size: int = 16, progress: bool = True,
+                 transform: UploadTransform | None = None) -> None:
+        super().__init__(backbone, task, layers, payload_dtype, batch_size, progress, transform)
+        self.label_ids = backbone.label_token_ids(task.label_words)
+
     def forward(self, texts: list[str]) -> PivotBatch:
         """One inference-only pass over a batch of texts."""
         start = time.perf_counter()
         with torch.inference_mode():
             states, label_logits = pivot_outputs(self.backbone, self.task, texts, self.layers, self.label_ids)
-        rounded = states.to(torch.float16).float() if self.payload_dtype == "float16" else states.float()
         self.forward_samples += len(texts)
         self.forward_seconds += time.perf_counter() - start
-        return PivotBatch(activations=rounded.cpu(), label_logits=label_logits.float().cpu())
+        return PivotBatch(activations=self.rounded(states).cpu(), label_logits=label_logits.float().cpu())
 
-    def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
-        """Forward passes over `examples`, batch by batch, with a progress bar."""
-        chunks = [examples[i:i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
-        for chunk in tqdm(chunks, desc=description, unit="batch", disable=not self.progress, leave=False):
-            yield chunk, self.forward([e.text for e in chunk])
+    def run_batch(self, chunk: list[Example]) -> PivotBatch:
+        return self.forward([e.text for e in chunk])
 
     def make_upload(self, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray) -> Upload:
         """The message for one batch: ids, pivot activations and Δ (labels stay here)."""
@@ -146,31 +201,8 @@ class DeviceRole:
                       activations=pivots.activations.numpy().astype(PAYLOAD_DTYPES[self.payload_dtype]),
                       delta=delta.numpy().astype(np.float32), layers=self.layers)
 
-    def upload(self, channel: Channel, examples: list[Example]) -> np.ndarray:
-        """Epoch 1: forward every example once and upload it; return the sample ids used."""
-        all_ids = []
-        for chunk, pivots in self.batches(examples, "device forward + upload"):
-            ids = new_sample_ids(len(chunk))
-            self.send(channel, chunk, pivots, ids)
-            all_ids.append(ids)
-        self.finish(channel)
-        return np.concatenate(all_ids)
-
-    def send(self, channel: Channel, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray) -> None:
-        """Upload one batch, through the protection transform when there is one."""
-        upload = self.make_upload(chunk, pivots, sample_ids)
-        if self.transform is None:
-            channel.request(upload)
-            return
-        labels = np.array([e.label for e in chunk])
-        for message in self.transform.transform(upload, labels, pivots.label_logits.numpy()):
-            channel.request(message)
-
-    def finish(self, channel: Channel) -> None:
-        """Send what the protection transform held back (nothing without one)."""
-        if self.transform is not None:
-            for message in self.transform.flush():
-                channel.request(message)
+    def mechanism_inputs(self, chunk: list[Example], pivots: PivotBatch) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([e.label for e in chunk]), pivots.label_logits.numpy()
 
     def scores(self, examples: list[Example], side: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
         """(p_b, p_b + g(A)) per example, computed locally with no traffic."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from protocol.codec import DEFAULT_MAX_BYTES, MAX_MESSAGE_HEADER_BYTES, decode, encode
 from protocol.errors import ProtocolError
+from protocol.generation_messages import GenerationUpload, HeadGram
 from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
 from protocol.message_base import (  # noqa: F401  (re-exported: the message API lives here)
@@ -272,6 +273,7 @@ _MESSAGE_CLASSES: tuple[type[Message], ...] = (
     FetchWeights, SideWeights, ErrorReply,
     EncryptedUpload, HeFitRequest, HeFitReply,
     SplitForward, SplitActivations, SplitBackward, CutGradients,
+    HeadGram, GenerationUpload,
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _MESSAGE_CLASSES}
 if len(MESSAGE_TYPES) != len(_MESSAGE_CLASSES):

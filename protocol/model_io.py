@@ -1,5 +1,7 @@
 """A deployable fine-tuned model: a reference to the public backbone plus its side output.
 
+The task is a classification task or a generation task (its record names its kind).
+
 The side output is any registered `protocol.side_output.SideOutput` (the side network φ,
 the CKKS mode's ridge head); `head_kind` in the metadata names its kind (files without it
 hold φ).
@@ -21,6 +23,7 @@ from protocol.codec import decode, encode
 from protocol.errors import ProtocolError, UserInputError
 from protocol.files import write_atomic
 from protocol.side_network import AdditiveSideNetwork
+from protocol.instructions import GENERATION_TASK, InstructionTask
 from protocol.side_output import SideOutput, side_output_from_arrays
 from protocol.tasks import TaskSpec
 
@@ -32,7 +35,7 @@ class FineTunedModel:
     """Everything the device needs to predict locally: argmax(p_b + side_network(A))."""
 
     backbone: str
-    task: TaskSpec
+    task: TaskSpec | InstructionTask
     layers: tuple[int, ...]
     payload_dtype: str
     side_network: SideOutput  # φ, or another mode's side output (e.g. the CKKS ridge head)
@@ -52,14 +55,29 @@ def _digest(state: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def task_record(task: TaskSpec | InstructionTask) -> dict[str, object]:
+    """The model file's JSON record of a task; a generation task names its kind."""
+    if isinstance(task, InstructionTask):
+        return task.to_json()
+    record = asdict(task)
+    return {**record, "label_words": list(record["label_words"]), "labels": list(record["labels"])}
+
+
+def task_from_record(record: dict[str, object]) -> TaskSpec | InstructionTask:
+    """The task of a model file (records without a kind are classification tasks)."""
+    record = dict(record)
+    if record.pop("kind", None) == GENERATION_TASK:
+        return InstructionTask(**record)
+    return TaskSpec(**{**record, "label_words": tuple(record["label_words"]), "labels": tuple(record["labels"])})
+
+
 def save_finetuned(path: Path | str, model: FineTunedModel) -> None:
     """Write the model file atomically."""
     state, architecture = model.side_network.to_arrays()
-    task = asdict(model.task)
     metadata = {
         "format": FORMAT,
         "backbone": model.backbone,
-        "task": json.dumps({**task, "label_words": list(task["label_words"]), "labels": list(task["labels"])}),
+        "task": json.dumps(task_record(model.task)),
         "layers": json.dumps(list(model.layers)),
         "payload_dtype": model.payload_dtype,
         "head_kind": model.head_kind,
@@ -80,10 +98,9 @@ def load_finetuned(path: Path | str) -> FineTunedModel:
             raise UserInputError(f"{path} is not a secure-assist fine-tuned model ({FORMAT})")
         if _digest(state) != metadata.get("sha256"):
             raise UserInputError(f"{path} failed its integrity check (SHA-256 mismatch): the file is corrupt")
-        task = json.loads(metadata["task"])
         return FineTunedModel(
             backbone=metadata["backbone"],
-            task=TaskSpec(**{**task, "label_words": tuple(task["label_words"]), "labels": tuple(task["labels"])}),
+            task=task_from_record(json.loads(metadata["task"])),
             layers=tuple(json.loads(metadata["layers"])),
             payload_dtype=metadata["payload_dtype"],
             side_network=side_output_from_arrays(metadata.get("head_kind", AdditiveSideNetwork.KIND), state,

@@ -15,6 +15,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -79,17 +80,23 @@ def cosine_factor(epochs_elapsed: float, horizon: int) -> float:
 class SideTuningServer(RecordingEndpoint):
     """PAE server for one device; its work directory is its whole view.
 
+    Training batches are drawn by sample; a subclass whose samples own several rows (the
+    generation server: one row per loss position) says so through `_training_set`.
+
     Devices are served from threads of one process, so every random draw uses this
     device's own generators, never torch's global one: another device's timing cannot
     change this device's initial weights or shuffling.
     """
+
+    NETWORK: ClassVar[type[AdditiveSideNetwork]] = AdditiveSideNetwork
+    UPLOAD: ClassVar[type[Message]] = Upload
 
     def __init__(self, workdir: Path | str, training: ServerTraining = ServerTraining(),
                  max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
                  stop: threading.Event | None = None) -> None:
         super().__init__(workdir, max_message_bytes, limits, stop)
         self.training = training
-        self.cache = ActivationCache(self.workdir / CACHE_FILE)
+        self.cache = self._open_cache()
         self.network: AdditiveSideNetwork | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.layers: tuple[int, ...] | None = None
@@ -107,9 +114,12 @@ class SideTuningServer(RecordingEndpoint):
         self.cache.close()
         super().close()
 
+    def _open_cache(self) -> ActivationCache:
+        return ActivationCache(self.workdir / CACHE_FILE)
+
     def handle(self, message: Message) -> Message:
         """Dispatch one decoded request."""
-        if isinstance(message, Upload):
+        if isinstance(message, self.UPLOAD):
             return self._on_upload(message)
         if isinstance(message, TrainRequest):
             return self._on_train(message.epochs)
@@ -118,6 +128,10 @@ class SideTuningServer(RecordingEndpoint):
         if isinstance(message, FetchWeights):
             return self._weights_message()
         return super().handle(message)
+
+    def _output_size(self, upload: Upload) -> int:
+        """Side values per row: C, the classes of Δ."""
+        return upload.delta.shape[1]
 
     def admit(self, message: Message) -> None:
         """The endpoint-generic limits, and the epochs a training request would reach."""
@@ -131,25 +145,28 @@ class SideTuningServer(RecordingEndpoint):
 
     def samples_after(self, message: Message) -> int:
         """Cached samples once `message` is stored (repeated ids are not stored again)."""
-        if isinstance(message, Upload):
+        if isinstance(message, self.UPLOAD):
             return len(self.cache) + self.cache.count_new(message.sample_ids)
         return len(self.cache)
 
     def recorded_form(self, message: Message, data: bytes) -> bytes:
         """A re-sent upload the cache holds exactly is recorded by ids and digest: it tells the
         server nothing new, and re-sending must not grow the transcript by a full copy each time."""
-        if (isinstance(message, Upload) and message.layers == self.layers
-                and self.cache.holds(message.sample_ids, message.activations, message.delta)):
+        if isinstance(message, self.UPLOAD) and message.layers == self.layers and self._holds(message):
             return encode_message(ResentUpload(sample_ids=message.sample_ids,
                                                sha256=hashlib.sha256(data).hexdigest(), wire_bytes=len(data)))
         return data
 
+    def _holds(self, upload: Upload) -> bool:
+        """Whether the cache holds every sample of `upload` with exactly its values."""
+        return self.cache.holds(upload.sample_ids, upload.activations, upload.delta)
+
     def _ensure_network(self, upload: Upload) -> None:
         shape = SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
-                                 rank=self.training.rank, n_classes=upload.delta.shape[1])
+                                 rank=self.training.rank, n_classes=self._output_size(upload))
         if self.network is None:
             init = torch.Generator().manual_seed(self.training.seed)
-            self.network = AdditiveSideNetwork(shape, self.training.dropout, generator=init)
+            self.network = self.NETWORK(shape, self.training.dropout, generator=init)
             # The first upload fixes the input standardization (see side_network's docstring).
             self.network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
             self.layers = upload.layers
@@ -176,14 +193,31 @@ class SideTuningServer(RecordingEndpoint):
         for group in self.optimizer.param_groups:
             group["lr"] = self.training.learning_rate * group["lr_scale"] * factor
 
+    def _store(self, upload: Upload) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Cache the upload: (which samples were new, the new samples' training inputs and targets)."""
+        new = self.cache.put_many(upload.sample_ids, upload.activations, upload.delta)
+        return new, torch.from_numpy(upload.activations[new]), torch.from_numpy(upload.delta[new])
+
+    def _training_set(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every cached row's inputs and targets in arrival order, and the sample boundaries
+        (row offsets, n + 1 of them; None: one row per sample)."""
+        _, acts, delta = self.cache.load_all()
+        return torch.from_numpy(acts), torch.from_numpy(delta), None
+
+    @staticmethod
+    def _rows(samples: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """The rows of the given samples."""
+        if offsets is None:
+            return samples
+        return torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in samples.tolist()])
+
     def _on_upload(self, upload: Upload) -> UploadAck:
         self._ensure_network(upload)
-        new = self.cache.put_many(upload.sample_ids, upload.activations, upload.delta)
+        new, inputs, targets = self._store(upload)
         if new.any():
             self._steps.append(self._trained_rows + int(new.sum()))
             # Epoch 1 consumes uploads as they arrive; a resent sample is not trained on twice.
-            self._step(torch.from_numpy(upload.activations[new].astype(np.float32)),
-                       torch.from_numpy(upload.delta[new]))
+            self._step(inputs, targets)
             self._trained_rows += int(new.sum())
             self._uploads_since_checkpoint += 1
             if self._uploads_since_checkpoint >= self.training.checkpoint_every_uploads:
@@ -193,7 +227,8 @@ class SideTuningServer(RecordingEndpoint):
     def _step(self, activations: torch.Tensor, delta: torch.Tensor) -> float:
         self.network.train()
         self.optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self.network(activations), delta)
+        # Inputs stay in the payload dtype in memory and become float32 one batch at a time.
+        loss = nn.functional.mse_loss(self.network(activations.float()), delta)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
@@ -203,31 +238,36 @@ class SideTuningServer(RecordingEndpoint):
             raise ProtocolError("nothing to train on: no upload received yet")
         if self.epochs_done == 0:
             self.epochs_done = 1  # the streaming pass over uploads was epoch 1
-        _, acts, delta = self.cache.load_all()
-        activations, targets = torch.from_numpy(acts.astype(np.float32)), torch.from_numpy(delta)
+        activations, targets, offsets = self._training_set()
+        samples = len(targets) if offsets is None else len(offsets) - 1
         # The decay spans this request: a restarted server asked for the same total
         # (TrainUntil) resumes on the same schedule.
         horizon = self.epochs_done + epochs
         loss = 0.0
         for _ in range(epochs):
-            order = torch.randperm(len(targets), generator=self._generator)
+            order = torch.randperm(samples, generator=self._generator)
             batches = order.split(self.training.batch_size)
             losses = []
             for index, batch in enumerate(batches):
                 self.check_stop()  # a shutdown abandons the epoch; the last checkpoint stays the truth
                 if self.training.cosine_decay:
                     self._set_lr(cosine_factor(self.epochs_done + index / len(batches), horizon))
-                losses.append(self._step(activations[batch], targets[batch]))
+                rows = self._rows(batch, offsets)
+                losses.append(self._step(activations[rows], targets[rows]))
             loss = float(np.mean(losses))
             self.epochs_done += 1
             self._save_checkpoint()
         self._set_lr(1.0)
-        return TrainReport(epochs_done=self.epochs_done, samples=len(targets), loss=loss)
+        return TrainReport(epochs_done=self.epochs_done, samples=samples, loss=loss)
+
+    def _served_network(self) -> AdditiveSideNetwork:
+        """The side output as the device deploys it (the trained network itself here)."""
+        return self.network
 
     def _weights_message(self) -> SideWeights:
         if self.network is None:
             raise ProtocolError("no side network yet: upload first")
-        return SideWeights(state=state_arrays(self.network), architecture=self._architecture())
+        return SideWeights(state=state_arrays(self._served_network()), architecture=self._architecture())
 
     def _architecture(self) -> dict[str, object]:
         return asdict(self.network.shape)
@@ -240,7 +280,7 @@ class SideTuningServer(RecordingEndpoint):
         resume = {**network, **optimizer_arrays(self.optimizer), **generator_array(self._generator)}
         write_atomic(self.workdir / TRAINING_STATE_FILE,
                      encode(resume, {**metadata, "trained_rows": str(self._trained_rows)}))
-        write_atomic(self.workdir / SIDE_NETWORK_FILE, encode(network, metadata))
+        write_atomic(self.workdir / SIDE_NETWORK_FILE, encode(state_arrays(self._served_network()), metadata))
         self._uploads_since_checkpoint = 0
 
     def _restore_checkpoint(self) -> None:
@@ -259,7 +299,7 @@ class SideTuningServer(RecordingEndpoint):
             self._trained_rows = int(metadata.get("trained_rows", len(self.cache)))
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"corrupt side-network checkpoint {path}: {exc}") from exc
-        self.network = network_from_arrays(state, architecture)
+        self.network = network_from_arrays(state, architecture, self.NETWORK)
         self._make_optimizer()
         if optimizer:
             load_optimizer_arrays(self.optimizer, optimizer)
@@ -277,10 +317,11 @@ class SideTuningServer(RecordingEndpoint):
             # waits for each acknowledgement); it was one step.
             self._steps.append(total)
             bounds.append(total)
-        _, acts, delta = self.cache.load_all()
+        activations, targets, offsets = self._training_set()
         start = self._trained_rows
         for end in bounds:
-            self._step(torch.from_numpy(acts[start:end].astype(np.float32)), torch.from_numpy(delta[start:end]))
+            rows = self._rows(torch.arange(start, end), offsets)
+            self._step(activations[rows], targets[rows])
             start = end
         self._trained_rows = total
         self._save_checkpoint()

@@ -111,7 +111,15 @@ class AdditiveSideNetwork(nn.Module):
     @classmethod
     def from_arrays(cls, state: dict[str, np.ndarray], architecture: dict[str, object]) -> "AdditiveSideNetwork":
         """Rebuild from `to_arrays` output (validated)."""
-        return network_from_arrays(state, architecture)
+        return network_from_arrays(state, architecture, cls)
+
+
+class HiddenCorrection(AdditiveSideNetwork):
+    """The generation side output: the uploaded layers' states at each position (N, L, d) ->
+    a hidden-space correction s_t (N, d); the device adds W_U s_t to the next-token logits.
+    Same adapters and gates as φ; the head maps to the hidden size instead of C classes."""
+
+    KIND = "hidden_correction"
 
 
 def state_arrays(network: AdditiveSideNetwork) -> dict[str, np.ndarray]:
@@ -119,9 +127,10 @@ def state_arrays(network: AdditiveSideNetwork) -> dict[str, np.ndarray]:
     return {name: tensor.detach().cpu().float().numpy().copy() for name, tensor in network.state_dict().items()}
 
 
-def network_from_arrays(state: dict[str, np.ndarray], architecture: dict[str, object]) -> AdditiveSideNetwork:
-    """Rebuild φ from arrays; names or shapes that do not match the architecture are errors."""
-    network = AdditiveSideNetwork(SideNetworkShape.from_dict(architecture))
+def network_from_arrays(state: dict[str, np.ndarray], architecture: dict[str, object],
+                        cls: type[AdditiveSideNetwork] = AdditiveSideNetwork) -> AdditiveSideNetwork:
+    """Rebuild φ (as `cls`) from arrays; names or shapes that do not match the architecture are errors."""
+    network = cls(SideNetworkShape.from_dict(architecture))
     expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
     found = {name: tuple(a.shape) for name, a in state.items()}
     if expected != found:

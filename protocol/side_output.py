@@ -1,6 +1,7 @@
 """What a device deploys next to the frozen backbone: a side output added to p_b.
 
-Every training mode yields one (the side network φ, the CKKS mode's ridge head; a
+Every training mode yields one (the side network φ, the CKKS mode's ridge head, the
+generation mode's hidden-space correction, added to the next-token logits through the head; a
 mechanism may wrap it in the map it applied to the uploads, e.g. the secret rotation of
 `activation_rotation`); the
 safeguard, the model file and `predict` use only this interface, never a concrete
@@ -16,7 +17,7 @@ import torch
 
 from protocol.ridge_head import RidgeHead
 from protocol.input_maps import ClippedInput, RotatedInput
-from protocol.side_network import AdditiveSideNetwork
+from protocol.side_network import AdditiveSideNetwork, HiddenCorrection
 
 
 class SideOutput(Protocol):
@@ -42,7 +43,8 @@ class SideOutput(Protocol):
         """(tensors, architecture) that `from_arrays` rebuilds it from."""
 
 
-SIDE_OUTPUTS: dict[str, type] = {cls.KIND: cls for cls in (AdditiveSideNetwork, RidgeHead, RotatedInput, ClippedInput)}
+SIDE_OUTPUTS: dict[str, type] = {cls.KIND: cls for cls in (AdditiveSideNetwork, RidgeHead, HiddenCorrection,
+                                                             RotatedInput, ClippedInput)}
 
 
 def side_output_from_arrays(kind: str, state: dict[str, np.ndarray], architecture: dict[str, object]) -> SideOutput:

@@ -15,8 +15,11 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from protocol.errors import UserInputError
+
+T = TypeVar("T")
 
 # Protects the loader from a pathological file (one row should never be this large).
 MAX_TEXT_CHARS = 20_000
@@ -60,6 +63,10 @@ class Example:
 
     text: str
     label: int
+
+    def record(self) -> dict[str, object]:
+        """What the device's ground truth keeps of this example."""
+        return {"label": self.label, "text": self.text}
 
 
 # The template is a measured choice (BENCHMARKS.md "Core", 2,000 training samples, dev set):
@@ -119,12 +126,18 @@ def _rows(path: Path, text: str) -> list[tuple[int, dict[str, object]]]:
     return rows
 
 
-def load_examples(path: Path | str, task: TaskSpec) -> list[Example]:
-    """Read labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz)."""
-    path = Path(path)
+def read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    """(line number, record) pairs of a TSV, CSV or JSONL file (optionally .gz); no rows is an error."""
     rows = _rows(path, _read_text(path))
     if not rows:
         raise UserInputError(f"{path}: no examples")
+    return rows
+
+
+def load_examples(path: Path | str, task: TaskSpec) -> list[Example]:
+    """Read labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz)."""
+    path = Path(path)
+    rows = read_rows(path)
     label_index = {label: i for i, label in enumerate(task.labels)}
     examples = []
     for number, record in rows:
@@ -156,7 +169,7 @@ def builtin_split(task_name: str, split: str) -> list[Example]:
         return load_examples(path, BUILTIN_TASKS[task_name])
 
 
-def sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+def sample(examples: list[T], n: int | None, seed: int) -> list[T]:
     """A seed-fixed random subset of n examples (all of them, shuffled, when n is None)."""
     if n is not None and not 0 < n <= len(examples):
         raise UserInputError(f"asked for {n} examples but only {len(examples)} are available")

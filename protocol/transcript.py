@@ -39,7 +39,12 @@ SIDE_NETWORK = "side_network"  # φ, trained and kept by the server in the clear
 ENCRYPTED_HEAD = "encrypted_head"  # the CKKS head: the server computed enc(W) and its feature map
 FULL_ACTIVATIONS = "full_activations"  # every token's states (MobiLLM-style, split learning)
 GRADIENTS = "gradients"  # output gradients (split learning)
-VIEW_FIELDS = (PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK, ENCRYPTED_HEAD, FULL_ACTIVATIONS, GRADIENTS)
+# Generation tasks: states at every loss position, r_t there, and the server's hidden-space correction.
+ANSWER_ACTIVATIONS = "answer_activations"
+RESIDUAL = "residual"
+HIDDEN_CORRECTION = "hidden_correction"
+VIEW_FIELDS = (PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK, ENCRYPTED_HEAD, FULL_ACTIVATIONS, GRADIENTS, ANSWER_ACTIVATIONS,
+               RESIDUAL, HIDDEN_CORRECTION)
 _RECORD = struct.Struct("<BQ")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from attacks.base import (
-    ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
+    ALIGNMENT, ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
     PublicKnowledge, get_attack,
 )
 from attacks.reconstruction import words
@@ -27,10 +27,12 @@ from protocol.backbone import DEFAULT_BACKBONE
 from protocol.device import DeviceRole
 from protocol.device_features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError
+from protocol.instructions import InstructionExample, InstructionTask
 from protocol.model_io import load_finetuned
 from protocol.input_maps import input_rotations, unrotate
 from protocol.tasks import SST2, Example, TaskSpec, builtin_split
 from protocol.transcript import ServerView
+from secure_assist.answer_audit import score_answers, score_generation_extraction
 from secure_assist.audit.sampling import memory_view
 from secure_assist.modes import MODES
 from secure_assist.public_knowledge import default_public_knowledge
@@ -71,10 +73,11 @@ def run_on_view(attack: Attack, view: ServerView, public: PublicKnowledge) -> At
 
 @dataclass(frozen=True)
 class Truth:
-    """One uploaded sample as the device knows it."""
+    """One uploaded sample as the device knows it (generation: its text and answer, no label)."""
 
     label: int
     text: str
+    answer: str | None = None
 
 
 def load_ground_truth(workdir: Path) -> dict[str, Truth]:
@@ -86,7 +89,8 @@ def load_ground_truth(workdir: Path) -> dict[str, Truth]:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             row = json.loads(line)
-            truth[row["sample_id"]] = Truth(label=int(row["label"]), text=str(row["text"]))
+            truth[row["sample_id"]] = Truth(label=int(row.get("label", -1)), text=str(row["text"]),
+                                            answer=row.get("answer"))
         except (ValueError, KeyError, TypeError) as exc:
             raise UserInputError(f"{path}:{number}: malformed ground-truth row ({exc})") from exc
     return truth
@@ -194,8 +198,8 @@ def score_alignment(result: AttackResult, attack: Attack, view: ServerView, work
 
 
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
-               backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-               progress: bool = True, held_out: list[Example] | None = None,
+               backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
+               progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
                public_file: str | None = None, keep: frozenset[str] | None = None) -> dict[str, Any]:
     """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
     return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file=public_file,
@@ -203,18 +207,19 @@ def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = 
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
-          backbone_name: str | None = None, task: TaskSpec | None = None, seed: int = 0,
-          progress: bool = True, held_out: list[Example] | None = None,
+          backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
+          progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
           view: ServerView | None = None, public_file: str | None = None,
           keep: frozenset[str] | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
-    task's unused rows). `held_out`: the inputs model extraction is scored on (default: the
-    task's whole dev split); runs pass their own evaluation split, whose device forwards
-    they already hold. `view`: what the attack reads (default: the run's server view as
-    stored; e.g. a view an alignment attack realigned). `keep`: attack only these uploads
-    (hex sample ids; a `SampledView` of the stored view)."""
+    task's unused rows; a generation view needs `public_file`). `held_out`: the inputs model
+    extraction is scored on (default: the task's whole dev split; for generation, the public
+    examples); runs pass their own evaluation split, whose device forwards they already hold.
+    `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
+    alignment attack realigned). `keep`: attack only these uploads (hex sample ids; a
+    `SampledView` of the stored view)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -235,6 +240,11 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
         report.update(score_scores(result, truth, seed))
     elif attack.KIND == RECONSTRUCTION:
         report.update(score_reconstruction(result, truth, public_backbone(backbone_name).tokenizer, task, seed))
+    elif attack.KIND == ANSWER_TOKENS:
+        report.update(score_answers(result, [t.answer for t in _aligned(result, truth)], backbone_name, task, seed))
+    elif attack.KIND == EXTRACTION and isinstance(task, InstructionTask):
+        report.update(score_generation_extraction(result.model, load_finetuned(workdir / MODEL_FILE),
+                                                  held_out or list(public.public_examples), seed, progress))
     elif attack.KIND == EXTRACTION:
         report.update(score_extraction(result, workdir, backbone_name, task,
                                        held_out or builtin_split(task.name, "dev"), progress))

@@ -28,17 +28,25 @@ class RunSettings:
 
     model: str = option(DEFAULT_BACKBONE, "backbone: 'smollm2-135m' (embedded), a tiny-* test model, a local path "
                                            "or a cached hub id")
-    task: str = option("sst2", "built-in task name (sst2) or 'custom' (with --train-file, --template, "
-                                "--label-words, --labels)")
+    task: str = option("sst2", "built-in task name (sst2), 'custom' (with --train-file, --template, "
+                                "--label-words, --labels) or 'generation' (instruction data with free-text "
+                                "answers, with --train-file)")
     train_file: str | None = option(None, "training data file (CSV, TSV or JSONL)")
     eval_file: str | None = option(None, "evaluation data file (default: a held-out split of --train-file)")
-    template: str | None = option(None, "prompt template containing {text}")
+    template: str | None = option(None, "prompt template: {text} for classification; {instruction} and {input} "
+                                        "for generation (default there: the backbone's chat template)")
     label_words: tuple[str, ...] | None = option(None, "label words separated by '|', e.g. ' negative| positive' "
                                                         "(each one token)", separator="|")
     labels: tuple[str, ...] | None = option(None, "label values as they appear in the data, comma-separated, in "
                                                    "label-word order")
     text_column: str = option("sentence", "column holding the text")
     label_column: str = option("label", "column holding the label")
+    instruction_column: str = option("instruction", "column holding the instruction (generation)")
+    input_column: str = option("input", "column holding the optional input (generation)")
+    output_column: str = option("output", "column holding the answer (generation)")
+    max_answer_tokens: int = option(32, "answer tokens trained and generated per sample (generation)")
+    rouge_samples: int = option(100, "evaluation prompts whose greedy generations are scored with ROUGE-L "
+                                     "(generation)")
     train_samples: int | None = option(2000, "number of training samples (seed-fixed subset)")
     eval_samples: int | None = option(None, "number of evaluation samples (default: all)")
     epochs: int = option(20, "training epochs (epoch 1 streams the uploads, later ones run from the cache)")
@@ -59,15 +67,17 @@ class RunSettings:
     workdir: str = option("runs/finetune", "directory for the server view, cache and fine-tuned model")
     # The training mode (secure_assist.modes.MODES); None: the first one every mechanism supports
     # (side_network, or ckks_ridge with he_ckks).
-    mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local; default: the one the "
-                                     "mechanisms imply)")
+    mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local, generation, "
+                                     "generation_local; default: the one the task and mechanisms imply)")
     # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order; their
     # parameters are the generated fields below.
     mechanism: tuple[str, ...] = option(("none",), "comma-separated privacy mechanisms, composed: "
                                          + ", ".join(MECHANISMS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
-    # the unprotected baseline ('none'), secure_assist.safeguard.VALIDATION_SHARE (0.2) for any protected run.
+    # the unprotected classification baseline ('none'), secure_assist.safeguard.VALIDATION_SHARE (0.2)
+    # for any protected classification run, 0.1 for every generation run (the device picks the
+    # correction's scale there).
     safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "
                                                      "safeguard")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
@@ -76,7 +86,7 @@ class RunSettings:
                                           "the same data")
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "device_batch_size", "rank", "server_batch_size")
+        positive = ("epochs", "device_batch_size", "rank", "server_batch_size", "max_answer_tokens", "rouge_samples")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")

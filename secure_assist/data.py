@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from protocol.errors import UserInputError
+from protocol.instructions import InstructionTask
 from protocol.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
 from secure_assist.config import FinetuneConfig
 
 # Share of a custom train file held out for evaluation when no eval file is given.
 HELD_OUT_FRACTION = 0.2
+
+E = TypeVar("E")
 
 
 def resolve_task(config: FinetuneConfig) -> TaskSpec:
@@ -23,12 +27,27 @@ def resolve_task(config: FinetuneConfig) -> TaskSpec:
                         labels=config.labels or base.labels,
                         text_column=config.text_column, label_column=config.label_column)
     if config.task != "custom":
-        raise UserInputError(f"unknown task {config.task!r}; use one of {sorted(BUILTIN_TASKS)} or 'custom'")
+        raise UserInputError(f"unknown task {config.task!r}; use one of {sorted(BUILTIN_TASKS)}, 'custom' or "
+                             "'generation'")
     missing = [name for name in ("train_file", "template", "label_words", "labels") if getattr(config, name) is None]
     if missing:
         raise UserInputError(f"a custom task needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
     return TaskSpec(name="custom", template=config.template, label_words=config.label_words,
                     labels=config.labels, text_column=config.text_column, label_column=config.label_column)
+
+
+def subsets(config: FinetuneConfig, train_pool: list[E], eval_pool: list[E] | None) -> tuple[list[E], list[E]]:
+    """(training, evaluation) examples: seed-fixed subsets of the pools; without an evaluation
+    pool, a seed-fixed share of the training pool, disjoint from the training samples."""
+    if eval_pool is None:
+        shuffled = sample(train_pool, None, config.seed)
+        cut = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
+        eval_pool, train_pool = shuffled[:cut], shuffled[cut:]
+    train = sample(train_pool, min(config.train_samples, len(train_pool)) if config.train_samples else None,
+                   config.seed)
+    evaluate = (sample(eval_pool, min(config.eval_samples, len(eval_pool)), config.seed + 1)
+                if config.eval_samples else eval_pool)
+    return train, evaluate
 
 
 def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[Example]]:
@@ -45,17 +64,11 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
     elif config.train_file is None:
         eval_pool = builtin_split(task.name, "dev")
     else:
-        shuffled = sample(train_pool, None, config.seed)
-        cut = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
-        eval_pool, train_pool = shuffled[:cut], shuffled[cut:]
-    train = sample(train_pool, min(config.train_samples, len(train_pool)) if config.train_samples else None,
-                   config.seed)
-    evaluate = (sample(eval_pool, min(config.eval_samples, len(eval_pool)), config.seed + 1)
-                if config.eval_samples else eval_pool)
-    return task, train, evaluate
+        eval_pool = None
+    return (task, *subsets(config, train_pool, eval_pool))
 
 
-def file_provenance(path: str | None, task: TaskSpec, split: str) -> dict[str, object]:
+def file_provenance(path: str | None, task: TaskSpec | InstructionTask, split: str) -> dict[str, object]:
     """Where a split came from: the file (or the embedded copy) and the sha256 of its bytes."""
     if path is None:
         resource = resources.files("protocol") / "data" / task.name / f"{split}.tsv.gz"
@@ -64,18 +77,21 @@ def file_provenance(path: str | None, task: TaskSpec, split: str) -> dict[str, o
     return {"source": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
-def data_provenance(config: FinetuneConfig, task: TaskSpec, train: list[Example],
-                    evaluate: list[Example]) -> dict[str, object]:
+def data_provenance(config: FinetuneConfig, task: TaskSpec | InstructionTask, train: list[Example] | list[E],
+                    evaluate: list[Example] | list[E]) -> dict[str, object]:
     """The data an audit ran on: each file's sha256 and the rows used (training rows include
-    the device's validation split of protected runs)."""
+    the device's validation split of protected runs); a classification task adds its
+    template, labels and class counts."""
     builtin = config.train_file is None
     eval_source = config.eval_file or config.train_file
-    return {"task": task.name, "template": task.template, "label_words": list(task.label_words),
-            "labels": list(task.labels), "classes": task.n_classes,
+    labelled = isinstance(task, TaskSpec)
+    return {"task": task.name,
+            **({"template": task.template, "label_words": list(task.label_words), "labels": list(task.labels),
+                "classes": task.n_classes} if labelled else {}),
             "train": {**file_provenance(config.train_file, task, "train"), "rows_used": len(train),
-                      "class_counts": class_counts(train, task)},
+                      **({"class_counts": class_counts(train, task)} if labelled else {})},
             "eval": {**file_provenance(eval_source, task, "dev"), "rows_used": len(evaluate),
-                     "class_counts": class_counts(evaluate, task),
+                     **({"class_counts": class_counts(evaluate, task)} if labelled else {}),
                      "split": "its own file" if config.eval_file or builtin else
                               f"{HELD_OUT_FRACTION:.0%} of --train-file held out (seed-fixed)"}}
 

@@ -1,4 +1,5 @@
-"""Local prediction with a fine-tuned model file: argmax(p_b + g_φ(A)) on the device."""
+"""Local prediction with a fine-tuned model file, on the device: argmax(p_b + g_φ(A)) for a
+classification model, greedy answers with the correction for a generation model."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ from typing import Any
 
 from protocol.backbone import load_backbone
 from protocol.device import DeviceRole
-from protocol.model_io import load_finetuned
+from protocol.generation_device import GenerationDevice
+from protocol.instructions import InstructionExample, InstructionTask
+from protocol.model_io import FineTunedModel, load_finetuned
 from protocol.tasks import Example
 
 
 def predict_texts(model_file: str, texts: list[str], progress: bool = True) -> list[dict[str, Any]]:
-    """One row per text: the predicted label, its label word and both probability vectors."""
+    """One row per text: the predicted label, its label word and both probability vectors; for a
+    generation model, the text is the instruction and the row holds the generated answer."""
     model = load_finetuned(model_file)
+    if isinstance(model.task, InstructionTask):
+        return generate_answers(model, texts, progress)
     device = DeviceRole(load_backbone(model.backbone), model.task, layers=model.layers,
                         payload_dtype=model.payload_dtype, progress=progress)
     # Labels are unknown at prediction time; 0 is a placeholder the scores never read.
@@ -24,3 +30,13 @@ def predict_texts(model_file: str, texts: list[str], progress: bool = True) -> l
                      "scores": [round(float(v), 6) for v in final],
                      "backbone_probabilities": [round(float(v), 6) for v in base]})
     return rows
+
+
+def generate_answers(model: FineTunedModel, instructions: list[str], progress: bool = True) -> list[dict[str, Any]]:
+    """Greedy answers (at most the model's max_answer_tokens) of a generation model, one row per instruction."""
+    device = GenerationDevice(load_backbone(model.backbone), model.task, layers=model.layers,
+                              payload_dtype=model.payload_dtype, progress=progress)
+    examples = [InstructionExample(instruction=text, input="", output="") for text in instructions]
+    answers = device.generate(examples, model.side_network)
+    return [{"text": text, "answer": device.backbone.tokenizer.decode(ids, skip_special_tokens=True)}
+            for text, ids in zip(instructions, answers)]

@@ -4,7 +4,9 @@ Device: data and hold-out split, one inference-only forward pass per sample, the
 mechanisms, a resumable epoch-1 upload; then the mode finishes the training (the
 server trains φ, or fits an encrypted head; `device_local` trains on the device) and
 hands back a side output, which the device restores (mechanisms), safeguards,
-evaluates and saves. `finetune` runs it in process, `device` against `serve` over TLS,
+evaluates and saves. What depends on the task (data, the device's passes, the safeguard's
+metric, the evaluation) comes from its kind (`secure_assist.kinds`: classification or
+generation). `finetune` runs it in process, `device` against `serve` over TLS,
 and `audit` / `compare` through `finetune`: the same code for all of them.
 """
 
@@ -12,39 +14,37 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
-from protocol.backbone import load_backbone
 from protocol.channel import Channel, InProcessChannel
-from protocol.device import DeviceRole
-from protocol.device_features import ForwardCachingDevice
+from protocol.device import ForwardDevice
 from protocol.errors import UserInputError
 from protocol.messages import Hello, ModeAccepted, expect
 from protocol.model_io import FineTunedModel, save_finetuned
 from protocol.side_output import SideOutput
-from protocol.tasks import Example, TaskSpec
 from secure_assist.config import FinetuneConfig
-from secure_assist.data import resolve_data
+from secure_assist.kinds import task_kind
 from secure_assist.mechanisms import MECHANISMS, MechanismChain
 from secure_assist.modes import TrainingMode, resolve_mode
 from secure_assist.modes.host import ModeHost
 from secure_assist.resources import PeakMemory
-from secure_assist.safeguard import VALIDATION_SHARE, choose_shrink, shrink_network
 from secure_assist.summary import RunSummary
 from secure_assist.upload import run_key, upload_resumable
 from secure_assist.workdir import (
     DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, SERVER_DIR, prepare_workdir,
 )
 
+E = TypeVar("E")
+
 
 def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -> MechanismChain:
     """The configured protections for the run's mode; every configuration error (unknown
     names, missing parameters, a mechanism the mode does not support, a mode without the
-    stage it needs) surfaces here, before anything is computed or sent."""
-    mode = mode or resolve_mode(config.mode, config.mechanism)
+    stage it needs, a mode of another task kind) surfaces here, before anything is computed or sent."""
+    mode = mode or resolve_mode(config.mode, config.mechanism, task_kind(config).name)
     chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode)
     if mode.required_stage is not None and chain.stage(mode.required_stage) is None:
         providers = [name for name, cls in MECHANISMS.items() if cls.stage == mode.required_stage]
@@ -57,7 +57,7 @@ def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, 
     """(indices to upload, indices of the device's validation split), seed-fixed."""
     fraction = config.safeguard_fraction
     if fraction is None:
-        fraction = 0.0 if config.mechanism == ("none",) else VALIDATION_SHARE
+        fraction = task_kind(config).validation_fraction(config)
     cut = int(n_train * fraction)
     if fraction > 0 and (cut < 1 or cut >= n_train):
         raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
@@ -66,52 +66,18 @@ def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, 
     return order[cut:], order[:cut]
 
 
-def hold_out(train: list[Example], config: FinetuneConfig) -> tuple[list[Example], list[Example]]:
+def hold_out(train: list[E], config: FinetuneConfig) -> tuple[list[E], list[E]]:
     """(examples to upload, the device's validation split for the safeguard)."""
     upload, validation = hold_out_indices(len(train), config)
     return [train[i] for i in upload], [train[i] for i in validation]
 
 
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Share of argmax predictions equal to the labels."""
-    return float((probabilities.argmax(axis=1) == labels).mean())
-
-
-def make_device(config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None, progress: bool,
-                datasets: tuple[list[Example], ...] = ()) -> DeviceRole:
-    """The device role of a run (mechanisms None: nothing leaves the device, nothing to protect),
-    with its forward cache when `reuse_forwards` is set: one entry per dataset (training set,
-    evaluation set), whatever subsets of them are asked for (the upload set and the
-    safeguard's validation split share the training set's)."""
-    settings = dict(layers=config.layers, payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
-                    progress=progress, transform=mechanisms)
-    if config.reuse_forwards:
-        return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
-    return DeviceRole(load_backbone(config.model), task, **settings)
-
-
-def apply_safeguard(device: DeviceRole, side: SideOutput, validation: list[Example],
-                    seed: int = 0) -> dict[str, Any] | None:
-    """Shrink or drop the side output so it never does worse than the backbone on validation."""
-    if not validation:
-        return None
-    backbone_probs, combined = device.scores(validation, side)
-    decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
-                             seed)
-    shrink_network(side, decision.factor)
-    return {**asdict(decision), "action": decision.action}
-
-
-def evaluate_and_save(device: DeviceRole, config: FinetuneConfig, side: SideOutput, evaluate: list[Example],
-                      workdir: Path) -> tuple[float, float, Path]:
-    """(zero-shot accuracy, accuracy with the side output, model file) on the evaluation split,
-    computed on the device; the deployable model is saved."""
-    labels = np.array([e.label for e in evaluate])
-    backbone_probs, combined = device.scores(evaluate, side)
+def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, workdir: Path) -> Path:
+    """The deployable model file: the backbone's name, the task, the layers and the side output."""
     model_path = workdir / MODEL_FILE
     save_finetuned(model_path, FineTunedModel(backbone=config.model, task=device.task, layers=device.layers,
                                               payload_dtype=config.payload_dtype, side_network=side))
-    return accuracy(backbone_probs, labels), accuracy(combined, labels), model_path
+    return model_path
 
 
 def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
@@ -122,9 +88,10 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     deterministic upload in `<workdir>/device` is resumed."""
     torch.manual_seed(config.seed)
     workdir = Path(config.workdir)
-    mode = resolve_mode(config.mode, config.mechanism)
+    kind = task_kind(config)
+    mode = resolve_mode(config.mode, config.mechanism, kind.name)
     mechanisms = build_mechanisms(config, mode)
-    task, train, evaluate = resolve_data(config)
+    task, train, evaluate = kind.data(config)
     upload_set, validation = hold_out(train, config)
     host = None
     if channel is None:
@@ -135,8 +102,10 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
     try:
-        device = make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
+        device = kind.make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
+        kind.check(device, train + evaluate)
         expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
+        mode.open(channel, device)
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),
                              overwrite, on_acknowledged, resumable=mechanisms.deterministic)
@@ -152,8 +121,9 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
         if host is not None:
             host.close()
     side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
-    safeguard = apply_safeguard(device, side, validation, config.seed)
-    zero_shot, final_accuracy, model_path = evaluate_and_save(device, config, side, evaluate, workdir)
+    safeguard = kind.safeguard(device, side, validation, config.seed)
+    metrics = kind.evaluate(device, config, side, evaluate)
+    model_path = save_model(device, config, side, workdir)
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds
     cached_epochs = max(0, outcome.epochs_done - 1)
@@ -161,7 +131,7 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
                         else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
     return RunSummary(
         config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
-        mechanisms=mechanisms.describe(), safeguard=safeguard, zero_shot_accuracy=zero_shot, accuracy=final_accuracy,
+        mechanisms=mechanisms.describe(), safeguard=safeguard, metrics=metrics,
         epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
         bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,
         upload_bytes_per_sample=(uploaded_bytes if mode.uploads else 0) / max(1, len(upload_set)),

@@ -1,7 +1,7 @@
 """The typed summary of one fine-tuning run, whatever the mode and channel.
 
 `to_json` gives the JSON object `finetune` and `device` print: the keys of earlier
-versions are kept (schema 2 adds `summary_schema`, `mode` and `device_train_seconds`;
+versions are kept (a generation run has the generation metrics instead of the accuracies) (schema 2 adds `summary_schema`, `mode` and `device_train_seconds`;
 a number the device cannot know, such as the server's seconds over the network, is null)
 and a mode's own numbers (e.g. the CKKS mode's `he_*` keys) sit beside them.
 """
@@ -25,8 +25,9 @@ class RunSummary:
     n_eval: int
     mechanisms: list[dict[str, Any]]
     safeguard: dict[str, Any] | None
-    zero_shot_accuracy: float
-    accuracy: float
+    # Utility on the evaluation split, from the task kind: zero_shot_accuracy and accuracy
+    # (classification), the answer NLL, token accuracy and ROUGE-L keys (generation).
+    metrics: dict[str, Any]
     epochs: int
     epochs_done: int
     final_train_loss: float | None
@@ -53,7 +54,13 @@ class RunSummary:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-able summary: every field, the mode's details flattened beside them."""
+        """The JSON-able summary: every field, the task's metrics after `safeguard` (where the
+        accuracy keys always stood) and the mode's details flattened beside them."""
         values = asdict(self)
-        details = values.pop("details")
-        return {"summary_schema": SUMMARY_SCHEMA, **values, **details}
+        details, metrics = values.pop("details"), values.pop("metrics")
+        ordered: dict[str, Any] = {"summary_schema": SUMMARY_SCHEMA}
+        for key, value in values.items():
+            ordered[key] = value
+            if key == "safeguard":
+                ordered.update(metrics)
+        return {**ordered, **details}

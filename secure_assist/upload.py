@@ -19,9 +19,10 @@ from typing import Callable
 import numpy as np
 
 from protocol.channel import Channel
-from protocol.device import DeviceRole, new_sample_ids
+from protocol.device import ForwardDevice, new_sample_ids
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.instructions import InstructionExample
 from protocol.tasks import Example
 from secure_assist.config import FinetuneConfig
 from secure_assist.workdir import GROUND_TRUTH_FILE, write_ground_truth
@@ -29,13 +30,13 @@ from secure_assist.workdir import GROUND_TRUTH_FILE, write_ground_truth
 PROGRESS_FILE = "upload_progress.json"
 
 
-def run_key(config: FinetuneConfig, mode: str, examples: list[Example]) -> str:
+def run_key(config: FinetuneConfig, mode: str, examples: list[Example | InstructionExample]) -> str:
     """What a resumed run must share with the interrupted one: the data, the mode and the upload layout."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(f"{example.label}\t{example.text}\n".encode())
+        digest.update(json.dumps(example.record(), sort_keys=True).encode() + b"\n")
     digest.update(json.dumps([config.model, mode, config.layers, config.payload_dtype, config.device_batch_size,
-                              config.mechanism]).encode())
+                              config.mechanism, config.template, config.max_answer_tokens]).encode())
     return digest.hexdigest()
 
 
@@ -66,8 +67,8 @@ def _save_progress(path: Path, key: str, acknowledged: int) -> None:
     write_atomic(path, json.dumps({"run_key": key, "acknowledged_batches": acknowledged}).encode())
 
 
-def upload_resumable(device: DeviceRole, channel: Channel, examples: list[Example], device_dir: Path,
-                     key: str, overwrite: bool = False,
+def upload_resumable(device: ForwardDevice, channel: Channel, examples: list[Example | InstructionExample],
+                     device_dir: Path, key: str, overwrite: bool = False,
                      on_acknowledged: Callable[[int], None] | None = None, resumable: bool = True) -> np.ndarray:
     """Epoch 1 with resume: forward and upload only batches the server has not acknowledged
     (`resumable` False: an interrupted upload is refused instead of resumed)."""

@@ -1,7 +1,9 @@
 """The training-mode contract: every (mode, mechanism) pair the registries allow runs end to end
-on tiny-llama, in process and over TLS (same result both ways); the deployed model file
-reproduces the run's accuracy; every mode's messages are registered; and a new mode is one
-class plus its registration (shown here with a mode defined in this test)."""
+on tiny-llama, in process and (classification) over TLS, with the same result both ways; the
+deployed model file reproduces the run's accuracy (classification) or generates answers
+(generation, on a few Alpaca rows; generation over TLS: tests/test_generation_transport.py);
+every mode's messages are registered; and a new mode is one class plus its registration (shown
+here with a mode defined in this test)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from secure_assist.modes.side_network import SideNetworkMode
 from secure_assist.run import run_training
 from secure_assist.data import resolve_data
 from secure_assist.predict import predict_texts
+from tests.generation_data import alpaca_file
 
 BASE = FinetuneConfig(model="tiny-llama", train_samples=40, eval_samples=16, epochs=2, rank=4, epsilon=4.0,
                       activation_noise_multiplier=0.01, he_features=4, mechanism_seed=0, safeguard_fraction=0.2)
@@ -51,7 +54,14 @@ def allowed_pairs() -> Iterator[tuple[str, tuple[str, ...]]]:
 
 
 PAIRS = sorted(set(allowed_pairs()))
-NETWORK_PAIRS = [p for p in PAIRS if MODES[p[0]].uploads]
+CLASSIFICATION_PAIRS = [p for p in PAIRS if MODES[p[0]].task_kind == "classification"]
+GENERATION_PAIRS = [p for p in PAIRS if MODES[p[0]].task_kind == "generation"]
+NETWORK_PAIRS = [p for p in CLASSIFICATION_PAIRS if MODES[p[0]].uploads]
+
+
+def applied_order(chain: tuple[str, ...]) -> list[str]:
+    """The chain's mechanisms in the order they are applied (stage order)."""
+    return sorted(chain, key=lambda n: ("label", "delta", "activations", "encrypt").index(MECHANISMS[n].stage))
 
 
 def test_the_registries_allow_every_mode_and_every_mechanism() -> None:
@@ -77,13 +87,13 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyDirec
         yield keys, running
 
 
-@pytest.mark.parametrize("mode, chain", PAIRS, ids=[f"{m}-{'+'.join(c)}" for m, c in PAIRS])
+@pytest.mark.parametrize("mode, chain", CLASSIFICATION_PAIRS,
+                         ids=[f"{m}-{'+'.join(c)}" for m, c in CLASSIFICATION_PAIRS])
 def test_pair_runs_in_process_and_its_model_file_reproduces_it(tiny_llama, tmp_path: Path, mode: str,
                                                                 chain: tuple[str, ...]) -> None:
     config = replace(BASE, mode=mode, mechanism=chain, workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    assert summary["mode"] == mode and [m["name"] for m in summary["mechanisms"]] == sorted(
-        chain, key=lambda n: ("label", "delta", "activations", "encrypt").index(MECHANISMS[n].stage))
+    assert summary["mode"] == mode and [m["name"] for m in summary["mechanisms"]] == applied_order(chain)
     if MODES[mode].uploads:
         assert ServerView(summary["server_view"]).mode() == mode and summary["bytes_up"] > 0
     else:
@@ -95,6 +105,23 @@ def test_pair_runs_in_process_and_its_model_file_reproduces_it(tiny_llama, tmp_p
     labels = load_finetuned(summary["model_file"]).task.labels
     hits = [labels.index(row["label"]) == example.label for row, example in zip(rows, evaluate)]
     assert np.mean(hits) == pytest.approx(summary["accuracy"])
+
+
+@pytest.mark.parametrize("mode, chain", GENERATION_PAIRS, ids=[f"{m}-{'+'.join(c)}" for m, c in GENERATION_PAIRS])
+def test_generation_pair_runs_in_process_and_its_model_file_generates(tiny_llama, tmp_path: Path, mode: str,
+                                                                      chain: tuple[str, ...]) -> None:
+    config = replace(BASE, task="generation", train_file=str(alpaca_file(tmp_path, 30)), train_samples=20,
+                     eval_samples=4, max_answer_tokens=4, rouge_samples=2, mode=mode, mechanism=chain,
+                     workdir=str(tmp_path / "run"))
+    summary = run_finetune(config, progress=False)
+    assert summary["mode"] == mode and [m["name"] for m in summary["mechanisms"]] == applied_order(chain)
+    assert np.isfinite(summary["eval_answer_nll"]) and np.isfinite(summary["zero_shot_answer_nll"])
+    if MODES[mode].uploads:
+        assert ServerView(summary["server_view"]).mode() == mode and summary["bytes_up"] > 0
+    else:
+        assert summary["server_view"] is None and summary["bytes_up"] == summary["bytes_down"] == 0
+    rows = predict_texts(summary["model_file"], ["Name a color."], progress=False)
+    assert isinstance(rows[0]["answer"], str)
 
 
 @pytest.mark.parametrize("mode, chain", NETWORK_PAIRS, ids=[f"{m}-{'+'.join(c)}" for m, c in NETWORK_PAIRS])
@@ -109,7 +136,7 @@ def test_pair_over_tls_matches_the_in_process_run(tiny_llama, network, tmp_path:
                           NetworkChannel(*running.address, *keys.device_context(name)), progress=False)
     local = run_finetune(replace(config, workdir=str(tmp_path / "local")), progress=False)
     assert remote.mode == local["mode"] == mode and remote.n_train == local["n_train"]
-    assert remote.accuracy == local["accuracy"] and remote.safeguard == local["safeguard"]
+    assert remote.metrics["accuracy"] == local["accuracy"] and remote.safeguard == local["safeguard"]
 
 
 class SingleEpochMode(SideNetworkMode):
@@ -134,7 +161,7 @@ def test_a_new_mode_is_one_class_plus_its_registration(tiny_llama, tmp_path: Pat
     with BackgroundServer(transport) as running:
         remote = run_training(replace(config, workdir=str(tmp_path / "remote")),
                               NetworkChannel(*running.address, *keys.device_context("device")), progress=False)
-    assert remote.mode == "single_epoch" and remote.accuracy == local["accuracy"]
+    assert remote.mode == "single_epoch" and remote.metrics["accuracy"] == local["accuracy"]
 
 
 def test_rotation_mask_composes_with_he_ckks_exactly(tiny_llama, tmp_path: Path) -> None:

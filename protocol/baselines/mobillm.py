@@ -22,7 +22,9 @@ from protocol.codec import DEFAULT_MAX_BYTES
 from protocol.device import PAYLOAD_DTYPES, encode_prompts, new_sample_ids
 from protocol.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
-from protocol.messages import FetchWeights, FullUpload, Message, SideWeights, UploadAck, expect
+from protocol.generation_device import encode_answers
+from protocol.instructions import InstructionExample, InstructionTask
+from protocol.messages import FetchWeights, FullUpload, Message, SideWeights, UploadAck, encode_message, expect
 from protocol.side_network import AdditiveSideNetwork, SideNetworkShape, network_from_arrays, state_arrays
 from protocol.tasks import Example, TaskSpec
 
@@ -126,3 +128,38 @@ def run_mobillm(backbone: Backbone, task: TaskSpec, train: list[Example], evalua
         probabilities.append(torch.softmax(logits, dim=-1).numpy())
     return MobiLLMRun(bytes_up_per_epoch=per_epoch, bytes_down=channel.bytes_down, device_seconds=device_seconds,
                       device_forward_samples=forwards, probabilities=np.concatenate(probabilities))
+
+
+@dataclass
+class MobiLLMGenerationBytes:
+    """What MobiLLM-style uploads of generation samples cost the device, per epoch."""
+
+    bytes_up: int
+    samples: int
+    device_seconds: float
+
+
+def measure_generation_upload(backbone: Backbone, task: InstructionTask, examples: list[InstructionExample],
+                              batch_size: int = 4, payload_dtype: str = "float16",
+                              progress: bool = True) -> MobiLLMGenerationBytes:
+    """Serialize the MobiLLM-style upload of generation samples (every token of prompt + answer at
+    every layer) and count its bytes; the answer token ids travel as int64 labels (one per answer
+    token, flattened), the rest of the message as for classification. Nothing is trained: the
+    bytes are what one epoch sends."""
+    total, seconds = 0, 0.0
+    for start in tqdm(range(0, len(examples), batch_size), desc="MobiLLM-style generation upload",
+                      disable=not progress, leave=False):
+        chunk = examples[start:start + batch_size]
+        begin = time.perf_counter()
+        batch = encode_answers(backbone, task, chunk)
+        with torch.inference_mode():
+            out = backbone.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                            output_hidden_states=True)
+        acts = torch.stack(out.hidden_states[1:], dim=1).cpu().numpy().astype(PAYLOAD_DTYPES[payload_dtype])
+        seconds += time.perf_counter() - begin
+        upload = FullUpload(sample_ids=new_sample_ids(len(chunk)), activations=acts,
+                            attention_mask=batch.attention_mask.cpu().numpy().astype(np.uint8),
+                            labels=batch.targets.numpy().astype(np.int64)[:len(chunk)])
+        # FullUpload carries one label per sample: the other answer tokens are counted at 8 bytes each.
+        total += len(encode_message(upload)) + 8 * (len(batch.targets) - len(chunk))
+    return MobiLLMGenerationBytes(bytes_up=total, samples=len(examples), device_seconds=seconds)

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+import protocol.generation_messages as gen
 import protocol.he_messages as he
 import protocol.split_messages as split
 from protocol import messages as plain
@@ -75,6 +76,10 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
     split.SplitBackward.TYPE: lambda r: split.SplitBackward(sample_ids=_ids(r, 2),
                                                             output_gradients=_floats(r, 2, 3, 4)),
     split.CutGradients.TYPE: lambda r: split.CutGradients(gradients=_floats(r, 2, 3, 4)),
+    gen.GenerationUpload.TYPE: lambda r: gen.GenerationUpload(sample_ids=_ids(r, 2), counts=np.array([2, 1], np.int64),
+                                                              activations=_floats(r, 3, 2, 4, dtype="float16"),
+                                                              residual=_floats(r, 3, 4), layers=(1, 2)),
+    gen.HeadGram.TYPE: lambda r: gen.HeadGram(gram=np.eye(4, dtype=np.float32)),
 }
 
 # JSON texts spliced in place of one scalar field's value.

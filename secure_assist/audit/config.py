@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import UserInputError
+from protocol.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig, option
 from secure_assist.mechanisms import MECHANISMS
 
@@ -29,7 +30,8 @@ DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "label_rr@4", "he_ckks")
 PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
 DEFAULT_EPSILON = 1.0
-DEVICE_LOCAL = "device_local"
+# The reference modes that upload nothing (secure_assist.modes.MODES), by task kind.
+DEVICE_LOCAL, GENERATION_LOCAL = "device_local", "generation_local"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class AuditSettings:
                                                    "attacks.base.ATTACKS)")
     public_file: str | None = option(None, "the attacker's public data (a data file with the task's columns): "
                                            "labeled examples, unlabeled text and candidate texts (default: unused "
-                                           "rows of the built-in task, or of --train-file for custom data)")
+                                           "rows of the built-in task, or of --train-file for custom data and "
+                                           "generation)")
     with_lora: bool = option(False, "add the local LoRA reference row (trains LoRA on the device: slow)")
     attack_samples: int = option(200, "uploaded samples the reconstruction attacks read (a seed-fixed subsample, "
                                       "CIs over it); label attacks read every sample")
@@ -96,6 +99,9 @@ class AuditSettings:
         labels = [v.label for v in audit_variants(self)]
         if len(set(labels)) != len(labels):
             raise UserInputError(f"a variant is listed twice in {labels}")
+        if self.with_lora and getattr(self, "task", None) == GENERATION_TASK:
+            raise UserInputError("--with-lora trains a classification LoRA: generation audits have no local_lora row "
+                                 "(not yet supported)")
         for variant in audit_variants(self):  # every run's settings are checked now, not after hours
             variant_finetune_config(self, variant)
 
@@ -150,7 +156,8 @@ def row_finetune_config(config: AuditSettings, name: str, mechanism: str, epsilo
               if item.name not in PER_ROW_FIELDS and item.name != "epsilon"}
     return run_class(**shared, mechanism=tuple(mechanism.split("+")), epsilon=epsilon, mode=mode,
                           workdir=str(Path(config.output).resolve() / "rows" / name), mechanism_seed=config.seed,
-                          reuse_forwards=True)  # every row runs over the same data: one backbone pass
+                          # Every row runs over the same data: one backbone pass (generation runs recompute theirs).
+                          reuse_forwards=config.task != GENERATION_TASK)
 
 
 def variant_finetune_config(config: AuditSettings, variant: Variant) -> FinetuneConfig:
@@ -159,5 +166,7 @@ def variant_finetune_config(config: AuditSettings, variant: Variant) -> Finetune
 
 
 def device_local_config(config: AuditSettings) -> FinetuneConfig:
-    """The `device_local` reference row: the side network trained on the device, nothing uploaded."""
-    return row_finetune_config(config, DEVICE_LOCAL, "none", None, mode=DEVICE_LOCAL)
+    """The `device_local` reference row: the side network trained on the device, nothing uploaded
+    (the task kind's mode that uploads nothing: `device_local`, or `generation_local`)."""
+    return row_finetune_config(config, DEVICE_LOCAL, "none", None,
+                               mode=GENERATION_LOCAL if config.task == GENERATION_TASK else DEVICE_LOCAL)

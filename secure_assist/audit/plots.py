@@ -12,8 +12,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 
-from secure_assist.audit.summary import rows_of  # noqa: E402
+from attacks.base import LABELS  # noqa: E402
+from secure_assist.audit.rows import row_value  # noqa: E402
+from secure_assist.audit.summary import report_metric, rows_of  # noqa: E402
+from secure_assist.audit.verdict import HEADLINES, LEAK_WORDS, best_leak  # noqa: E402
 
+# The first plot's title (classification; `privacy_utility_title` names a generation report's).
 PRIVACY_UTILITY = "Privacy–utility: accuracy vs best label attack"
 
 
@@ -25,53 +29,76 @@ def _png(figure: plt.Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _chance(report: dict[str, Any], kind: str) -> float:
+    """Where no leak sits on a leak axis: 1/C for labels, the largest most-frequent-token share for answer tokens."""
+    if kind == LABELS:
+        return 1.0 / report["data"]["classes"]
+    return max((r["chance_baseline"] for v in report["variants"] if v["status"] == "ok" for r in v["attacks"]
+                if r["status"] == "ok" and r["kind"] == kind), default=0.0)
+
+
+def privacy_utility_title(report: dict[str, Any]) -> str:
+    """The privacy–utility plot's title in the report's utility and leak."""
+    metric = report_metric(report)
+    if metric.leak_kind == LABELS:
+        return PRIVACY_UTILITY
+    return f"Privacy–utility: {metric.label} vs best {LEAK_WORDS[metric.leak_kind][2]} attack"
+
+
 def privacy_utility(report: dict[str, Any]) -> str:
-    """x: the best label attack's balanced accuracy on the row's server view (chance for rows that
-    upload nothing), y: eval accuracy with its 95% CI; zero-shot and the activations-only baseline as lines."""
+    """x: the best leak attack's metric on the row's server view (balanced accuracy of a label
+    attack, token accuracy of an answer-token attack; chance for rows that upload nothing), y: the
+    eval utility with its 95% CI; zero-shot and the activations-only baseline as lines."""
     rows = rows_of(report)
-    chance = 1.0 / report["data"]["classes"]
+    utility = report_metric(report)
+    kind = utility.leak_kind
+    metric, interval, _ = HEADLINES[kind]
+    chance = _chance(report, kind)
     figure, axis = plt.subplots(figsize=(7.5, 4.2))
     for row, color in zip(rows, plt.cm.tab10.colors * 5):
-        leak = row.get("best_label_leak")
-        x = chance if leak is None else leak["balanced_accuracy"]
-        xerr = None if leak is None else [[x - leak["balanced_accuracy_ci95"][0]],
-                                          [leak["balanced_accuracy_ci95"][1] - x]]
-        y, (low, high) = row["utility"]["accuracy"], row["utility"]["accuracy_ci95"]
+        leak = best_leak(row)
+        x = chance if leak is None else leak[metric]
+        xerr = None if leak is None else [[x - leak[interval][0]], [leak[interval][1] - x]]
+        y, (low, high) = row_value(row)
         axis.errorbar([x], [y], yerr=[[y - low], [high - y]], xerr=xerr, fmt="s" if row.get("reference") else "o",
                       color=color, capsize=3, label=row["variant"] + (" (uploads nothing)" if row.get("reference")
                                                                        else ""))
-    zero = next(r for r in report["references"] if r["variant"] == "zero_shot")["utility"]["accuracy"]
-    axis.axhline(zero, color="gray", ls="--", lw=1, label=f"zero-shot {zero:.1%}")
-    baselines = [v["activations_only_baseline"]["balanced_accuracy"] for v in report["variants"]
+    zero = row_value(next(r for r in report["references"] if r["variant"] == "zero_shot"))[0]
+    axis.axhline(zero, color="gray", ls="--", lw=1, label=f"zero-shot {utility.text(zero)}")
+    baselines = [v["activations_only_baseline"][metric] for v in report["variants"]
                  if v["status"] == "ok" and v["activations_only_baseline"]]
     if baselines:
-        # The server reads this much from the activations alone, whatever protects Δ.
+        # The server reads this much from the activations alone, whatever protects Δ (or r).
         axis.axvline(max(baselines), color="tab:red", ls=":", lw=1, label=f"activations only {max(baselines):.1%}")
     axis.axvline(chance, color="black", ls="-", lw=0.5, alpha=0.4)
     axis.set_xlim(chance - 0.03, 1.03)
-    axis.set_xlabel("best label attack on the server's view (balanced accuracy; chance = no leak)")
-    axis.set_ylabel("eval accuracy (95% CI)")
+    axis.set_xlabel(f"best {LEAK_WORDS[kind][2]} attack on the server's view ({LEAK_WORDS[kind][3]}; "
+                    "chance = no leak)")
+    axis.set_ylabel(f"eval {utility.label} (95% CI{'' if utility.higher_is_better else '; lower is better'})")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the points, never over them
     return _png(figure)
 
 
 def label_leakage(report: dict[str, Any]) -> str:
-    """Balanced accuracy of every label attack per variant, with CIs and the chance line."""
+    """The leak metric of every label (answer-token) attack per variant, with CIs and the chance line."""
+    kind = report_metric(report).leak_kind
+    metric, interval, _ = HEADLINES[kind]
     variants = [v for v in report["variants"] if v["status"] == "ok"]
-    names = sorted({r["attack"] for v in variants for r in v["attacks"] if r["status"] == "ok" and r["kind"] == "labels"})
+    names = sorted({r["attack"] for v in variants for r in v["attacks"] if r["status"] == "ok" and r["kind"] == kind})
     figure, axis = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / max(1, len(variants))
     for i, variant in enumerate(variants):
         rows = {r["attack"]: r for r in variant["attacks"] if r["status"] == "ok"}
-        values = [rows[a]["balanced_accuracy"] if a in rows else 0.0 for a in names]
-        errors = [[v - rows[a]["balanced_accuracy_ci95"][0] if a in rows else 0 for a, v in zip(names, values)],
-                  [rows[a]["balanced_accuracy_ci95"][1] - v if a in rows else 0 for a, v in zip(names, values)]]
+        values = [rows[a][metric] if a in rows else 0.0 for a in names]
+        errors = [[v - rows[a][interval][0] if a in rows else 0 for a, v in zip(names, values)],
+                  [rows[a][interval][1] - v if a in rows else 0 for a, v in zip(names, values)]]
         axis.bar([j + i * width for j in range(len(names))], values, width, yerr=errors, label=variant["variant"],
                  capsize=2)
-    axis.axhline(1.0 / report["data"]["classes"], color="gray", ls=":", label="chance (no leak)")
+    axis.axhline(_chance(report, kind), color="gray", ls=":",
+                 label="chance (no leak)" if kind == LABELS else "most frequent answer token")
     axis.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right", fontsize=7)
-    axis.set_ylabel("balanced accuracy (95% CI)")
+    axis.set_ylabel(f"{LEAK_WORDS[kind][3]} (95% CI)")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(figure)
@@ -93,5 +120,6 @@ def upload_cost(report: dict[str, Any]) -> str:
 
 def plots(report: dict[str, Any]) -> dict[str, str]:
     """title -> base64 PNG, the privacy–utility plot first."""
-    return {PRIVACY_UTILITY: privacy_utility(report), "Label leakage per attack": label_leakage(report),
+    leak = LEAK_WORDS[report_metric(report).leak_kind][2]
+    return {privacy_utility_title(report): privacy_utility(report), f"{leak.capitalize()} leakage per attack": label_leakage(report),
             "Upload and device cost per row": upload_cost(report)}

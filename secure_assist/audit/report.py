@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from protocol.files import write_atomic
-from secure_assist.audit.plots import PRIVACY_UTILITY, plots
-from secure_assist.audit.summary import SUMMARY_HEADER, summary_table
+from secure_assist.audit.plots import plots, privacy_utility_title
+from secure_assist.audit.rows import row_value
+from secure_assist.audit.summary import report_metric, summary_header, summary_table
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 SUMMARY_TITLE = "Summary: which protection, at what cost, and what the server buys"
@@ -38,7 +39,7 @@ def _data_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for split in ("train", "eval"):
         entry = data[split]
-        counts = ", ".join(f"{k}: {v}" for k, v in entry["class_counts"].items())
+        counts = ", ".join(f"{k}: {v}" for k, v in entry["class_counts"].items()) if "class_counts" in entry else "–"
         rows.append([split, entry["source"], entry["sha256"], str(entry["rows_used"]), counts])
     public = data["public"]
     rows.append(["public (attacker)", public["source"], public.get("sha256", "–"), str(public["rows"]), "–"])
@@ -61,6 +62,8 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
             extra.append(f"accuracy {r['accuracy']:.3f} (prior {r['prior_baseline']:.3f})")
             if "auc" in r:
                 extra.append(f"AUC {r['auc']:.3f} {_ci(r['auc_ci95'])}")
+        if r["kind"] == "answer_tokens":
+            extra.append(f"word F1 {r['token_f1']:.3f}; exact answers {r['exact_match']:.3f}")
         if r.get("subsampled"):
             extra.append(f"on {r['n']} of {r['of_uploads']} uploads")
         rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r["value_ci95"]),
@@ -70,18 +73,19 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
 
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the summary, shared by the Markdown and HTML renderers."""
+    metric = report_metric(report)
     out = [("Data", ["split", "source", "sha256", "rows used", "class counts"], _data_rows(report))]
-    variants = [[v["variant"], _fmt(v["utility"]["accuracy"]), _fmt(v["utility"]["zero_shot_accuracy"]),
+    variants = [[v["variant"], _fmt(row_value(v)[0]), _fmt(v["utility"][metric.zero_shot_key]),
                  _safeguard(v), f"{v['cost']['bytes_up']:,}", _fmt(v["cost"]["device_seconds"]),
                  _fmt(v["cost"]["device_seconds_saved"]), _fmt(v["cost"]["server_seconds"]),
                  _fmt(v["cost"]["device_peak_rss_mib"]), v["verdict"]] for v in _audited(report)]
-    out.append(("Variants", ["variant", "accuracy", "zero-shot", "safeguard", "bytes up", "device s",
+    out.append(("Variants", ["variant", metric.label, "zero-shot", "safeguard", "bytes up", "device s",
                              "device s saved vs device_local", "server s", "device peak RSS MiB", "verdict"], variants))
-    references = [[r["variant"], _fmt(r["utility"]["accuracy"]), _ci(r["utility"]["accuracy_ci95"]),
+    references = [[r["variant"], _fmt(row_value(r)[0]), _ci(row_value(r)[1]),
                    _fmt(r["cost"]["device_seconds"]), _fmt(r["cost"]["device_peak_rss_mib"]), r["note"]]
                   for r in report["references"]]
     out.append(("Reference rows (nothing uploaded, nothing leaks)",
-                ["row", "accuracy", "95% CI", "device s", "device peak RSS MiB", "what it is"], references))
+                ["row", metric.label, "95% CI", "device s", "device peak RSS MiB", "what it is"], references))
     skipped = [[v["variant"], v["reason"]] for v in report["variants"] if v["status"] != "ok"]
     if skipped:
         out.append(("Skipped variants", ["variant", "reason"], skipped))
@@ -104,19 +108,26 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     return out
 
 
+def _leak_explained(report: dict[str, Any]) -> str:
+    if report_metric(report).leak_kind == "labels":
+        return "Label leakage is balanced accuracy (chance = 1/C on any class balance)"
+    return ("Answer-token leakage is token accuracy (chance: always the most frequent answer token); utility is the "
+            "answer NLL per token (lower is better)")
+
+
 def _intro(report: dict[str, Any]) -> str:
     return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
             f"{report['config']['model']}; task {report['data']['task']}; wall time {report['wall_seconds']:.0f} s; "
-            f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. Label leakage is balanced "
-            "accuracy (chance = 1/C on any class balance); device s = forward passes + training on the device (the "
-            "forward passes are computed once and each row is charged the time they took); device peak RSS = this "
-            "process's peak during the row's device phases (every row runs in the audit's one process).")
+            f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. {_leak_explained(report)}; "
+            "device s = forward passes + training on the device (the forward passes are computed once and each row "
+            "is charged the time they took); device peak RSS = this process's peak during the row's device phases "
+            "(every row runs in the audit's one process).")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
     lines = ["# secure-assist audit report", "", _intro(report), ""]
-    sections = [(SUMMARY_TITLE, list(SUMMARY_HEADER), summary_table(report))] + tables(report)
+    sections = [(SUMMARY_TITLE, list(summary_header(report)), summary_table(report))] + tables(report)
     for index, (title, header, rows) in enumerate(sections):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
@@ -146,8 +157,8 @@ def render_html(report: dict[str, Any]) -> str:
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}#summary td:first-child{font-weight:bold}"
              "</style></head><body>", "<h1>secure-assist audit report</h1>",
              f"<p>{html.escape(_intro(report))}</p>",
-             _html_table(SUMMARY_TITLE, SUMMARY_HEADER, summary_table(report), "summary"),
-             _html_image(PRIVACY_UTILITY, images.pop(PRIVACY_UTILITY)),
+             _html_table(SUMMARY_TITLE, summary_header(report), summary_table(report), "summary"),
+             _html_image(privacy_utility_title(report), images.pop(privacy_utility_title(report))),
              "<h2>Conclusions</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in report["conclusions"])
              + "</ul>"]
     parts += [_html_table(title, header, rows) for title, header, rows in tables(report)]

@@ -5,14 +5,16 @@ One pass of the backbone serves everything: the device forwards of the audit's t
 and evaluation sets are computed once, before any row runs (`secure_assist.forwards`), and
 every row and the attacker's public-backbone passes over those texts read them, whichever
 executor runs the variants; so the cost of an audit is one forward pass per sample plus the
-public texts, then training and attacks.
+public texts, then training and attacks. A generation audit (`--task generation`) has the
+same rows, scored by the answer NLL per token; its runs recompute their forward passes
+(`reuse_forwards` keeps classification passes only), and its leak is the answer tokens.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,28 +22,27 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, NotApplicable, all_attacks
-from protocol.backbone import load_backbone
-from protocol.device import DeviceRole
+from attacks.base import NotApplicable, all_attacks
 from protocol.errors import UserInputError
 from protocol.shared_forwards import serving
+from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.audit.config import (
     AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
 )
-from secure_assist.audit.dp_check import empirical_epsilon
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair
 from secure_assist.audit.rows import (
-    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, correctness, local_lora_row, reference_row, utility,
+    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, utility,
 )
 from secure_assist.audit.sampling import sample_ids
 from secure_assist.audit.summary import conclusions
-from secure_assist.audit.verdict import headline, verdict
-from secure_assist.audit.attack_runs import attack_reports
+from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, headline, verdict
 from secure_assist.auditor import load_ground_truth, upload_texts
-from secure_assist.data import data_provenance, file_provenance, resolve_data
+from secure_assist.data import data_provenance, file_provenance
 from secure_assist.executors import Executor
 from secure_assist.executors.local import LocalExecutor
 from secure_assist.finetune import run_finetune
 from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
+from secure_assist.kinds import task_kind
 from secure_assist.mechanisms import mechanism_parameters
 from secure_assist.public_knowledge import PublicData, knowledge, public_data
 from secure_assist.run import build_mechanisms
@@ -50,7 +51,6 @@ SCHEMA = "secure-assist/audit-report"
 SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
-UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
              "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
 # How the audit's one backbone pass is shared: passes a row computed, and passes it read from the device's cache.
@@ -58,6 +58,11 @@ FORWARD_KEYS = ("device_forwards", "device_forwards_reused")
 # Reported by `he_ckks` runs only.
 HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
                 "he_server_fit_seconds", "he_device_decrypt_seconds")
+# What a leak summary keeps of an attack row, by attack kind (besides its name and kind).
+LEAK_KEYS = {"labels": ("balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
+                        "prior_baseline", "auc", "auc_ci95"),
+             "answer_tokens": ("token_accuracy", "token_accuracy_ci95", "frequency_baseline", "token_f1",
+                               "exact_match")}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -93,9 +98,9 @@ def attack_names(config: AuditConfig) -> list[str]:
 
 
 def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
-            "prior_baseline", "auc", "auc_ci95")
-    return None if row is None else {k: row[k] for k in keys if k in row}
+    if row is None:
+        return None
+    return {"attack": row["attack"], "kind": row["kind"], **{k: row[k] for k in LEAK_KEYS[row["kind"]] if k in row}}
 
 
 def attack_variant(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData, public: PublicData,
@@ -121,17 +126,21 @@ def attack_variant(config: AuditConfig, variant: Variant, workdir: Path, data: E
 
 
 def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
-    """The empirical ε lower bound of the variant's DP claim (None without one)."""
+    """The empirical ε lower bound of the variant's DP claim (None without one), released from
+    the first uploads (generation: the first two whose answers have the same length)."""
     finetune_config = variant_finetune_config(config, variant)
     claiming = [m for m in build_mechanisms(finetune_config).mechanisms if m.dp_target is not None]
     if not claiming:
         return None
     # One DP check per variant: a composition ('a+b') with two claims has its first one checked.
     mechanism = type(claiming[0])
-    device = DeviceRole(load_backbone(config.model), data.task, layers=finetune_config.layers, progress=False)
-    first, second = list(load_ground_truth(workdir).values())[:2]
-    return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), device,
-                                      (first.text, second.text), config.dp_releases, config.seed))
+    device = task_kind(finetune_config).make_device(replace(finetune_config, reuse_forwards=False), data.task, None,
+                                                    progress=False)
+    by_text = {e.text: e for e in data.train}
+    uploaded = [by_text[t.text] for t in load_ground_truth(workdir).values() if t.text in by_text]
+    pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
+    return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair,
+                                      config.seed))
 
 
 def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,
@@ -146,23 +155,24 @@ def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public:
     start = time.perf_counter()
     summary = run_finetune(finetune_config, progress=progress, overwrite=True)
     workdir = Path(finetune_config.workdir)
-    correct = correctness(data.probabilities(summary["model_file"])[1], data.labels)
+    metric = data.metric
+    scores = data.scores(summary)[1]
     local = references[DEVICE_LOCAL]
     cost = {k: summary[k] for k in COST_KEYS + FORWARD_KEYS + HE_COST_KEYS if k in summary}
     cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
     rows = attack_variant(config, variant, workdir, data, public, progress)
-    labels = [r for r in rows if r["status"] == "ok" and r["kind"] == LABELS]
-    activations_only = [r for r in labels if r["activations_only"]]
+    leaks = [r for r in rows if r["status"] == "ok" and r["kind"] == metric.leak_kind]
+    activations_only = [r for r in leaks if r["activations_only"]]
+    leak_metric = HEADLINES[metric.leak_kind][0]
     result: dict[str, Any] = {
         **base, "status": "ok", "reference": False, "workdir": str(workdir),
-        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS}, **utility(correct, config.seed),
-                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"],
-                    "vs_zero_shot": comparison(correct, references[ZERO_SHOT]["correct"], config.seed),
-                    "vs_device_local": comparison(correct, local["correct"], config.seed)},
+        "utility": {**{k: jsonable(summary[k]) for k in metric.summary_keys}, **utility(scores, metric, config.seed),
+                    "delta_vs_zero_shot": summary[metric.key] - summary[metric.zero_shot_key],
+                    "vs_zero_shot": comparison(scores, references[ZERO_SHOT]["scores"], config.seed),
+                    "vs_device_local": comparison(scores, local["scores"], config.seed)},
         "cost": cost, "attacks": rows,
-        "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r["balanced_accuracy"],
-                                                       default=None)),
-        "best_label_leak": _leak_summary(max(labels, key=lambda r: r["balanced_accuracy"], default=None)),
+        "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r[leak_metric], default=None)),
+        LEAK_FIELDS[metric.leak_kind]: _leak_summary(max(leaks, key=lambda r: r[leak_metric], default=None)),
         "dp_check": dp_check(config, variant, workdir, data),
     }
     result["verdict"] = verdict(result)
@@ -171,28 +181,41 @@ def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public:
 
 
 def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[str, dict[str, Any]]:
-    """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "correct"}."""
+    """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "scores"}."""
     start = time.perf_counter()
-    summary = run_finetune(device_local_config(config), progress=progress, overwrite=True)
-    backbone_probs, local_probs = data.probabilities(summary["model_file"])
-    zero = correctness(backbone_probs, data.labels)
-    local = correctness(local_probs, data.labels)
+    local_config = device_local_config(config)
+    summary = run_finetune(local_config, progress=progress, overwrite=True)
+    zero, local = data.scores(summary)
+    metric = data.metric
     references = {
-        ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, {"device_seconds": 0.0, "device_peak_rss_mib": None},
-                                         config.seed), "correct": zero},
+        ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, metric, {"device_seconds": 0.0, "device_peak_rss_mib": None},
+                                         config.seed), "scores": zero},
         DEVICE_LOCAL: {"row": reference_row(
-            DEVICE_LOCAL, local, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
-                                                         "device_peak_rss_mib") + FORWARD_KEYS}, config.seed,
-            workdir=device_local_config(config).workdir, seconds=time.perf_counter() - start,
-            safeguard=summary["safeguard"]), "correct": local},
+            DEVICE_LOCAL, local, metric, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
+                                                                  "device_peak_rss_mib") + FORWARD_KEYS},
+            config.seed, workdir=local_config.workdir, seconds=time.perf_counter() - start,
+            safeguard=summary["safeguard"]), "scores": local},
     }
     if config.with_lora:
-        row, correct = local_lora_row(data, config.seed, progress)
-        references["local_lora"] = {"row": row, "correct": correct}
+        row, scores = local_lora_row(data, config.seed, progress)
+        references["local_lora"] = {"row": row, "scores": scores}
     for name, entry in references.items():
-        entry["row"]["utility"]["vs_zero_shot"] = comparison(entry["correct"], zero, config.seed)
-        entry["row"]["utility"]["vs_device_local"] = comparison(entry["correct"], local, config.seed)
+        entry["row"]["utility"]["vs_zero_shot"] = comparison(entry["scores"], zero, config.seed)
+        entry["row"]["utility"]["vs_device_local"] = comparison(entry["scores"], local, config.seed)
     return references
+
+
+def audit_inputs(config: AuditConfig) -> tuple[EvalData, PublicData, dict[str, Any]]:
+    """What every row of an audit shares: the evaluation data (with the reference run's config),
+    the attacker's public data, and where both came from."""
+    run_config = device_local_config(config)
+    task, train, evaluate = task_kind(run_config).data(run_config)
+    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
+    provenance = data_provenance(run_config, task, train, evaluate)
+    provenance["public"] = {"source": public.source, "rows": len(public.examples),
+                            **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file
+                               else {})}
+    return EvalData(run_config, task, train, evaluate), public, provenance
 
 
 def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
@@ -204,16 +227,9 @@ def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | N
     start = time.perf_counter()
     attack_names(config)  # fail on an unknown attack before any fine-tuning
     variants = audit_variants(config)
-    run_config = device_local_config(config)
-    task, train, evaluate = resolve_data(run_config)
-    data = EvalData(run_config, task, train, evaluate)
-    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
-    provenance = data_provenance(run_config, task, train, evaluate)
-    provenance["public"] = {"source": public.source, "rows": len(public.examples),
-                            **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file
-                               else {})}
+    data, public, provenance = audit_inputs(config)
     executor = executor or LocalExecutor()
-    tables = share_forwards([run_config] + [variant_finetune_config(config, v) for v in variants], progress)
+    tables = share_forwards([data.config] + [variant_finetune_config(config, v) for v in variants], progress)
     with serving(tables):
         references = reference_rows(config, data, progress)
     outcomes = executor.map(WithForwards(audit_variant),

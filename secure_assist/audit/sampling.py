@@ -42,12 +42,32 @@ def restricted(records: Iterable[RecordedMessage], keep: frozenset[str]) -> Iter
             yield record
             continue
         mask = np.array([sid in keep for sid in hex_ids(ids)])
+        if hasattr(message, "sample_rows"):  # several rows per sample (generation: one per loss position)
+            yield RecordedMessage(record.direction, _kept_rows(message, mask), record.size)
+            continue
         # Per-sample fields are the (n, ...) arrays of two or more dimensions (ids, activations,
         # Δ, masks, gradients); one-dimensional ones (e.g. a ciphertext blob) are not per sample.
         rows = {item.name: getattr(message, item.name)[mask] for item in dataclasses.fields(message)
                 if isinstance(value := getattr(message, item.name), np.ndarray) and value.ndim >= 2
                 and value.shape[0] == len(ids)}
         yield RecordedMessage(record.direction, dataclasses.replace(message, **rows), record.size)
+
+
+def _kept_rows(message: object, mask: np.ndarray) -> object:
+    """A message whose samples own `sample_rows()` rows, cut to the samples of `mask`: per-sample
+    fields by sample, per-row fields (as many rows as all samples own) by row."""
+    spans = message.sample_rows()
+    n_rows = spans[-1].stop if spans else 0
+    kept = [np.arange(span.start, span.stop) for span, chosen in zip(spans, mask) if chosen]
+    rows = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    cut = {}
+    for item in dataclasses.fields(message):
+        value = getattr(message, item.name)
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == len(mask):
+            cut[item.name] = value[mask]
+        elif isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n_rows:
+            cut[item.name] = value[rows]
+    return dataclasses.replace(message, **cut)
 
 
 class MemoryView(ServerView):

@@ -1,15 +1,39 @@
 """The decision page's summary: one table row per reference row and variant, and the
-report's conclusions, every sentence derived from the numbers."""
+report's conclusions, every sentence derived from the numbers.
+
+Rows are read in the task's utility metric (`secure_assist.audit.rows.UtilityMetric`):
+accuracy for classification, the answer NLL per token for generation (lower is better),
+and their leak is the label or the answer-token leak."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from attacks.base import EXTRACTION, RECONSTRUCTION
-from secure_assist.audit.verdict import difference_text, leak_level, saved_text, seconds_text
+from attacks.base import EXTRACTION, LABELS, RECONSTRUCTION
+from secure_assist.audit.rows import UtilityMetric, row_metric, row_value
+from secure_assist.audit.verdict import (
+    HEADLINES, LEAK_WORDS, best_leak, difference_text, leak_level, saved_text, seconds_text,
+)
 
+
+# The summary table's columns of a classification report (`summary_header` names a generation report's).
 SUMMARY_HEADER = ("variant", "accuracy (95% CI)", "vs device_local", "best label leak vs activations-only", "inputs",
                   "model", "device s", "bytes up / down")
+
+
+def report_metric(report: dict[str, Any]) -> UtilityMetric:
+    """The utility metric every row of the report was scored with."""
+    return row_metric(report["references"][0])
+
+
+def summary_header(report: dict[str, Any]) -> tuple[str, ...]:
+    """The summary table's columns, named after the report's utility and leak."""
+    metric = report_metric(report)
+    if metric.leak_kind == LABELS:
+        return SUMMARY_HEADER
+    return ("variant", f"{metric.label} (95% CI)", "vs device_local",
+            f"best {LEAK_WORDS[metric.leak_kind][2]} leak vs activations-only", "inputs", "model", "device s",
+            "bytes up / down")
 
 
 def rows_of(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -20,12 +44,14 @@ def rows_of(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _leak_cell(row: dict[str, Any]) -> str:
     if row.get("reference"):
         return "none: nothing uploaded"
-    best, base = row["best_label_leak"], row["activations_only_baseline"]
+    best, base = best_leak(row), row["activations_only_baseline"]
+    kind = row_metric(row).leak_kind
     if best is None:
-        return "no label attack applies"
-    low, high = best["balanced_accuracy_ci95"]
-    text = f"{best['attack']} {best['balanced_accuracy']:.1%} [{low:.1%}, {high:.1%}] ({leak_level(best)})"
-    return text + (f" vs {base['balanced_accuracy']:.1%}" if base else "")
+        return f"no {LEAK_WORDS[kind][2]} attack applies"
+    metric, interval, _ = HEADLINES[kind]
+    low, high = best[interval]
+    text = f"{best['attack']} {best[metric]:.1%} [{low:.1%}, {high:.1%}] ({leak_level(best)})"
+    return text + (f" vs {base[metric]:.1%}" if base else "")
 
 
 def _best(row: dict[str, Any], kind: str, metric: str) -> dict[str, Any] | None:
@@ -48,17 +74,21 @@ def _model_cell(row: dict[str, Any]) -> str:
                                      f"{best['backbone_only_agreement']:.1%})")
 
 
+def _value_cell(row: dict[str, Any]) -> str:
+    metric = row_metric(row)
+    value, (low, high) = row_value(row)
+    return f"{metric.text(value)} [{metric.text(low)}, {metric.text(high)}]"
+
+
 def summary_table(report: dict[str, Any]) -> list[list[str]]:
-    """variant | accuracy (CI) | vs device_local | best label leak vs activations-only | inputs | model |
+    """variant | utility (CI) | vs device_local | best leak vs activations-only | inputs | model |
     device s | bytes: one row per reference row and variant."""
     table = []
     for row in rows_of(report):
         utility, cost = row["utility"], row["cost"]
-        low, high = utility["accuracy_ci95"]
-        local = "reference" if row["variant"] == "device_local" else difference_text(utility["vs_device_local"])
-        table.append([row["variant"], f"{utility['accuracy']:.1%} [{low:.1%}, {high:.1%}]", local, _leak_cell(row),
-                      _inputs_cell(row), _model_cell(row), seconds_text(cost["device_seconds"]),
-                      f"{cost['bytes_up']:,} / {cost['bytes_down']:,}"])
+        local = "reference" if row["variant"] == "device_local" else difference_text(utility["vs_device_local"], row)
+        table.append([row["variant"], _value_cell(row), local, _leak_cell(row), _inputs_cell(row), _model_cell(row),
+                      seconds_text(cost["device_seconds"]), f"{cost['bytes_up']:,} / {cost['bytes_down']:,}"])
     return table
 
 
@@ -66,33 +96,42 @@ def conclusions(report: dict[str, Any]) -> list[str]:
     """The answers a user comes for, as sentences computed from the report's numbers."""
     references = {r["variant"]: r for r in report["references"]}
     local, zero = references["device_local"], references["zero_shot"]
+    metric = report_metric(report)
+    scores = f"scores {metric.label} " if not metric.higher_is_better else "scores "
     variants = [v for v in report["variants"] if v["status"] == "ok"]
-    out = [f"zero-shot (the backbone alone) scores {zero['utility']['accuracy']:.1%}; device_local (the same side "
-           f"network trained on the device, nothing uploaded) scores {local['utility']['accuracy']:.1%} "
-           f"({difference_text(local['utility']['vs_zero_shot'])} vs zero-shot) for "
+    out = [f"zero-shot (the backbone alone) {scores}{metric.text(row_value(zero)[0])}; device_local (the same side "
+           f"network trained on the device, nothing uploaded) {scores}{metric.text(row_value(local)[0])} "
+           f"({difference_text(local['utility']['vs_zero_shot'], local)} vs zero-shot) for "
            f"{seconds_text(local['cost']['device_seconds'])} device seconds."]
     if "local_lora" in references:
         lora = references["local_lora"]
-        out.append(f"local_lora scores {lora['utility']['accuracy']:.1%} "
-                   f"({difference_text(lora['utility']['vs_device_local'])} vs device_local) for "
+        out.append(f"local_lora {scores}{metric.text(row_value(lora)[0])} "
+                   f"({difference_text(lora['utility']['vs_device_local'], lora)} vs device_local) for "
                    f"{seconds_text(lora['cost']['device_seconds'])} device seconds.")
     protected = [v for v in variants if v["mechanism"] != "none"]
-    deployed = [v for v in protected if v["utility"]["vs_zero_shot"]["significant"] == "above"]
+    deployed = [v for v in protected if metric.judge(v["utility"]["vs_zero_shot"]) == "better"]
+    direction = "above" if metric.higher_is_better else "better than"
+    best_word = "most accurate" if metric.higher_is_better else f"lowest {metric.label}"
     if deployed:
-        best = max(deployed, key=lambda v: v["utility"]["accuracy"])
-        out.append(f"Protected variants significantly above zero-shot: {', '.join(v['variant'] for v in deployed)}; "
-                   f"the most accurate is {best['variant']} at {best['utility']['accuracy']:.1%} "
-                   f"({difference_text(best['utility']['vs_zero_shot'])} vs zero-shot).")
+        best = (max if metric.higher_is_better else min)(deployed, key=lambda v: row_value(v)[0])
+        out.append(f"Protected variants significantly {direction} zero-shot: "
+                   f"{', '.join(v['variant'] for v in deployed)}; the {best_word} is {best['variant']} at "
+                   f"{metric.text(row_value(best)[0])} ({difference_text(best['utility']['vs_zero_shot'], best)} vs "
+                   "zero-shot).")
     elif protected:
-        out.append("No protected variant is significantly above zero-shot on this data.")
+        out.append(f"No protected variant is significantly {direction} zero-shot on this data.")
     for variant in variants:
         versus = variant["utility"]["vs_device_local"]
         saved = variant["cost"]["device_seconds_saved"]
-        buys = ("more accuracy" if versus["significant"] == "above" else "less accuracy"
-                if versus["significant"] == "below" else "no measurable accuracy")
-        out.append(f"{variant['variant']}: the server buys {buys} over device_local ({difference_text(versus)}) and "
-                   f"{saved_text(saved, local['cost']['device_seconds'])}, against what its server view leaks: "
-                   f"{_leak_cell(variant)}.")
+        judged = metric.judge(versus)
+        if metric.higher_is_better:
+            buys = {"better": "more accuracy", "worse": "less accuracy", "no": "no measurable accuracy"}[judged]
+        else:
+            buys = {"better": f"a lower {metric.label}", "worse": f"a higher {metric.label}",
+                    "no": f"no measurable change in {metric.label}"}[judged]
+        out.append(f"{variant['variant']}: the server buys {buys} over device_local "
+                   f"({difference_text(versus, variant)}) and {saved_text(saved, local['cost']['device_seconds'])}, "
+                   f"against what its server view leaks: {_leak_cell(variant)}.")
     inconsistent = [v["variant"] for v in variants if v.get("dp_check") and not v["dp_check"]["consistent"]]
     if inconsistent:
         out.append(f"DP claims INCONSISTENT with the measured ε lower bound: {', '.join(inconsistent)}.")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from attacks.base import ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION, SCORES
+from attacks.base import ALIGNMENT, ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES
 from secure_assist.audit.rotation_verdict import rotation_clauses
+from secure_assist.audit.rows import row_metric, row_value
 
 # kind -> (metric, its 95% CI key, the baseline it is read against). Label attacks are read
 # by balanced accuracy (chance 1/C whatever the class balance): on a task with a 90%
@@ -16,6 +17,7 @@ HEADLINES = {
     RECONSTRUCTION: ("token_f1", "token_f1_ci95", None),
     EXTRACTION: ("agreement", "agreement_ci95", "backbone_only_agreement"),
     ALIGNMENT: ("centred_state_cosine", "centred_state_cosine_ci95", "unaligned_centred_state_cosine"),
+    ANSWER_TOKENS: ("token_accuracy", "token_accuracy_ci95", "frequency_baseline"),
 }
 
 
@@ -26,27 +28,39 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "chance_baseline": report.get(baseline) if baseline else 0.0}
 
 
-# A label attack whose balanced accuracy CI reaches this lower bound recovers (nearly) every
-# class: a full leak.
+# The attack kind whose leak a variant's row sets against its utility -> the row's key of its
+# best attack of that kind (labels for classification, answer tokens for generation).
+LEAK_FIELDS = {LABELS: "best_label_leak", ANSWER_TOKENS: "best_answer_token_leak"}
+# How verdicts name a leak: kind -> (what leaks, the uploaded signal it leaks through, adjective, metric words).
+LEAK_WORDS = {LABELS: ("LABELS", "Δ", "label", "balanced accuracy"),
+              ANSWER_TOKENS: ("ANSWER TOKENS", "r", "answer-token", "token accuracy")}
+# A leak whose metric's CI reaches this lower bound recovers (nearly) everything: a full leak.
 FULL_LEAK = 0.95
 
 
 def leak_level(row: dict[str, Any]) -> str:
-    """'no leak' (balanced accuracy not above chance at 95%), 'full leak' or 'partial leak'."""
-    low = row["balanced_accuracy_ci95"][0]
-    if low <= row["balanced_chance"]:
+    """'no leak' (the leak metric not above its chance at 95%), 'full leak' or 'partial leak' of a
+    label or answer-token attack row (or its leak summary)."""
+    metric, interval, chance = HEADLINES[row.get("kind", LABELS)]
+    low = row[interval][0]
+    if low <= row[chance]:
         return "no leak"
     return "full leak" if low >= FULL_LEAK else "partial leak"
 
 
-def _balanced(row: dict[str, Any]) -> str:
-    low, high = row["balanced_accuracy_ci95"]
-    return f"{row['attack']} balanced accuracy {row['balanced_accuracy']:.1%} [{low:.1%}, {high:.1%}]"
+def leak_text(row: dict[str, Any]) -> str:
+    """'attack balanced accuracy 91.0% [88.0%, 94.0%]' of a label or answer-token row."""
+    kind = row.get("kind", LABELS)
+    metric, interval, _ = HEADLINES[kind]
+    low, high = row[interval]
+    return f"{row['attack']} {LEAK_WORDS[kind][3]} {row[metric]:.1%} [{low:.1%}, {high:.1%}]"
 
 
-def points(value: float) -> str:
-    """An accuracy difference in percentage points."""
-    return f"{100 * value:+.1f}"
+def best_leak(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The leak summary of a variant's best attack of the kind its task leaks (None: none applies)."""
+    return next((row[field] for field in LEAK_FIELDS.values() if row.get(field)), None)
+
+
 
 
 def seconds_text(value: float) -> str:
@@ -62,20 +76,28 @@ def saved_text(saved: float, reference: float) -> str:
     return f"costs {seconds_text(-saved)} more device seconds{share}"
 
 
-def difference_text(entry: dict[str, Any]) -> str:
-    """'+3.1 points [+1.2, +5.0]' of a paired comparison."""
+def difference_text(entry: dict[str, Any], row: dict[str, Any]) -> str:
+    """'+3.1 points [+1.2, +5.0]' (accuracy) or '-0.120 nats/token [-0.150, -0.090]' (answer NLL)
+    of a paired comparison in `row`'s utility."""
+    metric = row_metric(row)
     low, high = entry["ci95"]
-    return f"{points(entry['difference'])} points [{points(low)}, {points(high)}]"
+    return f"{metric.signed(entry['difference'])} {metric.unit} [{metric.signed(low)}, {metric.signed(high)}]"
 
 
 def utility_text(variant: dict[str, Any]) -> str:
-    """Accuracy with CI, vs zero-shot and what the server buys over device_local."""
-    utility, cost = variant["utility"], variant["cost"]
-    low, high = utility["accuracy_ci95"]
-    zero, local = utility["vs_zero_shot"], utility["vs_device_local"]
-    state = {"above": "significantly above", "below": "significantly below", "no": "not significantly different from"}
-    return (f"accuracy {utility['accuracy']:.1%} [{low:.1%}, {high:.1%}], {state[zero['significant']]} zero-shot "
-            f"({difference_text(zero)}); what the server buys over device_local: {difference_text(local)}, and it "
+    """Utility with CI, vs zero-shot and what the server buys over device_local."""
+    metric, cost = row_metric(variant), variant["cost"]
+    value, (low, high) = row_value(variant)
+    zero, local = variant["utility"]["vs_zero_shot"], variant["utility"]["vs_device_local"]
+    if metric.higher_is_better:
+        state = {"above": "significantly above", "below": "significantly below",
+                 "no": "not significantly different from"}[zero["significant"]]
+    else:
+        state = {"better": "significantly better than", "worse": "significantly worse than",
+                 "no": "not significantly different from"}[metric.judge(zero)]
+    return (f"{metric.label} {metric.text(value)} [{metric.text(low)}, {metric.text(high)}], {state} zero-shot "
+            f"({difference_text(zero, variant)}); what the server buys over device_local: "
+            f"{difference_text(local, variant)}, and it "
             f"{saved_text(cost['device_seconds_saved'], cost['device_seconds'] + cost['device_seconds_saved'])}")
 
 
@@ -85,26 +107,30 @@ def verdict(variant: dict[str, Any]) -> str:
 
 
 def leak_clauses(variant: dict[str, Any]) -> list[str]:
-    """Whether Δ-based label attacks beat the activations-only baseline, the model and inputs,
-    whether a rotation holds, and whether the DP claim is consistent (from the variant's
-    `attacks`, `activations_only_baseline`, `utility.mechanisms` and `dp_check`)."""
+    """Whether the signal the task uploads (Δ for labels, r for answer tokens) leaks beyond the
+    activations-only baseline, the model and inputs, whether a rotation holds, and whether the
+    DP claim is consistent (from the variant's `attacks`, `activations_only_baseline`,
+    `utility.metric`, `utility.mechanisms` and `dp_check`)."""
     rows = [r for r in variant["attacks"] if r["status"] == "ok"]
     baseline = variant["activations_only_baseline"]
-    delta_rows = [r for r in rows if r["kind"] == LABELS and not r["activations_only"]]
+    kind = row_metric(variant).leak_kind
+    what, signal, leak, _ = LEAK_WORDS[kind]
+    metric, interval, _ = HEADLINES[kind]
+    signal_rows = [r for r in rows if r["kind"] == kind and not r["activations_only"]]
     not_applicable = [r for r in variant["attacks"] if r["status"] == "not_applicable"]
     parts: list[str] = []
-    if delta_rows and baseline:
-        best = max(delta_rows, key=lambda r: r["balanced_accuracy"])
-        text = f"{_balanced(best)} vs activations-only {baseline['balanced_accuracy']:.1%}"
-        if best["balanced_accuracy_ci95"][0] > baseline["balanced_accuracy"]:
-            parts.append(f"LABELS LEAK through Δ: {text}")
+    if signal_rows and baseline:
+        best = max(signal_rows, key=lambda r: r[metric])
+        text = f"{leak_text(best)} vs activations-only {baseline[metric]:.1%}"
+        if best[interval][0] > baseline[metric]:
+            parts.append(f"{what} LEAK through {signal}: {text}")
         else:
-            parts.append(f"Δ adds no measurable label leakage: {text}")
+            parts.append(f"{signal} adds no measurable {leak} leakage: {text}")
     elif baseline and not_applicable:
         # E.g. he_ckks: Δ never reaches the server in the clear, so only activations-only attacks run.
-        parts.append(f"Δ adds no measurable label leakage: no Δ-based attack applies "
-                     f"({len(not_applicable)} not applicable); best label attack is activations-only "
-                     f"{_balanced(baseline)}")
+        parts.append(f"{signal} adds no measurable {leak} leakage: no {signal}-based attack applies "
+                     f"({len(not_applicable)} not applicable); best {leak} attack is activations-only "
+                     f"{leak_text(baseline)}")
     extraction = [r for r in rows if r["kind"] == EXTRACTION]
     if extraction:
         best = max(extraction, key=lambda r: r["agreement"])

@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the attack and print its report (JSON or one line per metric)."""
     from secure_assist.auditor import run_attack
 
-    report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet, public_file=args.public_file)
+    report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet,
+                        public_file=args.public_file)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -32,8 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="run directory holding server/ (the view: transcript, cache, φ) and "
                              "device/ground_truth.jsonl")
     parser.add_argument("--public-file", help="the attacker's public data: a data file with the run's task columns "
-                                              "(labeled examples, unlabeled text, candidates); needed for a custom "
-                                              "task, default for a built-in one: its unused training rows")
+                                              "(labeled examples, unlabeled text, candidates; generation: instruction "
+                                              "rows, those the device uploaded left out); needed for a custom or "
+                                              "generation task, default for a built-in one: its unused training rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of public data sampling and bootstrap")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

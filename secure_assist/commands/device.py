@@ -1,7 +1,7 @@
 """`secure-assist device`: the device side of fine-tuning against a `secure-assist serve` server.
 
 Every training mode that uploads runs this way (`side_network`, `ckks_ridge` with
-`--mechanism he_ckks`); the device names its mode first. Prediction stays local
+`--mechanism he_ckks`, `generation` with `--task generation`); the device names its mode first. Prediction stays local
 afterwards: `secure-assist predict <workdir>/model.safetensors`.
 """
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune against the server and print the JSON summary."""
     from protocol.transport.client import NetworkChannel
     from protocol.transport.identity import KeyDirectory
+    from secure_assist.kinds import task_kind
     from secure_assist.modes import resolve_mode
     from secure_assist.run import build_mechanisms, run_training
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_address(args.server)
     config = config_from_args(args)
-    mode = resolve_mode(config.mode, config.mechanism)
+    mode = resolve_mode(config.mode, config.mechanism, task_kind(config).name)
     build_mechanisms(config, mode)  # configuration errors fail before connecting
     if not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")

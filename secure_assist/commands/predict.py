@@ -1,4 +1,4 @@
-"""`secure-assist predict`: local prediction with a fine-tuned model file."""
+"""`secure-assist predict`: local prediction with a fine-tuned model file (a label, or a generated answer)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add the subcommand to the CLI."""
     parser = commands.add_parser("predict", help="predict locally with a fine-tuned model file")
     parser.add_argument("model_file", help="model.safetensors written by finetune")
-    parser.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    parser.add_argument("--text", action="append", help="a text to classify, or an instruction to answer with a "
+                        "generation model (repeatable)")
     parser.add_argument("--file", help="a file with one text per line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)

@@ -13,6 +13,7 @@ from typing import Any
 
 from attacks.base import ALIGNMENT, LABELS, get_attack
 from protocol.errors import UserInputError
+from protocol.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
 
@@ -138,6 +139,9 @@ def check_base(base: FinetuneConfig) -> None:
                              f"remove them from --config")
     if base.noise_multiplier is not None:
         raise UserInputError("compare sweeps ε; --noise-multiplier would contradict --epsilons")
+    if base.task == GENERATION_TASK:
+        raise UserInputError("compare sweeps classification runs and label attacks; for a generation task use "
+                             "`secure-assist audit --task generation` (or benchmarks/generation_leakage.py)")
 
 
 DEVICE_LOCAL = "device_local"

@@ -16,7 +16,8 @@ from attacks.base import LABELS, NotApplicable, PublicKnowledge
 from protocol.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
-from secure_assist.audit.runner import COST_KEYS, UTILITY_KEYS, jsonable, package_versions
+from secure_assist.audit.rows import UTILITY_KEYS
+from secure_assist.audit.runner import COST_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
 from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.auditor import load_ground_truth, upload_texts

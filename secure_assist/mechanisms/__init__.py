@@ -20,13 +20,15 @@ from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.activations import ActivationNoise, ActivationRotation, Int8Activations
 from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, ModeTraits, PrivacyWarning
-from secure_assist.mechanisms.delta import GaussianDelta, LabelRandomizedResponse, NoProtection, RotationMask
+from secure_assist.mechanisms.delta import (
+    GaussianDelta, GaussianResidual, LabelRandomizedResponse, NoProtection, RotationMask,
+)
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
 
 MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
     for cls in (NoProtection, GaussianDelta, LabelRandomizedResponse, RotationMask, ActivationNoise,
-                Int8Activations, ActivationRotation, HeCkksDelta)
+                Int8Activations, ActivationRotation, HeCkksDelta, GaussianResidual)
 }
 
 __all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]
@@ -66,9 +68,8 @@ def check_chain(names: tuple[str, ...] | list[str], mode: ModeTraits | None = No
     classes = sorted((MECHANISMS[n] for n in names), key=lambda cls: STAGES.index(cls.stage))
     for cls in classes:
         if mode is not None and not cls.supports(mode):
-            supported = "every mode that uploads" if cls.modes is None else ", ".join(cls.modes)
             raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode.name!r} "
-                                 f"(it supports {supported})")
+                                 f"(it supports {cls.supported_modes()})")
     return classes
 
 

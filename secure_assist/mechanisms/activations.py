@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from protocol.generation_messages import GenerationUpload
 from protocol.messages import Upload
 from protocol.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
-    ACTIVATIONS_TARGET, DpClaim, Mechanism, clip_rows, positive, probability, with_activations,
+    ACTIVATIONS_TARGET, CLASSIFICATION_KIND, GENERATION_KIND, DpClaim, Mechanism, UploadT, clip_rows, positive,
+    probability, with_activations,
 )
 from secure_assist.mechanisms.delta import DP_DELTA_HELP
 
@@ -39,9 +41,12 @@ class ActivationNoise(Mechanism):
     One release per sample of L clipped vectors: under replace-one adjacency the L2
     sensitivity of the whole upload is 2·c_a·√L, accounted with the analytic Gaussian.
     Useful ε are large (hundreds): the signal must survive in 576·L dimensions.
+    Generation uploads hold L vectors at each of a sample's T loss positions: the claim
+    then uses L·T with the largest T seen in the run (answers are capped at max_answer_tokens).
     """
 
     name = "activation_noise"
+    task_kinds = (CLASSIFICATION_KIND, GENERATION_KIND)
     Parameters = ActivationNoiseParameters
     dp_target = ACTIVATIONS_TARGET
     stage = "activations"
@@ -51,14 +56,14 @@ class ActivationNoise(Mechanism):
 
     def __init__(self, parameters: ActivationNoiseParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
-        self.n_layers: int | None = None
+        self.vectors: int | None = None  # clipped vectors per sample (the largest seen)
 
     def noise_scale(self) -> float:
         """Standard deviation of the added noise."""
         return self.parameters.activation_noise_multiplier * self.parameters.activation_clip
 
-    def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
-        self.n_layers = upload.activations.shape[1]
+    def apply(self, upload: UploadT, labels: np.ndarray, label_logits: np.ndarray) -> UploadT:
+        self.vectors = max(self.vectors or 0, vectors_per_sample(upload))
         clipped = clip_rows(upload.activations.astype(np.float32), self.parameters.activation_clip)
         noise = self.rng.normal(0.0, self.noise_scale(), size=clipped.shape)
         return with_activations(upload, clipped + noise.astype(np.float32))
@@ -69,9 +74,9 @@ class ActivationNoise(Mechanism):
         return ClippedInput(side, self.parameters.activation_clip)
 
     def claim(self) -> DpClaim | None:
-        if self.n_layers is None:
-            return None  # the sensitivity depends on the number of uploaded layers
-        sensitivity = 2.0 * np.sqrt(self.n_layers)
+        if self.vectors is None:
+            return None  # the sensitivity depends on the number of uploaded layers (and positions)
+        sensitivity = 2.0 * np.sqrt(self.vectors)
         epsilon = analytic_gaussian_epsilon(self.parameters.activation_noise_multiplier, self.parameters.dp_delta,
                                             sensitivity)
         return DpClaim(target=self.dp_target, epsilon=epsilon, delta=self.parameters.dp_delta)
@@ -94,13 +99,20 @@ class Int8Activations(Mechanism):
     """
 
     name = "int8_activations"
+    task_kinds = (CLASSIFICATION_KIND, GENERATION_KIND)
     deterministic = True
     stage = "activations"
     protects = "inputs (precision of the pivot activations)"
     guarantee = "none (quantization)"
 
-    def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
+    def apply(self, upload: UploadT, labels: np.ndarray, label_logits: np.ndarray) -> UploadT:
         return with_activations(upload, quantize_int8(upload.activations.astype(np.float32)))
+
+
+def vectors_per_sample(upload: Upload | GenerationUpload) -> int:
+    """Activation vectors one sample releases: its layers, times its loss positions (generation)."""
+    positions = int(upload.counts.max()) if isinstance(upload, GenerationUpload) else 1
+    return upload.activations.shape[1] * positions
 
 
 def quantize_int8(values: np.ndarray) -> np.ndarray:
@@ -108,7 +120,6 @@ def quantize_int8(values: np.ndarray) -> np.ndarray:
     scale = np.abs(values).max(axis=-1, keepdims=True) / 127.0
     scale = np.where(scale > 0, scale, 1.0)
     return (np.clip(np.round(values / scale), -127, 127) * scale).astype(np.float32)
-
 
 
 class ActivationRotation(Mechanism):

@@ -11,23 +11,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from protocol.errors import UserInputError
+from protocol.generation_messages import GenerationUpload
 from protocol.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
 from protocol.messages import Message, Upload
 from protocol.side_output import SideOutput
+
+
+UploadT = TypeVar("UploadT", Upload, GenerationUpload)
 
 
 class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
-# The training mode (secure_assist.modes.MODES) that needs a particular mechanism by name.
-CKKS_RIDGE_MODE = "ckks_ridge"
+# The training mode (secure_assist.modes.MODES) that needs a particular mechanism by name, and
+# the generation mode (the only one that takes `gaussian_r`).
+CKKS_RIDGE_MODE, GENERATION_MODE = "ckks_ridge", "generation"
+# Task kinds (secure_assist.kinds.TASK_KINDS) by name: mechanisms declare the kinds whose uploads they transform.
+CLASSIFICATION_KIND, GENERATION_KIND = "classification", "generation"
 
 
 class ModeTraits(Protocol):
@@ -35,9 +42,12 @@ class ModeTraits(Protocol):
 
     name: str
     uploads: bool  # False: nothing leaves the device
+    task_kind: str  # CLASSIFICATION_KIND or GENERATION_KIND: the uploads it sends
 
-# What a DP claim protects: the released Δ (gaussian, label_rr) or the released activations.
-DELTA_TARGET, ACTIVATIONS_TARGET = "delta", "activations"
+# What a DP claim protects: the released Δ (gaussian, label_rr), the released activations,
+# or the generation mode's released r (gaussian_r). Each names the upload field it covers.
+DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET = "delta", "activations", "residual"
+DP_TARGETS = (DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET)
 
 
 @dataclass(frozen=True)
@@ -63,12 +73,12 @@ def probability(name: str, value: float) -> None:
 class DpClaim:
     """A mechanism's formal guarantee: (ε, δ)-DP per sample of one released field."""
 
-    target: str  # DELTA_TARGET or ACTIVATIONS_TARGET: the Upload field the audit's DP check attacks
+    target: str  # one of DP_TARGETS: the upload field the audit's DP check attacks
     epsilon: float
     delta: float
 
     def __post_init__(self) -> None:
-        if self.target not in (DELTA_TARGET, ACTIVATIONS_TARGET):
+        if self.target not in DP_TARGETS:
             raise ValueError(f"unknown DP claim target {self.target!r}")
 
 
@@ -89,14 +99,17 @@ class Mechanism:
     # The mechanism's own typed parameters; config keys and CLI flags are generated from its fields.
     Parameters: ClassVar[type] = NoParameters
     # The training modes this mechanism works in, by name; None: every mode that uploads (a
-    # transform of the upload means nothing where nothing is uploaded).
+    # transform of the upload means nothing where nothing is uploaded) a task kind of `task_kinds`.
     modes: ClassVar[tuple[str, ...] | None] = None
+    # The task kinds whose uploads the mechanism transforms (a Δ mechanism has no Δ to protect
+    # in a generation upload).
+    task_kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION_KIND,)
     # Whether the output is a fixed function of the upload (no randomness, no secret): only then
     # may an interrupted network upload be resumed, re-sending a batch without a second release.
     deterministic: ClassVar[bool] = False
     protects: ClassVar[str] = ""
     guarantee: ClassVar[str] = ""
-    # The released field a DP claim covers (DELTA_TARGET, ACTIVATIONS_TARGET), None without one.
+    # The released field a DP claim covers (one of DP_TARGETS), None without one.
     dp_target: ClassVar[str | None] = None
 
     # Parameters that must be given (not None) when the mechanism is chosen.
@@ -115,7 +128,16 @@ class Mechanism:
     @classmethod
     def supports(cls, mode: ModeTraits) -> bool:
         """Whether the mechanism works in this training mode."""
+        if mode.task_kind not in cls.task_kinds:
+            return False
         return mode.uploads if cls.modes is None else mode.name in cls.modes
+
+    @classmethod
+    def supported_modes(cls) -> str:
+        """The modes `supports` accepts, in words (for errors)."""
+        if cls.modes is not None:
+            return ", ".join(cls.modes)
+        return f"every {' or '.join(cls.task_kinds)} mode that uploads"
 
     @classmethod
     def check(cls, parameters: Any) -> None:
@@ -156,10 +178,9 @@ def with_delta(upload: Upload, delta: np.ndarray) -> Upload:
                   delta=np.ascontiguousarray(delta, dtype=np.float32), layers=upload.layers)
 
 
-def with_activations(upload: Upload, activations: np.ndarray) -> Upload:
-    """The same upload with new activations, kept in the payload dtype."""
-    return Upload(sample_ids=upload.sample_ids, delta=upload.delta, layers=upload.layers,
-                  activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
+def with_activations(upload: UploadT, activations: np.ndarray) -> UploadT:
+    """The same upload (classification or generation) with new activations, kept in the payload dtype."""
+    return replace(upload, activations=np.ascontiguousarray(activations.astype(upload.activations.dtype)))
 
 
 def warn_unprotected(what: str) -> None:

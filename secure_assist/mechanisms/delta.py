@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 from scipy.stats import ortho_group
 
 from protocol.errors import UserInputError
+from protocol.generation_messages import GenerationUpload
 from protocol.messages import Upload
 from protocol.side_output import SideOutput
 from secure_assist.mechanisms.accounting import (
@@ -20,7 +21,8 @@ from secure_assist.mechanisms.accounting import (
     rdp_gaussian_epsilon,
 )
 from secure_assist.mechanisms.base import (
-    DELTA_TARGET, DpClaim, Mechanism, ModeTraits, clip_rows, positive, probability, warn_unprotected, with_delta,
+    DELTA_TARGET, GENERATION_KIND, GENERATION_MODE, RESIDUAL_TARGET, DpClaim, Mechanism, ModeTraits, clip_rows,
+    positive, probability, warn_unprotected, with_delta,
 )
 
 EPSILON_HELP = "target per-sample ε"
@@ -45,7 +47,9 @@ class NoProtection(Mechanism):
 
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
         if not self.warned:
-            warn_unprotected("Δ (and with it every label) and the pivot activations are")
+            warn_unprotected("r (and with it every answer token) and the answer-position activations are"
+                             if isinstance(upload, GenerationUpload) else
+                             "Δ (and with it every label) and the pivot activations are")
             self.warned = True
         return upload
 
@@ -96,7 +100,7 @@ class GaussianDelta(Mechanism):
     @classmethod
     def check(cls, parameters: GaussianParameters) -> None:
         if (parameters.epsilon is None) == (parameters.noise_multiplier is None):
-            raise UserInputError("mechanism 'gaussian' needs exactly one of epsilon or noise_multiplier")
+            raise UserInputError(f"mechanism {cls.name!r} needs exactly one of epsilon or noise_multiplier")
 
     def __init__(self, parameters: GaussianParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
@@ -105,10 +109,17 @@ class GaussianDelta(Mechanism):
                                                               self.sensitivity))
         self.epsilon = analytic_gaussian_epsilon(self.noise_multiplier, parameters.dp_delta, self.sensitivity)
 
+    @property
+    def clip_norm(self) -> float:
+        """c, the L2 bound of each sample's released signal."""
+        return self.parameters.clip
+
+    def noised(self, clipped: np.ndarray) -> np.ndarray:
+        """The clipped signal plus N(0, σ²c²) per coordinate."""
+        return clipped + self.rng.normal(0.0, self.noise_multiplier * self.clip_norm, size=clipped.shape)
+
     def apply(self, upload: Upload, labels: np.ndarray, label_logits: np.ndarray) -> Upload:
-        clipped = clip_rows(upload.delta.astype(np.float64), self.parameters.clip)
-        noise = self.rng.normal(0.0, self.noise_multiplier * self.parameters.clip, size=clipped.shape)
-        return with_delta(upload, clipped + noise)
+        return with_delta(upload, self.noised(clip_rows(upload.delta.astype(np.float64), self.clip_norm)))
 
     def claim(self) -> DpClaim:
         return DpClaim(target=self.dp_target, epsilon=self.epsilon, delta=self.parameters.dp_delta)
@@ -116,10 +127,54 @@ class GaussianDelta(Mechanism):
     def describe(self) -> dict[str, Any]:
         delta = self.parameters.dp_delta
         rdp_epsilon, rdp_order = rdp_gaussian_epsilon(self.noise_multiplier, delta, self.sensitivity)
-        return {**super().describe(), "clip": self.parameters.clip, "noise_multiplier": self.noise_multiplier,
+        return {**super().describe(), "clip": self.clip_norm, "noise_multiplier": self.noise_multiplier,
                 "delta": delta, "epsilon": self.epsilon, "accountant": "analytic_gaussian",
                 "epsilon_rdp_opacus": rdp_epsilon, "rdp_order": rdp_order,
                 "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(self.noise_multiplier, delta)}
+
+
+@dataclass(frozen=True)
+class GaussianResidualParameters:
+    """Parameters of `gaussian_r`: exactly one of ε or the noise multiplier."""
+
+    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
+    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
+    noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
+                                                                           "(instead of --epsilon)"})
+    residual_clip: float = field(default=10.0, metadata={"help": "L2 clip norm of each sample's whole r signal, "
+                                                                 "all answer positions together (gaussian_r)"})
+
+    def __post_init__(self) -> None:
+        positive("epsilon", self.epsilon)
+        positive("noise_multiplier", self.noise_multiplier)
+        positive("residual_clip", self.residual_clip, allow_none=False)
+        probability("dp_delta", self.dp_delta)
+
+
+class GaussianResidual(GaussianDelta):
+    """Generation: clip each sample's whole difference signal (r_1..r_T concatenated) to
+    L2 norm c and add N(0, σ²c²) per coordinate. The server caches it, so each sample's r
+    is released once: one Gaussian release per sample, replace-one adjacency (sensitivity
+    2c), accounted like `gaussian`. What it does not cover: the activations (use
+    `activation_noise` or fewer, deeper layers) and the number of answer positions."""
+
+    name = "gaussian_r"
+    Parameters = GaussianResidualParameters
+    dp_target = RESIDUAL_TARGET
+    modes = (GENERATION_MODE,)
+    task_kinds = (GENERATION_KIND,)
+    protects = "answer tokens through r (the generation difference signal)"
+    guarantee = "(ε, δ)-DP per sample on r, replace-one adjacency, one release (analytic Gaussian)"
+
+    @property
+    def clip_norm(self) -> float:
+        return self.parameters.residual_clip
+
+    def apply(self, upload: GenerationUpload, labels: np.ndarray, label_logits: np.ndarray) -> GenerationUpload:
+        residual = upload.residual.astype(np.float64)
+        clipped = np.concatenate([clip_rows(residual[rows].reshape(1, -1), self.clip_norm).reshape(-1, residual.shape[1])
+                                  for rows in upload.sample_rows()])
+        return replace(upload, residual=np.ascontiguousarray(self.noised(clipped), dtype=np.float32))
 
 
 class LabelRandomizedResponse(Mechanism):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from protocol.channel import Channel
+from protocol.device import ForwardDevice
 from protocol.endpoint import RecordingEndpoint
 from protocol.limits import ServerLimits
 from protocol.messages import Message
@@ -49,6 +50,8 @@ class TrainingMode:
     uploads: ClassVar[bool] = True
     # A mechanism stage the chain must have (e.g. 'encrypt' for a mode that only takes ciphertexts).
     required_stage: ClassVar[str | None] = None
+    # The task kind this mode trains for (secure_assist.kinds.TASK_KINDS).
+    task_kind: ClassVar[str] = "classification"
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:
@@ -59,6 +62,10 @@ class TrainingMode:
     def server_details(self, endpoint: RecordingEndpoint) -> dict[str, float]:
         """Mode-specific numbers only the server knows (reported when it runs in process)."""
         return {}
+
+    def open(self, channel: Channel, device: ForwardDevice) -> None:
+        """After the server accepted the mode, before the first upload: what the device sends
+        once per connection (nothing by default)."""
 
     def train(self, channel: Channel, epochs: int, mechanisms: MechanismChain) -> TrainOutcome:
         """After epoch 1 is uploaded: have the server finish, fetch and rebuild the side output."""

@@ -14,7 +14,7 @@ from protocol.messages import (
     UploadAck, expect,
 )
 from protocol.server import ServerTraining, SideTuningServer
-from protocol.side_network import network_from_arrays
+from protocol.side_network import AdditiveSideNetwork, network_from_arrays
 from protocol.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK
 from secure_assist.mechanisms import MechanismChain
 from secure_assist.modes.base import TrainingMode, TrainOutcome
@@ -28,6 +28,8 @@ class SideNetworkMode(TrainingMode):
     messages = (Hello, ModeAccepted, Upload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
                 SideWeights, ErrorReply)
     view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
+    # The side output the fetched weights rebuild.
+    output_class: type[AdditiveSideNetwork] = AdditiveSideNetwork
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:
@@ -37,6 +39,6 @@ class SideNetworkMode(TrainingMode):
         # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
         report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
         weights = expect(channel.request(FetchWeights()), SideWeights)
-        return TrainOutcome(side=network_from_arrays(weights.state, weights.architecture),
+        return TrainOutcome(side=network_from_arrays(weights.state, weights.architecture, self.output_class),
                             epochs_done=report.epochs_done, cache_samples=report.samples,
                             final_train_loss=report.loss if epochs > 1 else None)
