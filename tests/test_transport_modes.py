@@ -15,7 +15,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import FetchWeights, Hello, ModeAccepted, Upload, expect
 from protocol.model_io import load_finetuned
 from protocol.server import ServerTraining
-from protocol.transcript import ServerView
+from protocol.transcript import INBOUND, OUTBOUND, ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
@@ -45,9 +45,12 @@ def test_ckks_mode_over_tls_equals_the_in_process_run(tiny_llama, tmp_path: Path
     local_head = load_finetuned(tmp_path / "local" / "model.safetensors").side_network
     # CKKS encryption is randomized: the decrypted weights agree to the scheme's precision.
     np.testing.assert_allclose(remote_head.weights, local_head.weights, atol=1e-4)
-    # Bytes are counted on the wire (TLS included), so they exceed the in-process message bytes.
-    assert remote["bytes_up"] > local["bytes_up"] and remote["bytes_down"] > local["bytes_down"]
+    # Bytes are counted on the wire (TLS included), so they exceed the bytes of the messages the server
+    # recorded. (Not the in-process run's: SEAL compresses ciphertexts, whose size varies with the randomness.)
     view = ServerView(transport.workdir(next(iter(keys.load_trust()))))
+    received = sum(r.size for r in view.messages() if r.direction == INBOUND)
+    sent = sum(r.size for r in view.messages() if r.direction == OUTBOUND)
+    assert remote["bytes_up"] > received > 0 and remote["bytes_down"] > sent > 0
     assert view.mode() == "ckks_ridge" and not view.received(Upload)
 
 
