@@ -68,6 +68,9 @@ class GenerationServer(SideTuningServer):
         return super().handle(message)
 
     def _on_gram(self, gram: np.ndarray) -> UploadAck:
+        # The Gram matrix is d×d and is eigen-decomposed: its width is bounded like an upload's.
+        if self.limits is not None and gram.shape[0] > self.limits.max_width:
+            raise self.limits.exceeded("max_width", f"head Gram matrix of width {gram.shape[0]}")
         if self._gram is not None:
             # A device resuming after a reconnect sends it again: the same matrix is a no-op.
             if self._gram.shape != gram.shape or not np.allclose(self._gram, gram, rtol=1e-5, atol=1e-6):

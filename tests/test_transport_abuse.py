@@ -20,6 +20,8 @@ import torch
 
 from protocol.channel import InProcessChannel
 from protocol.errors import ProtocolError
+from protocol.generation_messages import HeadGram
+from protocol.generation_server import GenerationServer
 from protocol.he_messages import EncryptedUpload
 from protocol.limits import MIB, ServerLimits
 from protocol.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights, TrainRequest,
@@ -356,3 +358,13 @@ def test_a_device_at_its_connection_limit_can_still_reconnect(serve: ServeProces
     for link in stale:
         link.close()
     assert "closing the device's oldest connection" in serve.log() and "max_connections_per_device=4" in serve.log()
+
+
+def test_the_generation_server_bounds_the_head_gram_width(tmp_path: Path) -> None:
+    """The head's Gram matrix is d×d and eigen-decomposed: a peer cannot send one wider than max_width."""
+    server = GenerationServer(tmp_path, limits=ServerLimits(max_width=8))
+    channel = InProcessChannel(server)
+    with pytest.raises(ProtocolError, match="max_width=8"):
+        channel.request(HeadGram(gram=np.eye(9, dtype=np.float32)))
+    assert channel.request(HeadGram(gram=np.eye(8, dtype=np.float32))) == UploadAck(stored=1, duplicates=0)
+    server.close()
