@@ -53,6 +53,18 @@ def test_variants_and_their_runs() -> None:
     assert local.mode == "device_local" and local.mechanism == ("none",) and local.train_samples == 300
 
 
+def test_default_variants_follow_the_task_kind(tmp_path: Path) -> None:
+    """Without --variants an audit runs its task kind's protections: a generation audit would otherwise list Δ
+    mechanisms that its mode refuses, every one of them skipped."""
+    assert [v.label for v in audit_variants(AuditConfig())] == ["none", "gaussian@1", "label_rr@1", "label_rr@4",
+                                                                "he_ckks"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"instruction": "Say hi.", "input": "", "output": "Hi."}\n' * 20)
+    generation = AuditConfig(task="generation", train_file=str(rows), model="tiny-llama")
+    assert [v.label for v in audit_variants(generation)] == ["none", "gaussian_r@1", "gaussian_r@8"]
+    assert [v.label for v in audit_variants(AuditConfig(variants=("label_rr@2",)))] == ["label_rr@2"]
+
+
 def test_one_backbone_pass_serves_every_row(audited: tuple) -> None:
     _, report, _ = audited
     local = next(r for r in report["references"] if r["variant"] == "device_local")

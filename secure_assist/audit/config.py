@@ -26,6 +26,8 @@ from secure_assist.mechanisms import MECHANISMS
 # at ε = 4, which keeps enough label signal to beat zero-shot measurably. rotation_mask (obfuscation, broken by
 # clustering: BENCHMARKS.md, "Attacks") is left to --variants so that the default fits 15 minutes on two cores.
 DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "label_rr@4", "he_ckks")
+# Generation runs protect r, not Δ: its Gaussian mechanism at the DP setting ε = 1 and at ε = 8.
+GENERATION_DEFAULT_VARIANTS = ("none", "gaussian_r", "gaussian_r@8")
 # Fields of a fine-tuning run that the audit sets per row (from the variant and --output).
 PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
@@ -75,9 +77,11 @@ class AuditSettings:
     """What an audit adds to a fine-tuning run's settings: the variants, the attacks, the
     attacker's public data, the reference rows and where the reports go."""
 
-    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "comma-separated variants: a mechanism "
+    variants: tuple[str, ...] = option((), "comma-separated variants: a mechanism "
                                        f"({', '.join(MECHANISMS)}) or several joined by '+' "
-                                       "(activation_rotation+he_ckks), optionally with its ε as NAME@ε (label_rr@4)")
+                                       "(activation_rotation+he_ckks), optionally with its ε as NAME@ε (label_rr@4); "
+                                       f"default {','.join(DEFAULT_VARIANTS)} (--task generation: "
+                                       f"{','.join(GENERATION_DEFAULT_VARIANTS)})")
     attacks: tuple[str, ...] | None = option(None, "comma-separated attacks (default: every registered one; "
                                                    "attacks.base.ATTACKS)")
     public_file: str | None = option(None, "the attacker's public data (a data file with the task's columns): "
@@ -91,8 +95,6 @@ class AuditSettings:
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
-        if not self.variants:
-            raise UserInputError("give at least one variant")
         for name in ("dp_releases", "attack_samples"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -138,7 +140,9 @@ def audit_variants(config: AuditSettings) -> list[Variant]:
     """The configured variants, parsed."""
     noise_given = getattr(config, "noise_multiplier", None) is not None
     default = None if noise_given else getattr(config, "epsilon", DEFAULT_EPSILON)
-    return [parse_variant(text, default) for text in config.variants]
+    generation = getattr(config, "task", None) == GENERATION_TASK
+    texts = config.variants or (GENERATION_DEFAULT_VARIANTS if generation else DEFAULT_VARIANTS)
+    return [parse_variant(text, default) for text in texts]
 
 
 def fingerprint(config: AuditConfig) -> str:
