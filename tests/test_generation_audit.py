@@ -19,7 +19,7 @@ def test_generation_audit_measures_the_r_leak_and_its_dp_protection(tmp_path: Pa
     config = AuditConfig(model="tiny-llama", task="generation", train_file=str(alpaca_file(tmp_path, 60)),
                          train_samples=24, eval_samples=6, epochs=2, max_answer_tokens=6, rouge_samples=2,
                          variants=("none", "gaussian_r", "gaussian"), attacks=ATTACKS, dp_releases=300,
-                         output=str(tmp_path / "audit"))
+                         with_lora=True, output=str(tmp_path / "audit"))
     report = run_audit(config, progress=False)
     plain, dp, delta_only = report["variants"]
     rows = {r["attack"]: r for r in plain["attacks"]}
@@ -32,9 +32,14 @@ def test_generation_audit_measures_the_r_leak_and_its_dp_protection(tmp_path: Pa
     assert "what the server buys over device_local" in plain["verdict"]
     assert "eval_answer_nll" in plain["utility"] and plain["utility"]["metric"] == "eval_answer_nll"
     assert plain["best_answer_token_leak"]["attack"] == "answer_from_residual"
-    # The reference rows of a generation audit: the backbone alone and the generation_local run.
+    # The reference rows of a generation audit: the backbone alone, the generation_local run and LoRA SFT.
     references = {r["variant"]: r for r in report["references"]}
-    assert list(references) == ["zero_shot", "device_local"]
+    assert list(references) == ["zero_shot", "device_local", "local_lora"]
+    lora = references["local_lora"]
+    assert lora["utility"]["metric"] == "eval_answer_nll" and lora["cost"]["steps"] > 0
+    assert lora["utility"]["eval_answer_nll"] != pytest.approx(references["zero_shot"]["utility"]["eval_answer_nll"])
+    assert lora["utility"]["vs_zero_shot"]["difference"] == pytest.approx(
+        lora["utility"]["eval_answer_nll"] - references["zero_shot"]["utility"]["eval_answer_nll"])
     local = references["device_local"]["utility"]
     assert plain["utility"]["vs_device_local"]["difference"] == \
         pytest.approx(plain["utility"]["eval_answer_nll"] - local["eval_answer_nll"])

@@ -101,9 +101,6 @@ class AuditSettings:
         labels = [v.label for v in audit_variants(self)]
         if len(set(labels)) != len(labels):
             raise UserInputError(f"a variant is listed twice in {labels}")
-        if self.with_lora and getattr(self, "task", None) == GENERATION_TASK:
-            raise UserInputError("--with-lora trains a classification LoRA: generation audits have no local_lora row "
-                                 "(not yet supported)")
         for variant in audit_variants(self):  # every run's settings are checked now, not after hours
             variant_finetune_config(self, variant)
 

@@ -6,7 +6,7 @@ deploying?) and "vs device_local" (what does the server's help buy over training
 side network on the device?). The reference rows upload nothing: `zero_shot` (the backbone
 alone), `device_local` (the side network trained on the device; `generation_local` for a
 generation task) and, on request, `local_lora` (LoRA trained on the device: the accuracy
-reference, classification only).
+reference; for generation, supervised fine-tuning on the answer tokens).
 
 The utility is the task kind's (`UtilityMetric`): accuracy for classification (from the
 device's cached forward passes), the answer NLL per token for generation (lower is better;
@@ -23,12 +23,14 @@ import numpy as np
 
 from attacks.base import ANSWER_TOKENS, LABELS
 from protocol.backbone import load_backbone
-from protocol.baselines.local_lora import LoraSettings, run_local_lora
+from protocol.baselines.local_lora import LoraSettings, local_lora_sft, run_local_lora
+from protocol.generation_device import GenerationDevice
 from protocol.instructions import InstructionExample, InstructionTask
 from protocol.model_io import load_finetuned
 from protocol.tasks import Example, TaskSpec
 from secure_assist.config import FinetuneConfig
 from secure_assist.kinds import task_kind
+from secure_assist.kinds.generation import per_sample_sums
 from secure_assist.metrics import bootstrap_interval
 from secure_assist.resources import PeakMemory
 from secure_assist.workdir import DEVICE_DIR, EVAL_SCORES_FILE
@@ -188,11 +190,21 @@ def reference_row(name: str, scores: SampleScores, metric: UtilityMetric, cost: 
 
 
 def local_lora_row(data: EvalData, seed: int, progress: bool) -> tuple[dict[str, Any], SampleScores]:
-    """Train LoRA on the device on the audit's training set; (row, per-sample correctness)."""
+    """Train LoRA on the device on the audit's training set; (row, per-sample scores): correctness
+    for classification, the answer NLL sums of supervised fine-tuning on the answers for generation."""
     backbone = load_backbone(data.config.model)
+    settings = LoraSettings(seed=seed)
     with PeakMemory() as peak:
-        run = run_local_lora(backbone, data.task, data.train, data.evaluate, LoraSettings(seed=seed), progress)
-    scores = accuracy_scores(run.probabilities, data.labels)
-    cost = {"device_seconds": run.train_seconds, "device_peak_rss_mib": peak.peak_mib,
-            "trainable_parameters": run.trainable_parameters, "steps": run.steps}
-    return reference_row(LOCAL_LORA, scores, ACCURACY, cost, seed), scores
+        if isinstance(data.task, InstructionTask):
+            with local_lora_sft(backbone, data.task, data.train, settings, progress) as (trainable, steps, seconds):
+                device = GenerationDevice(backbone, data.task, progress=progress)
+                log_probs, _, counts = device.token_scores(data.evaluate, None, scales=(0.0,))
+            nll = per_sample_sums(-log_probs[:, 0].astype(np.float64), counts)
+            scores = SampleScores(nll, counts.astype(float))
+        else:
+            run = run_local_lora(backbone, data.task, data.train, data.evaluate, settings, progress)
+            scores = accuracy_scores(run.probabilities, data.labels)
+            trainable, steps, seconds = run.trainable_parameters, run.steps, run.train_seconds
+    cost = {"device_seconds": seconds, "device_peak_rss_mib": peak.peak_mib, "trainable_parameters": trainable,
+            "steps": steps}
+    return reference_row(LOCAL_LORA, scores, data.metric, cost, seed), scores
