@@ -7,7 +7,8 @@ with the reference rows (zero-shot, generation_local, of the default settings) b
 public head), `answer_inversion` (activations only: public ridge map of the lowest uploaded layer to
 input embeddings) and `generation_model_extraction`. Variants: plain; `gaussian_r` at each ε;
 `activation_noise` at each σ/c; plain with fewer, deeper layers. Also reported: the per-sample L2 norm of
-the plain run's r (what `--residual-clip` bounds). Prints one JSON object. Example:
+the plain run's r (what `--residual-clip` bounds). Each finished variant is kept as <workdir>/<variant>/row.json,
+so an interrupted run resumes after it (the reference rows are recomputed). Prints one JSON object. Example:
   OMP_NUM_THREADS=1 python benchmarks/generation_leakage.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
       --train-samples 300 --eval-samples 100 --workdir /tmp/generation-leakage
 """
@@ -78,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="generation-leakage-")
 
+    from protocol.files import write_atomic
     from secure_assist.audit.config import AuditConfig, audit_variants
     from secure_assist.audit.runner import audit_inputs, audit_variant, jsonable, reference_rows
 
@@ -89,12 +91,16 @@ def main() -> None:
     references = reference_rows(base, data, progress=False)
     rows = []
     for label, mechanism, overrides in variants(args):
-        config = replace(base, variants=(mechanism,),
-                         output=str(Path(args.workdir) / label.replace(" ", "_").replace(",", "-")), **overrides)
-        row = audit_variant(config, audit_variants(config)[0], data, public, references, progress=False)
-        row["label"] = label
-        rows.append(jsonable(row))
-        print(f"[generation_leakage] {label}: {row.get('verdict') or row.get('reason')}", flush=True)
+        folder = Path(args.workdir) / label.replace(" ", "_").replace(",", "-")
+        done = folder / "row.json"  # each finished row is kept: a rerun resumes after the last one
+        if not done.is_file():
+            config = replace(base, variants=(mechanism,), output=str(folder), **overrides)
+            row = jsonable(audit_variant(config, audit_variants(config)[0], data, public, references, progress=False))
+            row["label"] = label
+            write_atomic(done, json.dumps(row).encode())
+        rows.append(json.loads(done.read_text()))
+        print(f"[generation_leakage] {label}: {rows[-1].get('verdict') or rows[-1].get('reason')}", file=sys.stderr,
+              flush=True)
     plain = Path(rows[0]["workdir"])
     print(json.dumps({"settings": vars(args), "residual_norm_per_sample": residual_norms(plain), "variants": rows},
                      indent=1))
