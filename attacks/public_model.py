@@ -32,12 +32,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def logit_lens(backbone: Backbone, states: np.ndarray) -> np.ndarray:
-    """Vocabulary logits of intermediate states: the public final norm, then the LM head."""
+def _lens_logits(backbone: Backbone, states: np.ndarray) -> torch.Tensor:
     norm = getattr(backbone.model.base_model, "norm", None) or torch.nn.Identity()
     with torch.no_grad():
         normed = norm(torch.from_numpy(states).float())
-    return backbone.public_head(normed).float().cpu().numpy()
+    return backbone.public_head(normed).float().cpu()
+
+
+def logit_lens(backbone: Backbone, states: np.ndarray) -> np.ndarray:
+    """Vocabulary logits of intermediate states: the public final norm, then the LM head."""
+    return _lens_logits(backbone, states).numpy()
+
+
+def logit_lens_top(backbone: Backbone, states: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k highest logit-lens tokens of each state, highest first: (..., d) -> (..., k).
+    (A partial selection: sorting the whole vocabulary of every state cost most of the attack.)"""
+    return torch.topk(_lens_logits(backbone, states), k, dim=-1).indices.numpy()
 
 
 def head_matrix(backbone: Backbone) -> np.ndarray:

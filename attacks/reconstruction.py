@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
-from attacks.public_model import input_embeddings, logit_lens, public_backbone, token_states
+from attacks.public_model import input_embeddings, logit_lens_top, public_backbone, token_states
 from attacks.rotation_math import nearest_states
 from attacks.view_data import full_activation_data, layer_directions, pivot_data
 from protocol.backbone import Backbone
@@ -49,9 +49,26 @@ class EmbeddingIndex:
         centred = matrix - self._centre
         return centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-6)
 
-    def nearest(self, states: np.ndarray) -> list[int]:
+    def nearest(self, states: np.ndarray) -> np.ndarray:
         """Token id nearest to each row of `states`."""
-        return (self._unit(states) @ self._table.T).argmax(axis=1).tolist()
+        return (self._unit(states) @ self._table.T).argmax(axis=1)
+
+
+# Samples whose states go through one vocabulary-sized product: (samples × layers) rows at a time keep the
+# product efficient (one sample's few rows waste most of it) and its (rows, vocabulary) result near 200 MB.
+SAMPLES_PER_PRODUCT = 32
+
+
+def per_sample_tokens(states: np.ndarray, tokens: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """`tokens` (rows (m, d) -> token ids (m, ...)) applied to every sample's (L, d) states, a few samples a
+    product; one (L, ...) array per sample."""
+    samples, layers = states.shape[:2]
+    found: list[np.ndarray] = []
+    for start in range(0, samples, SAMPLES_PER_PRODUCT):
+        chunk = states[start:start + SAMPLES_PER_PRODUCT]
+        ids = np.asarray(tokens(chunk.reshape(-1, chunk.shape[-1])))
+        found += list(ids.reshape(len(chunk), layers, *ids.shape[1:]))
+    return found
 
 
 def _bag_text(backbone: Backbone, task: TaskSpec, token_ids: list[int]) -> str:
@@ -75,7 +92,8 @@ class PivotNearestEmbedding(Attack):
         data = pivot_data(view, self)
         backbone = public_backbone(public.backbone_name)
         index = EmbeddingIndex(backbone)
-        texts = [_bag_text(backbone, public.task, index.nearest(sample)) for sample in data.activations]
+        texts = [_bag_text(backbone, public.task, ids.tolist())
+                 for ids in per_sample_tokens(data.activations, index.nearest)]
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
 
 
@@ -93,10 +111,8 @@ class PivotLogitLens(Attack):
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
         backbone = public_backbone(public.backbone_name)
-        texts = []
-        for sample in data.activations:
-            top = np.argsort(-logit_lens(backbone, sample), axis=1)[:, :self.TOP]
-            texts.append(_bag_text(backbone, public.task, top.ravel().tolist()))
+        texts = [_bag_text(backbone, public.task, top.ravel().tolist())
+                 for top in per_sample_tokens(data.activations, lambda rows: logit_lens_top(backbone, rows, self.TOP))]
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
 
 
@@ -255,7 +271,7 @@ class FullActivationInversion(Attack):
         index = EmbeddingIndex(backbone)
         token_ids, texts = [], []
         for sample in data.activations:
-            ids = index.nearest(mapping(sample[0]))
+            ids = index.nearest(mapping(sample[0])).tolist()
             token_ids.append(ids)
             texts.append(strip_template(public.task, backbone.tokenizer.decode(ids)))
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,

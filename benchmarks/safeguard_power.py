@@ -11,7 +11,10 @@ least 4 of 5 seeds.
     OMP_NUM_THREADS=1 python benchmarks/safeguard_power.py --mechanisms none,label_rr@4,gaussian@8 --seeds 0,1,2,3,4 \\
         --workdir /work/runs/safeguard_power
 
-Resumable: each finished run is kept as <workdir>/<mechanism>-<seed>.json. Prints one JSON object.
+Resumable: each finished run is kept as <workdir>/<mechanism>-<seed>.json, with the backbone's and the raw side
+output's scores on its validation split and on dev in <mechanism>-<seed>.npz. The decision reported is the one this
+checkout's safeguard makes on those recorded validation scores (the run's own is kept beside it), so a changed
+safeguard is measured on the same side outputs without training them again. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def raw_side_outputs() -> Iterator[list]:
     original = ClassificationKind.safeguard
 
     def recording(self, device, side, validation, seed=0):
-        recorded.append((device, copy.deepcopy(side)))
+        recorded.append((device, copy.deepcopy(side), validation))
         return original(self, device, side, validation, seed)
 
     ClassificationKind.safeguard = recording
@@ -60,13 +63,40 @@ def one_run(args: argparse.Namespace, spec: str, seed: int) -> dict:
                             safeguard_fraction=args.safeguard_fraction, reuse_forwards=True, workdir=str(Path(args.workdir) / f"{spec}-{seed}"))
     with raw_side_outputs() as recorded:
         summary = run_finetune(config, progress=False, overwrite=True)
-    device, raw = recorded[-1]
+    device, raw, validation = recorded[-1]
     _, _, evaluate = task_kind(config).data(config)
-    labels = np.array([e.label for e in evaluate])
-    _, combined = device.scores(evaluate, raw)
+    arrays = {}
+    for split, examples in (("validation", validation), ("dev", evaluate)):
+        backbone, combined = device.scores(examples, raw)
+        arrays.update({f"{split}_backbone": backbone, f"{split}_side": combined - backbone,
+                       f"{split}_labels": np.array([e.label for e in examples])})
+    np.savez(Path(args.workdir) / f"{spec}-{seed}.npz", **arrays)
     return {"mechanism": spec, "seed": seed, "zero_shot_accuracy": summary["zero_shot_accuracy"],
-            "raw_accuracy": float((combined.argmax(axis=1) == labels).mean()),
-            "deployed_accuracy": summary["accuracy"], "safeguard": summary["safeguard"]}
+            "raw_accuracy": _accuracy(arrays, "dev", 1.0), "deployed_accuracy": summary["accuracy"],
+            "safeguard": summary["safeguard"]}
+
+
+def _accuracy(arrays: dict[str, np.ndarray], split: str, factor: float) -> float:
+    """Accuracy of argmax(p_b + factor·g) on a recorded split."""
+    predicted = (arrays[f"{split}_backbone"] + factor * arrays[f"{split}_side"]).argmax(axis=1)
+    return float((predicted == arrays[f"{split}_labels"]).mean())
+
+
+def decided(run: dict, workdir: Path) -> dict:
+    """The run with the safeguard's decision as this checkout's `choose_shrink` makes it on the recorded validation
+    outputs, and the dev accuracy it then deploys (the side output scales linearly: argmax(p_b + s·g)). Equal to
+    the run's own decision when the safeguard has not changed since the run; the run's own is kept beside it."""
+    from dataclasses import asdict
+
+    from secure_assist.safeguard import choose_shrink
+
+    with np.load(workdir / f"{run['mechanism']}-{run['seed']}.npz", allow_pickle=False) as loaded:
+        arrays = dict(loaded)
+    decision = choose_shrink(arrays["validation_backbone"], arrays["validation_side"], arrays["validation_labels"],
+                             run["seed"])
+    return {**run, "run_safeguard": run["safeguard"], "run_deployed_accuracy": run["deployed_accuracy"],
+            "safeguard": {**asdict(decision), "action": decision.action},
+            "deployed_accuracy": _accuracy(arrays, "dev", decision.factor)}
 
 
 def main() -> None:
@@ -87,7 +117,7 @@ def main() -> None:
             path = Path(args.workdir) / f"{spec}-{seed}.json"
             if not path.is_file():
                 write_atomic(path, json.dumps(one_run(args, spec, seed)).encode())
-            runs.append(json.loads(path.read_text()))
+            runs.append(decided(json.loads(path.read_text()), Path(args.workdir)))
             print(json.dumps(runs[-1]), flush=True)
     qualifying = [r for r in runs if 100 * (r["raw_accuracy"] - r["zero_shot_accuracy"]) >= GAIN_POINTS]
     deployed = [r for r in qualifying if r["safeguard"]["action"] != "dropped"]

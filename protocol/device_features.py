@@ -28,7 +28,7 @@ from protocol.codec import decode, encode
 from protocol.device import DeviceRole, PivotBatch
 from protocol.errors import ProtocolError
 from protocol.files import write_atomic
-from protocol.shared_forwards import device_spec, served
+from protocol.shared_forwards import SharedForwards, device_spec, served_table
 from protocol.tasks import Example
 
 _FORMAT = "device-features/2"
@@ -84,13 +84,17 @@ def _load(path, key: str) -> _Entry | None:
 
 
 def _entry(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> _Entry:
-    """The dataset's entry: read from the cache, or computed (in the given order) and stored."""
+    """The dataset's entry: read from the cache, or computed (shortest texts first) and stored."""
     digests = [text_digest(e.text) for e in examples]
     key = _key(device, digests)
     path = cache_root() / "device-features" / f"{key}.safetensors"
     if use_cache and (entry := _load(path, key)) is not None:
         return entry
     start = device.forward_seconds
+    # Rows are found by digest, so they can be computed in any order: similar lengths batched
+    # together pad less (a third less forward time on SST-2 than the given order).
+    examples = sorted(examples, key=lambda e: len(e.text))
+    digests = [text_digest(e.text) for e in examples]
     # DeviceRole.batches explicitly: a ForwardCachingDevice must not recurse into its own cache.
     result = PivotBatch.concatenate([pivots for _, pivots in DeviceRole.batches(device, examples, "device forward")])
     if use_cache:
@@ -106,7 +110,11 @@ def _entry(device: DeviceRole, examples: list[Example], use_cache: bool = True) 
 
 
 def encode_dataset(device: DeviceRole, examples: list[Example], use_cache: bool = True) -> PivotBatch:
-    """Pivot activations and label logits for every example, from the cache when possible."""
+    """Pivot activations and label logits for every example, from the served table or the
+    cache when possible."""
+    table = served_table(device)
+    if table is not None and all(table.holds(e.text) for e in examples):
+        return table.pivots(examples)
     return _entry(device, examples, use_cache).gather([text_digest(e.text) for e in examples])
 
 
@@ -125,11 +133,11 @@ class ForwardCachingDevice(DeviceRole):
     its evaluation set): a request for examples of a pool is served from the pool's one
     entry (computed in full on first use), whatever subset or order is asked for; other
     examples form an entry of their own. The outputs are identical to a fresh pass over
-    the pool (same rounding). Reused passes are counted apart (`reused_forwards`, with
+    the pool in the order it is computed in (shortest texts first; same batches, same rounding). Reused passes are counted apart (`reused_forwards`, with
     their share of the seconds measured when the entry was computed) so cost reports stay
     honest; passes this device computed itself are counted once, when computed.
-    Inside `protocol.shared_forwards.serving`, rows come from the shared table of the
-    whole sweep or audit instead.
+    Inside `protocol.shared_forwards.serving`, the rows the shared table of the whole sweep
+    or audit holds come from it instead, and the rest as above.
     """
 
     def __init__(self, *args: object, pools: Sequence[list[Example]] = (), **kwargs: object) -> None:
@@ -144,31 +152,46 @@ class ForwardCachingDevice(DeviceRole):
         return self._loaded[index]
 
     def outputs(self, examples: list[Example]) -> PivotBatch:
-        """Forward outputs of `examples` in order: each from the first pool holding its text,
-        the others from an entry of their own (from the served table instead, when it holds them all)."""
-        shared = served(self, examples)
-        if shared is not None:
-            self.reused_forwards += len(examples)
-            self.reused_forward_seconds += shared[1]
-            return shared[0]
-        digests = [text_digest(e.text) for e in examples]
-        owners = [next((i for i, known in enumerate(self._pool_digests) if d in known), None) for d in digests]
-        strangers = [e for e, owner in zip(examples, owners) if owner is None]
+        """Forward outputs of `examples` in order: those the served table holds from it, each
+        other from the first pool holding its text, the rest from an entry of their own."""
+        table = served_table(self)
+        held = [table is not None and table.holds(e.text) for e in examples]
+        if all(held):
+            return self._from_table(table, examples)
+        activations: list[torch.Tensor | None] = [None] * len(examples)
+        logits: list[torch.Tensor | None] = [None] * len(examples)
+        for positions, part in self._parts(table, examples, held):
+            for row, i in enumerate(positions):
+                activations[i], logits[i] = part.activations[row], part.label_logits[row]
+        return PivotBatch(activations=torch.stack(activations), label_logits=torch.stack(logits))
+
+    def _from_table(self, table: SharedForwards, examples: list[Example]) -> PivotBatch:
+        self.reused_forwards += len(examples)
+        self.reused_forward_seconds += table.seconds_per_forward * len(examples)
+        return table.pivots(examples)
+
+    def _parts(self, table: SharedForwards | None, examples: list[Example],
+               held: list[bool]) -> Iterator[tuple[list[int], PivotBatch]]:
+        """(positions in `examples`, their outputs): the served table's rows, then each pool's."""
+        if any(held):
+            positions = [i for i, h in enumerate(held) if h]
+            yield positions, self._from_table(table, [examples[i] for i in positions])
+        rest = [i for i, h in enumerate(held) if not h]
+        digests = {i: text_digest(examples[i].text) for i in rest}
+        owners = {i: next((p for p, known in enumerate(self._pool_digests) if digests[i] in known), None)
+                  for i in rest}
+        strangers = [examples[i] for i in rest if owners[i] is None]
         if strangers:
             self._pools.append(strangers)
             self._pool_digests.append({text_digest(e.text) for e in strangers})
-            owners = [len(self._pools) - 1 if owner is None else owner for owner in owners]
-        activations, logits = [None] * len(examples), [None] * len(examples)
-        for owner in dict.fromkeys(owners):
-            positions = [i for i, o in enumerate(owners) if o == owner]
+            owners = {i: len(self._pools) - 1 if owner is None else owner for i, owner in owners.items()}
+        for owner in dict.fromkeys(owners.values()):
+            positions = [i for i in rest if owners[i] == owner]
             entry = self._pool_entry(owner)
             if entry.seconds is not None:
                 self.reused_forwards += len(positions)
                 self.reused_forward_seconds += entry.seconds * len(positions) / len(self._pools[owner])
-            part = entry.gather([digests[i] for i in positions])
-            for row, i in enumerate(positions):
-                activations[i], logits[i] = part.activations[row], part.label_logits[row]
-        return PivotBatch(activations=torch.stack(activations), label_logits=torch.stack(logits))
+            yield positions, entry.gather([digests[i] for i in positions])
 
     def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
         """The examples' outputs (shared, cached or computed once), served batch by batch."""

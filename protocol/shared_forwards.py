@@ -7,8 +7,8 @@ prefixes, runs evaluate on their own splits), so the disk cache of
 `protocol.device_features`, keyed by the set of texts of each dataset, would forward the
 same texts again for each distinct set. A `SharedForwards` table instead holds one row per distinct text for one
 device configuration (backbone, task and prompt, layers, payload dtype), computed once;
-a `ForwardCachingDevice` running inside `serving(tables)` reads its rows from the table
-instead of the backbone, in any order and any subset.
+a `ForwardCachingDevice` running inside `serving(tables)` reads the rows the table holds
+from it instead of the backbone, in any order and any subset.
 
 Memory: `nbytes` = rows × layers × hidden size × payload bytes + rows × classes × 4, held
 once per process (or once per node, read without copying, in Ray's object store); a run
@@ -63,6 +63,10 @@ class SharedForwards:
         """Bytes held by the arrays (the memory bound of one copy)."""
         return int(self.activations.nbytes + self.label_logits.nbytes)
 
+    def holds(self, text: str) -> bool:
+        """Whether the table has a row for `text`."""
+        return text in self._rows
+
     def pivots(self, examples: list[Example]) -> PivotBatch | None:
         """The rows of `examples` in their order, or None when a text is not in the table."""
         rows = [self._rows.get(e.text) for e in examples]
@@ -88,8 +92,6 @@ def serving(tables: Iterable[SharedForwards]) -> Iterator[None]:
         _SERVED.update(previous)
 
 
-def served(device: DeviceRole, examples: list[Example]) -> tuple[PivotBatch, float] | None:
-    """(rows, their forward seconds when computed) from a served table, or None."""
-    table = _SERVED.get(spec_key(device)) if _SERVED else None
-    pivots = None if table is None else table.pivots(examples)
-    return None if pivots is None else (pivots, table.seconds_per_forward * len(examples))
+def served_table(device: DeviceRole) -> SharedForwards | None:
+    """The served table of `device`'s configuration, if any."""
+    return _SERVED.get(spec_key(device)) if _SERVED else None

@@ -1,19 +1,31 @@
 """The device's safeguard: never deploy a side output that is not measurably better than the backbone alone.
 
-Classification (below) tests accuracy; generation (`choose_scale`, further down) tests the
+Classification (below) tests the Brier score; generation (`choose_scale`, further down) tests the
 answer NLL per token of the scaled correction, with a sign test over validation samples.
 
 The device holds out a validation split of its own training data (never uploaded). On it,
-it must choose the shrink factor s in [0, 1] of the side output (argmax(p_b + s·g(A)))
-and decide whether any s > 0 is better than the backbone. Choosing s and testing the
-choice on the same samples is optimistic (the best of 21 factors looks better than it
-is), so the test is cross-fitted *(choice)*: the validation split is cut into two
-seed-fixed halves, s is chosen on each half, and each sample is predicted with the
-factor chosen on the *other* half. A one-sided exact McNemar test of those predictions
-against the backbone, on every validation sample, decides at level `SIGNIFICANCE`:
-no sample's prediction used a factor selected on its own label, and the test still
-uses the whole split. When it passes, the deployed factor is the one chosen on the
-whole split (ties to the smaller s); otherwise the side output is dropped (s = 0).
+it must choose the shrink factor s in [0, 1] of the side output (deployed: argmax(p_b + s·g(A)))
+and decide whether any s > 0 is better than the backbone.
+
+What is tested *(choice)*: the per-sample Brier score ‖p_b + s·g(A) − e_y‖², the loss the
+side network is trained to reduce (it fits g(A) to Δ = e_y − p_b). Accuracy only moves when
+a prediction flips, so a test on accuracy flips has little power on a few hundred samples:
+a side output 2 points better on dev could show +0.75 points on an easy validation split
+(BENCHMARKS.md, "Safeguard power"), while the same output lowers the Brier score of most
+samples. A side output no better than the backbone (noise, or pushes toward and away from
+the truth alike) does not lower it in expectation, at any factor.
+
+Choosing s and testing the choice on the same samples is optimistic (the best of 21 factors
+looks better than it is), so the test is cross-fitted: the validation split is cut into two
+seed-fixed halves, s is chosen on each half (lowest mean Brier score), and each sample is
+scored with the factor chosen on the *other* half. A one-sided paired t-test of those
+scores against the backbone's, on every validation sample, decides at level `SIGNIFICANCE`,
+and those cross-fitted factors must also predict more validation samples right than the
+backbone does: a lower Brier score alone can be calibration (measured: label_rr ε = 1, 1.1
+points below zero-shot on dev, lowers it significantly while its cross-fitted predictions are
+right no more often than the backbone's).
+When both hold, the deployed factor is the one with the lowest Brier score on the whole
+split (ties to the smaller s); otherwise the side output is dropped (s = 0).
 `tests/test_safeguard.py` simulates side outputs no better than the backbone and checks
 that at most 5% are deployed.
 
@@ -27,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_1samp
 
 from protocol.generation_device import CORRECTION_SCALES
 from protocol.side_output import SideOutput, scale_side_output
@@ -49,7 +61,9 @@ class ShrinkDecision:
     validation_accuracy_unshrunk: float
     validation_accuracy_chosen: float  # of the factor chosen on the whole split (0 when dropped: the backbone)
     cross_fitted_accuracy: float  # each sample predicted with the factor chosen on the other half
-    # One-sided exact McNemar p-value of the cross-fitted predictions against the backbone (1.0: no gain).
+    validation_brier_backbone: float  # mean Brier score of p_b
+    cross_fitted_brier: float  # each sample scored with the factor chosen on the other half
+    # One-sided paired t-test p-value of the cross-fitted Brier scores against the backbone's (1.0: no change).
     p_value: float
 
     @property
@@ -58,14 +72,20 @@ class ShrinkDecision:
         return "dropped" if self.factor == 0 else "kept" if self.factor == 1 else "shrunk"
 
 
+def _brier(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(factors, n) Brier score of p_b + s·g for every factor of the grid."""
+    truth = np.eye(backbone_probs.shape[1])[labels]
+    return np.stack([((backbone_probs + s * side_output - truth) ** 2).sum(axis=1) for s in SHRINK_GRID])
+
+
 def _right(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(factors, n) correctness of argmax(p_b + s·g) for every factor of the grid."""
     return np.stack([(backbone_probs + s * side_output).argmax(axis=1) == labels for s in SHRINK_GRID])
 
 
-def _best(right: np.ndarray) -> int:
-    """Index of the most accurate factor (argmax returns the first, i.e. the smallest, among ties)."""
-    return int(np.argmax(right.mean(axis=1)))
+def _best(brier: np.ndarray) -> int:
+    """Index of the factor with the lowest mean Brier score (argmin returns the first, i.e. the smallest, among ties)."""
+    return int(np.argmin(brier.mean(axis=1)))
 
 
 def sign_test_greater(gained: int, lost: int) -> float:
@@ -73,26 +93,38 @@ def sign_test_greater(gained: int, lost: int) -> float:
     return float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue) if gained > lost else 1.0
 
 
-def mcnemar_greater(candidate: np.ndarray, backbone: np.ndarray) -> float:
-    """One-sided exact McNemar p-value that `candidate` is right more often than `backbone` (paired)."""
-    return sign_test_greater(int((candidate & ~backbone).sum()), int((~candidate & backbone).sum()))
+def paired_lower(candidate: np.ndarray, backbone: np.ndarray) -> float:
+    """One-sided paired t-test p-value that `candidate`'s per-sample losses are lower than `backbone`'s on average."""
+    differences = candidate - backbone
+    if len(differences) < 2 or not differences.any():
+        return 1.0
+    if np.ptp(differences) == 0:  # every sample moved by the same amount: the sign says it all
+        return 0.0 if differences[0] < 0 else 1.0
+    return float(ttest_1samp(differences, 0.0, alternative="less").pvalue)
 
 
 def choose_shrink(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray,
                   seed: int = 0) -> ShrinkDecision:
     """The factor to deploy: chosen on the whole split if the cross-fitted test finds a significant gain, else 0."""
+    brier = _brier(backbone_probs, side_output, labels)
     right = _right(backbone_probs, side_output, labels)
     halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
-    crossed = np.empty(len(labels), dtype=bool)
+    crossed = np.zeros(len(labels), dtype=int)  # index of the factor each sample is scored with
     for this, other in (halves, halves[::-1]):
-        crossed[this] = right[_best(right[:, other]), this] if len(other) else right[0, this]
-    p_value = mcnemar_greater(crossed, right[0])
-    best = _best(right) if p_value <= SIGNIFICANCE else 0
+        crossed[this] = _best(brier[:, other]) if len(other) else 0
+    samples = np.arange(len(labels))
+    p_value = paired_lower(brier[crossed, samples], brier[0])
+    # A lower Brier score can come from calibration alone (shrinking p_b toward uniform), which never changes a
+    # prediction: the cross-fitted predictions must also fix more validation samples than they break.
+    more_right = right[crossed, samples].sum() > right[0].sum()
+    best = _best(brier) if p_value <= SIGNIFICANCE and more_right else 0
     return ShrinkDecision(factor=float(SHRINK_GRID[best]), validation_samples=len(labels),
                           validation_accuracy_backbone=float(right[0].mean()),
                           validation_accuracy_unshrunk=float(right[-1].mean()),
                           validation_accuracy_chosen=float(right[best].mean()),
-                          cross_fitted_accuracy=float(crossed.mean()), p_value=p_value)
+                          cross_fitted_accuracy=float(right[crossed, samples].mean()),
+                          validation_brier_backbone=float(brier[0].mean()),
+                          cross_fitted_brier=float(brier[crossed, samples].mean()), p_value=p_value)
 
 
 def shrink_network(side: SideOutput, factor: float) -> None:

@@ -20,7 +20,9 @@ def private_cache(tmp_path, monkeypatch) -> None:
 
 
 def test_cached_batches_equal_a_fresh_pass(tiny_llama: Backbone) -> None:
-    examples = builtin_split("sst2", "dev")[:20]
+    # In the order the cache computes them (shortest first: less padding), so the batches, and the
+    # last bits of their outputs, are the same.
+    examples = sorted(builtin_split("sst2", "dev")[:20], key=lambda e: len(e.text))
     fresh = list(DeviceRole(tiny_llama, SST2, batch_size=8, progress=False).batches(examples, "x"))
     computing = ForwardCachingDevice(tiny_llama, SST2, batch_size=8, progress=False)
     reading = ForwardCachingDevice(tiny_llama, SST2, batch_size=8, progress=False)
@@ -88,11 +90,13 @@ def test_shared_table_serves_any_subset_in_any_order(tiny_llama: Backbone) -> No
     assert torch.equal(torch.cat([p.activations for _, p in served]), whole.activations[rows])
     assert torch.equal(torch.cat([p.label_logits for _, p in served]), whole.label_logits[rows])
     assert caching.forward_samples == 0 and caching.reused_forwards == 4 and caching.reused_forward_seconds == 2.0
-    # Another device configuration, or a text the table lacks: computed as before (into the device's own
-    # entry, which then serves those texts outside `serving` too).
+    # Another device configuration: computed as before. A text the table lacks: computed alone, in the
+    # device's own entry, while the table still serves the others.
     other = ForwardCachingDevice(tiny_llama, SST2, layers=(1,), progress=False)
     with serving([table]):
         list(other.batches(subset, "x"))
-        list(caching.batches([*subset, builtin_split("sst2", "dev")[30]], "x"))
-    list(caching.batches(subset, "x"))
-    assert other.forward_samples == 4 and caching.forward_samples == 5
+        mixed = caching.outputs([*subset, builtin_split("sst2", "dev")[30]])
+    assert other.forward_samples == 4 and caching.forward_samples == 1 and caching.reused_forwards == 8
+    assert torch.equal(mixed.activations[:4], whole.activations[rows]) and len(mixed.activations) == 5
+    list(caching.batches(subset, "x"))  # outside `serving`: from an entry of its own
+    assert caching.forward_samples == 5

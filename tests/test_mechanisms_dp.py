@@ -221,7 +221,7 @@ def test_safeguard_drops_a_gain_that_is_noise() -> None:
     assert decision.factor == 0.0 and decision.validation_accuracy_chosen == 0.8 and decision.p_value > 0.05
     side[3:30] = [0.5, -0.5]  # fixes 30 and breaks 2: significant, deployed
     decision = choose_shrink(probs, side, labels)
-    assert decision.factor > 0 and decision.validation_accuracy_chosen >= 0.94 and decision.p_value < 1e-6
+    assert decision.factor > 0 and decision.validation_accuracy_chosen >= 0.94 and decision.p_value < 1e-4
 
 
 def test_shrink_to_zero_silences_the_side_network() -> None:

@@ -3,7 +3,7 @@
 The run path (`secure_assist.run`) is the same for every task: hold-out split, forward
 passes, mechanisms, resumable upload, the mode's training, restore, safeguard,
 evaluation, model file and summary. A task kind supplies the parts that depend on what
-is predicted: a class per text (`classification`: accuracy, the McNemar-tested shrink)
+is predicted: a class per text (`classification`: accuracy, the Brier-tested shrink)
 or a free-text answer (`generation`: answer NLL, token accuracy, ROUGE-L, a
 sign-tested scale of the correction).
 """
