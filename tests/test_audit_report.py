@@ -30,6 +30,7 @@ def test_reports_are_written_with_the_schema_fields(audited: tuple[AuditConfig, 
     assert saved["schema"] == SCHEMA and saved["schema_version"] == SCHEMA_VERSION
     assert saved["config_fingerprint"] == fingerprint(config) and len(saved["config_fingerprint"]) == 64
     assert saved["seed"] == 0 and saved["package_versions"]["torch"] and saved["consistent"] is True
+    assert saved["config"]["variants"] == ["none", "gaussian@1", "he_ckks"]  # as run: ε resolved
     by_name = {v["variant"]: v for v in saved["variants"]}
     he = by_name["he_ckks"]
     assert he["status"] == "ok" and he["dp_check"] is None

@@ -241,7 +241,9 @@ def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | N
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": jsonable(asdict(config)), "config_fingerprint": fingerprint(config), "seed": config.seed,
+        # The variants as run (the defaults of the task kind when none were given), with their ε.
+        "config": jsonable({**asdict(config), "variants": [v.label for v in variants]}),
+        "config_fingerprint": fingerprint(config), "seed": config.seed,
         "package_versions": package_versions(), "data": jsonable(provenance),
         "references": [entry["row"] for entry in references.values()],
         "variants": audited,
