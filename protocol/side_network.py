@@ -80,12 +80,14 @@ class AdditiveSideNetwork(nn.Module):
                 f"side network expects activations (B, {self.shape.n_layers}, {self.shape.hidden_size}), "
                 f"got {tuple(activations.shape)}"
             )
-        inputs = self.dropout((activations.float() - self.input_mean) / self.input_scale)
-        gates = torch.sigmoid(self.gate_logits)
+        inputs = self.dropout((activations.float() - self.input_mean) / self.input_scale).unbind(1)
+        # Split once: indexing a parameter per layer (self.down[i]) makes each backward step fill a zero
+        # gradient of the whole parameter, which made training time grow with the square of the layer count.
+        gates, downs, ups = torch.sigmoid(self.gate_logits).unbind(0), self.down.unbind(0), self.up.unbind(0)
         state = None
-        for i in range(self.shape.n_layers):
-            entry = inputs[:, i] if state is None else (1 - gates[i]) * inputs[:, i] + gates[i] * state
-            state = entry + torch.nn.functional.gelu(entry @ self.down[i]) @ self.up[i]
+        for x, gate, down, up in zip(inputs, gates, downs, ups):
+            entry = x if state is None else (1 - gate) * x + gate * state
+            state = entry + torch.nn.functional.gelu(entry @ down) @ up
         return state
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
