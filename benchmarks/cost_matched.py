@@ -196,7 +196,7 @@ def plot(points: list[dict], path: Path) -> None:
                           label=f"local LoRA n={n}")
             elif lora:
                 axis.axhline(lora[0]["accuracy"], color=color, ls="--", label=f"local LoRA n={n} (uploads nothing)")
-    left.set_xlabel("device seconds (2 CPU cores, shared)")
+    left.set_xlabel(f"device seconds ({torch.get_num_threads()} CPU thread(s))")
     right.set_xlabel("upload bytes per sample")
     right.set_xscale("log")
     for axis in (left, right):
