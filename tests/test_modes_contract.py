@@ -136,7 +136,13 @@ def test_pair_over_tls_matches_the_in_process_run(tiny_llama, network, tmp_path:
                           NetworkChannel(*running.address, *keys.device_context(name)), progress=False)
     local = run_finetune(replace(config, workdir=str(tmp_path / "local")), progress=False)
     assert remote.mode == local["mode"] == mode and remote.n_train == local["n_train"]
-    assert remote.metrics["accuracy"] == local["accuracy"] and remote.safeguard == local["safeguard"]
+    assert remote.metrics["accuracy"] == local["accuracy"]
+    # CKKS encryption is randomised: decrypted corrections differ from run to run in their last digits, so the
+    # safeguard's continuous scores agree to rounding while its choice (factor, action) agrees exactly.
+    assert remote.safeguard.keys() == local["safeguard"].keys()
+    for key, value in local["safeguard"].items():
+        expected = pytest.approx(value, rel=1e-6, abs=1e-9) if isinstance(value, float) else value
+        assert remote.safeguard[key] == expected, key
 
 
 class SingleEpochMode(SideNetworkMode):
