@@ -11,7 +11,7 @@ reads the pivot's state, as in plain PAE. Leakage per k: the activations-only la
 balanced accuracy), the zero-shot head, and input inversion (`learned_inversion`, and `candidate_matching` against
 a pool of the subsample's texts and 1,000 public ones), on a seed-fixed subsample of the uploads, run through the
 auditor on each k's server view with public texts encoded the same way; measured at the smallest training size
-(what one upload reveals does not depend on how many there are).
+(what one upload reveals does not depend on how many there are; --no-leakage skips them).
 
 Device seconds: PAE's are the forward passes over the training set (the same for every k: one pass yields every
 position), measured in this process; LoRA's are its training (forward + backward, 1 epoch), measured beside it.
@@ -220,6 +220,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attack-samples", type=int, default=300)
     parser.add_argument("--no-lora", dest="lora", action="store_false")
+    parser.add_argument("--no-leakage", dest="leakage", action="store_false",
+                        help="skip the attacks (for a workdir whose sizes were already measured for leakage elsewhere)")
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",")]
@@ -241,7 +243,8 @@ def main() -> None:
         for k in ks:
             path = workdir / "points" / f"pae_n{n}_k{k}.json"
             if not path.is_file():
-                point = run_point(args, n, k, pools, train, dev, public_examples, backbone, n == min(sizes))
+                point = run_point(args, n, k, pools, train, dev, public_examples, backbone,
+                                  args.leakage and n == min(sizes))
                 path.write_text(json.dumps(point))
             points.append(json.loads(path.read_text()))
         path = workdir / "points" / f"lora_n{n}.json"

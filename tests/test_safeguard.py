@@ -1,6 +1,6 @@
 """The safeguard's honesty and power, by simulation: side outputs no better than the backbone are deployed in at
 most 5% of trials, while choosing the factor and testing it on the same samples (the earlier design) is not held
-to that; a side output that is clearly better is deployed."""
+to that; a side output that is clearly better is deployed. The same two checks for generation's correction scale."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from secure_assist.safeguard import SHRINK_GRID, choose_shrink, paired_lower
+from secure_assist.safeguard import SCALE_GRID, SHRINK_GRID, choose_scale, choose_shrink, paired_lower
 
 TRIALS = 400
 VALIDATION = 200
@@ -84,3 +84,29 @@ def test_a_clearly_better_side_output_is_deployed() -> None:
         deployed += decision.factor > 0
         assert decision.validation_accuracy_chosen >= decision.validation_accuracy_backbone
     assert deployed >= 45
+
+
+def _scaled_correction(rng: np.random.Generator, n: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_nll over SCALE_GRID, counts): each sample's summed answer NLL moves linearly with the factor, by a
+    slope drawn around -gain (0: the correction helps as many samples as it hurts, with no penalty for large
+    factors, the case where picking the best of the grid flatters it most), plus a curvature that gives a real
+    correction a best factor inside the grid."""
+    counts = rng.integers(5, 60, n)
+    base = rng.gamma(2.0, 1.0, n) * counts
+    slope = rng.normal(-gain, 1.0, n)
+    scale = np.array(SCALE_GRID) / max(SCALE_GRID)
+    return base[:, None] + 0.1 * counts[:, None] * (scale * slope[:, None] + gain / 2 * scale ** 2), counts
+
+
+@pytest.mark.parametrize("validation", [30, 200])
+def test_a_generation_correction_no_better_than_the_backbone_is_rarely_deployed(validation: int) -> None:
+    rng = np.random.default_rng(3)
+    deployed = sum(choose_scale(*_scaled_correction(rng, validation, 0.0)).factor > 0 for _ in range(TRIALS))
+    assert binomtest(deployed, TRIALS, 0.05, alternative="greater").pvalue > 0.05, deployed
+
+
+def test_a_clearly_better_generation_correction_is_deployed_at_a_factor_that_lowers_the_nll() -> None:
+    rng = np.random.default_rng(4)
+    decisions = [choose_scale(*_scaled_correction(rng, 60, 1.0)) for _ in range(50)]
+    assert sum(d.factor > 0 for d in decisions) >= 45
+    assert all(d.validation_nll_chosen <= d.validation_nll_backbone for d in decisions)
