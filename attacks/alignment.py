@@ -29,8 +29,8 @@ from attacks.rotation_math import (
 )
 from attacks.reconstruction import CandidateMatching, candidate_pool
 from attacks.view_data import PivotData, layer_directions, pivot_data
-from protocol.input_maps import ROTATION_MECHANISM, unrotate
-from protocol.transcript import PIVOT_ACTIVATIONS, ServerView
+from protocol.model.input_maps import ROTATION_MECHANISM, unrotate
+from protocol.server.transcript import PIVOT_ACTIVATIONS, ServerView
 
 
 @register

@@ -1,10 +1,10 @@
 """What every attack is: a server-side adversary that reads only the server's view.
 
-An attack receives a `protocol.transcript.ServerView` and the public knowledge it
+An attack receives a `protocol.server.transcript.ServerView` and the public knowledge it
 declares (`PublicKnowledge`), and returns an `AttackResult` keyed by sample id. It never
-sees ground truth: the auditor (`secure_assist.auditor`) holds that and scores results.
+sees ground truth: the auditor (`secure_assist.audit.auditor`) holds that and scores results.
 An attack declares the view fields it needs (`NEEDS`, names from
-`protocol.transcript.VIEW_FIELDS`); one that finds a needed field absent raises
+`protocol.server.transcript.VIEW_FIELDS`); one that finds a needed field absent raises
 `MissingViewField` naming it. The auditor fails closed: when the view's mode declares
 that field, its absence is an error, not "not applicable". Preconditions outside the
 view (a layer that was not uploaded, public data the attacker lacks) raise `NotApplicable`.
@@ -21,8 +21,8 @@ from typing import Any, Callable, ClassVar, TypeVar
 import numpy as np
 
 from protocol.errors import SecureAssistError, UserInputError
-from protocol.tasks import Example, TaskSpec
-from protocol.transcript import ServerView
+from protocol.data.tasks import Example, TaskSpec
+from protocol.server.transcript import ServerView
 
 # What a result holds, by attack family (ALIGNMENT: an estimate of the device's secret rotation).
 LABELS, SCORES, RECONSTRUCTION, EXTRACTION, ALIGNMENT = "labels", "scores", "reconstruction", "extraction", "alignment"
@@ -114,7 +114,7 @@ class Attack:
     DESCRIPTION: ClassVar[str] = ""
     # True when the attack reads nothing derived from Δ (the activations-only baseline rows).
     ACTIVATIONS_ONLY: ClassVar[bool] = False
-    # View fields (protocol.transcript.VIEW_FIELDS) the attack reads, all of them; and, when
+    # View fields (protocol.server.transcript.VIEW_FIELDS) the attack reads, all of them; and, when
     # not empty, fields of which it reads whichever the view holds (at least one).
     NEEDS: ClassVar[frozenset[str]] = frozenset()
     NEEDS_ONE_OF: ClassVar[frozenset[str]] = frozenset()

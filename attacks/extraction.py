@@ -17,9 +17,9 @@ import torch
 from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge, register
 from attacks.labels import load_side_network
 from attacks.realigned_view import estimated_rotation
-from protocol.input_maps import RotatedInput
-from protocol.he_messages import HeFitReply
-from protocol.transcript import ENCRYPTED_HEAD, OUTBOUND, SIDE_NETWORK, ServerView
+from protocol.model.input_maps import RotatedInput
+from protocol.modes.ckks_ridge.messages import HeFitReply
+from protocol.server.transcript import ENCRYPTED_HEAD, OUTBOUND, SIDE_NETWORK, ServerView
 
 
 class BackboneOnly(torch.nn.Module):

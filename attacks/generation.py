@@ -22,9 +22,9 @@ from attacks.labels import load_side_network
 from attacks.public_model import head_matrix, input_embeddings, logit_lens, public_backbone
 from attacks.reconstruction import EmbeddingIndex, ridge_map
 from attacks.view_data import AnswerData, answer_data
-from protocol.generation_device import CORRECTION_SCALES
-from protocol.side_network import HiddenCorrection
-from protocol.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL, ServerView
+from protocol.modes.generation.device import CORRECTION_SCALES
+from protocol.model.side_network import HiddenCorrection
+from protocol.server.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL, ServerView
 
 # Positions scored against the whole vocabulary at once (bounds memory).
 CHUNK = 512

@@ -12,7 +12,7 @@ import numpy as np
 
 from attacks.base import SCORES, Attack, AttackResult, PublicKnowledge, register
 from attacks.view_data import gradient_data
-from protocol.transcript import GRADIENTS, ServerView
+from protocol.server.transcript import GRADIENTS, ServerView
 
 
 @register

@@ -18,10 +18,10 @@ from sklearn.preprocessing import StandardScaler
 from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, register
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from attacks.view_data import PivotData, layer_directions, pivot_data
-from protocol.codec import decode
+from protocol.wire.codec import decode
 from protocol.errors import ProtocolError
-from protocol.side_network import AdditiveSideNetwork, network_from_arrays
-from protocol.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK, ServerView
+from protocol.model.side_network import AdditiveSideNetwork, network_from_arrays
+from protocol.server.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK, ServerView
 
 
 def _zero_shot_probs(attack: Attack, data: PivotData, public: PublicKnowledge) -> np.ndarray:

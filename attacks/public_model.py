@@ -10,8 +10,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from protocol.backbone import Backbone, decoder_stack, layer_span, load_backbone
-from protocol.tasks import TaskSpec
+from protocol.model.backbone import Backbone, decoder_stack, layer_span, load_backbone
+from protocol.data.tasks import TaskSpec
 
 
 @lru_cache(maxsize=2)

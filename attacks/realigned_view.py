@@ -13,8 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from protocol.input_maps import unrotate
-from protocol.transcript import RecordedMessage, ServerView
+from protocol.model.input_maps import unrotate
+from protocol.server.transcript import RecordedMessage, ServerView
 
 
 class RealignedView(ServerView):

@@ -20,9 +20,9 @@ from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, 
 from attacks.public_model import input_embeddings, logit_lens_top, public_backbone, token_states
 from attacks.rotation_math import nearest_states
 from attacks.view_data import full_activation_data, layer_directions, pivot_data
-from protocol.backbone import Backbone
-from protocol.tasks import TaskSpec
-from protocol.transcript import FULL_ACTIVATIONS, PIVOT_ACTIVATIONS, ServerView
+from protocol.model.backbone import Backbone
+from protocol.data.tasks import TaskSpec
+from protocol.server.transcript import FULL_ACTIVATIONS, PIVOT_ACTIVATIONS, ServerView
 
 _WORD = re.compile(r"[\w']+|[^\w\s]")
 

@@ -16,7 +16,7 @@ import numpy as np
 from attacks.base import Attack, hex_ids
 
 
-from protocol.transcript import INBOUND, ServerView
+from protocol.server.transcript import INBOUND, ServerView
 
 
 @dataclass

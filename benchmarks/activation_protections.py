@@ -32,22 +32,22 @@ import torch
 from attacks.alignment import DistributionAlignment, KnownPairs
 from attacks.base import NotApplicable, get_attack
 from attacks.realigned_view import RealignedView
-from protocol.backbone import load_backbone
-from protocol.device_features import ForwardCachingDevice
-from protocol.model_io import load_finetuned
-from protocol.transcript import ServerView
+from protocol.model.backbone import load_backbone
+from protocol.device.features import ForwardCachingDevice
+from protocol.model.model_io import load_finetuned
+from protocol.server.transcript import ServerView
 from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.audit.rows import ACCURACY
 from secure_assist.audit.verdict import headline, leak_clauses
-from secure_assist.auditor import (
+from secure_assist.audit.auditor import (
     load_ground_truth, run_on_view, score_alignment, score_labels, upload_texts,
 )
-from secure_assist.public_knowledge import default_public_knowledge
+from secure_assist.audit.public_knowledge import default_public_knowledge
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.metrics import bootstrap_interval, clopper_pearson
-from secure_assist.workdir import SERVER_DIR
+from secure_assist.training.workdir import SERVER_DIR
 
 NOISE_MULTIPLIERS = (0.01, 0.03, 0.1)
 VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {

@@ -29,18 +29,18 @@ import numpy as np
 import torch
 
 from attacks.base import NotApplicable, all_attacks
-from protocol.backbone import load_backbone
-from protocol.baselines.mobillm import run_mobillm
-from protocol.baselines.split_learning import run_split_learning
-from protocol.device import DeviceRole, new_sample_ids
-from protocol.device_features import encode_dataset
-from protocol.tasks import SST2, Example, builtin_split, sample
-from protocol.transcript import INBOUND, ServerView, TranscriptWriter
-from protocol.messages import encode_message
+from protocol.model.backbone import load_backbone
+from secure_assist.references.mobillm import run_mobillm
+from secure_assist.references.split_learning import run_split_learning
+from protocol.device.forward_device import DeviceRole, new_sample_ids
+from protocol.device.features import encode_dataset
+from protocol.data.tasks import SST2, Example, builtin_split, sample
+from protocol.server.transcript import INBOUND, ServerView, TranscriptWriter
+from protocol.wire.messages import encode_message
 from secure_assist.audit.dp_check import empirical_epsilon, release_pair
-from secure_assist.auditor import load_ground_truth, run_attack, upload_texts
-from secure_assist.public_knowledge import default_public_knowledge
-from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
+from secure_assist.audit.auditor import load_ground_truth, run_attack, upload_texts
+from secure_assist.audit.public_knowledge import default_public_knowledge
+from secure_assist.training.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, write_ground_truth
 from secure_assist.mechanisms import MECHANISMS, mechanism_parameters
 
 LABEL_ATTACKS = ("delta_argmax", "public_head", "clustering_delta", "public_head_zero_shot",

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from protocol.backbone import cache_root
+from protocol.model.backbone import cache_root
 
 SWEEP_FLAGS = ("model", "mechanisms", "epsilons", "train_samples", "eval_samples", "epochs")
 

@@ -8,7 +8,7 @@ The server sees one pivot state per layer and Δ per sample. This fits, on the s
 Each is swept over its regularization and the best dev accuracy is kept: choosing on the
 evaluation set makes this an optimistic bound for these read-outs, not a fair score.
 With `--lora-json` (a `core_pae.py` phase file) it prints LoRA − 1.5 beside the bound.
-Device forwards come from the device-side feature cache (`protocol.device_features`).
+Device forwards come from the device-side feature cache (`protocol.device.features`).
 
     python benchmarks/core_ceiling.py --lora-json /work/runs/core3/lora.json
 """
@@ -34,10 +34,10 @@ LOGISTIC_CS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 
 
 def main() -> None:
-    from protocol.backbone import load_backbone
-    from protocol.device import DeviceRole
-    from protocol.device_features import encode_dataset
-    from protocol.tasks import SST2, builtin_split, sample
+    from protocol.model.backbone import load_backbone
+    from protocol.device.forward_device import DeviceRole
+    from protocol.device.features import encode_dataset
+    from protocol.data.tasks import SST2, builtin_split, sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, with_epochs=False)

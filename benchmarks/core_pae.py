@@ -23,10 +23,10 @@ import numpy as np
 
 
 def _phase_inference(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.device import DeviceRole
-    from protocol.tasks import SST2
-    from secure_assist.resources import PeakMemory
+    from protocol.model.backbone import load_backbone
+    from protocol.device.forward_device import DeviceRole
+    from protocol.data.tasks import SST2
+    from secure_assist.training.resources import PeakMemory
 
     # Peak memory depends on the batch, not on how many batches: a prefix is enough.
     train = _train(args)[:args.inference_samples]
@@ -51,11 +51,11 @@ def _phase_pae(args: argparse.Namespace) -> dict:
 
 
 def _phase_lora(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.baselines.local_lora import LoraSettings, run_local_lora
-    from protocol.tasks import SST2
-    from secure_assist.kinds.classification import accuracy
-    from secure_assist.resources import PeakMemory
+    from protocol.model.backbone import load_backbone
+    from secure_assist.references.local_lora import LoraSettings, run_local_lora
+    from protocol.data.tasks import SST2
+    from secure_assist.task_kinds.classification import accuracy
+    from secure_assist.training.resources import PeakMemory
 
     train, evaluate = _train(args), _eval(args)
     backbone = load_backbone(args.model)
@@ -68,10 +68,10 @@ def _phase_lora(args: argparse.Namespace) -> dict:
 
 
 def _phase_mobillm(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.baselines.mobillm import run_mobillm
-    from protocol.tasks import SST2
-    from secure_assist.kinds.classification import accuracy
+    from protocol.model.backbone import load_backbone
+    from secure_assist.references.mobillm import run_mobillm
+    from protocol.data.tasks import SST2
+    from secure_assist.task_kinds.classification import accuracy
 
     train = _train(args)[:args.mobillm_samples]
     evaluate = _eval(args)[:args.mobillm_samples]
@@ -85,13 +85,13 @@ def _phase_mobillm(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> list:
-    from protocol.tasks import builtin_split, sample
+    from protocol.data.tasks import builtin_split, sample
 
     return sample(builtin_split("sst2", "train"), args.train_samples, args.seed)
 
 
 def _eval(args: argparse.Namespace) -> list:
-    from protocol.tasks import builtin_split, sample
+    from protocol.data.tasks import builtin_split, sample
 
     dev = builtin_split("sst2", "dev")
     return sample(dev, args.eval_samples, args.seed + 1) if args.eval_samples else dev

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from core_pae import add_run_arguments  # sibling script: python puts benchmarks/ on sys.path
-from protocol.tasks import SST2
+from protocol.data.tasks import SST2
 
 PROMPTS = {"earlier": "Review: {text}\nSentiment:", "default": SST2.template}
 RECIPES = {

@@ -42,7 +42,7 @@ ATTACKS = ("public_head_zero_shot", "model_completion_k128", "learned_inversion"
 
 def last_states(backbone, task, texts: list[str], positions: int, label_ids: list[int]):
     """(n, positions, L, d) hidden states of the last `positions` prompt tokens (index 0: the pivot) and z_b."""
-    from protocol.device import encode_prompts
+    from protocol.device.forward_device import encode_prompts
 
     encoded = encode_prompts(backbone, task, texts)
     with torch.inference_mode():
@@ -60,7 +60,7 @@ class Forwards:
     """The device's forward passes over a set of texts (last K positions), kept in the workdir."""
 
     def __init__(self, backbone, task, positions: int, path: Path, texts: list[str], batch_size: int = 16) -> None:
-        from protocol.codec import decode, encode
+        from protocol.wire.codec import decode, encode
 
         if path.is_file():
             tensors, meta = decode(path.read_bytes(), 64 * 2**30)
@@ -94,12 +94,12 @@ def arranged(forwards: Forwards, texts: list[str], entries: list[tuple[int, int]
 
 
 def run_point(args, n: int, k: int, pools: dict, train, dev, public_examples, backbone, leakage: bool) -> dict:
-    from protocol.channel import InProcessChannel
-    from protocol.device import new_sample_ids, prediction_difference
-    from protocol.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, Upload, expect
-    from protocol.server import ServerTraining, SideTuningServer
-    from protocol.side_network import network_from_arrays
-    from secure_assist.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, prepare_workdir, write_ground_truth
+    from protocol.wire.channel import InProcessChannel
+    from protocol.device.forward_device import new_sample_ids, prediction_difference
+    from protocol.wire.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, Upload, expect
+    from protocol.server.side_tuning import ServerTraining, SideTuningServer
+    from protocol.model.side_network import network_from_arrays
+    from secure_assist.training.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, prepare_workdir, write_ground_truth
 
     workdir = Path(args.workdir) / "views" / f"n{n}_k{k}"
     prepare_workdir(workdir, overwrite=True)
@@ -139,9 +139,9 @@ def run_point(args, n: int, k: int, pools: dict, train, dev, public_examples, ba
 def leakage_of(args, workdir: Path, ids, subset, entries, layers, pools, public_examples) -> dict:
     """The attacks of ATTACKS on one k's server view (inversion on a subsample)."""
     from attacks.base import PublicFeatures, PublicKnowledge
-    from protocol.tasks import SST2
+    from protocol.data.tasks import SST2
     from secure_assist.audit.sampling import sample_ids
-    from secure_assist.auditor import run_attack
+    from secure_assist.audit.auditor import run_attack
 
     def features(texts: list[str], wanted: tuple[int, ...]) -> PublicFeatures:
         source = [pools["public"] if t in pools["public"].row else pools["train"] for t in texts]
@@ -167,9 +167,9 @@ def leakage_of(args, workdir: Path, ids, subset, entries, layers, pools, public_
 
 
 def run_lora(args, n: int, train, dev, backbone) -> dict:
-    from protocol.baselines.local_lora import LoraSettings, run_local_lora
-    from protocol.tasks import SST2
-    from secure_assist.resources import PeakMemory
+    from secure_assist.references.local_lora import LoraSettings, run_local_lora
+    from protocol.data.tasks import SST2
+    from secure_assist.training.resources import PeakMemory
 
     with PeakMemory() as memory:
         run = run_local_lora(backbone, SST2, train[:n], dev, LoraSettings(seed=args.seed), progress=False)
@@ -208,8 +208,8 @@ def plot(points: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from protocol.backbone import load_backbone
-    from protocol.tasks import SST2, builtin_split, sample
+    from protocol.model.backbone import load_backbone
+    from protocol.data.tasks import SST2, builtin_split, sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")

@@ -65,7 +65,7 @@ def _save_nll(args: argparse.Namespace, name: str, per_sample_nll: np.ndarray, c
 
 def _finetune(args: argparse.Namespace, mode: str) -> dict:
     from secure_assist.finetune import run_finetune
-    from secure_assist.workdir import DEVICE_DIR, EVAL_SCORES_FILE
+    from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
     config = _config(args, mode)
     summary = run_finetune(config, progress=False, overwrite=True)
@@ -76,12 +76,12 @@ def _finetune(args: argparse.Namespace, mode: str) -> dict:
 
 
 def _phase_pae(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.codec import decode
-    from protocol.generation_device import GenerationDevice, answer_log_probs
-    from protocol.side_network import HiddenCorrection, network_from_arrays
-    from protocol.transcript import SIDE_NETWORK_FILE
-    from secure_assist.kinds import task_kind
+    from protocol.model.backbone import load_backbone
+    from protocol.wire.codec import decode
+    from protocol.modes.generation.device import GenerationDevice, answer_log_probs
+    from protocol.model.side_network import HiddenCorrection, network_from_arrays
+    from protocol.server.transcript import SIDE_NETWORK_FILE
+    from secure_assist.task_kinds import task_kind
 
     summary = _finetune(args, "generation")
     # The correction as the server trained it (before the device's scale), in both spaces.
@@ -110,13 +110,13 @@ def _phase_local(args: argparse.Namespace) -> dict:
 
 
 def _phase_lora(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.baselines.local_lora import LoraSettings, local_lora_sft
-    from protocol.generation_device import GenerationDevice
-    from secure_assist.kinds import task_kind
-    from secure_assist.kinds.generation import generations, per_sample_sums, reference_text
+    from protocol.model.backbone import load_backbone
+    from secure_assist.references.local_lora import LoraSettings, local_lora_sft
+    from protocol.modes.generation.device import GenerationDevice
+    from secure_assist.task_kinds import task_kind
+    from secure_assist.task_kinds.generation import generations, per_sample_sums, reference_text
     from secure_assist.metrics import rouge_l
-    from secure_assist.resources import PeakMemory
+    from secure_assist.training.resources import PeakMemory
 
     config = _config(args, "generation")
     task, train, evaluate = task_kind(config).data(config)
@@ -137,10 +137,10 @@ def _phase_lora(args: argparse.Namespace) -> dict:
 
 
 def _phase_mobillm(args: argparse.Namespace) -> dict:
-    from protocol.backbone import load_backbone
-    from protocol.baselines.mobillm import measure_generation_upload
-    from secure_assist.kinds import task_kind
-    from secure_assist.resources import PeakMemory
+    from protocol.model.backbone import load_backbone
+    from secure_assist.references.mobillm import measure_generation_upload
+    from secure_assist.task_kinds import task_kind
+    from secure_assist.training.resources import PeakMemory
 
     config = _config(args, "generation")
     task, train, _ = task_kind(config).data(replace(config, train_samples=args.mobillm_samples))

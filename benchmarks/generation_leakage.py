@@ -45,8 +45,8 @@ def variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
 
 def residual_norms(workdir: Path) -> dict[str, float]:
     """Per-sample L2 norms of r (all positions together) in a plain run's server view."""
-    from protocol.cache import SequenceCache
-    from protocol.generation_server import GENERATION_CACHE_FILE
+    from protocol.server.cache import SequenceCache
+    from protocol.modes.generation.server import GENERATION_CACHE_FILE
 
     cache = SequenceCache(workdir / "server" / GENERATION_CACHE_FILE)
     try:

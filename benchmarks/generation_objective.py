@@ -28,10 +28,10 @@ SCALES = (0.0,) + tuple(float(10 ** (k / 2)) for k in range(-14, 9))
 
 def cached_outputs(args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
     """Teacher-forced outputs of the train and eval samples (states of the layers, final states, targets)."""
-    from protocol.backbone import load_backbone
-    from protocol.generation_device import GenerationDevice
+    from protocol.model.backbone import load_backbone
+    from protocol.modes.generation.device import GenerationDevice
     from secure_assist.config import FinetuneConfig
-    from secure_assist.kinds import task_kind
+    from secure_assist.task_kinds import task_kind
 
     out = {}
     config = FinetuneConfig(model=args.model, task="generation", train_file=clean_copy(args)[0],
@@ -74,7 +74,7 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     data = cached_outputs(args)
 
-    from protocol.backbone import load_backbone
+    from protocol.model.backbone import load_backbone
 
     head = load_backbone(args.model).model.get_output_embeddings().weight.detach().float()
     train, test = data["train"], data["eval"]

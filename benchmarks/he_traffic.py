@@ -25,18 +25,18 @@ import numpy as np
 import tenseal.sealapi as seal
 import torch
 
-from protocol.device import PivotBatch, prediction_difference, side_scores
-from protocol.device_features import encode_dataset
-from protocol.model_io import load_finetuned
-from protocol.ridge_head import RidgeHead
+from protocol.device.forward_device import PivotBatch, prediction_difference, side_scores
+from protocol.device.features import encode_dataset
+from protocol.model.model_io import load_finetuned
+from protocol.model.ridge_head import RidgeHead
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import PrivacyWarning
-from secure_assist.mechanisms.ckks import to_bytes
-from secure_assist.mechanisms.ridge import ridge_operator
-from secure_assist.kinds import task_kind
-from secure_assist.run import build_mechanisms, hold_out_indices
+from protocol.modes.ckks_ridge.context import to_bytes
+from protocol.modes.ckks_ridge.ridge import ridge_operator
+from secure_assist.task_kinds import task_kind
+from secure_assist.training.run import build_mechanisms, hold_out_indices
 
 TRAFFIC_KEYS = ("accuracy", "zero_shot_accuracy", "n_train", "bytes_up", "bytes_down", "upload_bytes_per_sample")
 HE_KEYS = ("he_public_context_bytes", "he_ciphertext_bytes_per_sample", "he_fit_reply_bytes",

@@ -23,22 +23,22 @@ import time
 import numpy as np
 import torch
 
-from protocol.backbone import load_backbone
-from protocol.channel import InProcessChannel
-from protocol.device import DeviceRole, PivotBatch, new_sample_ids, prediction_difference
-from protocol.device_features import encode_dataset
-from protocol.he_messages import HeFitReply
-from protocol.messages import FetchWeights, SideWeights, TrainRequest, expect
-from protocol.server import ServerTraining, SideTuningServer
-from protocol.ridge_head import RidgeHead
-from protocol.side_network import network_from_arrays
-from protocol.tasks import SST2, builtin_split, sample
+from protocol.model.backbone import load_backbone
+from protocol.wire.channel import InProcessChannel
+from protocol.device.forward_device import DeviceRole, PivotBatch, new_sample_ids, prediction_difference
+from protocol.device.features import encode_dataset
+from protocol.modes.ckks_ridge.messages import HeFitReply
+from protocol.wire.messages import FetchWeights, SideWeights, TrainRequest, expect
+from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.model.ridge_head import RidgeHead
+from protocol.model.side_network import network_from_arrays
+from protocol.data.tasks import SST2, builtin_split, sample
 from secure_assist.mechanisms import MechanismChain
-from secure_assist.mechanisms.ckks import CkksPublicContext
+from protocol.modes.ckks_ridge.context import CkksPublicContext
 from secure_assist.mechanisms.he_ckks import HeCkksParameters
-from secure_assist.mechanisms.he_server import HeHeadServer
-from secure_assist.mechanisms.ridge import ridge_operator
-from secure_assist.safeguard import choose_shrink
+from protocol.modes.ckks_ridge.server import HeHeadServer
+from protocol.modes.ckks_ridge.ridge import ridge_operator
+from secure_assist.training.safeguard import choose_shrink
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -35,7 +35,7 @@ GAIN_POINTS = 2.0  # issue 14: "beats zero-shot by >= 2 points"
 def raw_side_outputs() -> Iterator[list]:
     """Record (device, side output) of every run just before the safeguard shrinks the side output in
     place: the run itself keeps only the shrunk one, and its raw accuracy is what this benchmark asks about."""
-    from secure_assist.kinds.classification import ClassificationKind
+    from secure_assist.task_kinds.classification import ClassificationKind
 
     recorded: list = []
     original = ClassificationKind.safeguard
@@ -55,7 +55,7 @@ def one_run(args: argparse.Namespace, spec: str, seed: int) -> dict:
     """Deployed and raw dev accuracy of one (mechanism, seed), with the safeguard's decision."""
     from secure_assist.config import FinetuneConfig
     from secure_assist.finetune import run_finetune
-    from secure_assist.kinds import task_kind
+    from secure_assist.task_kinds import task_kind
 
     name, _, epsilon = spec.partition("@")
     config = FinetuneConfig(model=args.model, train_samples=args.train_samples, seed=seed, mechanism=(name,),
@@ -88,7 +88,7 @@ def decided(run: dict, workdir: Path) -> dict:
     the run's own decision when the safeguard has not changed since the run; the run's own is kept beside it."""
     from dataclasses import asdict
 
-    from secure_assist.safeguard import choose_shrink
+    from secure_assist.training.safeguard import choose_shrink
 
     with np.load(workdir / f"{run['mechanism']}-{run['seed']}.npz", allow_pickle=False) as loaded:
         arrays = dict(loaded)

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
+from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
 
 
 class IndexedSideNetwork(AdditiveSideNetwork):

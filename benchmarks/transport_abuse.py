@@ -32,15 +32,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from protocol.backbone import load_backbone
-from protocol.cache import ActivationCache
-from protocol.device import DeviceRole, new_sample_ids
+from protocol.model.backbone import load_backbone
+from protocol.server.cache import ActivationCache
+from protocol.device.forward_device import DeviceRole, new_sample_ids
 from protocol.errors import ProtocolError
-from protocol.limits import MIB, ServerLimits
-from protocol.messages import FetchWeights, TrainUntil, Upload, encode_message
-from protocol.recovery import TRAINING_STATE_FILE
-from protocol.tasks import SST2, builtin_split, sample
-from protocol.transcript import CACHE_FILE, TRANSCRIPT_FILE
+from protocol.server.limits import MIB, ServerLimits
+from protocol.wire.messages import FetchWeights, TrainUntil, Upload, encode_message
+from protocol.server.recovery import TRAINING_STATE_FILE
+from protocol.data.tasks import SST2, builtin_split, sample
+from protocol.server.transcript import CACHE_FILE, TRANSCRIPT_FILE
 from protocol.transport.abuse import ATTACKS, synthetic_upload
 from protocol.transport.client import NetworkChannel
 from protocol.transport.fuzz import EXAMPLES, hostile_frames, server_verdict

@@ -1,7 +1,7 @@
 """End to end over the network vs in process: SmolLM2-135M, SST-2 (2,000 train, full dev).
 
 The device's SmolLM2-135M pivot activations and label logits come from its feature
-cache (`protocol.device_features`, computed once by `DeviceRole`), so both runs upload
+cache (`protocol.device.features`, computed once by `DeviceRole`), so both runs upload
 exactly the same device outputs in the same order: once through `InProcessChannel` to a
 `SideTuningServer`, once over TLS 1.3 to a separate `secure-assist serve` process. Each
 run trains 20 epochs; the device then fetches φ and scores the dev split locally.
@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol.backbone import load_backbone
-from protocol.channel import Channel, InProcessChannel
-from protocol.device import DeviceRole, PivotBatch, new_sample_ids
-from protocol.device_features import encode_dataset
-from protocol.messages import FetchWeights, Hello, SideWeights, TrainReport, TrainUntil, expect
-from protocol.server import ServerTraining
-from protocol.side_network import network_from_arrays
-from protocol.tasks import SST2, builtin_split, sample
+from protocol.model.backbone import load_backbone
+from protocol.wire.channel import Channel, InProcessChannel
+from protocol.device.forward_device import DeviceRole, PivotBatch, new_sample_ids
+from protocol.device.features import encode_dataset
+from protocol.wire.messages import FetchWeights, Hello, SideWeights, TrainReport, TrainUntil, expect
+from protocol.server.side_tuning import ServerTraining
+from protocol.model.side_network import network_from_arrays
+from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
-from secure_assist.modes.host import ModeHost
+from protocol.modes.host import ModeHost
 
 
 def fine_tune(channel: Channel, device: DeviceRole, train, features: PivotBatch, ids: np.ndarray,

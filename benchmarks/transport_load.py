@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.cache import ActivationCache
-from protocol.messages import Upload
-from protocol.transcript import CACHE_FILE
+from protocol.server.cache import ActivationCache
+from protocol.wire.messages import Upload
+from protocol.server.transcript import CACHE_FILE
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.messages import Message, Upload, UploadAck
-from protocol.server import SideTuningServer
+from protocol.wire.messages import Message, Upload, UploadAck
+from protocol.server.side_tuning import SideTuningServer
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocol.backbone import DEFAULT_BACKBONE
+from protocol.model.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
-from protocol.server import ServerTraining
+from protocol.server.side_tuning import ServerTraining
 from secure_assist.mechanisms import MECHANISMS, parameter_fields
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ class RunSettings:
     layers: tuple[int, ...] | None = option(None, "comma-separated backbone layers to upload (default: all)")
     payload_dtype: str = option("float16", "activation dtype on the wire: float16 or float32")
     device_batch_size: int = option(16, "device forward batch size")
-    # Side-network training: the defaults are the server's own (protocol.server.ServerTraining).
+    # Side-network training: the defaults are the server's own (protocol.server.side_tuning.ServerTraining).
     rank: int = option(ServerTraining.rank, "side-network adapter rank")
     learning_rate: float = option(ServerTraining.learning_rate, "AdamW learning rate of the side network's gates "
                                                                  "and head")
@@ -65,7 +65,7 @@ class RunSettings:
     server_batch_size: int = option(ServerTraining.batch_size, "cached-epoch batch size of the side network")
     seed: int = option(0, "seed of the data subsets, the hold-out split and the side network")
     workdir: str = option("runs/finetune", "directory for the server view, cache and fine-tuned model")
-    # The training mode (secure_assist.modes.MODES); None: the first one every mechanism supports
+    # The training mode (protocol.modes.registry.MODES); None: the first one every mechanism supports
     # (side_network, or ckks_ridge with he_ckks).
     mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local, generation, "
                                      "generation_local; default: the one the task and mechanisms imply)")
@@ -75,7 +75,7 @@ class RunSettings:
                                          + ", ".join(MECHANISMS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
-    # the unprotected classification baseline ('none'), secure_assist.safeguard.VALIDATION_SHARE (0.2)
+    # the unprotected classification baseline ('none'), secure_assist.training.safeguard.VALIDATION_SHARE (0.2)
     # for any protected classification run, 0.1 for every generation run (the device picks the
     # correction's scale there).
     safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from protocol.errors import UserInputError
-from protocol.instructions import InstructionTask
-from protocol.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
+from protocol.data.instructions import InstructionTask
+from protocol.data.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
 from secure_assist.config import FinetuneConfig
 
 # Share of a custom train file held out for evaluation when no eval file is given.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from secure_assist.config import FinetuneConfig
-from secure_assist.run import run_training
+from secure_assist.training.run import run_training
 
 
 def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:

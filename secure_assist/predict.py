@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.backbone import load_backbone
-from protocol.device import DeviceRole
-from protocol.generation_device import GenerationDevice
-from protocol.instructions import InstructionExample, InstructionTask
-from protocol.model_io import FineTunedModel, load_finetuned
-from protocol.tasks import Example
+from protocol.model.backbone import load_backbone
+from protocol.device.forward_device import DeviceRole
+from protocol.modes.generation.device import GenerationDevice
+from protocol.data.instructions import InstructionExample, InstructionTask
+from protocol.model.model_io import FineTunedModel, load_finetuned
+from protocol.data.tasks import Example
 
 
 def predict_texts(model_file: str, texts: list[str], progress: bool = True) -> list[dict[str, Any]]:

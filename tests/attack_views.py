@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.messages import Message, encode_message
-from protocol.transcript import INBOUND, TranscriptWriter
+from protocol.wire.messages import Message, encode_message
+from protocol.server.transcript import INBOUND, TranscriptWriter
 
 SERVER, DEVICE = "server", "device"
 

@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from protocol.backbone import Backbone, load_backbone
+from protocol.model.backbone import Backbone, load_backbone
 
 
 @pytest.fixture(scope="session")

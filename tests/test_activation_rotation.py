@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from attacks.base import NotApplicable, PublicFeatures, PublicKnowledge
-from protocol.device import DeviceRole
-from protocol.model_io import FineTunedModel, load_finetuned, save_finetuned
-from protocol.input_maps import ClippedInput, RotatedInput, input_rotations, unrotate
-from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
-from protocol.tasks import SST2
-from protocol.transcript import ServerView
-from secure_assist.auditor import audit, load_ground_truth, upload_texts
+from protocol.device.forward_device import DeviceRole
+from protocol.model.model_io import FineTunedModel, load_finetuned, save_finetuned
+from protocol.model.input_maps import ClippedInput, RotatedInput, input_rotations, unrotate
+from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
+from protocol.data.tasks import SST2
+from protocol.server.transcript import ServerView
+from secure_assist.audit.auditor import audit, load_ground_truth, upload_texts
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import MechanismChain
-from secure_assist.public_knowledge import known_samples
+from secure_assist.audit.public_knowledge import known_samples
 from test_mechanisms_dp import C, D, L, make_batch
 
 

@@ -7,12 +7,12 @@ import numpy as np
 
 from attack_views import random_ids, write_truth, write_view
 from attacks.base import PublicKnowledge
-from protocol.backbone import load_backbone
-from protocol.baselines.split_learning import run_split_learning
-from protocol.split_messages import SplitBackward
-from protocol.tasks import SST2, builtin_split
-from secure_assist.auditor import audit, run_attack
-from secure_assist.workdir import write_ground_truth
+from protocol.model.backbone import load_backbone
+from secure_assist.references.split_learning import run_split_learning
+from protocol.wire.split_messages import SplitBackward
+from protocol.data.tasks import SST2, builtin_split
+from secure_assist.audit.auditor import audit, run_attack
+from secure_assist.training.workdir import write_ground_truth
 
 N, T, D = 120, 5, 16
 

@@ -9,10 +9,10 @@ from attacks.base import ATTACKS, MissingViewField, NotApplicable, PublicKnowled
 from attacks.labels import resolve_clusters
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from protocol.errors import UserInputError
-from protocol.messages import FullUpload, Upload
-from protocol.tasks import SST2
-from protocol.transcript import ServerView
-from secure_assist.auditor import audit, run_attack
+from protocol.wire.messages import FullUpload, Upload
+from protocol.data.tasks import SST2, Example
+from protocol.server.transcript import ServerView
+from secure_assist.audit.auditor import audit, run_attack
 from attack_views import random_ids, write_truth, write_view
 
 N = 200
@@ -67,7 +67,7 @@ def test_clustering_breaks_a_secret_rotation(tmp_path, tiny):
     labels = _pae_view(tmp_path, tiny, delta_of=lambda onehot, probs: (onehot - 0.5) @ rotation.T)
     prior = np.bincount(labels, minlength=2) / len(labels)
     public = PublicKnowledge(backbone_name="tiny-llama", task=SST2,
-                             labeled=tuple(__import__("protocol.tasks").tasks.Example("x", int(y))
+                             labeled=tuple(Example("x", int(y))
                                            for y in labels[:40]))
     report = run_attack("clustering_delta", tmp_path, public=public)
     # Clusters are exact; naming them by a prior is right unless the classes are balanced.
@@ -115,9 +115,9 @@ def test_attack_output_does_not_depend_on_ground_truth(tmp_path, tiny):
 
 def test_side_model_labels_with_the_server_network(tmp_path, tiny):
     """φ trained by the real server on the uploads labels the training set."""
-    from protocol.channel import InProcessChannel
-    from protocol.messages import TrainRequest
-    from protocol.server import ServerTraining, SideTuningServer
+    from protocol.wire.channel import InProcessChannel
+    from protocol.wire.messages import TrainRequest
+    from protocol.server.side_tuning import ServerTraining, SideTuningServer
 
     rng = np.random.default_rng(1)
     backbone = public_backbone("tiny-llama")
@@ -138,7 +138,7 @@ def test_side_model_labels_with_the_server_network(tmp_path, tiny):
 
 def test_model_completion_probe_learns_from_public_labels(tmp_path):
     from attacks.base import PublicFeatures
-    from protocol.tasks import Example
+    from protocol.data.tasks import Example
 
     rng = np.random.default_rng(2)
     backbone = public_backbone("tiny-llama")

@@ -8,9 +8,9 @@ from attack_views import random_ids, write_truth, write_view
 from attacks.base import PublicFeatures, PublicKnowledge
 from attacks.public_model import input_embeddings, public_backbone, token_states
 from attacks.reconstruction import _TRAINED, words
-from protocol.messages import FullUpload, Upload
-from protocol.tasks import SST2, builtin_split
-from secure_assist.auditor import audit, run_attack
+from protocol.wire.messages import FullUpload, Upload
+from protocol.data.tasks import SST2, builtin_split
+from secure_assist.audit.auditor import audit, run_attack
 from secure_assist.metrics import bag_scores, rouge_l
 
 TEXTS = ["a gorgeous film", "dull and lifeless", "the best movie of the year", "painfully slow",

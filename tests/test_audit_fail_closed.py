@@ -12,10 +12,10 @@ import pytest
 
 import attacks.view_data
 from attacks.base import MissingViewField, PublicKnowledge, all_attacks
-from protocol.transcript import VIEW_FIELDS
+from protocol.server.transcript import VIEW_FIELDS
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.runner import run_audit
-from secure_assist.auditor import ViewContractError, run_attack
+from secure_assist.audit.auditor import ViewContractError, run_attack
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_task
 from secure_assist.finetune import run_finetune

@@ -10,11 +10,11 @@ import pytest
 
 from attacks.base import ATTACKS, LABELS, Attack, AttackResult, PublicKnowledge, all_attacks
 from attacks.view_data import pivot_data
-from protocol.messages import Upload
-from protocol.tasks import SST2
-from protocol.transcript import PIVOT_ACTIVATIONS, ServerView
+from protocol.wire.messages import Upload
+from protocol.data.tasks import SST2
+from protocol.server.transcript import PIVOT_ACTIVATIONS, ServerView
 from secure_assist.audit.verdict import headline, leak_level
-from secure_assist.auditor import run_attack
+from secure_assist.audit.auditor import run_attack
 from secure_assist.metrics import balanced_accuracy, label_leak_metrics, macro_auc
 from attack_views import random_ids, write_truth, write_view
 

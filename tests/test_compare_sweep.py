@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from attacks.base import ALIGNMENT, get_attack
-from secure_assist.auditor import run_attack
+from secure_assist.audit.auditor import run_attack
 from secure_assist.compare.grid import DEFAULT_ATTACKS
 from secure_assist.cli import main
 from secure_assist.compare.plots import PLOT_FILES

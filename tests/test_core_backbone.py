@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from protocol.backbone import EMBEDDED_BACKBONES, load_backbone
-from protocol.device import DeviceRole, pivot_outputs
+from protocol.model.backbone import EMBEDDED_BACKBONES, load_backbone
+from protocol.device.forward_device import DeviceRole, pivot_outputs
 from protocol.errors import UserInputError
-from protocol.tasks import SST2
+from protocol.data.tasks import SST2
 
 TINY = sorted(name for name in EMBEDDED_BACKBONES if name.startswith("tiny-"))
 

@@ -2,12 +2,12 @@
 
 import torch
 
-from protocol.baselines.local_lora import LoraSettings, run_local_lora
-from protocol.baselines.mobillm import run_mobillm
-from protocol.channel import InProcessChannel
-from protocol.device import DeviceRole
-from protocol.server import SideTuningServer
-from protocol.tasks import SST2, builtin_split, sample
+from secure_assist.references.local_lora import LoraSettings, run_local_lora
+from secure_assist.references.mobillm import run_mobillm
+from protocol.wire.channel import InProcessChannel
+from protocol.device.forward_device import DeviceRole
+from protocol.server.side_tuning import SideTuningServer
+from protocol.data.tasks import SST2, builtin_split, sample
 
 
 def test_mobillm_uploads_far_more_than_pae(tmp_path, tiny_llama) -> None:

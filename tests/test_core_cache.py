@@ -5,8 +5,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from protocol.cache import ActivationCache
-from protocol.device import new_sample_ids
+from protocol.server.cache import ActivationCache
+from protocol.device.forward_device import new_sample_ids
 from protocol.errors import ProtocolError
 
 

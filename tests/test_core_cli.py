@@ -74,7 +74,7 @@ def test_serve_rejects_bad_training_settings_before_listening(tmp_path, capsys) 
 def test_serve_shows_its_limits_and_rejects_bad_ones(tmp_path, capsys) -> None:
     from dataclasses import fields
 
-    from protocol.limits import ServerLimits
+    from protocol.server.limits import ServerLimits
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

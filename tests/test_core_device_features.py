@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from protocol.backbone import Backbone
-from protocol.device import DeviceRole
-from protocol.device_features import ForwardCachingDevice, encode_dataset
-from protocol.tasks import SST2, builtin_split
+from protocol.model.backbone import Backbone
+from protocol.device.forward_device import DeviceRole
+from protocol.device.features import ForwardCachingDevice, encode_dataset
+from protocol.data.tasks import SST2, builtin_split
 from secure_assist.cli import main
 
 
@@ -73,7 +73,7 @@ def test_finetune_reuses_forwards_when_asked(tmp_path, capsys) -> None:
 
 
 def test_shared_table_serves_any_subset_in_any_order(tiny_llama: Backbone) -> None:
-    from protocol.shared_forwards import SharedForwards, serving, spec_key
+    from protocol.device.shared_forwards import SharedForwards, serving, spec_key
 
     examples = builtin_split("sst2", "dev")[:20]
     fresh = DeviceRole(tiny_llama, SST2, progress=False)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from protocol.codec import encode
-from protocol.device import new_sample_ids
+from protocol.wire.codec import encode
+from protocol.device.forward_device import new_sample_ids
 from protocol.errors import ProtocolError
-from protocol.messages import (
+from protocol.wire.messages import (
     PROTOCOL_VERSION, ErrorReply, FetchWeights, FullUpload, SideWeights, TrainReport, TrainRequest, Upload,
     UploadAck, decode_message, encode_message,
 )

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from protocol.errors import UserInputError
-from protocol.model_io import FineTunedModel, load_finetuned, save_finetuned
-from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
-from protocol.tasks import SST2
+from protocol.model.model_io import FineTunedModel, load_finetuned, save_finetuned
+from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
+from protocol.data.tasks import SST2
 
 
 def _model() -> FineTunedModel:

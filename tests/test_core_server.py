@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 
-from protocol.channel import InProcessChannel
-from protocol.device import DeviceRole
+from protocol.wire.channel import InProcessChannel
+from protocol.device.forward_device import DeviceRole
 from protocol.errors import ProtocolError
-from protocol.messages import (
+from protocol.wire.messages import (
     FetchWeights, ResentUpload, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
     encode_message, expect,
 )
-from protocol.recovery import load_optimizer_arrays, optimizer_arrays
-from protocol.server import ServerTraining, SideTuningServer, cosine_factor
-from protocol.side_network import network_from_arrays
-from protocol.tasks import SST2, builtin_split, sample
-from protocol.transcript import INBOUND, OUTBOUND, ServerView
+from protocol.server.recovery import load_optimizer_arrays, optimizer_arrays
+from protocol.server.side_tuning import ServerTraining, SideTuningServer, cosine_factor
+from protocol.model.side_network import network_from_arrays
+from protocol.data.tasks import SST2, builtin_split, sample
+from protocol.server.transcript import INBOUND, OUTBOUND, ServerView
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from protocol.errors import UserInputError
-from protocol.tasks import SST2, TaskSpec, builtin_split, load_examples, sample
+from protocol.data.tasks import SST2, TaskSpec, builtin_split, load_examples, sample
 
 
 def test_builtin_sst2_splits() -> None:

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from protocol.errors import ProtocolError, UserInputError
-from protocol.generation_device import GenerationDevice, encode_answers, head_weight, residual_signal
-from protocol.generation_messages import GenerationUpload, HeadGram
-from protocol.generation_server import inverse_square_root
-from protocol.instructions import InstructionExample, InstructionTask, load_instructions
-from protocol.messages import decode_message, encode_message
+from protocol.modes.generation.device import GenerationDevice, encode_answers, head_weight, residual_signal
+from protocol.modes.generation.messages import GenerationUpload, HeadGram
+from protocol.modes.generation.server import inverse_square_root
+from protocol.data.instructions import InstructionExample, InstructionTask, load_instructions
+from protocol.wire.messages import decode_message, encode_message
 from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune

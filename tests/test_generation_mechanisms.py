@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from protocol.errors import UserInputError
-from protocol.generation_messages import GenerationUpload
+from protocol.modes.generation.messages import GenerationUpload
 from secure_assist.mechanisms import MECHANISMS, MechanismChain, PrivacyWarning
-from secure_assist.modes import MODES
+from protocol.modes.registry import MODES
 
 COUNTS = np.array([3, 1, 4])
 D = 8

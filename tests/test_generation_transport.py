@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.generation_messages import GenerationUpload, HeadGram
-from protocol.model_io import load_finetuned
-from protocol.server import ServerTraining
-from protocol.transcript import ServerView
+from protocol.modes.generation.messages import GenerationUpload, HeadGram
+from protocol.model.model_io import load_finetuned
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
-from secure_assist.modes.host import host_factory
-from secure_assist.run import run_training
+from protocol.modes.host import host_factory
+from secure_assist.training.run import run_training
 from tests.generation_data import alpaca_file
 
 

@@ -12,8 +12,8 @@ import torch
 from scipy.stats import norm
 
 from protocol.errors import UserInputError
-from protocol.messages import Upload
-from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
+from protocol.wire.messages import Upload
+from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
 from secure_assist.mechanisms import MECHANISMS, MechanismChain, PrivacyWarning
 from secure_assist.mechanisms.accounting import (
     analytic_gaussian_epsilon,
@@ -24,8 +24,8 @@ from secure_assist.mechanisms.accounting import (
 from secure_assist.mechanisms.activations import quantize_int8
 from secure_assist.mechanisms.base import CLASSIFICATION_KIND
 from secure_assist.mechanisms.delta import RotationMask
-from secure_assist.modes import MODES
-from secure_assist.safeguard import choose_shrink, shrink_network
+from protocol.modes.registry import MODES
+from secure_assist.training.safeguard import choose_shrink, shrink_network
 
 N, L, D, C = 64, 3, 8, 2
 SETTINGS = {"none": {}, "gaussian": {"epsilon": 2.0}, "label_rr": {"epsilon": 1.0}, "rotation_mask": {},

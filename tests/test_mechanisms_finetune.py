@@ -8,15 +8,15 @@ import torch
 
 from attacks.base import get_attack
 from attacks.labels import load_side_network
-from protocol.device import DeviceRole
-from protocol.model_io import load_finetuned
-from protocol.transcript import ServerView
+from protocol.device.forward_device import DeviceRole
+from protocol.model.model_io import load_finetuned
+from protocol.server.transcript import ServerView
 from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import PrivacyWarning
-from secure_assist.run import hold_out
+from secure_assist.training.run import hold_out
 
 
 def test_the_deployed_side_output_is_the_servers_scaled_by_the_safeguards_choice(tiny_llama, tmp_path) -> None:

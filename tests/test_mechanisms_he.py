@@ -9,16 +9,17 @@ import pytest
 import tenseal as ts
 import tenseal.sealapi as seal
 
-from protocol.channel import InProcessChannel
+from protocol.wire.channel import InProcessChannel
 from protocol.errors import ProtocolError, UserInputError
-from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
-from protocol.messages import MESSAGE_TYPES, decode_message, encode_message
+from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
+from protocol.wire.messages import MESSAGE_TYPES, decode_message, encode_message
 from secure_assist.mechanisms import MechanismChain
-from secure_assist.mechanisms.ckks import CkksKeyHolder, CkksPublicContext, load_public_context, to_bytes
-from secure_assist.mechanisms.ckks_packing import CkksParameters, PackingLayout, embed, unembed
+from protocol.modes.ckks_ridge.context import CkksPublicContext, load_public_context, to_bytes
+from secure_assist.mechanisms.ckks import CkksKeyHolder
+from protocol.modes.ckks_ridge.packing import CkksParameters, PackingLayout, embed, unembed
 from secure_assist.mechanisms.he_ckks import HeCkksParameters
-from secure_assist.mechanisms.he_server import HeHeadServer
-from secure_assist.mechanisms.ridge import ridge_operator
+from protocol.modes.ckks_ridge.server import HeHeadServer
+from protocol.modes.ckks_ridge.ridge import ridge_operator
 from test_mechanisms_dp import make_batch
 
 SMALL = CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 25, 40), scale_bits=25)

@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from attacks.base import MissingViewField
-from protocol.codec import decode, encode
-from protocol.he_messages import EncryptedUpload, HeFitRequest
-from protocol.model_io import load_finetuned
-from protocol.input_maps import ClippedInput
-from protocol.ridge_head import RidgeHead
-from protocol.transcript import ServerView
-from secure_assist.auditor import run_attack
+from protocol.wire.codec import decode, encode
+from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitRequest
+from protocol.model.model_io import load_finetuned
+from protocol.model.input_maps import ClippedInput
+from protocol.model.ridge_head import RidgeHead
+from protocol.server.transcript import ServerView
+from secure_assist.audit.auditor import run_attack
 from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
-from secure_assist.workdir import SERVER_DIR
-from secure_assist.mechanisms.ckks import load_public_context
+from secure_assist.training.workdir import SERVER_DIR
+from protocol.modes.ckks_ridge.context import load_public_context
 
 ACTIVATION_CLIP = 2.0
 
@@ -88,8 +88,8 @@ def test_model_file_integrity_and_files_written_before_the_ridge_head(he_run: di
     with pytest.raises(Exception, match="integrity"):
         load_finetuned(tmp_path / "bad.safetensors")
     # A side-network file without the head_kind key (the earlier format) still loads as φ.
-    from protocol.model_io import FineTunedModel, save_finetuned
-    from protocol.side_network import AdditiveSideNetwork, SideNetworkShape
+    from protocol.model.model_io import FineTunedModel, save_finetuned
+    from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
 
     network = AdditiveSideNetwork(SideNetworkShape(n_layers=2, hidden_size=8, rank=2, n_classes=2))
     model = load_finetuned(he_run["model_file"])

@@ -14,10 +14,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from protocol.messages import MESSAGE_TYPES
-from protocol.model_io import load_finetuned
-from protocol.server import ServerTraining
-from protocol.transcript import VIEW_FIELDS, ServerView
+from protocol.wire.messages import MESSAGE_TYPES
+from protocol.model.model_io import load_finetuned
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import VIEW_FIELDS, ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
@@ -25,10 +25,10 @@ from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
 from secure_assist.mechanisms import MECHANISMS
-from secure_assist.modes import MODES
-from secure_assist.modes.host import host_factory
-from secure_assist.modes.side_network import SideNetworkMode
-from secure_assist.run import run_training
+from protocol.modes.registry import MODES
+from protocol.modes.host import host_factory
+from protocol.modes.side_network.mode import SideNetworkMode
+from secure_assist.training.run import run_training
 from secure_assist.data import resolve_data
 from secure_assist.predict import predict_texts
 from tests.generation_data import alpaca_file

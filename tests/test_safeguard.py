@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from secure_assist.safeguard import SCALE_GRID, SHRINK_GRID, choose_scale, choose_shrink, paired_lower
+from secure_assist.training.safeguard import SCALE_GRID, SHRINK_GRID, choose_scale, choose_shrink, paired_lower
 
 TRIALS = 400
 VALIDATION = 200

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.channel import InProcessChannel
+from protocol.wire.channel import InProcessChannel
 from protocol.errors import ProtocolError
-from protocol.generation_messages import HeadGram
-from protocol.generation_server import GenerationServer
-from protocol.he_messages import EncryptedUpload
-from protocol.limits import MIB, ServerLimits
-from protocol.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights, TrainRequest,
+from protocol.modes.generation.messages import HeadGram
+from protocol.modes.generation.server import GenerationServer
+from protocol.modes.ckks_ridge.messages import EncryptedUpload
+from protocol.server.limits import MIB, ServerLimits
+from protocol.wire.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights, TrainRequest,
                                TrainUntil, UploadAck, encode_message)
-from protocol.recovery import TRAINING_STATE_FILE
-from protocol.server import ServerTraining, SideTuningServer
-from protocol.transcript import CACHE_FILE, TRANSCRIPT_FILE, ServerView
+from protocol.server.recovery import TRAINING_STATE_FILE
+from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.transcript import CACHE_FILE, TRANSCRIPT_FILE, ServerView
 from protocol.transport.abuse import (connect, exchange, flood_descriptors, hold_partial_frames, hostile_json_messages,
                                       huge_header_message, outcome, synthetic_upload)
 from protocol.transport.client import NetworkChannel
@@ -36,7 +36,7 @@ from protocol.transport.connections import Connection, ConnectionTable, accept_f
 from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
-from secure_assist.mechanisms.he_server import HeHeadServer
+from protocol.modes.ckks_ridge.server import HeHeadServer
 from test_transport_recovery import epochs_in_checkpoint
 
 NAMES = ["alice", "bob", "carol", "dave", "eve", "oscar", "trudy", "walter", "peggy"]

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
-from protocol.limits import ServerLimits
-from protocol.messages import Upload, decode_message, encode_message
+from protocol.server.limits import ServerLimits
+from protocol.wire.messages import Upload, decode_message, encode_message
 from protocol.transport.framing import FRAME_VERSION, HEADER, MAGIC, decode_frame, encode_frame
 from protocol.transport.fuzz import EXAMPLES, hostile_frames, registered_types, server_verdict
 

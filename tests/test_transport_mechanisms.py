@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from protocol.errors import UserInputError
-from protocol.messages import Upload
-from protocol.server import ServerTraining
-from protocol.transcript import ServerView
+from protocol.wire.messages import Upload
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
-from secure_assist.modes.host import host_factory
-from secure_assist.run import run_training
+from protocol.modes.host import host_factory
+from secure_assist.training.run import run_training
 
 
 def test_network_run_applies_the_mechanism_chain(tiny_llama, tmp_path: Path) -> None:

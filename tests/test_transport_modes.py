@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.channel import InProcessChannel
+from protocol.wire.channel import InProcessChannel
 from protocol.errors import ProtocolError
-from protocol.messages import FetchWeights, Hello, ModeAccepted, Upload, expect
-from protocol.model_io import load_finetuned
-from protocol.server import ServerTraining
-from protocol.transcript import INBOUND, OUTBOUND, ServerView
+from protocol.wire.messages import FetchWeights, Hello, ModeAccepted, Upload, expect
+from protocol.model.model_io import load_finetuned
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import INBOUND, OUTBOUND, ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
@@ -23,8 +23,8 @@ from protocol.transport.server import TransportServer
 from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
 from secure_assist.finetune import run_finetune
-from secure_assist.modes.host import ModeHost, host_factory
-from secure_assist.run import run_training
+from protocol.modes.host import ModeHost, host_factory
+from secure_assist.training.run import run_training
 
 HE = FinetuneConfig(model="tiny-llama", train_samples=48, eval_samples=16, epochs=1, mechanism=("he_ckks",),
                     he_features=4, mechanism_seed=0)

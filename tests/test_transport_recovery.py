@@ -12,19 +12,19 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from protocol.cache import ActivationCache
-from protocol.codec import decode
-from protocol.recovery import TRAINING_STATE_FILE
-from protocol.server import ServerTraining
-from protocol.transcript import CACHE_FILE, SIDE_NETWORK_FILE
+from protocol.server.cache import ActivationCache
+from protocol.wire.codec import decode
+from protocol.server.recovery import TRAINING_STATE_FILE
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import CACHE_FILE, SIDE_NETWORK_FILE
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
 from protocol.transport.server import TransportServer
 from secure_assist.config import FinetuneConfig
-from secure_assist.modes.host import host_factory
-from secure_assist.run import run_training
+from protocol.modes.host import host_factory
+from secure_assist.training.run import run_training
 
 TRAIN, EPOCHS, BATCH = 384, 40, 8
 TRAINING = ServerTraining(rank=16, checkpoint_every_uploads=8)

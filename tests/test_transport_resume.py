@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from protocol.channel import InProcessChannel
-from protocol.device import DeviceRole
+from protocol.wire.channel import InProcessChannel
+from protocol.device.forward_device import DeviceRole
 from protocol.errors import UserInputError
-from protocol.server import ServerTraining, SideTuningServer
-from protocol.tasks import SST2, builtin_split, sample
-from protocol.messages import Upload
-from protocol.transcript import ServerView
-from secure_assist.upload import upload_resumable
+from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.data.tasks import SST2, builtin_split, sample
+from protocol.wire.messages import Upload
+from protocol.server.transcript import ServerView
+from secure_assist.training.upload import upload_resumable
 
 
 class DeviceCrash(Exception):

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from protocol.errors import ProtocolError
-from protocol.messages import (ErrorReply, FetchWeights, ResentUpload, SideWeights, Upload, UploadAck, decode_message,
+from protocol.wire.messages import (ErrorReply, FetchWeights, ResentUpload, SideWeights, Upload, UploadAck, decode_message,
                                encode_message)
-from protocol.server import ServerTraining
-from protocol.transcript import ServerView
+from protocol.server.side_tuning import ServerTraining
+from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel, _Link
 from protocol.transport.framing import HEADER, HEADER_BYTES, MAGIC, FRAME_VERSION, encode_frame, parse_header
 from protocol.transport.identity import KeyDirectory, make_identity
-from protocol.limits import ServerLimits
+from protocol.server.limits import ServerLimits
 from protocol.transport.server import TransportServer
 
 MAX_FRAME = 256 * 1024

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.codec import encode
+from protocol.wire.codec import encode
 from protocol.errors import ProtocolError
-from protocol.limits import MIB
-from protocol.messages import PROTOCOL_VERSION, Message, TrainUntil, Upload, decode_message, encode_message
+from protocol.server.limits import MIB
+from protocol.wire.messages import PROTOCOL_VERSION, Message, TrainUntil, Upload, decode_message, encode_message
 from protocol.transport.client import NetworkChannel, _Link
 from protocol.transport.framing import HEADER, HEADER_BYTES, MAGIC, FRAME_VERSION, encode_frame, parse_header
 from protocol.transport.fuzz import hostile_frames

@@ -13,7 +13,7 @@ uploads by sample id (the server stores a repeated id once and counts it as a du
 the device's `Hello` (its training mode): the channel replays the last one it sent on each
 new connection before the retried request. Authentication failures and protocol errors
 are never retried. Resuming after the *device process* restarts is the
-caller's job (`secure_assist.upload` keeps a progress file of acknowledged batches).
+caller's job (`secure_assist.training.upload` keeps a progress file of acknowledged batches).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
-from protocol.messages import ErrorReply, Hello, Message, decode_message, encode_message
+from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.transport.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, encode_frame, parse_header
 from protocol.transport.identity import fingerprint
 

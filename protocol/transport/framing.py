@@ -1,6 +1,6 @@
 """Versioned, length-prefixed, sequence-numbered frames.
 
-A frame is a 16-byte header followed by the payload (one `protocol.messages` wire blob):
+A frame is a 16-byte header followed by the payload (one `protocol.wire.messages` wire blob):
     magic b"PAE" | version u8 | sequence u64 | payload length u32      (big-endian)
 The length is checked against the configured maximum *before* any buffer is allocated.
 Each direction of a connection numbers its frames 0, 1, 2, ...; a receiver accepts only

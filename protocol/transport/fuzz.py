@@ -1,6 +1,6 @@
 """Generated hostile frames for every registered message type (CI fuzz tests and the abuse benchmark).
 
-`protocol.messages.MESSAGE_TYPES` lists every message type explicitly, so the registry is
+`protocol.wire.messages.MESSAGE_TYPES` lists every message type explicitly, so the registry is
 complete whatever the caller imported before; `EXAMPLES` holds one valid-message factory per
 registered type, and a test checks that the two lists match, so a new type cannot go unfuzzed. Each generated frame
 starts from a valid message of one type and is then damaged in one way: bit flips, a cut,
@@ -18,14 +18,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-import protocol.generation_messages as gen
-import protocol.he_messages as he
-import protocol.split_messages as split
-from protocol import messages as plain
-from protocol.codec import encode
+import protocol.modes.generation.messages as gen
+import protocol.modes.ckks_ridge.messages as he
+import protocol.wire.split_messages as split
+from protocol.wire import messages as plain
+from protocol.wire.codec import encode
 from protocol.errors import ProtocolError
-from protocol.limits import ServerLimits
-from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, encode_message
+from protocol.server.limits import ServerLimits
+from protocol.wire.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, encode_message
 from protocol.transport.framing import FRAME_VERSION, HEADER, MAGIC, decode_frame, encode_frame
 from protocol.transport.server import decode_request
 

@@ -11,7 +11,7 @@ import asyncio
 import ssl
 
 from protocol.errors import ProtocolError
-from protocol.limits import ServerLimits
+from protocol.server.limits import ServerLimits
 from protocol.transport.budget import PartialFrame, PartialFrameBudget
 from protocol.transport.framing import HEADER_BYTES, parse_header
 

@@ -15,7 +15,7 @@ for other devices and serializes one device's requests (SQLite objects stay in t
 thread). Decoding and validating a request runs on a small shared worker pool, also
 off the event loop, so one device's large or malformed frame delays no other device.
 
-What one peer can make the server hold is bounded by `protocol.limits.ServerLimits`:
+What one peer can make the server hold is bounded by `protocol.server.limits.ServerLimits`:
 handshake, read and idle timeouts, the frame size, connections per device (one more
 replaces the device's oldest idle connection), a global budget for partially received
 frames (`protocol.transport.reading`, `protocol.transport.budget`), and, in the
@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from protocol.codec import read_metadata
+from protocol.wire.codec import read_metadata
 from protocol.errors import ProtocolError
 from protocol.files import private_dir
-from protocol.limits import LimitExceeded, ServerLimits, admit_upload
-from protocol.messages import ErrorReply, Message, decode_message, encode_message
-from protocol.server import ServerTraining, SideTuningServer
+from protocol.server.limits import LimitExceeded, ServerLimits, admit_upload
+from protocol.wire.messages import ErrorReply, Message, decode_message, encode_message
+from protocol.server.side_tuning import ServerTraining, SideTuningServer
 from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
 from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory, fingerprint
@@ -100,7 +100,7 @@ class TransportServer:
     keys: KeyDirectory | None  # None: plain TCP, no authentication (benchmark reference only)
     training: ServerTraining = field(default_factory=ServerTraining)
     limits: ServerLimits = field(default_factory=ServerLimits)
-    # `secure-assist serve` passes a `secure_assist.modes.host.ModeHost` factory (every offered mode,
+    # `secure-assist serve` passes a `protocol.modes.host.ModeHost` factory (every offered mode,
     # named by the device's Hello); the bare side-network server is the default for transport tests.
     endpoint_factory: Callable[..., DeviceEndpoint] = SideTuningServer
 

@@ -16,10 +16,10 @@ from typing import Any, Iterator
 
 from attacks.base import ALIGNMENT, RECONSTRUCTION, NotApplicable, PublicKnowledge, get_attack
 from attacks.realigned_view import RealignedView
-from protocol.tasks import Example
-from protocol.transcript import ServerView
-from secure_assist.auditor import audit
-from secure_assist.workdir import SERVER_DIR
+from protocol.data.tasks import Example
+from protocol.server.transcript import ServerView
+from secure_assist.audit.auditor import audit
+from secure_assist.training.workdir import SERVER_DIR
 
 # Uploads the attacks re-run on a realigned view read (the first ones): re-runs cost per
 # sample and there is one set per alignment attack; their CIs reflect the smaller sample.

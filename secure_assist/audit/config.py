@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import UserInputError
-from protocol.instructions import GENERATION_TASK
+from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig, option
 from secure_assist.mechanisms import MECHANISMS
 
@@ -32,7 +32,7 @@ GENERATION_DEFAULT_VARIANTS = ("none", "gaussian_r", "gaussian_r@8")
 PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
 DEFAULT_EPSILON = 1.0
-# The reference modes that upload nothing (secure_assist.modes.MODES), by task kind.
+# The reference modes that upload nothing (protocol.modes.registry.MODES), by task kind.
 DEVICE_LOCAL, GENERATION_LOCAL = "device_local", "generation_local"
 
 

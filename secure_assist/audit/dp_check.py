@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from attacks.distinguishing import distinguish
-from protocol.device import DeviceRole, ForwardDevice, new_sample_ids
+from protocol.device.forward_device import DeviceRole, ForwardDevice, new_sample_ids
 from protocol.errors import UserInputError
-from protocol.generation_device import GenerationDevice
-from protocol.instructions import InstructionExample
-from protocol.messages import Message
-from protocol.tasks import Example
+from protocol.modes.generation.device import GenerationDevice
+from protocol.data.instructions import InstructionExample
+from protocol.wire.messages import Message
+from protocol.data.tasks import Example
 from secure_assist.mechanisms import Mechanism
 from secure_assist.mechanisms.base import DELTA_TARGET
 from secure_assist.metrics import epsilon_lower_bound

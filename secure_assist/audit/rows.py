@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 
 from attacks.base import ANSWER_TOKENS, LABELS
-from protocol.backbone import load_backbone
-from protocol.baselines.local_lora import LoraSettings, local_lora_sft, run_local_lora
-from protocol.generation_device import GenerationDevice
-from protocol.instructions import InstructionExample, InstructionTask
-from protocol.model_io import load_finetuned
-from protocol.tasks import Example, TaskSpec
+from protocol.model.backbone import load_backbone
+from secure_assist.references.local_lora import LoraSettings, local_lora_sft, run_local_lora
+from protocol.modes.generation.device import GenerationDevice
+from protocol.data.instructions import InstructionExample, InstructionTask
+from protocol.model.model_io import load_finetuned
+from protocol.data.tasks import Example, TaskSpec
 from secure_assist.config import FinetuneConfig
-from secure_assist.kinds import task_kind
-from secure_assist.kinds.generation import per_sample_sums
+from secure_assist.task_kinds import task_kind
+from secure_assist.task_kinds.generation import per_sample_sums
 from secure_assist.metrics import bootstrap_interval
-from secure_assist.resources import PeakMemory
-from secure_assist.workdir import DEVICE_DIR, EVAL_SCORES_FILE
+from secure_assist.training.resources import PeakMemory
+from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
 # Summary keys a row's utility copies from its run, by task kind.
 UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")

@@ -2,7 +2,7 @@
 each attack a real `run_attack` on a variant's server view.
 
 One pass of the backbone serves everything: the device forwards of the audit's training
-and evaluation sets are computed once, before any row runs (`secure_assist.forwards`), and
+and evaluation sets are computed once, before any row runs (`secure_assist.training.forwards`), and
 every row and the attacker's public-backbone passes over those texts read them, whichever
 executor runs the variants; so the cost of an audit is one forward pass per sample plus the
 public texts, then training and attacks. A generation audit (`--task generation`) has the
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from attacks.base import NotApplicable, all_attacks
 from protocol.errors import UserInputError
-from protocol.shared_forwards import serving
+from protocol.device.shared_forwards import serving
 from secure_assist.audit.attack_runs import attack_reports
 from secure_assist.audit.config import (
     AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
@@ -36,16 +36,16 @@ from secure_assist.audit.rows import (
 from secure_assist.audit.sampling import sample_ids
 from secure_assist.audit.summary import conclusions
 from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, headline, verdict
-from secure_assist.auditor import load_ground_truth, upload_texts
+from secure_assist.audit.auditor import load_ground_truth, upload_texts
 from secure_assist.data import data_provenance, file_provenance
 from secure_assist.executors import Executor
 from secure_assist.executors.local import LocalExecutor
 from secure_assist.finetune import run_finetune
-from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
-from secure_assist.kinds import task_kind
+from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
+from secure_assist.task_kinds import task_kind
 from secure_assist.mechanisms import mechanism_parameters
-from secure_assist.public_knowledge import PublicData, knowledge, public_data
-from secure_assist.run import build_mechanisms
+from secure_assist.audit.public_knowledge import PublicData, knowledge, public_data
+from secure_assist.training.run import build_mechanisms
 
 SCHEMA = "secure-assist/audit-report"
 SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance

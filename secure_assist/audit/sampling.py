@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from attacks.base import hex_ids
-from protocol.transcript import INBOUND, TRANSCRIPT_FILE, RecordedMessage, ServerView
+from protocol.server.transcript import INBOUND, TRANSCRIPT_FILE, RecordedMessage, ServerView
 
 
 def sample_ids(ids: list[str], count: int, seed: int) -> frozenset[str]:

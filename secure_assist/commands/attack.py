@@ -10,7 +10,7 @@ from attacks.base import all_attacks
 
 def run(args: argparse.Namespace) -> int:
     """Run the attack and print its report (JSON or one line per metric)."""
-    from secure_assist.auditor import run_attack
+    from secure_assist.audit.auditor import run_attack
 
     report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet,
                         public_file=args.public_file)

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune against the server and print the JSON summary."""
     from protocol.transport.client import NetworkChannel
     from protocol.transport.identity import KeyDirectory
-    from secure_assist.kinds import task_kind
-    from secure_assist.modes import resolve_mode
-    from secure_assist.run import build_mechanisms, run_training
+    from secure_assist.task_kinds import task_kind
+    from secure_assist.training.run import resolve_mode
+    from secure_assist.training.run import build_mechanisms, run_training
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

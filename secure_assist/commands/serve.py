@@ -13,8 +13,8 @@ from pathlib import Path
 
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
-from protocol.limits import ServerLimits
-from protocol.server import ServerTraining
+from protocol.server.limits import ServerLimits
+from protocol.server.side_tuning import ServerTraining
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; then end the process (it does not return after serving)."""
     from protocol.transport.identity import KeyDirectory
     from protocol.transport.server import TransportServer
-    from secure_assist.modes import get_mode, server_modes
-    from secure_assist.modes.host import host_factory
+    from protocol.modes.registry import get_mode, server_modes
+    from protocol.modes.host import host_factory
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = ServerLimits.from_arguments(args)

@@ -13,7 +13,7 @@ from typing import Any
 
 from attacks.base import ALIGNMENT, LABELS, get_attack
 from protocol.errors import UserInputError
-from protocol.instructions import GENERATION_TASK
+from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig
 from secure_assist.mechanisms import MECHANISMS
 

@@ -13,23 +13,23 @@ from typing import Any
 from tqdm import tqdm
 
 from attacks.base import LABELS, NotApplicable, PublicKnowledge
-from protocol.backbone import load_backbone
+from protocol.model.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.rows import UTILITY_KEYS
 from secure_assist.audit.runner import COST_KEYS, jsonable, package_versions
 from secure_assist.audit.verdict import headline
 from secure_assist.audit.attack_runs import attack_reports
-from secure_assist.auditor import load_ground_truth, upload_texts
+from secure_assist.audit.auditor import load_ground_truth, upload_texts
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.executors import Executor, Progress
 from secure_assist.executors.local import LocalExecutor
-from secure_assist.public_knowledge import knowledge, public_data
+from secure_assist.audit.public_knowledge import knowledge, public_data
 from secure_assist.finetune import run_finetune
-from secure_assist.forwards import WithForwards, forwards_summary, share_forwards
-from secure_assist.run import build_mechanisms
+from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
+from secure_assist.training.run import build_mechanisms
 
 SCHEMA = "secure-assist/compare"
 SCHEMA_VERSION = 1
@@ -67,7 +67,7 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
 
 def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
     """The audit's public data: unused rows of the built-in task or of the user's training
-    file (secure_assist.public_knowledge); the server knows the point's mechanisms."""
+    file (secure_assist.audit.public_knowledge); the server knows the point's mechanisms."""
     task, train, evaluate = resolve_data(config)
     public = public_data(task, None, config.train_file, train + evaluate, config.seed)
     return knowledge(config.model, task, public, upload_texts(load_ground_truth(workdir)), config.seed, progress,

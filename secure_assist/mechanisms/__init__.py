@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from protocol.errors import UserInputError
-from protocol.messages import Message, Upload
-from protocol.side_output import SideOutput
+from protocol.wire.messages import Message, Upload
+from protocol.model.side_output import SideOutput
 from secure_assist.mechanisms.activations import ActivationNoise, ActivationRotation, Int8Activations
 from secure_assist.mechanisms.base import STAGES, DpClaim, Mechanism, ModeTraits, PrivacyWarning
 from secure_assist.mechanisms.delta import (

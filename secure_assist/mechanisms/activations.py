@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from protocol.generation_messages import GenerationUpload
-from protocol.messages import Upload
-from protocol.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
-from protocol.side_output import SideOutput
+from protocol.modes.generation.messages import GenerationUpload
+from protocol.wire.messages import Upload
+from protocol.model.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
+from protocol.model.side_output import SideOutput
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
     ACTIVATIONS_TARGET, CLASSIFICATION_KIND, GENERATION_KIND, DpClaim, Mechanism, UploadT, clip_rows, positive,
@@ -126,7 +126,7 @@ class ActivationRotation(Mechanism):
     """A_i·R_i with a secret Haar-random orthogonal R_i per uploaded layer, held by the device.
 
     The server trains on rotated states; the device wraps the side output it gets back in
-    the same rotation (`protocol.input_maps.RotatedInput`), which travels in its model
+    the same rotation (`protocol.model.input_maps.RotatedInput`), which travels in its model
     file and never to the server. Side networks and ridge heads learn as well in any
     orthonormal basis, but everything the server would read in the backbone's own
     coordinates (public head, embeddings, public-text features, φ on plain states) no

@@ -17,10 +17,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import numpy as np
 
 from protocol.errors import UserInputError
-from protocol.generation_messages import GenerationUpload
-from protocol.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
-from protocol.messages import Message, Upload
-from protocol.side_output import SideOutput
+from protocol.modes.generation.messages import GenerationUpload
+from protocol.model.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
+from protocol.wire.messages import Message, Upload
+from protocol.model.side_output import SideOutput
 
 
 UploadT = TypeVar("UploadT", Upload, GenerationUpload)
@@ -30,15 +30,15 @@ class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
-# The training mode (secure_assist.modes.MODES) that needs a particular mechanism by name, and
+# The training mode (protocol.modes.registry.MODES) that needs a particular mechanism by name, and
 # the generation mode (the only one that takes `gaussian_r`).
 CKKS_RIDGE_MODE, GENERATION_MODE = "ckks_ridge", "generation"
-# Task kinds (secure_assist.kinds.TASK_KINDS) by name: mechanisms declare the kinds whose uploads they transform.
+# Task kinds (secure_assist.task_kinds.TASK_KINDS) by name: mechanisms declare the kinds whose uploads they transform.
 CLASSIFICATION_KIND, GENERATION_KIND = "classification", "generation"
 
 
 class ModeTraits(Protocol):
-    """What a mechanism needs to know of a training mode (secure_assist.modes.TrainingMode)."""
+    """What a mechanism needs to know of a training mode (protocol.modes.registry.TrainingMode)."""
 
     name: str
     uploads: bool  # False: nothing leaves the device

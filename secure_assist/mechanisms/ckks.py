@@ -1,68 +1,19 @@
-"""CKKS key material with TenSEAL's SEAL bindings: the device's secret key, the server's public context.
+"""The device's CKKS key material: the secret key lives here and never leaves the device.
 
-The device creates the keys (lazily, on first use) and never lets the secret key go;
-the server gets the *encryption parameters* only. The fit needs only
-ciphertext-plaintext products, additions and one rescale (see `ckks_packing`), so the
-public context carries no key at all: no Galois keys (no rotation is ever computed), no
-relinearization keys (no ciphertext-ciphertext product) and no public key (the device
-encrypts with its secret key; the server never encrypts). `load_public_context` accepts
-nothing else.
-
-TenSEAL's `sealapi` saves and loads SEAL objects through file paths only, so (de)serialization
-goes through a private temporary file; only public objects (parameters, ciphertexts) ever do.
+Only the public form (encryption parameters, `public_context`) is sent; the server side of
+CKKS (`protocol.modes.ckks_ridge.context`) computes with those alone.
 """
 
 from __future__ import annotations
 
-import tempfile
 from functools import cached_property
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
 
-from protocol.errors import ProtocolError, UserInputError
-from secure_assist.mechanisms.ckks_packing import CkksParameters, embed, unembed
-
-MAX_CIPHERTEXT_BYTES = 16 * 1024 * 1024
-# Encryption parameters serialize to under 100 bytes at N = 8192; any key is tens of KB or more.
-MAX_PUBLIC_CONTEXT_BYTES = 1024
-
-
-def to_bytes(public_object: Any) -> bytes:
-    """A SEAL object's serialization (compressed by SEAL); never called with a secret key."""
-    with tempfile.TemporaryDirectory(prefix="secure-assist-ckks-") as folder:
-        path = Path(folder) / "object"
-        public_object.save(str(path))
-        return path.read_bytes()
-
-
-def _load(target: Any, data: bytes, *context: Any) -> Any:
-    """`target` loaded (and validated by SEAL against `context`) from bytes."""
-    with tempfile.TemporaryDirectory(prefix="secure-assist-ckks-") as folder:
-        path = Path(folder) / "object"
-        path.write_bytes(data)
-        target.load(*context, str(path))
-    return target
-
-
-def _ciphertext(data: bytes, context: seal.SEALContext) -> seal.Ciphertext:
-    """A ciphertext from bytes, checked by SEAL against the context; bad bytes are a protocol error."""
-    try:
-        return _load(seal.Ciphertext(), data, context)
-    except (RuntimeError, ValueError) as exc:  # SEAL raises bare exceptions on malformed bytes
-        raise ProtocolError(f"malformed ciphertext: {exc}") from exc
-
-
-def _context(parameters: seal.EncryptionParameters) -> seal.SEALContext:
-    """SEAL's context for these parameters, which it marks unusable below 128-bit security."""
-    return seal.SEALContext(parameters, True, seal.SEC_LEVEL_TYPE.TC128)
-
-
-def _encryption_level(context: seal.SEALContext) -> list[int]:
-    """The parms_id of the last-but-one level: base prime plus the one rescale prime the fit uses."""
-    return context.last_context_data().prev_context_data().parms_id()
+from protocol.errors import UserInputError
+from protocol.modes.ckks_ridge.context import encryption_level, load_ciphertext, seal_context, to_bytes
+from protocol.modes.ckks_ridge.packing import CkksParameters, embed, unembed
 
 
 class CkksKeyHolder:
@@ -85,7 +36,7 @@ class CkksKeyHolder:
     @cached_property
     def _keys(self) -> tuple[seal.SEALContext, seal.CKKSEncoder, seal.Encryptor, seal.Decryptor]:
         """Context, encoder, and the secret key's encryptor and decryptor (made on first use)."""
-        context = _context(self._parameters)
+        context = seal_context(self._parameters)
         if not context.parameters_set():
             raise UserInputError(f"invalid CKKS parameters: {context.parameters_error_message()}")
         secret = seal.KeyGenerator(context).secret_key()
@@ -107,98 +58,12 @@ class CkksKeyHolder:
         coefficients = np.zeros(n)
         coefficients[:len(values)] = values
         plain = seal.Plaintext()
-        encoder.encode(embed(coefficients).tolist(), _encryption_level(context), 2.0**self.parameters.scale_bits, plain)
+        encoder.encode(embed(coefficients).tolist(), encryption_level(context), 2.0**self.parameters.scale_bits, plain)
         return to_bytes(encryptor.encrypt_symmetric(plain))
 
     def decrypt(self, ciphertext: bytes) -> np.ndarray:
         """The N coefficients, decrypted on the device (the result never goes back to the server)."""
         context, encoder, _, decryptor = self._keys
         plain = seal.Plaintext()
-        decryptor.decrypt(_ciphertext(ciphertext, context), plain)
+        decryptor.decrypt(load_ciphertext(ciphertext, context), plain)
         return unembed(np.array(encoder.decode_complex(plain)))
-
-
-class CkksPublicContext:
-    """The server's CKKS context: encryption parameters and what computes with them, no key.
-
-    It checks each uploaded ciphertext (SEAL validates it against the parameters; this
-    class requires the level the device encrypts at) and computes Σ_b ct_b ⊙ P_b,
-    rescaled to the base prime."""
-
-    def __init__(self, context: seal.SEALContext) -> None:
-        self._context = context
-        self._level = _encryption_level(context)
-        self._evaluator = seal.Evaluator(context)
-        self._encoder = seal.CKKSEncoder(context)
-        # Plaintexts are encoded at scale = the prime the rescale divides by, so the reply
-        # keeps the device's scale exactly.
-        self._plain_scale = float(context.get_context_data(self._level).parms().coeff_modulus()[-1].value())
-
-    @property
-    def poly_modulus_degree(self) -> int:
-        """Coefficients per ciphertext (N)."""
-        return self._context.first_context_data().parms().poly_modulus_degree()
-
-    def load_ciphertext(self, data: bytes) -> seal.Ciphertext:
-        """An uploaded ciphertext, validated; malformed or at another level is a protocol error."""
-        ciphertext = _ciphertext(data, self._context)
-        if ciphertext.size() != 2 or list(ciphertext.parms_id()) != list(self._level):
-            raise ProtocolError("an uploaded ciphertext must be a fresh 2-part ciphertext at the fit's level")
-        return ciphertext
-
-    def encode(self, coefficients: np.ndarray) -> seal.Plaintext:
-        """A plaintext polynomial with these coefficients, at the uploads' level."""
-        plain = seal.Plaintext()
-        self._encoder.encode(embed(coefficients).tolist(), self._level, self._plain_scale, plain)
-        return plain
-
-    def dot(self, ciphertexts: list[seal.Ciphertext], plaintexts: list[seal.Plaintext]) -> bytes:
-        """Σ_b ciphertexts[b] ⊙ plaintexts[b] (polynomial products), rescaled; serialized."""
-        try:
-            products = []
-            for ciphertext, plain in zip(ciphertexts, plaintexts, strict=True):
-                product = seal.Ciphertext()
-                self._evaluator.multiply_plain(ciphertext, plain, product)
-                products.append(product)
-            total = seal.Ciphertext()
-            self._evaluator.add_many(products, total)
-            self._evaluator.rescale_to_next_inplace(total)
-        except (RuntimeError, ValueError) as exc:  # e.g. mismatched scales across uploads
-            raise ProtocolError(f"encrypted fit failed: {exc}") from exc
-        return to_bytes(total)
-
-
-def load_public_context(data: bytes) -> CkksPublicContext:
-    """The server's context from the device's public one: CKKS encryption parameters only.
-
-    Anything larger than parameters can be (a key, a TenSEAL context with its keys) is
-    refused before parsing, and the parameters must give 128-bit security with a fit level."""
-    if len(data) > MAX_PUBLIC_CONTEXT_BYTES:
-        raise ProtocolError(f"refusing a CKKS context of {len(data)} bytes: the server takes encryption "
-                            "parameters only, never key material (the secret key stays on the device)")
-    try:
-        parameters = _load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), data)
-    except (RuntimeError, ValueError) as exc:
-        raise ProtocolError(f"malformed CKKS context: {exc}") from exc
-    context = _context(parameters)
-    if parameters.scheme() != seal.SCHEME_TYPE.CKKS or not context.parameters_set():
-        raise ProtocolError("the public context must hold valid 128-bit-secure CKKS parameters")
-    if context.first_context_data().chain_index() < 1:
-        raise ProtocolError("the CKKS parameters leave no level for the fit's rescale")
-    return CkksPublicContext(context)
-
-
-def split_buffer(buffer: np.ndarray, sizes: np.ndarray) -> list[bytes]:
-    """Cut a uint8 buffer into ciphertexts of the given sizes (validated against the total)."""
-    if sizes.ndim != 1 or (sizes < 1).any() or (sizes > MAX_CIPHERTEXT_BYTES).any():
-        raise ProtocolError(f"ciphertext sizes must be in 1..{MAX_CIPHERTEXT_BYTES}")
-    if int(sizes.sum()) != len(buffer):
-        raise ProtocolError(f"ciphertext sizes sum to {int(sizes.sum())}, buffer holds {len(buffer)} bytes")
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    return [buffer[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(sizes))]
-
-
-def join_buffer(ciphertexts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 buffer, int64 sizes) for the wire."""
-    sizes = np.array([len(c) for c in ciphertexts], dtype=np.int64)
-    return np.frombuffer(b"".join(ciphertexts), dtype=np.uint8).copy(), sizes

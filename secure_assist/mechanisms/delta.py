@@ -10,9 +10,9 @@ import torch
 from scipy.stats import ortho_group
 
 from protocol.errors import UserInputError
-from protocol.generation_messages import GenerationUpload
-from protocol.messages import Upload
-from protocol.side_output import SideOutput
+from protocol.modes.generation.messages import GenerationUpload
+from protocol.wire.messages import Upload
+from protocol.model.side_output import SideOutput
 from secure_assist.mechanisms.accounting import (
     analytic_gaussian_epsilon,
     analytic_gaussian_sigma,

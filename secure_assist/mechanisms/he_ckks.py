@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from protocol.errors import ProtocolError
-from protocol.he_messages import EncryptedUpload, HeFitReply, HeFitRequest
-from protocol.messages import Message, Upload
-from protocol.ridge_head import FeatureMap, RidgeHead
+from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
+from protocol.wire.messages import Message, Upload
+from protocol.model.ridge_head import FeatureMap, RidgeHead
 from protocol.errors import UserInputError
 from secure_assist.mechanisms.base import CKKS_RIDGE_MODE, Mechanism
-from secure_assist.mechanisms.ckks import CkksKeyHolder, join_buffer, split_buffer
-from secure_assist.mechanisms.ckks_packing import CkksParameters, PackingLayout
+from protocol.modes.ckks_ridge.context import join_buffer, split_buffer
+from secure_assist.mechanisms.ckks import CkksKeyHolder
+from protocol.modes.ckks_ridge.packing import CkksParameters, PackingLayout
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""`generation`: PAE for free-text answers (messages, device passes, server endpoint)."""

@@ -1,0 +1,1 @@
+"""`generation_local`: the generation side network trained on the device."""

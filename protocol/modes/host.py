@@ -1,0 +1,105 @@
+"""The server side of every mode: a device names its mode first, the host builds it.
+
+`ModeHost` answers one device's wire requests (in process or behind the TLS transport).
+The first request of every connection must be `Hello(mode)`: a mode the server does
+not offer, or another mode than the one this device's server state already holds, is
+refused with an error reply and nothing is stored. Once open, the mode's endpoint
+answers (and records) every request, Hellos of later connections included, so every
+server view says which mode wrote it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+from protocol.wire.codec import DEFAULT_MAX_BYTES
+from protocol.server.endpoint import RecordingEndpoint
+from protocol.errors import ProtocolError
+from protocol.files import private_dir, write_atomic
+from protocol.server.limits import ServerLimits
+from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
+from protocol.server.side_tuning import ServerTraining
+from protocol.modes.registry import MODES, server_modes
+
+MODE_FILE = "mode"
+log = logging.getLogger(__name__)
+
+
+class ModeHost:
+    """Hosts whichever offered mode the device names; its state lives in `workdir`."""
+
+    def __init__(self, workdir: Path | str, offered: tuple[str, ...], training: ServerTraining = ServerTraining(),
+                 max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> None:
+        unknown = [name for name in offered if name not in MODES]
+        if unknown or not offered:
+            raise ValueError(f"cannot offer modes {unknown or '(none)'}; known: {list(MODES)}")
+        self.workdir = Path(workdir)
+        self.offered = tuple(offered)
+        self.training = training
+        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.stop = stop
+        self.endpoint: RecordingEndpoint | None = None
+        self.mode: str | None = None
+
+    @property
+    def compute_seconds(self) -> float:
+        """Seconds the mode's endpoint spent answering requests."""
+        return 0.0 if self.endpoint is None else self.endpoint.compute_seconds
+
+    def handle_bytes(self, data: bytes) -> bytes:
+        """Answer one encoded request (in process: decoded here)."""
+        try:
+            message = decode_message(data, self.max_message_bytes)
+        except ProtocolError as exc:
+            if self.endpoint is None:
+                return encode_message(ErrorReply(reason=str(exc)))
+            return self.endpoint.handle_bytes(data)  # the mode's endpoint records what it refuses
+        return self.handle_message(message, data)
+
+    def handle_message(self, message: Message, data: bytes) -> bytes:
+        """Answer one decoded request. Until a mode is open only a Hello is accepted; once it
+        is, the mode's endpoint answers everything (a later Hello included) and records it."""
+        if self.endpoint is None:
+            try:
+                if not isinstance(message, Hello):
+                    raise ProtocolError("the first request must be 'hello' naming the training mode")
+                self._open(message.mode)
+            except ProtocolError as exc:
+                log.warning("refused a device's first request: %s", exc)
+                return encode_message(ErrorReply(reason=str(exc)))
+        return self.endpoint.handle_message(message, data)
+
+    def _open(self, mode: str) -> None:
+        if mode not in self.offered:
+            raise ProtocolError(f"this server does not offer training mode {mode!r}; it offers {list(self.offered)}")
+        held = self.mode or self._recorded_mode()
+        if held is not None and held != mode:
+            raise ProtocolError(f"this device's server state holds training mode {held!r}, not {mode!r}")
+        if self.endpoint is None:
+            private_dir(self.workdir)  # server state is the server user's alone, whatever the umask
+            write_atomic(self.workdir / MODE_FILE, mode.encode())
+            self.endpoint = MODES[mode].make_server(self.workdir, self.training, self.limits, self.stop)
+            self.endpoint.mode = mode
+            self.mode = mode
+
+    def _recorded_mode(self) -> str | None:
+        path = self.workdir / MODE_FILE
+        return path.read_text().strip() if path.is_file() else None
+
+    def close(self) -> None:
+        """Release the mode endpoint's files."""
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+
+def host_factory(offered: tuple[str, ...] | None = None) -> Callable[..., ModeHost]:
+    """The transport server's per-device endpoint factory: a host offering `offered`
+    (default: every mode that uploads), under the server's limits and stop flag."""
+    modes = offered or server_modes()
+    return lambda workdir, training, limits=None, stop=None: ModeHost(workdir, modes, training, limits=limits,
+                                                                      stop=stop)

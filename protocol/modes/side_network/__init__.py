@@ -1,0 +1,1 @@
+"""`side_network`: PAE proper, the server trains φ."""

@@ -1,0 +1,43 @@
+"""`side_network`: PAE proper. The server trains the additive side network φ on Δ from
+its activation cache (epochs >= 2 need no device work) and the device downloads φ."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from protocol.wire.channel import Channel
+from protocol.server.endpoint import RecordingEndpoint
+from protocol.server.limits import ServerLimits
+from protocol.wire.messages import (
+    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload,
+    UploadAck, expect,
+)
+from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.model.side_network import AdditiveSideNetwork, network_from_arrays
+from protocol.server.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK
+from protocol.modes.base import DeviceProtections, TrainingMode, TrainOutcome
+
+
+class SideNetworkMode(TrainingMode):
+    """The server trains φ; the device fetches it."""
+
+    name = "side_network"
+    description = "PAE: the server trains the side network on uploaded pivot states and Δ"
+    messages = (Hello, ModeAccepted, Upload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
+                SideWeights, ErrorReply)
+    view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
+    # The side output the fetched weights rebuild.
+    output_class: type[AdditiveSideNetwork] = AdditiveSideNetwork
+
+    def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                    stop: threading.Event | None = None) -> RecordingEndpoint:
+        return SideTuningServer(workdir, training, limits=limits, stop=stop)
+
+    def train(self, channel: Channel, epochs: int, mechanisms: DeviceProtections) -> TrainOutcome:
+        # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
+        report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+        weights = expect(channel.request(FetchWeights()), SideWeights)
+        return TrainOutcome(side=network_from_arrays(weights.state, weights.architecture, self.output_class),
+                            epochs_done=report.epochs_done, cache_samples=report.samples,
+                            final_train_loss=report.loss if epochs > 1 else None)

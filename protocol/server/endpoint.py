@@ -1,0 +1,113 @@
+"""Server-side request handling shared by every server role: decode and validate a
+request, admit it under the server's limits, record it in the server's view, dispatch
+it, encode and record the reply.
+
+Admission comes before recording: a request beyond a limit is answered with an
+`ErrorReply` naming the limit, logged, and leaves the transcript and every store as
+they were. The checks that do not depend on the role (an upload's own shape and size,
+the samples the device would hold) live here, so every role served over the network
+gets them; a role adds its own by extending `admit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from protocol.wire.codec import DEFAULT_MAX_BYTES
+from protocol.errors import ProtocolError
+from protocol.server.limits import ServerLimits, admit_upload
+from protocol.wire.messages import ErrorReply, Hello, Message, ModeAccepted, ResentUpload, decode_message, encode_message
+from protocol.server.transcript import INBOUND, OUTBOUND, TranscriptWriter
+
+log = logging.getLogger("secure_assist.server")
+
+
+class ServerStopping(ProtocolError):
+    """The server is shutting down: the request was not (or not entirely) carried out."""
+
+
+class RecordingEndpoint:
+    """Base of server roles: everything admitted in and everything out lands in the transcript.
+
+    `limits` None: no limits beyond decoding (in-process runs, where the device is this
+    process). `stop`: set by the hosting server on shutdown; long work checks it between steps.
+    """
+
+    def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
+                 limits: ServerLimits | None = None, stop: threading.Event | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.stop = stop if stop is not None else threading.Event()
+        self.transcript = TranscriptWriter(self.workdir)
+        self.compute_seconds = 0.0
+        # The training mode this endpoint serves (set by the host that opened it for a Hello).
+        self.mode: str | None = None
+
+    def handle_bytes(self, data: bytes) -> bytes:
+        """Answer one encoded request; a protocol violation becomes an ErrorReply."""
+        try:
+            message = decode_message(data, self.max_message_bytes)
+        except ProtocolError as exc:
+            self.transcript.record(INBOUND, data)
+            return self._record_reply(ErrorReply(reason=str(exc)))
+        return self.handle_message(message, data)
+
+    def handle_message(self, message: Message, data: bytes) -> bytes:
+        """Answer one request already decoded from `data` (its wire form)."""
+        start = time.perf_counter()
+        try:
+            self.check_stop()
+            self.admit(message)
+        except ProtocolError as exc:
+            log.warning("%s: refused %r: %s", self.workdir.name[:16], message.TYPE, exc)
+            return encode_message(ErrorReply(reason=str(exc)))  # not recorded: nothing changed
+        self.transcript.record(INBOUND, self.recorded_form(message, data))
+        try:
+            reply = self.handle(message)
+        except ProtocolError as exc:
+            reply = ErrorReply(reason=str(exc))
+        out = self._record_reply(reply)
+        self.compute_seconds += time.perf_counter() - start
+        return out
+
+    def admit(self, message: Message) -> None:
+        """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing."""
+        if isinstance(message, ResentUpload):  # forged, it would put a false record in the view
+            raise ProtocolError("resent_upload is a transcript record, never a request")
+        if admit_upload(message, self.limits) is not None and self.limits is not None:
+            self.limits.check_samples_held(self.samples_after(message))
+
+    def samples_after(self, message: Message) -> int:
+        """How many samples this device's store would hold after `message` (roles that store samples)."""
+        return 0
+
+    def recorded_form(self, message: Message, data: bytes) -> bytes:
+        """What the transcript keeps of an admitted request: its wire form (roles may record less of a repeat)."""
+        return data
+
+    def handle(self, message: Message) -> Message:
+        """Answer one decoded request (subclasses handle their own types first)."""
+        if isinstance(message, Hello):
+            if message.mode != self.mode:
+                raise ProtocolError(f"this device's server state holds training mode {self.mode!r}, "
+                                    f"not {message.mode!r}")
+            return ModeAccepted(mode=message.mode)
+        raise ProtocolError(f"this endpoint does not accept {message.TYPE!r} requests")
+
+    def check_stop(self) -> None:
+        """Raise ServerStopping once the hosting server shuts down (call between units of long work)."""
+        if self.stop.is_set():
+            raise ServerStopping("server is shutting down; retry later")
+
+    def close(self) -> None:
+        """Release files."""
+        self.transcript.close()
+
+    def _record_reply(self, reply: Message) -> bytes:
+        out = encode_message(reply)
+        self.transcript.record(OUTBOUND, out)
+        return out

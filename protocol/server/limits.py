@@ -1,0 +1,162 @@
+"""What one device may make the server allocate, store, compute or wait for (DESIGN.md section 9).
+
+`ServerLimits` is the one definition of the server's limits: `secure-assist serve` generates its
+flags from the fields (name, type, default, help), the transport server reads the connection,
+frame and timeout limits, and every server endpoint the per-device ones
+(`protocol.server.endpoint.RecordingEndpoint.admit`). A request beyond a limit gets an `ErrorReply`
+that names the limit (`LimitExceeded`), a log line, and changes nothing.
+
+Sizing the defaults: the side network a device can make the server build is about
+2·layers·width·rank floats, held four times (weights, gradients, two AdamW moments); at the
+maxima (64 layers x 4096, rank 64) that is ~0.5 GB per device, and SmolLM2-135M (30 x 576)
+needs 2% of it. An operator serving one backbone should set its exact shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from protocol.errors import ProtocolError, UserInputError
+from protocol.transport.framing import MAX_LENGTH_FIELD
+
+MIB = 1024 * 1024
+_TYPES = {"int": int, "float": float}
+
+
+def _limit(default: int | float, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+class LimitExceeded(ProtocolError):
+    """A request asked for more than a configured server limit; the message names the limit."""
+
+
+@dataclass(frozen=True)
+class UploadShape:
+    """What a message that uploads samples declares (None where its type does not say)."""
+
+    samples: int
+    layers: int | None
+    width: int | None
+    classes: int | None
+
+
+def upload_shape(message: object) -> UploadShape | None:
+    """The declared shape of an upload-type message; None for messages that upload no samples.
+
+    Read from the fields every upload type shares, so each server endpoint gets the same checks:
+    the rows of `sample_ids`, the `layers` list, the last dimension of `activations` (the width),
+    and the classes as Δ's columns or the number of per-class ciphertexts.
+    """
+    ids = getattr(message, "sample_ids", None)
+    if ids is None:
+        return None
+    layers = getattr(message, "layers", None)
+    activations = getattr(message, "activations", None)
+    delta, sizes = getattr(message, "delta", None), getattr(message, "ciphertext_sizes", None)
+    classes = delta.shape[1] if delta is not None and delta.ndim == 2 else (len(sizes) if sizes is not None else None)
+    return UploadShape(samples=len(ids), layers=len(layers) if layers is not None else None,
+                       width=activations.shape[-1] if activations is not None and activations.ndim else None,
+                       classes=classes)
+
+
+def admit_upload(message: object, limits: "ServerLimits | None") -> UploadShape | None:
+    """The checks every endpoint applies to an upload whatever it stores (no state needed), so the
+    transport can apply them before a device's namespace is even opened. Zero-sample uploads are
+    always refused: a role would size its state from a declared shape alone."""
+    shape = upload_shape(message)
+    if shape is not None and shape.samples == 0:
+        raise ProtocolError("upload with zero samples refused: no state is sized from a declared shape alone")
+    if shape is not None and limits is not None:
+        limits.check_upload(shape)
+    return shape
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on what any one device can make `secure-assist serve` do (safe defaults)."""
+
+    max_layers: int = _limit(64, "most backbone layers per uploaded sample")
+    max_width: int = _limit(4096, "largest activation width (hidden size) of an upload")
+    max_classes: int = _limit(64, "most classes (Δ values) per sample")
+    max_samples_per_device: int = _limit(20_000, "most samples one device may have stored")
+    max_epochs: int = _limit(1_000, "most training epochs one device may ask for in total")
+    max_frame_mib: float = _limit(64.0, "largest frame a device may send, in MiB")
+    max_partial_frames_mib: float = _limit(
+        256.0, "bytes held for frames still arriving, all devices together, in MiB; when a frame does not fit, "
+               "larger partial frames are dropped first")
+    max_connections_per_device: int = _limit(
+        4, "open connections per device identity; one more closes the device's oldest idle connection")
+    handshake_seconds: float = _limit(10.0, "time allowed for the TLS handshake")
+    read_seconds: float = _limit(120.0, "time allowed for a frame's payload once its header has arrived")
+    idle_seconds: float = _limit(300.0, "time a connection may wait between requests")
+    decode_workers: int = _limit(2, "threads that decode and validate requests off the event loop")
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value, flag = getattr(self, spec.name), _flag(spec.name)
+            if _TYPES[spec.type] is int and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserInputError(f"{flag} must be a whole number >= 1, got {value!r}")
+            if _TYPES[spec.type] is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                               or not math.isfinite(value) or value <= 0):
+                raise UserInputError(f"{flag} must be a positive number, got {value!r}")
+        if not 1024 <= self.max_frame_bytes <= MAX_LENGTH_FIELD:
+            raise UserInputError(f"--max-frame-mib must give between 1 KiB and {MAX_LENGTH_FIELD} bytes")
+        if self.max_partial_frame_bytes < self.max_frame_bytes:
+            raise UserInputError("--max-partial-frames-mib must be at least --max-frame-mib, or no frame of the "
+                                 "largest allowed size could ever be received")
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The frame limit in bytes."""
+        return int(self.max_frame_mib * MIB)
+
+    @property
+    def max_partial_frame_bytes(self) -> int:
+        """The global budget for partially received frames, in bytes."""
+        return int(self.max_partial_frames_mib * MIB)
+
+    def exceeded(self, name: str, what: str) -> LimitExceeded:
+        """The error for `what` going beyond the limit `name` (a field of this class)."""
+        return LimitExceeded(f"{what}: beyond the server limit {name}={getattr(self, name)} ({_flag(name)})")
+
+    def check_upload(self, shape: UploadShape) -> None:
+        """One upload's own size, within the shape maxima."""
+        if shape.samples > self.max_samples_per_device:
+            raise self.exceeded("max_samples_per_device", f"an upload of {shape.samples} samples")
+        for name, value in (("max_layers", shape.layers), ("max_width", shape.width),
+                            ("max_classes", shape.classes)):
+            if value is not None and value > getattr(self, name):
+                raise self.exceeded(name, f"upload {name[4:]} {value}")
+
+    def check_samples_held(self, total: int) -> None:
+        """The samples a device would hold after a request."""
+        if total > self.max_samples_per_device:
+            raise self.exceeded("max_samples_per_device", f"{total} samples stored for this device")
+
+    def check_epochs(self, total: int) -> None:
+        """The epochs a device's training would reach."""
+        if total > self.max_epochs:
+            raise self.exceeded("max_epochs", f"training to {total} epochs")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per limit, named, typed, defaulted and described by the field itself."""
+        group = parser.add_argument_group("server limits (per device unless said otherwise; beyond a limit: an "
+                                          "error reply naming it, a log line, no state change)")
+        for spec in fields(cls):
+            unit = spec.name.rsplit("_", 1)[-1].upper() if spec.type == "float" else "N"
+            group.add_argument(_flag(spec.name), dest=spec.name, type=_TYPES[spec.type], default=spec.default,
+                               metavar=unit, help=f"{spec.metadata['help']} (default: {spec.default:g})")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> "ServerLimits":
+        """The limits given by `add_arguments` flags (validated)."""
+        return cls(**{spec.name: getattr(args, spec.name) for spec in fields(cls)})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

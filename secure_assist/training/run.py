@@ -1,0 +1,165 @@
+"""The one run path of every training mode, over any channel.
+
+Device: data and hold-out split, one inference-only forward pass per sample, the
+mechanisms, a resumable epoch-1 upload; then the mode finishes the training (the
+server trains φ, or fits an encrypted head; `device_local` trains on the device) and
+hands back a side output, which the device restores (mechanisms), safeguards,
+evaluates and saves. What depends on the task (data, the device's passes, the safeguard's
+metric, the evaluation) comes from its kind (`secure_assist.task_kinds`: classification or
+generation). `finetune` runs it in process, `device` against `serve` over TLS,
+and `audit` / `compare` through `finetune`: the same code for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+
+from protocol.wire.channel import Channel, InProcessChannel
+from protocol.device.forward_device import ForwardDevice
+from protocol.errors import UserInputError
+from protocol.wire.messages import Hello, ModeAccepted, expect
+from protocol.model.model_io import FineTunedModel, save_finetuned
+from protocol.model.side_output import SideOutput
+from secure_assist.config import FinetuneConfig
+from secure_assist.task_kinds import task_kind
+from secure_assist.mechanisms import MECHANISMS, MechanismChain
+from protocol.modes.base import TrainingMode
+from protocol.modes.registry import MODES, get_mode, server_modes
+from protocol.modes.host import ModeHost
+from secure_assist.training.resources import PeakMemory
+from secure_assist.training.summary import RunSummary
+from secure_assist.training.upload import run_key, upload_resumable
+from secure_assist.training.workdir import (
+    DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, SERVER_DIR, prepare_workdir,
+)
+
+E = TypeVar("E")
+
+
+def resolve_mode(mode: str | None, mechanisms: tuple[str, ...], task_kind: str = "classification") -> TrainingMode:
+    """The configured mode, or (None) the first uploading mode of the task kind that every
+    mechanism supports (`side_network`, `ckks_ridge` for `he_ckks`; `generation`)."""
+    if mode is not None:
+        chosen = get_mode(mode)
+        if chosen.task_kind != task_kind:
+            raise UserInputError(f"training mode {mode!r} trains {chosen.task_kind} tasks, not {task_kind} ones")
+        return chosen
+    known = [MECHANISMS[n] for n in mechanisms if n in MECHANISMS]
+    for candidate in server_modes():
+        if MODES[candidate].task_kind == task_kind and all(cls.supports(MODES[candidate]) for cls in known):
+            return MODES[candidate]
+    raise UserInputError(f"no {task_kind} training mode supports every mechanism of {list(mechanisms)}")
+
+
+def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -> MechanismChain:
+    """The configured protections for the run's mode; every configuration error (unknown
+    names, missing parameters, a mechanism the mode does not support, a mode without the
+    stage it needs, a mode of another task kind) surfaces here, before anything is computed or sent."""
+    mode = mode or resolve_mode(config.mode, config.mechanism, task_kind(config).name)
+    chain = MechanismChain(config.mechanism, asdict(config), config.mechanism_seed, mode)
+    if mode.required_stage is not None and chain.stage(mode.required_stage) is None:
+        providers = [name for name, cls in MECHANISMS.items() if cls.stage == mode.required_stage]
+        raise UserInputError(f"training mode {mode.name!r} needs a mechanism of stage {mode.required_stage!r} "
+                             f"({', '.join(providers)}) in --mechanism")
+    return chain
+
+
+def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices to upload, indices of the device's validation split), seed-fixed."""
+    fraction = config.safeguard_fraction
+    if fraction is None:
+        fraction = task_kind(config).validation_fraction(config)
+    cut = int(n_train * fraction)
+    if fraction > 0 and (cut < 1 or cut >= n_train):
+        raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
+                             f"out of {n_train}")
+    order = np.random.default_rng(config.seed).permutation(n_train)
+    return order[cut:], order[:cut]
+
+
+def hold_out(train: list[E], config: FinetuneConfig) -> tuple[list[E], list[E]]:
+    """(examples to upload, the device's validation split for the safeguard)."""
+    upload, validation = hold_out_indices(len(train), config)
+    return [train[i] for i in upload], [train[i] for i in validation]
+
+
+def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, workdir: Path) -> Path:
+    """The deployable model file: the backbone's name, the task, the layers and the side output."""
+    model_path = workdir / MODEL_FILE
+    save_finetuned(model_path, FineTunedModel(backbone=config.model, task=device.task, layers=device.layers,
+                                              payload_dtype=config.payload_dtype, side_network=side))
+    return model_path
+
+
+def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
+                 overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> RunSummary:
+    """Run `config` end to end. `channel` None: the server role runs in this process (in
+    `<workdir>/server`, or on the device for a mode that uploads nothing) on a fresh work
+    directory; a given channel (the network): the server is elsewhere, and an interrupted
+    deterministic upload in `<workdir>/device` is resumed."""
+    torch.manual_seed(config.seed)
+    workdir = Path(config.workdir)
+    kind = task_kind(config)
+    mode = resolve_mode(config.mode, config.mechanism, kind.name)
+    mechanisms = build_mechanisms(config, mode)
+    task, train, evaluate = kind.data(config)
+    upload_set, validation = hold_out(train, config)
+    host = None
+    if channel is None:
+        prepare_workdir(workdir, overwrite)
+        host = ModeHost(workdir / (SERVER_DIR if mode.uploads else LOCAL_TRAINING_DIR), (mode.name,),
+                        config.server_training())
+        channel = InProcessChannel(host)
+    elif not mode.uploads:
+        raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
+    try:
+        device = kind.make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
+        kind.check(device, train + evaluate)
+        expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
+        mode.open(channel, device)
+        with PeakMemory() as upload_peak:
+            upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),
+                             overwrite, on_acknowledged, resumable=mechanisms.deterministic)
+        uploaded_bytes = channel.bytes_up
+        forwards_epoch1, seconds_epoch1 = device.forward_samples, device.forward_seconds
+        server_seconds_epoch1 = None if host is None else host.compute_seconds
+        with PeakMemory() as train_peak:
+            outcome = mode.train(channel, config.epochs, mechanisms)
+        forwards_after_epoch1 = device.forward_samples - forwards_epoch1  # expected 0: the server uses its cache
+        server_seconds = None if host is None else host.compute_seconds
+        details = {**outcome.details, **(mode.server_details(host.endpoint) if host is not None else {})}
+    finally:
+        if host is not None:
+            host.close()
+    side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
+    safeguard = kind.safeguard(device, side, validation, config.seed)
+    metrics = kind.evaluate(device, config, side, evaluate)
+    model_path = save_model(device, config, side, workdir)
+    # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
+    device_train_seconds = 0.0 if mode.uploads else server_seconds
+    cached_epochs = max(0, outcome.epochs_done - 1)
+    per_cached_epoch = (None if server_seconds is None or not mode.uploads
+                        else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
+    return RunSummary(
+        config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
+        mechanisms=mechanisms.describe(), safeguard=safeguard, metrics=metrics,
+        epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
+        bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,
+        upload_bytes_per_sample=(uploaded_bytes if mode.uploads else 0) / max(1, len(upload_set)),
+        upload_wire_bytes_this_session=uploaded_bytes if mode.uploads else 0,
+        reconnects=getattr(channel, "reconnects", 0),
+        device_seconds=(device.forward_seconds + device.reused_forward_seconds + outcome.device_seconds
+                        + device_train_seconds),
+        device_train_seconds=device_train_seconds, device_forwards=device.forward_samples,
+        device_forwards_reused=device.reused_forwards, device_seconds_epoch1=seconds_epoch1,
+        device_forwards_epoch1=forwards_epoch1, device_forwards_after_epoch1=forwards_after_epoch1,
+        device_peak_rss_mib=max(upload_peak.peak_mib, 0.0 if mode.uploads else train_peak.peak_mib),
+        server_seconds=server_seconds if mode.uploads else None, server_seconds_per_cached_epoch=per_cached_epoch,
+        cache_samples=outcome.cache_samples, cache_reads=outcome.cache_samples * cached_epochs,
+        model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if host is not None and mode.uploads else None,
+        ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=details)

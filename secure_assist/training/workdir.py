@@ -1,0 +1,45 @@
+"""The layout of a run's work directory, kept apart by side.
+
+<workdir>/server/  the server's view (in-process runs; over the network it is on the server)
+<workdir>/device/  the device's own records: ground truth, upload progress, local training,
+                   per-sample evaluation scores (generation)
+<workdir>/model.safetensors  the deployable model
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from protocol.errors import UserInputError
+from protocol.files import write_atomic
+from protocol.data.instructions import InstructionExample
+from protocol.data.tasks import Example
+
+SERVER_DIR = "server"
+DEVICE_DIR = "device"
+# Where a mode that uploads nothing trains: on the device, never shown to an attack.
+LOCAL_TRAINING_DIR = "device/local_training"
+MODEL_FILE = "model.safetensors"
+GROUND_TRUTH_FILE = "ground_truth.jsonl"
+# Generation runs: per-sample answer NLL and top-1 hits on the evaluation split (device side).
+EVAL_SCORES_FILE = "eval_scores.npz"
+
+
+def prepare_workdir(workdir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old run's cache unless asked to replace it."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not overwrite:
+            raise UserInputError(f"{workdir} already holds a run; pass --overwrite or choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def write_ground_truth(path: Path, sample_ids: np.ndarray, examples: list[Example | InstructionExample]) -> None:
+    """The device's record of which id carried which text and label (or answer): the auditor's
+    ground truth, kept on the device side and never shown to the server or to an attack."""
+    lines = [json.dumps({"sample_id": bytes(sid).hex(), **e.record()}) for sid, e in zip(sample_ids, examples)]
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
