@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from attacks.base import ALIGNMENT, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import ALIGNMENT, Attack, AttackResult, PublicKnowledge
 from attacks.rotation_math import (
     eigen_alignment, invariant_match, nearest_states, procrustes, wasserstein_procrustes,
 )
@@ -33,7 +33,6 @@ from protocol.model.input_maps import ROTATION_MECHANISM, unrotate
 from protocol.server.transcript import PIVOT_ACTIVATIONS, ServerView
 
 
-@register
 class RotationInvariantMatching(CandidateMatching):
     """Candidate matching by what a per-layer rotation keeps: norms, then within-layer Gram
     structure against anchors (works on plain and rotated views alike)."""
@@ -65,7 +64,6 @@ class RotationAlignment(Attack):
         raise NotImplementedError
 
 
-@register
 class DistributionAlignment(RotationAlignment):
     """Unpaired: each layer's received states aligned to public-text states of the same layer."""
 
@@ -106,14 +104,15 @@ class KnownPairs(RotationAlignment):
         return rotation, {"known_pairs": self.K}
 
 
-for _k in (1, 8, 64):
-    register(type(f"KnownPairsK{_k}", (KnownPairs,), {
-        "NAME": f"known_pairs_k{_k}", "K": _k,
-        "DESCRIPTION": f"R̂ by orthogonal Procrustes on {_k} uploads whose text the server knows",
-        "__doc__": f"Known-pair alignment with k = {_k} known texts."}))
+# One registered attack per number of known texts.
+KNOWN_PAIRS: tuple[type[KnownPairs], ...] = tuple(
+    type(f"KnownPairsK{k}", (KnownPairs,), {
+        "NAME": f"known_pairs_k{k}", "K": k,
+        "DESCRIPTION": f"R̂ by orthogonal Procrustes on {k} uploads whose text the server knows",
+        "__doc__": f"Known-pair alignment with k = {k} known texts."})
+    for k in (1, 8, 64))
 
 
-@register
 class MatchingAlignment(RotationAlignment):
     """Pairs from rotation-invariant matching against the candidate pool, then Procrustes on
     the most confident ones; one refinement: nearest candidate on the realigned states."""

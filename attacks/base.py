@@ -9,14 +9,13 @@ An attack declares the view fields it needs (`NEEDS`, names from
 that field, its absence is an error, not "not applicable". Preconditions outside the
 view (a layer that was not uploaded, public data the attacker lacks) raise `NotApplicable`.
 
-`ATTACKS` is the one list of attack names; CLI choices, errors and test
-parametrization come from it. Attack modules register themselves with `@register`.
+The one list of attacks is `attacks.registry.ATTACKS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -139,34 +138,6 @@ class Attack:
     def lacks(self, what: str) -> NotApplicable:
         """The typed error for a precondition outside the view (public data, a layer)."""
         return NotApplicable(f"attack {self.NAME!r} needs {what}")
-
-
-# The one list of attack names.
-ATTACKS: dict[str, type[Attack]] = {}
-
-A = TypeVar("A", bound=type[Attack])
-
-
-def register(cls: A) -> A:
-    """Class decorator adding an attack to `ATTACKS` under its NAME."""
-    if not cls.NAME or cls.NAME in ATTACKS:
-        raise ValueError(f"attack name {cls.NAME!r} is empty or registered twice")
-    ATTACKS[cls.NAME] = cls
-    return cls
-
-
-def all_attacks() -> dict[str, type[Attack]]:
-    """The registry, with every attack module imported (importing registers them)."""
-    from attacks import catalog  # noqa: F401
-
-    return ATTACKS
-
-
-def get_attack(name: str) -> Attack:
-    """A fresh instance of the named attack; unknown names list the known ones."""
-    if name not in all_attacks():
-        raise UserInputError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name]()
 
 
 def hex_ids(sample_ids: np.ndarray) -> list[str]:

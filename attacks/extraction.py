@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import EXTRACTION, Attack, AttackResult, PublicKnowledge
 from attacks.labels import load_side_network
 from attacks.realigned_view import estimated_rotation
 from protocol.model.input_maps import RotatedInput
@@ -39,7 +39,6 @@ def encrypted_head_sent(view: ServerView) -> bool:
     return any(r.direction == OUTBOUND and isinstance(r.message, HeFitReply) for r in view.messages())
 
 
-@register
 class ServerModelCopy(Attack):
     """Public backbone + whatever side output the server holds in the clear."""
 

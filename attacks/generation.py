@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attacks.base import ANSWER_TOKENS, EXTRACTION, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import ANSWER_TOKENS, EXTRACTION, Attack, AttackResult, PublicKnowledge
 from attacks.labels import load_side_network
 from attacks.public_model import head_matrix, input_embeddings, logit_lens, public_backbone
 from attacks.reconstruction import EmbeddingIndex, ridge_map
@@ -44,7 +44,6 @@ def nearest_rows(weight: torch.Tensor, vectors: np.ndarray) -> np.ndarray:
     return torch.cat(found).numpy() if found else np.zeros(0, np.int64)
 
 
-@register
 class AnswerFromResidual(Attack):
     """The answer token at every loss position, from r_t and the public head."""
 
@@ -70,7 +69,6 @@ class AnswerFromResidual(Attack):
                             details={"uses_last_layer": last, "positions": int(len(tokens))})
 
 
-@register
 class AnswerInversion(Attack):
     """Answer tokens from the activations alone: each position's states invert to its input."""
 
@@ -132,7 +130,6 @@ def calibrated_scale(network: torch.nn.Module, data: AnswerData, weight: torch.T
     return EXTRACTION_SCALES[int(np.argmin(losses))], losses
 
 
-@register
 class GenerationModelExtraction(Attack):
     """Public backbone + the hidden-space correction the server trained and keeps, at the scale
     that fits the server's own cache best (the device's scale is never sent)."""

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import SCORES, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import SCORES, Attack, AttackResult, PublicKnowledge
 from attacks.view_data import gradient_data
 from protocol.server.transcript import GRADIENTS, ServerView
 
 
-@register
 class GradientNorm(Attack):
     """Score = ‖g‖₂ of each sample's gradient."""
 
@@ -30,7 +29,6 @@ class GradientNorm(Attack):
                             scores=np.linalg.norm(data.gradients, axis=1))
 
 
-@register
 class GradientCosine(Attack):
     """Score = cosine of each gradient with a reference gradient: the first sample's
     (any fixed sample works; its unknown label only flips the sign of every score)."""

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.wire.codec import decode
@@ -41,7 +41,6 @@ def _scored(attack: Attack, data: PivotData, scores: np.ndarray, **details: obje
     return _result(attack, data, scores.argmax(axis=1), scores, **details)
 
 
-@register
 class DeltaArgmax(Attack):
     """argmax Δ: with Δ = onehot(y) - p_b the label is the only positive entry (its sign)."""
 
@@ -54,7 +53,6 @@ class DeltaArgmax(Attack):
         return _scored(self, data, data.delta)
 
 
-@register
 class PublicHeadCombined(Attack):
     """argmax(p_b + Δ): the public head on A_L undoes a Δ given relative to p_b."""
 
@@ -67,7 +65,6 @@ class PublicHeadCombined(Attack):
         return _scored(self, data, _zero_shot_probs(self, data, public) + data.delta)
 
 
-@register
 class PublicHeadZeroShot(Attack):
     """The backbone's zero-shot prediction from the uploaded A_L alone (no Δ)."""
 
@@ -100,7 +97,6 @@ def _cluster(features: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=n_classes, n_init=10, random_state=seed).fit_predict(features)
 
 
-@register
 class ClusteringDelta(Attack):
     """k-means on the received Δ (any invertible obfuscation of it keeps the clusters)."""
 
@@ -114,7 +110,6 @@ class ClusteringDelta(Attack):
         return _result(self, data, resolve_clusters(clusters, public.task.n_classes, class_prior(public)))
 
 
-@register
 class ClusteringActivations(Attack):
     """k-means on PCA of the last-layer pivot states (no Δ)."""
 
@@ -131,7 +126,6 @@ class ClusteringActivations(Attack):
         return _result(self, data, resolve_clusters(clusters, public.task.n_classes, class_prior(public)))
 
 
-@register
 class SideModelLabelling(Attack):
     """The server's trained φ plus the public backbone labels the training set:
     argmax(p_b + g_φ(A)) is the deployed model's prediction on each uploaded sample."""
@@ -201,8 +195,10 @@ class ModelCompletion(Attack):
         return _result(self, data, probe.predict(scaler.transform(test_x)), scores, k=self.K)
 
 
-for _k in (8, 32, 128):
-    register(type(f"ModelCompletionK{_k}", (ModelCompletion,), {
-        "NAME": f"model_completion_k{_k}", "K": _k,
-        "DESCRIPTION": f"activations only: logistic probe trained on {_k} public labeled examples",
-        "__doc__": f"Model completion with k = {_k} public labeled examples."}))
+# One registered attack per number of public labeled examples.
+MODEL_COMPLETIONS: tuple[type[ModelCompletion], ...] = tuple(
+    type(f"ModelCompletionK{k}", (ModelCompletion,), {
+        "NAME": f"model_completion_k{k}", "K": k,
+        "DESCRIPTION": f"activations only: logistic probe trained on {k} public labeled examples",
+        "__doc__": f"Model completion with k = {k} public labeled examples."})
+    for k in (8, 32, 128))

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge, register
+from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge
 from attacks.public_model import input_embeddings, logit_lens_top, public_backbone, token_states
 from attacks.rotation_math import nearest_states
 from attacks.view_data import full_activation_data, layer_directions, pivot_data
@@ -78,7 +78,6 @@ def _bag_text(backbone: Backbone, task: TaskSpec, token_ids: list[int]) -> str:
     return " ".join(w for w in dict.fromkeys(found) if w not in template)
 
 
-@register
 class PivotNearestEmbedding(Attack):
     """Nearest input embedding (cosine, centred) of every layer's pivot state."""
 
@@ -97,7 +96,6 @@ class PivotNearestEmbedding(Attack):
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts)
 
 
-@register
 class PivotLogitLens(Attack):
     """Top tokens of the public final norm + LM head applied to every layer's pivot state."""
 
@@ -126,7 +124,6 @@ def _inversion_inputs(activations: np.ndarray) -> np.ndarray:
 _TRAINED: dict[str, tuple[torch.nn.Module, float]] = {}
 
 
-@register
 class LearnedInversion(Attack):
     """A multi-label linear model, trained on public text, from pivot states to the
     words of the input; the decision threshold is tuned on held-out public text."""
@@ -208,7 +205,6 @@ def candidate_pool(attack: Attack, public: PublicKnowledge, layers: tuple[int, .
     return pool, public.public_features(attack.NAME, pool, layers).activations
 
 
-@register
 class CandidateMatching(Attack):
     """Exact matching: the public backbone's pivot states of each candidate text are
     compared with the uploaded ones; the nearest candidate is the reconstruction."""
@@ -243,7 +239,6 @@ def strip_template(task: TaskSpec, prompt: str) -> str:
     return prompt
 
 
-@register
 class FullActivationInversion(Attack):
     """Per-position inversion of the earliest uploaded layer's all-token states: a ridge
     map from that layer's states to input embeddings, fitted on public text run through

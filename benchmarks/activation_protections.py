@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from attacks.alignment import DistributionAlignment, KnownPairs
-from attacks.base import NotApplicable, get_attack
+from attacks.base import NotApplicable
+from attacks.registry import get_attack
 from attacks.realigned_view import RealignedView
 from protocol.model.backbone import load_backbone
 from protocol.device.features import ForwardCachingDevice
@@ -88,7 +89,7 @@ def dev_correct(config: FinetuneConfig, model_file: str) -> np.ndarray:
 def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
     config = config_of(args, name)
     summary = run_finetune(config, progress=args.progress, overwrite=True)
-    correct = dev_correct(config, summary["model_file"])
+    correct = dev_correct(config, summary.model_file)
     workdir = Path(config.workdir)
     task, _, evaluate = resolve_data(config)
     public = default_public_knowledge(config.model, task, upload_texts(load_ground_truth(workdir)), config.seed,
@@ -102,14 +103,15 @@ def variant_section(args: argparse.Namespace, name: str, plain: np.ndarray | Non
     best = max(labels, key=lambda r: r["balanced_accuracy"]) if labels else None
     keys = ("attack", "balanced_accuracy", "balanced_accuracy_ci95", "accuracy", "ci95")
     variant = {"variant": name, "attacks": rows, "dp_check": None,
-               "utility": {"metric": ACCURACY.key, "mechanisms": summary["mechanisms"]},
+               "utility": {"metric": ACCURACY.key, "mechanisms": summary.mechanisms},
                "activations_only_baseline": best and {k: best[k] for k in keys}}
     k = int(correct.sum())
-    out = {"variant": name, "mechanisms": list(config.mechanism), "accuracy": summary["accuracy"],
-           "accuracy_ci95": clopper_pearson(k, len(correct)), "zero_shot_accuracy": summary["zero_shot_accuracy"],
-           "safeguard": summary["safeguard"], "n_train": summary["n_train"], "n_eval": summary["n_eval"],
-           "upload_bytes_per_sample": summary["upload_bytes_per_sample"],
-           "epsilon": next((m.get("epsilon") for m in summary["mechanisms"] if "epsilon" in m), None),
+    out = {"variant": name, "mechanisms": list(config.mechanism), "accuracy": summary.metrics["accuracy"],
+           "accuracy_ci95": clopper_pearson(k, len(correct)),
+           "zero_shot_accuracy": summary.metrics["zero_shot_accuracy"],
+           "safeguard": summary.safeguard, "n_train": summary.n_train, "n_eval": summary.n_eval,
+           "upload_bytes_per_sample": summary.upload_bytes_per_sample,
+           "epsilon": next((m.get("epsilon") for m in summary.mechanisms if "epsilon" in m), None),
            "activations_only_baseline": variant["activations_only_baseline"],
            "verdict": "; ".join(leak_clauses(variant)),
            "attacks": [{key: value for key, value in r.items() if key not in DROP} for r in rows]}

@@ -28,7 +28,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np
 import torch
 
-from attacks.base import NotApplicable, all_attacks
+from attacks.base import NotApplicable
+
+from attacks.registry import all_attacks
 from protocol.model.backbone import load_backbone
 from secure_assist.references.mobillm import run_mobillm
 from secure_assist.references.split_learning import run_split_learning

@@ -45,7 +45,7 @@ def _phase_pae(args: argparse.Namespace) -> dict:
     config = FinetuneConfig(model=args.model, train_samples=args.train_samples, eval_samples=args.eval_samples,
                             epochs=args.epochs, device_batch_size=args.batch_size, seed=args.seed,
                             workdir=str(Path(args.workdir) / "pae"))
-    summary = run_finetune(config, progress=False, overwrite=True)
+    summary = run_finetune(config, progress=False, overwrite=True).to_json()
     summary.pop("config")
     return summary
 

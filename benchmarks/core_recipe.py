@@ -48,9 +48,9 @@ def main() -> None:
                                         **overrides)
                 summary = run_finetune(config, progress=False, overwrite=True)
                 runs.append({"prompt": prompt, "template": template,
-                             "recipe": recipe, "seed": seed, "accuracy": summary["accuracy"],
-                             "zero_shot_accuracy": summary["zero_shot_accuracy"],
-                             "server_seconds": summary["server_seconds"]})
+                             "recipe": recipe, "seed": seed, "accuracy": summary.metrics["accuracy"],
+                             "zero_shot_accuracy": summary.metrics["zero_shot_accuracy"],
+                             "server_seconds": summary.server_seconds})
                 print(json.dumps(runs[-1]), flush=True)
     print(json.dumps({"runs": runs, "settings": vars(args)}, indent=2))
 

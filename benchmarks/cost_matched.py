@@ -97,7 +97,8 @@ def run_point(args, n: int, k: int, pools: dict, train, dev, public_examples, ba
     from protocol.wire.channel import InProcessChannel
     from protocol.device.forward_device import new_sample_ids, prediction_difference
     from protocol.wire.messages import FetchWeights, SideWeights, TrainReport, TrainUntil, Upload, expect
-    from protocol.server.side_tuning import ServerTraining, SideTuningServer
+    from protocol.server.training_settings import ServerTraining
+    from protocol.server.side_tuning import SideTuningServer
     from protocol.model.side_network import network_from_arrays
     from secure_assist.training.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, SERVER_DIR, prepare_workdir, write_ground_truth
 

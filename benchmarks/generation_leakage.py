@@ -81,7 +81,8 @@ def main() -> None:
 
     from protocol.files import write_atomic
     from secure_assist.audit.config import AuditConfig, audit_variants
-    from secure_assist.audit.runner import audit_inputs, audit_variant, jsonable, reference_rows
+    from secure_assist.audit.runner import audit_inputs, audit_variant, reference_rows
+    from secure_assist.audit.schema import jsonable
 
     base = AuditConfig(model=args.model, task="generation", train_file=clean_copy(args)[0],
                        train_samples=args.train_samples, eval_samples=args.eval_samples, epochs=args.epochs,

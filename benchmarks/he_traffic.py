@@ -28,7 +28,7 @@ import torch
 from protocol.device.forward_device import PivotBatch, prediction_difference, side_scores
 from protocol.device.features import encode_dataset
 from protocol.model.model_io import load_finetuned
-from protocol.model.ridge_head import RidgeHead
+from protocol.modes.ckks_ridge.head import RidgeHead
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
@@ -112,7 +112,7 @@ def main() -> int:
         config = replace(base, mechanism=(name,), workdir=str(Path(args.workdir) / ("plain" if name == "none" else name)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
-            summaries[name] = run_finetune(config, progress=False, overwrite=True)
+            summaries[name] = run_finetune(config, progress=False, overwrite=True).to_json()
     plain, he = summaries["none"], summaries["he_ckks"]
     he_config = replace(base, mechanism=("he_ckks",), workdir=str(Path(args.workdir) / "he_ckks"))
     reference = plaintext_reference(he_config, he)

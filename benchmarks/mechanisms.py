@@ -29,8 +29,9 @@ from protocol.device.forward_device import DeviceRole, PivotBatch, new_sample_id
 from protocol.device.features import encode_dataset
 from protocol.modes.ckks_ridge.messages import HeFitReply
 from protocol.wire.messages import FetchWeights, SideWeights, TrainRequest, expect
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
-from protocol.model.ridge_head import RidgeHead
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
+from protocol.modes.ckks_ridge.head import RidgeHead
 from protocol.model.side_network import network_from_arrays
 from protocol.data.tasks import SST2, builtin_split, sample
 from secure_assist.mechanisms import MechanismChain

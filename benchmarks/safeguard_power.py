@@ -71,9 +71,9 @@ def one_run(args: argparse.Namespace, spec: str, seed: int) -> dict:
         arrays.update({f"{split}_backbone": backbone, f"{split}_side": combined - backbone,
                        f"{split}_labels": np.array([e.label for e in examples])})
     np.savez(Path(args.workdir) / f"{spec}-{seed}.npz", **arrays)
-    return {"mechanism": spec, "seed": seed, "zero_shot_accuracy": summary["zero_shot_accuracy"],
-            "raw_accuracy": _accuracy(arrays, "dev", 1.0), "deployed_accuracy": summary["accuracy"],
-            "safeguard": summary["safeguard"]}
+    return {"mechanism": spec, "seed": seed, "zero_shot_accuracy": summary.metrics["zero_shot_accuracy"],
+            "raw_accuracy": _accuracy(arrays, "dev", 1.0), "deployed_accuracy": summary.metrics["accuracy"],
+            "safeguard": summary.safeguard}
 
 
 def _accuracy(arrays: dict[str, np.ndarray], split: str, factor: float) -> float:

@@ -31,7 +31,7 @@ from protocol.wire.channel import Channel, InProcessChannel
 from protocol.device.forward_device import DeviceRole, PivotBatch, new_sample_ids
 from protocol.device.features import encode_dataset
 from protocol.wire.messages import FetchWeights, Hello, SideWeights, TrainReport, TrainUntil, expect
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.model.side_network import network_from_arrays
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.transport.client import NetworkChannel

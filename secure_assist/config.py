@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from protocol.model.backbone import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from secure_assist.mechanisms import MECHANISMS, parameter_fields
 
 T = TypeVar("T")

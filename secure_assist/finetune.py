@@ -3,12 +3,11 @@ device alone for a mode that uploads nothing), through the one run path."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from secure_assist.config import FinetuneConfig
 from secure_assist.training.run import run_training
+from secure_assist.training.summary import RunSummary
 
 
-def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tune in process and return the JSON-able summary (`RunSummary.to_json`)."""
-    return run_training(config, progress=progress, overwrite=overwrite).to_json()
+def run_finetune(config: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> RunSummary:
+    """Fine-tune in process on a fresh work directory; the run's typed summary (`to_json` for its JSON)."""
+    return run_training(config, progress=progress, overwrite=overwrite)

@@ -92,9 +92,9 @@ def test_rotation_never_reaches_the_server(tmp_path, tiny_llama, mechanisms) -> 
     config = FinetuneConfig(model="tiny-llama", train_samples=24, eval_samples=4, epochs=2, mechanism=mechanisms,
                             mechanism_seed=0, workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    rotation = input_rotations(load_finetuned(summary["model_file"]).side_network)
-    assert rotation is not None and summary["head"] == RotatedInput.KIND
-    server = Path(summary["server_view"])
+    rotation = input_rotations(load_finetuned(summary.model_file).side_network)
+    assert rotation is not None and summary.head == RotatedInput.KIND
+    server = Path(summary.server_view)
     files = [p for p in server.rglob("*") if p.is_file()]
     assert files
     secrets = _secret_bytes(rotation)

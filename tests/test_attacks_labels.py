@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks.base import ATTACKS, MissingViewField, NotApplicable, PublicKnowledge, all_attacks, get_attack
+from attacks.base import MissingViewField, NotApplicable, PublicKnowledge
+
+from attacks.registry import ATTACKS, all_attacks, get_attack
 from attacks.labels import resolve_clusters
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from protocol.errors import UserInputError
@@ -116,8 +118,9 @@ def test_attack_output_does_not_depend_on_ground_truth(tmp_path, tiny):
 def test_side_model_labels_with_the_server_network(tmp_path, tiny):
     """φ trained by the real server on the uploads labels the training set."""
     from protocol.wire.channel import InProcessChannel
-    from protocol.wire.messages import TrainRequest
-    from protocol.server.side_tuning import ServerTraining, SideTuningServer
+    from protocol.wire.messages import TrainUntil
+    from protocol.server.training_settings import ServerTraining
+    from protocol.server.side_tuning import SideTuningServer
 
     rng = np.random.default_rng(1)
     backbone = public_backbone("tiny-llama")
@@ -130,7 +133,7 @@ def test_side_model_labels_with_the_server_network(tmp_path, tiny):
     server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4, learning_rate=1e-2))
     channel = InProcessChannel(server)
     channel.request(Upload(sample_ids=ids, activations=acts, delta=delta, layers=(1, 2)))
-    channel.request(TrainRequest(epochs=30))
+    channel.request(TrainUntil(epochs_total=31))
     server.close()
     write_truth(tmp_path, ids, labels.tolist(), ["t"] * N)
     assert run_attack("side_model", tmp_path, public=tiny)["accuracy"] >= 0.95

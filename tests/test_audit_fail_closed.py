@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import attacks.view_data
-from attacks.base import MissingViewField, PublicKnowledge, all_attacks
+from attacks.base import MissingViewField, PublicKnowledge
+from attacks.registry import all_attacks
 from protocol.server.transcript import VIEW_FIELDS
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.runner import run_audit
@@ -41,7 +42,7 @@ def test_a_field_the_mode_declares_but_the_reader_misses_fails_the_audit(tiny_ll
     monkeypatch.setattr(attacks.view_data, "_plain_delta", lambda message: None)
     with pytest.raises(ViewContractError, match="delta"):
         run_attack("delta_argmax", tmp_path / "pae", public=public)
-    assert summary["mode"] == "side_network"
+    assert summary.mode == "side_network"
 
 
 def test_a_field_the_mode_does_not_declare_is_not_applicable_without_running(tiny_llama, tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks.base import ATTACKS, LABELS, Attack, AttackResult, PublicKnowledge, all_attacks
+from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge
+
+from attacks.registry import ATTACKS, all_attacks
 from attacks.view_data import pivot_data
 from protocol.wire.messages import Upload
 from protocol.data.tasks import SST2

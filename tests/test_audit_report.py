@@ -15,7 +15,7 @@ import pytest
 
 from secure_assist.audit.config import AuditConfig, fingerprint
 from secure_assist.audit.report import REPORT_FILES
-from secure_assist.audit.runner import SCHEMA, SCHEMA_VERSION
+from secure_assist.audit.schema import SCHEMA, SCHEMA_VERSION
 from secure_assist.audit.auditor import run_attack
 from secure_assist.cli import main
 from secure_assist.commands.audit import EXIT_INCONSISTENT

@@ -17,7 +17,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from attacks.base import ALIGNMENT, get_attack
+from attacks.base import ALIGNMENT
+
+from attacks.registry import get_attack
 from secure_assist.audit.auditor import run_attack
 from secure_assist.compare.grid import DEFAULT_ATTACKS
 from secure_assist.cli import main
@@ -200,8 +202,8 @@ def test_a_failing_point_is_retried_once_reported_and_the_sweep_goes_on(
             raise RuntimeError("disk full")
         return real_run_point(point, progress)
 
-    real_run_point = sweep.run_point
-    monkeypatch.setattr(sweep, "run_point", run_point)
+    real_run_point = sweep.sweep_point
+    monkeypatch.setattr(sweep, "sweep_point", run_point)
     output = tmp_path / "out"
     assert main(["compare", *TINY, "--mechanisms", "gaussian,none", "--output", str(output), "--quiet"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: 1 point(s) failed twice")

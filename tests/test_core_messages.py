@@ -9,7 +9,7 @@ from protocol.wire.codec import encode
 from protocol.device.forward_device import new_sample_ids
 from protocol.errors import ProtocolError
 from protocol.wire.messages import (
-    PROTOCOL_VERSION, ErrorReply, FetchWeights, FullUpload, SideWeights, TrainReport, TrainRequest, Upload,
+    PROTOCOL_VERSION, ErrorReply, FetchWeights, FullUpload, SideWeights, TrainReport, TrainUntil, Upload,
     UploadAck, decode_message, encode_message,
 )
 
@@ -24,7 +24,7 @@ SAMPLES = [
     _upload(),
     FullUpload(sample_ids=new_sample_ids(2), activations=np.zeros((2, 2, 5, 8), np.float16),
                attention_mask=np.ones((2, 5), np.uint8), labels=np.array([0, 1])),
-    UploadAck(stored=3, duplicates=1), TrainRequest(epochs=2), TrainReport(epochs_done=3, samples=10, loss=0.5),
+    UploadAck(stored=3, duplicates=1), TrainUntil(epochs_total=2), TrainReport(epochs_done=3, samples=10, loss=0.5),
     FetchWeights(), SideWeights(state={"w": np.ones((2, 3), np.float32)}, architecture={"rank": 4}),
     ErrorReply(reason="nope"),
 ]

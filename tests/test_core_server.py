@@ -7,11 +7,13 @@ from protocol.wire.channel import InProcessChannel
 from protocol.device.forward_device import DeviceRole
 from protocol.errors import ProtocolError
 from protocol.wire.messages import (
-    FetchWeights, ResentUpload, SideWeights, TrainReport, TrainRequest, Upload, UploadAck,
+    FetchWeights, ResentUpload, SideWeights, TrainReport, TrainUntil, Upload, UploadAck,
     encode_message, expect,
 )
 from protocol.server.recovery import load_optimizer_arrays, optimizer_arrays
-from protocol.server.side_tuning import ServerTraining, SideTuningServer, cosine_factor
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
+from protocol.server.trainer import cosine_factor
 from protocol.model.side_network import network_from_arrays
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.server.transcript import INBOUND, OUTBOUND, ServerView
@@ -28,10 +30,10 @@ def test_epochs_after_the_first_need_no_device_work(tmp_path, tiny_llama, exampl
     device = DeviceRole(tiny_llama, SST2, batch_size=16, progress=False)
     ids = device.upload(channel, examples)
     forwards, bytes_up = device.forward_samples, channel.bytes_up
-    report = expect(channel.request(TrainRequest(epochs=3)), TrainReport)
+    report = expect(channel.request(TrainUntil(epochs_total=4)), TrainReport)
     assert (report.epochs_done, report.samples) == (4, 48)
     assert device.forward_samples == forwards == 48
-    assert channel.bytes_up - bytes_up == len(encode_message(TrainRequest(epochs=3)))
+    assert channel.bytes_up - bytes_up == len(encode_message(TrainUntil(epochs_total=4)))
     cached_ids, acts, delta = ServerView(tmp_path / "server").cache_contents()
     np.testing.assert_array_equal(cached_ids, ids)
     assert acts.shape == (48, 2, 64) and delta.shape == (48, 2)
@@ -70,7 +72,7 @@ def test_restart_restores_side_network_and_cache(tmp_path, tiny_llama, examples)
     first = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
     channel = InProcessChannel(first)
     device.upload(channel, examples)
-    channel.request(TrainRequest(epochs=2))
+    channel.request(TrainUntil(epochs_total=3))
     before = expect(channel.request(FetchWeights()), SideWeights)
     first.close()
     second = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
@@ -86,7 +88,7 @@ def test_protocol_violations_are_answered_with_errors(tmp_path, tiny_llama, exam
     server = SideTuningServer(tmp_path / "server")
     channel = InProcessChannel(server)
     with pytest.raises(ProtocolError, match="no upload"):
-        channel.request(TrainRequest(epochs=1))
+        channel.request(TrainUntil(epochs_total=2))
     with pytest.raises(ProtocolError, match="does not accept"):
         channel.request(UploadAck(stored=1, duplicates=0))
     with pytest.raises(ProtocolError, match="transcript record, never a request"):
@@ -112,13 +114,13 @@ def test_adapters_learn_at_their_scaled_rate_and_cached_epochs_decay(tmp_path, t
     server = SideTuningServer(tmp_path / "server", training)
     channel = InProcessChannel(server)
     DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
-    head_group, adapter_group = server.optimizer.param_groups
+    head_group, adapter_group = server.trainer.optimizer.param_groups
     assert {id(p) for p in adapter_group["params"]} == {id(server.network.down), id(server.network.up)}
     assert (head_group["lr"], adapter_group["lr"]) == (pytest.approx(1e-2), pytest.approx(1e-3))
     seen = []
-    original = server._step
-    server._step = lambda *args: seen.append(head_group["lr"]) or original(*args)
-    channel.request(TrainRequest(epochs=3))
+    original = server.trainer.step
+    server.trainer.step = lambda *args: seen.append(head_group["lr"]) or original(*args)
+    channel.request(TrainUntil(epochs_total=4))
     # 48 samples in batches of 32: two steps per cached epoch, over a 4-epoch horizon.
     assert seen == pytest.approx([1e-2 * cosine_factor(e, 4) for e in (1, 1.5, 2, 2.5, 3, 3.5)])
     server.close()
@@ -128,11 +130,11 @@ def test_optimizer_state_of_another_layout_is_refused(tmp_path, tiny_llama, exam
     server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
     channel = InProcessChannel(server)
     DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
-    saved = optimizer_arrays(server.optimizer)
+    saved = optimizer_arrays(server.trainer.optimizer)
     swapped = {k.replace("optimizer.1.", "optimizer.x.").replace("optimizer.3.", "optimizer.1.")
                .replace("optimizer.x.", "optimizer.3."): v for k, v in saved.items()}
     with pytest.raises(ProtocolError, match="does not fit"):
-        load_optimizer_arrays(server.optimizer, swapped)
+        load_optimizer_arrays(server.trainer.optimizer, swapped)
     server.close()
 
 
@@ -141,8 +143,8 @@ def test_without_cosine_decay_the_rate_stays_constant(tmp_path, tiny_llama, exam
     channel = InProcessChannel(server)
     DeviceRole(tiny_llama, SST2, progress=False).upload(channel, examples)
     seen = []
-    original = server._step
-    server._step = lambda *args: seen.append(server.optimizer.param_groups[0]["lr"]) or original(*args)
-    channel.request(TrainRequest(epochs=2))
+    original = server.trainer.step
+    server.trainer.step = lambda *args: seen.append(server.trainer.optimizer.param_groups[0]["lr"]) or original(*args)
+    channel.request(TrainUntil(epochs_total=3))
     assert seen == [ServerTraining.learning_rate] * 4
     server.close()

@@ -121,15 +121,15 @@ def test_generation_end_to_end_and_predict(tmp_path: Path) -> None:
                             eval_samples=8, epochs=2, max_answer_tokens=6, rouge_samples=4,
                             workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    assert summary["mode"] == "generation" and summary["head"] == "hidden_correction"
-    assert summary["n_train"] == 27 and summary["safeguard"]["validation_samples"] == 3  # 10% held out
-    assert summary["device_forwards_epoch1"] == 27 and summary["device_forwards_after_epoch1"] == 0
-    assert summary["cache_samples"] == 27 and summary["cache_reads"] == 27
+    assert summary.mode == "generation" and summary.head == "hidden_correction"
+    assert summary.n_train == 27 and summary.safeguard["validation_samples"] == 3  # 10% held out
+    assert summary.device_forwards_epoch1 == 27 and summary.device_forwards_after_epoch1 == 0
+    assert summary.cache_samples == 27 and summary.cache_reads == 27
     for key in ("eval_answer_nll", "zero_shot_answer_nll", "eval_token_accuracy", "rouge_l"):
-        assert np.isfinite(summary[key]), key
+        assert np.isfinite(summary.metrics[key]), key
     # Uploads: ≤ 6 positions × (2 layers × 64 values fp16 + 64 float32 r) per sample, plus framing.
-    assert summary["upload_bytes_per_sample"] < 6 * (2 * 64 * 2 + 64 * 4) + 4096
-    rows = predict_texts(summary["model_file"], ["Name a color.", "Add 2 and 3."], progress=False)
+    assert summary.upload_bytes_per_sample < 6 * (2 * 64 * 2 + 64 * 4) + 4096
+    rows = predict_texts(summary.model_file, ["Name a color.", "Add 2 and 3."], progress=False)
     assert [r["text"] for r in rows] == ["Name a color.", "Add 2 and 3."]
     assert all(isinstance(r["answer"], str) and r["answer"] for r in rows)
 
@@ -140,7 +140,7 @@ def test_generation_local_uploads_nothing(tmp_path: Path) -> None:
                                           train_file=str(data), train_samples=20, eval_samples=5, epochs=2,
                                           max_answer_tokens=4, rouge_samples=2, workdir=str(tmp_path / "run")),
                            progress=False)
-    assert summary["bytes_up"] == 0 and summary["server_view"] is None and summary["device_train_seconds"] > 0
+    assert summary.bytes_up == 0 and summary.server_view is None and summary.device_train_seconds > 0
 
 
 def test_mode_and_task_must_match(tmp_path: Path) -> None:

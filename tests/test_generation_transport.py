@@ -10,7 +10,7 @@ import numpy as np
 
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
 from protocol.model.model_io import load_finetuned
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
@@ -35,8 +35,8 @@ def test_generation_over_tls_equals_the_in_process_run(tiny_llama, tmp_path: Pat
         remote = run_training(replace(config, workdir=str(tmp_path / "remote")),
                               NetworkChannel(*running.address, context, pinned), progress=False).to_json()
     local = run_finetune(replace(config, workdir=str(tmp_path / "local")), progress=False)
-    assert remote["mode"] == local["mode"] == "generation"
-    assert remote["eval_answer_nll"] == local["eval_answer_nll"] and remote["n_train"] == local["n_train"] == 20
+    assert remote["mode"] == local.mode == "generation"
+    assert remote["eval_answer_nll"] == local.metrics["eval_answer_nll"] and remote["n_train"] == local.n_train == 20
     remote_side = load_finetuned(tmp_path / "remote" / "model.safetensors").side_network
     local_side = load_finetuned(tmp_path / "local" / "model.safetensors").side_network
     np.testing.assert_array_equal(remote_side.head.weight.detach().numpy(), local_side.head.weight.detach().numpy())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.base import get_attack
+from attacks.registry import get_attack
 from attacks.labels import load_side_network
 from protocol.device.forward_device import DeviceRole
 from protocol.model.model_io import load_finetuned
@@ -24,19 +24,19 @@ def test_the_deployed_side_output_is_the_servers_scaled_by_the_safeguards_choice
                             mechanism=("label_rr", "int8_activations"), epsilon=4.0, mechanism_seed=0,
                             safeguard_fraction=0.5, workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    assert [m["name"] for m in summary["mechanisms"]] == ["label_rr", "int8_activations"]
-    safeguard = summary["safeguard"]
-    assert summary["n_train"] == 30 and safeguard["validation_samples"] == 30
+    assert [m["name"] for m in summary.mechanisms] == ["label_rr", "int8_activations"]
+    safeguard = summary.safeguard
+    assert summary.n_train == 30 and safeguard["validation_samples"] == 30
     # Recompute the decision from scratch on the device's validation split with the server's φ.
     task, train, _ = resolve_data(config)
     _, validation = hold_out(train, config)
     pivots = DeviceRole(tiny_llama, task, progress=False).forward([e.text for e in validation])
-    phi = load_side_network(get_attack("side_model"), ServerView(summary["server_view"]))
+    phi = load_side_network(get_attack("side_model"), ServerView(summary.server_view))
     labels = np.array([e.label for e in validation])
     backbone = torch.softmax(pivots.label_logits, dim=-1)
     with torch.inference_mode():
         server_side = phi(pivots.activations)
-        deployed_side = load_finetuned(summary["model_file"]).side_network.eval()(pivots.activations)
+        deployed_side = load_finetuned(summary.model_file).side_network.eval()(pivots.activations)
     factor = safeguard["factor"]
     # What is deployed is exactly φ times the chosen factor (nothing else, not applied twice) ...
     torch.testing.assert_close(deployed_side, factor * server_side, atol=1e-5, rtol=1e-4)

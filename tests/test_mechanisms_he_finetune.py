@@ -16,7 +16,7 @@ from protocol.wire.codec import decode, encode
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitRequest
 from protocol.model.model_io import load_finetuned
 from protocol.model.input_maps import ClippedInput
-from protocol.model.ridge_head import RidgeHead
+from protocol.modes.ckks_ridge.head import RidgeHead
 from protocol.server.transcript import ServerView
 from secure_assist.audit.auditor import run_attack
 from secure_assist.cli import main
@@ -35,13 +35,13 @@ def he_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                             mechanism=("he_ckks", "activation_noise"), activation_clip=ACTIVATION_CLIP,
                             activation_noise_multiplier=1e-3, mechanism_seed=0, reuse_forwards=True,
                             workdir=str(tmp_path_factory.mktemp("he") / "run"))
-    return run_finetune(config, progress=False)
+    return run_finetune(config, progress=False).to_json()
 
 
 def test_summary_has_the_plain_keys_and_the_he_costs(he_run: dict, tmp_path: Path) -> None:
     plain = run_finetune(FinetuneConfig(model="tiny-llama", train_samples=10, eval_samples=4, epochs=1,
                                         mechanism=("int8_activations",), workdir=str(tmp_path / "plain")),
-                         progress=False)
+                         progress=False).to_json()
     assert set(plain) <= set(he_run)
     # activation_noise composed: the deployed side output is the ridge head behind the device's clip.
     assert he_run["head"] == ClippedInput.KIND and [m["name"] for m in he_run["mechanisms"]] == ["activation_noise",

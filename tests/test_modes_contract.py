@@ -16,7 +16,7 @@ import pytest
 
 from protocol.wire.messages import MESSAGE_TYPES
 from protocol.model.model_io import load_finetuned
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import VIEW_FIELDS, ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
@@ -93,18 +93,18 @@ def test_pair_runs_in_process_and_its_model_file_reproduces_it(tiny_llama, tmp_p
                                                                 chain: tuple[str, ...]) -> None:
     config = replace(BASE, mode=mode, mechanism=chain, workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    assert summary["mode"] == mode and [m["name"] for m in summary["mechanisms"]] == applied_order(chain)
+    assert summary.mode == mode and [m["name"] for m in summary.mechanisms] == applied_order(chain)
     if MODES[mode].uploads:
-        assert ServerView(summary["server_view"]).mode() == mode and summary["bytes_up"] > 0
+        assert ServerView(summary.server_view).mode() == mode and summary.bytes_up > 0
     else:
-        assert summary["server_view"] is None and summary["bytes_up"] == summary["bytes_down"] == 0
-        assert not (tmp_path / "run" / "server").exists() and summary["device_train_seconds"] > 0
+        assert summary.server_view is None and summary.bytes_up == summary.bytes_down == 0
+        assert not (tmp_path / "run" / "server").exists() and summary.device_train_seconds > 0
     # The deployed model, reloaded from its file, makes the predictions the run scored.
     _, _, evaluate = resolve_data(config)
-    rows = predict_texts(summary["model_file"], [e.text for e in evaluate], progress=False)
-    labels = load_finetuned(summary["model_file"]).task.labels
+    rows = predict_texts(summary.model_file, [e.text for e in evaluate], progress=False)
+    labels = load_finetuned(summary.model_file).task.labels
     hits = [labels.index(row["label"]) == example.label for row, example in zip(rows, evaluate)]
-    assert np.mean(hits) == pytest.approx(summary["accuracy"])
+    assert np.mean(hits) == pytest.approx(summary.metrics["accuracy"])
 
 
 @pytest.mark.parametrize("mode, chain", GENERATION_PAIRS, ids=[f"{m}-{'+'.join(c)}" for m, c in GENERATION_PAIRS])
@@ -114,13 +114,13 @@ def test_generation_pair_runs_in_process_and_its_model_file_generates(tiny_llama
                      eval_samples=4, max_answer_tokens=4, rouge_samples=2, mode=mode, mechanism=chain,
                      workdir=str(tmp_path / "run"))
     summary = run_finetune(config, progress=False)
-    assert summary["mode"] == mode and [m["name"] for m in summary["mechanisms"]] == applied_order(chain)
-    assert np.isfinite(summary["eval_answer_nll"]) and np.isfinite(summary["zero_shot_answer_nll"])
+    assert summary.mode == mode and [m["name"] for m in summary.mechanisms] == applied_order(chain)
+    assert np.isfinite(summary.metrics["eval_answer_nll"]) and np.isfinite(summary.metrics["zero_shot_answer_nll"])
     if MODES[mode].uploads:
-        assert ServerView(summary["server_view"]).mode() == mode and summary["bytes_up"] > 0
+        assert ServerView(summary.server_view).mode() == mode and summary.bytes_up > 0
     else:
-        assert summary["server_view"] is None and summary["bytes_up"] == summary["bytes_down"] == 0
-    rows = predict_texts(summary["model_file"], ["Name a color."], progress=False)
+        assert summary.server_view is None and summary.bytes_up == summary.bytes_down == 0
+    rows = predict_texts(summary.model_file, ["Name a color."], progress=False)
     assert isinstance(rows[0]["answer"], str)
 
 
@@ -135,12 +135,12 @@ def test_pair_over_tls_matches_the_in_process_run(tiny_llama, network, tmp_path:
     remote = run_training(replace(config, workdir=str(tmp_path / "remote")),
                           NetworkChannel(*running.address, *keys.device_context(name)), progress=False)
     local = run_finetune(replace(config, workdir=str(tmp_path / "local")), progress=False)
-    assert remote.mode == local["mode"] == mode and remote.n_train == local["n_train"]
-    assert remote.metrics["accuracy"] == local["accuracy"]
+    assert remote.mode == local.mode == mode and remote.n_train == local.n_train
+    assert remote.metrics["accuracy"] == local.metrics["accuracy"]
     # CKKS encryption is randomised: decrypted corrections differ from run to run in their last digits, so the
     # safeguard's continuous scores agree to rounding while its choice (factor, action) agrees exactly.
-    assert remote.safeguard.keys() == local["safeguard"].keys()
-    for key, value in local["safeguard"].items():
+    assert remote.safeguard.keys() == local.safeguard.keys()
+    for key, value in local.safeguard.items():
         expected = pytest.approx(value, rel=1e-6, abs=1e-9) if isinstance(value, float) else value
         assert remote.safeguard[key] == expected, key
 
@@ -160,14 +160,14 @@ def test_a_new_mode_is_one_class_plus_its_registration(tiny_llama, tmp_path: Pat
     monkeypatch.setitem(MODES, SingleEpochMode.name, SingleEpochMode())
     config = replace(BASE, mode="single_epoch", mechanism=("gaussian",), epochs=5)
     local = run_finetune(replace(config, workdir=str(tmp_path / "local")), progress=False)
-    assert local["mode"] == "single_epoch" and local["epochs_done"] == 1
+    assert local.mode == "single_epoch" and local.epochs_done == 1
     keys = KeyDirectory(tmp_path / "keys")
     keys.init(["device"])
     transport = TransportServer(tmp_path / "server", keys, ServerTraining(rank=4), endpoint_factory=host_factory())
     with BackgroundServer(transport) as running:
         remote = run_training(replace(config, workdir=str(tmp_path / "remote")),
                               NetworkChannel(*running.address, *keys.device_context("device")), progress=False)
-    assert remote.mode == "single_epoch" and remote.metrics["accuracy"] == local["accuracy"]
+    assert remote.mode == "single_epoch" and remote.metrics["accuracy"] == local.metrics["accuracy"]
 
 
 def test_rotation_mask_composes_with_he_ckks_exactly(tiny_llama, tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_rotation_mask_composes_with_he_ckks_exactly(tiny_llama, tmp_path: Path)
     plain = run_finetune(replace(config, workdir=str(tmp_path / "he")), progress=False)
     rotated = run_finetune(replace(config, mechanism=("rotation_mask", "he_ckks"), workdir=str(tmp_path / "rot")),
                            progress=False)
-    he, rot = (load_finetuned(s["model_file"]).side_network for s in (plain, rotated))
+    he, rot = (load_finetuned(s.model_file).side_network for s in (plain, rotated))
     assert np.abs(he.weights).max() > 1e-3  # a real head, not an all-zero one
     np.testing.assert_allclose(rot.weights, he.weights, atol=1e-4)
-    assert rotated["accuracy"] == plain["accuracy"]
+    assert rotated.metrics["accuracy"] == plain.metrics["accuracy"]

@@ -24,10 +24,11 @@ from protocol.modes.generation.messages import HeadGram
 from protocol.modes.generation.server import GenerationServer
 from protocol.modes.ckks_ridge.messages import EncryptedUpload
 from protocol.server.limits import MIB, ServerLimits
-from protocol.wire.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights, TrainRequest,
+from protocol.wire.messages import (ErrorReply, FetchWeights, Message, ResentUpload, SideWeights,
                                TrainUntil, UploadAck, encode_message)
 from protocol.server.recovery import TRAINING_STATE_FILE
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
 from protocol.server.transcript import CACHE_FILE, TRANSCRIPT_FILE, ServerView
 from protocol.transport.abuse import (connect, exchange, flood_descriptors, hold_partial_frames, hostile_json_messages,
                                       huge_header_message, outcome, synthetic_upload)
@@ -308,14 +309,14 @@ def test_devices_never_seed_the_global_rng(tmp_path: Path) -> None:
     server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
     channel = InProcessChannel(server)
     channel.request(synthetic_upload(40, 2, 8, seed=12))
-    channel.request(TrainRequest(epochs=2))
+    channel.request(TrainUntil(epochs_total=3))
     down = server.network.down.detach().clone()
     server.close()
     assert torch.equal(torch.get_rng_state(), state)
     other = SideTuningServer(tmp_path / "other", ServerTraining(rank=4))
     torch.manual_seed(99)  # whatever another thread did to the global RNG
     InProcessChannel(other).request(synthetic_upload(40, 2, 8, seed=12))
-    InProcessChannel(other).request(TrainRequest(epochs=2))
+    InProcessChannel(other).request(TrainUntil(epochs_total=3))
     assert torch.equal(other.network.down, down)
     other.close()
 

@@ -10,7 +10,7 @@ import pytest
 
 from protocol.errors import UserInputError
 from protocol.wire.messages import Upload
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel

@@ -14,7 +14,7 @@ from protocol.wire.channel import InProcessChannel
 from protocol.errors import ProtocolError
 from protocol.wire.messages import FetchWeights, Hello, ModeAccepted, Upload, expect
 from protocol.model.model_io import load_finetuned
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import INBOUND, OUTBOUND, ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
@@ -39,8 +39,8 @@ def test_ckks_mode_over_tls_equals_the_in_process_run(tiny_llama, tmp_path: Path
         remote = run_training(replace(HE, workdir=str(tmp_path / "remote")),
                               NetworkChannel(*running.address, context, pinned), progress=False).to_json()
     local = run_finetune(replace(HE, workdir=str(tmp_path / "local")), progress=False)
-    assert remote["mode"] == local["mode"] == "ckks_ridge" and remote["head"] == "ridge_head"
-    assert remote["accuracy"] == local["accuracy"] and remote["n_train"] == local["n_train"]
+    assert remote["mode"] == local.mode == "ckks_ridge" and remote["head"] == "ridge_head"
+    assert remote["accuracy"] == local.metrics["accuracy"] and remote["n_train"] == local.n_train
     remote_head = load_finetuned(tmp_path / "remote" / "model.safetensors").side_network
     local_head = load_finetuned(tmp_path / "local" / "model.safetensors").side_network
     # CKKS encryption is randomized: the decrypted weights agree to the scheme's precision.

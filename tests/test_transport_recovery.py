@@ -15,7 +15,7 @@ from safetensors import safe_open
 from protocol.server.cache import ActivationCache
 from protocol.wire.codec import decode
 from protocol.server.recovery import TRAINING_STATE_FILE
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import CACHE_FILE, SIDE_NETWORK_FILE
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel

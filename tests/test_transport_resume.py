@@ -10,7 +10,8 @@ import pytest
 from protocol.wire.channel import InProcessChannel
 from protocol.device.forward_device import DeviceRole
 from protocol.errors import UserInputError
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.wire.messages import Upload
 from protocol.server.transcript import ServerView

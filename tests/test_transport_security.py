@@ -14,7 +14,7 @@ import pytest
 from protocol.errors import ProtocolError
 from protocol.wire.messages import (ErrorReply, FetchWeights, ResentUpload, SideWeights, Upload, UploadAck, decode_message,
                                encode_message)
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ServerView
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel, _Link

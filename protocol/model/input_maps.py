@@ -104,21 +104,19 @@ class InputMapped(torch.nn.Module):
         return tensors, {"inner_kind": self.inner.KIND, "inner_architecture": json.dumps(architecture),
                          **own_architecture}
 
-    @classmethod
-    def from_arrays(cls, state: dict[str, np.ndarray], architecture: dict[str, object]) -> "InputMapped":
-        """Rebuild the inner output from the registry of side outputs, then wrap it."""
-        # Imported here: the registry module imports this one to register the kinds.
-        from protocol.model.side_output import side_output_from_arrays
-
+    @staticmethod
+    def split_arrays(state: dict[str, np.ndarray], architecture: dict[str, object]
+                     ) -> tuple[str, dict[str, np.ndarray], dict[str, object], dict[str, np.ndarray], dict[str, object]]:
+        """`to_arrays` output taken apart: (inner kind, inner tensors, inner architecture, the map's
+        own tensors, the map's own architecture); the registry of side outputs rebuilds the inner one."""
         try:
-            inner = side_output_from_arrays(str(architecture["inner_kind"]),
-                                            {k[len(_INNER):]: v for k, v in state.items() if k.startswith(_INNER)},
-                                            json.loads(str(architecture["inner_architecture"])))
+            inner = (str(architecture["inner_kind"]),
+                     {k[len(_INNER):]: v for k, v in state.items() if k.startswith(_INNER)},
+                     json.loads(str(architecture["inner_architecture"])))
         except KeyError as exc:
-            raise ValueError(f"a {cls.KIND} side output lacks {exc}") from exc
+            raise ValueError(f"a wrapped side output lacks {exc}") from exc
         own = {k: v for k, v in state.items() if not k.startswith(_INNER)}
-        return cls.from_own(inner, own, {k: v for k, v in architecture.items()
-                                         if k not in ("inner_kind", "inner_architecture")})
+        return (*inner, own, {k: v for k, v in architecture.items() if k not in ("inner_kind", "inner_architecture")})
 
 
 class RotatedInput(InputMapped):

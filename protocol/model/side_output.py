@@ -15,8 +15,8 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
-from protocol.model.ridge_head import RidgeHead
-from protocol.model.input_maps import ClippedInput, RotatedInput
+from protocol.modes.ckks_ridge.head import RidgeHead
+from protocol.model.input_maps import ClippedInput, InputMapped, RotatedInput
 from protocol.model.side_network import AdditiveSideNetwork, HiddenCorrection
 
 
@@ -51,7 +51,12 @@ def side_output_from_arrays(kind: str, state: dict[str, np.ndarray], architectur
     """Rebuild a saved side output of a registered kind (unknown kinds are errors)."""
     if kind not in SIDE_OUTPUTS:
         raise ValueError(f"unknown side output {kind!r}; known: {sorted(SIDE_OUTPUTS)}")
-    return SIDE_OUTPUTS[kind].from_arrays(state, architecture)
+    cls = SIDE_OUTPUTS[kind]
+    if issubclass(cls, InputMapped):
+        inner_kind, inner_state, inner_architecture, own_state, own_architecture = cls.split_arrays(state, architecture)
+        inner = side_output_from_arrays(inner_kind, inner_state, inner_architecture)
+        return cls.from_own(inner, own_state, own_architecture)
+    return cls.from_arrays(state, architecture)
 
 
 def scale_side_output(side: SideOutput, factor: float) -> None:

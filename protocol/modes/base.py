@@ -20,7 +20,7 @@ from protocol.device.forward_device import ForwardDevice
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import Message
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.model.side_output import SideOutput
 
 

@@ -21,7 +21,7 @@ from protocol.errors import ProtocolError
 from protocol.files import private_dir, write_atomic
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.modes.registry import MODES, server_modes
 
 MODE_FILE = "mode"

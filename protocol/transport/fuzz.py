@@ -55,7 +55,6 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
                                                       attention_mask=np.ones((2, 3), np.uint8),
                                                       labels=np.array([0, 1], np.int64)),
     plain.UploadAck.TYPE: lambda r: plain.UploadAck(stored=2, duplicates=1),
-    plain.TrainRequest.TYPE: lambda r: plain.TrainRequest(epochs=3),
     plain.TrainUntil.TYPE: lambda r: plain.TrainUntil(epochs_total=5),
     plain.TrainReport.TYPE: lambda r: plain.TrainReport(epochs_done=5, samples=2, loss=0.25),
     plain.FetchWeights.TYPE: lambda r: plain.FetchWeights(),

@@ -45,7 +45,8 @@ from protocol.errors import ProtocolError
 from protocol.files import private_dir
 from protocol.server.limits import LimitExceeded, ServerLimits, admit_upload
 from protocol.wire.messages import ErrorReply, Message, decode_message, encode_message
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
 from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
 from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory, fingerprint

@@ -131,22 +131,6 @@ class UploadAck(Message):
 
 
 @dataclass(frozen=True)
-class TrainRequest(Message):
-    """Ask the server to run `epochs` more epochs over its cache (no device work)."""
-
-    TYPE: ClassVar[str] = "train_request"
-    epochs: int
-
-    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-        return {}, {"epochs": self.epochs}
-
-    @classmethod
-    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "TrainRequest":
-        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"epochs"})
-        return cls(epochs=_int_field(meta, "epochs", low=1))
-
-
-@dataclass(frozen=True)
 class TrainUntil(Message):
     """Ask the server to train until `epochs_total` epochs are done (idempotent: safe to resend)."""
 
@@ -269,7 +253,7 @@ class ModeAccepted(Message):
 # The one list of message types, every mode's messages named explicitly (never filled by
 # import side effects, so whether a transcript decodes does not depend on other imports).
 _MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    Hello, ModeAccepted, Upload, ResentUpload, FullUpload, UploadAck, TrainRequest, TrainUntil, TrainReport,
+    Hello, ModeAccepted, Upload, ResentUpload, FullUpload, UploadAck, TrainUntil, TrainReport,
     FetchWeights, SideWeights, ErrorReply,
     EncryptedUpload, HeFitRequest, HeFitReply,
     SplitForward, SplitActivations, SplitBackward, CutGradients,

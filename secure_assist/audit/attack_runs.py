@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from attacks.base import ALIGNMENT, RECONSTRUCTION, NotApplicable, PublicKnowledge, get_attack
+from attacks.base import ALIGNMENT, RECONSTRUCTION, NotApplicable, PublicKnowledge
+
+from attacks.registry import get_attack
 from attacks.realigned_view import RealignedView
 from protocol.data.tasks import Example
 from protocol.server.transcript import ServerView

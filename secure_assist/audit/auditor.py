@@ -17,8 +17,9 @@ import torch
 
 from attacks.base import (
     ALIGNMENT, ANSWER_TOKENS, EXTRACTION, LABELS, RECONSTRUCTION, SCORES, Attack, AttackResult, MissingViewField,
-    PublicKnowledge, get_attack,
+    PublicKnowledge,
 )
+from attacks.registry import get_attack
 from attacks.reconstruction import words
 from attacks.public_model import public_backbone
 from attacks.rotation_math import relative_error

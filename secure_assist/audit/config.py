@@ -83,7 +83,7 @@ class AuditSettings:
                                        f"default {','.join(DEFAULT_VARIANTS)} (--task generation: "
                                        f"{','.join(GENERATION_DEFAULT_VARIANTS)})")
     attacks: tuple[str, ...] | None = option(None, "comma-separated attacks (default: every registered one; "
-                                                   "attacks.base.ATTACKS)")
+                                                   "attacks.registry.ATTACKS)")
     public_file: str | None = option(None, "the attacker's public data (a data file with the task's columns): "
                                            "labeled examples, unlabeled text and candidate texts (default: unused "
                                            "rows of the built-in task, or of --train-file for custom data and "

@@ -23,7 +23,8 @@ import numpy as np
 
 from attacks.base import ANSWER_TOKENS, LABELS
 from protocol.model.backbone import load_backbone
-from secure_assist.references.local_lora import LoraSettings, local_lora_sft, run_local_lora
+from secure_assist.references.local_lora import LoraSettings
+from secure_assist.references.registry import REFERENCES
 from protocol.modes.generation.device import GenerationDevice
 from protocol.data.instructions import InstructionExample, InstructionTask
 from protocol.model.model_io import load_finetuned
@@ -33,13 +34,14 @@ from secure_assist.task_kinds import task_kind
 from secure_assist.task_kinds.generation import per_sample_sums
 from secure_assist.metrics import bootstrap_interval
 from secure_assist.training.resources import PeakMemory
+from secure_assist.training.summary import RunSummary
 from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
-# Summary keys a row's utility copies from its run, by task kind.
-UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_accuracy", "accuracy", "epochs", "safeguard", "mechanisms")
-GENERATION_UTILITY_KEYS = ("n_train", "n_eval", "zero_shot_answer_nll", "eval_answer_nll", "answer_nll_reduction",
-                           "answer_nll_reduction_ci95", "zero_shot_token_accuracy", "eval_token_accuracy",
-                           "zero_shot_rouge_l", "rouge_l", "epochs", "safeguard", "mechanisms")
+# The run summary's fields every row's utility copies, and its metrics by task kind.
+UTILITY_FIELDS = ("n_train", "n_eval", "epochs", "safeguard", "mechanisms")
+ACCURACY_KEYS = ("zero_shot_accuracy", "accuracy")
+GENERATION_KEYS = ("zero_shot_answer_nll", "eval_answer_nll", "answer_nll_reduction", "answer_nll_reduction_ci95",
+                   "zero_shot_token_accuracy", "eval_token_accuracy", "zero_shot_rouge_l", "rouge_l")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class UtilityMetric:
     zero_shot_key: str  # the summary key of the backbone alone
     higher_is_better: bool
     label: str  # in sentences and headers
-    summary_keys: tuple[str, ...]  # what a row's utility copies from its run's summary
+    summary_keys: tuple[str, ...]  # the run summary's metrics a row's utility copies
     leak_kind: str  # the attack kind whose leak the report sets against the utility (attacks.base)
 
     def text(self, value: float) -> str:
@@ -73,9 +75,9 @@ class UtilityMetric:
         return "better" if (entry["significant"] == "above") == self.higher_is_better else "worse"
 
 
-ACCURACY = UtilityMetric("accuracy", "zero_shot_accuracy", True, "accuracy", UTILITY_KEYS, LABELS)
+ACCURACY = UtilityMetric("accuracy", "zero_shot_accuracy", True, "accuracy", ACCURACY_KEYS, LABELS)
 ANSWER_NLL = UtilityMetric("eval_answer_nll", "zero_shot_answer_nll", False, "answer NLL per token",
-                           GENERATION_UTILITY_KEYS, ANSWER_TOKENS)
+                           GENERATION_KEYS, ANSWER_TOKENS)
 METRICS = {metric.key: metric for metric in (ACCURACY, ANSWER_NLL)}
 
 
@@ -112,7 +114,7 @@ ZERO_SHOT, DEVICE_LOCAL, LOCAL_LORA = "zero_shot", "device_local", "local_lora"
 REFERENCE_NOTES = {
     ZERO_SHOT: "the backbone alone: no training, nothing uploaded",
     DEVICE_LOCAL: "the same side network trained on the device: nothing uploaded",
-    LOCAL_LORA: "LoRA (peft, r = 8 on the attention projections) trained on the device: nothing uploaded",
+    LOCAL_LORA: f"{REFERENCES[LOCAL_LORA].description}: nothing uploaded",
 }
 
 
@@ -141,15 +143,20 @@ class EvalData:
         side = None if model_file is None else load_finetuned(model_file).side_network
         return device.scores(self.evaluate, side)
 
-    def scores(self, summary: dict[str, Any]) -> tuple[SampleScores, SampleScores]:
+    def scores(self, summary: RunSummary) -> tuple[SampleScores, SampleScores]:
         """(zero-shot, deployed) per evaluation sample of one run (its summary): scored on the
         device's cached forwards (classification), or read from the run's per-sample sums."""
         if isinstance(self.task, InstructionTask):
-            with np.load(Path(summary["config"]["workdir"]) / DEVICE_DIR / EVAL_SCORES_FILE) as saved:
+            with np.load(Path(summary.config["workdir"]) / DEVICE_DIR / EVAL_SCORES_FILE) as saved:
                 nll, counts = saved["nll"], saved["counts"].astype(float)
             return SampleScores(nll[:, 0], counts), SampleScores(nll[:, 1], counts)
-        backbone, deployed = self.probabilities(summary["model_file"])
+        backbone, deployed = self.probabilities(summary.model_file)
         return accuracy_scores(backbone, self.labels), accuracy_scores(deployed, self.labels)
+
+
+def summary_utility(summary: RunSummary, metric: UtilityMetric) -> dict[str, Any]:
+    """What a row's utility copies from its run: the common fields and the task kind's metrics."""
+    return {**{k: getattr(summary, k) for k in UTILITY_FIELDS}, **{k: summary.metrics[k] for k in metric.summary_keys}}
 
 
 def accuracy_scores(probabilities: np.ndarray, labels: np.ndarray) -> SampleScores:
@@ -194,15 +201,16 @@ def local_lora_row(data: EvalData, seed: int, progress: bool) -> tuple[dict[str,
     for classification, the answer NLL sums of supervised fine-tuning on the answers for generation."""
     backbone = load_backbone(data.config.model)
     settings = LoraSettings(seed=seed)
+    train_lora = REFERENCES[LOCAL_LORA].entry_point(task_kind(data.config).name)
     with PeakMemory() as peak:
         if isinstance(data.task, InstructionTask):
-            with local_lora_sft(backbone, data.task, data.train, settings, progress) as (trainable, steps, seconds):
+            with train_lora(backbone, data.task, data.train, settings, progress) as (trainable, steps, seconds):
                 device = GenerationDevice(backbone, data.task, progress=progress)
                 log_probs, _, counts = device.token_scores(data.evaluate, None, scales=(0.0,))
             nll = per_sample_sums(-log_probs[:, 0].astype(np.float64), counts)
             scores = SampleScores(nll, counts.astype(float))
         else:
-            run = run_local_lora(backbone, data.task, data.train, data.evaluate, settings, progress)
+            run = train_lora(backbone, data.task, data.train, data.evaluate, settings, progress)
             scores = accuracy_scores(run.probabilities, data.labels)
             trainable, steps, seconds = run.trainable_parameters, run.steps, run.train_seconds
     cost = {"device_seconds": seconds, "device_peak_rss_mib": peak.peak_mib, "trainable_parameters": trainable,

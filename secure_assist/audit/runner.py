@@ -1,5 +1,5 @@
-"""Run the audit: each row is a real `run_finetune` (or a reference trained on the device),
-each attack a real `run_attack` on a variant's server view.
+"""Run the audit: each variant is one point (`secure_assist.audit.point`: a real run and real
+attacks on its server view), each reference row a real run or reference trained on the device.
 
 One pass of the backbone serves everything: the device forwards of the audit's training
 and evaluation sets are computed once, before any row runs (`secure_assist.training.forwards`), and
@@ -12,79 +12,37 @@ same rows, scored by the answer NLL per token; its runs recompute their forward 
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from attacks.base import NotApplicable, all_attacks
-from protocol.errors import UserInputError
+from attacks.registry import all_attacks
 from protocol.device.shared_forwards import serving
-from secure_assist.audit.attack_runs import attack_reports
+from protocol.errors import UserInputError
+from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.audit.config import (
     AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
 )
 from secure_assist.audit.dp_check import empirical_epsilon, release_pair
+from secure_assist.audit.point import PointData, run_cost, run_point
+from secure_assist.audit.public_knowledge import PublicData, public_data
 from secure_assist.audit.rows import (
-    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, utility,
+    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, summary_utility, utility,
 )
-from secure_assist.audit.sampling import sample_ids
+from secure_assist.audit.schema import (
+    FORWARD_KEYS, LEAK_KEYS, SCHEMA, SCHEMA_VERSION, jsonable, package_versions,
+)
 from secure_assist.audit.summary import conclusions
-from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, headline, verdict
-from secure_assist.audit.auditor import load_ground_truth, upload_texts
+from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, verdict
 from secure_assist.data import data_provenance, file_provenance
 from secure_assist.executors import Executor
 from secure_assist.executors.local import LocalExecutor
-from secure_assist.finetune import run_finetune
-from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
-from secure_assist.task_kinds import task_kind
 from secure_assist.mechanisms import mechanism_parameters
-from secure_assist.audit.public_knowledge import PublicData, knowledge, public_data
-from secure_assist.training.run import build_mechanisms
-
-SCHEMA = "secure-assist/audit-report"
-SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
-PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
-            "matplotlib")
-COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",
-             "server_seconds_per_cached_epoch", "device_forwards_after_epoch1", "device_peak_rss_mib")
-# How the audit's one backbone pass is shared: passes a row computed, and passes it read from the device's cache.
-FORWARD_KEYS = ("device_forwards", "device_forwards_reused")
-# Reported by `he_ckks` runs only.
-HE_COST_KEYS = ("he_device_encrypt_ms_per_sample", "he_ciphertext_bytes_per_sample", "he_public_context_bytes",
-                "he_server_fit_seconds", "he_device_decrypt_seconds")
-# What a leak summary keeps of an attack row, by attack kind (besides its name and kind).
-LEAK_KEYS = {"labels": ("balanced_accuracy", "balanced_accuracy_ci95", "balanced_chance", "accuracy", "ci95",
-                        "prior_baseline", "auc", "auc_ci95"),
-             "answer_tokens": ("token_accuracy", "token_accuracy_ci95", "frequency_baseline", "token_f1",
-                               "exact_match")}
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages the numbers depend on."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON types (numpy scalars and tuples converted, non-finite floats kept as floats)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
+from secure_assist.task_kinds import task_kind
+from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
+from secure_assist.training.run import build_mechanisms, run_training
 
 
 def attack_names(config: AuditConfig) -> list[str]:
@@ -101,28 +59,6 @@ def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"attack": row["attack"], "kind": row["kind"], **{k: row[k] for k in LEAK_KEYS[row["kind"]] if k in row}}
-
-
-def attack_variant(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData, public: PublicData,
-                   progress: bool) -> list[dict[str, Any]]:
-    """Every configured attack on one variant's server view (reconstruction on a subsample;
-    alignment attacks last, each followed by the attacks re-run on the states it realigned)."""
-    truth = load_ground_truth(workdir)
-    known = knowledge(config.model, data.task, public, upload_texts(truth), config.seed, progress,
-                      private_pool=[e.text for e in data.train], mechanisms=tuple(variant.mechanism.split("+")))
-    subsample = sample_ids(list(truth), config.attack_samples, config.seed)
-    keep = subsample if len(subsample) < len(truth) else None
-    rows = []
-    for name, report, seconds in tqdm(attack_reports(attack_names(config), workdir, known, config.seed, progress,
-                                                     data.evaluate, keep),
-                                      desc=f"attacks on {workdir.name}", unit="attack", disable=not progress,
-                                      leave=False):
-        if isinstance(report, NotApplicable):
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
-            continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report), "of_uploads": len(truth),
-                     "seconds": seconds})
-    return rows
 
 
 def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
@@ -153,27 +89,28 @@ def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public:
     except UserInputError as exc:
         return {**base, "status": "skipped", "reason": str(exc)}
     start = time.perf_counter()
-    summary = run_finetune(finetune_config, progress=progress, overwrite=True)
-    workdir = Path(finetune_config.workdir)
+    point = run_point(finetune_config, attack_names(config), PointData(data.task, data.train, data.evaluate, public),
+                      progress, config.attack_samples, held_out=data.evaluate)
+    summary = point.summary
     metric = data.metric
     scores = data.scores(summary)[1]
     local = references[DEVICE_LOCAL]
-    cost = {k: summary[k] for k in COST_KEYS + FORWARD_KEYS + HE_COST_KEYS if k in summary}
+    cost = run_cost(summary)
     cost["device_seconds_saved"] = local["row"]["cost"]["device_seconds"] - cost["device_seconds"]
-    rows = attack_variant(config, variant, workdir, data, public, progress)
+    rows = point.attacks
     leaks = [r for r in rows if r["status"] == "ok" and r["kind"] == metric.leak_kind]
     activations_only = [r for r in leaks if r["activations_only"]]
     leak_metric = HEADLINES[metric.leak_kind][0]
     result: dict[str, Any] = {
-        **base, "status": "ok", "reference": False, "workdir": str(workdir),
-        "utility": {**{k: jsonable(summary[k]) for k in metric.summary_keys}, **utility(scores, metric, config.seed),
-                    "delta_vs_zero_shot": summary[metric.key] - summary[metric.zero_shot_key],
+        **base, "status": "ok", "reference": False, "workdir": str(point.workdir),
+        "utility": {**jsonable(summary_utility(summary, metric)), **utility(scores, metric, config.seed),
+                    "delta_vs_zero_shot": summary.metrics[metric.key] - summary.metrics[metric.zero_shot_key],
                     "vs_zero_shot": comparison(scores, references[ZERO_SHOT]["scores"], config.seed),
                     "vs_device_local": comparison(scores, local["scores"], config.seed)},
         "cost": cost, "attacks": rows,
         "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r[leak_metric], default=None)),
         LEAK_FIELDS[metric.leak_kind]: _leak_summary(max(leaks, key=lambda r: r[leak_metric], default=None)),
-        "dp_check": dp_check(config, variant, workdir, data),
+        "dp_check": dp_check(config, variant, point.workdir, data),
     }
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
@@ -184,17 +121,17 @@ def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[
     """zero_shot, device_local and (with --with-lora) local_lora: name -> {"row", "scores"}."""
     start = time.perf_counter()
     local_config = device_local_config(config)
-    summary = run_finetune(local_config, progress=progress, overwrite=True)
+    summary = run_training(local_config, progress=progress, overwrite=True)
     zero, local = data.scores(summary)
     metric = data.metric
     references = {
         ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, metric, {"device_seconds": 0.0, "device_peak_rss_mib": None},
                                          config.seed), "scores": zero},
         DEVICE_LOCAL: {"row": reference_row(
-            DEVICE_LOCAL, local, metric, {k: summary[k] for k in ("device_seconds", "device_train_seconds",
-                                                                  "device_peak_rss_mib") + FORWARD_KEYS},
+            DEVICE_LOCAL, local, metric, {k: getattr(summary, k) for k in ("device_seconds", "device_train_seconds",
+                                                                           "device_peak_rss_mib") + FORWARD_KEYS},
             config.seed, workdir=local_config.workdir, seconds=time.perf_counter() - start,
-            safeguard=summary["safeguard"]), "scores": local},
+            safeguard=summary.safeguard), "scores": local},
     }
     if config.with_lora:
         row, scores = local_lora_row(data, config.seed, progress)

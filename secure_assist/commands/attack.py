@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from attacks.base import all_attacks
+from attacks.registry import all_attacks
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.finetune import run_finetune
 
     summary = run_finetune(config_from_args(args), progress=not args.quiet, overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.to_json(), indent=2))
     return 0
 
 

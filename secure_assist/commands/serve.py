@@ -14,7 +14,7 @@ from pathlib import Path
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from protocol.server.limits import ServerLimits
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)

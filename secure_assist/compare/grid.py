@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attacks.base import ALIGNMENT, LABELS, get_attack
+from attacks.base import ALIGNMENT, LABELS
+
+from attacks.registry import get_attack
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig

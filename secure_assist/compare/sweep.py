@@ -1,5 +1,5 @@
-"""The resumable sweep: each point is a real `run_finetune` plus label attacks through
-`run_attack`; a finished point is saved as `<output>/points/<fingerprint>.json` (atomically)
+"""The resumable sweep: each point is one `secure_assist.audit.point.run_point` (a real run plus
+its label attacks); a finished point is saved as `<output>/points/<fingerprint>.json` (atomically)
 and never recomputed, so a sweep killed midway resumes where it stopped."""
 
 from __future__ import annotations
@@ -12,22 +12,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from attacks.base import LABELS, NotApplicable, PublicKnowledge
-from protocol.model.backbone import load_backbone
+from attacks.base import LABELS
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
-from secure_assist.audit.rows import UTILITY_KEYS
-from secure_assist.audit.runner import COST_KEYS, jsonable, package_versions
-from secure_assist.audit.verdict import headline
-from secure_assist.audit.attack_runs import attack_reports
-from secure_assist.audit.auditor import load_ground_truth, upload_texts
+from protocol.model.backbone import load_backbone
+from secure_assist.audit.point import PointData, run_cost, run_point
+from secure_assist.audit.public_knowledge import public_data
+from secure_assist.audit.rows import ACCURACY, summary_utility
+from secure_assist.audit.schema import COST_KEYS, jsonable, package_versions
 from secure_assist.compare.grid import SweepPoint, point_identity
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.executors import Executor, Progress
 from secure_assist.executors.local import LocalExecutor
-from secure_assist.audit.public_knowledge import knowledge, public_data
-from secure_assist.finetune import run_finetune
 from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.training.run import build_mechanisms
 
@@ -65,13 +62,11 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
         return None
 
 
-def public_knowledge(config: FinetuneConfig, workdir: Path, progress: bool) -> PublicKnowledge:
-    """The audit's public data: unused rows of the built-in task or of the user's training
-    file (secure_assist.audit.public_knowledge); the server knows the point's mechanisms."""
+def point_data(config: FinetuneConfig) -> PointData:
+    """The point's data and the attacker's public rows: unused rows of the built-in task or of
+    the user's training file (secure_assist.audit.public_knowledge)."""
     task, train, evaluate = resolve_data(config)
-    public = public_data(task, None, config.train_file, train + evaluate, config.seed)
-    return knowledge(config.model, task, public, upload_texts(load_ground_truth(workdir)), config.seed, progress,
-                     [e.text for e in train], config.mechanism)
+    return PointData(task, train, evaluate, public_data(task, None, config.train_file, train + evaluate, config.seed))
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -93,27 +88,17 @@ def leakage(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "activations_only_baseline": _summary(best([r for r in scored if r["activations_only"]]))}
 
 
-def run_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
-    """Fine-tune one point for real and run its label attacks on the server's view."""
+def sweep_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
+    """Fine-tune one point for real and run its label attacks on the server's view (a reference
+    row, device_local, uploads nothing: no view, nothing to attack)."""
     start = time.perf_counter()
-    summary = run_finetune(point.config, progress=progress, overwrite=True)
-    workdir = Path(point.config.workdir)
-    # A reference row (device_local) uploads nothing: no server view, nothing to attack.
-    public = public_knowledge(point.config, workdir, progress) if point.attacks else None
-    rows = []
-    for name, report, _ in attack_reports(point.attacks, workdir, public, point.config.seed, progress):
-        if isinstance(report, NotApplicable):
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
-            continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report)})
+    result = run_point(point.config, point.attacks, point_data(point.config), progress)
+    summary = result.summary
     return {
-        "utility": {**{k: jsonable(summary[k]) for k in UTILITY_KEYS},
-                    "delta_vs_zero_shot": summary["accuracy"] - summary["zero_shot_accuracy"]},
-        # Reused forwards come from the device-side cache (reuse_forwards): counted apart, as finetune does.
-        "cost": {**{k: summary[k] for k in COST_KEYS}, "device_forwards": summary["device_forwards"],
-                 "device_forwards_reused": summary["device_forwards_reused"]},
-        "attacks": rows, "leakage": leakage(rows), "workdir": str(workdir),
-        "seconds": time.perf_counter() - start,
+        "utility": {**jsonable(summary_utility(summary, ACCURACY)),
+                    "delta_vs_zero_shot": summary.metrics["accuracy"] - summary.metrics["zero_shot_accuracy"]},
+        "cost": run_cost(summary), "attacks": result.attacks, "leakage": leakage(result.attacks),
+        "workdir": str(result.workdir), "seconds": time.perf_counter() - start,
     }
 
 
@@ -176,7 +161,7 @@ def run_sweep(points: list[SweepPoint], output: Path | str, progress: bool = Tru
     bar = Progress(len(points), "compare", progress, done=len(points) - len(todo))
     inner = progress and executor.IN_PROCESS
     try:
-        for outcome in executor.run(WithForwards(run_point), [(points[i], inner) for i in todo], tables, bar):
+        for outcome in executor.run(WithForwards(sweep_point), [(points[i], inner) for i in todo], tables, bar):
             index = todo[outcome.index]
             point = points[index]
             if outcome.ok:

@@ -26,7 +26,7 @@ import numpy as np
 from protocol.errors import ProtocolError
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.wire.messages import Message, Upload
-from protocol.model.ridge_head import FeatureMap, RidgeHead
+from protocol.modes.ckks_ridge.head import FeatureMap, RidgeHead
 from protocol.errors import UserInputError
 from secure_assist.mechanisms.base import CKKS_RIDGE_MODE, Mechanism
 from protocol.modes.ckks_ridge.context import join_buffer, split_buffer

@@ -9,7 +9,8 @@ token; its states are mean-pooled over the prompt's tokens before the head.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from protocol.wire.channel import InProcessChannel
 from protocol.wire.codec import DEFAULT_MAX_BYTES
 from protocol.device.forward_device import PAYLOAD_DTYPES, encode_prompts, new_sample_ids
 from protocol.server.endpoint import RecordingEndpoint
+from protocol.server.trainer import SideTrainer
+from protocol.server.training_settings import ServerTraining
 from protocol.errors import ProtocolError
 from protocol.modes.generation.device import encode_answers
 from protocol.data.instructions import InstructionExample, InstructionTask
@@ -38,38 +41,43 @@ def pooled_logits(network: AdditiveSideNetwork, activations: torch.Tensor, mask:
     return network.head((states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
 
 
+def pooled_cross_entropy(network: AdditiveSideNetwork, activations: torch.Tensor, labels: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """MobiLLM's objective: cross-entropy of the pooled logits against the uploaded labels."""
+    return torch.nn.functional.cross_entropy(pooled_logits(network, activations, mask), labels)
+
+
 class MobiLLMServer(RecordingEndpoint):
-    """Trains on each full upload as it arrives; keeps nothing but φ between epochs."""
+    """Trains on each full upload as it arrives (the side trainer, cross-entropy, plain AdamW);
+    keeps nothing but φ between epochs."""
 
     def __init__(self, workdir: Path | str, n_classes: int, rank: int = 64, learning_rate: float = 1e-3,
                  seed: int = 0, max_message_bytes: int = DEFAULT_MAX_BYTES) -> None:
         super().__init__(workdir, max_message_bytes)
-        self.n_classes, self.rank, self.learning_rate, self.seed = n_classes, rank, learning_rate, seed
-        self.network: AdditiveSideNetwork | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.n_classes = n_classes
+        # MobiLLM's recipe: AdamW at one rate with its default decay, no schedule, no checkpoints.
+        self.trainer = SideTrainer(ServerTraining(rank=rank, learning_rate=learning_rate, weight_decay=0.01,
+                                                  adapter_lr_scale=1.0, cosine_decay=False, seed=seed))
 
     def handle(self, message: Message) -> Message:
         """Train one CE step per upload; serve φ on request."""
+        network = self.trainer.network
         if isinstance(message, FullUpload):
             acts = torch.from_numpy(message.activations.astype(np.float32))
-            if self.network is None:
-                torch.manual_seed(self.seed)
-                self.network = AdditiveSideNetwork(SideNetworkShape(
-                    n_layers=acts.shape[1], hidden_size=acts.shape[3], rank=self.rank, n_classes=self.n_classes))
+            if network is None:
+                network = AdditiveSideNetwork(SideNetworkShape(
+                    n_layers=acts.shape[1], hidden_size=acts.shape[3], rank=self.trainer.training.rank,
+                    n_classes=self.n_classes), generator=self.trainer.init_generator())
                 valid = torch.from_numpy(message.attention_mask.astype(bool))
-                self.network.fit_input_scaling(acts.permute(0, 2, 1, 3)[valid])
-                self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.learning_rate)
-            if message.labels.min() < 0 or message.labels.max() >= self.network.shape.n_classes:
+                network.fit_input_scaling(acts.permute(0, 2, 1, 3)[valid])
+                self.trainer.start(network, tuple(range(1, acts.shape[1] + 1)))
+            if message.labels.min() < 0 or message.labels.max() >= network.shape.n_classes:
                 raise ProtocolError(f"labels must lie in 0..{self.n_classes - 1}")
-            self.network.train()
-            logits = pooled_logits(self.network, acts, torch.from_numpy(message.attention_mask))
-            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(message.labels))
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
+            self.trainer.step(acts, torch.from_numpy(message.labels),
+                              loss=partial(pooled_cross_entropy, mask=torch.from_numpy(message.attention_mask)))
             return UploadAck(stored=0, duplicates=0)
-        if isinstance(message, FetchWeights) and self.network is not None:
-            return SideWeights(state=state_arrays(self.network), architecture=asdict(self.network.shape))
+        if isinstance(message, FetchWeights) and network is not None:
+            return SideWeights(state=state_arrays(network), architecture=self.trainer.architecture())
         return super().handle(message)
 
 

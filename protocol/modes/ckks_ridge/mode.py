@@ -14,8 +14,8 @@ from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.wire.messages import ErrorReply, Hello, ModeAccepted, UploadAck, expect
-from protocol.model.ridge_head import RidgeHead
-from protocol.server.side_tuning import ServerTraining
+from protocol.modes.ckks_ridge.head import RidgeHead
+from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ENCRYPTED_HEAD, PIVOT_ACTIVATIONS
 from protocol.modes.ckks_ridge.server import HeHeadServer
 from protocol.modes.base import DeviceProtections, TrainingMode, TrainOutcome

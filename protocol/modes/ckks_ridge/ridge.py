@@ -3,7 +3,7 @@
 The server fits a PCA of the standardized, flattened all-layer pivot states (no label
 or Δ is involved) and the ridge operator M = (FᵀF + λI)⁻¹Fᵀ; the head W = M·Δ is
 then linear in Δ, so the server can compute it on encrypted Δ with plaintext M. The
-device's deployed head (`protocol.model.ridge_head.RidgeHead`) applies the same map.
+device's deployed head (`protocol.modes.ckks_ridge.head.RidgeHead`) applies the same map.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 
-from protocol.model.ridge_head import FeatureMap
+from protocol.modes.ckks_ridge.head import FeatureMap
 
 
 def fit_feature_map(activations: np.ndarray, n_features: int, seed: int = 0) -> FeatureMap:

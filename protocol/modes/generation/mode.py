@@ -23,7 +23,7 @@ from protocol.server.limits import ServerLimits
 from protocol.wire.messages import (
     ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, UploadAck, expect,
 )
-from protocol.server.side_tuning import ServerTraining
+from protocol.server.training_settings import ServerTraining
 from protocol.model.side_network import HiddenCorrection
 from protocol.server.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL
 from protocol.modes.side_network.mode import SideNetworkMode

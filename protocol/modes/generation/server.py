@@ -3,7 +3,7 @@
 The objective is PAE's MSE through the public head, Σ_t (s_tᵀ G s_t − 2 s_tᵀ r_t) with
 G = W_UᵀW_U (see `protocol.modes.generation.device`). With s = G^{-1/2} u it becomes
 Σ_t ‖u_t − G^{-1/2} r_t‖² + const: an ordinary MSE on whitened targets, so the same
-side network, optimizer, cache-only epochs, checkpoints and restart logic as the
+side network and side trainer (optimizer, cache-only epochs, checkpoints, restart) as the
 classification server apply unchanged. Targets are also divided by their RMS on the
 first upload (σ) so that the learning rate means the same as for Δ; the side output the
 server serves and stores is the deployable one, s = σ·G^{-1/2}·u, folded into its head.
@@ -26,7 +26,8 @@ from protocol.files import write_atomic
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import Message, UploadAck
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
 from protocol.model.side_network import AdditiveSideNetwork, HiddenCorrection
 
 GENERATION_CACHE_FILE = "generation_cache.sqlite"
@@ -117,8 +118,8 @@ class GenerationServer(SideTuningServer):
         offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]))
         return torch.from_numpy(acts), self._targets(residual), offsets
 
-    def _served_network(self) -> AdditiveSideNetwork:
-        served = copy.deepcopy(self.network)
+    def _served_network(self, network: AdditiveSideNetwork) -> AdditiveSideNetwork:
+        served = copy.deepcopy(network)
         served.map_outputs_(self._scale * inverse_square_root(self._gram))
         return served
 

@@ -10,10 +10,11 @@ from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import (
-    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainRequest, TrainUntil, Upload,
+    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, Upload,
     UploadAck, expect,
 )
-from protocol.server.side_tuning import ServerTraining, SideTuningServer
+from protocol.server.training_settings import ServerTraining
+from protocol.server.side_tuning import SideTuningServer
 from protocol.model.side_network import AdditiveSideNetwork, network_from_arrays
 from protocol.server.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK
 from protocol.modes.base import DeviceProtections, TrainingMode, TrainOutcome
@@ -24,7 +25,7 @@ class SideNetworkMode(TrainingMode):
 
     name = "side_network"
     description = "PAE: the server trains the side network on uploaded pivot states and Δ"
-    messages = (Hello, ModeAccepted, Upload, UploadAck, TrainRequest, TrainUntil, TrainReport, FetchWeights,
+    messages = (Hello, ModeAccepted, Upload, UploadAck, TrainUntil, TrainReport, FetchWeights,
                 SideWeights, ErrorReply)
     view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
     # The side output the fetched weights rebuild.
