@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 class ServerTraining:
     """Side-network hyper-parameters (server side).
 
-    Measured on SST-2 with SmolLM2-135M (2,000 samples; BENCHMARKS.md "Core"): at a
-    constant rate the side network's dev accuracy swings by up to 3 points from epoch to
-    epoch, and on some prompts adapters at the full rate overfit (83-84.5% where the gates
-    and head alone reach 86%). So the adapters learn at `adapter_lr_scale` times the rate,
-    AdamW's decoupled weight decay is strong, and the cached epochs follow a cosine decay.
+    At a constant rate the side network's dev accuracy swings from epoch to epoch (so the
+    served weights depend on where training stops), and on some prompts adapters at the full
+    rate overfit where the gates and head alone do not (BENCHMARKS.md, "Prompt and recipe").
+    So the adapters learn at `adapter_lr_scale` times the rate, AdamW's decoupled weight decay
+    is strong, and the cached epochs follow a cosine decay.
     """
 
     rank: int = 64
