@@ -11,8 +11,9 @@ What is tested *(choice)*: the per-sample Brier score ‖p_b + s·g(A) − e_y�
 side network is trained to reduce (it fits g(A) to Δ = e_y − p_b). Accuracy only moves when
 a prediction flips, so a test on accuracy flips has little power on a few hundred samples
 (an easy validation split leaves few errors to fix; BENCHMARKS.md, "Safeguard power"), while
-the same output lowers the Brier score of most samples. A side output no better than the backbone (noise, or pushes toward and away from
-the truth alike) does not lower it in expectation, at any factor.
+the same output lowers the Brier score of most samples. A side output no better than the
+backbone (noise, or pushes toward and away from the truth alike) does not lower it in
+expectation, at any factor.
 
 Choosing s and testing the choice on the same samples is optimistic (the best of 21 factors
 looks better than it is), so the test is cross-fitted: the validation split is cut into two
