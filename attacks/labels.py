@@ -160,9 +160,9 @@ def probe_features(activations: np.ndarray, zero_shot: np.ndarray) -> np.ndarray
     """Probe input: the mean direction of the upper half of the layers' pivot states plus z_b.
 
     Directions, not raw states: a mechanism that clips each layer (activation_noise) then
-    leaves the probe's inputs where the public examples put them (measured on SST-2, 1,800
-    uploads under σ = 0.01: k = 8/32/128 score 73/79/82% instead of the majority class), and
-    on plain states it changes the scores by under 1.3 points."""
+    leaves the probe's inputs where the public examples put them (raw states would put every
+    clipped upload in the majority class; BENCHMARKS.md, "Activation protections"), and on
+    plain states the probe scores about as well."""
     upper = layer_directions(activations[:, activations.shape[1] // 2:]).mean(axis=1)
     return np.concatenate([upper, zero_shot], axis=1)
 

@@ -224,8 +224,8 @@ class CandidateMatching(Attack):
 
     def match(self, states: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The index of each uploaded sample's candidate: nearest by per-layer directions, which a
-        clip or rescaling of each layer's vector leaves in place (under activation_noise with the
-        default clip, raw states match 0.3% of 400 SST-2 uploads, directions 100% at σ = 0.03)."""
+        clip or rescaling of each layer's vector leaves in place (under activation_noise the clipped
+        raw states lie far from every public candidate's; BENCHMARKS.md, "Activation protections")."""
         return nearest_states(layer_directions(states), layer_directions(candidates))
 
 

@@ -11,7 +11,7 @@ Sections:
             uploads, k up to every upload), and how the public head reads the realigned states
   corpus    on the same run: distribution alignment from 100, 300 and 1,000 public texts
 
-    python benchmarks/activation_protections.py --workdir /work/runs/act [--sections variants,pairs,corpus]
+    python benchmarks/activation_protections.py --workdir runs/act [--sections variants,pairs,corpus]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ instructions starting with any other word are left out. The text is the answer (
 `output` field), cut to its first `--max-words` words so the forward passes stay cheap.
 Four imbalanced classes, real text, columns `answer` / `request_type`: nothing like SST-2.
 
-    python benchmarks/alpaca_request_types.py --output /work/runs/alpaca_tasks/requests.jsonl
+    python benchmarks/alpaca_request_types.py --output runs/alpaca_tasks/requests.jsonl
 
 prints a JSON summary (rows per class) and writes the JSON-lines file.
 """

@@ -8,7 +8,7 @@ Sections:
   reconstruction  full-activation inversion and gradient attacks on MobiLLM-style and
                   split-learning runs over a small subset (pivot-only rows come from `pae`)
 
-    python benchmarks/attacks.py --workdir /work/runs/plain [--quick] [--sections pae,mechanisms,reconstruction]
+    python benchmarks/attacks.py --workdir runs/plain [--quick] [--sections pae,mechanisms,reconstruction]
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def full_activation_data_ids(workdir: Path) -> np.ndarray:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="/work/runs/plain", help="a `secure-assist finetune` run directory")
+    parser.add_argument("--workdir", default="runs/plain", help="a `secure-assist finetune` run directory")
     parser.add_argument("--sections", default="pae,mechanisms,reconstruction")
     parser.add_argument("--quick", action="store_true", help="small subsets (smoke run)")
     args = parser.parse_args()

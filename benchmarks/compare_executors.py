@@ -9,7 +9,7 @@ per-point seconds, peak RSS, object-store peak, whether the numbers equal the fi
 executor's, and the projected wall time on N machines from the measured per-point times.
 Example:
   python benchmarks/compare_executors.py --train-samples 400,800 --eval-samples 200 --epochs 10 \
-      --mechanisms none,rotation_mask,gaussian,label_rr --epsilons 1,4 --output /work/runs/compare-executors
+      --mechanisms none,rotation_mask,gaussian,label_rr --epsilons 1,4 --output runs/compare-executors
 """
 
 from __future__ import annotations

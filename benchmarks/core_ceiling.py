@@ -10,7 +10,7 @@ evaluation set makes this an optimistic bound for these read-outs, not a fair sc
 With `--lora-json` (a `core_pae.py` phase file) it prints LoRA − 1.5 beside the bound.
 Device forwards come from the device-side feature cache (`protocol.device.features`).
 
-    python benchmarks/core_ceiling.py --lora-json /work/runs/core3/lora.json
+    python benchmarks/core_ceiling.py --lora-json runs/core/lora.json
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Device seconds: PAE's are the forward passes over the training set (the same for
 position), measured in this process; LoRA's are its training (forward + backward, 1 epoch), measured beside it.
 
     OMP_NUM_THREADS=1 python benchmarks/cost_matched.py --sizes 2000,8000 --positions 1,2,4,8 \\
-        --workdir /work/runs/cost_matched
+        --workdir runs/cost_matched
 
 Resumable: every finished point is kept as <workdir>/points/<name>.json; prints one JSON object and writes
 <workdir>/cost_matched.png (accuracy vs device seconds and vs upload bytes per sample).

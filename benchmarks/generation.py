@@ -12,7 +12,7 @@ Rows with a blank instruction or answer are dropped from a copy of the train fil
 PAE vs LoRA) and the share of LoRA's NLL reduction that PAE reaches. Prints one JSON object.
 Example (the data is read from the shared folder; it is never packaged):
   OMP_NUM_THREADS=1 python benchmarks/generation.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
-      --train-samples 2000 --eval-samples 500 --layers 5,10,15,20,25,30 --workdir /tmp/generation
+      --train-samples 2000 --eval-samples 500 --layers 5,10,15,20,25,30 --workdir runs/generation
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ input embeddings) and `generation_model_extraction`. Variants: plain; `gaussian_
 the plain run's r (what `--residual-clip` bounds). Each finished variant is kept as <workdir>/<variant>/row.json,
 so an interrupted run resumes after it (the reference rows are recomputed). Prints one JSON object. Example:
   OMP_NUM_THREADS=1 python benchmarks/generation_leakage.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
-      --train-samples 300 --eval-samples 100 --workdir /tmp/generation-leakage
+      --train-samples 300 --eval-samples 100 --workdir runs/generation-leakage
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ case) is fitted on the training positions and the evaluation answer NLL is score
 the correction added to the logits. Teacher-forced forward outputs are cached in --workdir
 (train.npz, eval.npz), so a rerun only refits. Prints one JSON object. Example:
   OMP_NUM_THREADS=1 python benchmarks/generation_objective.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
-      --train-samples 400 --eval-samples 100 --workdir /tmp/generation-objective
+      --train-samples 400 --eval-samples 100 --workdir runs/generation-objective
 """
 
 from __future__ import annotations

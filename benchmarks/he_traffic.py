@@ -7,8 +7,8 @@ would have fitted on plaintext Δ (same feature map, same upload split, same saf
 scored on the same dev set. Device forwards come from the device-side cache
 (`reuse_forwards`), so only the first call pays for the backbone.
 
-    python benchmarks/he_traffic.py --workdir /work/runs/he            # 2,000-sample setting
-    python benchmarks/he_traffic.py --workdir /tmp/he --model tiny-llama --train-samples 60  # smoke
+    python benchmarks/he_traffic.py --workdir runs/he            # 2,000-sample setting
+    python benchmarks/he_traffic.py --workdir runs/he_smoke --model tiny-llama --train-samples 60  # smoke
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ the ones measured when it was computed) unless --fresh-forwards. Each phase's su
 vs PAE (accuracy, device seconds, peak RSS), HE over TLS vs in process (accuracy), HE bytes on
 the wire vs PAE's.
 
-    python benchmarks/modes.py --workdir /work/runs/modes                 # SmolLM2-135M, 2,000 / full dev
-    python benchmarks/modes.py --workdir /tmp/modes --model tiny-llama --train-samples 64 --eval-samples 32
-    python benchmarks/modes.py --workdir /work/runs/modes_raw --phases he_tls,he_local --safeguard-fraction 0
+    python benchmarks/modes.py --workdir runs/modes                 # SmolLM2-135M, 2,000 / full dev
+    python benchmarks/modes.py --workdir runs/modes_smoke --model tiny-llama --train-samples 64 --eval-samples 32
+    python benchmarks/modes.py --workdir runs/modes_raw --phases he_tls,he_local --safeguard-fraction 0
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ For each seed (it fixes the training subset, the 20% hold-out the safeguard test
 each mechanism, one real `run_finetune` at the default recipe (SST-2, 2,000 samples, full dev set, forwards from
 the device cache). The side output is copied just before the safeguard shrinks it, so its *raw* dev accuracy
 (what it would score deployed unshrunk) is measured beside the deployed accuracy and the safeguard's decision.
-Issue 14's target: every side output whose raw dev accuracy beats zero-shot by >= 2 points is deployed in at
+The target (the audit's acceptance criterion): every side output whose raw dev accuracy beats zero-shot by >= 2 points is deployed in at
 least 4 of 5 seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/safeguard_power.py --mechanisms none,label_rr@4,gaussian@8 --seeds 0,1,2,3,4 \\
-        --workdir /work/runs/safeguard_power
+        --workdir runs/safeguard_power
 
 Resumable: each finished run is kept as <workdir>/<mechanism>-<seed>.json, with the backbone's and the raw side
 output's scores on its validation split and on dev in <mechanism>-<seed>.npz. The decision reported is the one this
@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-GAIN_POINTS = 2.0  # issue 14: "beats zero-shot by >= 2 points"
+GAIN_POINTS = 2.0  # a side output that "beats zero-shot by >= 2 points" must be deployed
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """Server training speed of the side network against its chain length, beside the per-layer-indexing form it had
-until session 8.
+until commit 987d90b.
 
 The side network reads one (d,) state per entry of its chain (30 for SmolLM2's layers; 30·k when the last k prompt
-positions are uploaded, `cost_matched.py`). Until session 8 its forward indexed the stacked parameters per entry
+positions are uploaded, `cost_matched.py`). Until commit 987d90b its forward indexed the stacked parameters per entry
 (`self.down[i]`); autograd then fills a zero gradient of the whole (entries, d, r) parameter for every entry, so a
 training step cost grew with the square of the chain length. It now splits them once (`unbind`). Both forms run here
 side by side in one process on the same inputs and seeds, and must end with bitwise-equal parameters.
@@ -24,7 +24,7 @@ from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
 
 
 class IndexedSideNetwork(AdditiveSideNetwork):
-    """The pre-session-8 forward: parameters indexed per entry (the reference being measured against)."""
+    """The forward before commit 987d90b: parameters indexed per entry (the reference being measured against)."""
 
     def side_states(self, activations: torch.Tensor) -> torch.Tensor:
         inputs = (activations.float() - self.input_mean) / self.input_scale

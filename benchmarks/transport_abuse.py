@@ -1,8 +1,8 @@
-"""Abuse benchmark of `secure-assist serve` (issue 13; prints JSON; under 10 minutes).
+"""Abuse benchmark of `secure-assist serve` (prints JSON; under 10 minutes).
 
 Honest tiny-llama devices (real pivot activations and Δ of SST-2 samples, computed once) upload
 and train against a real `serve` process (TLS 1.3, mutual auth, loopback) while abusive clients,
-each an allow-listed device or an anonymous peer, run every attack of issue 13 in a loop
+each an allow-listed device or an anonymous peer, run every attack the server limits answer in a loop
 (`protocol.transport.abuse`). The same honest workload runs against a fresh `serve` with no
 abuse, alternating rounds in one run so that both conditions see the same machine load.
 Reported: honest requests completed, their p50/p99 latency and the server's peak RSS, abused vs

@@ -1,5 +1,5 @@
-"""Issue 13's attacks on a real `secure-assist serve` process (TLS 1.3 on loopback, started here and
-stopped by pid), one regression test per finding. Each attack is bounded in count and time;
+"""The abuse attacks on a real `secure-assist serve` process (TLS 1.3 on loopback, started here and
+stopped by pid), one regression test per weakness found. Each attack is bounded in count and time;
 each test failed on the server before the fix. Beyond a limit the server answers an error
 naming the limit, logs it, and changes nothing."""
 
@@ -81,7 +81,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def test_accept_loop_survives_running_out_of_descriptors(tmp_path: Path, keys: KeyDirectory) -> None:
-    """Finding 1: the accept task died on EMFILE and the server never accepted again."""
+    """Before the fix: the accept task died on EMFILE and the server never accepted again."""
     with ServeProcess(tmp_path, keys, nofile=128) as server:
         channel(server, keys, "alice").request(synthetic_upload(4, 2, 8))
         flood = flood_descriptors(server.address, 300)
@@ -100,7 +100,7 @@ def test_accept_loop_survives_running_out_of_descriptors(tmp_path: Path, keys: K
 
 
 def test_accept_errors_are_logged_and_survived(caplog: pytest.LogCaptureFixture) -> None:
-    """Finding 1, the error path itself: EMFILE sheds the newest unauthenticated connection,
+    """The EMFILE error path itself: EMFILE sheds the newest unauthenticated connection,
     any other accept error is logged, and accepting resumes."""
     caplog.set_level(logging.INFO, "secure_assist.transport")
 
@@ -143,7 +143,7 @@ def test_accept_errors_are_logged_and_survived(caplog: pytest.LogCaptureFixture)
 
 
 def test_zero_sample_and_oversized_uploads_are_refused(serve: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 2: a 288-byte zero-sample upload of width 1,000,000 sized a side network of gigabytes."""
+    """Before the fix: a 288-byte zero-sample upload of width 1,000,000 sized a side network of gigabytes."""
     rss = serve.rss()
     attacks = {"zero samples": synthetic_upload(0, 1, 1_000_000), "max_width=4096": synthetic_upload(1, 1, 100_000),
                "max_layers=64": synthetic_upload(1, 65, 8), "max_classes=64": synthetic_upload(1, 2, 8, classes=65)}
@@ -159,7 +159,7 @@ def test_zero_sample_and_oversized_uploads_are_refused(serve: ServeProcess, keys
 
 
 def test_training_is_bounded_and_sigterm_stops_it_within_10_s(tmp_path: Path, keys: KeyDirectory) -> None:
-    """Finding 3: TrainUntil(10^9) ran on after the device left, and SIGTERM did not stop the server."""
+    """Before the fix: TrainUntil(10^9) ran on after the device left, and SIGTERM did not stop the server."""
     server = ServeProcess(tmp_path, keys, ["--rank", "4"]).start()
     try:
         mallory = channel(server, keys, "dave", timeout=20.0)
@@ -186,7 +186,7 @@ def test_training_is_bounded_and_sigterm_stops_it_within_10_s(tmp_path: Path, ke
 
 
 def test_half_sent_frames_hold_at_most_the_budget(tight: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 4: 16 connections each holding 60 MB of a declared 64 MB frame held +960 MB for 300 s.
+    """Before the fix: 16 connections each holding 60 MB of a declared 64 MB frame held +960 MB for 300 s.
 
     Here two devices open five connections each (the limit is four) and send 7.5 of a declared
     8 MiB; the budget is 16 MiB. An honest device's request meanwhile is served at once. The
@@ -226,7 +226,7 @@ def test_half_sent_frames_hold_at_most_the_budget(tight: ServeProcess, keys: Key
 
 
 def test_resent_uploads_are_recorded_by_id_and_digest(tight: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 5: 10 re-sends of a 10.7 MB upload added 107 MB of transcript; the cache did not change."""
+    """Before the fix: 10 re-sends of a 10.7 MB upload added 107 MB of transcript; the cache did not change."""
     bob = channel(tight, keys, "bob")
     upload = synthetic_upload(64, 2, 4096, seed=5)  # 1 MiB
     assert bob.request(upload) == UploadAck(stored=64, duplicates=0)
@@ -241,7 +241,7 @@ def test_resent_uploads_are_recorded_by_id_and_digest(tight: ServeProcess, keys:
 
 
 def test_decoding_a_huge_malformed_frame_delays_no_other_device(serve: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 6: a 63 MB malformed frame was decoded on the event loop and delayed others by 2.1 s."""
+    """Before the fix: a 63 MB malformed frame was decoded on the event loop and delayed others by 2.1 s."""
     carol = channel(serve, keys, "carol")
     carol.request(synthetic_upload(4, 2, 8, seed=6))
     replies: list = []
@@ -265,7 +265,7 @@ def test_decoding_a_huge_malformed_frame_delays_no_other_device(serve: ServeProc
 
 
 def test_malformed_metadata_is_answered_with_an_error(serve: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 7: a 5,000-digit integer or 100,000-deep JSON got no reply, only a late task exception."""
+    """Before the fix: a 5,000-digit integer or 100,000-deep JSON got no reply, only a late task exception."""
     for name, payload in hostile_json_messages().items():
         link = connect(serve.address, keys, "dave")
         link.send(encode_frame(0, payload))
@@ -277,7 +277,7 @@ def test_malformed_metadata_is_answered_with_an_error(serve: ServeProcess, keys:
 
 
 def test_revocation_reaches_open_connections(serve: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 8: `keys revoke` did not reach a connection that was already open."""
+    """Before the fix: `keys revoke` did not reach a connection that was already open."""
     trudy = channel(serve, keys, "trudy")
     assert trudy.request(synthetic_upload(4, 2, 8, seed=8)) == UploadAck(stored=4, duplicates=0)
     before = files(namespace(serve, keys, "trudy"))
@@ -289,7 +289,7 @@ def test_revocation_reaches_open_connections(serve: ServeProcess, keys: KeyDirec
 
 
 def test_server_state_is_private_under_umask_022(serve: ServeProcess, keys: KeyDirectory) -> None:
-    """Finding 9: transcript.log and cache.sqlite (activations and Δ) were 0644 in 0755 directories."""
+    """Before the fix: transcript.log and cache.sqlite (activations and Δ) were 0644 in 0755 directories."""
     alice = channel(serve, keys, "alice")
     alice.request(synthetic_upload(8, 2, 8, seed=11))
     alice.request(TrainUntil(epochs_total=2))
@@ -302,7 +302,7 @@ def test_server_state_is_private_under_umask_022(serve: ServeProcess, keys: KeyD
 
 
 def test_devices_never_seed_the_global_rng(tmp_path: Path) -> None:
-    """Finding 10: `torch.manual_seed` from a device's thread let one device's timing change
+    """Before the fix: `torch.manual_seed` from a device's thread let one device's timing change
     another device's initial weights; the server must draw only from its own generators."""
     torch.manual_seed(1234)
     state = torch.get_rng_state()

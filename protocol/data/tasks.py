@@ -69,9 +69,9 @@ class Example:
         return {"label": self.label, "text": self.text}
 
 
-# The template is a measured choice (BENCHMARKS.md "Core", 2,000 training samples, dev set):
-# "Review: {text}\nSentiment:" gives 78.0% zero-shot and PAE 82.9-85.1%; this one gives
-# 82.8% zero-shot and PAE 85.6-87.0% (two seeds, two server recipes).
+# The template is a measured choice: it beats the earlier "Review: {text}\nSentiment:" both
+# zero-shot and after side tuning, over two seeds and two server recipes (BENCHMARKS.md,
+# "Prompt and recipe").
 SST2 = TaskSpec(
     name="sst2",
     template="Movie review: {text}\nOverall, the sentiment of this movie review is",

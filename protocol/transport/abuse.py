@@ -1,4 +1,4 @@
-"""Hostile clients of `secure-assist serve`: the attacks of issue 13, each bounded in size and time.
+"""Hostile clients of `secure-assist serve`: the attacks the server limits answer, each bounded in size and time.
 
 One implementation serves the regression tests (`tests/test_transport_abuse.py`) and the abuse
 benchmark (`benchmarks/transport_abuse.py`), which runs every attack in a loop in a process of its
@@ -121,7 +121,7 @@ def hold_partial_frames(address: Address, keys: KeyDirectory, name: str, connect
     return links
 
 
-# Every attack of issue 13 that runs against a live server, by name (also the attacking device's name).
+# Every attack that runs against a live server, by name (also the attacking device's name).
 ATTACKS = ("descriptor_flood", "oversized_shape", "train_forever", "half_sent_frames", "resend",
            "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames")
 _OUTCOMES = ("max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs", "max_width",

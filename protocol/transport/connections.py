@@ -106,7 +106,7 @@ async def accept_forever(listener: socket.socket, table: ConnectionTable,
             sock, address = await loop.sock_accept(listener)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - no accept error may end serving (it did: issue 13)
+        except Exception as exc:  # noqa: BLE001 - no accept error may end serving (EMFILE once did)
             shed = 0
             if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
                 shed = table.shed_newest_unauthenticated(SHED_BATCH)

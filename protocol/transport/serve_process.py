@@ -1,7 +1,7 @@
 """`secure-assist serve` as a real child process, for tests and benchmarks.
 
 Started with its own log and ready file, optionally under a descriptor limit or a given
-umask (the conditions of issue 13's attacks), restartable on the same port, and stopped
+umask (the conditions of the abuse attacks), restartable on the same port, and stopped
 by its pid: SIGTERM for a clean stop (timed), SIGKILL for a crash.
 """
 
@@ -64,7 +64,7 @@ class ServeProcess:
         return self
 
     def _limit_descriptors(self) -> None:
-        """Runs in the child before exec: the `prlimit --nofile` of the issue's attack."""
+        """Runs in the child before exec: the `prlimit --nofile` of the descriptor-flood attack."""
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def alive(self) -> bool:

@@ -23,7 +23,8 @@ _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 def _return_large_buffers_to_the_os() -> None:
     """Pin glibc's mmap threshold at 1 MiB. By default it rises after large blocks are freed, after
     which frame buffers come from the heap and stay resident when freed: every malformed or dropped
-    frame would raise the server's memory for good (measured: +80 MB after 37 malformed 15 MB frames)."""
+    frame would raise the server's memory for good (`benchmarks/transport_abuse.py` reports the
+    server's peak RSS under malformed frames; BENCHMARKS.md, "Secure transport")."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: its allocator has no such threshold to pin
