@@ -1,7 +1,7 @@
 """Generation on Alpaca with SmolLM2-135M: zero-shot, PAE, device_local, local LoRA and MobiLLM-style, side by side.
 
 Each phase runs in its own subprocess so that its peak RSS is its own:
-  pae      `run_finetune` in the `generation` mode (zero-shot and PAE answer NLL, token accuracy,
+  pae      `run_training` in the `generation` mode (zero-shot and PAE answer NLL, token accuracy,
            ROUGE-L, bytes, seconds, RSS), then the server's unscaled correction on the first
            --space-samples evaluation samples at several scales, in logit and in probability space
   local    the same side network trained on the device (`generation_local`)
@@ -10,9 +10,14 @@ Each phase runs in its own subprocess so that its peak RSS is its own:
 Rows with a blank instruction or answer are dropped from a copy of the train file first
 (`finetune` refuses them with their line number). The main process adds paired bootstrap intervals over evaluation samples (PAE vs zero-shot,
 PAE vs LoRA) and the share of LoRA's NLL reduction that PAE reaches. Prints one JSON object.
+Every training run goes through the run path (`run_training`) or a reference's entry point
+(`local_lora_sft`, `measure_generation_upload`); the generation runs forward their own samples
+(`reuse_forwards` shares classification passes only), so PAE and `generation_local` each pay
+one forward pass per sample, as before.
 Example (the data is read from the shared folder; it is never packaged):
   OMP_NUM_THREADS=1 python benchmarks/generation.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl \\
       --train-samples 2000 --eval-samples 500 --layers 5,10,15,20,25,30 --workdir runs/generation
+  OMP_NUM_THREADS=1 python benchmarks/generation.py --train-file ../shared/data/alpaca/alpaca_5000.jsonl --quick
 """
 
 from __future__ import annotations
@@ -64,11 +69,11 @@ def _save_nll(args: argparse.Namespace, name: str, per_sample_nll: np.ndarray, c
 
 
 def _finetune(args: argparse.Namespace, mode: str) -> dict:
-    from secure_assist.finetune import run_finetune
+    from secure_assist.training.run import run_training
     from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE
 
     config = _config(args, mode)
-    summary = run_finetune(config, progress=False, overwrite=True)
+    summary = run_training(config, progress=False, overwrite=True).to_json()
     summary.pop("config")
     scores = np.load(Path(config.workdir) / DEVICE_DIR / EVAL_SCORES_FILE)
     _save_nll(args, mode, scores["nll"], scores["counts"])
@@ -186,15 +191,22 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--phases", default="pae,local,lora,mobillm")
+    parser.add_argument("--quick", action="store_true", help="sets its own sizes: 32 training samples, 16 "
+                                                             "evaluation samples, 2 epochs, 4 ROUGE-L and MobiLLM samples")
     args = parser.parse_args()
+    if args.quick:
+        args.train_samples, args.eval_samples, args.epochs = 32, 16, 2
+        args.rouge_samples, args.space_samples, args.mobillm_samples = 4, 16, 4
     if args.phase:
         print(json.dumps(cached_phase(PHASES, args)))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="generation-")
-    argv = [item for name, value in vars(args).items() if name not in ("phase", "phases") and value is not None
+    # The phases get the resolved sizes as flags (not --quick).
+    argv = [item for name, value in vars(args).items()
+            if name not in ("phase", "phases", "quick") and value is not None
             for item in ("--" + name.replace("_", "-"), str(value))]
     results = {name: run_phase(__file__, name, argv) for name in args.phases.split(",")}
-    results["settings"] = {k: v for k, v in vars(args).items() if k != "phase"}
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("phase", "quick")}
     results["settings"]["dropped_blank_rows"] = clean_copy(args)[1]
     workdir = Path(args.workdir)
     if "pae" in results:

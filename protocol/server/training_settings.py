@@ -12,10 +12,11 @@ from protocol.errors import UserInputError
 class ServerTraining:
     """Side-network hyper-parameters (server side).
 
-    The adapters learn at `adapter_lr_scale` times the rate, AdamW's decoupled weight decay
-    is strong, and the cached epochs follow a cosine decay: at a constant rate the side
-    network's accuracy swings from epoch to epoch and the adapters overfit on some prompts
-    (BENCHMARKS.md, "Core").
+    At a constant rate the side network's dev accuracy swings from epoch to epoch (so the
+    served weights depend on where training stops), and on some prompts adapters at the full
+    rate overfit where the gates and head alone do not (BENCHMARKS.md, "Prompt and recipe").
+    So the adapters learn at `adapter_lr_scale` times the rate, AdamW's decoupled weight decay
+    is strong, and the cached epochs follow a cosine decay.
     """
 
     rank: int = 64
