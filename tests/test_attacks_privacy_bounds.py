@@ -21,10 +21,39 @@ def _gaussian_releases(sigma: float, trials: int, seed: int) -> tuple[np.ndarray
     return d0 + sigma * rng.normal(size=(trials, 2)), d1 + sigma * rng.normal(size=(trials, 2))
 
 
-def test_no_noise_gives_a_large_lower_bound():
+def _perfect_test_bound(n: int, delta: float = 0.0, confidence: float = 0.95) -> float:
+    """The bound of a test that is always right on n releases of each input, in closed form:
+    Clopper-Pearson gives TPR >= (α/2)^(1/n) for n/n and FPR <= 1 - (α/2)^(1/n) for 0/n."""
+    tail = ((1 - confidence) / 2) ** (1 / n)
+    return float(np.log((tail - delta) / (1 - tail)))
+
+
+def test_no_noise_gives_the_largest_bound_its_sample_size_allows():
     outcome = distinguish(*_gaussian_releases(1e-6, 2000, 0))
-    assert epsilon_lower_bound(outcome.true_positives, outcome.positives, outcome.false_positives,
-                               outcome.negatives) > 3.0
+    assert (outcome.true_positives, outcome.false_positives) == (outcome.positives, 0) == (1000, 0)
+    # ln((0.025^(1/1000)) / (1 - 0.025^(1/1000))) = 5.60: the bound is exactly this, to float precision.
+    for delta in (0.0, 1e-5):
+        bound = epsilon_lower_bound(outcome.true_positives, outcome.positives, outcome.false_positives,
+                                    outcome.negatives, delta=delta)
+        assert bound == pytest.approx(_perfect_test_bound(1000, delta), rel=1e-9)
+    assert _perfect_test_bound(1000) == pytest.approx(5.60, abs=0.005)
+
+
+def test_lower_bound_on_known_counts_matches_the_definition():
+    # TPR 600/1000, FPR 100/1000: the binding constraint is TPR <= e^ε FPR + δ, so the bound is
+    # ln((TPR_low - δ) / FPR_high) with the Clopper-Pearson ends (computed here from scipy's beta).
+    from scipy.stats import beta
+
+    tpr_low, fpr_high = beta.ppf(0.025, 600, 401), beta.ppf(0.975, 101, 900)
+    for delta in (0.0, 0.01):
+        expected = np.log((tpr_low - delta) / fpr_high)
+        assert epsilon_lower_bound(600, 1000, 100, 1000, delta=delta) == pytest.approx(expected, rel=1e-9)
+    # The other direction (1 - FPR <= e^ε (1 - TPR) + δ) binds for a test that rarely misses D1:
+    # TPR 990/1000, FPR 400/1000 give ln(0.57 / 0.018) = 3.4 there against ln(0.98 / 0.43) = 0.8.
+    tpr_low, fpr_high = beta.ppf(0.025, 990, 11), beta.ppf(0.975, 401, 600)
+    expected = np.log((1 - fpr_high) / (1 - tpr_low))
+    assert expected > np.log(tpr_low / fpr_high) + 2
+    assert epsilon_lower_bound(990, 1000, 400, 1000) == pytest.approx(expected, rel=1e-9)
 
 
 def test_calibrated_noise_stays_below_the_claimed_epsilon():

@@ -34,3 +34,18 @@ def test_corrupted_row_fails_loudly(tmp_path) -> None:
         db.execute("UPDATE samples SET activations = x'0000'")
     with pytest.raises(ProtocolError, match="does not match"):
         ActivationCache(tmp_path / "c.sqlite").load_all()
+
+
+def test_holds_only_exactly_the_cached_values(tmp_path) -> None:
+    # `holds` decides whether an upload is a re-send, recorded in the view by ids and digest only: one
+    # that reuses cached ids with other values (a poisoning attempt) must stay in the view in full.
+    ids = new_sample_ids(3)
+    acts = np.ones((3, 2, 3), np.float16)
+    delta = np.zeros((3, 2), np.float32)
+    cache = ActivationCache(tmp_path / "c.sqlite")
+    cache.put_many(ids[:2], acts[:2], delta[:2])
+    assert cache.holds(ids[:2], acts[:2], delta[:2])
+    assert not cache.holds(ids[:2], acts[:2], delta[:2] + 1)
+    assert not cache.holds(ids[:2], acts[:2] * 2, delta[:2])
+    assert not cache.holds(ids, acts, delta)  # one id not cached yet
+    cache.close()

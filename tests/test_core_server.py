@@ -17,6 +17,9 @@ from protocol.server.trainer import cosine_factor
 from protocol.model.side_network import network_from_arrays
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.server.transcript import INBOUND, OUTBOUND, ServerView
+from attacks.base import hex_ids
+from attacks.labels import DeltaArgmax
+from attacks.view_data import pivot_data
 
 
 @pytest.fixture()
@@ -53,6 +56,24 @@ def test_bytes_are_those_of_the_serialized_messages(tmp_path, tiny_llama, exampl
     uploads = [r.message for r in records if isinstance(r.message, Upload)]
     assert len(uploads) == 3 and all(u.activations.dtype == np.float16 for u in uploads)
     assert all(isinstance(r.message, UploadAck) for r in records if r.direction == OUTBOUND)
+
+
+def test_every_uploaded_sample_is_in_the_view_the_attacks_read(tmp_path, tiny_llama, examples) -> None:
+    # The attacks read the transcript, not the cache: every upload after the first must be recorded
+    # in full (ids, activations, Δ), or the audit would attack a shrunken view and under-report.
+    server = SideTuningServer(tmp_path / "server", ServerTraining(rank=4))
+    channel = InProcessChannel(server)
+    device = DeviceRole(tiny_llama, SST2, batch_size=16, progress=False)
+    ids = device.upload(channel, examples)
+    server.close()
+    view = ServerView(tmp_path / "server")
+    assert not view.received(ResentUpload) and len(view.received(Upload)) == 3
+    data = pivot_data(view, DeltaArgmax(), need_delta=True)
+    assert data.sample_ids == hex_ids(ids)
+    cached_ids, acts, delta = view.cache_contents()
+    np.testing.assert_array_equal(cached_ids, ids)
+    np.testing.assert_array_equal(data.activations, acts.astype(np.float32))
+    np.testing.assert_array_equal(data.delta, delta)
 
 
 def test_resent_uploads_are_counted_not_stored_twice(tmp_path, tiny_llama, examples) -> None:

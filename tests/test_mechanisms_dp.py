@@ -138,6 +138,30 @@ def test_label_rr_flip_rate_epsilon_and_unbiasedness() -> None:
     assert np.abs((sent - upload.delta).mean(axis=0)).max() < 0.05
 
 
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+@pytest.mark.parametrize("epsilon", [0.5, 2.0])
+def test_label_rr_keeps_the_label_at_the_k_ary_rate_and_its_epsilon_round_trips(n_classes: int,
+                                                                                 epsilon: float) -> None:
+    # C-ary RR keeps the true label with q = e^ε / (e^ε + C - 1) and reports each other class with
+    # (1 - q) / (C - 1); the ratio q / that is e^ε. With two classes C - 1 = 1, so only C >= 3 tells
+    # a keep probability that forgot the C - 1 term from the right one.
+    n = 40_000
+    labels = np.random.default_rng(n_classes).integers(0, n_classes, n)
+    rr = MechanismChain(["label_rr"], {"epsilon": epsilon}, seed=11).mechanisms[0]
+    q = math.exp(epsilon) / (math.exp(epsilon) + n_classes - 1)
+    assert rr.keep_probability(n_classes) == pytest.approx(q, rel=1e-12)
+    assert randomized_response_epsilon(rr.keep_probability(n_classes), n_classes) == pytest.approx(epsilon, rel=1e-12)
+    noisy = rr.randomize(labels, n_classes)
+    # 4.5 binomial standard deviations: a false alarm once in ~150,000 runs; at C = 3, ε = 0.5 the
+    # wrong q (e^ε/(e^ε+1) = 0.62 vs 0.45) sits 70 standard deviations away.
+    assert abs((noisy == labels).mean() - q) < 4.5 * math.sqrt(q * (1 - q) / n)
+    # A flipped label is uniform over the other C - 1 classes (each (1 - q)/(C - 1)).
+    shifts = ((noisy - labels) % n_classes)[noisy != labels]
+    counts = np.bincount(shifts, minlength=n_classes)[1:]
+    expected = len(shifts) / (n_classes - 1)
+    assert np.all(np.abs(counts - expected) < 4.5 * math.sqrt(expected))
+
+
 def test_rotation_mask_cancels_exactly_on_the_device() -> None:
     upload, labels, logits = make_batch(3)
     chain = MechanismChain(["rotation_mask"], seed=1)
@@ -172,6 +196,24 @@ def test_activation_noise_clips_and_reports_epsilon() -> None:
     assert out.activations.shape == upload.activations.shape
     info = chain.describe()[0]
     assert info["epsilon"] == pytest.approx(analytic_gaussian_epsilon(1.0, 1e-5, 2 * math.sqrt(L)))
+
+
+def test_activation_noise_scale_statistically() -> None:
+    # Vectors well inside the clip ball are not clipped, so the released minus the sent values is the
+    # noise alone: N(0, (multiplier · clip)²) per coordinate (fp16 rounding adds ~1e-7 relative variance).
+    n, multiplier, clip = 20_000, 0.5, 4.0
+    upload, labels, logits = make_batch(7, n)
+    small = Upload(sample_ids=upload.sample_ids, activations=(upload.activations * 0.1).astype(np.float16),
+                   delta=upload.delta, layers=upload.layers)
+    assert np.linalg.norm(small.activations.astype(np.float32), axis=-1).max() < clip
+    chain = MechanismChain(["activation_noise"], {"activation_noise_multiplier": multiplier,
+                                                  "activation_clip": clip}, seed=2)
+    released = chain.transform(small, labels, logits)[0].activations.astype(np.float64)
+    residual = (released - small.activations.astype(np.float64)).ravel()
+    expected = multiplier * clip
+    # As for Δ above: 99.9% interval of the sample std, ±3.3·σ/√(2·count).
+    assert abs(residual.std() - expected) < 3.3 * expected / math.sqrt(2 * len(residual))
+    assert abs(residual.mean()) < 3.3 * expected / math.sqrt(len(residual))
 
 
 def test_composition_runs_in_stage_order() -> None:

@@ -99,6 +99,11 @@ def test_pair_runs_in_process_and_its_model_file_reproduces_it(tiny_llama, tmp_p
     else:
         assert summary.server_view is None and summary.bytes_up == summary.bytes_down == 0
         assert not (tmp_path / "run" / "server").exists() and summary.device_train_seconds > 0
+    # PAE's cost claim, in the run path itself: one forward per training sample in epoch 1, and none in
+    # the rest of training (BASE asks for two epochs), which reads the server's cache, the device's own
+    # features or, for ckks_ridge's one closed-form fit, nothing new.
+    assert summary.epochs == 2 and summary.device_forwards_epoch1 == summary.n_train
+    assert summary.device_forwards_after_epoch1 == 0
     # The deployed model, reloaded from its file, makes the predictions the run scored.
     _, _, evaluate = resolve_data(config)
     rows = predict_texts(summary.model_file, [e.text for e in evaluate], progress=False)

@@ -349,6 +349,24 @@ def test_the_ckks_head_server_takes_the_same_limits(tmp_path: Path) -> None:
     assert (tmp_path / TRANSCRIPT_FILE).stat().st_size == 0  # refused before anything was recorded
 
 
+def test_samples_held_are_bounded_across_uploads(tmp_path: Path) -> None:
+    """max_samples_per_device bounds what a device has stored in total, not only one upload: uploads
+    each under the limit are refused once their sum would pass it; re-sent ids cost nothing."""
+    server = SideTuningServer(tmp_path, ServerTraining(rank=4), limits=ServerLimits(max_samples_per_device=6))
+    channel = InProcessChannel(server)
+    first = synthetic_upload(4, 2, 8, seed=21)
+    assert channel.request(first) == UploadAck(stored=4, duplicates=0)
+    transcript = (tmp_path / TRANSCRIPT_FILE).stat().st_size
+    with pytest.raises(ProtocolError, match="max_samples_per_device=6"):
+        channel.request(synthetic_upload(4, 2, 8, seed=22))
+    assert len(server.cache) == 4 and (tmp_path / TRANSCRIPT_FILE).stat().st_size == transcript  # nothing changed
+    assert channel.request(first) == UploadAck(stored=0, duplicates=4)
+    assert channel.request(synthetic_upload(2, 2, 8, seed=23)) == UploadAck(stored=2, duplicates=0)
+    with pytest.raises(ProtocolError, match="7 samples stored"):
+        channel.request(synthetic_upload(1, 2, 8, seed=24))
+    server.close()
+
+
 def test_a_device_at_its_connection_limit_can_still_reconnect(serve: ServeProcess, keys: KeyDirectory) -> None:
     """The per-device limit must not lock out a device whose old links died without a FIN: a new
     connection replaces the device's oldest idle one."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from protocol.wire.channel import InProcessChannel
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, UserInputError
 from protocol.wire.messages import FetchWeights, Hello, ModeAccepted, Upload, expect
 from protocol.model.model_io import load_finetuned
 from protocol.server.training_settings import ServerTraining
@@ -78,6 +78,20 @@ def test_device_local_is_refused_by_the_device_command(tmp_path: Path, capsys: p
     error = capsys.readouterr().err
     assert error.startswith("error:") and "device_local" in error and "finetune" in error
     assert not (tmp_path / "run").exists()
+
+
+def test_run_training_refuses_device_local_over_a_channel_before_sending(tmp_path: Path) -> None:
+    # The run path's own guard, below the CLI's: given a channel, a mode that uploads nothing must not
+    # talk to it at all. The host here would even accept device_local, so only the guard stops it.
+    host = ModeHost(tmp_path / "elsewhere", ("device_local",))
+    channel = InProcessChannel(host)
+    config = FinetuneConfig(model="tiny-llama", train_samples=16, eval_samples=8, epochs=1, mode="device_local",
+                            workdir=str(tmp_path / "run"))
+    with pytest.raises(UserInputError, match="'device_local' uploads nothing"):
+        run_training(config, channel, progress=False)
+    host.close()
+    assert channel.bytes_up == channel.bytes_down == 0
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_serve_refuses_to_offer_a_mode_that_uploads_nothing(tmp_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -189,6 +190,73 @@ def test_wrong_server_identity_is_refused_by_the_device(server, keys, tmp_path, 
         NetworkChannel(*server.address, context, pinned, reconnect_seconds=0.5).request(make_upload(8))
     assert rejected(caplog, "TLS handshake failed")
     assert state_of(server, keys, "alice") == {}
+
+
+def test_the_device_pin_check_alone_refuses_another_server(server, keys, tmp_path, caplog):
+    # TLS verification is one layer, the fingerprint pin the other: with verification switched off,
+    # the pin alone must still refuse a server whose certificate is not the pinned one.
+    caplog.set_level(logging.INFO, "secure_assist.transport")
+    _, impostor_cert = make_identity("impostor")
+    (tmp_path / "impostor.crt").write_bytes(impostor_cert)
+    context, _ = keys.device_context("alice")
+    context.verify_mode = ssl.CERT_NONE
+    _, wrong_pin = keys.device_context("alice", server_cert=tmp_path / "impostor.crt")
+    with pytest.raises(ProtocolError, match="not the pinned certificate"):
+        NetworkChannel(*server.address, context, wrong_pin, reconnect_seconds=0.5).request(make_upload(12))
+    assert state_of(server, keys, "alice") == {}
+    # The same unverifying context with the right pin connects: the pin was what refused.
+    _, right_pin = keys.device_context("alice")
+    assert NetworkChannel(*server.address, context, right_pin).request(make_upload(12)).stored == 4
+
+
+def certificateless_context(keys: KeyDirectory) -> ssl.SSLContext:
+    """A device context that verifies the server but presents no certificate of its own."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.load_verify_locations(cadata=keys.server_cert.read_text())
+    return context
+
+
+def no_device_state(running: BackgroundServer) -> bool:
+    devices = running.server.root / "devices"
+    return running.server.device_stats() == {} and (not devices.exists() or not any(devices.iterdir()))
+
+
+def test_a_client_without_a_certificate_fails_the_handshake(server, keys, caplog):
+    caplog.set_level(logging.INFO, "secure_assist.transport")
+    _, pinned = keys.device_context("alice")
+    with pytest.raises(ProtocolError):
+        NetworkChannel(*server.address, certificateless_context(keys), pinned,
+                       reconnect_seconds=0.5).request(make_upload(13))
+    # Refused by TLS itself (the server demands a certificate), not later by the application.
+    assert rejected(caplog, "TLS handshake failed")
+    assert not any("internal error" in r.getMessage() or "no device certificate" in r.getMessage()
+                   for r in caplog.records)
+    assert no_device_state(server)
+
+
+class OptionalClientCertificates(KeyDirectory):
+    """A server key directory whose TLS context was misconfigured to make client certificates optional."""
+
+    def server_context(self) -> ssl.SSLContext:
+        context = super().server_context()
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+
+def test_a_server_context_without_required_certificates_still_refuses_clearly(tmp_path, keys, caplog):
+    # Defence in depth: should CERT_REQUIRED ever be lost, authentication refuses by name.
+    caplog.set_level(logging.INFO, "secure_assist.transport")
+    transport = TransportServer(tmp_path / "lax", OptionalClientCertificates(keys.root), ServerTraining(rank=4))
+    with BackgroundServer(transport) as running:
+        _, pinned = keys.device_context("alice")
+        with pytest.raises(ProtocolError, match="no device certificate"):
+            NetworkChannel(*running.address, certificateless_context(keys), pinned,
+                           reconnect_seconds=0.5).request(make_upload(14))
+        assert rejected(caplog, "no device certificate")
+        assert not any("internal error" in r.getMessage() for r in caplog.records)
+        assert no_device_state(running)
 
 
 class TamperingProxy:

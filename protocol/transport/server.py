@@ -277,6 +277,12 @@ class TransportServer:
             # The session failed (bad record, reset) before the certificate could be read.
             log.warning("%s: rejected: transport error right after the TLS handshake", connection.peer)
             return None
+        if der is None:
+            # Unreachable while the context demands a certificate (CERT_REQUIRED); should that setting
+            # ever be lost, a certificate-less device is refused here, by name, not by a TypeError.
+            log.warning("%s: rejected: no device certificate", connection.peer)
+            await self._send_error(writer, connection, "no device certificate")
+            return None
         digest = fingerprint(der)
         why = self._trusted(digest)
         if why is not None:
