@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-from protocol.errors import UserInputError
+from protocol.errors import PrivacyWarning, UserInputError
 from protocol.modes.generation.messages import GenerationUpload
 from protocol.model.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
 from protocol.wire.messages import Message, Upload
@@ -24,10 +24,6 @@ from secure_assist.mechanism_parameters import NoParameters, takes_epsilon
 
 
 UploadT = TypeVar("UploadT", Upload, GenerationUpload)
-
-
-class PrivacyWarning(UserWarning):
-    """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
 # The training mode (protocol.modes.registry.MODES) that needs a particular mechanism by name, and
