@@ -33,6 +33,10 @@ class RunSettings:
                                 "answers, with --train-file)")
     train_file: str | None = option(None, "training data file (CSV, TSV or JSONL)")
     eval_file: str | None = option(None, "evaluation data file (default: a held-out split of --train-file)")
+    # Off: the first bad row of a data file is an error naming FILE:LINE. On: each bad row is
+    # reported on stderr and left out, and reports' data provenance counts them.
+    skip_invalid_rows: bool = option(False, "leave out invalid rows of --train-file and --eval-file (each reported "
+                                            "on stderr as FILE:LINE: reason) instead of stopping at the first")
     template: str | None = option(None, "prompt template: {text} for classification; {instruction} and {input} "
                                         "for generation (default there: the backbone's chat template)")
     label_words: tuple[str, ...] | None = option(None, "label words separated by '|', e.g. ' negative| positive' "
