@@ -21,6 +21,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack_name(text: str) -> str:
+    """A registered attack's name; checked when `attack` is parsed (as argparse checks choices),
+    not when the parser is built, which must not import the attack modules."""
+    from attacks.base import all_attacks
+
+    known = sorted(all_attacks())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(known)})")
+    return text
+
+
 class _HelpListingAttacks(argparse.Action):
     """`-h/--help` of `attack`: lists every attack, with its description, when help is asked for.
     Listing them imports every attack module (torch, scikit-learn), which building the parser
@@ -44,8 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("attack", add_help=False, help="run a server-side attack on a run's view and score it")
     parser.add_argument("-h", "--help", action=_HelpListingAttacks, help="show this help message (and every attack) "
                                                                          "and exit")
-    # An unknown name is refused by the attack registry itself, naming the known ones.
-    parser.add_argument("name", metavar="NAME", help="attack name (see above)")
+    parser.add_argument("name", metavar="NAME", type=_attack_name, help="attack name (see above)")
     parser.add_argument("--workdir", "--transcript", dest="workdir", required=True,
                         help="run directory holding server/ (the view: transcript, cache, φ) and "
                              "device/ground_truth.jsonl")
