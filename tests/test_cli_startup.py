@@ -24,7 +24,7 @@ def test_building_the_parser_imports_neither_torch_nor_transformers() -> None:
 
 
 def test_attack_help_still_lists_every_attack(capsys) -> None:
-    from attacks.base import all_attacks
+    from attacks.registry import all_attacks
 
     with pytest.raises(SystemExit) as stop:
         main(["attack", "--help"])

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 def _attack_name(text: str) -> str:
     """A registered attack's name; checked when `attack` is parsed (as argparse checks choices),
     not when the parser is built, which must not import the attack modules."""
-    from attacks.base import all_attacks
+    from attacks.registry import all_attacks
 
     known = sorted(all_attacks())
     if text not in known:

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from attacks.base import ALIGNMENT, LABELS
-
-from attacks.registry import get_attack
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig
@@ -73,6 +71,10 @@ class SweepAxes:
         for value in self.train_samples:
             if value is not None and value < 1:
                 raise UserInputError(f"train sample count must be at least 1, got {value}")
+        # The registry imports every attack module (torch): here, when axes are checked, not when
+        # the CLI's parser is built from this module's defaults.
+        from attacks.registry import get_attack
+
         for name in self.attacks:
             if get_attack(name).KIND not in (LABELS, ALIGNMENT):  # get_attack rejects unknown names
                 raise UserInputError(f"compare runs label and alignment attacks; {name!r} is a "
