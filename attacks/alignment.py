@@ -29,7 +29,8 @@ from attacks.rotation_math import (
 )
 from attacks.reconstruction import CandidateMatching, candidate_pool
 from attacks.view_data import PivotData, layer_directions, pivot_data
-from protocol.model.input_maps import ROTATION_MECHANISM, unrotate
+from protocol.model.input_maps import unrotate
+from protocol.model.names import ROTATION_MECHANISM
 from protocol.server.transcript import PIVOT_ACTIVATIONS, ServerView
 
 

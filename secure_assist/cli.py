@@ -1,15 +1,21 @@
 """The `secure-assist` command line.
 
-Every user mistake ends as one `error:` line and exit code 2, never a traceback.
+Every user mistake ends as one `error:` line and exit code 2, never a traceback; a
+privacy warning is one `warning:` line.
+
+Building the parser imports no command's heavy dependencies (torch, transformers,
+TenSEAL): each handler imports them when it runs, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence, TextIO
 
-from protocol.errors import SecureAssistError
+from protocol.errors import PrivacyWarning, SecureAssistError
 from secure_assist.commands import attack, audit, compare, device, finetune, keys, predict, serve
 
 EXIT_USER_ERROR = 2
@@ -29,11 +35,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def privacy_warnings_as_lines() -> Iterator[None]:
+    """Within the block, show each PrivacyWarning as one line on stderr,
+    `warning: mechanism 'none': ... sent to the server unprotected`, instead of Python's
+    format with the emitting file, line number and source line (which say nothing to a
+    CLI user). Other warnings, and library callers outside the CLI, keep the usual format
+    and filters."""
+    shown_before = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> Any:
+        if not issubclass(category, PrivacyWarning):
+            return shown_before(message, category, filename, lineno, file, line)
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+        return None
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown_before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `secure-assist` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with privacy_warnings_as_lines():
+            return args.handler(args)
     except (SecureAssistError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocol.model.backbone import DEFAULT_BACKBONE
+from protocol.model.names import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server.training_settings import ServerTraining
-from secure_assist.mechanisms import MECHANISMS, parameter_fields
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_fields
 
 T = TypeVar("T")
 
@@ -33,6 +33,10 @@ class RunSettings:
                                 "answers, with --train-file)")
     train_file: str | None = option(None, "training data file (CSV, TSV or JSONL)")
     eval_file: str | None = option(None, "evaluation data file (default: a held-out split of --train-file)")
+    # Off: the first bad row of a data file is an error naming FILE:LINE. On: each bad row is
+    # reported on stderr and left out, and reports' data provenance counts them.
+    skip_invalid_rows: bool = option(False, "leave out invalid rows of --train-file and --eval-file (each reported "
+                                            "on stderr as FILE:LINE: reason) instead of stopping at the first")
     template: str | None = option(None, "prompt template: {text} for classification; {instruction} and {input} "
                                         "for generation (default there: the backbone's chat template)")
     label_words: tuple[str, ...] | None = option(None, "label words separated by '|', e.g. ' negative| positive' "
@@ -69,10 +73,10 @@ class RunSettings:
     # (side_network, or ckks_ridge with he_ckks).
     mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local, generation, "
                                      "generation_local; default: the one the task and mechanisms imply)")
-    # Privacy mechanisms (secure_assist.mechanisms.MECHANISMS), composed in stage order; their
+    # Privacy mechanisms (secure_assist.mechanism_parameters.MECHANISM_PARAMETERS), composed in stage order; their
     # parameters are the generated fields below.
     mechanism: tuple[str, ...] = option(("none",), "comma-separated privacy mechanisms, composed: "
-                                         + ", ".join(MECHANISMS))
+                                         + ", ".join(MECHANISM_PARAMETERS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
     # Share of the training data the device holds out for the safeguard; None: 0 for
     # the unprotected classification baseline ('none'), secure_assist.training.safeguard.VALIDATION_SHARE (0.2)
@@ -109,8 +113,8 @@ class RunSettings:
 def check_mechanism_parameters(config: Any) -> None:
     """Every mechanism parameter's range (of every mechanism, chosen or not), from a generated
     config: a bad value is an error before any work, whichever command took it."""
-    for cls in MECHANISMS.values():
-        cls.Parameters(**{f.name: getattr(config, f.name) for f in fields(cls.Parameters)})
+    for parameters in MECHANISM_PARAMETERS.values():
+        parameters(**{f.name: getattr(config, f.name) for f in fields(parameters)})
 
 
 def mechanism_config_fields(defined: set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
@@ -121,8 +125,8 @@ def mechanism_config_fields(defined: set[str] = frozenset()) -> list[tuple[str, 
     for item in parameter_fields():
         if item.name in defined:
             continue
-        owner = next(cls for cls in MECHANISMS.values() if item.name in {f.name for f in fields(cls.Parameters)})
-        kind = typing.get_type_hints(owner.Parameters)[item.name]
+        owner = next(p for p in MECHANISM_PARAMETERS.values() if item.name in {f.name for f in fields(p)})
+        kind = typing.get_type_hints(owner)[item.name]
         entries.append((item.name, kind, field(default=item.default, metadata=item.metadata)))
     return entries
 

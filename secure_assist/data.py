@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from protocol.errors import UserInputError
-from protocol.data.instructions import InstructionTask
-from protocol.data.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, sample
+from protocol.data.instructions import InstructionTask, parse_instructions
+from protocol.data.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, parse_examples, sample
 from secure_assist.config import FinetuneConfig
 
 # Share of a custom train file held out for evaluation when no eval file is given.
@@ -54,13 +54,13 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
     """(task, training examples, evaluation examples), seed-fixed subsets as configured."""
     task = resolve_task(config)
     if config.train_file:
-        train_pool = load_examples(config.train_file, task)
+        train_pool = load_examples(config.train_file, task, config.skip_invalid_rows)
     elif task.name in BUILTIN_TASKS:
         train_pool = builtin_split(task.name, "train")
     else:
         raise UserInputError("a custom task needs --train-file")
     if config.eval_file:
-        eval_pool = load_examples(config.eval_file, task)
+        eval_pool = load_examples(config.eval_file, task, config.skip_invalid_rows)
     elif config.train_file is None:
         eval_pool = builtin_split(task.name, "dev")
     else:
@@ -77,21 +77,34 @@ def file_provenance(path: str | None, task: TaskSpec | InstructionTask, split: s
     return {"source": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
+def skipped_rows(path: str | None, task: TaskSpec | InstructionTask, skip_invalid: bool) -> dict[str, object]:
+    """A data file's rows read and left out as invalid, for provenance: re-read silently, with
+    the loaders' own checks (the file is small next to a run, and the loaders report on stderr)."""
+    if path is None or not skip_invalid:
+        return {}
+    parse = parse_examples if isinstance(task, TaskSpec) else parse_instructions
+    return parse(path, task, skip_invalid=True)[1].record()
+
+
 def data_provenance(config: FinetuneConfig, task: TaskSpec | InstructionTask, train: list[Example] | list[E],
                     evaluate: list[Example] | list[E]) -> dict[str, object]:
     """The data an audit ran on: each file's sha256 and the rows used (training rows include
     the device's validation split of protected runs); a classification task adds its
-    template, labels and class counts."""
+    template, labels and class counts; with --skip-invalid-rows, each file's rows read and
+    the invalid rows left out."""
     builtin = config.train_file is None
     eval_source = config.eval_file or config.train_file
     labelled = isinstance(task, TaskSpec)
+    skip = config.skip_invalid_rows
     return {"task": task.name,
             **({"template": task.template, "label_words": list(task.label_words), "labels": list(task.labels),
                 "classes": task.n_classes} if labelled else {}),
             "train": {**file_provenance(config.train_file, task, "train"), "rows_used": len(train),
-                      **({"class_counts": class_counts(train, task)} if labelled else {})},
+                      **({"class_counts": class_counts(train, task)} if labelled else {}),
+                      **skipped_rows(config.train_file, task, skip)},
             "eval": {**file_provenance(eval_source, task, "dev"), "rows_used": len(evaluate),
                      **({"class_counts": class_counts(evaluate, task)} if labelled else {}),
+                     **skipped_rows(config.eval_file, task, skip),
                      "split": "its own file" if config.eval_file or builtin else
                               f"{HELD_OUT_FRACTION:.0%} of --train-file held out (seed-fixed)"}}
 

@@ -88,3 +88,16 @@ def test_serve_shows_its_limits_and_rejects_bad_ones(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "srv").exists()
+
+
+def test_privacy_warning_is_one_line(tmp_path, capsys) -> None:
+    import warnings
+
+    shown = warnings.showwarning
+    argv = ["finetune", "--model", "tiny-llama", "--train-samples", "8", "--eval-samples", "4", "--epochs", "1",
+            "--rank", "2", "--mechanism", "none", "--quiet", "--workdir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["warning: mechanism 'none': Δ (and with it every label) and the pivot activations "
+                                "are sent to the server unprotected"]
+    assert warnings.showwarning is shown  # library callers keep Python's own warnings afterwards

@@ -12,6 +12,7 @@ from protocol.errors import UserInputError
 from secure_assist.audit.config import AuditConfig, audit_config_class
 from secure_assist.commands.finetune import add_config_flags, config_from_args
 from secure_assist.config import FinetuneConfig, RunSettings, with_mechanism_parameters
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 from secure_assist.mechanisms import MECHANISMS, parameter_fields
 from secure_assist.mechanisms.delta import RotationMask
 
@@ -42,7 +43,9 @@ class Widget(RotationMask):
 
 @pytest.mark.parametrize("command", ["finetune", "audit"])
 def test_a_new_parameter_gives_a_config_key_and_a_flag_by_itself(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    # A new mechanism is its class and its entry in the light list the flags come from.
     monkeypatch.setitem(MECHANISMS, Widget.name, Widget)
+    monkeypatch.setitem(MECHANISM_PARAMETERS, Widget.name, WidgetParameters)
     config_class = with_mechanism_parameters(RunSettings, "Generated", "")
     if command == "audit":  # the audit's configuration is generated from the run's
         config_class = audit_config_class(config_class, "GeneratedAudit")

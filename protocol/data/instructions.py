@@ -7,7 +7,7 @@ template with `{instruction}` and `{input}` slots. Answers are truncated to
 `max_answer_tokens` tokens; one that fits whole is followed by the end-of-sequence token
 (the chat template's end of turn), so the model also learns where to stop. Every bad
 row (missing column, empty answer, an answer that tokenizes to nothing) is reported
-with its file and line.
+with its file and line, as an error or, with `skip_invalid`, as a row left out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import UserInputError
-from protocol.data.tasks import MAX_TEXT_CHARS, read_rows
+from protocol.data.tasks import MAX_TEXT_CHARS, SkippedRows, parse_rows
 
 GENERATION_TASK = "generation"
 MAX_PROMPT_TOKENS = 256
@@ -89,24 +89,32 @@ class InstructionTask:
         return {"kind": GENERATION_TASK, **asdict(self)}
 
 
-def load_instructions(path: Path | str, task: InstructionTask) -> list[InstructionExample]:
-    """Instruction rows of a TSV, CSV or JSONL file (optionally .gz), checked row by row."""
-    path = Path(path)
-    examples = []
-    for number, record in read_rows(path):
-        where = f"{path}:{number}"
+def parse_instructions(path: Path | str, task: InstructionTask,
+                       skip_invalid: bool = False) -> tuple[list[InstructionExample], SkippedRows]:
+    """Instruction rows of a TSV, CSV or JSONL file (optionally .gz), checked row by row, and
+    the rows left out (none unless `skip_invalid`)."""
+
+    def instruction(where: str, record: dict[str, object]) -> InstructionExample:
         for column in (task.instruction_column, task.output_column):
             if column not in record:
                 raise UserInputError(f"{where}: missing column {column!r}")
         values = [record.get(column) for column in (task.instruction_column, task.input_column, task.output_column)]
         if any(not isinstance(v, (str, type(None))) for v in values):
             raise UserInputError(f"{where}: instruction, input and answer must be text")
-        instruction, given, output = ((v or "").strip() for v in values)
-        if not instruction:
+        text, given, output = ((v or "").strip() for v in values)
+        if not text:
             raise UserInputError(f"{where}: empty instruction")
         if not output:
             raise UserInputError(f"{where}: empty answer")
-        if len(instruction) + len(given) + len(output) > MAX_TEXT_CHARS:
+        if len(text) + len(given) + len(output) > MAX_TEXT_CHARS:
             raise UserInputError(f"{where}: row longer than {MAX_TEXT_CHARS} characters")
-        examples.append(InstructionExample(instruction=instruction, input=given, output=output, source=where))
+        return InstructionExample(instruction=text, input=given, output=output, source=where)
+
+    return parse_rows(Path(path), instruction, skip_invalid)
+
+
+def load_instructions(path: Path | str, task: InstructionTask, skip_invalid: bool = False) -> list[InstructionExample]:
+    """Instruction rows of a data file; with `skip_invalid`, bad rows are reported on stderr and left out."""
+    examples, skipped = parse_instructions(path, task, skip_invalid)
+    skipped.report()
     return examples

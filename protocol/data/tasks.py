@@ -2,7 +2,7 @@
 
 SST-2 (GLUE) is embedded in the package. Users bring their own TSV, CSV or JSONL
 file with a text column and a label column; every malformed row is reported with
-its file and line number.
+its file and line number, as an error or, with `skip_invalid`, as a row left out.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import gzip
 import io
 import json
 import random
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TextIO, TypeVar
 
 from protocol.errors import UserInputError
 
@@ -95,22 +96,26 @@ def _read_text(path: Path) -> str:
         raise UserInputError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
-def _rows(path: Path, text: str) -> list[tuple[int, dict[str, object]]]:
-    """(line number, record) pairs from a TSV, CSV or JSONL file."""
+# A data row: its line number, and its record or why it cannot be read.
+Row = tuple[int, dict[str, object] | None, str | None]
+
+
+def _rows(path: Path, text: str) -> list[Row]:
+    """(line number, record, None) or (line number, None, problem) per row of a TSV, CSV or JSONL file."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     if kind == ".jsonl":
-        rows = []
+        rows: list[Row] = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserInputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise UserInputError(f"{path}:{number}: expected a JSON object per line")
-            rows.append((number, record))
+                rows.append((number, None, f"invalid JSON ({exc.msg})"))
+                continue
+            rows.append((number, record, None) if isinstance(record, dict) else
+                        (number, None, "expected a JSON object per line"))
         return rows
     if kind not in (".tsv", ".csv"):
         raise UserInputError(f"{path}: unsupported data format; use .tsv, .csv or .jsonl")
@@ -119,42 +124,86 @@ def _rows(path: Path, text: str) -> list[tuple[int, dict[str, object]]]:
     rows = []
     for record in reader:
         if None in record or any(v is None for v in record.values()):
-            raise UserInputError(
-                f"{path}:{reader.line_num}: wrong number of columns (expected {reader.fieldnames})"
-            )
-        rows.append((reader.line_num, record))
+            rows.append((reader.line_num, None, f"wrong number of columns (expected {reader.fieldnames})"))
+        else:
+            rows.append((reader.line_num, record, None))
     return rows
 
 
-def read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
-    """(line number, record) pairs of a TSV, CSV or JSONL file (optionally .gz); no rows is an error."""
+@dataclass(frozen=True)
+class SkippedRows:
+    """The rows of one data file left out as invalid (`--skip-invalid-rows`), of `rows` read."""
+
+    path: str
+    rows: int
+    reasons: tuple[str, ...]  # "FILE:LINE: reason", in file order
+
+    def report(self, stream: TextIO | None = None) -> None:
+        """Each skipped row, then the count, on stderr (nothing when no row was skipped)."""
+        if not self.reasons:
+            return
+        stream = stream or sys.stderr
+        for reason in self.reasons:
+            print(reason, file=stream)
+        print(f"skipped {len(self.reasons)} invalid rows of {self.rows} in {self.path}", file=stream)
+
+    def record(self) -> dict[str, object]:
+        """Its entry in a report's data provenance."""
+        return {"rows_read": self.rows, "rows_skipped": len(self.reasons), "skipped": list(self.reasons)}
+
+
+def parse_rows(path: Path, parse: Callable[[str, dict[str, object]], T],
+               skip_invalid: bool = False) -> tuple[list[T], SkippedRows]:
+    """Every row of a TSV, CSV or JSONL file (optionally .gz) through `parse(where, record)`,
+    which raises UserInputError naming `where` (FILE:LINE) for a bad row. The first bad row
+    is an error; with `skip_invalid` each bad row is left out and listed instead. No valid row
+    is an error either way."""
+    parsed: list[T] = []
+    skipped: list[str] = []
     rows = _rows(path, _read_text(path))
-    if not rows:
-        raise UserInputError(f"{path}: no examples")
-    return rows
+    for number, record, problem in rows:
+        where = f"{path}:{number}"
+        try:
+            if record is None:
+                raise UserInputError(f"{where}: {problem}")
+            parsed.append(parse(where, record))
+        except UserInputError as exc:
+            if not skip_invalid:
+                raise
+            skipped.append(str(exc))
+    if not parsed:
+        raise UserInputError(f"{path}: no examples" + (f" ({len(skipped)} invalid rows skipped)" if skipped else ""))
+    return parsed, SkippedRows(str(path), len(rows), tuple(skipped))
 
 
-def load_examples(path: Path | str, task: TaskSpec) -> list[Example]:
-    """Read labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz)."""
-    path = Path(path)
-    rows = read_rows(path)
+def parse_examples(path: Path | str, task: TaskSpec,
+                   skip_invalid: bool = False) -> tuple[list[Example], SkippedRows]:
+    """Labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz), and the
+    rows left out (none unless `skip_invalid`)."""
     label_index = {label: i for i, label in enumerate(task.labels)}
-    examples = []
-    for number, record in rows:
+
+    def example(where: str, record: dict[str, object]) -> Example:
         for column in (task.text_column, task.label_column):
             if column not in record:
-                raise UserInputError(f"{path}:{number}: missing column {column!r}")
+                raise UserInputError(f"{where}: missing column {column!r}")
         text = str(record[task.text_column]).strip()
         label = str(record[task.label_column]).strip()
         if not text:
-            raise UserInputError(f"{path}:{number}: empty text")
+            raise UserInputError(f"{where}: empty text")
         if len(text) > MAX_TEXT_CHARS:
-            raise UserInputError(f"{path}:{number}: text longer than {MAX_TEXT_CHARS} characters")
+            raise UserInputError(f"{where}: text longer than {MAX_TEXT_CHARS} characters")
         if label not in label_index:
-            raise UserInputError(
-                f"{path}:{number}: unknown label {label!r}; expected one of {list(task.labels)}"
-            )
-        examples.append(Example(text=text, label=label_index[label]))
+            raise UserInputError(f"{where}: unknown label {label!r}; expected one of {list(task.labels)}")
+        return Example(text=text, label=label_index[label])
+
+    return parse_rows(Path(path), example, skip_invalid)
+
+
+def load_examples(path: Path | str, task: TaskSpec, skip_invalid: bool = False) -> list[Example]:
+    """Labelled examples for `task` from a TSV, CSV or JSONL file (optionally .gz); with
+    `skip_invalid`, bad rows are reported on stderr and left out."""
+    examples, skipped = parse_examples(path, task, skip_invalid)
+    skipped.report()
     return examples
 
 

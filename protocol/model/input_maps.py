@@ -18,9 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-# The mechanism's name (secure_assist.mechanisms): attacks read it from the public
-# knowledge (the server knows which mechanism runs, not its secret).
-ROTATION_MECHANISM = "activation_rotation"
 _ROTATIONS = "rotation.matrices"
 _INNER = "inner."
 PAYLOAD_NUMPY = {"float16": np.float16, "float32": np.float32}

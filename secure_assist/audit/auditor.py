@@ -24,7 +24,7 @@ from attacks.reconstruction import words
 from attacks.public_model import public_backbone
 from attacks.rotation_math import relative_error
 from attacks.view_data import pivot_data
-from protocol.model.backbone import DEFAULT_BACKBONE
+from protocol.model.names import DEFAULT_BACKBONE
 from protocol.device.forward_device import DeviceRole
 from protocol.device.features import encode_dataset
 from protocol.errors import SecureAssistError, UserInputError

@@ -20,7 +20,7 @@ from typing import Any
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig, option
-from secure_assist.mechanisms import MECHANISMS
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, uses_epsilon
 
 # One variant per protection of Δ; label_rr twice: at ε = 1 (the DP setting at ε ≤ 1, with gaussian) and
 # at ε = 4, which keeps enough label signal to beat zero-shot measurably. rotation_mask (obfuscation, broken by
@@ -54,10 +54,10 @@ def parse_variant(text: str, default_epsilon: float | None) -> Variant:
     """`NAME` or `NAME@EPSILON` (the mechanism must read ε to take one)."""
     name, at, value = text.strip().partition("@")
     names = name.split("+")
-    if not all(n in MECHANISMS for n in names):
-        raise UserInputError(f"unknown variant {text!r}; choose mechanisms from {sorted(MECHANISMS)} ('+' composes "
-                             f"them), optionally with @ε (e.g. label_rr@4)")
-    if not any(MECHANISMS[n].uses_epsilon() for n in names):
+    if not all(n in MECHANISM_PARAMETERS for n in names):
+        raise UserInputError(f"unknown variant {text!r}; choose mechanisms from {sorted(MECHANISM_PARAMETERS)} "
+                             f"('+' composes them), optionally with @ε (e.g. label_rr@4)")
+    if not any(uses_epsilon(n) for n in names):
         if at:
             raise UserInputError(f"variant {text!r}: mechanism {name!r} takes no ε")
         return Variant(name)
@@ -78,7 +78,7 @@ class AuditSettings:
     attacker's public data, the reference rows and where the reports go."""
 
     variants: tuple[str, ...] = option((), "comma-separated variants: a mechanism "
-                                       f"({', '.join(MECHANISMS)}) or several joined by '+' "
+                                       f"({', '.join(MECHANISM_PARAMETERS)}) or several joined by '+' "
                                        "(activation_rotation+he_ckks), optionally with its ε as NAME@ε (label_rr@4); "
                                        f"default {','.join(DEFAULT_VARIANTS)} (--task generation: "
                                        f"{','.join(GENERATION_DEFAULT_VARIANTS)})")

@@ -74,11 +74,16 @@ class PublicData:
 
 
 def public_data(task: TaskSpec | InstructionTask, public_file: str | None, train_file: str | None,
-                used: list[Example] | list[InstructionExample], seed: int = 0) -> PublicData:
+                used: list[Example] | list[InstructionExample], seed: int = 0,
+                skip_invalid: bool = False) -> PublicData:
     """The public rows of a run whose private rows are `used` (training and evaluation), in a
-    seed-fixed order (the order the attacker draws them in)."""
+    seed-fixed order (the order the attacker draws them in). `skip_invalid`: leave out invalid
+    rows of the files (--skip-invalid-rows), as the run itself did."""
     generation = isinstance(task, InstructionTask)
-    load = load_instructions if generation else load_examples
+
+    def load(path: str, task: TaskSpec | InstructionTask) -> list[Example] | list[InstructionExample]:
+        return (load_instructions if generation else load_examples)(path, task, skip_invalid)
+
     private = {e.text for e in used}
     if public_file:
         rows = sample(load(public_file, task), None, seed + 1000)

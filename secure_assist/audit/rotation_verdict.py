@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from attacks.base import ALIGNMENT, EXTRACTION, LABELS, RECONSTRUCTION
-from protocol.model.input_maps import ROTATION_MECHANISM
+from protocol.model.names import ROTATION_MECHANISM
 
 # kind -> (metric, its CI key, what the server gets without the states, format)
 _METRICS = {LABELS: ("accuracy", "ci95", "prior_baseline", "{:.1%}"),

@@ -147,7 +147,8 @@ def audit_inputs(config: AuditConfig) -> tuple[EvalData, PublicData, dict[str, A
     the attacker's public data, and where both came from."""
     run_config = device_local_config(config)
     task, train, evaluate = task_kind(run_config).data(run_config)
-    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed)
+    public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed,
+                         skip_invalid=config.skip_invalid_rows)
     provenance = data_provenance(run_config, task, train, evaluate)
     provenance["public"] = {"source": public.source, "rows": len(public.examples),
                             **({"sha256": file_provenance(public.file, task, "train")["sha256"]} if public.file

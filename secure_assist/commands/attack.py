@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-
-from attacks.registry import all_attacks
+from typing import Any, Sequence
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,13 +21,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack_name(text: str) -> str:
+    """A registered attack's name; checked when `attack` is parsed (as argparse checks choices),
+    not when the parser is built, which must not import the attack modules."""
+    from attacks.registry import all_attacks
+
+    known = sorted(all_attacks())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(known)})")
+    return text
+
+
+class _HelpListingAttacks(argparse.Action):
+    """`-h/--help` of `attack`: lists every attack, with its description, when help is asked for.
+    Listing them imports every attack module (torch, scikit-learn), which building the parser
+    must not do: the whole CLI would then start in seconds instead of a fraction of one."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from attacks.registry import all_attacks
+
+        parser.description = "Attacks: " + "; ".join(f"{name}: {cls.DESCRIPTION}"
+                                                     for name, cls in sorted(all_attacks().items()))
+        parser.print_help()
+        parser.exit()
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the subcommand to the CLI."""
-    attacks = all_attacks()
-    parser = commands.add_parser("attack", help="run a server-side attack on a run's view and score it",
-                                 description="Attacks: " + "; ".join(
-                                     f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(attacks.items())))
-    parser.add_argument("name", choices=sorted(attacks), metavar="NAME", help="attack name (see above)")
+    parser = commands.add_parser("attack", add_help=False, help="run a server-side attack on a run's view and score it")
+    parser.add_argument("-h", "--help", action=_HelpListingAttacks, help="show this help message (and every attack) "
+                                                                         "and exit")
+    parser.add_argument("name", metavar="NAME", type=_attack_name, help="attack name (see above)")
     parser.add_argument("--workdir", "--transcript", dest="workdir", required=True,
                         help="run directory holding server/ (the view: transcript, cache, φ) and "
                              "device/ground_truth.jsonl")

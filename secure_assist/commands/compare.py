@@ -16,7 +16,7 @@ from secure_assist.commands.finetune import add_config_flags, config_from_args
 from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, SweepAxes
 from secure_assist.config import FinetuneConfig
 from secure_assist.executors import add_executor_flags, executor_from_args
-from secure_assist.mechanisms import MECHANISMS
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 
 # Exit code when some points failed (twice each); the others are computed and reported.
 EXIT_POINTS_FAILED = 1
@@ -42,7 +42,8 @@ def _sample_count(text: str) -> int | None:
 # dest, flags, parser, help
 _AXES = (
     ("mechanisms", ("--mechanisms", "--mechanism"), _items(str),
-     f"comma-separated mechanisms, '+' composes ({', '.join(MECHANISMS)}; default: {','.join(DEFAULT_MECHANISMS)})"),
+     f"comma-separated mechanisms, '+' composes ({', '.join(MECHANISM_PARAMETERS)}; "
+     f"default: {','.join(DEFAULT_MECHANISMS)})"),
     ("epsilons", ("--epsilons", "--epsilon"), _items(float),
      f"comma-separated target ε, applied to mechanisms that read ε (default: {DEFAULT_EPSILONS[0]:g})"),
     ("layer_subsets", ("--layer-subsets", "--layers"), _items(_layer_subset, "/"),

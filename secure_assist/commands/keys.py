@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from protocol.transport.identity import KeyDirectory, pem_fingerprint
+if TYPE_CHECKING:  # the module loads `cryptography`; the handler imports it when a keys action runs
+    from protocol.transport.identity import KeyDirectory
 
 
 def _init(keys: KeyDirectory, args: argparse.Namespace) -> dict:
@@ -22,6 +24,8 @@ def _revoke(keys: KeyDirectory, args: argparse.Namespace) -> dict:
 
 
 def _show(keys: KeyDirectory, args: argparse.Namespace) -> dict:
+    from protocol.transport.identity import pem_fingerprint
+
     server = pem_fingerprint(keys.server_cert.read_bytes()) if keys.server_cert.is_file() else None
     devices = [{"name": e["name"], "fingerprint": fp, "revoked": e.get("revoked", False)}
                for fp, e in keys.load_trust().items()]
@@ -34,6 +38,8 @@ ACTIONS = {"init": _init, "add-device": _add, "revoke": _revoke, "show": _show}
 
 def run(args: argparse.Namespace) -> int:
     """Run one keys action and print its JSON result."""
+    from protocol.transport.identity import KeyDirectory
+
     print(json.dumps(ACTIONS[args.action](KeyDirectory(args.dir), args), indent=2))
     return 0
 

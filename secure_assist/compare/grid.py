@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from attacks.base import ALIGNMENT, LABELS
-
-from attacks.registry import get_attack
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
 from secure_assist.config import FinetuneConfig
-from secure_assist.mechanisms import MECHANISMS
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
+from secure_assist.mechanism_parameters import uses_epsilon as mechanism_uses_epsilon
 
 # Bump when what a point file holds changes: older point files are then recomputed.
 POINT_SCHEMA_VERSION = 2  # 2: label leakage read by balanced accuracy
@@ -56,9 +55,10 @@ class SweepAxes:
             if not getattr(self, name):
                 raise UserInputError(f"compare axis {name} is empty; give at least one value")
         for entry in self.mechanisms:
-            unknown = [n for n in entry.split("+") if n not in MECHANISMS]
+            unknown = [n for n in entry.split("+") if n not in MECHANISM_PARAMETERS]
             if unknown:
-                raise UserInputError(f"unknown mechanism(s) {unknown} in {entry!r}; choose from {sorted(MECHANISMS)}")
+                raise UserInputError(f"unknown mechanism(s) {unknown} in {entry!r}; "
+                                     f"choose from {sorted(MECHANISM_PARAMETERS)}")
         for value in self.epsilons:
             if not (math.isfinite(value) and value > 0):
                 raise UserInputError(f"epsilon must be a positive finite number, got {value}")
@@ -71,6 +71,10 @@ class SweepAxes:
         for value in self.train_samples:
             if value is not None and value < 1:
                 raise UserInputError(f"train sample count must be at least 1, got {value}")
+        # The registry imports every attack module (torch): here, when axes are checked, not when
+        # the CLI's parser is built from this module's defaults.
+        from attacks.registry import get_attack
+
         for name in self.attacks:
             if get_attack(name).KIND not in (LABELS, ALIGNMENT):  # get_attack rejects unknown names
                 raise UserInputError(f"compare runs label and alignment attacks; {name!r} is a "
@@ -103,7 +107,7 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 def uses_epsilon(chain: tuple[str, ...]) -> bool:
     """Whether any mechanism of the chain reads ε."""
-    return any(MECHANISMS[name].uses_epsilon() for name in chain)
+    return any(mechanism_uses_epsilon(name) for name in chain)
 
 
 def _chain(entry: str, activation_noise: float) -> tuple[str, ...]:

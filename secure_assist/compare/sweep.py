@@ -66,7 +66,8 @@ def point_data(config: FinetuneConfig) -> PointData:
     """The point's data and the attacker's public rows: unused rows of the built-in task or of
     the user's training file (secure_assist.audit.public_knowledge)."""
     task, train, evaluate = resolve_data(config)
-    return PointData(task, train, evaluate, public_data(task, None, config.train_file, train + evaluate, config.seed))
+    return PointData(task, train, evaluate, public_data(task, None, config.train_file, train + evaluate, config.seed,
+                                                        skip_invalid=config.skip_invalid_rows))
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:

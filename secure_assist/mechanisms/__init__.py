@@ -1,11 +1,14 @@
 """Device-side protections of what the device sends, chosen by name.
 
-`MECHANISMS` is the one list of names (CLI choices, errors, docs and tests come from
-it). Each mechanism owns a typed parameter dataclass; `parameter_fields` merges their
-fields (the config keys and CLI flags are generated from it: a field shared by several
-mechanisms, such as `epsilon`, is one key). `MechanismChain` composes several
-mechanisms in stage order (labels, Δ, activations, encryption), checks that each
-supports the run's training mode, and is the `UploadTransform` the device role applies.
+`MECHANISMS` maps each name of the one list of names
+(`secure_assist.mechanism_parameters.MECHANISM_PARAMETERS`: CLI choices, errors, docs and
+tests come from it) to its class. Each mechanism owns a typed parameter dataclass (defined
+in `secure_assist.mechanism_parameters`, which the CLI imports without torch);
+`parameter_fields` merges their fields (the config keys and CLI flags are generated from
+it: a field shared by several mechanisms, such as `epsilon`, is one key).
+`MechanismChain` composes several mechanisms in stage order (labels, Δ, activations,
+encryption), checks that each supports the run's training mode, and is the
+`UploadTransform` the device role applies.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from secure_assist.mechanisms.delta import (
     GaussianDelta, GaussianResidual, LabelRandomizedResponse, NoProtection, RotationMask,
 )
 from secure_assist.mechanisms.he_ckks import HeCkksDelta
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_fields
 
 MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
@@ -31,19 +35,12 @@ MECHANISMS: dict[str, type[Mechanism]] = {
                 Int8Activations, ActivationRotation, HeCkksDelta, GaussianResidual)
 }
 
+# The classes must name the mechanisms of the light list, with the same parameters: the CLI's
+# flags and the config keys come from that list, the runs from these classes.
+if [(name, cls.Parameters) for name, cls in MECHANISMS.items()] != list(MECHANISM_PARAMETERS.items()):
+    raise RuntimeError("secure_assist.mechanisms.MECHANISMS and mechanism_parameters.MECHANISM_PARAMETERS disagree")
+
 __all__ = ["MECHANISMS", "DpClaim", "Mechanism", "MechanismChain", "PrivacyWarning", "parameter_fields"]
-
-
-def parameter_fields() -> list[dataclasses.Field]:
-    """Every mechanism parameter, once: the same name in two mechanisms must mean the same
-    thing (same type and default), else the registry is inconsistent."""
-    merged: dict[str, dataclasses.Field] = {}
-    for cls in MECHANISMS.values():
-        for item in dataclasses.fields(cls.Parameters):
-            known = merged.setdefault(item.name, item)
-            if (known.type, known.default) != (item.type, item.default):
-                raise RuntimeError(f"mechanism parameter {item.name!r} is declared differently by two mechanisms")
-    return list(merged.values())
 
 
 def mechanism_parameters(cls: type[Mechanism], values: Mapping[str, Any]) -> Any:

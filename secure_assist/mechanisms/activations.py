@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from protocol.modes.generation.messages import GenerationUpload
 from protocol.wire.messages import Upload
-from protocol.model.input_maps import ROTATION_MECHANISM, ClippedInput, RotatedInput, rotate
+from protocol.model.input_maps import ClippedInput, RotatedInput, rotate
+from protocol.model.names import ROTATION_MECHANISM
 from protocol.model.side_output import SideOutput
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon
 from secure_assist.mechanisms.base import (
-    ACTIVATIONS_TARGET, CLASSIFICATION_KIND, GENERATION_KIND, DpClaim, Mechanism, UploadT, clip_rows, positive,
-    probability, with_activations,
+    ACTIVATIONS_TARGET, CLASSIFICATION_KIND, GENERATION_KIND, DpClaim, Mechanism, UploadT, clip_rows,
+    with_activations,
 )
-from secure_assist.mechanisms.delta import DP_DELTA_HELP
-
-
-@dataclass(frozen=True)
-class ActivationNoiseParameters:
-    """Parameters of `activation_noise`."""
-
-    activation_noise_multiplier: float | None = field(
-        default=None, metadata={"help": "activation_noise σ relative to --activation-clip"})
-    activation_clip: float = field(default=50.0, metadata={"help": "L2 clip norm of each layer's pivot vector "
-                                                                   "(activation_noise)"})
-    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
-
-    def __post_init__(self) -> None:
-        positive("activation_noise_multiplier", self.activation_noise_multiplier)
-        positive("activation_clip", self.activation_clip, allow_none=False)
-        probability("dp_delta", self.dp_delta)
+from secure_assist.mechanism_parameters import ActivationNoiseParameters
 
 
 class ActivationNoise(Mechanism):

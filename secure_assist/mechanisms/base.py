@@ -9,25 +9,21 @@ activations) also undo their effect on the downloaded side output, on the device
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-from protocol.errors import UserInputError
+from protocol.errors import PrivacyWarning, UserInputError
 from protocol.modes.generation.messages import GenerationUpload
 from protocol.model.input_maps import clip_rows  # noqa: F401  (re-exported: the Δ mechanisms clip with it too)
 from protocol.wire.messages import Message, Upload
 from protocol.model.side_output import SideOutput
+from secure_assist.mechanism_parameters import NoParameters, takes_epsilon
 
 
 UploadT = TypeVar("UploadT", Upload, GenerationUpload)
-
-
-class PrivacyWarning(UserWarning):
-    """Raised (as a warning) when a run sends signals that the server can read in the clear."""
 
 
 # The training mode (protocol.modes.registry.MODES) that needs a particular mechanism by name, and
@@ -48,25 +44,6 @@ class ModeTraits(Protocol):
 # or the generation mode's released r (gaussian_r). Each names the upload field it covers.
 DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET = "delta", "activations", "residual"
 DP_TARGETS = (DELTA_TARGET, ACTIVATIONS_TARGET, RESIDUAL_TARGET)
-
-
-@dataclass(frozen=True)
-class NoParameters:
-    """A mechanism without parameters."""
-
-
-def positive(name: str, value: float | None, allow_none: bool = True) -> None:
-    """A parameter that must be a positive finite number (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if value is None or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
-        raise UserInputError(f"mechanism parameter {name} must be a positive finite number, got {value}")
-
-
-def probability(name: str, value: float) -> None:
-    """A parameter strictly between 0 and 1 (e.g. δ)."""
-    if not 0 < value < 1:
-        raise UserInputError(f"mechanism parameter {name} must be in (0, 1), got {value}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +100,7 @@ class Mechanism:
     @classmethod
     def uses_epsilon(cls) -> bool:
         """Whether the mechanism takes a target ε (sweeps vary ε only where it applies)."""
-        return "epsilon" in {f.name for f in fields(cls.Parameters)}
+        return takes_epsilon(cls.Parameters)
 
     @classmethod
     def supports(cls, mode: ModeTraits) -> bool:

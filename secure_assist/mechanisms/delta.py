@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,9 @@ from secure_assist.mechanisms.accounting import (
 )
 from secure_assist.mechanisms.base import (
     DELTA_TARGET, GENERATION_KIND, GENERATION_MODE, RESIDUAL_TARGET, DpClaim, Mechanism, ModeTraits, clip_rows,
-    positive, probability, warn_unprotected, with_delta,
+    warn_unprotected, with_delta,
 )
-
-EPSILON_HELP = "target per-sample ε"
-DP_DELTA_HELP = "δ of the Gaussian mechanisms"
-
+from secure_assist.mechanism_parameters import GaussianParameters, GaussianResidualParameters, LabelRRParameters
 
 class NoProtection(Mechanism):
     """The paper baseline: Δ (hence the label: argmax Δ = y) is sent in the clear."""
@@ -52,33 +49,6 @@ class NoProtection(Mechanism):
                              "Δ (and with it every label) and the pivot activations are")
             self.warned = True
         return upload
-
-
-@dataclass(frozen=True)
-class GaussianParameters:
-    """Parameters of `gaussian`: exactly one of ε or the noise multiplier."""
-
-    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
-    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
-    noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
-                                                                           "(instead of --epsilon)"})
-    clip: float = field(default=1.0, metadata={"help": "L2 clip norm c of Δ (gaussian)"})
-
-    def __post_init__(self) -> None:
-        positive("epsilon", self.epsilon)
-        positive("noise_multiplier", self.noise_multiplier)
-        positive("clip", self.clip, allow_none=False)
-        probability("dp_delta", self.dp_delta)
-
-
-@dataclass(frozen=True)
-class LabelRRParameters:
-    """Parameters of `label_rr`."""
-
-    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
-
-    def __post_init__(self) -> None:
-        positive("epsilon", self.epsilon)
 
 
 class GaussianDelta(Mechanism):
@@ -131,24 +101,6 @@ class GaussianDelta(Mechanism):
                 "delta": delta, "epsilon": self.epsilon, "accountant": "analytic_gaussian",
                 "epsilon_rdp_opacus": rdp_epsilon, "rdp_order": rdp_order,
                 "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(self.noise_multiplier, delta)}
-
-
-@dataclass(frozen=True)
-class GaussianResidualParameters:
-    """Parameters of `gaussian_r`: exactly one of ε or the noise multiplier."""
-
-    epsilon: float | None = field(default=None, metadata={"help": EPSILON_HELP + " (gaussian, label_rr)"})
-    dp_delta: float = field(default=1e-5, metadata={"help": DP_DELTA_HELP})
-    noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
-                                                                           "(instead of --epsilon)"})
-    residual_clip: float = field(default=10.0, metadata={"help": "L2 clip norm of each sample's whole r signal, "
-                                                                 "all answer positions together (gaussian_r)"})
-
-    def __post_init__(self) -> None:
-        positive("epsilon", self.epsilon)
-        positive("noise_multiplier", self.noise_multiplier)
-        positive("residual_clip", self.residual_clip, allow_none=False)
-        probability("dp_delta", self.dp_delta)
 
 
 class GaussianResidual(GaussianDelta):

@@ -16,9 +16,7 @@ features are a label-free PCA, which it knows).
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,40 +25,11 @@ from protocol.errors import ProtocolError
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.wire.messages import Message, Upload
 from protocol.modes.ckks_ridge.head import FeatureMap, RidgeHead
-from protocol.errors import UserInputError
 from secure_assist.mechanisms.base import CKKS_RIDGE_MODE, Mechanism
 from protocol.modes.ckks_ridge.context import join_buffer, split_buffer
 from secure_assist.mechanisms.ckks import CkksKeyHolder
-from protocol.modes.ckks_ridge.packing import CkksParameters, PackingLayout
-
-
-@dataclass(frozen=True)
-class HeCkksParameters:
-    """Parameters of `he_ckks`: the CKKS ring and modulus chain, the packing, and the server's ridge fit."""
-
-    ckks_poly_modulus_degree: int = field(default=8192, metadata={"help": "CKKS ring degree N"})
-    # One level: the fit is one ciphertext-plaintext product.
-    ckks_coeff_mod_bit_sizes: tuple[int, ...] = field(
-        default=(60, 40, 60), metadata={"help": "CKKS coefficient modulus chain in bits, comma-separated"})
-    ckks_scale_bits: int = field(default=40, metadata={"help": "CKKS scale 2^bits"})
-    # Samples of Δ per ciphertext (coefficient packing): the upload is C·⌈n/b⌉ ciphertexts and
-    # the reply C·⌈(k+1)/⌊N/b⌋⌉; 256 keeps both near 1-2 MB at n = 1,800, k = 128, N = 8192.
-    he_block_samples: int = field(default=256, metadata={"help": "samples of Δ packed per ciphertext"})
-    he_features: int = field(default=128, metadata={"help": "PCA dimensions of the server's label-free features"})
-    he_ridge: float = field(default=1000.0, metadata={"help": "ridge penalty λ of the encrypted head fit"})
-
-    def __post_init__(self) -> None:
-        ring = self.ckks()  # validates the ring (128-bit security, levels, scale) without making a key
-        if not 1 <= self.he_block_samples <= ring.coefficient_count:
-            raise UserInputError(f"he_block_samples must be in 1..{ring.coefficient_count} (the ring degree), "
-                                 f"got {self.he_block_samples}")
-        if self.he_features < 1 or not (math.isfinite(self.he_ridge) and self.he_ridge > 0):
-            raise UserInputError("he_features must be >= 1 and he_ridge positive")
-
-    def ckks(self) -> CkksParameters:
-        """The CKKS ring, modulus chain and scale."""
-        return CkksParameters(self.ckks_poly_modulus_degree, tuple(self.ckks_coeff_mod_bit_sizes),
-                              self.ckks_scale_bits)
+from protocol.modes.ckks_ridge.packing import PackingLayout
+from secure_assist.mechanism_parameters import HeCkksParameters
 
 
 class HeCkksDelta(Mechanism):

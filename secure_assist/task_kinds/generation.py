@@ -86,8 +86,8 @@ class GenerationKind(TaskKind):
         if not config.train_file:
             raise UserInputError("--task generation needs --train-file (JSONL, CSV or TSV with the columns "
                                  f"{task.instruction_column!r}, {task.input_column!r}, {task.output_column!r})")
-        train_pool = load_instructions(config.train_file, task)
-        eval_pool = load_instructions(config.eval_file, task) if config.eval_file else None
+        train_pool = load_instructions(config.train_file, task, config.skip_invalid_rows)
+        eval_pool = load_instructions(config.eval_file, task, config.skip_invalid_rows) if config.eval_file else None
         return (task, *subsets(config, train_pool, eval_pool))
 
     def make_device(self, config: FinetuneConfig, task: InstructionTask, mechanisms: MechanismChain | None,
