@@ -20,6 +20,7 @@ from secure_assist.audit.auditor import ViewContractError, run_attack
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_task
 from secure_assist.finetune import run_finetune
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 from secure_assist.mechanisms import MECHANISMS
 from secure_assist.mechanisms.activations import ActivationNoise
 
@@ -65,7 +66,9 @@ class UnderNoisedActivations(ActivationNoise):
 def test_activation_dp_claims_are_checked_on_the_activations(tiny_llama, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch, variant: str,
                                                              consistent: bool) -> None:
+    # A new mechanism is its class and its entry in the light list the variants are checked against.
     monkeypatch.setitem(MECHANISMS, UnderNoisedActivations.name, UnderNoisedActivations)
+    monkeypatch.setitem(MECHANISM_PARAMETERS, UnderNoisedActivations.name, UnderNoisedActivations.Parameters)
     # σ = 10 clip norms claims ε ≈ 1 on tiny-llama's two layers; the honest mechanism's releases of
     # two inputs are then indistinguishable, the under-noised one's are not.
     config = AuditConfig(model="tiny-llama", train_samples=24, eval_samples=8, epochs=1, variants=(variant,),

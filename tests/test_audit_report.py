@@ -19,6 +19,7 @@ from secure_assist.audit.schema import SCHEMA, SCHEMA_VERSION
 from secure_assist.audit.auditor import run_attack
 from secure_assist.cli import main
 from secure_assist.commands.audit import EXIT_INCONSISTENT
+from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 from secure_assist.mechanisms import MECHANISMS
 from secure_assist.mechanisms.delta import GaussianDelta
 
@@ -133,7 +134,9 @@ class UnderNoisedGaussian(GaussianDelta):
 
 def test_exit_code_when_the_empirical_epsilon_exceeds_the_claim(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new mechanism is its class and its entry in the light list the variants are checked against.
     monkeypatch.setitem(MECHANISMS, UnderNoisedGaussian.name, UnderNoisedGaussian)
+    monkeypatch.setitem(MECHANISM_PARAMETERS, UnderNoisedGaussian.name, UnderNoisedGaussian.Parameters)
     code = main(["audit", "--model", "tiny-llama", "--train-samples", "20", "--eval-samples", "8", "--epochs", "1",
                  "--variants", UnderNoisedGaussian.name, "--attacks", "delta_argmax", "--dp-releases", "400",
                  "--output", str(tmp_path), "--quiet"])
