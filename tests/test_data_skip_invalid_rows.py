@@ -116,3 +116,16 @@ def test_shared_alpaca_file_has_exactly_two_bad_rows() -> None:
     examples, skipped = parse_instructions(ALPACA, InstructionTask(), skip_invalid=True)
     assert (len(examples), skipped.rows, len(skipped.reasons)) == (4998, 5000, 2)
     assert all(reason.endswith(": empty answer") for reason in skipped.reasons)
+
+
+def test_a_file_loaded_again_lists_its_skipped_rows_once(tmp_path: Path, capsys) -> None:
+    # An audit or a sweep loads its data file again for every row it runs.
+    path = tmp_path / "data.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t7\nfine\t0\n")
+    for _ in range(3):
+        assert len(load_examples(path, SST2, skip_invalid=True)) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{path}:3: unknown label '7'; expected one of ['0', '1']",
+                                                    f"skipped 1 invalid rows of 3 in {path}"]
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t0\n\t1\n")  # other invalid rows: listed again
+    load_examples(path, SST2, skip_invalid=True)
+    assert capsys.readouterr().err.splitlines() == [f"{path}:4: empty text", f"skipped 1 invalid rows of 3 in {path}"]
