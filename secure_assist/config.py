@@ -16,6 +16,11 @@ from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_f
 
 T = TypeVar("T")
 
+# Run settings that decide whether a run works but never what it computes: the config fingerprints
+# (audit, compare points) leave them out, so adding one keeps earlier fingerprints valid and saved
+# sweep points reusable.
+RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows",)
+
 
 def option(default: Any, text: str, **extra: Any) -> Any:
     """A config field with its CLI help (flags are generated from the fields)."""
@@ -34,7 +39,8 @@ class RunSettings:
     train_file: str | None = option(None, "training data file (CSV, TSV or JSONL)")
     eval_file: str | None = option(None, "evaluation data file (default: a held-out split of --train-file)")
     # Off: the first bad row of a data file is an error naming FILE:LINE. On: each bad row is
-    # reported on stderr and left out, and reports' data provenance counts them.
+    # reported on stderr and left out, and reports' data provenance counts them. What a run that
+    # works without it computes stays the same, so the fingerprints leave it out (RESULT_NEUTRAL_FIELDS).
     skip_invalid_rows: bool = option(False, "leave out invalid rows of --train-file and --eval-file (each reported "
                                             "on stderr as FILE:LINE: reason) instead of stopping at the first")
     template: str | None = option(None, "prompt template: {text} for classification; {instruction} and {input} "

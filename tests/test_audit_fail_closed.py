@@ -66,6 +66,7 @@ class UnderNoisedActivations(ActivationNoise):
 def test_activation_dp_claims_are_checked_on_the_activations(tiny_llama, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch, variant: str,
                                                              consistent: bool) -> None:
+    # A new mechanism is its class and its entry in the light list the variants are checked against.
     monkeypatch.setitem(MECHANISMS, UnderNoisedActivations.name, UnderNoisedActivations)
     monkeypatch.setitem(MECHANISM_PARAMETERS, UnderNoisedActivations.name, UnderNoisedActivations.Parameters)
     # σ = 10 clip norms claims ε ≈ 1 on tiny-llama's two layers; the honest mechanism's releases of

@@ -134,6 +134,7 @@ class UnderNoisedGaussian(GaussianDelta):
 
 def test_exit_code_when_the_empirical_epsilon_exceeds_the_claim(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new mechanism is its class and its entry in the light list the variants are checked against.
     monkeypatch.setitem(MECHANISMS, UnderNoisedGaussian.name, UnderNoisedGaussian)
     monkeypatch.setitem(MECHANISM_PARAMETERS, UnderNoisedGaussian.name, UnderNoisedGaussian.Parameters)
     code = main(["audit", "--model", "tiny-llama", "--train-samples", "20", "--eval-samples", "8", "--epochs", "1",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ import pytest
 from protocol.data.instructions import InstructionTask, load_instructions, parse_instructions
 from protocol.data.tasks import SST2, load_examples
 from protocol.errors import UserInputError
-from secure_assist.audit.config import AuditConfig
+from secure_assist.audit.config import AuditConfig, fingerprint
 from secure_assist.cli import build_parser
 from secure_assist.commands.finetune import config_from_args
+from secure_assist.compare.grid import point_identity
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import data_provenance, resolve_data
 from tests.generation_data import ALPACA
@@ -116,3 +118,24 @@ def test_shared_alpaca_file_has_exactly_two_bad_rows() -> None:
     examples, skipped = parse_instructions(ALPACA, InstructionTask(), skip_invalid=True)
     assert (len(examples), skipped.rows, len(skipped.reasons)) == (4998, 5000, 2)
     assert all(reason.endswith(": empty answer") for reason in skipped.reasons)
+
+
+def test_a_file_loaded_again_lists_its_skipped_rows_once(tmp_path: Path, capsys) -> None:
+    # An audit or a sweep loads its data file again for every row it runs.
+    path = tmp_path / "data.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t7\nfine\t0\n")
+    for _ in range(3):
+        assert len(load_examples(path, SST2, skip_invalid=True)) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{path}:3: unknown label '7'; expected one of ['0', '1']",
+                                                    f"skipped 1 invalid rows of 3 in {path}"]
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t0\n\t1\n")  # other invalid rows: listed again
+    load_examples(path, SST2, skip_invalid=True)
+    assert capsys.readouterr().err.splitlines() == [f"{path}:4: empty text", f"skipped 1 invalid rows of 3 in {path}"]
+
+
+def test_the_flag_leaves_the_fingerprints_unchanged() -> None:
+    # It decides whether a run works, never what it computes: audits and saved sweep points keep their fingerprints.
+    audit = AuditConfig(model="tiny-llama")
+    assert fingerprint(audit) == fingerprint(replace(audit, skip_invalid_rows=True))
+    run = FinetuneConfig(model="tiny-llama")
+    assert point_identity(run, ()) == point_identity(replace(run, skip_invalid_rows=True), ())

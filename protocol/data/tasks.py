@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 # Protects the loader from a pathological file (one row should never be this large).
 MAX_TEXT_CHARS = 20_000
+# Skipped rows already listed by this process: an audit or a sweep loads its data file again for
+# every row it runs, and the same list each time would bury everything else on stderr.
+_LISTED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,11 @@ class SkippedRows:
     reasons: tuple[str, ...]  # "FILE:LINE: reason", in file order
 
     def report(self, stream: TextIO | None = None) -> None:
-        """Each skipped row, then the count, on stderr (nothing when no row was skipped)."""
-        if not self.reasons:
+        """Each skipped row, then the count, on stderr; nothing when no row was skipped or when
+        this process has listed the same rows of the same file already."""
+        if not self.reasons or (self.path, self.reasons) in _LISTED:
             return
+        _LISTED.add((self.path, self.reasons))
         stream = stream or sys.stderr
         for reason in self.reasons:
             print(reason, file=stream)

@@ -19,7 +19,7 @@ from typing import Any
 
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
-from secure_assist.config import FinetuneConfig, option
+from secure_assist.config import RESULT_NEUTRAL_FIELDS, FinetuneConfig, option
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, uses_epsilon
 
 # One variant per protection of Δ; label_rr twice: at ε = 1 (the DP setting at ε ≤ 1, with gaussian) and
@@ -143,8 +143,9 @@ def audit_variants(config: AuditSettings) -> list[Variant]:
 
 
 def fingerprint(config: AuditConfig) -> str:
-    """sha256 of the config's canonical JSON (the output folder excluded: it does not change results)."""
-    values = {k: v for k, v in asdict(config).items() if k != "output"}
+    """sha256 of the config's canonical JSON (the output folder and RESULT_NEUTRAL_FIELDS excluded: they do not
+    change results)."""
+    values = {k: v for k, v in asdict(config).items() if k != "output" and k not in RESULT_NEUTRAL_FIELDS}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 

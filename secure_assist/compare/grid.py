@@ -14,7 +14,7 @@ from typing import Any
 from attacks.base import ALIGNMENT, LABELS
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
-from secure_assist.config import FinetuneConfig
+from secure_assist.config import RESULT_NEUTRAL_FIELDS, FinetuneConfig
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 from secure_assist.mechanism_parameters import uses_epsilon as mechanism_uses_epsilon
 
@@ -94,8 +94,9 @@ class SweepPoint:
 
 
 def point_identity(config: FinetuneConfig, attacks: tuple[str, ...]) -> dict[str, Any]:
-    """What a point's results depend on: its config (the workdir excluded) and its attacks."""
-    values = {k: v for k, v in asdict(config).items() if k != "workdir"}
+    """What a point's results depend on: its config (the workdir and RESULT_NEUTRAL_FIELDS excluded) and its
+    attacks."""
+    values = {k: v for k, v in asdict(config).items() if k != "workdir" and k not in RESULT_NEUTRAL_FIELDS}
     return {"schema_version": POINT_SCHEMA_VERSION, "finetune": values, "attacks": list(attacks)}
 
 
