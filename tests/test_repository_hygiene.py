@@ -21,7 +21,8 @@ THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
 # Absolute paths of development machines and scratch space. README's illustrative cluster mount (/shared/...) and
 # user-relative paths (~/.cache) do not match; neither does a path inside a URL (preceded by a host name).
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(work|tmp|root|home|Users|scratch)(/|\b)")
-# Figures dated by a work period ("session 7", "sessions 3-5", "session-6", "in this session") instead of a commit.
+# Figures dated by a work period (the word for a work period followed by a number or a range, or "in this ...")
+# instead of a commit.
 WORK_PERIOD = re.compile(r"\bsessions?[- ]\d|\b(this|that|next|previous|last|earlier|same|one) session\b"
                          r"|\bin session\b", re.IGNORECASE)
 # Issue and pull-request references ("issue 12", "issue #12", "issue-15", "(#14)", "PR 3"); hex colours such as

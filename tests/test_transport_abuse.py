@@ -367,6 +367,19 @@ def test_samples_held_are_bounded_across_uploads(tmp_path: Path) -> None:
     server.close()
 
 
+def test_training_epochs_are_bounded_in_process(tmp_path: Path) -> None:
+    """max_epochs bounds the total a training request would reach, before any epoch runs; a request
+    within it trains to exactly that total."""
+    server = SideTuningServer(tmp_path, ServerTraining(rank=4), limits=ServerLimits(max_epochs=3))
+    channel = InProcessChannel(server)
+    channel.request(synthetic_upload(4, 2, 8, seed=25))
+    with pytest.raises(ProtocolError, match="max_epochs=3"):
+        channel.request(TrainUntil(epochs_total=4))
+    assert server.epochs_done == 0  # refused before the trainer ran an epoch
+    assert channel.request(TrainUntil(epochs_total=3)).epochs_done == 3
+    server.close()
+
+
 def test_a_device_at_its_connection_limit_can_still_reconnect(serve: ServeProcess, keys: KeyDirectory) -> None:
     """The per-device limit must not lock out a device whose old links died without a FIN: a new
     connection replaces the device's oldest idle one."""
