@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from attacks.base import ALIGNMENT, Attack, AttackResult, PublicKnowledge
+from attacks.base import ALIGNMENT, Attack, AttackResult, PublicKnowledge, sized_variants
 from attacks.rotation_math import (
     eigen_alignment, invariant_match, nearest_states, procrustes, wasserstein_procrustes,
 )
@@ -106,12 +106,9 @@ class KnownPairs(RotationAlignment):
 
 
 # One registered attack per number of known texts.
-KNOWN_PAIRS: tuple[type[KnownPairs], ...] = tuple(
-    type(f"KnownPairsK{k}", (KnownPairs,), {
-        "NAME": f"known_pairs_k{k}", "K": k,
-        "DESCRIPTION": f"R̂ by orthogonal Procrustes on {k} uploads whose text the server knows",
-        "__doc__": f"Known-pair alignment with k = {k} known texts."})
-    for k in (1, 8, 64))
+KNOWN_PAIRS = sized_variants(KnownPairs, "known_pairs_k{k}", (1, 8, 64),
+                             "R̂ by orthogonal Procrustes on {k} uploads whose text the server knows",
+                             "Known-pair alignment with k = {k} known texts.")
 
 
 class MatchingAlignment(RotationAlignment):

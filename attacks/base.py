@@ -140,6 +140,15 @@ class Attack:
         return NotApplicable(f"attack {self.NAME!r} needs {what}")
 
 
+def sized_variants(base: type[Attack], name: str, sizes: tuple[int, ...], description: str,
+                   doc: str) -> tuple[type[Attack], ...]:
+    """One attack class per size k of what the attacker knows (class attribute K): NAME and texts
+    are `name`, `description` and `doc` formatted with k (e.g. "known_pairs_k{k}")."""
+    return tuple(type(f"{base.__name__}K{k}", (base,), {
+        "NAME": name.format(k=k), "K": k, "DESCRIPTION": description.format(k=k), "__doc__": doc.format(k=k)})
+        for k in sizes)
+
+
 def hex_ids(sample_ids: np.ndarray) -> list[str]:
     """Hex form of (n, 16) uint8 sample ids."""
     return [bytes(row).hex() for row in np.asarray(sample_ids, dtype=np.uint8)]

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge
+from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, sized_variants
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
 from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.wire.codec import decode
@@ -196,9 +196,6 @@ class ModelCompletion(Attack):
 
 
 # One registered attack per number of public labeled examples.
-MODEL_COMPLETIONS: tuple[type[ModelCompletion], ...] = tuple(
-    type(f"ModelCompletionK{k}", (ModelCompletion,), {
-        "NAME": f"model_completion_k{k}", "K": k,
-        "DESCRIPTION": f"activations only: logistic probe trained on {k} public labeled examples",
-        "__doc__": f"Model completion with k = {k} public labeled examples."})
-    for k in (8, 32, 128))
+MODEL_COMPLETIONS = sized_variants(ModelCompletion, "model_completion_k{k}", (8, 32, 128),
+                                   "activations only: logistic probe trained on {k} public labeled examples",
+                                   "Model completion with k = {k} public labeled examples.")
