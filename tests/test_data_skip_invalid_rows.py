@@ -4,7 +4,6 @@ first bad row stays an error."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
