@@ -1,5 +1,5 @@
-"""Pure metrics of the audit: accuracy, AUC, bootstrap intervals, reconstruction scores,
-and Clopper-Pearson bounds for empirical privacy.
+"""Pure metrics of the audit: accuracy, AUC, TPR at low FPR, bootstrap intervals,
+reconstruction scores, and Clopper-Pearson bounds for empirical privacy.
 
 Everything here is a function of arrays; the auditor owns ground truth and calls these.
 """
@@ -99,6 +99,39 @@ def auc_with_interval(scores: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
 
     return {"auc": symmetric_auc(scores, labels), "ci95": bootstrap_interval(resampled, len(labels), seed),
             "chance": 0.5, "n": len(labels)}
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Largest true-positive rate of a threshold on `scores` (higher = positive) whose
+    false-positive rate is at most `fpr` (as ML Privacy Meter and LiRA report it); nan
+    without both classes."""
+    scores, positives = np.asarray(scores, dtype=float), np.asarray(labels) == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    # A threshold passes at most floor(fpr * n_neg) negatives; ties pass together.
+    allowed = int(np.floor(fpr * n_neg + 1e-9))
+    negative_scores = np.sort(scores[~positives])[::-1]
+    threshold = negative_scores[allowed] if allowed < n_neg else -np.inf
+    return float((scores[positives] > threshold).mean())
+
+
+def low_fpr_metrics(scores: np.ndarray, labels: np.ndarray, fprs: tuple[float, ...] = (0.01, 0.001),
+                    seed: int = 0) -> dict[str, object]:
+    """TPR at each false-positive rate in `fprs` with its 95% bootstrap CI, and the number
+    of negatives (a rate below 1/negatives cannot be resolved: its TPR is reported as None)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    negatives = int((labels != 1).sum())
+    report: dict[str, object] = {"negatives": negatives}
+    for fpr in fprs:
+        key = f"tpr_at_{fpr:g}_fpr"
+        if fpr * negatives < 1:
+            report[key], report[key + "_ci95"] = None, None
+            continue
+        report[key] = tpr_at_fpr(scores, labels, fpr)
+        report[key + "_ci95"] = list(bootstrap_interval(lambda idx: tpr_at_fpr(scores[idx], labels[idx], fpr),
+                                                        len(labels), seed))
+    return report
 
 
 def bag_scores(predicted: list[str], truth: list[str]) -> tuple[float, float, float]:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from attacks.distinguishing import distinguish
-from secure_assist.metrics import auc_with_interval, clopper_pearson, epsilon_lower_bound, symmetric_auc
+from secure_assist.metrics import (
+    auc_with_interval, clopper_pearson, epsilon_lower_bound, low_fpr_metrics, symmetric_auc, tpr_at_fpr,
+)
 
 
 def test_clopper_pearson_known_values():
@@ -78,3 +80,17 @@ def test_auc_matches_sklearn():
     labels, scores = rng.integers(0, 2, 300), rng.normal(size=300).round(1)
     expected = roc_auc_score(labels, scores)
     assert symmetric_auc(scores, labels) == pytest.approx(max(expected, 1 - expected))
+
+
+def test_tpr_at_fpr_counts_only_thresholds_within_the_rate() -> None:
+    # 1,000 negatives at 0..999, positives: 5 above every negative, 5 tied with the top negative.
+    negatives = np.arange(1000, dtype=float)
+    positives = np.array([2000.0] * 5 + [999.0] * 5)
+    scores = np.concatenate([negatives, positives])
+    labels = np.concatenate([np.zeros(1000, int), np.ones(10, int)])
+    assert tpr_at_fpr(scores, labels, 0.0) == pytest.approx(0.5)  # ties with a negative cannot pass at FPR 0
+    assert tpr_at_fpr(scores, labels, 0.001) == pytest.approx(1.0)  # one negative may pass: the ties do too
+    report = low_fpr_metrics(scores, labels, fprs=(0.01, 0.0001))
+    assert report["tpr_at_0.01_fpr"] == pytest.approx(1.0)
+    assert report["tpr_at_0.0001_fpr"] is None  # 1,000 negatives cannot resolve a rate of 1 in 10,000
+    assert np.isnan(tpr_at_fpr(scores[:1000], labels[:1000], 0.01))
