@@ -4,6 +4,7 @@ modules, and torch and transformers load only when a command's handler needs the
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,26 @@ def test_light_mechanism_list_matches_the_mechanism_classes() -> None:
     assert {name: uses_epsilon(name) for name in MECHANISMS} == {name: cls.uses_epsilon()
                                                                for name, cls in MECHANISMS.items()}
     assert [name for name in MECHANISMS if uses_epsilon(name)] == ["gaussian", "label_rr", "gaussian_r"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the server's memory map (Linux)")
+def test_serve_listens_before_loading_torch(tmp_path) -> None:
+    # The modes' torch- and TenSEAL-backed classes load when a device opens a mode, not before listening.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
+    cli = [sys.executable, "-c", "from secure_assist.cli import main; main()"]
+    subprocess.run([*cli, "keys", "init", "--dir", str(tmp_path / "keys")], env=env, cwd=REPOSITORY, check=True,
+                   capture_output=True, timeout=120)
+    ready = tmp_path / "ready"
+    server = subprocess.Popen([*cli, "serve", "--keys", str(tmp_path / "keys"), "--workdir", str(tmp_path / "state"),
+                               "--port", "0", "--ready-file", str(ready)], env=env, cwd=REPOSITORY,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "serve did not start listening"
+        libraries = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "libtorch" not in libraries and "tenseal" not in libraries
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -122,6 +122,40 @@ def test_users_own_data_through_finetune_flags(tmp_path: Path, capsys: pytest.Ca
     assert rows_by_attack["model_completion_k32"]["status"] == "not_applicable"
 
 
+def test_registered_references_are_rows_beside_the_points(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "out"
+    result = compare(output, "--mechanisms", "none", "--references", "local_lora,mobillm", capsys=capsys)
+    rows = {p["label"]: p for p in result["points"]}
+    assert list(rows) == ["local_lora", "mobillm", "none"] and result["computed"] == 3
+    lora, mobillm, pae = rows["local_lora"], rows["mobillm"], rows["none"]
+    assert lora["status"] == mobillm["status"] == "ok" and lora["attacks"] == mobillm["attacks"] == []
+    for row in (lora, mobillm):
+        assert 0 <= row["utility"]["accuracy"] <= 1 and row["utility"]["n_train"] == 40
+        # Scored on the same evaluation rows as every point: the same backbone accuracy beside it.
+        assert row["utility"]["zero_shot_accuracy"] == pytest.approx(pae["utility"]["zero_shot_accuracy"])
+        assert row["cost"]["device_seconds"] > 0 and row["leakage"]["best"] is None
+    # LoRA sends nothing; MobiLLM sends every token's state at every layer, each of the 2 epochs.
+    assert lora["cost"]["bytes_up"] == 0 and lora["cost"]["server_seconds"] == 0
+    assert mobillm["cost"]["upload_bytes_per_sample"] > 2 * pae["cost"]["upload_bytes_per_sample"]
+    assert mobillm["cost"]["device_forwards_after_epoch1"] == 40 and mobillm["cost"]["server_seconds"] > 0
+    assert "labels" in mobillm["uploads"]
+    table = (output / "compare.md").read_text()
+    assert "| local_lora |" in table and "| mobillm |" in table
+    # Reference rows resume like points; adding device_local computes only that row.
+    again = compare(output, "--mechanisms", "none", "--references", "device_local,local_lora,mobillm", capsys=capsys)
+    assert again["computed"] == 1 and again["cached"] == 3
+    assert [p["label"] for p in again["points"]] == ["device_local", "local_lora", "mobillm", "none"]
+
+
+@pytest.mark.parametrize(("names", "message"), [("split_learning", "is not scored on an evaluation split"),
+                                                ("no_such_reference", "unknown reference 'no_such_reference'")])
+def test_references_compare_cannot_score_are_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 names: str, message: str) -> None:
+    assert main(["compare", *TINY, "--quiet", "--output", str(tmp_path), "--references", names]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and not (tmp_path / "points").exists()
+
+
 def _killed_after(command: list[str], env: dict[str, str], points: Path, count: int) -> dict:
     """Run a sweep, SIGKILL it as soon as `count` point files exist; {file: (mtime, bytes)} then."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

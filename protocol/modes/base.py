@@ -6,6 +6,9 @@ for a mode that uploads nothing), and how the device turns the server's answer i
 `SideOutput` once epoch 1 is uploaded. Everything else (data, hold-out, forward
 passes, mechanisms, upload with resume, safeguard, evaluation, model file, summary)
 is the one run path in `secure_assist.training.run`, the same for every mode and channel.
+
+A mode's module imports nothing torch- or TenSEAL-backed at its top: `secure-assist serve`
+reads the registry before it listens, and pays for those imports when a device opens a mode.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from protocol.wire.channel import Channel
-from protocol.device.forward_device import ForwardDevice
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import Message
 from protocol.server.training_settings import ServerTraining
-from protocol.model.side_output import SideOutput
+
+if TYPE_CHECKING:  # torch-backed: a mode module imports them where it runs, so `serve` listens first
+    from protocol.device.forward_device import ForwardDevice
+    from protocol.model.side_output import SideOutput
 
 
 class DeviceProtections(Protocol):

@@ -46,7 +46,6 @@ from protocol.files import private_dir
 from protocol.server.limits import LimitExceeded, ServerLimits, admit_upload
 from protocol.wire.messages import ErrorReply, Message, decode_message, encode_message
 from protocol.server.training_settings import ServerTraining
-from protocol.server.side_tuning import SideTuningServer
 from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
 from protocol.transport.framing import encode_frame
 from protocol.transport.identity import KeyDirectory, fingerprint
@@ -93,6 +92,14 @@ def decode_request(payload: bytes, limits: ServerLimits) -> Message:
     return message
 
 
+def _side_tuning(workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                 stop: threading.Event | None = None) -> DeviceEndpoint:
+    # Imported on first use: it loads torch, and `serve` listens before paying for that.
+    from protocol.server.side_tuning import SideTuningServer
+
+    return SideTuningServer(workdir, training, limits=limits, stop=stop)
+
+
 @dataclass
 class TransportServer:
     """Serves the PAE server role to authenticated devices over TCP + TLS 1.3."""
@@ -103,7 +110,7 @@ class TransportServer:
     limits: ServerLimits = field(default_factory=ServerLimits)
     # `secure-assist serve` passes a `protocol.modes.host.ModeHost` factory (every offered mode,
     # named by the device's Hello); the bare side-network server is the default for transport tests.
-    endpoint_factory: Callable[..., DeviceEndpoint] = SideTuningServer
+    endpoint_factory: Callable[..., DeviceEndpoint] = _side_tuning
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

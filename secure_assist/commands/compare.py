@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from secure_assist.commands.finetune import add_config_flags, config_from_args
-from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, SweepAxes
+from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, DEVICE_LOCAL, SweepAxes
 from secure_assist.config import FinetuneConfig
 from secure_assist.executors import add_executor_flags, executor_from_args
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
@@ -100,9 +100,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help=text)
     parser.add_argument("--output", "--workdir", dest="output", default="runs/compare",
                         help="folder for points/, runs/, compare.{json,md,csv} and the plots (default: runs/compare)")
-    parser.add_argument("--references", action="store_true",
-                        help="add the device_local reference row (the side network trained on the device, nothing "
-                             "uploaded) at each training sample count")
+    parser.add_argument("--references", nargs="?", const=(DEVICE_LOCAL,), default=(), metavar="LIST",
+                        type=lambda text: tuple(dict.fromkeys(p for p in text.split(",") if p)),
+                        help="add reference rows at each training sample count: device_local (the side network "
+                             "trained on the device, nothing uploaded; the default without a list) and the "
+                             "registered references scored on an evaluation split (secure_assist.references; an "
+                             "unknown name is refused with the list)")
     add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print compare.json on stdout")

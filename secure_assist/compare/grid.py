@@ -91,13 +91,15 @@ class SweepPoint:
     config: FinetuneConfig
     attacks: tuple[str, ...]
     fingerprint: str
+    reference: str | None = None  # a registered reference (secure_assist.references) run instead of `config`
 
 
-def point_identity(config: FinetuneConfig, attacks: tuple[str, ...]) -> dict[str, Any]:
-    """What a point's results depend on: its config (the workdir and RESULT_NEUTRAL_FIELDS excluded) and its
-    attacks."""
+def point_identity(config: FinetuneConfig, attacks: tuple[str, ...], reference: str | None = None) -> dict[str, Any]:
+    """What a point's results depend on: its config (the workdir and RESULT_NEUTRAL_FIELDS excluded), its
+    attacks and, for a reference row, the reference's name."""
     values = {k: v for k, v in asdict(config).items() if k != "workdir" and k not in RESULT_NEUTRAL_FIELDS}
-    return {"schema_version": POINT_SCHEMA_VERSION, "finetune": values, "attacks": list(attacks)}
+    identity = {"schema_version": POINT_SCHEMA_VERSION, "finetune": values, "attacks": list(attacks)}
+    return identity if reference is None else {**identity, "reference": reference}
 
 
 def fingerprint(identity: dict[str, Any]) -> str:
@@ -154,28 +156,44 @@ def check_base(base: FinetuneConfig) -> None:
 DEVICE_LOCAL = "device_local"
 
 
-def reference_points(base: FinetuneConfig, axes: SweepAxes, output: Path | str) -> list[SweepPoint]:
-    """The `device_local` reference (the side network trained on the device, nothing uploaded) at each
-    training sample count of the sweep: what every point's server help is judged against."""
+def check_references(names: tuple[str, ...]) -> None:
+    """Refuse names that are neither `device_local` nor a reference scored on an evaluation split."""
+    if not names:
+        return
+    from secure_assist.references.registry import get_reference  # torch: only when references are asked for
+
+    for name in names:
+        if name != DEVICE_LOCAL:
+            get_reference(name).scored_run()
+
+
+def reference_points(base: FinetuneConfig, axes: SweepAxes, output: Path | str,
+                     names: tuple[str, ...] = (DEVICE_LOCAL,)) -> list[SweepPoint]:
+    """The reference rows at each training sample count of the sweep: `device_local` (the side
+    network trained on the device, nothing uploaded: what every point's server help is judged
+    against) and registered references (`secure_assist.references`, e.g. local LoRA, MobiLLM)."""
+    check_references(names)
     points = []
-    for samples in dict.fromkeys(axes.train_samples):
-        config = replace(base, mechanism=("none",), mode=DEVICE_LOCAL, epsilon=None, train_samples=samples,
+    for name, samples in itertools.product(dict.fromkeys(names), dict.fromkeys(axes.train_samples)):
+        reference = None if name == DEVICE_LOCAL else name
+        config = replace(base, mechanism=("none",), mode=DEVICE_LOCAL if reference is None else base.mode,
+                         epsilon=None, train_samples=samples,
                          mechanism_seed=base.seed if base.mechanism_seed is None else base.mechanism_seed,
                          reuse_forwards=True, workdir="")
-        key = fingerprint(point_identity(config, ()))
-        series = DEVICE_LOCAL + (f" n={samples if samples is not None else 'all'}" if len(axes.train_samples) > 1
-                                 else "")
-        points.append(SweepPoint(axes={"mechanism": DEVICE_LOCAL, "epsilon": None, "layers": None,
+        key = fingerprint(point_identity(config, (), reference))
+        series = name + (f" n={samples if samples is not None else 'all'}" if len(axes.train_samples) > 1 else "")
+        points.append(SweepPoint(axes={"mechanism": name, "epsilon": None, "layers": None,
                                        "activation_noise_multiplier": 0.0, "train_samples": samples},
                                  label=series, series=series,
                                  config=replace(config, workdir=str(Path(output) / "runs" / key[:16])),
-                                 attacks=(), fingerprint=key))
+                                 attacks=(), fingerprint=key, reference=reference))
     return points
 
 
-def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str, references: bool = False) -> list[SweepPoint]:
+def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str,
+           references: tuple[str, ...] = ()) -> list[SweepPoint]:
     """The grid's distinct points in sweep order; an axis a point ignores (ε for a mechanism
-    that reads none) does not multiply it. `references`: the device_local rows first."""
+    that reads none) does not multiply it. `references`: their rows first (see `reference_points`)."""
     check_base(base)
     varying = {name for name in ("layer_subsets", "activation_noise_multipliers", "train_samples")
                if len(set(getattr(axes, name))) > 1}
@@ -198,4 +216,4 @@ def expand(base: FinetuneConfig, axes: SweepAxes, output: Path | str, references
         series = _series(entry, layers, noise, samples, varying)
         points[key] = SweepPoint(axes=axis_values, label=_label(series, epsilon), series=series, config=config,
                                  attacks=axes.attacks, fingerprint=key)
-    return (reference_points(base, axes, output) if references else []) + list(points.values())
+    return (reference_points(base, axes, output, references) if references else []) + list(points.values())

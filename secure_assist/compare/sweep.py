@@ -21,6 +21,7 @@ from secure_assist.audit.public_knowledge import public_data
 from secure_assist.audit.rows import ACCURACY, summary_utility
 from secure_assist.audit.schema import COST_KEYS, jsonable, package_versions
 from secure_assist.compare.grid import SweepPoint, point_identity
+from secure_assist.compare.reference_rows import reference_result
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.executors import Executor, Progress
@@ -45,7 +46,7 @@ def load_finished(path: Path, point: SweepPoint) -> dict[str, Any] | None:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if not (isinstance(saved, dict) and saved.get("schema") == SCHEMA + "-point"
                 and saved.get("fingerprint") == point.fingerprint
-                and saved.get("identity") == jsonable(point_identity(point.config, point.attacks))
+                and saved.get("identity") == jsonable(point_identity(point.config, point.attacks, point.reference))
                 and saved.get("status") == "ok"):
             return None
         numbers = [saved["utility"]["accuracy"], saved["utility"]["zero_shot_accuracy"],
@@ -91,7 +92,9 @@ def leakage(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def sweep_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
     """Fine-tune one point for real and run its label attacks on the server's view (a reference
-    row, device_local, uploads nothing: no view, nothing to attack)."""
+    row uploads nothing the attacks can read: no view, nothing to attack)."""
+    if point.reference is not None:
+        return reference_result(point, point_data(point.config), progress)
     start = time.perf_counter()
     result = run_point(point.config, point.attacks, point_data(point.config), progress)
     summary = result.summary
@@ -106,7 +109,8 @@ def sweep_point(point: SweepPoint, progress: bool) -> dict[str, Any]:
 def _record(point: SweepPoint, status: str, **fields: Any) -> dict[str, Any]:
     return {"schema": SCHEMA + "-point", "fingerprint": point.fingerprint, "label": point.label,
             "series": point.series, "axes": jsonable(point.axes),
-            "identity": jsonable(point_identity(point.config, point.attacks)), "status": status, **fields}
+            "identity": jsonable(point_identity(point.config, point.attacks, point.reference)), "status": status,
+            **fields}
 
 
 def check_points(points: list[SweepPoint]) -> None:

@@ -47,6 +47,16 @@ class LoraRun:
     train_seconds: float
     steps: int
     probabilities: np.ndarray  # (n_eval, C) softmax over label words after training
+    device_forwards_after_epoch1: int  # backbone passes (with backward) of epochs after the first
+    # Nothing leaves the device: no traffic, no server.
+    bytes_up: int = 0
+    bytes_down: int = 0
+    server_seconds: float = 0.0
+
+    @property
+    def device_seconds(self) -> float:
+        """Device seconds of training (the scoring passes excluded, as for every row)."""
+        return self.train_seconds
 
 
 @contextmanager
@@ -103,7 +113,8 @@ def run_local_lora(backbone: Backbone, task: TaskSpec, train: list[Example], eva
                 _, logits = pivot_outputs(backbone, task, [e.text for e in evaluate[i:i + 16]], last_layer, label_ids)
                 probabilities.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return LoraRun(trainable_parameters=trainable, train_seconds=train_seconds, steps=steps,
-                   probabilities=np.concatenate(probabilities))
+                   probabilities=np.concatenate(probabilities),
+                   device_forwards_after_epoch1=(settings.epochs - 1) * len(train))
 
 
 def sft_loss(backbone: Backbone, task: InstructionTask, examples: list[InstructionExample]) -> torch.Tensor:

@@ -89,7 +89,18 @@ class MobiLLMRun:
     bytes_down: int
     device_seconds: float
     device_forward_samples: int
+    server_seconds: float
     probabilities: np.ndarray  # (n_eval, C) softmax of the side network's logits
+
+    @property
+    def bytes_up(self) -> int:
+        """Bytes uploaded over every epoch."""
+        return sum(self.bytes_up_per_epoch)
+
+    @property
+    def device_forwards_after_epoch1(self) -> int:
+        """Backbone passes of later epochs: MobiLLM re-sends every epoch."""
+        return self.device_forward_samples - (self.device_forward_samples // max(1, len(self.bytes_up_per_epoch)))
 
 
 def _full_activations(backbone: Backbone, task: TaskSpec, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +146,8 @@ def run_mobillm(backbone: Backbone, task: TaskSpec, train: list[Example], evalua
             logits = pooled_logits(network, acts.to(dtype=torch.float16).float(), mask)
         probabilities.append(torch.softmax(logits, dim=-1).numpy())
     return MobiLLMRun(bytes_up_per_epoch=per_epoch, bytes_down=channel.bytes_down, device_seconds=device_seconds,
-                      device_forward_samples=forwards, probabilities=np.concatenate(probabilities))
+                      device_forward_samples=forwards, server_seconds=server.compute_seconds,
+                      probabilities=np.concatenate(probabilities))
 
 
 @dataclass

@@ -7,18 +7,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.wire.messages import ErrorReply, Hello, ModeAccepted, UploadAck, expect
-from protocol.modes.ckks_ridge.head import RidgeHead
 from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ENCRYPTED_HEAD, PIVOT_ACTIVATIONS
-from protocol.modes.ckks_ridge.server import HeHeadServer
 from protocol.modes.base import DeviceProtections, TrainingMode, TrainOutcome
+
+if TYPE_CHECKING:
+    from protocol.modes.ckks_ridge.head import RidgeHead
 
 
 class HeadEncryptor(Protocol):
@@ -46,6 +47,8 @@ class CkksRidgeMode(TrainingMode):
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:
+        from protocol.modes.ckks_ridge.server import HeHeadServer  # TenSEAL and torch: see protocol.modes.base
+
         return HeHeadServer(workdir, limits=limits, stop=stop)
 
     def server_details(self, endpoint: RecordingEndpoint) -> dict[str, float]:

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
-from protocol.modes.generation.device import GenerationDevice
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
-from protocol.modes.generation.server import GenerationServer
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import (
     ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, UploadAck, expect,
 )
 from protocol.server.training_settings import ServerTraining
-from protocol.model.side_network import HiddenCorrection
 from protocol.server.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL
 from protocol.modes.side_network.mode import SideNetworkMode
+
+if TYPE_CHECKING:
+    from protocol.model.side_output import SideOutput
+    from protocol.modes.generation.device import GenerationDevice
 
 
 class GenerationMode(SideNetworkMode):
@@ -38,11 +40,17 @@ class GenerationMode(SideNetworkMode):
                 SideWeights, ErrorReply)
     view_fields = frozenset({ANSWER_ACTIVATIONS, RESIDUAL, HIDDEN_CORRECTION})
     task_kind = "generation"
-    output_class = HiddenCorrection
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:
+        from protocol.modes.generation.server import GenerationServer  # torch: see protocol.modes.base
+
         return GenerationServer(workdir, training, limits=limits, stop=stop)
+
+    def rebuild(self, weights: SideWeights) -> SideOutput:
+        from protocol.model.side_network import HiddenCorrection, network_from_arrays
+
+        return network_from_arrays(weights.state, weights.architecture, HiddenCorrection)
 
     def open(self, channel: Channel, device: GenerationDevice) -> None:
         # Idempotent on the server: a resumed device sends the same matrix again.

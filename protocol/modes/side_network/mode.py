@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
@@ -14,10 +16,11 @@ from protocol.wire.messages import (
     UploadAck, expect,
 )
 from protocol.server.training_settings import ServerTraining
-from protocol.server.side_tuning import SideTuningServer
-from protocol.model.side_network import AdditiveSideNetwork, network_from_arrays
 from protocol.server.transcript import DELTA, PIVOT_ACTIVATIONS, SIDE_NETWORK
 from protocol.modes.base import DeviceProtections, TrainingMode, TrainOutcome
+
+if TYPE_CHECKING:
+    from protocol.model.side_output import SideOutput
 
 
 class SideNetworkMode(TrainingMode):
@@ -28,17 +31,23 @@ class SideNetworkMode(TrainingMode):
     messages = (Hello, ModeAccepted, Upload, UploadAck, TrainUntil, TrainReport, FetchWeights,
                 SideWeights, ErrorReply)
     view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
-    # The side output the fetched weights rebuild.
-    output_class: type[AdditiveSideNetwork] = AdditiveSideNetwork
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:
+        from protocol.server.side_tuning import SideTuningServer  # torch: see protocol.modes.base
+
         return SideTuningServer(workdir, training, limits=limits, stop=stop)
+
+    def rebuild(self, weights: SideWeights) -> SideOutput:
+        """The side output that the fetched weights describe."""
+        from protocol.model.side_network import AdditiveSideNetwork, network_from_arrays
+
+        return network_from_arrays(weights.state, weights.architecture, AdditiveSideNetwork)
 
     def train(self, channel: Channel, epochs: int, mechanisms: DeviceProtections) -> TrainOutcome:
         # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
         report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
         weights = expect(channel.request(FetchWeights()), SideWeights)
-        return TrainOutcome(side=network_from_arrays(weights.state, weights.architecture, self.output_class),
+        return TrainOutcome(side=self.rebuild(weights),
                             epochs_done=report.epochs_done, cache_samples=report.samples,
                             final_train_loss=report.loss if epochs > 1 else None)
