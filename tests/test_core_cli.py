@@ -16,6 +16,10 @@ def test_finetune_then_predict(tmp_path, capsys) -> None:
     assert summary["n_train"] == 48 and summary["n_eval"] == 24
     assert summary["device_forwards_epoch1"] == 48 and summary["device_forwards_after_epoch1"] == 0
     assert summary["cache_samples"] == 48 and summary["cache_reads"] == 96
+    # The device's cost is its uploads' forward passes (no safeguard, no device work here): scoring the 24
+    # evaluation samples afterwards is measurement and is not counted.
+    assert summary["device_forwards"] == 48 + 24
+    assert summary["device_seconds"] == pytest.approx(summary["device_seconds_epoch1"]) and summary["device_seconds"] > 0
     assert summary["bytes_up"] > 48 * 2 * 64 * 2
     assert 0 <= summary["accuracy"] <= 1
     assert main(["predict", summary["model_file"], "--text", "great fun", "--text", "a bore", "--quiet"]) == 0

@@ -36,7 +36,9 @@ class RunSummary:
     upload_bytes_per_sample: float
     upload_wire_bytes_this_session: int
     reconnects: int
-    device_seconds: float  # forward passes (also those reused from the device cache) + the mode's device work
+    # Forward passes of the uploads and the safeguard's validation (also those reused from the device cache) + the
+    # mode's device work; scoring the evaluation split is not counted.
+    device_seconds: float
     device_train_seconds: float  # training on the device (device_local)
     device_forwards: int
     device_forwards_reused: int
