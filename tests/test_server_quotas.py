@@ -6,6 +6,7 @@ requests; `test_transport_abuse.py` runs the same attacks against `serve` over T
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from protocol.server.recovery import TRAINING_STATE_FILE
 from protocol.server.side_tuning import SideTuningServer
 from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import TRANSCRIPT_FILE, ServerView
-from protocol.transport.abuse import synthetic_generation_upload, synthetic_upload
+from protocol.transport.abuse import QUOTA_ATTACKS, run_quota_attack, synthetic_generation_upload, synthetic_upload
+from protocol.transport.identity import KeyDirectory
+from protocol.transport.serve_process import ServeProcess
 from protocol.wire.channel import InProcessChannel
 from protocol.wire.messages import FetchWeights, RecordedDigest, SideWeights, TrainUntil, Upload, UploadAck
 
@@ -259,3 +262,27 @@ def test_a_gram_matrix_wider_than_the_limit_leaves_no_record(tmp_path: Path) -> 
             channel.request(HeadGram(gram=np.eye(65, dtype=np.float32)))
     assert transcript_bytes(tmp_path) == 0
     server.close()
+
+
+def test_the_quota_attacks_against_serve_stop_at_their_limits(tmp_path: Path) -> None:
+    """Rows 1, 2, 5, 12, 14 over TLS with a valid device certificate: each quota attack of
+    `protocol.transport.abuse` is answered as in process, the refusals are logged, and no device's
+    directory passes its disk quota."""
+    keys = KeyDirectory(tmp_path / "keys")
+    keys.init([kind.replace("_", "-") for kind in QUOTA_ATTACKS])
+    flags = ["--rank", "4", "--max-layers", "2", "--max-width", "64", "--max-device-disk-mib", "4"]
+    expected = {"resend_other_values": "other values", "fetch_repeat": "answered side_weights",
+                "disk_fill": "max_device_disk_mib", "one_sample_first": "answered side_weights",
+                "gram_too_wide": "max_width", "generation_positions": "max_positions_per_sample"}
+    with ServeProcess(tmp_path, keys, flags) as serve:
+        for kind, outcome in expected.items():
+            seen: Counter = Counter()
+            for round_number in range(1, 40):
+                run_quota_attack(kind, serve.address, keys, seen, round_number, 64)
+                if outcome in seen:
+                    break
+            assert outcome in seen, (kind, seen)
+        log = serve.log()
+    assert "--max-device-disk-mib" in log and "other values" in log
+    for device in (serve.workdir / "devices").iterdir():
+        assert directory_bytes(device) <= 4 * MIB, device.name

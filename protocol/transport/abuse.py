@@ -171,10 +171,10 @@ def requests_on_one_link(address: Address, keys: KeyDirectory, name: str, mode: 
 def quota_attack_payloads(kind: str, round_number: int, width: int) -> tuple[str, list[bytes]]:
     """The mode and requests of one round of quota attack `kind`, for a server whose largest width is `width`."""
     upload = synthetic_upload(2, 2, width, seed=round_number)
-    if kind == "resend_other_values":  # the same ids with other values, and another layer count
+    if kind == "resend_other_values":  # the same ids again with other values
         other = Upload(sample_ids=upload.sample_ids, activations=upload.activations + 1, delta=upload.delta,
                        layers=upload.layers)
-        return "side_network", [encode_message(m) for m in (upload, other, synthetic_upload(2, 1, width))]
+        return "side_network", [encode_message(m) for m in (upload, other)]
     if kind == "fetch_repeat":  # the same weights reply, asked for again and again
         return "side_network", [encode_message(synthetic_upload(2, 2, width, seed=0))] + \
             [encode_message(FetchWeights())] * 8
