@@ -76,14 +76,14 @@ class RecordingEndpoint:
             log.warning("%s: refused %r: %s", self.workdir.name[:16], message.TYPE, exc)
             return encode_message(ErrorReply(reason=str(exc)))  # not recorded: nothing changed
         # Recorded before it is carried out, so a crash cannot store what the view lacks.
-        start = self.transcript.record(INBOUND, self.recorded_form(message, data))
+        record = self.transcript.record(INBOUND, self.recorded_form(message, data))
         try:
             reply = self.handle(message)
         except ProtocolError as exc:
             # Refused by the role, which changes nothing before it refuses: the digest is the whole
             # record. Work cut short by a shutdown may have changed state: its record stays whole.
             if not isinstance(exc, ServerStopping):
-                self.transcript.replace_from(start, INBOUND, digest_record(message.TYPE, "refused", data))
+                self.transcript.replace_from(record, INBOUND, digest_record(message.TYPE, "refused", data))
             reply = ErrorReply(reason=str(exc))
         out = self._record_reply(reply)
         self.compute_seconds += time.perf_counter() - start
