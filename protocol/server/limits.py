@@ -8,8 +8,10 @@ that names the limit (`LimitExceeded`), a log line, and changes nothing.
 
 Sizing the defaults: the side network a device can make the server build is about
 2·layers·width·rank floats, held four times (weights, gradients, two AdamW moments); at the
-maxima (64 layers x 4096, rank 64) that is ~0.5 GB per device, and SmolLM2-135M (30 x 576)
-needs 2% of it. An operator serving one backbone should set its exact shape.
+maxima (64 layers x 4096, rank 64) its weights alone (134 MB) would not fit a 64 MiB frame, so
+such a network is refused before it is built, and SmolLM2-135M (30 x 576) needs 9 MB of weights.
+What is held and stored in bytes is bounded by the quotas (`protocol.server.quotas`). An
+operator serving one backbone should set its exact shape.
 """
 
 from __future__ import annotations
