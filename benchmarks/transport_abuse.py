@@ -51,7 +51,7 @@ from transport_load import timed_threads  # sibling script: python puts benchmar
 # Both servers: the defaults, except the exact tiny-llama shape and a partial-frame budget sized
 # for this host (the defaults allow 64 MiB frames and 256 MiB of partial frames).
 FRAME_MIB = "16"
-DISK_MIB = "64"  # per device: the disk-filling attacker reaches it within the run
+DISK_MIB = "4"  # per device (honest devices here store under 1 MiB): the disk-filling attacker reaches it
 SERVE_FLAGS = ["--max-layers", "2", "--max-width", "64", "--max-classes", "2", "--max-frame-mib", FRAME_MIB,
                "--max-partial-frames-mib", "64", "--read-seconds", "5", "--max-device-disk-mib", DISK_MIB]
 DESCRIPTORS = 1024  # a common default; the flood opens about this many connections

@@ -179,7 +179,7 @@ def quota_attack_payloads(kind: str, round_number: int, width: int) -> tuple[str
         return "side_network", [encode_message(synthetic_upload(2, 2, width, seed=0))] + \
             [encode_message(FetchWeights())] * 8
     if kind == "disk_fill":  # new samples every round, until the device's disk quota
-        return "side_network", [encode_message(synthetic_upload(256, 2, width, seed=round_number))]
+        return "side_network", [encode_message(synthetic_upload(1024, 2, width, seed=round_number))]
     if kind == "one_sample_first":  # a first upload of one sample, then training and a fetch
         return "side_network", [encode_message(m) for m in (synthetic_upload(1, 2, width, seed=0),
                                                             TrainUntil(epochs_total=2 + round_number), FetchWeights())]
