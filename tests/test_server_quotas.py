@@ -2,7 +2,7 @@
 server store on disk, hold in memory, record or rewrite is bounded in bytes, whatever the mode.
 
 In process against the real endpoints, with quotas scaled down so each bound is reached in a few
-requests; `test_transport_abuse.py` runs the same attacks against `serve` over TLS."""
+requests; the last test runs the same attacks (`protocol.transport.abuse`) against `serve` over TLS."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def transcript_bytes(workdir: Path) -> int:
 
 
 def test_other_values_for_cached_ids_and_other_layer_counts_leave_no_record(tmp_path: Path) -> None:
-    """Row 1: re-sending cached ids with other values, or another layer count, is refused before
+    """Re-sending cached ids with other values, or another layer count, is refused before
     anything is recorded (it used to be recorded in full each time)."""
     server = SideTuningServer(tmp_path, TRAINING, limits=ServerLimits())
     channel = InProcessChannel(server)
@@ -58,7 +58,7 @@ def test_other_values_for_cached_ids_and_other_layer_counts_leave_no_record(tmp_
 
 
 def test_a_repeated_weights_reply_is_recorded_once(tmp_path: Path) -> None:
-    """Row 1: FetchWeights asked again with nothing trained in between records the reply's digest,
+    """FetchWeights asked again with nothing trained in between records the reply's digest,
     not another full copy; the view still holds the reply in full once, and sizes as sent."""
     server = SideTuningServer(tmp_path, TRAINING, limits=ServerLimits())
     channel = InProcessChannel(server)
@@ -81,7 +81,7 @@ def test_a_repeated_weights_reply_is_recorded_once(tmp_path: Path) -> None:
 
 
 def test_requests_refused_inside_the_role_or_undecodable_are_recorded_by_digest(tmp_path: Path) -> None:
-    """Row 1: what the role refuses after admission (and what does not decode) is kept as kind,
+    """What the role refuses after admission (and what does not decode) is kept as kind,
     digest and size, never as a full copy."""
     server = SideTuningServer(tmp_path, TRAINING, limits=ServerLimits())
     server.handle_bytes(b"\x00" * 200_000)
@@ -95,7 +95,7 @@ def test_requests_refused_inside_the_role_or_undecodable_are_recorded_by_digest(
 
 
 def test_a_network_whose_weights_reply_exceeds_the_frame_limit_is_refused_before_it_is_built(tmp_path: Path) -> None:
-    """Row 2: the first upload fixes the network; if its weights could never be sent within a
+    """The first upload fixes the network; if its weights could never be sent within a
     frame, the upload is refused (naming --max-frame-mib), nothing is built or written."""
     limits = ServerLimits(max_frame_mib=1.0)
     server = SideTuningServer(tmp_path, ServerTraining(rank=64), limits=limits)
@@ -112,7 +112,7 @@ def test_a_network_whose_weights_reply_exceeds_the_frame_limit_is_refused_before
 
 
 def test_the_memory_held_for_a_device_is_bounded_per_device_and_server_wide(tmp_path: Path) -> None:
-    """Row 2: a device's network, optimizer, reply and cached samples are reserved against its
+    """A device's network, optimizer, reply and cached samples are reserved against its
     memory quota and the server-wide budget; a closed device gives its share back."""
     limits = ServerLimits(max_device_memory_mib=1.0, max_server_memory_mib=1.2)
     first = SideTuningServer(tmp_path / "a", TRAINING, limits=limits)
@@ -134,7 +134,7 @@ def test_the_memory_held_for_a_device_is_bounded_per_device_and_server_wide(tmp_
 
 
 def test_the_disk_a_device_uses_is_bounded_by_its_quota(tmp_path: Path) -> None:
-    """Rows 1 and 2: cache, transcript and checkpoints together stay within --max-device-disk-mib;
+    """Cache, transcript and checkpoints together stay within --max-device-disk-mib;
     the upload that would pass it is refused and changes nothing."""
     limits = ServerLimits(max_device_disk_mib=2.0)
     server = SideTuningServer(tmp_path, TRAINING, limits=limits)
@@ -156,7 +156,7 @@ def test_the_disk_a_device_uses_is_bounded_by_its_quota(tmp_path: Path) -> None:
 
 
 def test_generation_uploads_are_bounded_per_sample(tmp_path: Path) -> None:
-    """Row 5: positions per sample and bytes per sample are limits of their own (a sample count
+    """Positions per sample and bytes per sample are limits of their own (a sample count
     says nothing of a sample's size), checked before anything is stored."""
     limits = ServerLimits(max_positions_per_sample=16, max_sample_kib=64.0)
     server = GenerationServer(tmp_path, TRAINING, limits=limits)
@@ -173,7 +173,7 @@ def test_generation_uploads_are_bounded_per_sample(tmp_path: Path) -> None:
 
 
 def test_generation_fetches_decompose_the_gram_matrix_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row 5: G^{-1/2} is computed once per server, not per weights request (it is seconds of CPU
+    """G^{-1/2} is computed once per server, not per weights request (it is seconds of CPU
     at large widths); repeated fetches return the same weights."""
     calls = []
     real = generation_server.inverse_square_root
@@ -193,7 +193,7 @@ def test_generation_fetches_decompose_the_gram_matrix_once(tmp_path: Path, monke
 
 
 def test_checkpoints_are_written_by_time_and_resume_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row 6: cached epochs do not rewrite the checkpoint each epoch (only when --checkpoint-seconds
+    """Cached epochs do not rewrite the checkpoint each epoch (only when --checkpoint-seconds
     have passed, and once at a clean stop); a crash resumes from the older checkpoint to exactly the
     weights of an uninterrupted run."""
     written = []
@@ -228,7 +228,7 @@ def test_checkpoints_are_written_by_time_and_resume_exactly(tmp_path: Path, monk
 
 
 def test_a_one_sample_first_upload_or_a_constant_feature_does_not_poison_the_network(tmp_path: Path) -> None:
-    """Row 14: the standardisation fitted on a first upload of one sample (no spread at all) or with
+    """The standardisation fitted on a first upload of one sample (no spread at all) or with
     a feature held constant keeps every weight finite through training and later uploads."""
     server = SideTuningServer(tmp_path / "one", TRAINING, limits=ServerLimits())
     channel = InProcessChannel(server)
@@ -254,7 +254,7 @@ def test_a_one_sample_first_upload_or_a_constant_feature_does_not_poison_the_net
 
 
 def test_a_gram_matrix_wider_than_the_limit_leaves_no_record(tmp_path: Path) -> None:
-    """Row 12: a refused Gram matrix (wider than --max-width) is not recorded, however often it is sent."""
+    """A refused Gram matrix (wider than --max-width) is not recorded, however often it is sent."""
     server = GenerationServer(tmp_path, TRAINING, limits=ServerLimits(max_width=64))
     channel = InProcessChannel(server)
     for _ in range(5):
