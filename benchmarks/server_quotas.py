@@ -1,9 +1,11 @@
 """What the storage and memory attacks cost the server now, against its quotas (prints JSON).
 
-Each storage and memory attack that the server endpoint answers runs in process against the real server endpoints under `ServerLimits()` defaults (scaled down where
-noted, so the run takes about a minute on two cores): bytes the device's transcript and directory
-grew by, bytes the process wrote, CPU seconds, and the quota each is held to. The checkpoint
-attack runs the same training twice side by side: checkpoints by time (the default) and after every epoch (the old way).
+Each storage and memory attack that the server endpoint answers runs in process against the
+real side-network and generation servers under `ServerLimits()` defaults (sizes scaled down
+where noted; about two minutes on two cores): bytes the device's transcript and directory grew
+by, bytes the process wrote, CPU seconds, and the quota each is held to. The checkpoint attack
+runs the same training twice side by side: checkpoints by time (the default) and after every
+epoch (the old way).
 
     python benchmarks/server_quotas.py
 """
@@ -72,7 +74,8 @@ def resent_and_refused(root: Path) -> dict:
               "refusals": sorted(outcomes), "transcript_growth_refused_16": refused_growth,
               "transcript_growth_fetch_32": transcript_bytes(root) - before,
               "fetch_cpu_seconds_32": round(time.process_time() - began, 3),
-              "directory_bytes": directory_bytes(root), "disk_quota_bytes": int(ServerLimits().max_device_disk_mib * MIB)}
+              "directory_bytes": directory_bytes(root),
+              "disk_quota_bytes": int(ServerLimits().max_device_disk_mib * MIB)}
     server.close()
     return result
 
@@ -83,7 +86,8 @@ def network_beyond_a_frame(root: Path) -> dict:
     server = SideTuningServer(root, limits=ServerLimits())
     channel = InProcessChannel(server)
     outcome = refusal(channel, synthetic_upload(1, 64, 4096, seed=3))
-    result = {"outcome": outcome, "transcript_bytes": transcript_bytes(root), "network_built": server.network is not None,
+    result = {"outcome": outcome, "transcript_bytes": transcript_bytes(root),
+              "network_built": server.network is not None,
               "peak_rss_growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024, 1)}
     server.close()
     return result
@@ -126,7 +130,8 @@ def checkpoint_writes(root: Path) -> dict:
         channel.request(TrainUntil(epochs_total=50))
         server.close()
         result[f"written_bytes_{name}"] = written_bytes() - before
-    result["ratio_every_epoch_vs_by_time"] = round(result["written_bytes_every_epoch"] / result["written_bytes_by_time"], 1)
+    result["ratio_every_epoch_vs_by_time"] = round(
+        result["written_bytes_every_epoch"] / result["written_bytes_by_time"], 1)
     return result
 
 

@@ -198,7 +198,8 @@ def test_checkpoints_are_written_by_time_and_resume_exactly(tmp_path: Path, monk
     weights of an uninterrupted run."""
     written = []
     real = trainer_module.write_atomic
-    monkeypatch.setattr(trainer_module, "write_atomic", lambda path, data: written.append(len(data)) or real(path, data))
+    monkeypatch.setattr(trainer_module, "write_atomic",
+                        lambda path, data: written.append(len(data)) or real(path, data))
     upload = synthetic_upload(16, 2, 32, seed=11)
 
     def trained(workdir: Path, limits: ServerLimits, epochs: int, close: bool = True) -> SideTuningServer:
