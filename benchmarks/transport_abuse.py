@@ -38,7 +38,7 @@ from protocol.device.forward_device import DeviceRole, new_sample_ids
 from protocol.errors import ProtocolError
 from protocol.server.limits import MIB, ServerLimits
 from protocol.wire.messages import FetchWeights, TrainUntil, Upload, encode_message
-from protocol.server.recovery import TRAINING_STATE_FILE
+from protocol.server.quotas import directory_bytes
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.server.transcript import CACHE_FILE, TRANSCRIPT_FILE
 from protocol.transport.abuse import ATTACKS, synthetic_upload
@@ -51,8 +51,9 @@ from transport_load import timed_threads  # sibling script: python puts benchmar
 # Both servers: the defaults, except the exact tiny-llama shape and a partial-frame budget sized
 # for this host (the defaults allow 64 MiB frames and 256 MiB of partial frames).
 FRAME_MIB = "16"
+DISK_MIB = "4"  # per device (honest devices here store under 1 MiB): the disk-filling attacker reaches it
 SERVE_FLAGS = ["--max-layers", "2", "--max-width", "64", "--max-classes", "2", "--max-frame-mib", FRAME_MIB,
-               "--max-partial-frames-mib", "64", "--read-seconds", "5"]
+               "--max-partial-frames-mib", "64", "--read-seconds", "5", "--max-device-disk-mib", DISK_MIB]
 DESCRIPTORS = 1024  # a common default; the flood opens about this many connections
 EPOCHS, LONG_RUN_EPOCHS = 10, 1000
 
@@ -142,11 +143,8 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
         seconds = timed_threads(honest)
         trainer = threading.Thread(target=quietly, args=(long_run.request, TrainUntil(epochs_total=LONG_RUN_EPOCHS)),
                                    daemon=True)
-        started = time.time()
         trainer.start()
-        checkpoint = namespace(serve, keys, "long-run") / TRAINING_STATE_FILE
-        while checkpoint.stat().st_mtime < started + 0.5 and time.time() < started + 60:
-            time.sleep(0.05)  # until cached epochs are being checkpointed: SIGTERM lands mid-training
+        time.sleep(2.0)  # cached epochs under way (checkpoints are by time now): SIGTERM lands mid-training
         rss = peak_rss(serve.process.pid)
         if abusers is not None:
             abusers.snapshot()
@@ -157,7 +155,7 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
     return {"honest_seconds": seconds, "latencies": latencies, "outcomes": outcomes, "peak_rss": rss,
             "stop_seconds": stop_seconds, "stop_rc": serve.process.returncode,
             "samples_lost": samples_lost(serve, keys, uploads), "state_private": state_private(serve.workdir),
-            "attacks": attacks,
+            "attacks": attacks, "disk": disk_use(serve),
             "resend_transcript_bytes": resend_growth(serve, keys) if abused else None}
 
 
@@ -178,6 +176,13 @@ def samples_lost(serve: ServeProcess, keys: KeyDirectory, uploads: list[list[Upl
         cache.close()
         lost += sum(bytes(row) not in stored for upload in mine for row in upload.sample_ids)
     return lost
+
+
+def disk_use(serve: ServeProcess) -> dict[str, int]:
+    """Bytes of every device's state together, against the sum of their disk quotas."""
+    devices = [path for path in (serve.workdir / "devices").iterdir() if path.is_dir()]
+    return {"bytes": sum(directory_bytes(path) for path in devices),
+            "quota_sum_bytes": len(devices) * int(float(DISK_MIB) * MIB)}
 
 
 def state_private(root: Path) -> bool:
@@ -249,6 +254,8 @@ def main() -> None:
                                      for run in runs],
             "sigterm_exit_codes": [run["stop_rc"] for run in runs],
             "state_private": all(run["state_private"] for run in runs),
+            "disk_mib": [round(run["disk"]["bytes"] / MIB, 1) for run in runs],
+            "disk_quota_sum_mib": [round(run["disk"]["quota_sum_bytes"] / MIB) for run in runs],
         }
     clean, abused = summary["clean"], summary["abused"]
     print(json.dumps({

@@ -160,7 +160,7 @@ def test_zero_sample_and_oversized_uploads_are_refused(serve: ServeProcess, keys
 
 def test_training_is_bounded_and_sigterm_stops_it_within_10_s(tmp_path: Path, keys: KeyDirectory) -> None:
     """Before the fix: TrainUntil(10^9) ran on after the device left, and SIGTERM did not stop the server."""
-    server = ServeProcess(tmp_path, keys, ["--rank", "4"]).start()
+    server = ServeProcess(tmp_path, keys, ["--rank", "4", "--checkpoint-seconds", "0.001"]).start()  # watch epochs
     try:
         mallory = channel(server, keys, "dave", timeout=20.0)
         mallory.request(synthetic_upload(64, 2, 8, seed=1))

@@ -60,7 +60,8 @@ def test_server_killed_in_epoch_1_and_epoch_2_resumes_exactly(tmp_path: Path) ->
                                  NetworkChannel(*running.address, context, pinned), progress=False).to_json()
     reference_dir = transport.workdir(next(fp for fp, e in keys.load_trust().items() if e["name"] == "reference"))
 
-    serve = ServeProcess(tmp_path, keys, ["--rank", str(TRAINING.rank)])
+    # Checkpoints after (nearly) every epoch, so the kills find mid-training progress on disk.
+    serve = ServeProcess(tmp_path, keys, ["--rank", str(TRAINING.rank), "--checkpoint-seconds", "0.001"])
     serve.start()
     faulty_fp = next(fp for fp, e in keys.load_trust().items() if e["name"] == "faulty")
     faulty_dir = tmp_path / "server" / "devices" / faulty_fp

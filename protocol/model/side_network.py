@@ -20,6 +20,9 @@ from torch import nn
 
 from protocol.errors import ProtocolError, UserInputError
 
+# Spreads at or below this are treated as none (see `fit_input_scaling`).
+_MIN_SPREAD = 1e-3
+
 
 @dataclass(frozen=True)
 class SideNetworkShape:
@@ -68,10 +71,16 @@ class AdditiveSideNetwork(nn.Module):
 
     @torch.no_grad()
     def fit_input_scaling(self, activations: torch.Tensor) -> None:
-        """Set the per-layer standardization from a (N, L, d) sample of inputs."""
+        """Set the per-layer standardization from a (N, L, d) sample of inputs.
+
+        A feature without spread in the sample (every feature of a one-sample upload, whose
+        unbiased std is NaN, or one a peer holds constant) is centred and left unscaled:
+        dividing later inputs by a vanishing spread would blow them up, and a NaN would
+        poison the network for good."""
         acts = activations.float()
         self.input_mean.copy_(acts.mean(dim=0))
-        self.input_scale.copy_(acts.std(dim=0).clamp_min(1e-3))
+        spread = acts.std(dim=0) if len(acts) > 1 else torch.zeros_like(acts[0])
+        self.input_scale.copy_(torch.where(spread > _MIN_SPREAD, spread, torch.ones_like(spread)))
 
     def side_states(self, activations: torch.Tensor) -> torch.Tensor:
         """h_{S_last}: the state the head reads, shape (B, d)."""

@@ -92,15 +92,30 @@ class ActivationCache:
         keys = {bytes(sid) for sid in sample_ids}
         return len(keys) - len(self._stored(list(keys)))
 
+    def payload_bytes(self) -> int:
+        """Bytes of every cached sample's activations and values (what a cached epoch loads)."""
+        query = f"SELECT COALESCE(SUM(LENGTH(activations) + LENGTH({self.VALUES})), 0) FROM samples"
+        return int(self._db.execute(query).fetchone()[0])
+
     def holds(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> bool:
         """Whether every sample is cached already with exactly these values (a re-sent upload)."""
         return self._holds(sample_ids, lambda i: _row_values(activations[i], delta[i]))
+
+    def conflicts(self, sample_ids: np.ndarray, activations: np.ndarray, delta: np.ndarray) -> bool:
+        """Whether some sample is cached already with other values."""
+        return self._conflicts(sample_ids, lambda i: _row_values(activations[i], delta[i]))
 
     def _holds(self, sample_ids: np.ndarray, values: Callable[[int], tuple[bytes, str, bytes]]) -> bool:
         """Whether every sample i is cached with exactly `values(i)` (see `_row_values`)."""
         keys = [bytes(sid) for sid in sample_ids]
         stored = self._stored(keys)
         return all(stored.get(key) == values(i) for i, key in enumerate(keys))
+
+    def _conflicts(self, sample_ids: np.ndarray, values: Callable[[int], tuple[bytes, str, bytes]]) -> bool:
+        """Whether some sample i is cached with values other than `values(i)`."""
+        keys = [bytes(sid) for sid in sample_ids]
+        stored = self._stored(keys)
+        return any(key in stored and stored[key] != values(i) for i, key in enumerate(keys))
 
     def _stored(self, keys: list[bytes]) -> dict[bytes, tuple[bytes, str, bytes]]:
         """Cached rows among `keys`: id -> (activation bytes, their dtype, `VALUES` bytes)."""
@@ -175,6 +190,11 @@ class SequenceCache(ActivationCache):
                         residual: np.ndarray) -> bool:
         """Whether every sample is cached already with exactly these rows (a re-sent upload)."""
         return self._holds(sample_ids, lambda i: _row_values(activations[rows[i]], residual[rows[i]]))
+
+    def conflicts_sequences(self, sample_ids: np.ndarray, rows: list[slice], activations: np.ndarray,
+                            residual: np.ndarray) -> bool:
+        """Whether some sample is cached already with other rows."""
+        return self._conflicts(sample_ids, lambda i: _row_values(activations[rows[i]], residual[rows[i]]))
 
     def load_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ids (n, 16), counts (n,), activations (sum counts, L, d), residual (sum counts, d)) in arrival order."""

@@ -5,8 +5,12 @@ it, encode and record the reply.
 Admission comes before recording: a request beyond a limit is answered with an
 `ErrorReply` naming the limit, logged, and leaves the transcript and every store as
 they were. The checks that do not depend on the role (an upload's own shape and size,
-the samples the device would hold) live here, so every role served over the network
-gets them; a role adds its own by extending `admit`.
+the samples the device would hold, the device's disk and memory quotas) live here, so
+every role served over the network gets them; a role adds its own by extending `admit`
+and declares what a request adds to its disk and memory (`disk_added`, `memory_held_after`).
+A request the role refuses after admission, or that does not decode, is recorded by kind,
+digest and size only (it changed nothing); a reply identical to the last one of its kind
+is recorded by its digest.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from pathlib import Path
 from protocol.wire.codec import DEFAULT_MAX_BYTES
 from protocol.errors import ProtocolError
 from protocol.server.limits import ServerLimits, admit_upload
-from protocol.wire.messages import ErrorReply, Hello, Message, ModeAccepted, ResentUpload, decode_message, encode_message
-from protocol.server.transcript import INBOUND, OUTBOUND, TranscriptWriter
+from protocol.server.quotas import REPLY_ALLOWANCE, REQUEST_COPIES, DeviceQuota
+from protocol.wire.messages import (
+    ErrorReply, Hello, Message, ModeAccepted, RecordedDigest, ResentUpload, decode_message, encode_message,
+)
+from protocol.server.transcript import INBOUND, OUTBOUND, TranscriptWriter, digest_record
 
 log = logging.getLogger("secure_assist.server")
 
@@ -43,7 +50,9 @@ class RecordingEndpoint:
         self.limits = limits
         self.stop = stop if stop is not None else threading.Event()
         self.transcript = TranscriptWriter(self.workdir)
+        self.quota = DeviceQuota(self.workdir, limits) if limits is not None else None
         self.compute_seconds = 0.0
+        self._last_reply: tuple[Message, bytes] | None = None
         # The training mode this endpoint serves (set by the host that opened it for a Hello).
         self.mode: str | None = None
 
@@ -52,7 +61,7 @@ class RecordingEndpoint:
         try:
             message = decode_message(data, self.max_message_bytes)
         except ProtocolError as exc:
-            self.transcript.record(INBOUND, data)
+            self.transcript.record(INBOUND, digest_record("undecodable", "refused", data))
             return self._record_reply(ErrorReply(reason=str(exc)))
         return self.handle_message(message, data)
 
@@ -62,13 +71,19 @@ class RecordingEndpoint:
         try:
             self.check_stop()
             self.admit(message)
+            self.admit_bytes(message, len(data))
         except ProtocolError as exc:
             log.warning("%s: refused %r: %s", self.workdir.name[:16], message.TYPE, exc)
             return encode_message(ErrorReply(reason=str(exc)))  # not recorded: nothing changed
-        self.transcript.record(INBOUND, self.recorded_form(message, data))
+        # Recorded before it is carried out, so a crash cannot store what the view lacks.
+        record = self.transcript.record(INBOUND, self.recorded_form(message, data))
         try:
             reply = self.handle(message)
         except ProtocolError as exc:
+            # Refused by the role, which changes nothing before it refuses: the digest is the whole
+            # record. Work cut short by a shutdown may have changed state: its record stays whole.
+            if not isinstance(exc, ServerStopping):
+                self.transcript.replace_from(record, INBOUND, digest_record(message.TYPE, "refused", data))
             reply = ErrorReply(reason=str(exc))
         out = self._record_reply(reply)
         self.compute_seconds += time.perf_counter() - start
@@ -76,10 +91,27 @@ class RecordingEndpoint:
 
     def admit(self, message: Message) -> None:
         """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing."""
-        if isinstance(message, ResentUpload):  # forged, it would put a false record in the view
-            raise ProtocolError("resent_upload is a transcript record, never a request")
+        if isinstance(message, (ResentUpload, RecordedDigest)):  # forged, it would put a false record in the view
+            raise ProtocolError(f"{message.TYPE} is a transcript record, never a request")
         if admit_upload(message, self.limits) is not None and self.limits is not None:
             self.limits.check_samples_held(self.samples_after(message))
+
+    def admit_bytes(self, message: Message, size: int) -> None:
+        """The device's disk and memory quotas after `message` (`size` bytes on the wire) is carried out."""
+        if self.quota is None:
+            return
+        what = f"request {message.TYPE!r}"
+        self.quota.check_disk(REQUEST_COPIES * size + REPLY_ALLOWANCE + self.disk_added(message), what)
+        self.quota.check_memory(self.memory_held_after(message), what)
+
+    def disk_added(self, message: Message) -> int:
+        """Bytes `message` adds to the device's directory beyond its own copies and a small reply
+        (roles that build networks or send large replies)."""
+        return 0
+
+    def memory_held_after(self, message: Message) -> int:
+        """Bytes the server holds for this device once `message` is carried out (roles that hold state)."""
+        return 0
 
     def samples_after(self, message: Message) -> int:
         """How many samples this device's store would hold after `message` (roles that store samples)."""
@@ -104,10 +136,19 @@ class RecordingEndpoint:
             raise ServerStopping("server is shutting down; retry later")
 
     def close(self) -> None:
-        """Release files."""
+        """Release files and the device's memory reservation."""
         self.transcript.close()
+        if self.quota is not None:
+            self.quota.release()
 
     def _record_reply(self, reply: Message) -> bytes:
-        out = encode_message(reply)
-        self.transcript.record(OUTBOUND, out)
+        # A role answers a repeated request with the same reply object (e.g. cached weights): its
+        # encoding is reused, so the repeat costs no encoding and is recognised by its digest
+        # (encoding the same message twice need not give the same bytes: header key order).
+        if self._last_reply is not None and self._last_reply[0] is reply:
+            out = self._last_reply[1]
+        else:
+            out = encode_message(reply)
+            self._last_reply = (reply, out)
+        self.transcript.record_once(OUTBOUND, reply.TYPE, out)
         return out

@@ -8,8 +8,10 @@ that names the limit (`LimitExceeded`), a log line, and changes nothing.
 
 Sizing the defaults: the side network a device can make the server build is about
 2·layers·width·rank floats, held four times (weights, gradients, two AdamW moments); at the
-maxima (64 layers x 4096, rank 64) that is ~0.5 GB per device, and SmolLM2-135M (30 x 576)
-needs 2% of it. An operator serving one backbone should set its exact shape.
+maxima (64 layers x 4096, rank 64) its weights alone (134 MB) would not fit a 64 MiB frame, so
+such a network is refused before it is built, and SmolLM2-135M (30 x 576) needs 9 MB of weights.
+What is held and stored in bytes is bounded by the quotas (`protocol.server.quotas`). An
+operator serving one backbone should set its exact shape.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from protocol.errors import ProtocolError, UserInputError
+from protocol.server.memory_pool import MemoryPool
 from protocol.transport.framing import MAX_LENGTH_FIELD
 
 MIB = 1024 * 1024
@@ -42,6 +45,8 @@ class UploadShape:
     layers: int | None
     width: int | None
     classes: int | None
+    positions: int | None = None  # the most loss positions of one sample (generation uploads)
+    sample_bytes: int = 0  # the largest sample's states and values, in bytes
 
 
 def upload_shape(message: object) -> UploadShape | None:
@@ -49,7 +54,8 @@ def upload_shape(message: object) -> UploadShape | None:
 
     Read from the fields every upload type shares, so each server endpoint gets the same checks:
     the rows of `sample_ids`, the `layers` list, the last dimension of `activations` (the width),
-    and the classes as Δ's columns or the number of per-class ciphertexts.
+    the classes as Δ's columns or the number of per-class ciphertexts, and, for uploads whose
+    samples own several rows (`counts`), the most rows of one sample.
     """
     ids = getattr(message, "sample_ids", None)
     if ids is None:
@@ -58,9 +64,21 @@ def upload_shape(message: object) -> UploadShape | None:
     activations = getattr(message, "activations", None)
     delta, sizes = getattr(message, "delta", None), getattr(message, "ciphertext_sizes", None)
     classes = delta.shape[1] if delta is not None and delta.ndim == 2 else (len(sizes) if sizes is not None else None)
+    counts = getattr(message, "counts", None)
+    positions = int(counts.max()) if counts is not None and len(counts) else None
     return UploadShape(samples=len(ids), layers=len(layers) if layers is not None else None,
                        width=activations.shape[-1] if activations is not None and activations.ndim else None,
-                       classes=classes)
+                       classes=classes, positions=positions, sample_bytes=_largest_sample_bytes(message, positions))
+
+
+def _largest_sample_bytes(message: object, positions: int | None) -> int:
+    """Bytes of the largest sample's states and values (Δ or r): rows are equal-sized, and a
+    sample owns one row, or `positions` rows at most."""
+    arrays = [getattr(message, name, None) for name in ("activations", "delta", "residual")]
+    arrays = [array for array in arrays if array is not None and array.ndim and len(array)]
+    if not arrays:
+        return 0
+    return sum(array.nbytes // len(array) for array in arrays) * (positions or 1)
 
 
 def admit_upload(message: object, limits: "ServerLimits | None") -> UploadShape | None:
@@ -94,6 +112,19 @@ class ServerLimits:
     read_seconds: float = _limit(120.0, "time allowed for a frame's payload once its header has arrived")
     idle_seconds: float = _limit(300.0, "time a connection may wait between requests")
     decode_workers: int = _limit(2, "threads that decode and validate requests off the event loop")
+    # Storage and memory quotas, in bytes rather than samples (protocol.server.quotas).
+    max_sample_kib: float = _limit(4096.0, "bytes of one uploaded sample (its states and Δ or r at all its "
+                                           "positions), in KiB")
+    max_positions_per_sample: int = _limit(128, "loss positions of one uploaded sample (generation)")
+    max_device_disk_mib: float = _limit(
+        4096.0, "disk one device's state may use, in MiB: its cache, transcript and checkpoints together")
+    max_device_memory_mib: float = _limit(
+        2048.0, "memory held for one device, in MiB: its cached samples (a cached epoch loads them all), side "
+                "network, optimizer state and weights reply; drawn from --max-server-memory-mib")
+    max_server_memory_mib: float = _limit(8192.0, "memory held for all devices together, in MiB")
+    checkpoint_seconds: float = _limit(
+        300.0, "least time between two training checkpoints of a device (each rewrites its network and optimizer "
+               "state); a clean stop writes the last, and a crash resumes exactly from the one before")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -108,6 +139,12 @@ class ServerLimits:
         if self.max_partial_frame_bytes < self.max_frame_bytes:
             raise UserInputError("--max-partial-frames-mib must be at least --max-frame-mib, or no frame of the "
                                  "largest allowed size could ever be received")
+        if self.max_server_memory_mib < self.max_device_memory_mib:
+            raise UserInputError("--max-server-memory-mib must be at least --max-device-memory-mib, or no device "
+                                 "could ever use its quota")
+        # The one server-wide memory budget every endpoint given these limits draws from
+        # (state, not a setting: not a field, so limits still compare by their values).
+        object.__setattr__(self, "memory_pool", MemoryPool(int(self.max_server_memory_mib * MIB)))
 
     @property
     def max_frame_bytes(self) -> int:
@@ -128,9 +165,11 @@ class ServerLimits:
         if shape.samples > self.max_samples_per_device:
             raise self.exceeded("max_samples_per_device", f"an upload of {shape.samples} samples")
         for name, value in (("max_layers", shape.layers), ("max_width", shape.width),
-                            ("max_classes", shape.classes)):
+                            ("max_classes", shape.classes), ("max_positions_per_sample", shape.positions)):
             if value is not None and value > getattr(self, name):
                 raise self.exceeded(name, f"upload {name[4:]} {value}")
+        if shape.sample_bytes > self.max_sample_kib * 1024:
+            raise self.exceeded("max_sample_kib", f"an uploaded sample of {shape.sample_bytes} bytes")
 
     def check_samples_held(self, total: int) -> None:
         """The samples a device would hold after a request."""

@@ -22,6 +22,7 @@ from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape, s
 from protocol.server.cache import ActivationCache
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
+from protocol.server.quotas import CACHED_EPOCH_COPIES, CHECKPOINT_DISK_COPIES, NETWORK_MEMORY_COPIES, weights_bytes
 from protocol.server.trainer import SideTrainer, TrainingSet
 from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import CACHE_FILE
@@ -49,8 +50,12 @@ class SideTuningServer(RecordingEndpoint):
         super().__init__(workdir, max_message_bytes, limits, stop)
         self.training = training
         self.cache = self._open_cache()
+        self._payload_bytes = self.cache.payload_bytes()
+        # The last weights reply and the training step it was built at: a repeated fetch costs nothing.
+        self._reply: tuple[int, SideWeights] | None = None
         self.trainer = SideTrainer(training, self.workdir, self.NETWORK, served=self._served_network,
-                                   check_stop=self.check_stop)
+                                   check_stop=self.check_stop,
+                                   checkpoint_seconds=limits.checkpoint_seconds if limits is not None else 0.0)
         self.trainer.restore(len(self.cache))
         self.trainer.catch_up(len(self.cache), self._training_set)
         log.info("work directory open: %d cached samples, %d epochs done", len(self.cache), self.trainer.epochs_done)
@@ -66,7 +71,9 @@ class SideTuningServer(RecordingEndpoint):
         return self.trainer.epochs_done
 
     def close(self) -> None:
-        """Release the cache and transcript files."""
+        """Write the checkpoint that was not due yet, release the cache and transcript files."""
+        if self.network is not None:
+            self.trainer.flush()
         self.cache.close()
         super().close()
 
@@ -89,10 +96,58 @@ class SideTuningServer(RecordingEndpoint):
         return upload.delta.shape[1]
 
     def admit(self, message: Message) -> None:
-        """The endpoint-generic limits, and the epochs a training request would reach."""
+        """The endpoint-generic limits, the epochs a training request would reach, an upload that
+        fits this device's network and cache, and a weights reply that fits in a frame."""
         super().admit(message)
         if self.limits is not None and isinstance(message, TrainUntil):
             self.limits.check_epochs(message.epochs_total)
+        if isinstance(message, self.UPLOAD):
+            self._admit_upload(message)
+        if isinstance(message, FetchWeights) and self.network is not None:
+            self._check_reply_fits(self.network.shape)
+
+    def _admit_upload(self, upload: Upload) -> None:
+        shape = self._network_shape(upload)
+        if self.network is None:
+            self._check_reply_fits(shape)
+        elif shape != self.network.shape or upload.layers != self.trainer.layers:
+            raise ProtocolError(
+                f"upload shape {shape} / layers {upload.layers} differ from earlier uploads "
+                f"({self.network.shape} / {self.trainer.layers})"
+            )
+        if self._conflicts(upload):
+            # Cached values are never replaced, and another copy of a sample would only fill the view.
+            raise ProtocolError("sample ids already cached with other values: a sample is uploaded once")
+
+    def _check_reply_fits(self, shape: SideNetworkShape) -> None:
+        """Refuse a network whose weights reply could not be sent within the frame limit (the
+        device could never fetch it), before anything is built."""
+        if self.limits is not None and weights_bytes(shape) > self.limits.max_frame_bytes:
+            raise self.limits.exceeded("max_frame_mib", f"a side network whose weights reply takes "
+                                                        f"{weights_bytes(shape)} bytes")
+
+    def disk_added(self, message: Message) -> int:
+        """A first upload's network checkpoints; a weights reply not recorded yet."""
+        if isinstance(message, self.UPLOAD) and self.network is None:
+            return CHECKPOINT_DISK_COPIES * weights_bytes(self._network_shape(message))
+        if isinstance(message, FetchWeights) and self.network is not None and not self._reply_is_current():
+            return weights_bytes(self.network.shape)
+        return 0
+
+    def memory_held_after(self, message: Message) -> int:
+        """The network in training (with its optimizer and reply) and the cached samples, as a
+        cached epoch holds them."""
+        payload = self._payload_bytes
+        shape = self.network.shape if self.network is not None else None
+        if isinstance(message, self.UPLOAD):
+            shape = shape or self._network_shape(message)
+            payload += self._upload_bytes(message) * self.cache.count_new(message.sample_ids) // len(message.sample_ids)
+        network = NETWORK_MEMORY_COPIES * weights_bytes(shape) if shape is not None else 0
+        return network + CACHED_EPOCH_COPIES * payload
+
+    def _upload_bytes(self, upload: Upload) -> int:
+        """Bytes of an upload's states and values (what its samples take in the cache)."""
+        return upload.activations.nbytes + upload.delta.nbytes
 
     def samples_after(self, message: Message) -> int:
         """Cached samples once `message` is stored (repeated ids are not stored again)."""
@@ -112,19 +167,23 @@ class SideTuningServer(RecordingEndpoint):
         """Whether the cache holds every sample of `upload` with exactly its values."""
         return self.cache.holds(upload.sample_ids, upload.activations, upload.delta)
 
+    def _conflicts(self, upload: Upload) -> bool:
+        """Whether the cache holds some sample of `upload` with other values."""
+        return self.cache.conflicts(upload.sample_ids, upload.activations, upload.delta)
+
+    def _network_shape(self, upload: Upload) -> SideNetworkShape:
+        """The side network an upload of this shape trains."""
+        return SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
+                                rank=self.training.rank, n_classes=self._output_size(upload))
+
     def _ensure_network(self, upload: Upload) -> None:
-        shape = SideNetworkShape(n_layers=upload.activations.shape[1], hidden_size=upload.activations.shape[2],
-                                 rank=self.training.rank, n_classes=self._output_size(upload))
+        """Build the network on the first upload (later ones were checked against it by `admit`)."""
         if self.network is None:
-            network = self.NETWORK(shape, self.training.dropout, generator=self.trainer.init_generator())
+            network = self.NETWORK(self._network_shape(upload), self.training.dropout,
+                                   generator=self.trainer.init_generator())
             # The first upload fixes the input standardization (see side_network's docstring).
             network.fit_input_scaling(torch.from_numpy(upload.activations.astype(np.float32)))
             self.trainer.start(network, upload.layers)
-        elif shape != self.network.shape or upload.layers != self.trainer.layers:
-            raise ProtocolError(
-                f"upload shape {shape} / layers {upload.layers} differ from earlier uploads "
-                f"({self.network.shape} / {self.trainer.layers})"
-            )
 
     def _store(self, upload: Upload) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """Cache the upload: (which samples were new, the new samples' training inputs and targets)."""
@@ -140,6 +199,7 @@ class SideTuningServer(RecordingEndpoint):
     def _on_upload(self, upload: Upload) -> UploadAck:
         self._ensure_network(upload)
         new, inputs, targets = self._store(upload)
+        self._payload_bytes = self.cache.payload_bytes()
         if new.any():
             # Epoch 1 consumes uploads as they arrive; a resent sample is not trained on twice.
             self.trainer.train_arrival(inputs, targets, self.trainer.trained_rows + len(targets))
@@ -149,8 +209,13 @@ class SideTuningServer(RecordingEndpoint):
         """The side output as the device deploys it (the trained network itself here)."""
         return network
 
+    def _reply_is_current(self) -> bool:
+        return self._reply is not None and self._reply[0] == self.trainer.steps_taken
+
     def _weights_message(self) -> SideWeights:
         if self.network is None:
             raise ProtocolError("no side network yet: upload first")
-        return SideWeights(state=state_arrays(self._served_network(self.network)),
-                           architecture=self.trainer.architecture())
+        if not self._reply_is_current():
+            self._reply = (self.trainer.steps_taken, SideWeights(state=state_arrays(self._served_network(self.network)),
+                                                                 architecture=self.trainer.architecture()))
+        return self._reply[1]

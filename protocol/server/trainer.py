@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -61,12 +62,16 @@ class SideTrainer:
     `served` maps the trained network to the side output a device deploys (the generation
     server folds its target whitening in); `check_stop` is called between batches of the
     cached epochs so that a shutdown abandons an epoch (the last checkpoint stays the truth).
+    `checkpoint_seconds`: the least time between two checkpoints after epochs or arrival steps
+    (0: after every epoch). Each checkpoint rewrites the network and optimizer state, so this
+    bounds the writes a device can cause; a resume from an older checkpoint is as exact, it only
+    trains the epochs since again (the shuffling generator and optimizer are in the checkpoint).
     """
 
     def __init__(self, training: ServerTraining, workdir: Path | None = None,
                  network_class: type[AdditiveSideNetwork] = AdditiveSideNetwork, loss: Loss = mse_loss,
                  served: Callable[[AdditiveSideNetwork], AdditiveSideNetwork] = lambda network: network,
-                 check_stop: Callable[[], None] = lambda: None) -> None:
+                 check_stop: Callable[[], None] = lambda: None, checkpoint_seconds: float = 0.0) -> None:
         self.training = training
         self.workdir = workdir
         self.network_class = network_class
@@ -81,6 +86,10 @@ class SideTrainer:
         self.generator = torch.Generator().manual_seed(training.seed)
         self._steps = StepLog(workdir / STEP_LOG_FILE) if workdir is not None else None
         self._arrivals_since_checkpoint = 0
+        self.checkpoint_seconds = checkpoint_seconds
+        self.steps_taken = 0  # optimizer steps since this trainer was built: changes whenever the network does
+        self._saved_at = -math.inf
+        self._unsaved_boundary: int | None = None  # steps_taken at an epoch or arrival end not checkpointed yet
 
     def init_generator(self) -> torch.Generator:
         """The generator a new network draws its initial weights from (seeded, private)."""
@@ -115,6 +124,7 @@ class SideTrainer:
         loss = (loss or self.loss)(self.network, inputs, targets)
         loss.backward()
         self.optimizer.step()
+        self.steps_taken += 1
         return float(loss.detach())
 
     def train_arrival(self, inputs: torch.Tensor, targets: torch.Tensor, rows_total: int) -> None:
@@ -125,7 +135,7 @@ class SideTrainer:
         self.trained_rows = rows_total
         self._arrivals_since_checkpoint += 1
         if self._arrivals_since_checkpoint >= self.training.checkpoint_every_uploads:
-            self.save()
+            self._save_when_due()
 
     def train_until(self, epochs_total: int, training_set: Callable[[], TrainingSet]) -> tuple[int, float]:
         """Cached epochs until `epochs_total` are done (the arrival pass was epoch 1): (samples, last loss)."""
@@ -155,7 +165,7 @@ class SideTrainer:
                 losses.append(self.step(activations[rows], targets[rows]))
             loss = float(np.mean(losses))
             self.epochs_done += 1
-            self.save()
+            self._save_when_due()
         self.set_lr(1.0)
         return samples, loss
 
@@ -163,9 +173,23 @@ class SideTrainer:
         """The network's shape, as saved and served."""
         return asdict(self.network.shape)
 
+    def _save_when_due(self) -> None:
+        """Checkpoint at an epoch or arrival boundary if `checkpoint_seconds` have passed since the last."""
+        if time.monotonic() - self._saved_at >= self.checkpoint_seconds:
+            self.save()
+        else:
+            self._unsaved_boundary = self.steps_taken
+
+    def flush(self) -> None:
+        """Write the checkpoint that was not due yet, if the network is still at that boundary
+        (work cut short since then is not a state a resume could continue exactly)."""
+        if self._unsaved_boundary is not None and self._unsaved_boundary == self.steps_taken:
+            self.save()
+
     def save(self) -> None:
         """Checkpoint: the full training state, then φ alone (the file attacks and devices read)."""
         self._arrivals_since_checkpoint = 0
+        self._saved_at, self._unsaved_boundary = time.monotonic(), None
         if self.workdir is None:
             return
         metadata = {"architecture": json.dumps(self.architecture()), "layers": json.dumps(list(self.layers)),

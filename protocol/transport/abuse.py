@@ -24,7 +24,10 @@ import numpy as np
 from protocol.wire.codec import encode
 from protocol.errors import ProtocolError
 from protocol.server.limits import MIB
-from protocol.wire.messages import PROTOCOL_VERSION, Message, TrainUntil, Upload, decode_message, encode_message
+from protocol.modes.generation.messages import GenerationUpload, HeadGram
+from protocol.wire.messages import (
+    PROTOCOL_VERSION, ErrorReply, FetchWeights, Hello, Message, TrainUntil, Upload, decode_message, encode_message,
+)
 from protocol.transport.client import NetworkChannel, _Link
 from protocol.transport.framing import HEADER, HEADER_BYTES, MAGIC, FRAME_VERSION, encode_frame, parse_header
 from protocol.transport.fuzz import hostile_frames
@@ -121,11 +124,94 @@ def hold_partial_frames(address: Address, keys: KeyDirectory, name: str, connect
     return links
 
 
+# --- storage and memory quotas -------------------------------------------------------------
+# Attacks on what a device can make the server store or hold in bytes, whatever the mode:
+# each runs on connections of its own, Hello first, and stops at the quota or limit named
+# in its outcome (`protocol.server.quotas`).
+
+
+def synthetic_generation_upload(samples: int, positions: int, layers: int, width: int,
+                                seed: int = 0) -> GenerationUpload:
+    """A generation upload of random values: `positions` loss positions per sample."""
+    rng = np.random.default_rng(seed)
+    rows = samples * positions
+    return GenerationUpload(sample_ids=rng.integers(0, 256, (samples, 16), dtype=np.uint8),
+                            counts=np.full(samples, positions, np.int64),
+                            activations=rng.standard_normal((rows, layers, width)).astype(np.float16),
+                            residual=rng.standard_normal((rows, width)).astype(np.float32),
+                            layers=tuple(range(1, layers + 1)))
+
+
+def mode_link(address: Address, keys: KeyDirectory, name: str, mode: str) -> _Link:
+    """An authenticated link of device `name` whose first request named `mode` (raises if refused)."""
+    link = connect(address, keys, name)
+    reply = exchange(link, encode_message(Hello(mode=mode)))
+    if isinstance(reply, ErrorReply):
+        link.close()
+        raise ProtocolError(reply.reason)
+    return link
+
+
+def requests_on_one_link(address: Address, keys: KeyDirectory, name: str, mode: str,
+                         payloads: list[bytes]) -> list[str]:
+    """Send `payloads` in order on one link after Hello; each reply's error reason or type
+    (the server closes a link after an error, so nothing follows one)."""
+    link, seen = mode_link(address, keys, name, mode), []
+    try:
+        for sequence, payload in enumerate(payloads, start=1):
+            reply = exchange(link, payload, sequence)
+            seen.append(getattr(reply, "reason", f"answered {reply.TYPE}"))
+            if isinstance(reply, ErrorReply):
+                break
+    finally:
+        link.close()
+    return seen
+
+
+def quota_attack_payloads(kind: str, round_number: int, width: int) -> tuple[str, list[bytes]]:
+    """The mode and requests of one round of quota attack `kind`, for a server whose largest width is `width`."""
+    upload = synthetic_upload(2, 2, width, seed=round_number)
+    if kind == "resend_other_values":  # the same ids again with other values
+        other = Upload(sample_ids=upload.sample_ids, activations=upload.activations + 1, delta=upload.delta,
+                       layers=upload.layers)
+        return "side_network", [encode_message(m) for m in (upload, other)]
+    if kind == "fetch_repeat":  # the same weights reply, asked for again and again
+        return "side_network", [encode_message(synthetic_upload(2, 2, width, seed=0))] + \
+            [encode_message(FetchWeights())] * 8
+    if kind == "disk_fill":  # new samples every round, until the device's disk quota
+        return "side_network", [encode_message(synthetic_upload(1024, 2, width, seed=round_number))]
+    if kind == "one_sample_first":  # a first upload of one sample, then training and a fetch
+        return "side_network", [encode_message(m) for m in (synthetic_upload(1, 2, width, seed=0),
+                                                            TrainUntil(epochs_total=2 + round_number), FetchWeights())]
+    gram = HeadGram(gram=np.eye(width, dtype=np.float32))
+    if kind == "gram_too_wide":
+        return "generation", [encode_message(HeadGram(gram=np.eye(width + 1, dtype=np.float32)))]
+    # "generation_positions": more loss positions per sample than the limit, then a fetch
+    return "generation", [encode_message(m) for m in (gram, synthetic_generation_upload(1, 4, 2, width, seed=0),
+                                                      FetchWeights(), synthetic_generation_upload(1, 200, 1, 8))]
+
+
+def run_quota_attack(kind: str, address: Address, keys: KeyDirectory, seen: Counter, round_number: int,
+                     width: int) -> None:
+    """One round of quota attack `kind` as device `kind` (dashes for underscores); count the outcomes."""
+    mode, payloads = quota_attack_payloads(kind, round_number, width)
+    for reason in requests_on_one_link(address, keys, kind.replace("_", "-"), mode, payloads):
+        seen[outcome_kind(reason)] += 1
+
+
+QUOTA_ATTACKS = ("resend_other_values", "fetch_repeat", "disk_fill", "one_sample_first", "gram_too_wide",
+                 "generation_positions")
+QUOTA_OUTCOMES = ("max_device_disk_mib", "max_device_memory_mib", "max_server_memory_mib", "max_frame_mib",
+                  "max_sample_kib", "max_positions_per_sample", "other values", "differ from earlier")
+# --- end of storage and memory quotas --------------------------------------------------------
+
+
 # Every attack that runs against a live server, by name (also the attacking device's name).
 ATTACKS = ("descriptor_flood", "oversized_shape", "train_forever", "half_sent_frames", "resend",
-           "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames")
-_OUTCOMES = ("max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs", "max_width",
-             "max_layers", "max_classes", "zero samples", "revoked", "header of", "closed", "invalid message")
+           "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames") + QUOTA_ATTACKS
+_OUTCOMES = QUOTA_OUTCOMES + ("max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs",
+                              "max_width", "max_layers", "max_classes", "zero samples", "revoked", "header of",
+                              "closed", "invalid message")
 
 
 def outcome_kind(text: str) -> str:
@@ -144,9 +230,10 @@ def revoked_channel(address: Address, keys: KeyDirectory) -> NetworkChannel:
 
 
 def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading.Event, seen: Counter,
-                frame_bytes: int, flood: int) -> None:
+                frame_bytes: int, flood: int, width: int = 64) -> None:
     """Run attack `kind` until `stop`, as device `kind` (dashes for underscores); count the outcomes.
-    `frame_bytes`: the server's frame limit; `flood`: connections the descriptor flood opens."""
+    `frame_bytes`: the server's frame limit; `flood`: connections the descriptor flood opens;
+    `width`: the server's --max-width (the quota attacks stay within the shape limits)."""
     name = kind.replace("_", "-")
     rng = np.random.default_rng(ATTACKS.index(kind))
     payloads = {"oversized_shape": [encode_message(synthetic_upload(0, 1, 1_000_000)),
@@ -156,7 +243,9 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
                 "huge_malformed_frame": [huge_header_message(frame_bytes - MIB)],
                 "hostile_json": list(hostile_json_messages().values())}.get(kind, [])
     revoked = revoked_channel(address, keys) if kind == "revoked_device" else None
+    rounds = 0
     while not stop.is_set():
+        rounds += 1
         try:
             if kind == "descriptor_flood":
                 sockets = flood_descriptors(address, flood)
@@ -172,6 +261,8 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
             elif revoked is not None:  # an open connection, revoked after it was opened
                 revoked.request(synthetic_upload(4, 2, 8))
                 seen["answered upload_ack"] += 1
+            elif kind in QUOTA_ATTACKS:
+                run_quota_attack(kind, address, keys, seen, rounds, width)
             elif kind == "fuzz_frames":
                 _, frame = next(hostile_frames(rng, 1, frame_bytes))
                 link = connect(address, keys, name)
@@ -196,6 +287,7 @@ def main() -> None:
     parser.add_argument("--target", required=True, help="HOST:PORT of the server (loopback)")
     parser.add_argument("--keys", required=True, help="key directory holding a device per attack name")
     parser.add_argument("--frame-mib", type=float, default=64.0, help="the server's --max-frame-mib")
+    parser.add_argument("--max-width", type=int, default=64, help="the server's --max-width")
     parser.add_argument("--flood", type=int, default=1024, help="connections of the descriptor flood")
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
@@ -203,7 +295,8 @@ def main() -> None:
     seen = {kind: Counter() for kind in ATTACKS}
     for kind in ATTACKS:
         threading.Thread(target=attack_loop, args=(kind, (host, int(port)), keys, stop, seen[kind],
-                                                   int(args.frame_mib * MIB), args.flood), daemon=True).start()
+                                                   int(args.frame_mib * MIB), args.flood, args.max_width),
+                         daemon=True).start()
     while not all(seen.values()):  # every attack has run once: the server is under all of them
         time.sleep(0.1)
     print("ready", flush=True)

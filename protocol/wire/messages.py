@@ -78,10 +78,40 @@ class ResentUpload(Message):
         _exact_keys(cls.TYPE, set(tensors) | set(meta), {"sample_ids", "sha256", "wire_bytes"})
         ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
         _check_ids(ids)
-        digest = meta["sha256"]
-        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
-            raise ProtocolError("field 'sha256' must be 64 lowercase hex digits")
-        return cls(sample_ids=ids, sha256=digest, wire_bytes=_int_field(meta, "wire_bytes", low=1))
+        return cls(sample_ids=ids, sha256=_sha256_field(meta), wire_bytes=_int_field(meta, "wire_bytes", low=1))
+
+
+def _sha256_field(meta: dict[str, object]) -> str:
+    digest = meta["sha256"]
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+        raise ProtocolError("field 'sha256' must be 64 lowercase hex digits")
+    return digest
+
+
+@dataclass(frozen=True)
+class RecordedDigest(Message):
+    """Transcript record, never a request (every endpoint refuses it): a message the server refused
+    inside its role, could not decode, or had already sent, kept as its kind, the SHA-256 of its
+    wire form and its size instead of a full copy (see `protocol.server.transcript`)."""
+
+    TYPE: ClassVar[str] = "recorded_digest"
+    OUTCOMES: ClassVar[tuple[str, ...]] = ("refused", "repeated")
+    kind: str  # the message's type name ("undecodable" when it did not decode)
+    outcome: str
+    sha256: str
+    wire_bytes: int
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {}, {"kind": self.kind, "outcome": self.outcome, "sha256": self.sha256, "wire_bytes": self.wire_bytes}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "RecordedDigest":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"kind", "outcome", "sha256", "wire_bytes"})
+        kind, outcome = meta["kind"], meta["outcome"]
+        if not isinstance(kind, str) or not 1 <= len(kind) <= 64 or outcome not in cls.OUTCOMES:
+            raise ProtocolError(f"field 'kind' must be a type name and 'outcome' one of {cls.OUTCOMES}")
+        return cls(kind=kind, outcome=outcome, sha256=_sha256_field(meta),
+                   wire_bytes=_int_field(meta, "wire_bytes", low=1))
 
 
 @dataclass(frozen=True)
@@ -253,7 +283,7 @@ class ModeAccepted(Message):
 # The one list of message types, every mode's messages named explicitly (never filled by
 # import side effects, so whether a transcript decodes does not depend on other imports).
 _MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    Hello, ModeAccepted, Upload, ResentUpload, FullUpload, UploadAck, TrainUntil, TrainReport,
+    Hello, ModeAccepted, Upload, ResentUpload, RecordedDigest, FullUpload, UploadAck, TrainUntil, TrainReport,
     FetchWeights, SideWeights, ErrorReply,
     EncryptedUpload, HeFitRequest, HeFitReply,
     SplitForward, SplitActivations, SplitBackward, CutGradients,

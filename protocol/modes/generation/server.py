@@ -34,6 +34,8 @@ GENERATION_CACHE_FILE = "generation_cache.sqlite"
 GRAM_FILE = "head_gram.safetensors"
 # Eigenvalues of G below this share of the largest are treated as this (G^{-1/2} stays bounded).
 EIGEN_FLOOR = 1e-8
+# Held per entry of the d×d Gram matrix: itself (float32), G^{-1/2} (float64), the whitening (float32).
+GRAM_MEMORY_BYTES_PER_ENTRY = 16
 
 
 def inverse_square_root(gram: np.ndarray) -> np.ndarray:
@@ -56,6 +58,7 @@ class GenerationServer(SideTuningServer):
         self._gram: np.ndarray | None = None
         self._scale: float | None = None
         self._whiten: torch.Tensor | None = None
+        self._inverse_root: np.ndarray | None = None
         self._load_gram(Path(workdir) / GRAM_FILE)
         super().__init__(workdir, training, max_message_bytes, limits, stop)
 
@@ -68,34 +71,63 @@ class GenerationServer(SideTuningServer):
             return self._on_gram(message.gram)
         return super().handle(message)
 
-    def _on_gram(self, gram: np.ndarray) -> UploadAck:
-        # The Gram matrix is d×d and is eigen-decomposed: its width is bounded like an upload's.
-        if self.limits is not None and gram.shape[0] > self.limits.max_width:
-            raise self.limits.exceeded("max_width", f"head Gram matrix of width {gram.shape[0]}")
-        if self._gram is not None:
-            # A device resuming after a reconnect sends it again: the same matrix is a no-op.
-            if self._gram.shape != gram.shape or not np.allclose(self._gram, gram, rtol=1e-5, atol=1e-6):
+    def admit(self, message: Message) -> None:
+        """The common checks, then: a Gram matrix within the width limit and the same as any held
+        before; an upload only after the Gram matrix, of its width."""
+        super().admit(message)
+        if isinstance(message, HeadGram):
+            gram = message.gram
+            # The Gram matrix is d×d and is eigen-decomposed: its width is bounded like an upload's.
+            if self.limits is not None and gram.shape[0] > self.limits.max_width:
+                raise self.limits.exceeded("max_width", f"head Gram matrix of width {gram.shape[0]}")
+            if self._gram is not None and (self._gram.shape != gram.shape
+                                           or not np.allclose(self._gram, gram, rtol=1e-5, atol=1e-6)):
                 raise ProtocolError("this device's server state holds another head Gram matrix")
+        if isinstance(message, GenerationUpload):
+            if self._gram is None:
+                raise ProtocolError("send the head's Gram matrix (head_gram) before the first generation upload")
+            if self._gram.shape[0] != message.activations.shape[2]:
+                raise ProtocolError(f"upload hidden size {message.activations.shape[2]} differs from the head's "
+                                    f"{self._gram.shape[0]}")
+
+    def memory_held_after(self, message: Message) -> int:
+        """The common holding, and the Gram matrix with its inverse square root and whitening."""
+        width = message.gram.shape[0] if isinstance(message, HeadGram) else (
+            self._gram.shape[0] if self._gram is not None else 0)
+        return super().memory_held_after(message) + GRAM_MEMORY_BYTES_PER_ENTRY * width * width
+
+    def _on_gram(self, gram: np.ndarray) -> UploadAck:
+        if self._gram is not None:
+            # A device resuming after a reconnect sends it again (`admit` checked it is the same): a no-op.
             return UploadAck(stored=0, duplicates=1)
         self._gram = gram.astype(np.float32)
         self._save_gram()
         return UploadAck(stored=1, duplicates=0)
 
+    @property
+    def inverse_root(self) -> np.ndarray:
+        """G^{-1/2}, computed once: an eigendecomposition of a d×d matrix is seconds of CPU at large d."""
+        if self._inverse_root is None:
+            self._inverse_root = inverse_square_root(self._gram)
+        return self._inverse_root
+
     def _holds(self, upload: GenerationUpload) -> bool:
         return self.cache.holds_sequences(upload.sample_ids, upload.sample_rows(), upload.activations,
                                           upload.residual)
+
+    def _conflicts(self, upload: GenerationUpload) -> bool:
+        return self.cache.conflicts_sequences(upload.sample_ids, upload.sample_rows(), upload.activations,
+                                              upload.residual)
+
+    def _upload_bytes(self, upload: GenerationUpload) -> int:
+        return upload.activations.nbytes + upload.residual.nbytes
 
     def _output_size(self, upload: GenerationUpload) -> int:
         return upload.activations.shape[2]
 
     def _ensure_network(self, upload: GenerationUpload) -> None:
-        if self._gram is None:
-            raise ProtocolError("send the head's Gram matrix (head_gram) before the first generation upload")
-        if self._gram.shape[0] != upload.activations.shape[2]:
-            raise ProtocolError(f"upload hidden size {upload.activations.shape[2]} differs from the head's "
-                                f"{self._gram.shape[0]}")
         if self._scale is None:
-            whitened = upload.residual.astype(np.float64) @ inverse_square_root(self._gram)
+            whitened = upload.residual.astype(np.float64) @ self.inverse_root
             self._scale = float(np.sqrt((whitened ** 2).mean())) or 1.0
             self._save_gram()
         super()._ensure_network(upload)
@@ -103,7 +135,7 @@ class GenerationServer(SideTuningServer):
     def _targets(self, residual: np.ndarray) -> torch.Tensor:
         """Whitened, scaled targets: r G^{-1/2} / σ."""
         if self._whiten is None:
-            self._whiten = torch.from_numpy(inverse_square_root(self._gram) / self._scale).float()
+            self._whiten = torch.from_numpy(self.inverse_root / self._scale).float()
         return torch.from_numpy(np.ascontiguousarray(residual, dtype=np.float32)) @ self._whiten
 
     def _store(self, upload: GenerationUpload) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -120,7 +152,7 @@ class GenerationServer(SideTuningServer):
 
     def _served_network(self, network: AdditiveSideNetwork) -> AdditiveSideNetwork:
         served = copy.deepcopy(network)
-        served.map_outputs_(self._scale * inverse_square_root(self._gram))
+        served.map_outputs_(self._scale * self.inverse_root)
         return served
 
     def _save_gram(self) -> None:
