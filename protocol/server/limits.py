@@ -94,6 +94,20 @@ class ServerLimits:
     read_seconds: float = _limit(120.0, "time allowed for a frame's payload once its header has arrived")
     idle_seconds: float = _limit(300.0, "time a connection may wait between requests")
     decode_workers: int = _limit(2, "threads that decode and validate requests off the event loop")
+    # Connections, handshakes, ckks_ridge.
+    max_handshakes: int = _limit(
+        64, "TLS handshakes in progress, all peers together; more wait for a turn within --handshake-seconds")
+    max_unsent_replies_mib: float = _limit(
+        256.0, "reply bytes queued for sending and not yet read, all devices together, in MiB; when a reply does "
+               "not fit, larger unread replies are dropped first")
+    write_seconds: float = _limit(30.0, "time a device has to read a reply; a slower reader is disconnected")
+    log_interval_seconds: float = _limit(
+        10.0, "peer-triggered log lines: one per source per interval, then one summary of those held back")
+    ckks_ciphertext_bytes_per_sample: int = _limit(
+        4096, "ckks_ridge: ciphertext bytes a device may store per sample and class (beyond one ciphertext per "
+              "class for a last, partial block)")
+    max_ckks_fit_products: int = _limit(
+        2048, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -108,11 +122,19 @@ class ServerLimits:
         if self.max_partial_frame_bytes < self.max_frame_bytes:
             raise UserInputError("--max-partial-frames-mib must be at least --max-frame-mib, or no frame of the "
                                  "largest allowed size could ever be received")
+        if self.max_unsent_reply_bytes < self.max_frame_bytes:
+            raise UserInputError("--max-unsent-replies-mib must be at least --max-frame-mib, or no reply of the "
+                                 "largest allowed size could ever be sent")
 
     @property
     def max_frame_bytes(self) -> int:
         """The frame limit in bytes."""
         return int(self.max_frame_mib * MIB)
+
+    @property
+    def max_unsent_reply_bytes(self) -> int:
+        """The global budget for reply bytes not yet read, in bytes."""
+        return int(self.max_unsent_replies_mib * MIB)
 
     @property
     def max_partial_frame_bytes(self) -> int:

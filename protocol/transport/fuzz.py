@@ -27,7 +27,7 @@ from protocol.errors import ProtocolError
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, encode_message
 from protocol.transport.framing import FRAME_VERSION, HEADER, MAGIC, decode_frame, encode_frame
-from protocol.transport.server import decode_request
+from protocol.transport.reading import decode_request
 
 Rng = np.random.Generator
 
