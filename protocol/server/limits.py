@@ -101,6 +101,8 @@ class ServerLimits:
         256.0, "reply bytes queued for sending and not yet read, all devices together, in MiB; when a reply does "
                "not fit, larger unread replies are dropped first")
     write_seconds: float = _limit(30.0, "time a device has to read a reply; a slower reader is disconnected")
+    slot_idle_seconds: float = _limit(
+        60.0, "time a device's server role (its thread, files and memory) stays open after its last connection")
     log_interval_seconds: float = _limit(
         10.0, "peer-triggered log lines: one per source per interval, then one summary of those held back")
     ckks_ciphertext_bytes_per_sample: int = _limit(

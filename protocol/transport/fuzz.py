@@ -64,7 +64,7 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
     he.EncryptedUpload.TYPE: lambda r: he.EncryptedUpload(sample_ids=_ids(r, 2), activations=_floats(r, 2, 3, 4),
                                                           ciphertexts=_bytes(r, 10),
                                                           ciphertext_sizes=np.array([4, 6], np.int64),
-                                                          layers=(1, 2, 3)),
+                                                          public_context=_bytes(r, 32), layers=(1, 2, 3)),
     he.HeFitRequest.TYPE: lambda r: he.HeFitRequest(public_context=_bytes(r, 32), n_features=4, ridge=10.0),
     he.HeFitReply.TYPE: lambda r: he.HeFitReply(input_mean=_floats(r, 6), input_scale=_floats(r, 6),
                                                 components=_floats(r, 2, 6), ciphertexts=_bytes(r, 12),

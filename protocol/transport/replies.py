@@ -16,6 +16,8 @@ import ssl
 
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import ErrorReply, encode_message
+
+FLUSH_POLL_SECONDS = 0.01
 from protocol.transport.budget import PartialFrame, PartialFrameBudget
 from protocol.transport.connections import Connection
 from protocol.transport.framing import HEADER_BYTES, encode_frame
@@ -30,33 +32,52 @@ class ReplySender:
         self.budget = PartialFrameBudget(limits.max_unsent_reply_bytes, str(limits.exceeded(
             "max_unsent_replies_mib", "unread reply dropped to make room for a smaller one (largest first)")))
         self.peak = 0  # the most reply bytes ever held at once
+        self.dropped = 0  # replies not delivered: no room in time, dropped for a smaller one, or not read in time
 
     async def send(self, writer: asyncio.StreamWriter, sequence: int, payload: bytes) -> None:
         """Write one reply frame and wait until the peer has read it; Rejected (no reply possible) if it
         does not fit the budget in time, is dropped for a smaller one, or is not read in time."""
         frame = PartialFrame(HEADER_BYTES + len(payload))
         if not await self.budget.reserve(frame, self.limits.write_seconds):
+            self.dropped += 1
             raise Rejected(str(self.limits.exceeded(
                 "max_unsent_replies_mib", f"no room within write_seconds for a reply of {frame.size} bytes")),
                 reply=False)
         self.peak = max(self.peak, self.budget.used)
         try:
             writer.write(encode_frame(sequence, payload, self.limits.max_frame_bytes))
-            frame.reader = asyncio.ensure_future(writer.drain())
+            frame.reader = asyncio.ensure_future(_flushed(writer))
             if frame.dropped is not None:  # dropped between its reservation and its write
                 frame.reader.cancel()
             await asyncio.wait_for(frame.reader, self.limits.write_seconds)
         except asyncio.CancelledError:
             if frame.dropped is None or asyncio.current_task().cancelling():
                 raise  # server shutdown, not a drop
+            self.dropped += 1
             raise Rejected(frame.dropped, reply=False)
         except asyncio.TimeoutError:
+            self.dropped += 1
             raise Rejected(str(self.limits.exceeded("write_seconds", f"a reply of {frame.size} bytes not read")),
                            reply=False)
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             raise Rejected(f"transport error: {reason(exc)}", reply=False)
         finally:
             await self.budget.release(frame)
+
+
+async def _flushed(writer: asyncio.StreamWriter) -> None:
+    """Wait until every byte written has been handed to the kernel."""
+    await writer.drain()
+    while unsent_bytes(writer.transport) > 0:
+        await asyncio.sleep(FLUSH_POLL_SECONDS)
+
+
+def unsent_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes written to `transport` that the process still holds. asyncio's TLS transport reports only
+    its own buffer, and its `drain()` returns once the encrypted bytes have moved to the socket
+    transport under it, where a whole reply can wait for a peer that never reads: both are counted."""
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return transport.get_write_buffer_size() + (inner.get_write_buffer_size() if inner is not None else 0)
 
 
 async def send_error(writer: asyncio.StreamWriter, connection: Connection, why: str, max_frame_bytes: int) -> None:

@@ -96,7 +96,7 @@ class TransportServer:
         self._stop = threading.Event()  # endpoints check it between training steps
         self._decoder = ThreadPoolExecutor(self.limits.decode_workers, thread_name_prefix="decode")
         self._frames = FrameReader(self.limits)
-        self._replies = ReplySender(self.limits)
+        self.replies = ReplySender(self.limits)
         self.handshakes = HandshakeGate(self.limits.max_handshakes)
         self.peer_log = PeerLog(log, self.limits.log_interval_seconds)
 
@@ -306,7 +306,6 @@ class TransportServer:
             if not waiting:
                 self._peer_line(logging.WARNING, connection, "rejected: %s", why)
                 await self._send_error(writer, connection, str(why))
-                self._release_if_idle(slot)
                 return
             waiting[0].superseded = True
             waiting[0].task.cancel()
@@ -320,12 +319,19 @@ class TransportServer:
         finally:
             if connection in slot.open:
                 slot.open.remove(connection)
+            slot.idle_since = time.monotonic()
             self._release_if_idle(slot)
 
     def _release_if_idle(self, slot: DeviceSlot) -> None:
-        """Release a device's slot once it has no connection left (its thread and files go with it)."""
-        if (not slot.open and self._slots.get(slot.identity) is slot and slot.identity not in self._releasing
-                and not self._stop.is_set()):
+        """Release a device's slot (its thread, files and memory) once it has had no connection for
+        `slot_idle_seconds`: soon enough that gone devices hold nothing, late enough that a device
+        reconnecting at once finds its role open."""
+        if slot.open or self._slots.get(slot.identity) is not slot or self._stop.is_set():
+            return
+        idle = time.monotonic() - slot.idle_since
+        if idle < self.limits.slot_idle_seconds:
+            asyncio.get_running_loop().call_later(self.limits.slot_idle_seconds - idle, self._release_if_idle, slot)
+        elif slot.identity not in self._releasing:
             releasing = asyncio.ensure_future(self._release(slot.identity))
             self._releasing[slot.identity] = releasing
             releasing.add_done_callback(lambda _, i=slot.identity: self._releasing.pop(i, None))
@@ -363,7 +369,7 @@ class TransportServer:
                 if slot.stop.revoked:  # revoked while its request ran: the reply is not delivered
                     raise Rejected("device certificate revoked")
                 self._stats[connection.identity]["requests"] += 1
-                await self._replies.send(writer, connection.sent, reply)
+                await self.replies.send(writer, connection.sent, reply)
                 connection.sent += 1
             except Rejected as rejection:
                 self._peer_line(logging.WARNING, connection, "rejected: %s", rejection)

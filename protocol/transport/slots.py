@@ -2,8 +2,8 @@
 
 A slot holds what serving one device costs: its endpoint (open files, the side network,
 cached state), the single thread that alone touches it, and its open connections. When
-the device's last connection ends the slot is released: the endpoint closes its files
-and frees its memory, the thread ends. The endpoint's state is on disk, so the device's
+the device has had no connection for a while the slot is released: the endpoint closes
+its files and frees its memory, the thread ends. The endpoint's state is on disk, so the device's
 next connection reopens it as it was. A slot also carries the device's stop signal:
 revoking the device stops its work in flight at the next training step.
 """
@@ -60,6 +60,7 @@ class DeviceSlot:
     executor: ThreadPoolExecutor = field(init=False)
     endpoint: DeviceEndpoint | None = None
     open: list[Connection] = field(default_factory=list)  # oldest first
+    idle_since: float = 0.0  # time.monotonic() when its last connection ended
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"device-{self.identity[:8]}")
