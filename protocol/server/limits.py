@@ -99,17 +99,17 @@ class ServerLimits:
         64, "TLS handshakes in progress, all peers together; more wait for a turn within --handshake-seconds")
     max_unsent_replies_mib: float = _limit(
         256.0, "reply bytes queued for sending and not yet read, all devices together, in MiB; when a reply does "
-               "not fit, larger unread replies are dropped first")
+               "not fit, larger unread replies are dropped first, else it is refused")
     write_seconds: float = _limit(30.0, "time a device has to read a reply; a slower reader is disconnected")
     slot_idle_seconds: float = _limit(
         60.0, "time a device's server role (its thread, files and memory) stays open after its last connection")
     log_interval_seconds: float = _limit(
         10.0, "peer-triggered log lines: one per source per interval, then one summary of those held back")
     ckks_ciphertext_bytes_per_sample: int = _limit(
-        4096, "ckks_ridge: ciphertext bytes a device may store per sample and class (beyond one ciphertext per "
+        2048, "ckks_ridge: ciphertext bytes a device may store per sample and class (beyond one ciphertext per "
               "class for a last, partial block)")
     max_ckks_fit_products: int = _limit(
-        2048, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
+        1024, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -4,9 +4,10 @@ A reply stays in memory until the peer reads it, so a device that asks and never
 reads (on every connection it may open) would make the server hold its replies for
 as long as the connection lives. Each reply's frame is reserved in a server-wide budget
 before it is written (`protocol.transport.budget`, the same policy as partial frames:
-when it does not fit, larger unread replies are dropped first, then it waits), and
-must be read within `write_seconds`; a dropped or slow reader's connection is aborted,
-which frees its buffers at once.
+when it does not fit, larger unread replies are dropped first); one that still does not
+fit is refused at once rather than held while it waits. A reply must be read within
+`write_seconds`; a refused, dropped or slow reader's connection is aborted, which frees
+its buffers at once.
 """
 
 from __future__ import annotations
@@ -35,14 +36,13 @@ class ReplySender:
         self.dropped = 0  # replies not delivered: no room in time, dropped for a smaller one, or not read in time
 
     async def send(self, writer: asyncio.StreamWriter, sequence: int, payload: bytes) -> None:
-        """Write one reply frame and wait until the peer has read it; Rejected (no reply possible) if it
-        does not fit the budget in time, is dropped for a smaller one, or is not read in time."""
+        """Write one reply frame and wait until the process holds none of it; Rejected (no reply possible)
+        if it does not fit the budget, is dropped for a smaller one, or is not read in time."""
         frame = PartialFrame(HEADER_BYTES + len(payload))
-        if not await self.budget.reserve(frame, self.limits.write_seconds):
+        if not self.budget.try_reserve(frame):
             self.dropped += 1
             raise Rejected(str(self.limits.exceeded(
-                "max_unsent_replies_mib", f"no room within write_seconds for a reply of {frame.size} bytes")),
-                reply=False)
+                "max_unsent_replies_mib", f"no room for a reply of {frame.size} bytes")), reply=False)
         self.peak = max(self.peak, self.budget.used)
         try:
             writer.write(encode_frame(sequence, payload, self.limits.max_frame_bytes))
