@@ -103,3 +103,10 @@ def test_fit_work_is_bounded_before_it_starts_and_repeats_are_cached(tmp_path: P
     other = channel.request(fit_request(n_features=6, ridge=1.0))  # another λ: the PCA and Gram are reused
     assert server.fits_computed == 2 and len(other.ciphertext_sizes) == 2
     server.close()
+
+    # The PCA's own work: 1,034 samples x 16 values x 6 features = 99,264 multiply-adds.
+    server = HeHeadServer(tmp_path, limits=ServerLimits(max_ckks_fit_products=22, max_ckks_pca_gmacs=99e-6))
+    with pytest.raises(ProtocolError, match="max_ckks_pca_gmacs"):
+        InProcessChannel(server).request(fit_request(n_features=6))
+    assert server.fits_computed == 0
+    server.close()

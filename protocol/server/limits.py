@@ -96,7 +96,7 @@ class ServerLimits:
     decode_workers: int = _limit(2, "threads that decode and validate requests off the event loop")
     # Connections, handshakes, ckks_ridge.
     max_handshakes: int = _limit(
-        64, "TLS handshakes in progress, all peers together; more wait for a turn within --handshake-seconds")
+        64, "TLS handshakes in progress, all peers together; one more sheds the oldest in progress")
     max_unsent_replies_mib: float = _limit(
         256.0, "reply bytes queued for sending and not yet read, all devices together, in MiB; when a reply does "
                "not fit, larger unread replies are dropped first, else it is refused")
@@ -110,6 +110,9 @@ class ServerLimits:
               "class for a last, partial block)")
     max_ckks_fit_products: int = _limit(
         1024, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
+    max_ckks_pca_gmacs: float = _limit(
+        100.0, "ckks_ridge: billions of multiply-adds the feature PCA of one fit may take (samples x activation "
+               "values x features)")
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -3,40 +3,48 @@
 A handshake holds TLS state (asyncio's SSL protocol allocates a 256 KiB buffer per
 connection, OpenSSL its own session state) from the peer's first byte until it
 completes or times out, so stalled handshakes are memory an unauthenticated peer
-can make the server hold. At most `capacity` run at once; the others wait for a
-turn, in arrival order, within the same handshake deadline, holding only a descriptor.
+can make the server hold. At most `capacity` run at once. When a new one arrives
+and all turns are taken, the oldest handshake in progress is shed: an honest
+handshake completes in milliseconds, so the oldest is the one most likely stalled,
+and a flood of stalled handshakes never makes a device wait for a turn.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from contextlib import contextmanager
+from typing import Iterator
+
+from protocol.transport.connections import Connection
 
 
 class HandshakeGate:
-    """Turns for TLS handshakes (event-loop only); tracks how many run, and the most that ever did."""
+    """Turns for TLS handshakes (event-loop only); counts those running, the most that ever
+    did, and those shed for a newer one."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.running = 0
         self.peak = 0
-        self._turns = asyncio.Semaphore(capacity)
+        self.shed = 0
+        self._running: dict[Connection, None] = {}  # oldest first
 
-    @asynccontextmanager
-    async def turn(self, deadline: float) -> AsyncIterator[float | None]:
-        """Hold a turn; yields the seconds left before `deadline` (time.monotonic), or None if no turn
-        came in time."""
+    @property
+    def running(self) -> int:
+        """Handshakes in progress now."""
+        return len(self._running)
+
+    @contextmanager
+    def turn(self, connection: Connection) -> Iterator[None]:
+        """Hold a turn for `connection`'s handshake, shedding the oldest one in progress if all are taken."""
+        if len(self._running) >= self.capacity:
+            oldest = next(iter(self._running))
+            del self._running[oldest]
+            oldest.shed = True
+            if oldest.task is not None:
+                oldest.task.cancel()
+            self.shed += 1
+        self._running[connection] = None
+        self.peak = max(self.peak, len(self._running))
         try:
-            await asyncio.wait_for(self._turns.acquire(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            yield None
-            return
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        try:
-            yield max(0.001, deadline - time.monotonic())
+            yield
         finally:
-            self.running -= 1
-            self._turns.release()
+            self._running.pop(connection, None)

@@ -186,10 +186,9 @@ class TransportServer:
     async def _on_connection(self, sock: socket.socket, connection: Connection) -> None:
         writer = None
         try:
-            deadline = time.monotonic() + self.limits.handshake_seconds
             if not await self._first_byte(sock, connection):
                 return
-            opened = await self._open(sock, connection, deadline)
+            opened = await self._open(sock, connection)
             if opened is None:
                 return
             reader, writer = opened
@@ -197,8 +196,8 @@ class TransportServer:
             if connection.identity is not None:
                 await self._serve(connection, reader, writer)
         except asyncio.CancelledError:
-            if connection.shed:  # the accept loop logs a summary: a flood must not flood the log
-                log.debug("%s: connection shed at the descriptor limit", connection.peer)
+            if connection.shed:  # the accept loop and the handshake gate count them: a flood must not flood the log
+                log.debug("%s: connection shed (descriptor limit or handshake turns)", connection.peer)
             else:
                 why = "superseded by a newer connection of its device" if connection.superseded else "shutdown"
                 self._peer_line(logging.INFO, connection, "connection closed (%s)", why)
@@ -237,13 +236,13 @@ class TransportServer:
         connection.talking = True
         return True
 
-    async def _open(self, sock: socket.socket, connection: Connection,
-                    deadline: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _open(self, sock: socket.socket,
+                    connection: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Streams over the accepted socket, after the TLS handshake (None if it failed, logged).
 
         The handshake runs inside `connect_accepted_socket`, before any byte reaches a
-        stream buffer, so no early byte can bypass TLS. It waits for a turn among the
-        handshakes in progress (`HandshakeGate`), all within `handshake_seconds` of accept.
+        stream buffer, so no early byte can bypass TLS. It holds one of the turns for
+        handshakes in progress (`HandshakeGate`) until it is done.
         """
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -252,14 +251,11 @@ class TransportServer:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
             return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
         self._allowed.refresh()  # devices added since the last connection need no restart
-        async with self.handshakes.turn(deadline) as seconds_left:
-            if seconds_left is None:
-                self._peer_line(logging.WARNING, connection, "rejected: %s", self.limits.exceeded(
-                    "max_handshakes", "no turn for a TLS handshake within handshake_seconds"))
-                return None
+        with self.handshakes.turn(connection):
             try:
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, sock, ssl=self._allowed.context, ssl_handshake_timeout=seconds_left)
+                    lambda: protocol, sock, ssl=self._allowed.context,
+                    ssl_handshake_timeout=self.limits.handshake_seconds)
             except (ssl.SSLError, OSError, ConnectionError) as exc:
                 self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
                 return None

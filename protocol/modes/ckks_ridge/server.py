@@ -9,9 +9,9 @@ this mode.
 What a device can make it store and compute is bounded from the context the device
 declares with its uploads: each ciphertext is checked by SEAL at upload and may not be
 larger than a fresh ciphertext under those parameters; the ciphertext bytes a device
-stores are bounded per sample (`ckks_ciphertext_bytes_per_sample`), and the products a
-fit computes (blocks x feature groups x classes) by `max_ckks_fit_products`, checked
-before any work. A repeated fit request is answered from the last fit, and fits of the
+stores are bounded per sample (`ckks_ciphertext_bytes_per_sample`), the products a
+fit computes (blocks x feature groups x classes) by `max_ckks_fit_products` and its PCA
+by `max_ckks_pca_gmacs`, checked before any work. A repeated fit request is answered from the last fit, and fits of the
 same features under another ridge λ reuse its PCA and Gram matrix.
 """
 
@@ -137,16 +137,29 @@ class HeHeadServer(RecordingEndpoint):
         if len(self.store.sample_ids) < 2:
             raise ProtocolError("nothing to fit: the PCA features need at least 2 uploaded samples")
         layout = self._layout(self._declared(request.public_context), request.n_features)
+        if self.limits is None:
+            return
         products = len(self.store) * layout.groups * self.store.classes
-        if self.limits is not None and products > self.limits.max_ckks_fit_products:
+        if products > self.limits.max_ckks_fit_products:
             raise self.limits.exceeded("max_ckks_fit_products",
                                        f"a fit of {len(self.store)} blocks x {layout.groups} feature groups x "
                                        f"{self.store.classes} classes ({products} products)")
+        width = int(np.prod(self.store.activations[0].shape[1:]))
+        gmacs = len(self.store.sample_ids) * width * (layout.rows - 1) / 1e9
+        if gmacs > self.limits.max_ckks_pca_gmacs and (request.n_features, len(self.store)) != self._feature_key:
+            raise self.limits.exceeded("max_ckks_pca_gmacs",
+                                       f"a PCA of {len(self.store.sample_ids)} samples x {width} values x "
+                                       f"{layout.rows - 1} features ({gmacs:.1f} billion multiply-adds)")
+
+    @property
+    def _feature_key(self) -> tuple[int, int] | None:
+        """(features, blocks) of the PCA held from the last fit."""
+        return None if self._features is None else self._features[0]
 
     def _feature_space(self, n_features: int) -> tuple[FeatureMap, np.ndarray, np.ndarray]:
         """The PCA map, the features F and FᵀF for `n_features`, computed once per set of uploads."""
         key = (n_features, len(self.store))
-        if self._features is None or self._features[0] != key:
+        if self._feature_key != key:
             activations = np.concatenate(self.store.activations)
             feature_map = fit_feature_map(activations, n_features)
             features = feature_map.apply(activations)
