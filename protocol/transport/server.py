@@ -16,19 +16,16 @@ thread). Decoding and validating a request runs on a small shared worker pool, a
 off the event loop, so one device's large or malformed frame delays no other device.
 
 What one peer can make the server hold is bounded by `protocol.server.limits.ServerLimits`:
-handshake, read and idle timeouts, the frame size, connections per device (one more
-replaces the device's oldest idle connection), a global budget for partially received
-frames (`protocol.transport.reading`, `protocol.transport.budget`), a global budget and
-a write timeout for replies not yet read (`protocol.transport.replies`), handshakes in
-progress (`protocol.transport.handshakes`), peer-triggered log lines
-(`protocol.transport.peer_log`), and, in the endpoint, the shape, samples and epochs of
-each device. No TLS state is built for a connection before its first byte, which must
-start a TLS handshake. A device's slot (endpoint, thread) is released when its last
-connection ends (`protocol.transport.slots`). The allow-list is re-read when it changes,
-checked before every request and watched: revoking a device ends its open connections
-at their next request and stops its training at the next step. The accept loop
-survives every accept error and sheds at the descriptor limit
-(`protocol.transport.connections`).
+handshake, read, write and idle timeouts, the frame size, connections per device (one more
+replaces the device's oldest idle connection), global budgets for partially received
+frames (`reading`, `budget`) and unread replies (`replies`), handshakes in progress
+(`handshakes`), peer-triggered log lines (`peer_log`), and, in the endpoint, the shape,
+samples and epochs of each device. No TLS state is built for a connection before its
+first byte, which must start a TLS handshake. A device's slot (endpoint, thread) is
+released once it has had no connection for a while (`slots`). The allow-list is re-read
+when it changes, checked before every request and watched: revoking a device ends its
+open connections at their next request and stops its training at the next step. The
+accept loop survives every accept error and sheds at the descriptor limit (`connections`).
 """
 
 from __future__ import annotations
