@@ -111,8 +111,8 @@ class ServerLimits:
     max_ckks_fit_products: int = _limit(
         1024, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
     max_ckks_pca_gmacs: float = _limit(
-        100.0, "ckks_ridge: billions of multiply-adds the feature PCA of one fit may take (samples x activation "
-               "values x features)")
+        20.0, "ckks_ridge: billions of multiply-adds in one pass of a fit's feature PCA (samples x activation "
+              "values x features; the randomized PCA makes about ten passes)")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
