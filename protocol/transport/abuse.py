@@ -256,6 +256,7 @@ def _net_attack(kind: str, address: Address, keys: KeyDirectory, name: str, stop
             uploads = [ckks_upload(256, [encrypt_zero(), encrypt_zero()], context)]
             uploads += [ckks_upload(1, [encrypt_zero(), encrypt_zero()], context) for _ in range(8)]
         seen[outcome_kind(_ckks_attack(address, keys, name, uploads, context))] += 1
+        stop.wait(1.0)
 
 
 def _train_outcome(device: NetworkChannel) -> str:
