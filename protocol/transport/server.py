@@ -244,15 +244,13 @@ class TransportServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
-        if self.keys is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-            return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-        self._allowed.refresh()  # devices added since the last connection need no restart
+        if self.keys is not None:
+            self._allowed.refresh()  # devices added since the last connection need no restart
         with self.handshakes.turn(connection):
             try:
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, sock, ssl=self._allowed.context,
-                    ssl_handshake_timeout=self.limits.handshake_seconds)
+                    lambda: protocol, sock, ssl=self._allowed.context if self.keys is not None else None,
+                    ssl_handshake_timeout=self.limits.handshake_seconds if self.keys is not None else None)
             except (ssl.SSLError, OSError, ConnectionError) as exc:
                 self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
                 return None
