@@ -141,7 +141,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "context.verify_mode = ssl.CERT_NONE\n        context.load_verify_locations(cadata=pinned.read_text())",
            (f"{SECURITY}::test_wrong_server_identity_is_refused_by_the_device",),
            "the device's TLS context does not verify the server"),
-    Mutant("revoked_device_served", "protocol.transport.server",
+    Mutant("revoked_device_served", "protocol.transport.allow_list",
            'return "unknown" if entry is None else ("revoked" if entry.get("revoked", False) else None)',
            'return "unknown" if entry is None else None',
            (f"{SECURITY}::test_revoked_client_certificate_is_rejected",), "a revoked device is served"),

@@ -171,7 +171,7 @@ def test_private_context_in_fit_request_is_an_error_reply(tmp_path) -> None:
     secret = np.frombuffer(to_bytes(seal.KeyGenerator(he.keys._keys[0]).secret_key()), dtype=np.uint8).copy()
     with pytest.raises(ProtocolError, match="never key material"):
         channel.request(HeFitRequest(public_context=secret, n_features=2, ridge=1.0))
-    assert server.context is None
+    assert server.store.context == he.keys.public_context()  # the declared public one, not the secret
     server.close()
 
 
@@ -193,9 +193,11 @@ def test_server_refuses_a_ciphertext_at_another_level() -> None:
 def test_encrypted_upload_sizes_are_validated() -> None:
     upload, _, _ = make_batch(2, 4)
     good = EncryptedUpload(sample_ids=upload.sample_ids, activations=upload.activations,
-                           ciphertexts=np.zeros(10, np.uint8), ciphertext_sizes=np.array([5, 5]), layers=(1, 2, 3))
+                           ciphertexts=np.zeros(10, np.uint8), ciphertext_sizes=np.array([5, 5]),
+                           public_context=np.zeros(4, np.uint8), layers=(1, 2, 3))
     assert isinstance(decode_message(encode_message(good)), EncryptedUpload)
     bad = EncryptedUpload(sample_ids=upload.sample_ids, activations=upload.activations,
-                          ciphertexts=np.zeros(10, np.uint8), ciphertext_sizes=np.array([5, 50]), layers=(1, 2, 3))
+                          ciphertexts=np.zeros(10, np.uint8), ciphertext_sizes=np.array([5, 50]),
+                          public_context=np.zeros(4, np.uint8), layers=(1, 2, 3))
     with pytest.raises(ProtocolError):
         decode_message(encode_message(bad))

@@ -339,7 +339,7 @@ def test_the_ckks_head_server_takes_the_same_limits(tmp_path: Path) -> None:
         return EncryptedUpload(sample_ids=rng.integers(0, 256, (samples, 16), dtype=np.uint8),
                                activations=np.ones((samples, 1, width), np.float32),
                                ciphertexts=np.zeros(4, np.uint8), ciphertext_sizes=np.array([2, 2], np.int64),
-                               layers=(1,))
+                               public_context=np.zeros(4, np.uint8), layers=(1,))
 
     for upload, expected in ((encrypted(0, 4), "zero samples"), (encrypted(1, 9), "max_width=8"),
                              (encrypted(4, 4), "max_samples_per_device=3")):

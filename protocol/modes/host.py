@@ -1,7 +1,8 @@
 """The server side of every mode: a device names its mode first, the host builds it.
 
 `ModeHost` answers one device's wire requests (in process or behind the TLS transport).
-The first request of every connection must be `Hello(mode)`: a mode the server does
+The first request of every connection must be `Hello(mode)` (the transport enforces it
+per connection, `requires_hello`): a mode the server does
 not offer, or another mode than the one this device's server state already holds, is
 refused with an error reply and nothing is stored. Once open, the mode's endpoint
 answers (and records) every request, Hellos of later connections included, so every
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 class ModeHost:
     """Hosts whichever offered mode the device names; its state lives in `workdir`."""
+
+    # The transport refuses a connection whose first request is not a Hello: a device names its mode on each.
+    requires_hello = True
 
     def __init__(self, workdir: Path | str, offered: tuple[str, ...], training: ServerTraining = ServerTraining(),
                  max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,

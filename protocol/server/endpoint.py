@@ -43,6 +43,8 @@ class RecordingEndpoint:
     process). `stop`: set by the hosting server on shutdown; long work checks it between steps.
     """
 
+    requires_hello = False  # a bare role serves without a Hello; `ModeHost` requires one per connection
+
     def __init__(self, workdir: Path | str, max_message_bytes: int = DEFAULT_MAX_BYTES,
                  limits: ServerLimits | None = None, stop: threading.Event | None = None) -> None:
         self.workdir = Path(workdir)

@@ -125,6 +125,25 @@ class ServerLimits:
     checkpoint_seconds: float = _limit(
         300.0, "least time between two training checkpoints of a device (each rewrites its network and optimizer "
                "state); a clean stop writes the last, and a crash resumes exactly from the one before")
+    # Connections, handshakes, ckks_ridge.
+    max_handshakes: int = _limit(
+        64, "TLS handshakes in progress, all peers together; one more sheds the oldest in progress")
+    max_unsent_replies_mib: float = _limit(
+        256.0, "reply bytes queued for sending and not yet read, all devices together, in MiB; when a reply does "
+               "not fit, larger unread replies are dropped first, else it is refused")
+    write_seconds: float = _limit(30.0, "time a device has to read a reply; a slower reader is disconnected")
+    slot_idle_seconds: float = _limit(
+        60.0, "time a device's server role (its thread, files and memory) stays open after its last connection")
+    log_interval_seconds: float = _limit(
+        10.0, "peer-triggered log lines: one per source per interval, then one summary of those held back")
+    ckks_ciphertext_bytes_per_sample: int = _limit(
+        2048, "ckks_ridge: ciphertext bytes a device may store per sample and class (beyond one ciphertext per "
+              "class for a last, partial block)")
+    max_ckks_fit_products: int = _limit(
+        1024, "ckks_ridge: ciphertext-plaintext products one fit may compute (blocks x feature groups x classes)")
+    max_ckks_pca_gmacs: float = _limit(
+        20.0, "ckks_ridge: billions of multiply-adds in one pass of a fit's feature PCA (samples x activation "
+              "values x features; the randomized PCA makes about ten passes)")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -145,11 +164,19 @@ class ServerLimits:
         # The one server-wide memory budget every endpoint given these limits draws from
         # (state, not a setting: not a field, so limits still compare by their values).
         object.__setattr__(self, "memory_pool", MemoryPool(int(self.max_server_memory_mib * MIB)))
+        if self.max_unsent_reply_bytes < self.max_frame_bytes:
+            raise UserInputError("--max-unsent-replies-mib must be at least --max-frame-mib, or no reply of the "
+                                 "largest allowed size could ever be sent")
 
     @property
     def max_frame_bytes(self) -> int:
         """The frame limit in bytes."""
         return int(self.max_frame_mib * MIB)
+
+    @property
+    def max_unsent_reply_bytes(self) -> int:
+        """The global budget for reply bytes not yet read, in bytes."""
+        return int(self.max_unsent_replies_mib * MIB)
 
     @property
     def max_partial_frame_bytes(self) -> int:

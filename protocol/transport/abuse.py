@@ -18,9 +18,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+import tenseal.sealapi as seal
+
+from protocol.modes.ckks_ridge.context import (encryption_level, encryption_parameters, join_buffer, seal_context,
+                                               to_bytes)
+from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitRequest
+from protocol.modes.ckks_ridge.packing import CkksParameters
 from protocol.wire.codec import encode
 from protocol.errors import ProtocolError
 from protocol.server.limits import MIB
@@ -205,13 +212,155 @@ QUOTA_OUTCOMES = ("max_device_disk_mib", "max_device_memory_mib", "max_server_me
                   "max_sample_kib", "max_positions_per_sample", "other values", "differ from earlier")
 # --- end of storage and memory quotas --------------------------------------------------------
 
+# Connections, handshakes, ckks_ridge.
+
+def stall_handshakes(address: Address, count: int) -> list[socket.socket]:
+    """`count` connections that start a TLS handshake (a record header announcing a ClientHello) and
+    stall there (the caller closes them)."""
+    sockets = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(address, timeout=2.0)
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # a 512-byte handshake record: a ClientHello's first byte
+        except OSError:
+            break
+        sockets.append(sock)
+    return sockets
+
+
+def hold_replies(address: Address, keys: KeyDirectory, name: str, connections: int) -> list[_Link]:
+    """`connections` links of device `name` (side_network) that ask for its weights and never read them."""
+    links = []
+    for _ in range(connections):
+        link = connect(address, keys, name)
+        link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the reply on the server's side
+        exchange(link, encode_message(Hello(mode="side_network")))
+        link.send(encode_frame(1, encode_message(FetchWeights())))
+        links.append(link)
+    return links
+
+
+def ckks_upload(samples: int, ciphertexts: list[bytes], context: bytes, seed: int | None = None) -> EncryptedUpload:
+    """A ckks_ridge upload of `samples` random activations (2 x 8) with these per-class ciphertexts
+    (random sample ids unless `seed` is given)."""
+    rng = np.random.default_rng(seed)
+    buffer, sizes = join_buffer(ciphertexts)
+    return EncryptedUpload(sample_ids=rng.integers(0, 256, (samples, 16), dtype=np.uint8),
+                           activations=rng.standard_normal((samples, 2, 8)).astype(np.float32),
+                           ciphertexts=buffer, ciphertext_sizes=sizes,
+                           public_context=np.frombuffer(context, dtype=np.uint8).copy(), layers=(1, 2))
+
+
+def ckks_encryptions(parameters: CkksParameters = CkksParameters()) -> tuple[bytes, Callable[[], bytes]]:
+    """(public context, a maker of valid fresh ciphertexts) under a key of the attacker's own: encryptions
+    of zero at the fit's level, as valid to the server as a device's."""
+    sealed = encryption_parameters(parameters)
+    context = seal_context(sealed)
+    encryptor = seal.Encryptor(context, seal.KeyGenerator(context).secret_key())
+
+    def encrypt_zero() -> bytes:
+        ciphertext = seal.Ciphertext()
+        encryptor.encrypt_zero_symmetric(encryption_level(context), ciphertext)
+        return to_bytes(ciphertext)
+
+    return to_bytes(sealed), encrypt_zero
+
+
+def _request_outcome(link: _Link, message: Message, sequence: int) -> str:
+    reply = exchange(link, encode_message(message), sequence)
+    return getattr(reply, "reason", f"answered {reply.TYPE}")
+
+
+def _ckks_attack(address: Address, keys: KeyDirectory, name: str, uploads: list[EncryptedUpload],
+                 fit_context: bytes) -> str:
+    """Name ckks_ridge, send `uploads` then a fit request; the first refusal (or the fit's answer)."""
+    link = connect(address, keys, name)
+    try:
+        exchange(link, encode_message(Hello(mode="ckks_ridge")))
+        for sequence, upload in enumerate(uploads, start=1):
+            answer = _request_outcome(link, upload, sequence)
+            if not answer.startswith("answered"):
+                return answer
+        request = HeFitRequest(public_context=np.frombuffer(fit_context, dtype=np.uint8).copy(), n_features=128,
+                               ridge=10.0)
+        return _request_outcome(link, request, len(uploads) + 1)
+    finally:
+        link.close()
+
+
+def _net_attack(kind: str, address: Address, keys: KeyDirectory, name: str, stop: threading.Event,
+                seen: Counter) -> None:
+    """One round of attack `kind` (rows of this block), counting what the server did. Rounds that make
+    the server work as an honest device would (train, open a device's role) pause between rounds: their
+    cost is that of any device, and what is measured is that it stays bounded."""
+    if kind == "stalled_handshakes":
+        sockets = stall_handshakes(address, 256)
+        seen["handshakes stalled"] += len(sockets)
+        stop.wait(3.0)
+        for sock in sockets:
+            sock.close()
+    elif kind == "garbage_bytes":  # the log line each one triggers is what it attacks: 64 a second
+        for _ in range(64):
+            with socket.create_connection(address, timeout=2.0) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        seen["garbage connections"] += 64
+        stop.wait(1.0)
+    elif kind == "unread_replies":
+        NetworkChannel(*address, *keys.device_context(name), mode="side_network").request(
+            synthetic_upload(4, 2, 64, seed=5))
+        links = hold_replies(address, keys, name, 4)
+        stop.wait(3.0)
+        seen.update(outcome_kind(outcome(link, 1)) for link in links)
+        for link in links:
+            link.close()
+    elif kind == "no_hello":
+        link = connect(address, keys, name)
+        seen[outcome_kind(_request_outcome(link, synthetic_upload(4, 2, 8), 0))] += 1
+        link.close()
+    elif kind == "idle_devices":  # a device that comes, uploads, and is gone
+        device = NetworkChannel(*address, *keys.device_context(name), mode="side_network")
+        seen[outcome_kind(f"answered {device.request(synthetic_upload(4, 2, 8, seed=9)).TYPE}")] += 1
+        device.close()
+        stop.wait(1.0)
+    elif kind == "revoked_in_training":
+        revoked, device = new_device(address, keys, samples=512)
+        done = threading.Thread(target=lambda: seen.update([outcome_kind(_train_outcome(device))]))
+        done.start()
+        stop.wait(1.0)
+        keys.revoke(revoked)
+        done.join(60.0)
+        stop.wait(5.0)
+    elif kind in ("ckks_garbage", "ckks_many_blocks"):
+        context, encrypt_zero = ckks_encryptions()
+        if kind == "ckks_garbage":  # one sample, two 1 MiB "ciphertexts" of random bytes
+            junk = np.random.default_rng().integers(0, 256, MIB, dtype=np.uint8).tobytes()
+            uploads = [ckks_upload(1, [junk, junk], context)]
+        else:  # one full block, then one-sample blocks: each costs the fit as much as a full one
+            uploads = [ckks_upload(256, [encrypt_zero(), encrypt_zero()], context)]
+            uploads += [ckks_upload(1, [encrypt_zero(), encrypt_zero()], context) for _ in range(8)]
+        seen[outcome_kind(_ckks_attack(address, keys, name, uploads, context))] += 1
+        stop.wait(1.0)
+
+
+def _train_outcome(device: NetworkChannel) -> str:
+    try:
+        return f"answered {device.request(TrainUntil(epochs_total=1000)).TYPE}"
+    except (ProtocolError, OSError) as exc:
+        return str(exc)
+
+
+NET_ATTACKS = ("stalled_handshakes", "garbage_bytes", "unread_replies", "no_hello", "idle_devices",
+               "revoked_in_training", "ckks_garbage", "ckks_many_blocks")
+NET_OUTCOMES = ("hello", "max_handshakes", "write_seconds", "max_unsent_replies_mib", "malformed ciphertext",
+                "takes at most", "ckks_ciphertext_bytes_per_sample", "max_ckks_fit_products", "nothing to fit")
+
 
 # Every attack that runs against a live server, by name (also the attacking device's name).
 ATTACKS = ("descriptor_flood", "oversized_shape", "train_forever", "half_sent_frames", "resend",
-           "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames") + QUOTA_ATTACKS
-_OUTCOMES = QUOTA_OUTCOMES + ("max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs",
-                              "max_width", "max_layers", "max_classes", "zero samples", "revoked", "header of",
-                              "closed", "invalid message")
+           "huge_malformed_frame", "hostile_json", "revoked_device", "fuzz_frames") + QUOTA_ATTACKS + NET_ATTACKS
+_OUTCOMES = QUOTA_OUTCOMES + NET_OUTCOMES + (
+    "max_connections_per_device", "max_partial_frames_mib", "read_seconds", "max_epochs", "max_width", "max_layers",
+    "max_classes", "zero samples", "revoked", "header of", "closed", "invalid message")
 
 
 def outcome_kind(text: str) -> str:
@@ -219,12 +368,18 @@ def outcome_kind(text: str) -> str:
     return next((key for key in _OUTCOMES if key in text), text[:60])
 
 
-def revoked_channel(address: Address, keys: KeyDirectory) -> NetworkChannel:
-    """A new device that uploads once, keeps its connection open, and is then revoked."""
+def new_device(address: Address, keys: KeyDirectory, samples: int = 4) -> tuple[str, NetworkChannel]:
+    """A newly allow-listed device (its name, its channel) that has uploaded `samples` samples."""
     name = f"revoked-{time.monotonic_ns()}"
     keys.add_device(name)
     channel = NetworkChannel(*address, *keys.device_context(name), reconnect_seconds=1.0, mode="side_network")
-    channel.request(synthetic_upload(4, 2, 8))
+    channel.request(synthetic_upload(samples, 2, 8))
+    return name, channel
+
+
+def revoked_channel(address: Address, keys: KeyDirectory) -> NetworkChannel:
+    """A new device that uploads once, keeps its connection open, and is then revoked."""
+    name, channel = new_device(address, keys)
     keys.revoke(name)
     return channel
 
@@ -247,7 +402,9 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
     while not stop.is_set():
         rounds += 1
         try:
-            if kind == "descriptor_flood":
+            if kind in NET_ATTACKS:
+                _net_attack(kind, address, keys, name, stop, seen)
+            elif kind == "descriptor_flood":
                 sockets = flood_descriptors(address, flood)
                 seen["connections opened"] += len(sockets)
                 stop.wait(2.0)  # silent past SILENT_SECONDS: the server sheds them before any talking peer
@@ -269,9 +426,10 @@ def attack_loop(kind: str, address: Address, keys: KeyDirectory, stop: threading
                 link.send(frame)
                 seen[outcome_kind(outcome(link))] += 1
                 link.close()
-            for payload in payloads:
+            for payload in payloads:  # every connection names its mode first
                 link = connect(address, keys, name)
-                reply = exchange(link, payload)
+                exchange(link, encode_message(Hello(mode="side_network")))
+                reply = exchange(link, payload, 1)
                 seen[outcome_kind(getattr(reply, "reason", f"answered {reply.TYPE}"))] += 1
                 link.close()
         except (OSError, ConnectionError, ProtocolError) as exc:

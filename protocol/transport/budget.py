@@ -53,6 +53,14 @@ class PartialFrameBudget:
             self.used += frame.size
             return True
 
+    def try_reserve(self, frame: PartialFrame) -> bool:
+        """Hold `frame.size` bytes now, dropping larger frames if needed; False (nothing held) if it does not fit."""
+        if not self._make_room(frame.size):
+            return False
+        self._holders.add(frame)
+        self.used += frame.size
+        return True
+
     async def release(self, frame: PartialFrame) -> None:
         """Give the frame's bytes back (its payload arrived, failed, or was dropped)."""
         async with self._changed:

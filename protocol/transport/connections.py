@@ -56,6 +56,8 @@ class Connection:
     talking: bool = False  # the peer has sent its first byte
     handling: bool = False  # a request of it is being handled by its device's endpoint
     superseded: bool = False  # closed for a newer connection of the same device
+    greeted: bool = False  # its first request has been answered (a Hello, where the endpoint requires one)
+    abort: bool = False  # close without flushing: the peer did not read what was sent
     accepted: float = field(default_factory=time.monotonic)
 
 

@@ -27,7 +27,7 @@ from protocol.errors import ProtocolError
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, encode_message
 from protocol.transport.framing import FRAME_VERSION, HEADER, MAGIC, decode_frame, encode_frame
-from protocol.transport.server import decode_request
+from protocol.transport.reading import decode_request
 
 Rng = np.random.Generator
 
@@ -66,7 +66,7 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
     he.EncryptedUpload.TYPE: lambda r: he.EncryptedUpload(sample_ids=_ids(r, 2), activations=_floats(r, 2, 3, 4),
                                                           ciphertexts=_bytes(r, 10),
                                                           ciphertext_sizes=np.array([4, 6], np.int64),
-                                                          layers=(1, 2, 3)),
+                                                          public_context=_bytes(r, 32), layers=(1, 2, 3)),
     he.HeFitRequest.TYPE: lambda r: he.HeFitRequest(public_context=_bytes(r, 32), n_features=4, ridge=10.0),
     he.HeFitReply.TYPE: lambda r: he.HeFitReply(input_mean=_floats(r, 6), input_scale=_floats(r, 6),
                                                 components=_floats(r, 2, 6), ciphertexts=_bytes(r, 12),

@@ -1,8 +1,9 @@
-"""Reading frames from a connection within the server's limits.
+"""Reading requests from a connection within the server's limits.
 
 The header is awaited for at most `idle_seconds`; the payload is read only once its
 declared length fits the global partial-frame budget (`protocol.transport.budget`), and
 must then arrive within `read_seconds`. A dropped frame's buffer is freed at once.
+`decode_request` then decodes and validates it, off the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import ssl
 
 from protocol.errors import ProtocolError
-from protocol.server.limits import ServerLimits
+from protocol.server.limits import ServerLimits, admit_upload
+from protocol.wire.messages import Message, decode_message
 from protocol.transport.budget import PartialFrame, PartialFrameBudget
 from protocol.transport.framing import HEADER_BYTES, parse_header
 
@@ -88,6 +90,19 @@ async def _receive(reader: asyncio.StreamReader, length: int) -> bytes:
     finally:
         # Now, not when the traceback of a drop (which references this frame) is collected.
         buffer.clear()
+
+
+def decode_request(payload: bytes, limits: ServerLimits) -> Message:
+    """Decode and validate one request, and apply the stateless upload limits (on a worker thread,
+    before any device namespace is opened); every failure is a ProtocolError."""
+    try:
+        message = decode_message(payload, limits.max_frame_bytes)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure must become an ErrorReply, not a dead task
+        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    admit_upload(message, limits)
+    return message
 
 
 def reason(exc: BaseException) -> str:

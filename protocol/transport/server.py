@@ -16,80 +16,55 @@ thread). Decoding and validating a request runs on a small shared worker pool, a
 off the event loop, so one device's large or malformed frame delays no other device.
 
 What one peer can make the server hold is bounded by `protocol.server.limits.ServerLimits`:
-handshake, read and idle timeouts, the frame size, connections per device (one more
-replaces the device's oldest idle connection), a global budget for partially received
-frames (`protocol.transport.reading`, `protocol.transport.budget`), and, in the
-endpoint, the shape, samples and epochs of each device. No TLS state is built for a
-connection before its first byte, which must start a TLS handshake. The allow-list is
-re-read when it changes, and checked before every request: revoking a device ends its
-open connections at their next request. The accept loop survives every accept error
-and sheds at the descriptor limit (`protocol.transport.connections`).
+handshake, read, write and idle timeouts, the frame size, connections per device (one more
+replaces the device's oldest idle connection), global budgets for partially received
+frames (`reading`, `budget`) and unread replies (`replies`), handshakes in progress
+(`handshakes`), peer-triggered log lines (`peer_log`), and, in the endpoint, the shape,
+samples and epochs of each device. No TLS state is built for a connection before its
+first byte, which must start a TLS handshake. A device's slot (endpoint, thread) is
+released once it has had no connection for a while (`slots`). The allow-list is re-read
+when it changes, checked before every request and watched: revoking a device ends its
+open connections at their next request and stops its training at the next step. The
+accept loop survives every accept error and sheds at the descriptor limit (`connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from protocol.wire.codec import read_metadata
 from protocol.errors import ProtocolError
 from protocol.files import private_dir
-from protocol.server.limits import LimitExceeded, ServerLimits, admit_upload
-from protocol.wire.messages import ErrorReply, Message, decode_message, encode_message
+from protocol.server.limits import LimitExceeded, ServerLimits
+from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.server.training_settings import ServerTraining
+from protocol.transport.allow_list import AllowList
 from protocol.transport.connections import Connection, ConnectionTable, accept_forever, connection_capacity
-from protocol.transport.framing import encode_frame
+from protocol.transport.handshakes import HandshakeGate
 from protocol.transport.identity import KeyDirectory, fingerprint
-from protocol.transport.reading import FrameReader, Rejected, reason
+from protocol.transport.peer_log import PeerLog, peer_source
+from protocol.transport.reading import FrameReader, Rejected, decode_request, reason
+from protocol.transport.replies import ReplySender, close_writer, send_error
+from protocol.transport.slots import DeviceEndpoint, DeviceSlot, DeviceStop
 
 log = logging.getLogger("secure_assist.transport")
 DEVICES_DIR = "devices"
 # Namespace of every connection when the server runs without TLS (overhead benchmark only).
 PLAINTEXT_IDENTITY = "plaintext-unauthenticated"
 _TLS_HANDSHAKE_RECORD = b"\x16"  # the content type of the record that carries a ClientHello
-
-
-class DeviceEndpoint(Protocol):
-    """One device's server role: answers decoded requests, releases its files on close."""
-
-    def handle_message(self, message: Message, data: bytes) -> bytes:
-        """Answer one request already decoded from `data` (its wire form)."""
-
-    def close(self) -> None:
-        """Release files."""
-
-
-@dataclass
-class _DeviceSlot:
-    """One device's server role and the thread that alone touches it."""
-
-    executor: ThreadPoolExecutor
-    endpoint: DeviceEndpoint | None = None
-    open: list[Connection] = field(default_factory=list)  # oldest first
-    connections: int = 0
-    requests: int = 0
-
-
-def decode_request(payload: bytes, limits: ServerLimits) -> Message:
-    """Decode and validate one request, and apply the stateless upload limits (on a worker thread,
-    before any device namespace is opened); every failure is a ProtocolError."""
-    try:
-        message = decode_message(payload, limits.max_frame_bytes)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure must become an ErrorReply, not a dead task
-        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    admit_upload(message, limits)
-    return message
+# How often the allow-list is checked for revocations while devices train, and closed log intervals summarized.
+WATCH_SECONDS = 0.5
+HELLO_FIRST = "the first request of every connection must be 'hello' naming the training mode"
 
 
 def _side_tuning(workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
@@ -114,16 +89,20 @@ class TransportServer:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self._slots: dict[str, _DeviceSlot] = {}
+        self._slots: dict[str, DeviceSlot] = {}
+        self._releasing: dict[str, asyncio.Future] = {}  # slots whose endpoint is closing, by identity
+        self._stats: dict[str, dict[str, int]] = {}
+        self._watching: asyncio.Task | None = None
         self._connections = ConnectionTable()
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
-        self._context: ssl.SSLContext | None = None
-        self._trust: dict[str, dict] = {}
-        self._trust_stamp: tuple[int, int, int] | None = None
+        self._allowed = AllowList(self.keys) if self.keys is not None else None
         self._stop = threading.Event()  # endpoints check it between training steps
         self._decoder = ThreadPoolExecutor(self.limits.decode_workers, thread_name_prefix="decode")
         self._frames = FrameReader(self.limits)
+        self.replies = ReplySender(self.limits)
+        self.handshakes = HandshakeGate(self.limits.max_handshakes)
+        self.peer_log = PeerLog(log, self.limits.log_interval_seconds)
 
     def workdir(self, identity: str) -> Path:
         """The namespace (work directory) of one device identity."""
@@ -133,11 +112,12 @@ class TransportServer:
         """Listen; return the bound address (port 0 picks a free one)."""
         private_dir(self.root)
         if self.keys is not None:
-            self._refresh_trust()  # fail at start, not at the first device, on missing keys
+            self._allowed.refresh()  # fail at start, not at the first device, on missing keys
         self._listener = socket.create_server((host, port))
         self._listener.setblocking(False)
         self._accepting = asyncio.create_task(accept_forever(self._listener, self._connections, self._spawn,
                                                              connection_capacity()))
+        self._watching = asyncio.create_task(self._watch())
         bound = self._listener.getsockname()
         log.info("listening on %s:%d (%s)", bound[0], bound[1], "TLS 1.3, mutual auth" if self.keys else "PLAINTEXT")
         return bound[0], bound[1]
@@ -158,55 +138,61 @@ class TransportServer:
     async def close(self) -> None:
         """Stop listening, end connections, stop in-flight training, close every device's files."""
         self._stop.set()
-        if self._accepting is not None:
-            self._accepting.cancel()
-            await asyncio.gather(self._accepting, return_exceptions=True)
+        for task in (self._accepting, self._watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._listener is not None:
             self._listener.close()
         tasks = self._connections.tasks()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        for slot in self._slots.values():
-            if slot.endpoint is not None:
-                # Queued behind any handler still running in the device's thread (it sees the stop flag).
-                await loop.run_in_executor(slot.executor, slot.endpoint.close)
-            slot.executor.shutdown(wait=True)
-        devices = len(self._slots)
-        self._slots.clear()
+        await asyncio.gather(*self._releasing.values(), return_exceptions=True)
+        for identity in list(self._slots):
+            await self._release(identity)
+        devices = len(self._stats)
         self._decoder.shutdown(wait=True, cancel_futures=True)
-        log.info("stopped: %d device namespaces closed", devices)
+        log.info("stopped: %d devices served", devices)
 
     def device_stats(self) -> dict[str, dict[str, int]]:
         """Per-identity connection and request counts (for logs and benchmarks)."""
-        return {identity: {"connections": s.connections, "requests": s.requests} for identity, s in self._slots.items()}
+        return {identity: dict(counts) for identity, counts in self._stats.items()}
 
-    def _refresh_trust(self) -> None:
-        """Re-read the allow-list and rebuild the TLS context when the file changed (no restart needed)."""
-        stat = os.stat(self.keys.trust_file)
-        stamp = (stat.st_mtime_ns, stat.st_ino, stat.st_size)  # replaced atomically: a new inode
-        if stamp != self._trust_stamp:
-            self._trust, self._context = self.keys.load_trust(), self.keys.server_context()
-            self._trust_stamp = stamp
+    def open_slots(self) -> int:
+        """Devices whose server role is open now (each holds a thread and its files)."""
+        return len(self._slots)
+
+    async def _watch(self) -> None:
+        """Stop the work of revoked devices at their next training step; summarize closed log intervals."""
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            self.peer_log.flush()
+            for identity, slot in list(self._slots.items()):
+                if not slot.stop.revoked and self._trusted(identity) is not None:
+                    log.warning("device %s: revoked; stopping its work in flight", identity[:16])
+                    slot.stop.set()
 
     def _trusted(self, identity: str) -> str | None:
         """None if `identity` may be served now, else why not ("unknown" or "revoked")."""
         if self.keys is None:
             return None
-        self._refresh_trust()
-        entry = self._trust.get(identity)
-        return "unknown" if entry is None else ("revoked" if entry.get("revoked", False) else None)
+        return self._allowed.refusal(identity)
 
     def _spawn(self, sock: socket.socket, connection: Connection) -> asyncio.Task:
         return asyncio.create_task(self._on_connection(sock, connection))
+
+    def _peer_line(self, level: int, connection: Connection, message: str, *args: object) -> None:
+        """A log line the peer triggered, rate-limited per source."""
+        self.peer_log.line(level, peer_source(connection.peer, connection.identity, message % args),
+                           "%s: " + message, connection.peer, *args)
 
     async def _on_connection(self, sock: socket.socket, connection: Connection) -> None:
         writer = None
         try:
             if not await self._first_byte(sock, connection):
                 return
-            opened = await self._open(sock, connection.peer)
+            opened = await self._open(sock, connection)
             if opened is None:
                 return
             reader, writer = opened
@@ -214,18 +200,18 @@ class TransportServer:
             if connection.identity is not None:
                 await self._serve(connection, reader, writer)
         except asyncio.CancelledError:
-            if connection.shed:  # the accept loop logs a summary: a flood must not flood the log
-                log.debug("%s: connection shed at the descriptor limit", connection.peer)
+            if connection.shed:  # the accept loop and the handshake gate count them: a flood must not flood the log
+                log.debug("%s: connection shed (descriptor limit or handshake turns)", connection.peer)
             else:
                 why = "superseded by a newer connection of its device" if connection.superseded else "shutdown"
-                log.info("%s: connection closed (%s)", connection.peer, why)
+                self._peer_line(logging.INFO, connection, "connection closed (%s)", why)
         except Exception:  # noqa: BLE001 - one connection's failure (a bug, out of descriptors) ends it, logged
             log.exception("%s: internal error; closing the connection", connection.peer)
             if writer is not None:
                 await self._send_error(writer, connection, "internal server error")
         finally:
             if writer is not None:  # else the connection table closes the socket when this task ends
-                await _close(writer, abort=self._stop.is_set())
+                await close_writer(writer, abort=self._stop.is_set() or connection.abort)
 
     async def _first_byte(self, sock: socket.socket, connection: Connection) -> bool:
         """Wait for the peer's first byte before building any TLS state (asyncio's SSL protocol
@@ -237,8 +223,8 @@ class TransportServer:
             await asyncio.wait_for(readable, self.limits.handshake_seconds)
             first = sock.recv(1, socket.MSG_PEEK)
         except asyncio.TimeoutError:
-            log.warning("%s: rejected: %s", connection.peer,
-                        self.limits.exceeded("handshake_seconds", "no TLS handshake started"))
+            self._peer_line(logging.WARNING, connection, "rejected: %s",
+                            self.limits.exceeded("handshake_seconds", "no TLS handshake started"))
             return False
         except OSError as exc:
             log.debug("%s: gone before its first byte (%s)", connection.peer, exc)
@@ -249,30 +235,32 @@ class TransportServer:
             log.debug("%s: closed before its first byte", connection.peer)
             return False
         if self.keys is not None and first != _TLS_HANDSHAKE_RECORD:
-            log.warning("%s: rejected: not a TLS handshake (first byte %r)", connection.peer, first)
+            self._peer_line(logging.WARNING, connection, "rejected: not a TLS handshake (first byte %r)", first)
             return False
         connection.talking = True
         return True
 
-    async def _open(self, sock: socket.socket, peer: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _open(self, sock: socket.socket,
+                    connection: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Streams over the accepted socket, after the TLS handshake (None if it failed, logged).
 
         The handshake runs inside `connect_accepted_socket`, before any byte reaches a
-        stream buffer, so no early byte can bypass TLS.
+        stream buffer, so no early byte can bypass TLS. It holds one of the turns for
+        handshakes in progress (`HandshakeGate`) until it is done.
         """
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
         if self.keys is not None:
-            self._refresh_trust()  # devices added since the last connection need no restart
-        context = self._context if self.keys is not None else None
-        try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=context,
-                ssl_handshake_timeout=self.limits.handshake_seconds if context else None)
-        except (ssl.SSLError, OSError, ConnectionError) as exc:
-            log.warning("%s: rejected: TLS handshake failed (%s)", peer, reason(exc))
-            return None
+            self._allowed.refresh()  # devices added since the last connection need no restart
+        with self.handshakes.turn(connection):
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, sock, ssl=self._allowed.context if self.keys is not None else None,
+                    ssl_handshake_timeout=self.limits.handshake_seconds if self.keys is not None else None)
+            except (ssl.SSLError, OSError, ConnectionError) as exc:
+                self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
+                return None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _authenticate(self, writer: asyncio.StreamWriter, connection: Connection) -> str | None:
@@ -282,55 +270,87 @@ class TransportServer:
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         except ValueError:
             # The session failed (bad record, reset) before the certificate could be read.
-            log.warning("%s: rejected: transport error right after the TLS handshake", connection.peer)
+            self._peer_line(logging.WARNING, connection, "rejected: transport error right after the TLS handshake")
             return None
         if der is None:
             # Unreachable while the context demands a certificate (CERT_REQUIRED); should that setting
             # ever be lost, a certificate-less device is refused here, by name, not by a TypeError.
-            log.warning("%s: rejected: no device certificate", connection.peer)
+            self._peer_line(logging.WARNING, connection, "rejected: no device certificate")
             await self._send_error(writer, connection, "no device certificate")
             return None
         digest = fingerprint(der)
         why = self._trusted(digest)
         if why is not None:
-            log.warning("%s: rejected: %s device certificate %s", connection.peer, why, digest)
+            self._peer_line(logging.WARNING, connection, "rejected: %s device certificate %s", why, digest)
             await self._send_error(writer, connection, f"device certificate {why}")
             return None
-        log.info("%s: authenticated device %r (%s)", connection.peer, self._trust[digest]["name"], digest[:16])
+        connection.identity = digest
+        self._peer_line(logging.INFO, connection, "authenticated device %r (%s)", self._allowed.name(digest),
+                        digest[:16])
         return digest
 
     async def _serve(self, connection: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        slot = self._slot(connection.identity)
+        identity = connection.identity
+        if identity in self._releasing:  # its endpoint is closing: reopen once its files are released
+            await asyncio.gather(self._releasing[identity], return_exceptions=True)
+        slot = self._slots.get(identity)
+        if slot is None:
+            slot = self._slots[identity] = DeviceSlot(identity, DeviceStop(self._stop))
         if len(slot.open) >= self.limits.max_connections_per_device:
             # The device's oldest connection not in a request's handling goes: a device that lost
             # its links (half-open TCP) can always reconnect, and no device holds more than the limit.
             waiting = [c for c in slot.open if not c.handling]
             why = self.limits.exceeded("max_connections_per_device", f"connection {len(slot.open) + 1}")
             if not waiting:
-                log.warning("%s: rejected: %s", connection.peer, why)
+                self._peer_line(logging.WARNING, connection, "rejected: %s", why)
                 await self._send_error(writer, connection, str(why))
                 return
             waiting[0].superseded = True
             waiting[0].task.cancel()
             slot.open.remove(waiting[0])
-            log.warning("%s: closing the device's oldest connection %s: %s", connection.peer, waiting[0].peer, why)
+            self._peer_line(logging.WARNING, connection, "closing the device's oldest connection %s: %s",
+                            waiting[0].peer, why)
         slot.open.append(connection)
-        slot.connections += 1
+        self._stats.setdefault(identity, {"connections": 0, "requests": 0})["connections"] += 1
         try:
             await self._request_loop(connection, slot, reader, writer)
         finally:
             if connection in slot.open:
                 slot.open.remove(connection)
+            slot.idle_since = time.monotonic()
+            self._release_if_idle(slot)
 
-    async def _request_loop(self, connection: Connection, slot: _DeviceSlot, reader: asyncio.StreamReader,
+    def _release_if_idle(self, slot: DeviceSlot) -> None:
+        """Release a device's slot (its thread, files and memory) once it has had no connection for
+        `slot_idle_seconds`: soon enough that gone devices hold nothing, late enough that a device
+        reconnecting at once finds its role open."""
+        if slot.open or self._slots.get(slot.identity) is not slot or self._stop.is_set():
+            return
+        idle = time.monotonic() - slot.idle_since
+        if idle < self.limits.slot_idle_seconds:
+            asyncio.get_running_loop().call_later(self.limits.slot_idle_seconds - idle, self._release_if_idle, slot)
+        elif slot.identity not in self._releasing:
+            releasing = asyncio.ensure_future(self._release(slot.identity))
+            self._releasing[slot.identity] = releasing
+            releasing.add_done_callback(lambda _, i=slot.identity: self._releasing.pop(i, None))
+
+    async def _release(self, identity: str) -> None:
+        slot = self._slots.pop(identity)
+        # Queued behind any handler still running in the device's thread (it sees the stop flag).
+        await asyncio.get_running_loop().run_in_executor(slot.executor, slot.release)
+        slot.executor.shutdown(wait=True)
+        log.debug("device %s: server role released", identity[:16])
+
+    async def _request_loop(self, connection: Connection, slot: DeviceSlot, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        peer, received = connection.peer, 0
+        received = 0
         while True:
             try:
                 payload = await self._frames.read(reader, received)
                 if payload is None:
-                    log.info("%s: device closed the connection after %d requests", peer, received)
+                    self._peer_line(logging.INFO, connection, "device closed the connection after %d requests",
+                                    received)
                     return
                 received += 1
                 why = self._trusted(connection.identity)
@@ -338,68 +358,47 @@ class TransportServer:
                     raise Rejected(f"device certificate {why}")
                 # Validated before any state is touched, off the event loop.
                 message = await loop.run_in_executor(self._decoder, decode_request, payload, self.limits)
+                connection.handling = True
+                try:
+                    reply = await loop.run_in_executor(slot.executor, self._handle, slot, connection, message,
+                                                       payload)
+                finally:
+                    connection.handling = False
+                if slot.stop.revoked:  # revoked while its request ran: the reply is not delivered
+                    raise Rejected("device certificate revoked")
+                self._stats[connection.identity]["requests"] += 1
+                await self.replies.send(writer, connection.sent, reply)
+                connection.sent += 1
             except Rejected as rejection:
-                log.warning("%s: rejected: %s", peer, rejection)
+                self._peer_line(logging.WARNING, connection, "rejected: %s", rejection)
                 if rejection.reply:
                     await self._send_error(writer, connection, str(rejection))
+                else:
+                    connection.abort = True  # unread bytes are freed with the connection, not flushed
                 return
             except LimitExceeded as exc:
-                log.warning("%s: rejected: %s", peer, exc)
+                self._peer_line(logging.WARNING, connection, "rejected: %s", exc)
                 await self._send_error(writer, connection, str(exc))
                 return
             except ProtocolError as exc:
-                log.warning("%s: rejected: invalid message: %s", peer, exc)
+                self._peer_line(logging.WARNING, connection, "rejected: invalid message: %s", exc)
                 await self._send_error(writer, connection, f"invalid message: {exc}")
                 return
-            connection.handling = True
-            try:
-                reply = await loop.run_in_executor(slot.executor, self._handle, slot, connection.identity, message,
-                                                   payload)
-            finally:
-                connection.handling = False
-            slot.requests += 1
-            writer.write(encode_frame(connection.sent, reply, self.limits.max_frame_bytes))
-            connection.sent += 1
-            try:
-                await asyncio.wait_for(writer.drain(), self.limits.read_seconds)
-            except asyncio.TimeoutError:
-                log.warning("%s: rejected: reply not read within read_seconds=%s", peer, self.limits.read_seconds)
-                return
             if read_metadata(reply)["type"] == ErrorReply.TYPE:
-                log.warning("%s: rejected: server role refused the request: %s", peer, decode_message(reply).reason)
+                self._peer_line(logging.WARNING, connection, "rejected: server role refused the request: %s",
+                                decode_message(reply).reason)
                 return
 
-    def _slot(self, identity: str) -> _DeviceSlot:
-        if identity not in self._slots:
-            self._slots[identity] = _DeviceSlot(ThreadPoolExecutor(1, thread_name_prefix=f"device-{identity[:8]}"))
-        return self._slots[identity]
-
-    def _handle(self, slot: _DeviceSlot, identity: str, message: Message, payload: bytes) -> bytes:
+    def _handle(self, slot: DeviceSlot, connection: Connection, message: Message, payload: bytes) -> bytes:
         """Runs in the device's own thread."""
         if slot.endpoint is None:
-            slot.endpoint = self.endpoint_factory(self.workdir(identity), self.training, limits=self.limits,
-                                                  stop=self._stop)
-            log.info("device %s: server role open", identity[:16])
+            slot.endpoint = self.endpoint_factory(self.workdir(slot.identity), self.training, limits=self.limits,
+                                                  stop=slot.stop)
+            log.info("device %s: server role open", slot.identity[:16])
+        if not connection.greeted and slot.endpoint.requires_hello and not isinstance(message, Hello):
+            return encode_message(ErrorReply(reason=HELLO_FIRST))
+        connection.greeted = True
         return slot.endpoint.handle_message(message, payload)
 
     async def _send_error(self, writer: asyncio.StreamWriter, connection: Connection, reason: str) -> None:
-        """Best effort: the link may already be gone."""
-        try:
-            writer.write(encode_frame(connection.sent, encode_message(ErrorReply(reason=reason)),
-                                      self.limits.max_frame_bytes))
-            connection.sent += 1
-            await asyncio.wait_for(writer.drain(), 5.0)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
-            pass
-
-
-async def _close(writer: asyncio.StreamWriter, abort: bool) -> None:
-    """Close a connection; bounded, because a TLS close waits for a peer that may never answer."""
-    if abort:  # shutting down: no TLS close_notify exchange
-        writer.transport.abort()
-        return
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), 5.0)
-    except (OSError, ssl.SSLError, asyncio.TimeoutError):
-        pass
+        await send_error(writer, connection, reason, self.limits.max_frame_bytes)

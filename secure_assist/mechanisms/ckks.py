@@ -12,7 +12,8 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from protocol.errors import UserInputError
-from protocol.modes.ckks_ridge.context import encryption_level, load_ciphertext, seal_context, to_bytes
+from protocol.modes.ckks_ridge.context import (encryption_level, encryption_parameters, load_ciphertext, seal_context,
+                                               to_bytes)
 from protocol.modes.ckks_ridge.packing import CkksParameters, embed, unembed
 
 
@@ -27,11 +28,7 @@ class CkksKeyHolder:
 
     @cached_property
     def _parameters(self) -> seal.EncryptionParameters:
-        parameters = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
-        parameters.set_poly_modulus_degree(self.parameters.poly_modulus_degree)
-        parameters.set_coeff_modulus(seal.CoeffModulus.Create(self.parameters.poly_modulus_degree,
-                                                              list(self.parameters.coeff_mod_bit_sizes)))
-        return parameters
+        return encryption_parameters(self.parameters)
 
     @cached_property
     def _keys(self) -> tuple[seal.SEALContext, seal.CKKSEncoder, seal.Encryptor, seal.Decryptor]:

@@ -82,12 +82,15 @@ class HeCkksDelta(Mechanism):
         self.ciphertext_bytes += len(buffer)
         self.uploaded_samples += size
         return EncryptedUpload(sample_ids=ids[:size], activations=acts[:size], ciphertexts=buffer,
-                               ciphertext_sizes=sizes, layers=layers)
+                               ciphertext_sizes=sizes, public_context=self._public_context(), layers=layers)
+
+    def _public_context(self) -> np.ndarray:
+        """The public context (encryption parameters only) as a wire array."""
+        return np.frombuffer(self.keys.public_context(), dtype=np.uint8).copy()
 
     def fit_request(self) -> HeFitRequest:
         """The request carrying the public context (never the secret key)."""
-        context = np.frombuffer(self.keys.public_context(), dtype=np.uint8).copy()
-        return HeFitRequest(public_context=context, n_features=self.parameters.he_features,
+        return HeFitRequest(public_context=self._public_context(), n_features=self.parameters.he_features,
                             ridge=self.parameters.he_ridge)
 
     def decrypt_head(self, reply: HeFitReply) -> RidgeHead:

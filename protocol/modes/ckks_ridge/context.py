@@ -22,9 +22,12 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from protocol.errors import ProtocolError
-from protocol.modes.ckks_ridge.packing import embed
+from protocol.modes.ckks_ridge.packing import CkksParameters, embed
 
 MAX_CIPHERTEXT_BYTES = 16 * 1024 * 1024
+# Beyond the polynomials' raw bytes, a serialized ciphertext holds SEAL's header and its parameters
+# (tens of bytes), and compression can grow incompressible data slightly: this covers both.
+SERIALIZATION_SLACK = 4096
 # Encryption parameters serialize to under 100 bytes at N = 8192; any key is tens of KB or more.
 MAX_PUBLIC_CONTEXT_BYTES = 1024
 
@@ -52,6 +55,15 @@ def load_ciphertext(data: bytes, context: seal.SEALContext) -> seal.Ciphertext:
         return load_seal(seal.Ciphertext(), data, context)
     except (RuntimeError, ValueError) as exc:  # SEAL raises bare exceptions on malformed bytes
         raise ProtocolError(f"malformed ciphertext: {exc}") from exc
+
+
+def encryption_parameters(parameters: CkksParameters) -> seal.EncryptionParameters:
+    """SEAL's encryption parameters (no key) for a ring degree and modulus chain."""
+    sealed = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    sealed.set_poly_modulus_degree(parameters.poly_modulus_degree)
+    sealed.set_coeff_modulus(seal.CoeffModulus.Create(parameters.poly_modulus_degree,
+                                                      list(parameters.coeff_mod_bit_sizes)))
+    return sealed
 
 
 def seal_context(parameters: seal.EncryptionParameters) -> seal.SEALContext:
@@ -84,6 +96,14 @@ class CkksPublicContext:
     def poly_modulus_degree(self) -> int:
         """Coefficients per ciphertext (N)."""
         return self._context.first_context_data().parms().poly_modulus_degree()
+
+    @property
+    def max_ciphertext_bytes(self) -> int:
+        """The most bytes a fresh 2-part ciphertext at the fit's level can serialize to under these
+        parameters: two polynomials of N coefficients per prime of that level, 8 bytes each, plus slack."""
+        parms = self._context.get_context_data(self._level).parms()
+        raw = 2 * parms.poly_modulus_degree() * len(parms.coeff_modulus()) * 8
+        return raw + raw // 64 + SERIALIZATION_SLACK
 
     def load_ciphertext(self, data: bytes) -> seal.Ciphertext:
         """An uploaded ciphertext, validated; malformed or at another level is a protocol error."""

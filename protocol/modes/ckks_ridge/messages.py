@@ -20,28 +20,33 @@ MAX_FEATURES = 4096
 @dataclass(frozen=True)
 class EncryptedUpload(Message):
     """Pivot activations in the clear plus Δ encrypted: one ciphertext per class holding the
-    block's samples, in order, as its polynomial's low coefficients."""
+    block's samples, in order, as its polynomial's low coefficients. `public_context` declares
+    the encryption parameters (no key) the ciphertexts are under, so the server can check them
+    at upload; every upload and the fit request of a device carry the same one."""
 
     TYPE: ClassVar[str] = "encrypted_upload"
     sample_ids: np.ndarray  # uint8 (n, 16)
     activations: np.ndarray  # float16/float32 (n, L, d)
     ciphertexts: np.ndarray  # uint8 (total bytes,)
     ciphertext_sizes: np.ndarray  # int64 (C,)
+    public_context: np.ndarray  # uint8 (bytes,)
     layers: tuple[int, ...]
 
     def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         return ({"sample_ids": self.sample_ids, "activations": self.activations, "ciphertexts": self.ciphertexts,
-                 "ciphertext_sizes": self.ciphertext_sizes}, {"layers": list(self.layers)})
+                 "ciphertext_sizes": self.ciphertext_sizes, "public_context": self.public_context},
+                {"layers": list(self.layers)})
 
     @classmethod
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "EncryptedUpload":
         _exact_keys(cls.TYPE, set(tensors) | set(meta),
-                    {"sample_ids", "activations", "ciphertexts", "ciphertext_sizes", "layers"})
+                    {"sample_ids", "activations", "ciphertexts", "ciphertext_sizes", "public_context", "layers"})
         ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
         _check_ids(ids)
         acts = _tensor(tensors, "activations", ("float16", "float32"), 3, finite=True)
         buffer = _tensor(tensors, "ciphertexts", ("uint8",), 1)
         sizes = _tensor(tensors, "ciphertext_sizes", ("int64",), 1)
+        context = _tensor(tensors, "public_context", ("uint8",), 1)
         layers = meta["layers"]
         if not isinstance(layers, list) or not all(isinstance(i, int) and i >= 1 for i in layers):
             raise ProtocolError("field 'layers' must be a list of layer numbers >= 1")
@@ -51,7 +56,7 @@ class EncryptedUpload(Message):
         if int(sizes.sum()) != len(buffer):
             raise ProtocolError("ciphertext sizes do not add up to the buffer length")
         return cls(sample_ids=ids, activations=acts, ciphertexts=buffer, ciphertext_sizes=sizes,
-                   layers=tuple(layers))
+                   public_context=context, layers=tuple(layers))
 
 
 @dataclass(frozen=True)
