@@ -55,7 +55,7 @@ from protocol.transport.identity import KeyDirectory, fingerprint
 from protocol.transport.peer_log import PeerLog, peer_source
 from protocol.transport.reading import FrameReader, Rejected, decode_request, reason
 from protocol.transport.replies import ReplySender, close_writer, send_error
-from protocol.transport.slots import DeviceEndpoint, DeviceSlot, DeviceStop
+from protocol.transport.slots import DeviceEndpoint, DeviceSlot, DeviceStop, side_tuning_endpoint
 
 log = logging.getLogger("secure_assist.transport")
 DEVICES_DIR = "devices"
@@ -65,14 +65,6 @@ _TLS_HANDSHAKE_RECORD = b"\x16"  # the content type of the record that carries a
 # How often the allow-list is checked for revocations while devices train, and closed log intervals summarized.
 WATCH_SECONDS = 0.5
 HELLO_FIRST = "the first request of every connection must be 'hello' naming the training mode"
-
-
-def _side_tuning(workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
-                 stop: threading.Event | None = None) -> DeviceEndpoint:
-    # Imported on first use: it loads torch, and `serve` listens before paying for that.
-    from protocol.server.side_tuning import SideTuningServer
-
-    return SideTuningServer(workdir, training, limits=limits, stop=stop)
 
 
 @dataclass
@@ -85,7 +77,7 @@ class TransportServer:
     limits: ServerLimits = field(default_factory=ServerLimits)
     # `secure-assist serve` passes a `protocol.modes.host.ModeHost` factory (every offered mode,
     # named by the device's Hello); the bare side-network server is the default for transport tests.
-    endpoint_factory: Callable[..., DeviceEndpoint] = _side_tuning
+    endpoint_factory: Callable[..., DeviceEndpoint] = side_tuning_endpoint
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
+from protocol.server.limits import ServerLimits
+from protocol.server.training_settings import ServerTraining
 from protocol.transport.connections import Connection
 from protocol.wire.messages import Message
 
@@ -30,6 +33,15 @@ class DeviceEndpoint(Protocol):
 
     def close(self) -> None:
         """Release files."""
+
+
+def side_tuning_endpoint(workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
+                         stop: threading.Event | None = None) -> DeviceEndpoint:
+    """The bare side-network server (no modes): the transport's default endpoint, for its tests and benchmarks."""
+    # Imported on first use: it loads torch, and `serve` listens before paying for that.
+    from protocol.server.side_tuning import SideTuningServer
+
+    return SideTuningServer(workdir, training, limits=limits, stop=stop)
 
 
 class DeviceStop(threading.Event):
