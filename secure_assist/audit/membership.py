@@ -44,6 +44,8 @@ from secure_assist.training.workdir import MODEL_FILE
 MEMBER_CANDIDATES = 1000
 # A thousand non-members resolve TPR at 0.1% FPR (one false positive allowed).
 NON_MEMBERS = 1000
+# Population rows RMIA compares each candidate with (its score's resolution is 1 / this).
+RMIA_POPULATION = 256
 # The ROC's false-positive rates in the report (log-spaced, for log-log axes).
 ROC_FPRS = tuple(float(f) for f in np.logspace(-3, 0, 31))
 
@@ -86,7 +88,9 @@ def membership_setting(config: FinetuneConfig, task: TaskSpec, train: list[Examp
                             "non-member candidates")
     # The same knowledge the label attacks build, so its backbone passes come from the cache.
     known = knowledge(config.model, task, public, [], config.seed, progress, private_pool=[e.text for e in train])
-    population_rows = list(known.labeled) + list(public.examples[PUBLIC_LABELED:attacker_rows])
+    # References fill up to the target's size with population rows; RMIA compares with at least RMIA_POPULATION.
+    needed = max(len(train) - min((len(members) + len(non_members)) // 2, len(train)), RMIA_POPULATION)
+    population_rows = (list(known.labeled) + list(public.examples[PUBLIC_LABELED:attacker_rows]))[:needed]
     candidates = LabeledFeatures.concatenate([_features(known.features, members, layers),
                                               _features(known.features, non_members, layers)])
     population = _features(known.features, population_rows, layers)
