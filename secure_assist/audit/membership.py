@@ -44,8 +44,10 @@ from secure_assist.training.workdir import MODEL_FILE
 MEMBER_CANDIDATES = 1000
 # A thousand non-members resolve TPR at 0.1% FPR (one false positive allowed).
 NON_MEMBERS = 1000
-# Population rows RMIA compares each candidate with (its score's resolution is 1 / this).
-RMIA_POPULATION = 256
+# Population rows RMIA compares each candidate with, at least (its score's resolution is 1 / this): the
+# attacker's labeled rows, a pool of their own in its feature cache (the unlabeled pool is forwarded in full
+# only when the references need more rows).
+RMIA_POPULATION = PUBLIC_LABELED
 # The ROC's false-positive rates in the report (log-spaced, for log-log axes).
 ROC_FPRS = tuple(float(f) for f in np.logspace(-3, 0, 31))
 
