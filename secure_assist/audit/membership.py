@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import MEMBERSHIP, NotApplicable
+from attacks.base import MEMBERSHIP, FeatureFunction, NotApplicable
 from attacks.membership import MembershipTarget
 from attacks.membership_references import (
     LabeledFeatures, ReferenceOutputs, TrainingRecipe, deployed_scores, train_references,
@@ -72,7 +72,7 @@ class MembershipSetting:
     references: ReferenceOutputs
 
 
-def _features(function: Any, examples: list[Example], layers: tuple[int, ...]) -> LabeledFeatures:
+def _features(function: FeatureFunction, examples: list[Example], layers: tuple[int, ...]) -> LabeledFeatures:
     public = function([e.text for e in examples], layers)
     return LabeledFeatures(public.activations, public.label_logits, np.array([e.label for e in examples]))
 
