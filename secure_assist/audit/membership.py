@@ -55,7 +55,8 @@ ROC_FPRS = tuple(float(f) for f in np.logspace(-3, 0, 31))
 @dataclass(frozen=True)
 class DeployedTarget:
     """One audit row as a membership target: its deployed side output (None: the backbone
-    alone) and the texts it was trained on."""
+    alone) and the texts it was trained on. Any deployed model is one: a pool's shared model
+    would be its side output and the union of its members' training texts."""
 
     row: str
     side: torch.nn.Module | None
