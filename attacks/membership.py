@@ -176,6 +176,8 @@ class RmiaOffline(MembershipAttack):
         # A candidate that every reference trained on falls back on all of them.
         out_mean = np.where(out.any(axis=0), (reference_x * out).sum(axis=0) / np.maximum(out.sum(axis=0), 1),
                             reference_x.mean(axis=0))
+        # Pr(z) averages every reference, some of which trained on z (the attacker's rows fill their training
+        # sets): that scales each LR(z), and the ranking of the candidates, monotone in LR(x), stays the same.
         return rmia_offline(true_label_probability(target.candidate_scores, target.candidate_labels), out_mean,
                             true_label_probability(target.population_scores, target.population_labels),
                             true_label_probability(references.population_scores, target.population_labels).mean(axis=0))

@@ -41,6 +41,8 @@ from secure_assist.config import FinetuneConfig
 from secure_assist.metrics import auc_with_interval, low_fpr_metrics, tpr_at_fpr
 from secure_assist.training.workdir import MODEL_FILE
 
+# Training samples drawn as member candidates: with as many non-members, each reference trains on about half
+# of the candidates and fills the rest of its training set with population rows.
 MEMBER_CANDIDATES = 1000
 # A thousand non-members resolve TPR at 0.1% FPR (one false positive allowed).
 NON_MEMBERS = 1000
