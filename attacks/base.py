@@ -27,6 +27,8 @@ from protocol.server.transcript import ServerView
 LABELS, SCORES, RECONSTRUCTION, EXTRACTION, ALIGNMENT = "labels", "scores", "reconstruction", "extraction", "alignment"
 # Generation views: the predicted answer token at every loss position of each sample.
 ANSWER_TOKENS = "answer_tokens"
+# A deployed model and candidate samples: a membership score per candidate (`attacks.membership`).
+MEMBERSHIP = "membership"
 
 
 class NotApplicable(SecureAssistError):

@@ -12,6 +12,7 @@ from attacks.labels import (
     MODEL_COMPLETIONS, ClusteringActivations, ClusteringDelta, DeltaArgmax, PublicHeadCombined, PublicHeadZeroShot,
     SideModelLabelling,
 )
+from attacks.membership import LiraOffline, LiraOnline, RmiaOffline
 from attacks.reconstruction import (
     CandidateMatching, FullActivationInversion, LearnedInversion, PivotLogitLens, PivotNearestEmbedding,
 )
@@ -28,6 +29,8 @@ _ATTACK_CLASSES: tuple[type[Attack], ...] = (
     *MODEL_COMPLETIONS,
     # the side model, answer tokens, gradients
     ServerModelCopy, AnswerFromResidual, AnswerInversion, GenerationModelExtraction, GradientNorm, GradientCosine,
+    # membership in the deployed model's training set (they read a deployed model, not the server's view)
+    LiraOnline, LiraOffline, RmiaOffline,
 )
 ATTACKS: dict[str, type[Attack]] = {cls.NAME: cls for cls in _ATTACK_CLASSES}
 if len(ATTACKS) != len(_ATTACK_CLASSES) or "" in ATTACKS:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from attacks.base import ALIGNMENT, RECONSTRUCTION, NotApplicable, PublicKnowledge
+from attacks.base import ALIGNMENT, MEMBERSHIP, RECONSTRUCTION, NotApplicable, PublicKnowledge
 
 from attacks.registry import get_attack
 from attacks.realigned_view import RealignedView
@@ -42,7 +42,9 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
                    keep: frozenset[str] | None = None) -> Iterator[Outcome]:
     """Each named attack's scored report (or NotApplicable), alignment attacks last, each
     followed by the attacks it realigned. `keep`: the uploads (hex sample ids) reconstruction
-    attacks read (default: all); their reports then say `subsampled`."""
+    attacks read (default: all); their reports then say `subsampled`. Membership attacks read a
+    deployed model, not the view: the audit runs them on every row (`secure_assist.audit.membership`)."""
+    names = [n for n in names if get_attack(n).KIND != MEMBERSHIP]
     aligners = [n for n in names if get_attack(n).KIND == ALIGNMENT]
     applied = []
     for name in [n for n in names if n not in aligners]:

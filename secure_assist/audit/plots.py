@@ -118,8 +118,38 @@ def upload_cost(report: dict[str, Any]) -> str:
     return _png(figure)
 
 
+MEMBERSHIP_ROC = "Membership inference: ROC of the strongest attack on each row's deployed model (log-log)"
+
+
+def membership_roc(report: dict[str, Any]) -> str:
+    """TPR against FPR on log-log axes (where the few records that leak show) of each row's
+    strongest membership attack (highest TPR at 1% FPR), with the chance diagonal."""
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for row in rows_of(report):
+        membership = row.get("membership") or {}
+        best = next((a for a in membership.get("attacks", []) if a["attack"] == membership["best_attack"]), None)
+        if best is not None:
+            # A TPR of 0 has no place on log axes: it is drawn on the bottom edge.
+            axis.plot(best["roc"]["fpr"], [max(t, 1e-4) for t in best["roc"]["tpr"]],
+                      label=f"{row['variant']} ({best['attack']}, AUC {best['auc']:.2f})")
+    axis.plot([1e-3, 1], [1e-3, 1], color="gray", ls=":", label="chance")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlim(1e-3, 1)
+    axis.set_ylim(1e-4, 1.05)
+    axis.set_xlabel("false-positive rate (non-members called members)")
+    axis.set_ylabel("true-positive rate (members found)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(figure)
+
+
 def plots(report: dict[str, Any]) -> dict[str, str]:
-    """title -> base64 PNG, the privacy–utility plot first."""
+    """title -> base64 PNG, the privacy–utility plot first (the membership ROC when rows have one)."""
     leak = LEAK_WORDS[report_metric(report).leak_kind][2]
-    return {privacy_utility_title(report): privacy_utility(report), f"{leak.capitalize()} leakage per attack": label_leakage(report),
-            "Upload and device cost per row": upload_cost(report)}
+    images = {privacy_utility_title(report): privacy_utility(report),
+              f"{leak.capitalize()} leakage per attack": label_leakage(report),
+              "Upload and device cost per row": upload_cost(report)}
+    if any((row.get("membership") or {}).get("status") == "ok" for row in rows_of(report)):
+        images[MEMBERSHIP_ROC] = membership_roc(report)
+    return images

@@ -14,7 +14,7 @@ from typing import Any
 from protocol.files import write_atomic
 from secure_assist.audit.plots import plots, privacy_utility_title
 from secure_assist.audit.rows import row_value
-from secure_assist.audit.summary import report_metric, summary_header, summary_table
+from secure_assist.audit.summary import report_metric, rows_of, summary_header, summary_table
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 SUMMARY_TITLE = "Summary: which protection, at what cost, and what the server buys"
@@ -71,6 +71,28 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _tpr(attack: dict[str, Any], key: str) -> str:
+    value = attack[key]
+    return "– (too few non-members)" if value is None else f"{value:.3f} {_ci(attack[key + '_ci95'])}"
+
+
+def _membership_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One line per row and membership attack on its deployed model."""
+    lines = []
+    for row in rows_of(report):
+        membership = row.get("membership")
+        if membership is None:
+            continue
+        if membership["status"] != "ok":
+            lines.append([row["variant"], "–", "–", "–", "–", "–", membership["reason"]])
+            continue
+        for attack in membership["attacks"]:
+            lines.append([row["variant"], attack["attack"], f"{attack['auc']:.3f} {_ci(attack['auc_ci95'])}",
+                          _tpr(attack, "tpr_at_0.01_fpr"), _tpr(attack, "tpr_at_0.001_fpr"),
+                          str(membership["references"]), f"{membership['members']} / {membership['non_members']}"])
+    return lines
+
+
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the summary, shared by the Markdown and HTML renderers."""
     metric = report_metric(report)
@@ -102,6 +124,11 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     if he:
         out.append(("CKKS costs", ["variant", "device encrypt ms/sample", "ciphertext bytes/sample",
                                    "public context bytes", "server fit s", "device decrypt s"], he))
+    membership = _membership_rows(report)
+    if membership:
+        out.append(("Membership inference on the deployed model (chance: AUC 0.5, TPR = FPR)",
+                    ["row", "attack", "AUC (95% CI)", "TPR at 1% FPR (95% CI)", "TPR at 0.1% FPR (95% CI)",
+                     "reference models", "members / non-members"], membership))
     for variant in _audited(report):
         out.append((f"Leakage: {variant['variant']}", ["attack", "kind", "metric", "value", "95% CI", "chance/prior",
                                                        "activations only", "also"], _leakage_rows(variant)))

@@ -26,10 +26,11 @@ from secure_assist.audit.config import (
     AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
 )
 from secure_assist.audit.dp_check import empirical_epsilon, release_pair
+from secure_assist.audit.membership import membership_attacks, membership_reports
 from secure_assist.audit.point import PointData, run_cost, run_point
 from secure_assist.audit.public_knowledge import PublicData, public_data
 from secure_assist.audit.rows import (
-    DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, summary_utility, utility,
+    ACCURACY, DEVICE_LOCAL, ZERO_SHOT, EvalData, comparison, local_lora_row, reference_row, summary_utility, utility,
 )
 from secure_assist.audit.schema import (
     FORWARD_KEYS, LEAK_KEYS, SCHEMA, SCHEMA_VERSION, jsonable, package_versions,
@@ -142,6 +143,24 @@ def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[
     return references
 
 
+def attach_membership(config: AuditConfig, data: EvalData, public: PublicData, references: dict[str, Any],
+                      audited: list[dict[str, Any]], progress: bool) -> None:
+    """Each classification row's deployed model under the configured membership attacks, as the
+    row's `membership` (reference side networks trained once for all rows); nothing for a
+    generation audit, a config without membership attacks or `membership_references` 0."""
+    names = membership_attacks(attack_names(config))
+    if not names or not config.membership_references or data.metric is not ACCURACY:
+        return
+    local = references[DEVICE_LOCAL]["row"]
+    rows = {ZERO_SHOT: (references[ZERO_SHOT]["row"], None), DEVICE_LOCAL: (local, local["workdir"]),
+            **{v["variant"]: (v, v["workdir"]) for v in audited if v["status"] == "ok"}}
+    reports = membership_reports(data.config, data.task, data.train, public,
+                                 [(name, workdir) for name, (_, workdir) in rows.items()], local["workdir"],
+                                 config.membership_references, names, progress)
+    for name, (row, _) in rows.items():
+        row["membership"] = jsonable(reports[name])
+
+
 def audit_inputs(config: AuditConfig) -> tuple[EvalData, PublicData, dict[str, Any]]:
     """What every row of an audit shares: the evaluation data (with the reference run's config),
     the attacker's public data, and where both came from."""
@@ -176,6 +195,10 @@ def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | N
     audited = [o.value if o.ok else {"variant": v.label, "mechanism": v.mechanism, "epsilon": v.epsilon,
                                      "status": "failed", "reason": o.error}
                for v, o in zip(variants, outcomes)]
+    membership_start = time.perf_counter()
+    with serving(tables):
+        attach_membership(config, data, public, references, audited, progress)
+    membership_seconds = time.perf_counter() - membership_start
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,6 +210,7 @@ def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | N
         "variants": audited,
         "consistent": all(v.get("dp_check") is None or v["dp_check"]["consistent"] for v in audited),
         "executor": executor.NAME, "shared_forwards": forwards_summary(tables),
+        "membership_seconds": membership_seconds,
     }
     report["conclusions"] = conclusions(report)
     report["wall_seconds"] = time.perf_counter() - start
