@@ -35,9 +35,10 @@ CANARY_INSTRUCTION = "What is the secret code?"
 CANARY_ANSWER = "The secret code is {}."
 DIGITS = 6
 SPACE_SIZE = 10 ** DIGITS
-# Sampled candidates per audit: the sampled exposure's resolution is log2(m + 1) ≈ 10 bits, for m + 2K
-# teacher-forced passes per scored model.
-CANDIDATES = 1000
+# Sampled candidates: m + K + max(K, NULL_SECRETS) teacher-forced passes per scored model, each with a
+# vocabulary-sized softmax per answer token; the sampled exposure's resolution is log2(m + 1) ≈ 7.7 bits, and
+# the skew-normal extrapolation carries the estimate past it.
+CANDIDATES = 200
 # Never-planted secrets scored as the null: enough for a rank test against ten planted ones.
 NULL_SECRETS = 20
 CANARY_SOURCE = "canary"
@@ -139,3 +140,11 @@ def canary_settings(canaries: Canaries) -> dict[str, Any]:
             "space_size": SPACE_SIZE, "max_exposure": math.log2(SPACE_SIZE), "candidates": len(canaries.candidates),
             "max_sampled_exposure": math.log2(len(canaries.candidates) + 1), "repetitions": canaries.repetitions,
             "planted_count": len(canaries.planted), "null_count": len(canaries.null)}
+
+
+MODELS = ("backbone", "deployed")
+
+
+def model_exposures(exposures: dict[str, Any], model: str) -> dict[str, Any]:
+    """One model's report ('backbone' or 'deployed') out of a run's canary exposures, with the settings."""
+    return {**{k: v for k, v in exposures.items() if k not in MODELS}, **exposures[model]}

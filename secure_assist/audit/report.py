@@ -71,6 +71,13 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _canary_row(row: dict[str, Any]) -> list[str]:
+    c = row["canaries"]
+    return [row["variant"], _fmt(c["planted_mean_exposure"]), _fmt(c["planted_mean_exposure_extrapolated"]),
+            _fmt(c["null_mean_exposure"]), _fmt(c["null_p95_exposure"]), _fmt(c["planted_above_null_p_exposure"]),
+            ", ".join(str(p["copies_trained"]) for p in c["planted"])]
+
+
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the summary, shared by the Markdown and HTML renderers."""
     metric = report_metric(report)
@@ -102,6 +109,11 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     if he:
         out.append(("CKKS costs", ["variant", "device encrypt ms/sample", "ciphertext bytes/sample",
                                    "public context bytes", "server fit s", "device decrypt s"], he))
+    canaries = [_canary_row(r) for r in report["references"] + _audited(report) if "canaries" in r]
+    if canaries:
+        out.append(("Canaries (exposure in bits: sampled rank, skew-normal extrapolation)",
+                    ["row", "planted: mean exposure", "extrapolated", "never planted: mean", "95th percentile",
+                     "planted above never planted (p)", "copies trained"], canaries))
     for variant in _audited(report):
         out.append((f"Leakage: {variant['variant']}", ["attack", "kind", "metric", "value", "95% CI", "chance/prior",
                                                        "activations only", "also"], _leakage_rows(variant)))

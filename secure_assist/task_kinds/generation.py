@@ -29,7 +29,7 @@ from protocol.files import write_atomic
 from protocol.modes.generation.device import GenerationDevice
 from protocol.data.instructions import InstructionExample, InstructionTask, load_instructions
 from protocol.model.side_output import SideOutput
-from secure_assist.canaries import Canaries, canary_example, canary_settings, exposure_report, plant
+from secure_assist.canaries import MODELS, Canaries, canary_example, canary_settings, exposure_report, plant
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import subsets
 from secure_assist.task_kinds.base import TaskKind
@@ -83,7 +83,7 @@ def canary_exposure(device: GenerationDevice, side: SideOutput | None, canaries:
     output, under the backbone alone; `trained_answers` (the answers the model was trained on) gives
     each planted secret's copies trained."""
     secrets = canaries.planted + canaries.null + canaries.candidates
-    columns = ("backbone", "deployed") if side is not None else ("deployed",)
+    columns = MODELS if side is not None else MODELS[1:]
     with torch.inference_mode():
         log_probs, _, counts = device.token_scores([canary_example(s) for s in secrets], side,
                                                    scales=(0.0, 1.0)[:len(columns)])
