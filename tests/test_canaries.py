@@ -95,8 +95,8 @@ def test_canary_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
 
 def test_audit_reports_exposure_and_a_repeated_canary_stands_out(tmp_path: Path) -> None:
     config = AuditConfig(model="tiny-llama", task="generation", train_file=str(alpaca_file(tmp_path, 40)),
-                         train_samples=12, eval_samples=2, epochs=20, max_answer_tokens=12, rouge_samples=1,
-                         variants=("none",), attacks=("answer_from_residual",), canaries=1, canary_repetitions=30,
+                         train_samples=4, eval_samples=2, epochs=20, max_answer_tokens=12, rouge_samples=1,
+                         variants=("none",), attacks=("answer_from_residual",), canaries=1, canary_repetitions=46,
                          output=str(tmp_path / "audit"))
     report = run_audit(config, progress=False)
     references = {r["variant"]: r for r in report["references"]}
@@ -104,13 +104,13 @@ def test_audit_reports_exposure_and_a_repeated_canary_stands_out(tmp_path: Path)
             "none": report["variants"][0]}
     for row in rows.values():
         canaries = row["canaries"]
-        assert canaries["planted_count"] == 1 and canaries["null_count"] >= 20 and canaries["repetitions"] == 30
+        assert canaries["planted_count"] == 1 and canaries["null_count"] >= 20 and canaries["repetitions"] == 46
         assert len(canaries["planted"]) == 1 and {"exposure", "exposure_extrapolated", "log_likelihood",
                                                   "copies_trained"} <= set(canaries["planted"][0])
-    # The side network trains on the uploads (the device keeps 10% for its safeguard): most of the 30 copies.
+    # The side network trains on the uploads (the device keeps 10% for its safeguard): most of the 46 copies.
     trained = rows["device_local"]["canaries"]["planted"][0]
-    assert 20 <= trained["copies_trained"] <= 30
-    # Trained on 30 copies, the deployed model ranks the secret above the never-planted ones; the backbone does not.
+    assert 36 <= trained["copies_trained"] <= 46
+    # Trained on them, the deployed model ranks the secret above the never-planted ones; the backbone does not.
     for name in ("device_local", "none"):
         canaries = rows[name]["canaries"]
         assert canaries["planted"][0]["exposure"] > canaries["null_p95_exposure"]
