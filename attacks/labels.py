@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, sized_variants
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
-from attacks.tuning import public_choice
+from attacks.tuning import public_choice, tuned_entry
 from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.wire.codec import decode
 from protocol.errors import ProtocolError
@@ -129,15 +129,15 @@ class ClusteringActivations(Attack):
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
         n_classes, prior = public.task.n_classes, class_prior(public)
-        tuned: dict[str, object] = {"pca_components": PCA_GRID[0]}
+        components, tuned = PCA_GRID[0], tuned_entry("pca_components", PCA_GRID[0], PCA_GRID,
+                                                      "no public labeled examples: the default", "public_scores")
         if public.labeled:
             # The public labeled examples, clustered the same way, say which dimension separates the classes.
             states = public.public_features(self.NAME, [e.text for e in public.labeled], data.layers).activations
             labels = np.array([e.label for e in public.labeled])
-            _, tuned = public_choice(PCA_GRID, lambda n: float(np.mean(
+            components, tuned = public_choice(PCA_GRID, lambda n: float(np.mean(
                 self.clusters(states[:, -1], n, n_classes, prior, public.seed) == labels)), "pca_components")
-        predictions = self.clusters(data.activations[:, -1], int(tuned["pca_components"]), n_classes, prior,
-                                    public.seed)
+        predictions = self.clusters(data.activations[:, -1], components, n_classes, prior, public.seed)
         return _result(self, data, predictions, **tuned)
 
     @staticmethod
@@ -202,12 +202,13 @@ def tuned_probe(x: np.ndarray, labels: np.ndarray) -> tuple[Pipeline, dict[str, 
     folds = min(3, int(per_class.min()))
     if len(per_class) < 2 or folds < 2:
         probe.set_params(logistic__C=PROBE_C_GRID[0])
-        return probe.fit(x, labels), {"C": PROBE_C_GRID[0], "C_grid": list(PROBE_C_GRID),
-                                      "C_cv_scores": "too few examples per class to cross-validate"}
+        return probe.fit(x, labels), tuned_entry("C", PROBE_C_GRID[0], PROBE_C_GRID,
+                                                 "too few examples per class to cross-validate", "public_cv_scores")
     search = GridSearchCV(probe, {"logistic__C": list(PROBE_C_GRID)}, cv=StratifiedKFold(folds), scoring="accuracy")
     search.fit(x, labels)
-    return search.best_estimator_, {"C": search.best_params_["logistic__C"], "C_grid": list(PROBE_C_GRID),
-                                    "C_cv_scores": [float(v) for v in search.cv_results_["mean_test_score"]]}
+    return search.best_estimator_, tuned_entry("C", search.best_params_["logistic__C"], PROBE_C_GRID,
+                                               [float(v) for v in search.cv_results_["mean_test_score"]],
+                                               "public_cv_scores")
 
 
 class ModelCompletion(Attack):

@@ -27,10 +27,12 @@ def test_fold_choice_takes_the_best_mean_and_the_default_on_a_tie() -> None:
         return {"default": 0.5, "better": 0.7, "worse": 0.1}[value]
 
     chosen, details = choose_by_folds(("default", "better", "worse"), score, 30, "knob")
-    assert chosen == "better" and details["knob"] == "better" and details["knob_grid"] == ["default", "better", "worse"]
-    assert details["knob_cv_scores"] == pytest.approx([0.5, 0.7, 0.1]) and set(seen) == {(20, 10)}
+    knob = details["tuned"]["knob"]
+    assert chosen == "better" and knob["chosen"] == "better" and knob["grid"] == ["default", "better", "worse"]
+    assert knob["public_cv_scores"] == pytest.approx([0.5, 0.7, 0.1]) and set(seen) == {(20, 10)}
     assert choose_by_folds(("default", "same"), lambda v, a, b: 1.0, 30, "knob")[0] == "default"
-    assert public_choice((16, 4), lambda n: 0.5, "pca")[1] == {"pca": 16, "pca_grid": [16, 4], "pca_public_scores": [0.5, 0.5]}
+    assert public_choice((16, 4), lambda n: 0.5, "pca")[1] == {
+        "tuned": {"pca": {"chosen": 16, "grid": [16, 4], "public_scores": [0.5, 0.5]}}}
 
 
 def test_probe_c_is_cross_validated_on_the_public_examples() -> None:
@@ -38,10 +40,11 @@ def test_probe_c_is_cross_validated_on_the_public_examples() -> None:
     labels = np.tile([0, 1], 16)
     x = rng.normal(size=(32, 10)) + 2.0 * labels[:, None]
     probe, details = tuned_probe(x, labels)
-    assert details["C"] in PROBE_C_GRID and len(details["C_cv_scores"]) == len(PROBE_C_GRID)
-    assert probe.named_steps["logistic"].C == details["C"] and (probe.predict(x) == labels).mean() > 0.9
-    _, fallback = tuned_probe(x[:3], np.array([0, 1, 1]))  # one example of class 0: no stratified split
-    assert fallback["C"] == PROBE_C_GRID[0] and isinstance(fallback["C_cv_scores"], str)
+    tuned = details["tuned"]["C"]
+    assert tuned["chosen"] in PROBE_C_GRID and len(tuned["public_cv_scores"]) == len(PROBE_C_GRID)
+    assert probe.named_steps["logistic"].C == tuned["chosen"] and (probe.predict(x) == labels).mean() > 0.9
+    fallback = tuned_probe(x[:3], np.array([0, 1, 1]))[1]["tuned"]["C"]  # one example of class 0: no split
+    assert fallback["chosen"] == PROBE_C_GRID[0] and isinstance(fallback["public_cv_scores"], str)
 
 
 def _public_with_probe_signal() -> PublicKnowledge:
@@ -73,10 +76,10 @@ def test_label_attacks_record_a_choice_that_the_private_data_does_not_move(tmp_p
         write_view(folder, [Upload(sample_ids=ids, activations=acts, delta=np.zeros((N, 2), np.float32),
                                    layers=(1, 2))])
         write_truth(folder, ids, labels.tolist(), [f"device {seed} text {i}" for i in range(N)])
-        result, _ = audit(attack, folder, public=public)
-        assert result.details[key] in grid and f"{key}_grid" in result.details
-        chosen.append((result.details[key], result.details.get(f"{key}_cv_scores",
-                                                               result.details.get(f"{key}_public_scores"))))
+        result, report = audit(attack, folder, public=public)
+        tuned = result.details["tuned"][key]
+        assert tuned["chosen"] in grid and tuned["grid"] == list(grid) and report["tuned"] == result.details["tuned"]
+        chosen.append(tuned)
     assert chosen[0] == chosen[1]
 
 
@@ -93,7 +96,8 @@ def test_inversion_ridge_is_chosen_on_public_positions_only(tmp_path) -> None:
                                        attention_mask=np.ones((1, len(prompt)), np.uint8), labels=np.array([1]))])
         write_truth(folder, sample, [1], [text])
         result, report = audit("full_activation_inversion", folder, public=public)
-        assert result.details["ridge"] in RIDGE_GRID and len(result.details["ridge_cv_scores"]) == len(RIDGE_GRID)
+        tuned = result.details["tuned"]["ridge"]
+        assert tuned["chosen"] in RIDGE_GRID and len(tuned["public_cv_scores"]) == len(RIDGE_GRID)
         assert report["position_token_accuracy"] >= 0.9
-        chosen.append((result.details["ridge"], result.details["ridge_cv_scores"]))
+        chosen.append(tuned)
     assert chosen[0] == chosen[1]

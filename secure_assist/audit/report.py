@@ -64,6 +64,8 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
                 extra.append(f"AUC {r['auc']:.3f} {_ci(r['auc_ci95'])}")
         if r["kind"] == "answer_tokens":
             extra.append(f"word F1 {r['token_f1']:.3f}; exact answers {r['exact_match']:.3f}")
+        if r.get("tuned"):
+            extra.append("tuned on public data: " + ", ".join(f"{k} = {v['chosen']}" for k, v in r["tuned"].items()))
         if r.get("subsampled"):
             extra.append(f"on {r['n']} of {r['of_uploads']} uploads")
         rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r["value_ci95"]),
