@@ -115,4 +115,5 @@ def test_audit_reports_exposure_and_a_repeated_canary_stands_out(tmp_path: Path)
         canaries = rows[name]["canaries"]
         assert canaries["planted"][0]["exposure"] > canaries["null_p95_exposure"]
         assert canaries["planted"][0]["log_likelihood"] > rows["zero_shot"]["canaries"]["planted"][0]["log_likelihood"]
+    assert rows["zero_shot"]["canaries"]["planted"][0]["copies_trained"] == 0
     assert "Canaries" in render_markdown(report)

@@ -9,7 +9,9 @@ greedy generations (at most max_answer_tokens) against the reference answer as t
 (truncated to the same tokens), on the first `rouge_samples` evaluation prompts; and
 `answer_nll_reduction` with a 95% paired bootstrap interval over evaluation samples. The
 per-sample sums (columns: backbone, fine-tuned) are kept in `<workdir>/device/eval_scores.npz`
-for paired comparisons between runs.
+for paired comparisons between runs. With `canaries`, the training split also holds the planted
+secrets (`secure_assist.canaries`) and the metrics' `canaries` their exposure under the backbone and
+the deployed model.
 """
 
 from __future__ import annotations
@@ -89,10 +91,11 @@ def canary_exposure(device: GenerationDevice, side: SideOutput | None, canaries:
                                                    scales=(0.0, 1.0)[:len(columns)])
     answers = per_sample_sums(log_probs.astype(np.float64), counts)
     planted, null = len(canaries.planted), len(canaries.null)
-    copies = [trained_answers.count(canary_example(s).output) for s in canaries.planted]
+    trained = [trained_answers.count(canary_example(s).output) for s in canaries.planted]
     return {**canary_settings(canaries), **{
         name: exposure_report(canaries.planted, answers[:planted, column], canaries.null,
-                              answers[planted:planted + null, column], answers[planted + null:, column], copies)
+                              answers[planted:planted + null, column], answers[planted + null:, column],
+                              [0] * planted if name == "backbone" else trained)  # the backbone trained on none
         for column, name in enumerate(columns)}}
 
 
