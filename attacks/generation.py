@@ -19,8 +19,8 @@ import torch
 
 from attacks.base import ANSWER_TOKENS, EXTRACTION, Attack, AttackResult, PublicKnowledge
 from attacks.labels import load_side_network
-from attacks.public_model import head_matrix, input_embeddings, logit_lens, public_backbone
-from attacks.reconstruction import EmbeddingIndex, ridge_map
+from attacks.public_model import head_matrix, logit_lens, public_backbone
+from attacks.reconstruction import EmbeddingIndex, tuned_ridge_map
 from attacks.view_data import AnswerData, answer_data
 from protocol.modes.generation.device import CORRECTION_SCALES
 from protocol.model.side_network import HiddenCorrection
@@ -79,7 +79,6 @@ class AnswerInversion(Attack):
     DESCRIPTION = ("activations only: public ridge map of the lowest uploaded layer to input embeddings at the next "
                    "position, logit lens for the last token")
     PUBLIC_SAMPLES = 300
-    RIDGE = 1.0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = answer_data(view, self)
@@ -89,8 +88,8 @@ class AnswerInversion(Attack):
         backbone = public_backbone(public.backbone_name)
         layer = min(data.layers)
         states, inputs = public.answer_states(examples, layer)
-        mapping = ridge_map(states, input_embeddings(backbone)[inputs], self.RIDGE)
         index = EmbeddingIndex(backbone)
+        mapping, tuned = tuned_ridge_map(states, inputs, backbone, index)
         # Row t + 1 of a sample holds the state whose input is y_t; its last row gives no input.
         inverted = np.array(index.nearest(mapping(data.layer(self, layer))), dtype=np.int64)
         highest = max(data.layers)
@@ -102,7 +101,7 @@ class AnswerInversion(Attack):
         for rows in data.sample_rows():
             predicted.append(inverted[rows][1:].tolist() + [int(top[rows.stop - 1])])
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, token_ids=predicted,
-                            details={"layer": layer, "public_positions": int(len(inputs))})
+                            details={"layer": layer, **tuned, "public_positions": int(len(inputs))})
 
 
 # Scales of the server's correction the extraction attack tries: the device's own grid (it picks its scale

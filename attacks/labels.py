@@ -13,10 +13,13 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from attacks.base import LABELS, Attack, AttackResult, PublicKnowledge, sized_variants
 from attacks.public_model import public_backbone, softmax, zero_shot_logits
+from attacks.tuning import public_choice, tuned_entry
 from attacks.view_data import PivotData, layer_directions, pivot_data
 from protocol.wire.codec import decode
 from protocol.errors import ProtocolError
@@ -110,20 +113,39 @@ class ClusteringDelta(Attack):
         return _result(self, data, resolve_clusters(clusters, public.task.n_classes, class_prior(public)))
 
 
+# PCA dimensions of the activation clustering, the former fixed 16 first (a tie keeps it).
+PCA_GRID = (16, 4, 64)
+
+
 class ClusteringActivations(Attack):
     """k-means on PCA of the last-layer pivot states (no Δ)."""
 
     NAME = "clustering_activations"
     NEEDS = frozenset({PIVOT_ACTIVATIONS})
-    DESCRIPTION = "activations only: k-means on PCA-16 of the last-layer pivot state"
+    DESCRIPTION = ("activations only: k-means on PCA of the last-layer pivot state (dimension chosen on the public "
+                   "labeled examples)")
     ACTIVATIONS_ONLY = True
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = pivot_data(view, self)
-        last = StandardScaler().fit_transform(data.activations[:, -1])
-        reduced = PCA(n_components=min(16, *last.shape), random_state=public.seed).fit_transform(last)
-        clusters = _cluster(reduced, public.task.n_classes, public.seed)
-        return _result(self, data, resolve_clusters(clusters, public.task.n_classes, class_prior(public)))
+        n_classes, prior = public.task.n_classes, class_prior(public)
+        components, tuned = PCA_GRID[0], tuned_entry("pca_components", PCA_GRID[0], PCA_GRID,
+                                                      "no public labeled examples: the default", "public_scores")
+        if public.labeled:
+            # The public labeled examples, clustered the same way, say which dimension separates the classes.
+            states = public.public_features(self.NAME, [e.text for e in public.labeled], data.layers).activations
+            labels = np.array([e.label for e in public.labeled])
+            components, tuned = public_choice(PCA_GRID, lambda n: float(np.mean(
+                self.clusters(states[:, -1], n, n_classes, prior, public.seed) == labels)), "pca_components")
+        predictions = self.clusters(data.activations[:, -1], components, n_classes, prior, public.seed)
+        return _result(self, data, predictions, **tuned)
+
+    @staticmethod
+    def clusters(states: np.ndarray, components: int, n_classes: int, prior: np.ndarray, seed: int) -> np.ndarray:
+        """Class predictions: k-means on PCA-`components` of the standardized states, named by the prior."""
+        scaled = StandardScaler().fit_transform(states)
+        reduced = PCA(n_components=min(components, *scaled.shape), random_state=seed).fit_transform(scaled)
+        return resolve_clusters(_cluster(reduced, n_classes, seed), n_classes, prior)
 
 
 class SideModelLabelling(Attack):
@@ -167,6 +189,28 @@ def probe_features(activations: np.ndarray, zero_shot: np.ndarray) -> np.ndarray
     return np.concatenate([upper, zero_shot], axis=1)
 
 
+# Inverse regularization strengths of the probe, the former fixed 0.05 first (a tie keeps it).
+PROBE_C_GRID = (0.05, 0.01, 0.2, 1.0)
+
+
+def tuned_probe(x: np.ndarray, labels: np.ndarray) -> tuple[Pipeline, dict[str, object]]:
+    """A standardized logistic probe on the public labeled examples, its C chosen from `PROBE_C_GRID` by
+    stratified cross-validation on those examples (scikit-learn's grid search; the former default when a
+    class has fewer than two examples to split); (probe refitted on all of them, details to record)."""
+    probe = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=2000))])
+    per_class = np.unique(labels, return_counts=True)[1]
+    folds = min(3, int(per_class.min()))
+    if len(per_class) < 2 or folds < 2:
+        probe.set_params(logistic__C=PROBE_C_GRID[0])
+        return probe.fit(x, labels), tuned_entry("C", PROBE_C_GRID[0], PROBE_C_GRID,
+                                                 "too few examples per class to cross-validate", "public_cv_scores")
+    search = GridSearchCV(probe, {"logistic__C": list(PROBE_C_GRID)}, cv=StratifiedKFold(folds), scoring="accuracy")
+    search.fit(x, labels)
+    return search.best_estimator_, tuned_entry("C", search.best_params_["logistic__C"], PROBE_C_GRID,
+                                               [float(v) for v in search.cv_results_["mean_test_score"]],
+                                               "public_cv_scores")
+
+
 class ModelCompletion(Attack):
     """A logistic probe fitted on k public labeled examples, applied to the uploads."""
 
@@ -187,12 +231,11 @@ class ModelCompletion(Attack):
         last = backbone.n_layers
         train_x = probe_features(features.activations[:self.K], features.label_logits[:self.K])
         test_x = probe_features(data.activations, zero_shot_logits(backbone, public.task, data.layer(self, last)))
-        scaler = StandardScaler().fit(train_x)
-        probe = LogisticRegression(C=0.05, max_iter=2000).fit(scaler.transform(train_x), [e.label for e in labeled])
+        probe, tuned = tuned_probe(train_x, np.array([e.label for e in labeled]))
         # Classes absent from the k examples get probability 0: every task class keeps its column.
         scores = np.zeros((len(test_x), public.task.n_classes))
-        scores[:, probe.classes_] = probe.predict_proba(scaler.transform(test_x))
-        return _result(self, data, probe.predict(scaler.transform(test_x)), scores, k=self.K)
+        scores[:, probe.classes_] = probe.predict_proba(test_x)
+        return _result(self, data, probe.predict(test_x), scores, k=self.K, **tuned)
 
 
 # One registered attack per number of public labeled examples.

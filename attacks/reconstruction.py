@@ -19,6 +19,7 @@ import torch
 from attacks.base import RECONSTRUCTION, Attack, AttackResult, PublicKnowledge
 from attacks.public_model import input_embeddings, logit_lens_top, public_backbone, token_states
 from attacks.rotation_math import nearest_states
+from attacks.tuning import choose_by_folds
 from attacks.view_data import full_activation_data, layer_directions, pivot_data
 from protocol.model.backbone import Backbone
 from protocol.data.tasks import TaskSpec
@@ -249,7 +250,6 @@ class FullActivationInversion(Attack):
     KIND = RECONSTRUCTION
     DESCRIPTION = "per-token inversion (public ridge map + nearest embedding) of all-token activations"
     PUBLIC_TEXTS = 200
-    RIDGE = 1.0
 
     def run(self, view: ServerView, public: PublicKnowledge) -> AttackResult:
         data = full_activation_data(view, self)
@@ -262,15 +262,16 @@ class FullActivationInversion(Attack):
             batch_states, batch_tokens = token_states(backbone, public.task, corpus[start:start + 32], data.first_layer)
             states.append(batch_states)
             tokens.append(batch_tokens)
-        mapping = ridge_map(np.concatenate(states), input_embeddings(backbone)[np.concatenate(tokens)], self.RIDGE)
         index = EmbeddingIndex(backbone)
+        mapping, tuned = tuned_ridge_map(np.concatenate(states), np.concatenate(tokens), backbone, index)
         token_ids, texts = [], []
         for sample in data.activations:
             ids = index.nearest(mapping(sample[0])).tolist()
             token_ids.append(ids)
             texts.append(strip_template(public.task, backbone.tokenizer.decode(ids)))
         return AttackResult(attack=self.NAME, kind=self.KIND, sample_ids=data.sample_ids, texts=texts,
-                            token_ids=token_ids, details={"layer": data.first_layer, "public_tokens": int(sum(len(t) for t in tokens))})
+                            token_ids=token_ids, details={"layer": data.first_layer, **tuned,
+                                                          "public_tokens": int(sum(len(t) for t in tokens))})
 
 
 def ridge_map(states: np.ndarray, targets: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -283,3 +284,24 @@ def ridge_map(states: np.ndarray, targets: np.ndarray, ridge: float) -> Callable
         return (x - mean) @ weights + target_mean
 
     return apply
+
+
+# Ridge strengths the inversion attacks choose from, the former fixed 1.0 first; held-out public positions
+# scored per fold (each costs a vocabulary-sized nearest-embedding search).
+RIDGE_GRID = (1.0, 0.1, 10.0, 100.0)
+CV_POSITIONS = 1000
+
+
+def tuned_ridge_map(states: np.ndarray, tokens: np.ndarray, backbone: Backbone, index: EmbeddingIndex
+                    ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, object]]:
+    """`ridge_map` from public states to the input embeddings of their tokens, its ridge chosen from
+    `RIDGE_GRID` by the nearest-embedding token accuracy on held-out public positions; (map, details)."""
+    targets = input_embeddings(backbone)[tokens]
+
+    def accuracy(ridge: float, train: np.ndarray, test: np.ndarray) -> float:
+        test = test[::max(1, len(test) // CV_POSITIONS)]
+        mapped = ridge_map(states[train], targets[train], ridge)(states[test])
+        return float((index.nearest(mapped) == tokens[test]).mean())
+
+    ridge, details = choose_by_folds(RIDGE_GRID, accuracy, len(states), "ridge")
+    return ridge_map(states, targets, ridge), details

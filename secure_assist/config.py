@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from protocol.data.instructions import GENERATION_TASK
 from protocol.model.names import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server.training_settings import ServerTraining
@@ -57,6 +58,10 @@ class RunSettings:
     max_answer_tokens: int = option(32, "answer tokens trained and generated per sample (generation)")
     rouge_samples: int = option(100, "evaluation prompts whose greedy generations are scored with ROUGE-L "
                                      "(generation)")
+    # secure_assist.canaries: the secret-sharer test of what the deployed model memorized.
+    canaries: int = option(0, "random secrets planted in the training answers, whose exposure the summary and the "
+                              "audit report (generation)")
+    canary_repetitions: int = option(1, "training samples each canary is planted in (generation)")
     train_samples: int | None = option(2000, "number of training samples (seed-fixed subset)")
     eval_samples: int | None = option(None, "number of evaluation samples (default: all)")
     epochs: int = option(20, "training epochs (epoch 1 streams the uploads, later ones run from the cache)")
@@ -104,6 +109,12 @@ class RunSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserInputError(f"{name} must be at least 1 (or omitted for all), got {value}")
+        if self.canaries < 0 or self.canary_repetitions < 1:
+            raise UserInputError(f"canaries must be at least 0 and canary_repetitions at least 1, got "
+                                 f"{self.canaries} and {self.canary_repetitions}")
+        if self.canaries and self.task != GENERATION_TASK:
+            raise UserInputError(f"canaries are planted in generation answers: use them with --task generation, "
+                                 f"not --task {self.task}")
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         self.server_training()  # validates the server's settings now, not after the forward passes

@@ -64,6 +64,8 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
                 extra.append(f"AUC {r['auc']:.3f} {_ci(r['auc_ci95'])}")
         if r["kind"] == "answer_tokens":
             extra.append(f"word F1 {r['token_f1']:.3f}; exact answers {r['exact_match']:.3f}")
+        if r.get("tuned"):
+            extra.append("tuned on public data: " + ", ".join(f"{k} = {v['chosen']}" for k, v in r["tuned"].items()))
         if r.get("subsampled"):
             extra.append(f"on {r['n']} of {r['of_uploads']} uploads")
         rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r["value_ci95"]),
@@ -91,6 +93,13 @@ def _membership_rows(report: dict[str, Any]) -> list[list[str]]:
                           _tpr(attack, "tpr_at_0.01_fpr"), _tpr(attack, "tpr_at_0.001_fpr"),
                           str(membership["references"]), f"{membership['members']} / {membership['non_members']}"])
     return lines
+
+
+def _canary_row(row: dict[str, Any]) -> list[str]:
+    c = row["canaries"]
+    return [row["variant"], _fmt(c["planted_mean_exposure"]), _fmt(c["planted_mean_exposure_extrapolated"]),
+            _fmt(c["null_mean_exposure"]), _fmt(c["null_p95_exposure"]), _fmt(c["planted_above_null_p_exposure"]),
+            ", ".join(str(p["copies_trained"]) for p in c["planted"])]
 
 
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -129,6 +138,11 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         out.append(("Membership inference on the deployed model (chance: AUC 0.5, TPR = FPR)",
                     ["row", "attack", "AUC (95% CI)", "TPR at 1% FPR (95% CI)", "TPR at 0.1% FPR (95% CI)",
                      "reference models", "members / non-members"], membership))
+    canaries = [_canary_row(r) for r in report["references"] + _audited(report) if "canaries" in r]
+    if canaries:
+        out.append(("Canaries (exposure in bits: sampled rank, skew-normal extrapolation)",
+                    ["row", "planted: mean exposure", "extrapolated", "never planted: mean", "95th percentile",
+                     "planted above never planted (p)", "copies trained"], canaries))
     for variant in _audited(report):
         out.append((f"Leakage: {variant['variant']}", ["attack", "kind", "metric", "value", "95% CI", "chance/prior",
                                                        "activations only", "also"], _leakage_rows(variant)))

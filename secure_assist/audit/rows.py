@@ -29,9 +29,10 @@ from protocol.modes.generation.device import GenerationDevice
 from protocol.data.instructions import InstructionExample, InstructionTask
 from protocol.model.model_io import load_finetuned
 from protocol.data.tasks import Example, TaskSpec
+from secure_assist.canaries import model_exposures
 from secure_assist.config import FinetuneConfig
 from secure_assist.task_kinds import task_kind
-from secure_assist.task_kinds.generation import per_sample_sums
+from secure_assist.task_kinds.generation import canary_exposure, per_sample_sums, run_canaries
 from secure_assist.metrics import bootstrap_interval
 from secure_assist.training.resources import PeakMemory
 from secure_assist.training.summary import RunSummary
@@ -202,11 +203,16 @@ def local_lora_row(data: EvalData, seed: int, progress: bool) -> tuple[dict[str,
     backbone = load_backbone(data.config.model)
     settings = LoraSettings(seed=seed)
     train_lora = REFERENCES[LOCAL_LORA].entry_point(task_kind(data.config).name)
+    extra: dict[str, Any] = {}
     with PeakMemory() as peak:
         if isinstance(data.task, InstructionTask):
             with train_lora(backbone, data.task, data.train, settings, progress) as (trainable, steps, seconds):
                 device = GenerationDevice(backbone, data.task, progress=progress)
                 log_probs, _, counts = device.token_scores(data.evaluate, None, scales=(0.0,))
+                canaries = run_canaries(data.config)
+                if canaries is not None:  # LoRA trains on the whole training split
+                    extra["canaries"] = model_exposures(
+                        canary_exposure(device, None, canaries, [e.output for e in data.train]), "deployed")
             nll = per_sample_sums(-log_probs[:, 0].astype(np.float64), counts)
             scores = SampleScores(nll, counts.astype(float))
         else:
@@ -215,4 +221,4 @@ def local_lora_row(data: EvalData, seed: int, progress: bool) -> tuple[dict[str,
             trainable, steps, seconds = run.trainable_parameters, run.steps, run.train_seconds
     cost = {"device_seconds": seconds, "device_peak_rss_mib": peak.peak_mib, "trainable_parameters": trainable,
             "steps": steps}
-    return reference_row(LOCAL_LORA, scores, data.metric, cost, seed), scores
+    return reference_row(LOCAL_LORA, scores, data.metric, cost, seed, **extra), scores

@@ -37,6 +37,7 @@ from secure_assist.audit.schema import (
 )
 from secure_assist.audit.summary import conclusions
 from secure_assist.audit.verdict import HEADLINES, LEAK_FIELDS, verdict
+from secure_assist.canaries import model_exposures
 from secure_assist.data import data_provenance, file_provenance
 from secure_assist.executors import Executor
 from secure_assist.executors.local import LocalExecutor
@@ -44,6 +45,7 @@ from secure_assist.mechanisms import mechanism_parameters
 from secure_assist.task_kinds import task_kind
 from secure_assist.training.forwards import WithForwards, forwards_summary, share_forwards
 from secure_assist.training.run import build_mechanisms, run_training
+from secure_assist.training.summary import RunSummary
 
 
 def attack_names(config: AuditConfig) -> list[str]:
@@ -60,6 +62,14 @@ def _leak_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"attack": row["attack"], "kind": row["kind"], **{k: row[k] for k in LEAK_KEYS[row["kind"]] if k in row}}
+
+
+def canary_entry(summary: RunSummary, model: str) -> dict[str, Any]:
+    """{"canaries": exposures under the run's `model` ('deployed' or 'backbone')}, or nothing without canaries."""
+    exposures = summary.metrics.get("canaries")
+    if exposures is None:
+        return {}
+    return {"canaries": model_exposures(exposures, model)}
 
 
 def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalData) -> dict[str, Any] | None:
@@ -112,6 +122,7 @@ def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public:
         "activations_only_baseline": _leak_summary(max(activations_only, key=lambda r: r[leak_metric], default=None)),
         LEAK_FIELDS[metric.leak_kind]: _leak_summary(max(leaks, key=lambda r: r[leak_metric], default=None)),
         "dp_check": dp_check(config, variant, point.workdir, data),
+        **canary_entry(summary, "deployed"),
     }
     result["verdict"] = verdict(result)
     result["seconds"] = time.perf_counter() - start
@@ -127,12 +138,12 @@ def reference_rows(config: AuditConfig, data: EvalData, progress: bool) -> dict[
     metric = data.metric
     references = {
         ZERO_SHOT: {"row": reference_row(ZERO_SHOT, zero, metric, {"device_seconds": 0.0, "device_peak_rss_mib": None},
-                                         config.seed), "scores": zero},
+                                         config.seed, **canary_entry(summary, "backbone")), "scores": zero},
         DEVICE_LOCAL: {"row": reference_row(
             DEVICE_LOCAL, local, metric, {k: getattr(summary, k) for k in ("device_seconds", "device_train_seconds",
                                                                            "device_peak_rss_mib") + FORWARD_KEYS},
             config.seed, workdir=local_config.workdir, seconds=time.perf_counter() - start,
-            safeguard=summary.safeguard), "scores": local},
+            safeguard=summary.safeguard, **canary_entry(summary, "deployed")), "scores": local},
     }
     if config.with_lora:
         row, scores = local_lora_row(data, config.seed, progress)

@@ -9,13 +9,16 @@ greedy generations (at most max_answer_tokens) against the reference answer as t
 (truncated to the same tokens), on the first `rouge_samples` evaluation prompts; and
 `answer_nll_reduction` with a 95% paired bootstrap interval over evaluation samples. The
 per-sample sums (columns: backbone, fine-tuned) are kept in `<workdir>/device/eval_scores.npz`
-for paired comparisons between runs.
+for paired comparisons between runs. With `canaries`, the training split also holds the planted
+secrets (`secure_assist.canaries`) and the metrics' `canaries` their exposure under the backbone and
+the deployed model.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +31,14 @@ from protocol.files import write_atomic
 from protocol.modes.generation.device import GenerationDevice
 from protocol.data.instructions import InstructionExample, InstructionTask, load_instructions
 from protocol.model.side_output import SideOutput
+from secure_assist.canaries import MODELS, Canaries, canary_example, canary_settings, exposure_report, plant
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import subsets
 from secure_assist.task_kinds.base import TaskKind
 from secure_assist.mechanisms import MechanismChain
 from secure_assist.metrics import bootstrap_interval, rouge_l
 from secure_assist.training.safeguard import SCALE_GRID, choose_scale, shrink_network
-from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE
+from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE, GROUND_TRUTH_FILE
 
 
 def per_sample_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -68,6 +72,33 @@ def reference_text(device: GenerationDevice, example: InstructionExample) -> str
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def run_canaries(config: FinetuneConfig) -> Canaries | None:
+    """The run's canaries (None without `canaries`): a pure function of the config, so every row of an
+    audit plants and scores the same secrets."""
+    return Canaries.draw(config.canaries, config.canary_repetitions, config.seed) if config.canaries else None
+
+
+def canary_exposure(device: GenerationDevice, side: SideOutput | None, canaries: Canaries,
+                    trained_answers: list[str]) -> dict[str, Any]:
+    """Exposure of the planted and null secrets under the deployed model (the backbone plus `side`, or
+    the device's backbone as it is, e.g. with LoRA adapters, when `side` is None) and, with a side
+    output, under the backbone alone; `trained_answers` (the answers the model was trained on) gives
+    each planted secret's copies trained."""
+    secrets = canaries.planted + canaries.null + canaries.candidates
+    columns = MODELS if side is not None else MODELS[1:]
+    with torch.inference_mode():
+        log_probs, _, counts = device.token_scores([canary_example(s) for s in secrets], side,
+                                                   scales=(0.0, 1.0)[:len(columns)])
+    answers = per_sample_sums(log_probs.astype(np.float64), counts)
+    planted, null = len(canaries.planted), len(canaries.null)
+    trained = [trained_answers.count(canary_example(s).output) for s in canaries.planted]
+    return {**canary_settings(canaries), **{
+        name: exposure_report(canaries.planted, answers[:planted, column], canaries.null,
+                              answers[planted:planted + null, column], answers[planted + null:, column],
+                              [0] * planted if name == "backbone" else trained)  # the backbone trained on none
+        for column, name in enumerate(columns)}}
+
+
 def generations(device: GenerationDevice, examples: list[InstructionExample], side: SideOutput | None) -> list[str]:
     """Greedy answers, decoded."""
     return [device.backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in device.generate(examples, side)]
@@ -88,7 +119,9 @@ class GenerationKind(TaskKind):
                                  f"{task.instruction_column!r}, {task.input_column!r}, {task.output_column!r})")
         train_pool = load_instructions(config.train_file, task, config.skip_invalid_rows)
         eval_pool = load_instructions(config.eval_file, task, config.skip_invalid_rows) if config.eval_file else None
-        return (task, *subsets(config, train_pool, eval_pool))
+        train, evaluate = subsets(config, train_pool, eval_pool)
+        canaries = run_canaries(config)
+        return task, (train if canaries is None else plant(train, canaries, config.seed)), evaluate
 
     def make_device(self, config: FinetuneConfig, task: InstructionTask, mechanisms: MechanismChain | None,
                     progress: bool, datasets: tuple[list[InstructionExample], ...] = ()) -> GenerationDevice:
@@ -134,4 +167,10 @@ class GenerationKind(TaskKind):
             for key, output in (("zero_shot_rouge_l", None), ("rouge_l", side)):
                 texts = generations(device, prompts, output)
                 metrics[key] = float(np.mean([rouge_l(t, r) for t, r in zip(texts, references)]))
+        canaries = run_canaries(config)
+        if canaries is not None:
+            # The side output was trained on the uploads, whose answers the device's ground truth records.
+            truth = (Path(config.workdir) / DEVICE_DIR / GROUND_TRUTH_FILE).read_text(encoding="utf-8")
+            metrics["canaries"] = canary_exposure(device, side, canaries,
+                                                  [json.loads(line)["answer"] for line in truth.splitlines()])
         return {**metrics, "rouge_samples": len(prompts)}
