@@ -91,13 +91,14 @@ class AuditSettings:
     with_lora: bool = option(False, "add the local LoRA reference row (trains LoRA on the device: slow)")
     attack_samples: int = option(200, "uploaded samples the reconstruction attacks read (a seed-fixed subsample, "
                                       "CIs over it); label attacks read every sample")
-    dp_releases: int = option(2000, "releases per neighbouring input of the distinguishing attack")
+    dp_releases: int = option(200_000, "releases per neighbouring input of the DP check (half choose the test's "
+                                       "threshold, half evaluate it once)")
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
-        for name in ("dp_releases", "attack_samples"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("dp_releases", 2), ("attack_samples", 1)):
+            if getattr(self, name) < least:
+                raise UserInputError(f"{name} must be at least {least}, got {getattr(self, name)}")
         labels = [v.label for v in audit_variants(self)]
         if len(set(labels)) != len(labels):
             raise UserInputError(f"a variant is listed twice in {labels}")

@@ -74,9 +74,9 @@ def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalDat
                                                     progress=False)
     by_text = {e.text: e for e in data.train}
     uploaded = [by_text[t.text] for t in load_ground_truth(workdir).values() if t.text in by_text]
-    pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
+    pair = release_pair(device, mechanism, uploaded, config.dp_releases)
     return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair,
-                                      config.seed))
+                                      config.dp_releases, config.seed))
 
 
 def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,
