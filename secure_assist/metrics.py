@@ -57,8 +57,9 @@ def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def label_leak_metrics(predictions: np.ndarray, labels: np.ndarray, n_classes: int,
                        scores: np.ndarray | None = None, seed: int = 0) -> dict[str, object]:
     """Everything a label attack is scored on: accuracy with the prior beside it, balanced
-    accuracy (chance 1/C on any class balance: the leak metric) and, when the attack gives
-    per-class scores (n, C), macro one-vs-rest AUC (chance 0.5); each with a 95% bootstrap CI."""
+    accuracy (chance 1/C on any class balance: the leak metric), when the attack gives
+    per-class scores (n, C), macro one-vs-rest AUC (chance 0.5), and each class's TPR at 1%
+    and 0.1% FPR (`per_class_low_fpr`); each with a 95% bootstrap CI."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     report = accuracy_with_interval(predictions, labels, seed)
     report.update(
@@ -70,7 +71,18 @@ def label_leak_metrics(predictions: np.ndarray, labels: np.ndarray, n_classes: i
         scores = np.asarray(scores, dtype=float)
         report.update(auc=macro_auc(scores, labels),
                       auc_ci95=bootstrap_interval(lambda idx: macro_auc(scores[idx], labels[idx]), len(labels), seed))
+    report["low_fpr"] = per_class_low_fpr(predictions, labels, n_classes, scores, seed)
     return report
+
+
+def per_class_low_fpr(predictions: np.ndarray, labels: np.ndarray, n_classes: int, scores: np.ndarray | None = None,
+                      seed: int = 0) -> dict[str, dict[str, object]]:
+    """`low_fpr_metrics` of each class one-vs-rest (classes present with positives and negatives), keyed
+    by class: the rare, confident leaks that balanced accuracy averages away. An attack without scores is
+    scored by its one-hot prediction, whose one operating point counts where its FPR is within the rate."""
+    class_scores = np.eye(n_classes)[predictions] if scores is None else np.asarray(scores, dtype=float)
+    return {str(c): low_fpr_metrics(class_scores[:, c], (labels == c).astype(int), seed=seed)
+            for c in range(n_classes) if 0 < int((labels == c).sum()) < len(labels)}
 
 
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0) -> dict[str, object]:
