@@ -32,7 +32,7 @@ from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.device.forward_device import DeviceRole
 from protocol.model.backbone import load_backbone
 from secure_assist.audit.config import AuditConfig
-from secure_assist.audit.dp_check import empirical_epsilon, release_pair
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair, releases_for
 from secure_assist.mechanisms import MECHANISMS, mechanism_parameters
 from secure_assist.mechanisms.accounting import analytic_gaussian_sigma
 from secure_assist.mechanisms.delta import GaussianDelta
@@ -79,7 +79,7 @@ def detection(device: DeviceRole, texts: list, releases: int, seeds: int) -> dic
 
 def wall_time(device: DeviceRole, texts: list) -> dict[str, Any]:
     """Seconds of the DP check of `gaussian` at ε = 1 with the audit's default release count."""
-    releases = AuditConfig().dp_releases
+    releases = releases_for(GaussianDelta, AuditConfig().dp_releases)
     start = time.perf_counter()
     pair = release_pair(device, GaussianDelta, texts, releases)
     empirical_epsilon(GaussianDelta, mechanism_parameters(GaussianDelta, {"epsilon": 1.0}), pair, releases)

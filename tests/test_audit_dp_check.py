@@ -12,8 +12,9 @@ import pytest
 from protocol.data.tasks import SST2, builtin_split, sample
 from protocol.errors import UserInputError
 from protocol.device.forward_device import DeviceRole
-from secure_assist.audit.dp_check import Release, classification_releases, empirical_epsilon
+from secure_assist.audit.dp_check import Release, classification_releases, empirical_epsilon, releases_for
 from secure_assist.mechanism_parameters import LabelRRParameters
+from secure_assist.mechanisms.activations import ActivationNoise
 from secure_assist.mechanisms.accounting import analytic_gaussian_sigma, randomized_response_keep_probability
 from secure_assist.mechanisms.base import clip_rows
 from secure_assist.mechanisms.delta import GaussianDelta, GaussianParameters, LabelRandomizedResponse
@@ -94,3 +95,10 @@ def test_the_threshold_is_chosen_on_one_half_and_evaluated_on_the_other(gaussian
 def test_too_few_releases_is_a_user_error(device, texts) -> None:
     with pytest.raises(UserInputError, match="at least 2 releases"):
         classification_releases(device, GaussianDelta, texts, 1)
+
+
+def test_release_counts_default_by_what_a_release_costs() -> None:
+    # A release of Δ is C values; one of the activations draws a noise value per coordinate of every layer.
+    assert releases_for(GaussianDelta, None) == releases_for(LabelRandomizedResponse, None) == 200_000
+    assert releases_for(ActivationNoise, None) == 2_000
+    assert releases_for(ActivationNoise, 50_000) == 50_000

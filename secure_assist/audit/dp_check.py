@@ -31,7 +31,7 @@ from protocol.modes.generation.device import GenerationDevice
 from protocol.wire.messages import Message
 from secure_assist.audit.dp_bounds import held_out_bounds
 from secure_assist.mechanisms import Mechanism
-from secure_assist.mechanisms.base import DELTA_TARGET
+from secure_assist.mechanisms.base import ACTIVATIONS_TARGET, DELTA_TARGET, RESIDUAL_TARGET
 
 # One neighbour's release input, a chunk of identical uploads: (upload, labels, label logits), as a
 # mechanism's apply takes it.
@@ -41,6 +41,14 @@ Release = tuple[Message, np.ndarray, np.ndarray]
 CHUNK_BYTES = 64 * 2**20
 # Uploaded texts searched for the farthest Δ pair: one forward pass of a batch on the device.
 PAIR_CANDIDATES = 32
+# Releases per input unless configured. A release of Δ is C values, so many releases certify a large share
+# of the claim in seconds; a release of the activations or of r draws thousands of noise values each.
+DEFAULT_RELEASES = {DELTA_TARGET: 200_000, ACTIVATIONS_TARGET: 2_000, RESIDUAL_TARGET: 2_000}
+
+
+def releases_for(mechanism: type[Mechanism], configured: int | None) -> int:
+    """The DP check's releases per input for this mechanism's claim: `configured`, else its target's default."""
+    return DEFAULT_RELEASES[mechanism.dp_target] if configured is None else configured
 
 
 def release_chunk(releases: int, upload: Message) -> int:
