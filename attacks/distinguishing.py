@@ -1,60 +1,33 @@
 """A distinguishing attack on a protected channel, for empirical DP lower bounds.
 
-Given many releases of the mechanism on two neighbouring inputs (outputs_0 for input
-D0, outputs_1 for D1), the attacker learns a linear test statistic and a threshold on
-one half of the trials and is scored on the other half, so the reported TPR/FPR are
-unbiased. The auditor turns them into an ε lower bound with Clopper-Pearson intervals.
-It decides from the mechanism's outputs only (it may have used public activations to
-choose the neighbouring inputs).
+Given many releases of the mechanism on two neighbouring inputs D0 and D1, the attacker
+scores each release by its projection onto the neighbours' mean difference, estimated
+from a first batch of releases of each. For a Gaussian mechanism (isotropic noise
+around each neighbour's clipped signal) that projection is the log-likelihood ratio of
+D1 against D0 up to an increasing affine map, so thresholding it is the most powerful
+test at every false-positive rate (Neyman-Pearson). For randomized response on labels
+the released Δ takes one value per reported label and the projection orders them as
+their likelihood ratios do, so the same test is exact. The auditor chooses the
+operating point and turns the counts into bounds (`secure_assist.audit.dp_bounds`).
+It decides from the mechanism's outputs only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-MIN_TAIL = 50
+
+class MeanDifferenceTest:
+    """The likelihood-ratio statistic along the neighbours' mean difference (higher: more like D1)."""
+
+    def __init__(self, first_0: np.ndarray, first_1: np.ndarray) -> None:
+        """Fit the direction on a batch of releases of D0 and one of D1 (rows are releases)."""
+        self.direction = _rows(first_1).mean(axis=0) - _rows(first_0).mean(axis=0)
+
+    def scores(self, outputs: np.ndarray) -> np.ndarray:
+        """The statistic of each release (rows of `outputs`)."""
+        return _rows(outputs) @ self.direction
 
 
-@dataclass(frozen=True)
-class DistinguishingOutcome:
-    """Counts on the held-out half: 'positive' means the release came from D1."""
-
-    true_positives: int
-    positives: int
-    false_positives: int
-    negatives: int
-
-
-def distinguish(outputs_0: np.ndarray, outputs_1: np.ndarray, seed: int = 0) -> DistinguishingOutcome:
-    """Threshold test on the projection onto the mean difference of the two inputs' releases."""
-    rng = np.random.default_rng(seed)
-    a = rng.permutation(np.asarray(outputs_0, dtype=np.float64).reshape(len(outputs_0), -1))
-    b = rng.permutation(np.asarray(outputs_1, dtype=np.float64).reshape(len(outputs_1), -1))
-    half_a, half_b = len(a) // 2, len(b) // 2
-    direction = b[:half_b].mean(axis=0) - a[:half_a].mean(axis=0)
-    fit_0, fit_1 = a[:half_a] @ direction, b[:half_b] @ direction
-    threshold = _best_threshold(fit_0, fit_1)
-    test_0, test_1 = a[half_a:] @ direction, b[half_b:] @ direction
-    return DistinguishingOutcome(true_positives=int((test_1 > threshold).sum()), positives=len(test_1),
-                                 false_positives=int((test_0 > threshold).sum()), negatives=len(test_0))
-
-
-def _best_threshold(scores_0: np.ndarray, scores_1: np.ndarray) -> float:
-    """The threshold whose likelihood ratio of TPR over FPR (smoothed) is largest.
-
-    A high-threshold test is what exposes a large privacy loss, so the ratio (not
-    accuracy) is optimised; +1 smoothing keeps tiny tails from looking infinite.
-    """
-    candidates = np.unique(np.concatenate([scores_0, scores_1]))
-    best, best_ratio = float(candidates[0]), -np.inf
-    for threshold in candidates[:: max(1, len(candidates) // 400)]:
-        tpr = ((scores_1 > threshold).sum() + 1) / (len(scores_1) + 2)
-        fpr = ((scores_0 > threshold).sum() + 1) / (len(scores_0) + 2)
-        ratio = max(np.log(tpr / fpr), np.log((1 - fpr) / (1 - tpr)))
-        # Tails of fewer than MIN_TAIL releases are noise on the fitting half, not evidence.
-        tails = min((scores_1 > threshold).sum(), (scores_0 <= threshold).sum())
-        if ratio > best_ratio and tails >= MIN_TAIL:
-            best, best_ratio = float(threshold), ratio
-    return best
+def _rows(outputs: np.ndarray) -> np.ndarray:
+    return np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)

@@ -111,8 +111,9 @@ def mechanisms_section(releases: int) -> list[dict[str, Any]]:
                                    "attacks": [_row(name, target, public) for name in LABEL_ATTACKS]}
         if mechanism in ("gaussian", "label_rr"):
             cls = MECHANISMS[mechanism]
-            pair = release_pair(device, cls.dp_target, train[:2], releases)
-            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), pair)
+            pair = release_pair(device, cls, train, releases)
+            row["distinguishing"] = empirical_epsilon(cls, mechanism_parameters(cls, {"epsilon": epsilon}), pair,
+                                                      releases)
         rows.append(row)
     return rows
 

@@ -6,9 +6,10 @@ Everything here is a function of arrays; the auditor owns ground truth and calls
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 from rouge_score import rouge_scorer
 from scipy.stats import beta, rankdata
 
@@ -56,8 +57,9 @@ def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def label_leak_metrics(predictions: np.ndarray, labels: np.ndarray, n_classes: int,
                        scores: np.ndarray | None = None, seed: int = 0) -> dict[str, object]:
     """Everything a label attack is scored on: accuracy with the prior beside it, balanced
-    accuracy (chance 1/C on any class balance: the leak metric) and, when the attack gives
-    per-class scores (n, C), macro one-vs-rest AUC (chance 0.5); each with a 95% bootstrap CI."""
+    accuracy (chance 1/C on any class balance: the leak metric), when the attack gives
+    per-class scores (n, C), macro one-vs-rest AUC (chance 0.5), and each class's TPR at 1%
+    and 0.1% FPR (`per_class_low_fpr`); each with a 95% bootstrap CI."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     report = accuracy_with_interval(predictions, labels, seed)
     report.update(
@@ -69,7 +71,18 @@ def label_leak_metrics(predictions: np.ndarray, labels: np.ndarray, n_classes: i
         scores = np.asarray(scores, dtype=float)
         report.update(auc=macro_auc(scores, labels),
                       auc_ci95=bootstrap_interval(lambda idx: macro_auc(scores[idx], labels[idx]), len(labels), seed))
+    report["low_fpr"] = per_class_low_fpr(predictions, labels, n_classes, scores, seed)
     return report
+
+
+def per_class_low_fpr(predictions: np.ndarray, labels: np.ndarray, n_classes: int, scores: np.ndarray | None = None,
+                      seed: int = 0) -> dict[str, dict[str, object]]:
+    """`low_fpr_metrics` of each class one-vs-rest (classes present with positives and negatives), keyed
+    by class: the rare, confident leaks that balanced accuracy averages away. An attack without scores is
+    scored by its one-hot prediction, whose one operating point counts where its FPR is within the rate."""
+    class_scores = np.eye(n_classes)[predictions] if scores is None else np.asarray(scores, dtype=float)
+    return {str(c): low_fpr_metrics(class_scores[:, c], (labels == c).astype(int), seed=seed)
+            for c in range(n_classes) if 0 < int((labels == c).sum()) < len(labels)}
 
 
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0) -> dict[str, object]:
@@ -152,24 +165,27 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure)
 
 
-def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided binomial confidence interval."""
+def clopper_pearson(successes: ArrayLike, trials: ArrayLike, confidence: float = 0.95) -> tuple[Any, Any]:
+    """Exact two-sided binomial confidence interval (elementwise over arrays of counts)."""
     alpha = 1.0 - confidence
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-    return low, high
+    successes, trials = np.asarray(successes), np.asarray(trials)
+    # beta.ppf needs positive shape parameters: the clamped entries are replaced by the exact ends 0 and 1.
+    low = np.where(successes == 0, 0.0, beta.ppf(alpha / 2, np.maximum(successes, 1), trials - successes + 1))
+    high = np.where(successes == trials, 1.0,
+                    beta.ppf(1 - alpha / 2, successes + 1, np.maximum(trials - successes, 1)))
+    return low[()], high[()]
 
 
-def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int,
-                        delta: float = 0.0) -> float:
-    """Empirical ε implied by a test's TPR/FPR at 95% confidence (Clopper-Pearson):
-    (ε, δ)-DP forces TPR <= e^ε FPR + δ and 1 - FPR <= e^ε (1 - TPR) + δ."""
+def epsilon_lower_bound(true_positives: ArrayLike, positives: ArrayLike, false_positives: ArrayLike,
+                        negatives: ArrayLike, delta: float = 0.0, confidence: float = 0.95) -> Any:
+    """Empirical ε implied by a test's TPR/FPR at the given confidence (Clopper-Pearson), elementwise
+    over arrays of counts: (ε, δ)-DP forces TPR <= e^ε FPR + δ and 1 - FPR <= e^ε (1 - TPR) + δ."""
     # Each ratio is bounded conservatively: its numerator from below, its denominator from above.
-    tpr_low, _ = clopper_pearson(true_positives, positives)
-    _, fpr_high = clopper_pearson(false_positives, negatives)
-    bounds = [0.0]
-    if tpr_low - delta > 0 and fpr_high > 0:
-        bounds.append(np.log((tpr_low - delta) / fpr_high))
-    if 1 - fpr_high - delta > 0 and 1 - tpr_low > 0:
-        bounds.append(np.log((1 - fpr_high - delta) / (1 - tpr_low)))
-    return float(max(bounds))
+    tpr_low, _ = clopper_pearson(true_positives, positives, confidence)
+    _, fpr_high = clopper_pearson(false_positives, negatives, confidence)
+    tpr_low, fpr_high = np.asarray(tpr_low), np.asarray(fpr_high)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where((tpr_low - delta > 0) & (fpr_high > 0), np.log((tpr_low - delta) / fpr_high), 0.0)
+        second = np.where((1 - fpr_high - delta > 0) & (1 - tpr_low > 0),
+                          np.log((1 - fpr_high - delta) / (1 - tpr_low)), 0.0)
+    return np.maximum(0.0, np.maximum(first, second))[()]

@@ -1,11 +1,13 @@
-"""The distinguishing attack and the Clopper-Pearson ε lower bound."""
+"""The distinguishing attack, the Clopper-Pearson ε lower bound and the Gaussian-DP μ."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from attacks.distinguishing import distinguish
+from attacks.distinguishing import MeanDifferenceTest
+from secure_assist.audit.dp_bounds import gdp_epsilon, gdp_mu, held_out_bounds
+from secure_assist.mechanisms.accounting import analytic_gaussian_sigma
 from secure_assist.metrics import (
     auc_with_interval, clopper_pearson, epsilon_lower_bound, low_fpr_metrics, symmetric_auc, tpr_at_fpr,
 )
@@ -15,12 +17,22 @@ def test_clopper_pearson_known_values():
     low, high = clopper_pearson(5, 10)
     assert low == pytest.approx(0.187, abs=1e-3) and high == pytest.approx(0.813, abs=1e-3)
     assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
+    # Elementwise over arrays, the same values as one count at a time.
+    lows, highs = clopper_pearson(np.array([0, 5, 10]), 10)
+    assert lows.tolist() == [clopper_pearson(k, 10)[0] for k in (0, 5, 10)]
+    assert highs.tolist() == [clopper_pearson(k, 10)[1] for k in (0, 5, 10)]
 
 
 def _gaussian_releases(sigma: float, trials: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     d0, d1 = np.array([0.3, -0.3]), np.array([-0.7, 0.7])  # Δ for labels 0 and 1, ‖d0 - d1‖ = √2
     return d0 + sigma * rng.normal(size=(trials, 2)), d1 + sigma * rng.normal(size=(trials, 2))
+
+
+def _held_out(outputs_0: np.ndarray, outputs_1: np.ndarray, delta: float) -> dict:
+    """The DP check's bounds: the test fitted on the first 100 releases of each input."""
+    test = MeanDifferenceTest(outputs_0[:100], outputs_1[:100])
+    return held_out_bounds(test.scores(outputs_0), test.scores(outputs_1), delta)
 
 
 def _perfect_test_bound(n: int, delta: float = 0.0, confidence: float = 0.95) -> float:
@@ -31,13 +43,12 @@ def _perfect_test_bound(n: int, delta: float = 0.0, confidence: float = 0.95) ->
 
 
 def test_no_noise_gives_the_largest_bound_its_sample_size_allows():
-    outcome = distinguish(*_gaussian_releases(1e-6, 2000, 0))
-    assert (outcome.true_positives, outcome.false_positives) == (outcome.positives, 0) == (1000, 0)
+    releases = _gaussian_releases(1e-6, 2000, 0)
     # ln((0.025^(1/1000)) / (1 - 0.025^(1/1000))) = 5.60: the bound is exactly this, to float precision.
     for delta in (0.0, 1e-5):
-        bound = epsilon_lower_bound(outcome.true_positives, outcome.positives, outcome.false_positives,
-                                    outcome.negatives, delta=delta)
-        assert bound == pytest.approx(_perfect_test_bound(1000, delta), rel=1e-9)
+        outcome = _held_out(*releases, delta)
+        assert (outcome["true_positives"], outcome["false_positives"]) == (outcome["positives"], 0) == (1000, 0)
+        assert outcome["empirical_epsilon_lower_bound"] == pytest.approx(_perfect_test_bound(1000, delta), rel=1e-9)
     assert _perfect_test_bound(1000) == pytest.approx(5.60, abs=0.005)
 
 
@@ -60,10 +71,34 @@ def test_lower_bound_on_known_counts_matches_the_definition():
 
 def test_calibrated_noise_stays_below_the_claimed_epsilon():
     # Analytic Gaussian: σ = 3.73·c for ε = 1, δ = 1e-5 with sensitivity c = √2.
-    outcome = distinguish(*_gaussian_releases(3.73 * np.sqrt(2), 5000, 1))
-    bound = epsilon_lower_bound(outcome.true_positives, outcome.positives, outcome.false_positives,
-                                outcome.negatives, delta=1e-5)
-    assert 0.0 <= bound <= 1.0
+    outcome = _held_out(*_gaussian_releases(3.73 * np.sqrt(2), 5000, 1), delta=1e-5)
+    assert 0.0 <= outcome["empirical_epsilon_lower_bound"] <= 1.0
+    assert outcome["gdp_mu_lower_bound"] <= outcome["gdp_mu"]
+
+
+def test_gdp_mu_of_a_gaussian_shift_and_its_epsilon_equivalent():
+    # Any threshold on N(0, 1) against N(μ, 1) has Φ⁻¹(TPR) - Φ⁻¹(FPR) = μ.
+    from scipy.stats import norm
+
+    for threshold in (-1.0, 0.3, 2.5):
+        assert gdp_mu(norm.sf(threshold - 0.8), norm.sf(threshold)) == pytest.approx(0.8, rel=1e-9)
+    # The analytic Gaussian at ε = 4, δ = 1e-5 and sensitivity 2 is μ = 2/σ GDP; its ε equivalent is 4 again.
+    mu = 2 / analytic_gaussian_sigma(4.0, 1e-5, 2.0)
+    assert gdp_epsilon(mu, 1e-5) == pytest.approx(4.0, rel=1e-6)
+    assert gdp_epsilon(0.0, 1e-5) == 0.0
+
+
+def test_held_out_bounds_estimate_mu_and_choose_the_threshold_on_the_first_half():
+    rng = np.random.default_rng(5)
+    scores_0, scores_1 = rng.normal(size=40_000), rng.normal(size=40_000) + 1.0
+    outcome = held_out_bounds(scores_0, scores_1, delta=1e-5)
+    assert outcome["positives"] == outcome["negatives"] == 20_000
+    assert outcome["gdp_mu"] == pytest.approx(1.0, abs=0.05)
+    assert 0 < outcome["empirical_epsilon_lower_bound"] < gdp_epsilon(1.0, 1e-5)
+    # The evaluating half alone decides the counts: a perfect second half certifies what 20,000 releases allow.
+    scores_1[20_000:] = 100.0
+    perfect = held_out_bounds(scores_0, scores_1, delta=0.0)
+    assert perfect["true_positives"] == 20_000 and perfect["tpr"] == 1.0
 
 
 def test_symmetric_auc():

@@ -62,6 +62,11 @@ def test_majority_guess_is_no_leak_and_a_perfect_attack_is_a_full_leak(imbalance
     perfect = run_attack("delta_argmax", imbalanced_view, public=public)
     assert perfect["balanced_accuracy"] == 1.0 and perfect["auc"] == 1.0
     assert leak_level(perfect) == "full leak"
+    # One-vs-rest at low FPR: ~180 negatives of the minority class resolve 1% but not 0.1%; the ~20 of the
+    # majority class resolve neither. The constant guess never names the minority class.
+    assert perfect["low_fpr"]["1"]["tpr_at_0.01_fpr"] == 1.0 and perfect["low_fpr"]["1"]["tpr_at_0.001_fpr"] is None
+    assert perfect["low_fpr"]["0"]["tpr_at_0.01_fpr"] is None
+    assert majority["low_fpr"]["1"]["tpr_at_0.01_fpr"] == 0.0
 
 
 def test_balanced_metrics_on_known_inputs() -> None:
@@ -74,3 +79,22 @@ def test_balanced_metrics_on_known_inputs() -> None:
     report = label_leak_metrics(np.array([0, 1, 2, 2, 2, 0]), three, 3)
     assert report["balanced_accuracy"] == pytest.approx((1 + 1 + 0.75) / 3) and report["balanced_chance"] == 1 / 3
     assert "auc" not in report  # no scores, no AUC
+
+
+def test_tpr_at_low_fpr_per_class_on_known_inputs() -> None:
+    # 1,000 samples of each class. Class 1's score: negatives spread over [0, 1), 300 positives above all of
+    # them and 700 in the middle, so 300 positives pass at 1% and at 0.1% FPR; class 0's score is 1 minus it.
+    labels = np.repeat([0, 1], 1000)
+    score_1 = np.concatenate([np.arange(1000) / 1000, [2.0] * 300, [0.5] * 700])
+    report = label_leak_metrics(np.zeros(2000, int), labels, 2, np.stack([1 - score_1, score_1], axis=1))
+    assert report["low_fpr"]["1"]["tpr_at_0.01_fpr"] == pytest.approx(0.3)
+    assert report["low_fpr"]["1"]["tpr_at_0.001_fpr"] == pytest.approx(0.3)
+    low, high = report["low_fpr"]["1"]["tpr_at_0.01_fpr_ci95"]
+    assert low < 0.3 < high and high - low < 0.1
+    # Class 0 at 1% FPR: ten of class 1's 700 tied middle scores may not pass, so the threshold sits at
+    # 0.5 and only class 0's scores above it (the 500 of the lower half) count.
+    assert report["low_fpr"]["0"]["tpr_at_0.01_fpr"] == pytest.approx(0.5)
+    # A hard-label attack: its one-hot prediction names class 1 for 5 negatives (0.5%) and 800 positives.
+    predictions = np.concatenate([[1] * 5, [0] * 995, [1] * 800, [0] * 200])
+    hard = label_leak_metrics(predictions, labels, 2)["low_fpr"]["1"]
+    assert hard["tpr_at_0.01_fpr"] == pytest.approx(0.8) and hard["tpr_at_0.001_fpr"] == 0.0

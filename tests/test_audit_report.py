@@ -58,6 +58,9 @@ def test_reports_are_written_with_the_schema_fields(audited: tuple[AuditConfig, 
         assert argmax["metric"] == "balanced_accuracy" and low <= argmax["value"] <= high and variant["verdict"]
         assert {"accuracy", "prior_baseline", "auc", "auc_ci95"} <= set(argmax)  # Δ gives class scores: AUC
         assert "auc" not in rows["clustering_delta"]  # clusters give no scores
+        # Every label attack, scored or hard-label, has each class's TPR at low FPR.
+        label_rows = [r for r in rows.values() if r["status"] == "ok" and r["kind"] == "labels"]
+        assert label_rows and all(set(r["low_fpr"]) == {"0", "1"} for r in label_rows)
         assert "what the server buys over device_local" in variant["verdict"]
     assert by_name["none"]["dp_check"] is None and by_name["gaussian@1"]["dp_check"]["consistent"]
     # Plain PAE: argmax Δ is the label.
@@ -70,6 +73,7 @@ def test_reports_are_written_with_the_schema_fields(audited: tuple[AuditConfig, 
     markdown = paths[1].read_text()
     assert "## Leakage: none" in markdown and "## Reference rows" in markdown and "## Conclusions" in markdown
     assert "## CKKS costs" in markdown and "## Skipped variants" not in markdown
+    assert "TPR at 1% / 0.1% FPR by class" in markdown and "Gaussian-DP μ (95% low)" in markdown
 
 
 def test_reference_rows_and_what_the_server_buys(audited: tuple[AuditConfig, dict, list[Path]]) -> None:

@@ -91,18 +91,20 @@ class AuditSettings:
     with_lora: bool = option(False, "add the local LoRA reference row (trains LoRA on the device: slow)")
     attack_samples: int = option(200, "uploaded samples the reconstruction attacks read (a seed-fixed subsample, "
                                       "CIs over it); label attacks read every sample")
-    dp_releases: int = option(2000, "releases per neighbouring input of the distinguishing attack")
+    dp_releases: int | None = option(None, "releases per neighbouring input of the DP check (half choose the test's "
+                                           "threshold, half evaluate it once); default 200,000 for claims on Δ, "
+                                           "2,000 for claims on the activations or r (thousands of values per release)")
     # Each reference costs one training of a row's size: four, with the 1,000 non-members' backbone passes, keep
     # membership to a few minutes of the default audit's 15 (see DEFAULT_VARIANTS); LiRA offline and RMIA work
     # with few references, and BENCHMARKS.md ("Attacks") shows what 16 and 64 add.
     membership_references: int = option(4, "reference side networks the membership attacks train on public data "
-                                            "(each as long as one row's training; 0: no membership attacks)")
+                                           "(each as long as one row's training; 0: no membership attacks)")
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
-        for name in ("dp_releases", "attack_samples"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("dp_releases", 2), ("attack_samples", 1)):
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise UserInputError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.membership_references < 0:
             raise UserInputError(f"membership_references must be 0 or more, got {self.membership_references}")
         labels = [v.label for v in audit_variants(self)]

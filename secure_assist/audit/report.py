@@ -55,7 +55,7 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in variant["attacks"]:
         if r["status"] != "ok":
-            rows.append([r["attack"], "–", "not applicable", "–", "–", "–", "–", r["reason"]])
+            rows.append([r["attack"], "–", "not applicable", "–", "–", "–", "–", "–", r["reason"]])
             continue
         extra = []
         if r["kind"] == "labels":
@@ -69,7 +69,8 @@ def _leakage_rows(variant: dict[str, Any]) -> list[list[str]]:
         if r.get("subsampled"):
             extra.append(f"on {r['n']} of {r['of_uploads']} uploads")
         rows.append([r["attack"], r["kind"], r["metric"], _fmt(r["value"]), _ci(r["value_ci95"]),
-                     _fmt(r["chance_baseline"]), "yes" if r["activations_only"] else "no", "; ".join(extra)])
+                     _fmt(r["chance_baseline"]), "yes" if r["activations_only"] else "no", _low_fpr(r),
+                     "; ".join(extra)])
     return rows
 
 
@@ -102,6 +103,23 @@ def _canary_row(row: dict[str, Any]) -> list[str]:
             ", ".join(str(p["copies_trained"]) for p in c["planted"])]
 
 
+def _low_fpr(row: dict[str, Any]) -> str:
+    """Each class's TPR at 1% FPR with its CI, then at 0.1% ('–' where the sample cannot resolve it)."""
+    cells = []
+    for label, rates in row.get("low_fpr", {}).items():
+        at_one = rates["tpr_at_0.01_fpr"]
+        interval = f" {_ci(rates['tpr_at_0.01_fpr_ci95'])}" if at_one is not None else ""
+        cells.append(f"{label}: {_fmt(at_one)}{interval} / {_fmt(rates['tpr_at_0.001_fpr'])}")
+    return "; ".join(cells) or "–"
+
+
+def _dp_row(variant: str, check: dict[str, Any]) -> list[str]:
+    return [variant, _fmt(check["claimed_epsilon"]), _fmt(check["empirical_epsilon_lower_bound"]), _fmt(check["tpr"]),
+            _fmt(check["fpr"]), f"{_fmt(check['gdp_mu'])} ({_fmt(check['gdp_mu_lower_bound'])})",
+            _fmt(check["gdp_epsilon"]), f"{check['releases_per_input']:,}",
+            "consistent" if check["consistent"] else "inconsistent"]
+
+
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the summary, shared by the Markdown and HTML renderers."""
     metric = report_metric(report)
@@ -120,12 +138,10 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     skipped = [[v["variant"], v["reason"]] for v in report["variants"] if v["status"] != "ok"]
     if skipped:
         out.append(("Skipped variants", ["variant", "reason"], skipped))
-    dp = [[v["variant"], _fmt(v["dp_check"]["claimed_epsilon"]), _fmt(v["dp_check"]["empirical_epsilon_lower_bound"]),
-           _fmt(v["dp_check"]["tpr"]), _fmt(v["dp_check"]["fpr"]),
-           "consistent" if v["dp_check"]["consistent"] else "inconsistent"]
-          for v in _audited(report) if v["dp_check"]]
+    dp = [_dp_row(v["variant"], v["dp_check"]) for v in _audited(report) if v["dp_check"]]
     if dp:
-        out.append(("DP claims", ["variant", "claimed ε", "empirical ε lower bound (95%)", "TPR", "FPR", "status"], dp))
+        out.append(("DP claims", ["variant", "claimed ε", "empirical ε lower bound (95%)", "TPR", "FPR",
+                                  "Gaussian-DP μ (95% low)", "its ε at δ", "releases per input", "status"], dp))
     he = [[v["variant"], _fmt(v["cost"]["he_device_encrypt_ms_per_sample"]),
            f"{v['cost']['he_ciphertext_bytes_per_sample']:,.0f}", f"{v['cost']['he_public_context_bytes']:,}",
            _fmt(v["cost"]["he_server_fit_seconds"]), _fmt(v["cost"]["he_device_decrypt_seconds"])]
@@ -145,7 +161,8 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                      "planted above never planted (p)", "copies trained"], canaries))
     for variant in _audited(report):
         out.append((f"Leakage: {variant['variant']}", ["attack", "kind", "metric", "value", "95% CI", "chance/prior",
-                                                       "activations only", "also"], _leakage_rows(variant)))
+                                                       "activations only", "TPR at 1% / 0.1% FPR by class", "also"],
+                    _leakage_rows(variant)))
     return out
 
 

@@ -25,7 +25,7 @@ from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.audit.config import (
     AuditConfig, Variant, audit_variants, device_local_config, fingerprint, variant_finetune_config,
 )
-from secure_assist.audit.dp_check import empirical_epsilon, release_pair
+from secure_assist.audit.dp_check import empirical_epsilon, release_pair, releases_for
 from secure_assist.audit.membership import membership_attacks, membership_reports
 from secure_assist.audit.point import PointData, run_cost, run_point
 from secure_assist.audit.public_knowledge import PublicData, public_data
@@ -85,9 +85,10 @@ def dp_check(config: AuditConfig, variant: Variant, workdir: Path, data: EvalDat
                                                     progress=False)
     by_text = {e.text: e for e in data.train}
     uploaded = [by_text[t.text] for t in load_ground_truth(workdir).values() if t.text in by_text]
-    pair = release_pair(device, mechanism.dp_target, uploaded, config.dp_releases)
+    releases = releases_for(mechanism, config.dp_releases)
+    pair = release_pair(device, mechanism, uploaded, releases)
     return jsonable(empirical_epsilon(mechanism, mechanism_parameters(mechanism, asdict(finetune_config)), pair,
-                                      config.seed))
+                                      releases, config.seed))
 
 
 def audit_variant(config: AuditConfig, variant: Variant, data: EvalData, public: PublicData,

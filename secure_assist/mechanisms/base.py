@@ -88,6 +88,9 @@ class Mechanism:
     guarantee: ClassVar[str] = ""
     # The released field a DP claim covers (one of DP_TARGETS), None without one.
     dp_target: ClassVar[str | None] = None
+    # Whether the claim is label-DP (neighbours share the input and differ in the label) rather than
+    # replace-one (any sample may become any other): the DP check's neighbours must respect it.
+    label_dp: ClassVar[bool] = False
 
     # Parameters that must be given (not None) when the mechanism is chosen.
     required: ClassVar[tuple[str, ...]] = ()

@@ -141,6 +141,7 @@ class LabelRandomizedResponse(Mechanism):
     name = "label_rr"
     Parameters = LabelRRParameters
     dp_target = DELTA_TARGET
+    label_dp = True
     stage = "label"
     protects = "labels"
     guarantee = "ε-label-DP per sample (randomized response); inputs not protected"
