@@ -14,12 +14,13 @@ import pytest
 
 from protocol.errors import ProtocolError
 from protocol.modes.host import host_factory
-from protocol.server.limits import ServerLimits
+from protocol.server.limits import MIB, ServerLimits
 from protocol.server.training_settings import ServerTraining
 from protocol.transport.abuse import connect, exchange, hold_replies, stall_handshakes, synthetic_upload
 from protocol.transport.background import BackgroundServer
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
+from protocol.transport.serve_process import ServeProcess
 from protocol.transport.server import TransportServer
 from protocol.wire.messages import ErrorReply, FetchWeights, Hello, TrainUntil, UploadAck, encode_message
 
@@ -146,6 +147,28 @@ def test_stalled_handshakes_hold_at_most_their_turns(tmp_path: Path, keys: KeyDi
         assert gate.peak == 2 and gate.shed >= 11
         for sock in stalled:
             sock.close()
+
+
+def test_a_burst_of_stalled_handshakes_builds_tls_state_for_its_turns_only(tmp_path: Path, keys: KeyDirectory) -> None:
+    """Before the fix a shed handshake kept its TLS state until its task next ran, so 512 connections
+    arriving together built it before the shed ones let go (asyncio's buffer alone is 256 KiB), whatever
+    the turns; now a newcomer waits until the handshake it shed has let go. Measured on a real `serve`
+    process's peak RSS (VmHWM), with two turns."""
+    with ServeProcess(tmp_path, keys, ["--max-handshakes", "2"], nofile=2048) as serve:
+        before = serve.peak_rss()
+        stalled = stall_handshakes(serve.address, 512)
+        try:
+            assert len(stalled) == 512
+            time.sleep(3.0)  # every connection's first byte read, its handshake begun or shed
+            growth = serve.peak_rss() - before
+        finally:
+            for sock in stalled:
+                sock.close()
+        ack = NetworkChannel(*serve.address, *keys.device_context("carol"), mode="side_network").request(
+            synthetic_upload(4, 2, 8))
+    # Before the fix the burst grew it by tens of MiB; two turns' TLS state is well under 2 MiB.
+    assert growth < 12 * MIB, growth / MIB
+    assert isinstance(ack, UploadAck)
 
 
 def test_unread_replies_are_bounded_and_slow_readers_dropped(tmp_path: Path, keys: KeyDirectory) -> None:

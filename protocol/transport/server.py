@@ -238,21 +238,22 @@ class TransportServer:
 
         The handshake runs inside `connect_accepted_socket`, before any byte reaches a
         stream buffer, so no early byte can bypass TLS. It holds one of the turns for
-        handshakes in progress (`HandshakeGate`) until it is done.
+        handshakes in progress (`HandshakeGate`) until it is done, waiting for one no longer than
+        the handshake itself may take.
         """
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
         if self.keys is not None:
             self._allowed.refresh()  # devices added since the last connection need no restart
-        with self.handshakes.turn(connection):
-            try:
+        try:
+            async with self.handshakes.turn(connection, self.limits.handshake_seconds):
                 transport, _ = await loop.connect_accepted_socket(
                     lambda: protocol, sock, ssl=self._allowed.context if self.keys is not None else None,
                     ssl_handshake_timeout=self.limits.handshake_seconds if self.keys is not None else None)
-            except (ssl.SSLError, OSError, ConnectionError) as exc:
-                self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
-                return None
+        except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
+            return None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _authenticate(self, writer: asyncio.StreamWriter, connection: Connection) -> str | None:
