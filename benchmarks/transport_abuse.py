@@ -92,10 +92,10 @@ class Abusers:
     """The abuser process, at lower CPU priority: the attackers' own work (building and encrypting
     their frames) would be done on their own machines, not on the server's."""
 
-    def __init__(self, address: tuple[str, int], keys: KeyDirectory) -> None:
+    def __init__(self, address: tuple[str, int], keys: KeyDirectory, attacks: tuple[str, ...]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "protocol.transport.abuse", "--target", "%s:%d" % address, "--keys",
-             str(keys.root), "--frame-mib", FRAME_MIB, "--flood", str(DESCRIPTORS)],
+             str(keys.root), "--frame-mib", FRAME_MIB, "--flood", str(DESCRIPTORS), "--attacks", ",".join(attacks)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
         if self.process.stdout.readline().strip() != "ready":  # every attack has run at least once
             raise RuntimeError("the abuser process did not start")
@@ -111,21 +111,13 @@ class Abusers:
         return json.loads(out)
 
 
-def peak_rss(pid: int) -> int:
-    """The process's resident-set high-water mark (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc")
-
-
 def namespace(serve: ServeProcess, keys: KeyDirectory, name: str) -> Path:
     """The work directory of device `name` on this server."""
     return serve.workdir / "devices" / next(fp for fp, e in keys.load_trust().items() if e["name"] == name)
 
 
-def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abused: bool) -> dict:
-    """One server, the honest workload, optionally the abusers; then a SIGTERM mid-training."""
+def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], attacks: tuple[str, ...]) -> dict:
+    """One server, the honest workload, beside `attacks` (none: the clean run); then a SIGTERM mid-training."""
     root.mkdir()
     serve = ServeProcess(root, keys, SERVE_FLAGS, nofile=DESCRIPTORS).start()
     abusers = None
@@ -136,8 +128,8 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
         for upload in uploads[0]:
             long_run.request(Upload(sample_ids=new_sample_ids(len(upload.sample_ids)), activations=upload.activations,
                                     delta=upload.delta, layers=upload.layers))
-        if abused:
-            abusers = Abusers(serve.address, keys)  # returns once every attack is under way
+        if attacks:
+            abusers = Abusers(serve.address, keys, attacks)  # returns once every attack is under way
         honest = [threading.Thread(target=honest_device, args=(serve, keys, f"device{i:02d}", mine, latencies, outcomes))
                   for i, mine in enumerate(uploads)]
         seconds = timed_threads(honest)
@@ -145,7 +137,7 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
                                    daemon=True)
         trainer.start()
         time.sleep(2.0)  # cached epochs under way (checkpoints are by time now): SIGTERM lands mid-training
-        rss = peak_rss(serve.process.pid)
+        rss = serve.peak_rss()
         if abusers is not None:
             abusers.snapshot()
         stop_seconds = serve.stop(timeout=30.0)
@@ -156,7 +148,7 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
             "stop_seconds": stop_seconds, "stop_rc": serve.process.returncode,
             "samples_lost": samples_lost(serve, keys, uploads), "state_private": state_private(serve.workdir),
             "attacks": attacks, "disk": disk_use(serve),
-            "resend_transcript_bytes": resend_growth(serve, keys) if abused else None}
+            "resend_transcript_bytes": resend_growth(serve, keys) if "resend" in attacks else None}
 
 
 def quietly(call: Callable, message: object) -> None:
@@ -224,7 +216,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="clean + abused pairs, alternated")
     parser.add_argument("--fuzz-frames", type=int, default=51_000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--attacks", type=lambda text: tuple(text.split(",")), default=ATTACKS,
+                        help="comma-separated attacks of the abused rounds (default: every one)")
     args = parser.parse_args()
+    unknown = sorted(set(args.attacks) - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
     if args.quick:
         args.devices, args.rounds, args.fuzz_frames = 4, 1, 3_400
     began = time.perf_counter()
@@ -236,7 +233,8 @@ def main() -> None:
                   + [kind.replace("_", "-") for kind in ATTACKS])
         for index in range(2 * args.rounds):
             condition = ("clean", "abused")[index % 2]
-            phases[condition].append(run_phase(Path(tmp) / f"phase{index}", keys, uploads, condition == "abused"))
+            attacks = args.attacks if condition == "abused" else ()
+            phases[condition].append(run_phase(Path(tmp) / f"phase{index}", keys, uploads, attacks))
     fuzzing = fuzz(args.fuzz_frames)
     expected = args.devices * (len(uploads[0]) + 2)
     summary = {}
@@ -261,6 +259,7 @@ def main() -> None:
     print(json.dumps({
         "honest_devices": args.devices, "samples_per_device": args.samples, "upload_batch": args.batch,
         "epochs": EPOCHS, "rounds": args.rounds, "serve_flags": SERVE_FLAGS, "descriptor_limit": DESCRIPTORS,
+        "attacks_run": list(args.attacks),
         "clean": clean, "abused": abused,
         "p99_ratio_abused_vs_clean": round(abused["latency_p99_ms"] / clean["latency_p99_ms"], 2),
         "p50_ratio_abused_vs_clean": round(abused["latency_p50_ms"] / clean["latency_p50_ms"], 2),
