@@ -16,8 +16,9 @@ from protocol.errors import ProtocolError
 from protocol.modes.host import host_factory
 from protocol.server.limits import MIB, ServerLimits
 from protocol.server.training_settings import ServerTraining
-from protocol.transport.abuse import connect, exchange, hold_replies, stall_handshakes, synthetic_upload
+from protocol.transport.abuse import connect, exchange, hold_replies, read_reply, stall_handshakes, synthetic_upload
 from protocol.transport.background import BackgroundServer
+from protocol.transport.framing import encode_frame
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
@@ -187,3 +188,28 @@ def test_unread_replies_are_bounded_and_slow_readers_dropped(tmp_path: Path, key
             link.close()
         weights = channel(server, keys, "alice").request(FetchWeights())
         assert weights.TYPE == "side_weights"
+
+
+def test_frames_waiting_to_be_decoded_stay_within_the_partial_frame_budget(tmp_path: Path,
+                                                                           keys: KeyDirectory) -> None:
+    """Before the fix a frame's reservation ended once its last byte arrived, and the queue of the decoding
+    workers had no bound: with the workers busy, every connection's complete frame waited there (all six
+    here, each 1.1 MiB, against a 2.5 MiB budget); now a frame stays reserved until it is decoded, so at
+    most two wait and the others wait for room before they are read. Each is answered once the worker frees."""
+    upload = encode_message(synthetic_upload(4096, 2, 64, seed=3))
+    with running(tmp_path, keys, max_frame_mib=2.0, max_partial_frames_mib=2.5, decode_workers=1) as server:
+        links = [connect(server.address, keys, name) for name in NAMES for _ in range(2)]
+        for link in links:
+            assert exchange(link, encode_message(Hello(mode="side_network"))).TYPE == "mode_accepted"
+        busy = threading.Event()
+        server.server._decoder.submit(busy.wait, 30.0)  # the one decoding worker is taken
+        for link in links:
+            link.send(encode_frame(1, upload))
+        time.sleep(3.0)  # every frame that may be read has been
+        waiting = server.server._decoder._work_queue.qsize()
+        busy.set()
+        replies = [read_reply(link, 1).TYPE for link in links]
+        for link in links:
+            link.close()
+    assert waiting <= 2, waiting
+    assert replies == ["upload_ack"] * 6
