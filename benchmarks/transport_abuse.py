@@ -6,9 +6,10 @@ each an allow-listed device or an anonymous peer, run every attack the server li
 (`protocol.transport.abuse`). The same honest workload runs against a fresh `serve` with no
 abuse, alternating rounds in one run so that both conditions see the same machine load.
 Reported: honest requests completed, their p50/p99 latency (p99 by request type too), the server's
-peak RSS (VmHWM: the process's high-water mark, not a sample) and CPU seconds, abused vs clean; samples lost; SIGTERM stop time (mid-training, abusers still running); what the attacks
-got back; whether every file of the server's state is private; and 50,000+ damaged frames
-covering every registered message type through the server's decoding path.
+peak RSS (VmHWM: the process's high-water mark, not a sample) and CPU seconds, abused vs clean;
+samples lost; SIGTERM stop time (mid-training, abusers still running); what the attacks got back;
+whether every file of the server's state is private; and 50,000+ damaged frames covering every
+registered message type through the server's decoding path.
 
     python benchmarks/transport_abuse.py            # 16 devices, 2 rounds, 51,000 fuzz frames
     python benchmarks/transport_abuse.py --quick    # 4 devices, 1 round, 3,400 fuzz frames
