@@ -5,13 +5,15 @@ and train against a real `serve` process (TLS 1.3, mutual auth, loopback) while 
 each an allow-listed device or an anonymous peer, run every attack the server limits answer in a loop
 (`protocol.transport.abuse`). The same honest workload runs against a fresh `serve` with no
 abuse, alternating rounds in one run so that both conditions see the same machine load.
-Reported: honest requests completed, their p50/p99 latency and the server's peak RSS, abused vs
-clean; samples lost; SIGTERM stop time (mid-training, abusers still running); what the attacks
-got back; whether every file of the server's state is private; and 50,000+ damaged frames
-covering every registered message type through the server's decoding path.
+Reported: honest requests completed, their p50/p99 latency (p99 by request type too), the server's
+peak RSS (VmHWM: the process's high-water mark, not a sample) and CPU seconds, abused vs clean;
+samples lost; SIGTERM stop time (mid-training, abusers still running); what the attacks got back;
+whether every file of the server's state is private; and 50,000+ damaged frames covering every
+registered message type through the server's decoding path.
 
     python benchmarks/transport_abuse.py            # 16 devices, 2 rounds, 51,000 fuzz frames
     python benchmarks/transport_abuse.py --quick    # 4 devices, 1 round, 3,400 fuzz frames
+    python benchmarks/transport_abuse.py --attacks stalled_handshakes,half_sent_frames  # some attacks only
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 import torch
 
 from protocol.model.backbone import load_backbone
@@ -48,12 +51,14 @@ from protocol.transport.identity import KeyDirectory
 from protocol.transport.serve_process import ServeProcess
 from transport_load import timed_threads  # sibling script: python puts benchmarks/ on sys.path
 
-# Both servers: the defaults, except the exact tiny-llama shape and a partial-frame budget sized
-# for this host (the defaults allow 64 MiB frames and 256 MiB of partial frames).
+# Both servers: the defaults, except the exact tiny-llama shape and budgets sized for this scale, as an
+# operator would: 64 MiB of partial frames of at most 16 MiB (defaults: 256 and 64), 32 TLS handshakes in
+# progress for the ~40 identities here (default 64; each holds ~0.7 MiB), 4 MiB of disk per device.
 FRAME_MIB = "16"
 DISK_MIB = "4"  # per device (honest devices here store under 1 MiB): the disk-filling attacker reaches it
 SERVE_FLAGS = ["--max-layers", "2", "--max-width", "64", "--max-classes", "2", "--max-frame-mib", FRAME_MIB,
-               "--max-partial-frames-mib", "64", "--read-seconds", "5", "--max-device-disk-mib", DISK_MIB]
+               "--max-partial-frames-mib", "64", "--read-seconds", "5", "--max-device-disk-mib", DISK_MIB,
+               "--max-handshakes", "32"]
 DESCRIPTORS = 1024  # a common default; the flood opens about this many connections
 EPOCHS, LONG_RUN_EPOCHS = 10, 1000
 
@@ -72,8 +77,8 @@ def prepare_uploads(devices: int, samples: int, batch: int) -> list[list[Upload]
 
 
 def honest_device(serve: ServeProcess, keys: KeyDirectory, name: str, uploads: list[Upload],
-                  latencies: list[float], outcomes: Counter) -> None:
-    """Upload every batch, train to EPOCHS, fetch φ; time each request."""
+                  latencies: list[tuple[str, float]], outcomes: Counter) -> None:
+    """Upload every batch, train to EPOCHS, fetch φ; time each request (with its type)."""
     context, pinned = keys.device_context(name)
     channel = NetworkChannel(*serve.address, context, pinned, reconnect_seconds=60.0, mode="side_network")
     for message in [*uploads, TrainUntil(epochs_total=EPOCHS), FetchWeights()]:
@@ -83,7 +88,7 @@ def honest_device(serve: ServeProcess, keys: KeyDirectory, name: str, uploads: l
         except ProtocolError as exc:
             outcomes[f"failed: {str(exc)[:80]}"] += 1
             continue
-        latencies.append(time.perf_counter() - began)
+        latencies.append((message.TYPE, time.perf_counter() - began))
         outcomes["completed"] += 1
     channel.close()
 
@@ -92,10 +97,10 @@ class Abusers:
     """The abuser process, at lower CPU priority: the attackers' own work (building and encrypting
     their frames) would be done on their own machines, not on the server's."""
 
-    def __init__(self, address: tuple[str, int], keys: KeyDirectory) -> None:
+    def __init__(self, address: tuple[str, int], keys: KeyDirectory, attacks: tuple[str, ...]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "protocol.transport.abuse", "--target", "%s:%d" % address, "--keys",
-             str(keys.root), "--frame-mib", FRAME_MIB, "--flood", str(DESCRIPTORS)],
+             str(keys.root), "--frame-mib", FRAME_MIB, "--flood", str(DESCRIPTORS), "--attacks", ",".join(attacks)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
         if self.process.stdout.readline().strip() != "ready":  # every attack has run at least once
             raise RuntimeError("the abuser process did not start")
@@ -111,33 +116,25 @@ class Abusers:
         return json.loads(out)
 
 
-def peak_rss(pid: int) -> int:
-    """The process's resident-set high-water mark (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc")
-
-
 def namespace(serve: ServeProcess, keys: KeyDirectory, name: str) -> Path:
     """The work directory of device `name` on this server."""
     return serve.workdir / "devices" / next(fp for fp, e in keys.load_trust().items() if e["name"] == name)
 
 
-def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abused: bool) -> dict:
-    """One server, the honest workload, optionally the abusers; then a SIGTERM mid-training."""
+def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], attacks: tuple[str, ...]) -> dict:
+    """One server, the honest workload, beside `attacks` (none: the clean run); then a SIGTERM mid-training."""
     root.mkdir()
     serve = ServeProcess(root, keys, SERVE_FLAGS, nofile=DESCRIPTORS).start()
     abusers = None
-    latencies: list[float] = []
+    latencies: list[tuple[str, float]] = []
     outcomes: Counter = Counter()
     try:
         long_run = NetworkChannel(*serve.address, *keys.device_context("long-run"), mode="side_network")
         for upload in uploads[0]:
             long_run.request(Upload(sample_ids=new_sample_ids(len(upload.sample_ids)), activations=upload.activations,
                                     delta=upload.delta, layers=upload.layers))
-        if abused:
-            abusers = Abusers(serve.address, keys)  # returns once every attack is under way
+        if attacks:
+            abusers = Abusers(serve.address, keys, attacks)  # returns once every attack is under way
         honest = [threading.Thread(target=honest_device, args=(serve, keys, f"device{i:02d}", mine, latencies, outcomes))
                   for i, mine in enumerate(uploads)]
         seconds = timed_threads(honest)
@@ -145,7 +142,8 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
                                    daemon=True)
         trainer.start()
         time.sleep(2.0)  # cached epochs under way (checkpoints are by time now): SIGTERM lands mid-training
-        rss = peak_rss(serve.process.pid)
+        rss = serve.peak_rss()
+        cpu = psutil.Process(serve.process.pid).cpu_times()
         if abusers is not None:
             abusers.snapshot()
         stop_seconds = serve.stop(timeout=30.0)
@@ -153,10 +151,11 @@ def run_phase(root: Path, keys: KeyDirectory, uploads: list[list[Upload]], abuse
         attacks = abusers.finish() if abusers is not None else {}
         serve.kill()
     return {"honest_seconds": seconds, "latencies": latencies, "outcomes": outcomes, "peak_rss": rss,
+            "server_cpu_seconds": cpu.user + cpu.system,
             "stop_seconds": stop_seconds, "stop_rc": serve.process.returncode,
             "samples_lost": samples_lost(serve, keys, uploads), "state_private": state_private(serve.workdir),
             "attacks": attacks, "disk": disk_use(serve),
-            "resend_transcript_bytes": resend_growth(serve, keys) if abused else None}
+            "resend_transcript_bytes": resend_growth(serve, keys) if "resend" in attacks else None}
 
 
 def quietly(call: Callable, message: object) -> None:
@@ -224,7 +223,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="clean + abused pairs, alternated")
     parser.add_argument("--fuzz-frames", type=int, default=51_000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--attacks", type=lambda text: tuple(text.split(",")), default=ATTACKS,
+                        help="comma-separated attacks of the abused rounds (default: every one)")
     args = parser.parse_args()
+    unknown = sorted(set(args.attacks) - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
     if args.quick:
         args.devices, args.rounds, args.fuzz_frames = 4, 1, 3_400
     began = time.perf_counter()
@@ -236,18 +240,24 @@ def main() -> None:
                   + [kind.replace("_", "-") for kind in ATTACKS])
         for index in range(2 * args.rounds):
             condition = ("clean", "abused")[index % 2]
-            phases[condition].append(run_phase(Path(tmp) / f"phase{index}", keys, uploads, condition == "abused"))
+            attacks = args.attacks if condition == "abused" else ()
+            phases[condition].append(run_phase(Path(tmp) / f"phase{index}", keys, uploads, attacks))
     fuzzing = fuzz(args.fuzz_frames)
     expected = args.devices * (len(uploads[0]) + 2)
     summary = {}
     for condition, runs in phases.items():
-        latencies = [x for run in runs for x in run["latencies"]]
+        timed = [x for run in runs for x in run["latencies"]]
+        latencies = [seconds for _, seconds in timed]
         summary[condition] = {
             "honest_requests_completed": [run["outcomes"]["completed"] for run in runs],
             "honest_requests_expected": expected,
             "failures": [dict((k, v) for k, v in run["outcomes"].items() if k != "completed") for run in runs],
             "latency_p50_ms": percentile_ms(latencies, 50), "latency_p99_ms": percentile_ms(latencies, 99),
+            "latency_p99_ms_by_request": {kind: percentile_ms([s for k, s in timed if k == kind], 99)
+                                          for kind in dict.fromkeys(k for k, _ in timed)},
             "honest_seconds": [round(run["honest_seconds"], 2) for run in runs],
+            # Its work from start to SIGTERM: the honest devices', the long run's, and the attacks'.
+            "server_cpu_seconds": [round(run["server_cpu_seconds"], 1) for run in runs],
             "peak_rss_mib": [round(run["peak_rss"] / MIB) for run in runs],
             "samples_lost": sum(run["samples_lost"] for run in runs),
             "sigterm_stop_seconds": [None if run["stop_seconds"] is None else round(run["stop_seconds"], 2)
@@ -261,6 +271,7 @@ def main() -> None:
     print(json.dumps({
         "honest_devices": args.devices, "samples_per_device": args.samples, "upload_batch": args.batch,
         "epochs": EPOCHS, "rounds": args.rounds, "serve_flags": SERVE_FLAGS, "descriptor_limit": DESCRIPTORS,
+        "attacks_run": list(args.attacks),
         "clean": clean, "abused": abused,
         "p99_ratio_abused_vs_clean": round(abused["latency_p99_ms"] / clean["latency_p99_ms"], 2),
         "p50_ratio_abused_vs_clean": round(abused["latency_p50_ms"] / clean["latency_p50_ms"], 2),

@@ -5,6 +5,8 @@ from a device's); each test failed on the server before the fix."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,26 @@ def test_fit_work_is_bounded_before_it_starts_and_repeats_are_cached(tmp_path: P
         InProcessChannel(server).request(fit_request(n_features=6))
     assert server.fits_computed == 0
     server.close()
+
+
+def test_a_refused_device_does_not_load_the_fit_libraries(tmp_path: Path) -> None:
+    """Before the fix opening the mode imported scikit-learn and SciPy (about a hundred MiB resident and a
+    second of CPU in `serve`) for any device, one whose every upload is refused included; now the first fit
+    imports them. A fresh interpreter, so no other test has imported them already."""
+    script = f"""
+import sys
+from pathlib import Path
+from protocol.errors import ProtocolError
+from protocol.modes.ckks_ridge.server import HeHeadServer
+from protocol.transport.abuse import ckks_encryptions, ckks_upload
+from protocol.wire.channel import InProcessChannel
+context, _ = ckks_encryptions()
+channel = InProcessChannel(HeHeadServer(Path({str(tmp_path)!r})))
+try:
+    channel.request(ckks_upload(1, [bytes(300_000), bytes(300_000)], context))
+except ProtocolError:
+    print("sklearn" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.split() == ["False"], result.stderr[-2000:]

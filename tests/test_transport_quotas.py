@@ -14,12 +14,14 @@ import pytest
 
 from protocol.errors import ProtocolError
 from protocol.modes.host import host_factory
-from protocol.server.limits import ServerLimits
+from protocol.server.limits import MIB, ServerLimits
 from protocol.server.training_settings import ServerTraining
-from protocol.transport.abuse import connect, exchange, hold_replies, stall_handshakes, synthetic_upload
+from protocol.transport.abuse import connect, exchange, hold_replies, read_reply, stall_handshakes, synthetic_upload
 from protocol.transport.background import BackgroundServer
+from protocol.transport.framing import encode_frame
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
+from protocol.transport.serve_process import ServeProcess
 from protocol.transport.server import TransportServer
 from protocol.wire.messages import ErrorReply, FetchWeights, Hello, TrainUntil, UploadAck, encode_message
 
@@ -148,6 +150,28 @@ def test_stalled_handshakes_hold_at_most_their_turns(tmp_path: Path, keys: KeyDi
             sock.close()
 
 
+def test_a_burst_of_stalled_handshakes_builds_tls_state_for_its_turns_only(tmp_path: Path, keys: KeyDirectory) -> None:
+    """Before the fix a shed handshake kept its TLS state until its task next ran, so 512 connections
+    arriving together built it before the shed ones let go (asyncio's buffer alone is 256 KiB), whatever
+    the turns; now a newcomer waits until the handshake it shed has let go. Measured on a real `serve`
+    process's peak RSS (VmHWM), with two turns."""
+    with ServeProcess(tmp_path, keys, ["--max-handshakes", "2"], nofile=2048) as serve:
+        before = serve.peak_rss()
+        stalled = stall_handshakes(serve.address, 512)
+        try:
+            assert len(stalled) == 512
+            time.sleep(3.0)  # every connection's first byte read, its handshake begun or shed
+            growth = serve.peak_rss() - before
+        finally:
+            for sock in stalled:
+                sock.close()
+        ack = NetworkChannel(*serve.address, *keys.device_context("carol"), mode="side_network").request(
+            synthetic_upload(4, 2, 8))
+    # Before the fix the burst grew it by tens of MiB; two turns' TLS state is well under 2 MiB.
+    assert growth < 12 * MIB, growth / MIB
+    assert isinstance(ack, UploadAck)
+
+
 def test_unread_replies_are_bounded_and_slow_readers_dropped(tmp_path: Path, keys: KeyDirectory) -> None:
     """Before the fix replies nobody read were held for the read timeout on every connection (+1.44 GB
     for 2 devices x 4 connections); now they draw from one budget and a reader slower than
@@ -164,3 +188,28 @@ def test_unread_replies_are_bounded_and_slow_readers_dropped(tmp_path: Path, key
             link.close()
         weights = channel(server, keys, "alice").request(FetchWeights())
         assert weights.TYPE == "side_weights"
+
+
+def test_frames_waiting_to_be_decoded_stay_within_the_partial_frame_budget(tmp_path: Path,
+                                                                           keys: KeyDirectory) -> None:
+    """Before the fix a frame's reservation ended once its last byte arrived, and the queue of the decoding
+    workers had no bound: with the workers busy, every connection's complete frame waited there (all six
+    here, each 1.1 MiB, against a 2.5 MiB budget); now a frame stays reserved until it is decoded, so at
+    most two wait and the others wait for room before they are read. Each is answered once the worker frees."""
+    upload = encode_message(synthetic_upload(4096, 2, 64, seed=3))
+    with running(tmp_path, keys, max_frame_mib=2.0, max_partial_frames_mib=2.5, decode_workers=1) as server:
+        links = [connect(server.address, keys, name) for name in NAMES for _ in range(2)]
+        for link in links:
+            assert exchange(link, encode_message(Hello(mode="side_network"))).TYPE == "mode_accepted"
+        busy = threading.Event()
+        server.server._decoder.submit(busy.wait, 30.0)  # the one decoding worker is taken
+        for link in links:
+            link.send(encode_frame(1, upload))
+        time.sleep(3.0)  # every frame that may be read has been
+        waiting = server.server._decoder._work_queue.qsize()
+        busy.set()
+        replies = [read_reply(link, 1).TYPE for link in links]
+        for link in links:
+            link.close()
+    assert waiting <= 2, waiting
+    assert replies == ["upload_ack"] * 6

@@ -327,7 +327,7 @@ def _net_attack(kind: str, address: Address, keys: KeyDirectory, name: str, stop
         done = threading.Thread(target=lambda: seen.update([outcome_kind(_train_outcome(device))]))
         done.start()
         stop.wait(1.0)
-        keys.revoke(revoked)
+        revoke(keys, revoked)
         done.join(60.0)
         stop.wait(5.0)
     elif kind in ("ckks_garbage", "ckks_many_blocks"):
@@ -368,10 +368,22 @@ def outcome_kind(text: str) -> str:
     return next((key for key in _OUTCOMES if key in text), text[:60])
 
 
+# Attack threads add and revoke devices at once: each edit of the allow-list reads, changes and
+# rewrites the whole file, so two at a time would lose one (a device the server has never heard of).
+_ALLOW_LIST_EDIT = threading.Lock()
+
+
+def revoke(keys: KeyDirectory, name: str) -> None:
+    """Revoke device `name`, one allow-list edit at a time."""
+    with _ALLOW_LIST_EDIT:
+        keys.revoke(name)
+
+
 def new_device(address: Address, keys: KeyDirectory, samples: int = 4) -> tuple[str, NetworkChannel]:
     """A newly allow-listed device (its name, its channel) that has uploaded `samples` samples."""
     name = f"revoked-{time.monotonic_ns()}"
-    keys.add_device(name)
+    with _ALLOW_LIST_EDIT:
+        keys.add_device(name)
     channel = NetworkChannel(*address, *keys.device_context(name), reconnect_seconds=1.0, mode="side_network")
     channel.request(synthetic_upload(samples, 2, 8))
     return name, channel
@@ -380,7 +392,7 @@ def new_device(address: Address, keys: KeyDirectory, samples: int = 4) -> tuple[
 def revoked_channel(address: Address, keys: KeyDirectory) -> NetworkChannel:
     """A new device that uploads once, keeps its connection open, and is then revoked."""
     name, channel = new_device(address, keys)
-    keys.revoke(name)
+    revoke(keys, name)
     return channel
 
 
@@ -447,11 +459,16 @@ def main() -> None:
     parser.add_argument("--frame-mib", type=float, default=64.0, help="the server's --max-frame-mib")
     parser.add_argument("--max-width", type=int, default=64, help="the server's --max-width")
     parser.add_argument("--flood", type=int, default=1024, help="connections of the descriptor flood")
+    parser.add_argument("--attacks", type=lambda text: tuple(text.split(",")), default=ATTACKS,
+                        help="comma-separated attacks to run (default: every one)")
     args = parser.parse_args()
+    unknown = sorted(set(args.attacks) - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
     host, port = args.target.rsplit(":", 1)
     keys, stop = KeyDirectory(Path(args.keys)), threading.Event()
-    seen = {kind: Counter() for kind in ATTACKS}
-    for kind in ATTACKS:
+    seen = {kind: Counter() for kind in args.attacks}
+    for kind in args.attacks:
         threading.Thread(target=attack_loop, args=(kind, (host, int(port)), keys, stop, seen[kind],
                                                    int(args.frame_mib * MIB), args.flood, args.max_width),
                          daemon=True).start()

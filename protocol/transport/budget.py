@@ -5,7 +5,9 @@ most of a large frame and stalls holds that memory for the whole read timeout. B
 payload is read, its declared length is reserved here; nothing is buffered beyond the
 header until the reservation succeeds (TCP flow control holds the sender meanwhile).
 
-When a frame does not fit, frames strictly larger than it are dropped, largest first:
+A frame stays reserved until it is decoded: received frames waiting for a decoding worker are
+memory as much as frames still arriving. When a frame does not fit, frames still arriving that
+are strictly larger than it are dropped, largest first:
 a device sending small requests is never starved by peers holding large half-sent
 frames, and a large frame is never dropped to make room for one as large. If that frees
 too little, the frame waits for room up to the read timeout, then is refused.
@@ -24,6 +26,9 @@ class PartialFrame:
     size: int
     reader: asyncio.Future | None = None
     dropped: str | None = field(default=None)  # why it was dropped to make room, once it was
+    # Received in full and being decoded: still counted until released, no longer dropped (nothing
+    # would be freed by it: its bytes are in use).
+    received: bool = False
 
     def drop(self, reason: str) -> None:
         """Stop reading this frame; its connection then answers `reason` and closes."""
@@ -70,7 +75,8 @@ class PartialFrameBudget:
 
     def _make_room(self, size: int) -> bool:
         while self.used + size > self.capacity:
-            largest = max(self._holders, key=lambda held: held.size, default=None)
+            largest = max((held for held in self._holders if not held.received), key=lambda held: held.size,
+                          default=None)
             if largest is None or largest.size <= size:
                 return False
             self._forget(largest)

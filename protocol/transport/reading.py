@@ -3,13 +3,15 @@
 The header is awaited for at most `idle_seconds`; the payload is read only once its
 declared length fits the global partial-frame budget (`protocol.transport.budget`), and
 must then arrive within `read_seconds`. A dropped frame's buffer is freed at once.
-`decode_request` then decodes and validates it, off the event loop.
+`decode_request` then decodes and validates it, off the event loop, while its bytes are
+still reserved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Awaitable, Callable
 
 from protocol.errors import ProtocolError
 from protocol.server.limits import ServerLimits, admit_upload
@@ -36,8 +38,10 @@ class FrameReader:
         self.budget = PartialFrameBudget(limits.max_partial_frame_bytes, str(limits.exceeded(
             "max_partial_frames_mib", "frame dropped to make room for a smaller one (largest partial frames first)")))
 
-    async def read(self, reader: asyncio.StreamReader, expected: int) -> bytes | None:
-        """The next frame's payload, None on a clean close between frames."""
+    async def read(self, reader: asyncio.StreamReader, expected: int,
+                   decode: Callable[[bytes], Awaitable[Message]]) -> tuple[bytes, Message] | None:
+        """The next frame's payload and its message (`decode`, awaited while the payload is still
+        reserved), None on a clean close between frames."""
         try:
             header = await asyncio.wait_for(reader.readexactly(HEADER_BYTES), self.limits.idle_seconds)
         except asyncio.IncompleteReadError as exc:
@@ -52,25 +56,30 @@ class FrameReader:
             frame = parse_header(header, expected, self.limits.max_frame_bytes)
         except ProtocolError as exc:
             raise Rejected(str(exc)) from exc
-        return await self._payload(reader, frame.length)
+        return await self._payload(reader, frame.length, decode)
 
-    async def _payload(self, reader: asyncio.StreamReader, length: int) -> bytes:
-        """The payload, read only once its bytes fit the global partial-frame budget."""
+    async def _payload(self, reader: asyncio.StreamReader, length: int,
+                       decode: Callable[[bytes], Awaitable[Message]]) -> tuple[bytes, Message]:
+        """The payload, read only once its bytes fit the global partial-frame budget, and its message:
+        the reservation is held until it is decoded (the decoding workers' queue is otherwise unbounded)."""
         frame = PartialFrame(length)
         if not await self.budget.reserve(frame, self.limits.read_seconds):
             raise Rejected(str(self.limits.exceeded(
                 "max_partial_frames_mib", f"no room within read_seconds for a frame of {length} bytes")))
         try:
-            frame.reader = asyncio.ensure_future(_receive(reader, length))
-            return await asyncio.wait_for(frame.reader, self.limits.read_seconds)
-        except asyncio.CancelledError:
-            if frame.dropped is None or asyncio.current_task().cancelling():
-                raise  # server shutdown, not a drop
-            raise Rejected(frame.dropped)
-        except asyncio.TimeoutError:
-            raise Rejected(str(self.limits.exceeded("read_seconds", f"a frame of {length} bytes still arriving")))
-        except (ssl.SSLError, ConnectionError) as exc:
-            raise Rejected(f"transport error: {reason(exc)}", reply=False)
+            try:
+                frame.reader = asyncio.ensure_future(_receive(reader, length))
+                payload = await asyncio.wait_for(frame.reader, self.limits.read_seconds)
+            except asyncio.CancelledError:
+                if frame.dropped is None or asyncio.current_task().cancelling():
+                    raise  # server shutdown, not a drop
+                raise Rejected(frame.dropped)
+            except asyncio.TimeoutError:
+                raise Rejected(str(self.limits.exceeded("read_seconds", f"a frame of {length} bytes still arriving")))
+            except (ssl.SSLError, ConnectionError) as exc:
+                raise Rejected(f"transport error: {reason(exc)}", reply=False)
+            frame.received = True
+            return payload, await decode(payload)
         finally:
             await self.budget.release(frame)
 

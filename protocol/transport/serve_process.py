@@ -75,6 +75,14 @@ class ServeProcess:
         """Resident memory of the server process now, in bytes."""
         return psutil.Process(self.process.pid).memory_info().rss
 
+    def peak_rss(self) -> int:
+        """The server process's resident-set high-water mark (VmHWM) so far, in bytes: every peak
+        counts, however brief, which sampling the RSS would miss."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc")
+
     def kill(self) -> None:
         """SIGKILL (a crash) and reap."""
         if self.alive():

@@ -10,10 +10,9 @@ connection is closed; invalid messages never reach the device's state or transcr
 Each device identity owns one work directory `<root>/devices/<fingerprint>` (cache,
 side network, transcript; 0700), so a device can only ever read or write its own; a
 forged sample id lands in the forger's namespace. Request handling (training is
-CPU-heavy) runs on a single-thread executor per device: it keeps the event loop free
-for other devices and serializes one device's requests (SQLite objects stay in their
-thread). Decoding and validating a request runs on a small shared worker pool, also
-off the event loop, so one device's large or malformed frame delays no other device.
+CPU-heavy) runs on a single-thread executor per device: it keeps the event loop free for
+other devices and serializes one device's requests (SQLite objects stay in their thread).
+Decoding and validating runs on a small shared worker pool, also off the event loop.
 
 What one peer can make the server hold is bounded by `protocol.server.limits.ServerLimits`:
 handshake, read, write and idle timeouts, the frame size, connections per device (one more
@@ -31,6 +30,7 @@ accept loop survives every accept error and sheds at the descriptor limit (`conn
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -236,23 +236,22 @@ class TransportServer:
                     connection: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Streams over the accepted socket, after the TLS handshake (None if it failed, logged).
 
-        The handshake runs inside `connect_accepted_socket`, before any byte reaches a
-        stream buffer, so no early byte can bypass TLS. It holds one of the turns for
-        handshakes in progress (`HandshakeGate`) until it is done.
+        The handshake runs inside `connect_accepted_socket`, before any byte reaches a stream buffer, so no
+        early byte can bypass TLS. It holds a turn (`HandshakeGate`), waited for no longer than a handshake.
         """
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
         if self.keys is not None:
             self._allowed.refresh()  # devices added since the last connection need no restart
-        with self.handshakes.turn(connection):
-            try:
+        try:
+            async with self.handshakes.turn(connection, self.limits.handshake_seconds):
                 transport, _ = await loop.connect_accepted_socket(
                     lambda: protocol, sock, ssl=self._allowed.context if self.keys is not None else None,
                     ssl_handshake_timeout=self.limits.handshake_seconds if self.keys is not None else None)
-            except (ssl.SSLError, OSError, ConnectionError) as exc:
-                self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
-                return None
+        except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            self._peer_line(logging.WARNING, connection, "rejected: TLS handshake failed (%s)", reason(exc))
+            return None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _authenticate(self, writer: asyncio.StreamWriter, connection: Connection) -> str | None:
@@ -339,17 +338,13 @@ class TransportServer:
         received = 0
         while True:
             try:
-                payload = await self._frames.read(reader, received)
-                if payload is None:
+                request = await self._frames.read(reader, received, functools.partial(self._decode, connection))
+                if request is None:
                     self._peer_line(logging.INFO, connection, "device closed the connection after %d requests",
                                     received)
                     return
                 received += 1
-                why = self._trusted(connection.identity)
-                if why is not None:
-                    raise Rejected(f"device certificate {why}")
-                # Validated before any state is touched, off the event loop.
-                message = await loop.run_in_executor(self._decoder, decode_request, payload, self.limits)
+                payload, message = request
                 connection.handling = True
                 try:
                     reply = await loop.run_in_executor(slot.executor, self._handle, slot, connection, message,
@@ -380,6 +375,14 @@ class TransportServer:
                 self._peer_line(logging.WARNING, connection, "rejected: server role refused the request: %s",
                                 decode_message(reply).reason)
                 return
+
+    async def _decode(self, connection: Connection, payload: bytes) -> Message:
+        """A request of `connection`, decoded only while its device is trusted; validated before any state
+        is touched, off the event loop."""
+        why = self._trusted(connection.identity)
+        if why is not None:
+            raise Rejected(f"device certificate {why}")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode_request, payload, self.limits)
 
     def _handle(self, slot: DeviceSlot, connection: Connection, message: Message, payload: bytes) -> bytes:
         """Runs in the device's own thread."""

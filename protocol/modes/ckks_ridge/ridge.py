@@ -9,7 +9,6 @@ device's deployed head (`protocol.modes.ckks_ridge.head.RidgeHead`) applies the 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from protocol.modes.ckks_ridge.head import FeatureMap
 
@@ -28,6 +27,10 @@ def fit_feature_map(activations: np.ndarray, n_features: int, seed: int = 0) -> 
     mean = flat.mean(axis=0)
     scale = np.maximum(flat.std(axis=0), 1e-3)
     k = feature_count(n_features, len(flat), flat.shape[1])
+    # Imported at the first fit, not when a device opens the mode: scikit-learn and SciPy are about a
+    # hundred MiB resident and a second of CPU, which a device whose uploads are refused should not cost.
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit((flat - mean) / scale)
     return FeatureMap(mean=mean, scale=scale.astype(np.float32), components=pca.components_.astype(np.float32))
 
