@@ -53,6 +53,9 @@ class Mutant:
 
 DP = "tests/test_mechanisms_dp.py"
 SECURITY = "tests/test_transport_security.py"
+QUOTAS = "tests/test_server_quotas.py"
+TRANSPORT_QUOTAS = "tests/test_transport_quotas.py"
+CKKS_QUOTAS = "tests/test_ckks_quotas.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # Randomized response.
@@ -199,6 +202,73 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_modes_contract.py::test_pair_runs_in_process_and_its_model_file_reproduces_it"
             "[side_network-none]",),
            "epochs >= 2 ask the device for forward passes again"),
+    # Per-device byte quotas and the server-wide memory pool.
+    Mutant("disk_quota_ignores_stored_bytes", "protocol.server.quotas",
+           "after = directory_bytes(self.workdir) + growth", "after = growth",
+           (f"{QUOTAS}::test_the_disk_a_device_uses_is_bounded_by_its_quota",),
+           "the disk quota checks each request's growth, not the device's directory after it"),
+    Mutant("memory_pool_ignores_other_devices", "protocol.server.memory_pool",
+           "if others + nbytes > self.capacity:", "if nbytes > self.capacity:",
+           (f"{QUOTAS}::test_the_memory_held_for_a_device_is_bounded_per_device_and_server_wide",),
+           "the server-wide memory budget is checked per device, not for all devices together"),
+    Mutant("oversized_weights_reply_built", "protocol.server.side_tuning",
+           "        if self.network is None:\n            self._check_reply_fits(shape)",
+           "        if self.network is None:\n            pass",
+           (f"{QUOTAS}::test_a_network_whose_weights_reply_exceeds_the_frame_limit_is_refused_before_it_is_built",),
+           "a first upload whose weights reply exceeds the frame limit builds its network"),
+    Mutant("role_refusal_recorded_in_full", "protocol.server.endpoint",
+           "if not isinstance(exc, ServerStopping):", "if isinstance(exc, ServerStopping):",
+           (f"{QUOTAS}::test_requests_refused_inside_the_role_or_undecodable_are_recorded_by_digest",),
+           "a request the role refuses stays in the transcript in full, not as its digest"),
+    Mutant("zero_spread_feature_scaled", "protocol.model.side_network",
+           "self.input_scale.copy_(torch.where(spread > _MIN_SPREAD, spread, torch.ones_like(spread)))",
+           "self.input_scale.copy_(spread)",
+           (f"{QUOTAS}::test_a_one_sample_first_upload_or_a_constant_feature_does_not_poison_the_network",),
+           "a feature without spread is divided by it: a one-sample first upload poisons the network (NaN)"),
+    # Transport quotas.
+    Mutant("hello_on_first_connection_only", "protocol.transport.server",
+           "if not connection.greeted and slot.endpoint.requires_hello",
+           "if slot.endpoint.mode is None and slot.endpoint.requires_hello",
+           (f"{TRANSPORT_QUOTAS}::test_every_connection_must_open_with_hello",),
+           "only a device's first connection must open with a Hello"),
+    Mutant("revocation_leaves_training_running", "protocol.transport.server",
+           "if not slot.stop.revoked and self._trusted(identity) is not None:",
+           "if slot.stop.revoked and self._trusted(identity) is not None:",
+           (f"{TRANSPORT_QUOTAS}::test_revocation_stops_training_in_flight",),
+           "a device revoked during training is trained to the end"),
+    Mutant("unread_reply_budget_counts_headers", "protocol.transport.replies",
+           "frame = PartialFrame(HEADER_BYTES + len(payload))", "frame = PartialFrame(HEADER_BYTES)",
+           (f"{TRANSPORT_QUOTAS}::test_unread_replies_are_bounded_and_slow_readers_dropped",),
+           "the unread-reply budget counts each reply's header, not its bytes"),
+    Mutant("handshake_turns_off_by_one", "protocol.transport.handshakes",
+           "if len(self._running) < self.capacity:", "if len(self._running) <= self.capacity:",
+           (f"{TRANSPORT_QUOTAS}::test_stalled_handshakes_hold_at_most_their_turns",),
+           "one more TLS handshake than its turns holds TLS state"),
+    Mutant("peer_log_keyed_by_port", "protocol.transport.peer_log",
+           'return peer.rsplit(":", 1)[0]', "return peer",
+           (f"{TRANSPORT_QUOTAS}::test_peer_triggered_log_lines_are_rate_limited",),
+           "log lines are rate-limited per address and port: every new connection writes its own"),
+    # CKKS head quotas.
+    Mutant("ckks_bytes_per_sample_upload_only", "protocol.modes.ckks_ridge.server",
+           "held = store.ciphertext_bytes + len(upload.ciphertexts)", "held = len(upload.ciphertexts)",
+           (f"{CKKS_QUOTAS}::test_ciphertext_bytes_per_sample_are_bounded",),
+           "ciphertext bytes per sample checked per upload, not for all the device's uploads"),
+    Mutant("ckks_fit_products_without_classes", "protocol.modes.ckks_ridge.server",
+           "products = len(self.store) * layout.groups * self.store.classes",
+           "products = len(self.store) * layout.groups",
+           (f"{CKKS_QUOTAS}::test_fit_work_is_bounded_before_it_starts_and_repeats_are_cached",),
+           "a fit's products counted for one class: fits up to classes x the bound run"),
+    # The audit's DP check.
+    Mutant("dp_check_consistency_flipped", "secure_assist.audit.dp_check",
+           '"consistent": bounds["empirical_epsilon_lower_bound"] <= claim.epsilon',
+           '"consistent": claim.epsilon <= bounds["empirical_epsilon_lower_bound"]',
+           ("tests/test_audit_dp_check.py::test_randomized_response_is_certified_near_its_claim",),
+           "the DP check calls a claim consistent only when the bound reaches it"),
+    Mutant("dp_threshold_evaluated_on_every_release", "secure_assist.audit.dp_bounds",
+           "test_0, test_1 = np.sort(scores_0[half_0:]), np.sort(scores_1[half_1:])",
+           "test_0, test_1 = np.sort(scores_0), np.sort(scores_1)",
+           ("tests/test_audit_dp_check.py::test_the_threshold_is_chosen_on_one_half_and_evaluated_on_the_other",),
+           "the threshold is evaluated on every release, the half it was chosen on included"),
     # Balanced accuracy.
     Mutant("balanced_accuracy_is_accuracy", "secure_assist.metrics",
            "return float(np.mean([(predictions[labels == c] == c).mean() for c in np.unique(labels)]))",
