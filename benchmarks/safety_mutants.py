@@ -96,11 +96,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "activation noise σ not scaled by the clip norm"),
     # The ε lower bound.
     Mutant("epsilon_lower_bound_shrunk", "secure_assist.metrics",
-           "bounds.append(np.log((tpr_low - delta) / fpr_high))",
-           "bounds.append(0.6 * np.log((tpr_low - delta) / fpr_high))",
+           "np.log((tpr_low - delta) / fpr_high)", "0.6 * np.log((tpr_low - delta) / fpr_high)",
            ("tests/test_attacks_privacy_bounds.py",), "the ε lower bound 0.6x too small"),
     Mutant("epsilon_lower_bound_ignores_delta", "secure_assist.metrics",
-           "bounds.append(np.log((tpr_low - delta) / fpr_high))", "bounds.append(np.log(tpr_low / fpr_high))",
+           "np.log((tpr_low - delta) / fpr_high)", "np.log(tpr_low / fpr_high)",
            ("tests/test_attacks_privacy_bounds.py",), "the ε lower bound forgets δ"),
     # Safeguard.
     Mutant("safeguard_ignores_significance", "secure_assist.training.safeguard",
@@ -179,7 +178,7 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_core_server.py::test_every_uploaded_sample_is_in_the_view_the_attacks_read",),
            "uploads after the first are recorded as re-sends: no Δ, no activations in the view"),
     Mutant("resent_upload_request_accepted", "protocol.server.endpoint",
-           "if isinstance(message, ResentUpload):  # forged", "if False:  # forged",
+           "if isinstance(message, (ResentUpload, RecordedDigest)):  # forged", "if False:  # forged",
            ("tests/test_core_server.py::test_protocol_violations_are_answered_with_errors",),
            "a forged ResentUpload request writes a false record into the view"),
     # device_local and the run path.
