@@ -13,6 +13,7 @@ from protocol.data.instructions import GENERATION_TASK
 from protocol.model.names import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server.training_settings import ServerTraining
+from secure_assist.devices.partition import Partition
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_fields
 
 T = TypeVar("T")
@@ -64,6 +65,14 @@ class RunSettings:
     canary_repetitions: int = option(1, "training samples each canary is planted in (generation)")
     train_samples: int | None = option(2000, "number of training samples (seed-fixed subset)")
     eval_samples: int | None = option(None, "number of evaluation samples (default: all)")
+    # Many devices (secure_assist.devices): the training subset is split over `devices` devices, seed-fixed, and
+    # this run is device `device_index`'s (its hold-out split, uploads and safeguard come from its share alone).
+    devices: int = option(1, "devices the training samples are split over; this run is one of them")
+    partition: str = option("iid", "how the training samples are split over --devices: iid, dirichlet:ALPHA "
+                                    "(label skew, e.g. 0.5) or shards:K (K label-sorted shards each)")
+    device_index: int = option(0, "which device's share this run holds (0 .. devices-1)")
+    flip_labels: bool = option(False, "flip every training label of this device (a poisoning device; "
+                                      "classification)")
     epochs: int = option(20, "training epochs (epoch 1 streams the uploads, later ones run from the cache)")
     layers: tuple[int, ...] | None = option(None, "comma-separated backbone layers to upload (default: all)")
     payload_dtype: str = option("float16", "activation dtype on the wire: float16 or float32")
@@ -115,6 +124,12 @@ class RunSettings:
         if self.canaries and self.task != GENERATION_TASK:
             raise UserInputError(f"canaries are planted in generation answers: use them with --task generation, "
                                  f"not --task {self.task}")
+        if self.devices < 1 or not 0 <= self.device_index < self.devices:
+            raise UserInputError(f"device_index must be in 0 .. devices-1 and devices at least 1, got device_index "
+                                 f"{self.device_index} of {self.devices} devices")
+        Partition.parse(self.partition)
+        if self.flip_labels and self.task == GENERATION_TASK:
+            raise UserInputError("flip_labels flips class labels: it needs a classification task")
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         self.server_training()  # validates the server's settings now, not after the forward passes

@@ -11,6 +11,7 @@ from protocol.errors import UserInputError
 from protocol.data.instructions import InstructionTask, parse_instructions
 from protocol.data.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, parse_examples, sample
 from secure_assist.config import FinetuneConfig
+from secure_assist.devices.share import device_share
 
 # Share of a custom train file held out for evaluation when no eval file is given.
 HELD_OUT_FRACTION = 0.2
@@ -65,7 +66,8 @@ def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[
         eval_pool = builtin_split(task.name, "dev")
     else:
         eval_pool = None
-    return (task, *subsets(config, train_pool, eval_pool))
+    train, evaluate = subsets(config, train_pool, eval_pool)
+    return task, device_share(config, train, len(task.labels)), evaluate
 
 
 def file_provenance(path: str | None, task: TaskSpec | InstructionTask, split: str) -> dict[str, object]:

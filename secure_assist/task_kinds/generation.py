@@ -34,6 +34,7 @@ from protocol.model.side_output import SideOutput
 from secure_assist.canaries import MODELS, Canaries, canary_example, canary_settings, exposure_report, plant
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import subsets
+from secure_assist.devices.share import device_share
 from secure_assist.task_kinds.base import TaskKind
 from secure_assist.mechanisms import MechanismChain
 from secure_assist.metrics import bootstrap_interval, rouge_l
@@ -120,6 +121,7 @@ class GenerationKind(TaskKind):
         train_pool = load_instructions(config.train_file, task, config.skip_invalid_rows)
         eval_pool = load_instructions(config.eval_file, task, config.skip_invalid_rows) if config.eval_file else None
         train, evaluate = subsets(config, train_pool, eval_pool)
+        train = device_share(config, train)
         canaries = run_canaries(config)
         return task, (train if canaries is None else plant(train, canaries, config.seed)), evaluate
 
