@@ -12,9 +12,9 @@ and `audit` / `compare` through `finetune`: the same code for all of them.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from protocol.model.side_output import SideOutput
 from secure_assist.config import FinetuneConfig
 from secure_assist.task_kinds import task_kind
 from secure_assist.mechanisms import MECHANISMS, MechanismChain
-from protocol.modes.base import TrainingMode
+from protocol.modes.base import TrainingMode, TrainOutcome
 from protocol.modes.registry import MODES, get_mode, server_modes
 from protocol.modes.host import ModeHost
 from secure_assist.training.resources import PeakMemory
@@ -96,12 +96,48 @@ def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, 
     return model_path
 
 
-def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
-                 overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> RunSummary:
-    """Run `config` end to end. `channel` None: the server role runs in this process (in
-    `<workdir>/server`, or on the device for a mode that uploads nothing) on a fresh work
-    directory; a given channel (the network): the server is elsewhere, and an interrupted
-    deterministic upload in `<workdir>/device` is resumed."""
+@dataclass
+class StartedRun:
+    """A device's run once its epoch 1 is uploaded: what training and deployment need of it.
+
+    `run_training` is `start_run`, `train_side`, `deploy`; a caller that coordinates several
+    devices (a pool, federated averaging) calls the steps itself, e.g. every device's uploads
+    before any device's training."""
+
+    config: FinetuneConfig
+    mode: TrainingMode
+    mechanisms: MechanismChain
+    device: ForwardDevice
+    channel: Channel
+    host: ModeHost | None  # the in-process server role (None: the server is elsewhere)
+    upload_set: list[Any]
+    validation: list[Any]
+    evaluate: list[Any]
+    upload_peak_mib: float
+    uploaded_bytes: int
+    forwards_epoch1: int
+    seconds_epoch1: float
+    server_seconds_epoch1: float | None
+    train_peak_mib: float = 0.0
+    server_seconds: float | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """The run's work directory."""
+        return Path(self.config.workdir)
+
+    def close(self) -> None:
+        """Release the in-process server role's files."""
+        if self.host is not None:
+            self.host.close()
+
+
+def start_run(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
+              overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> StartedRun:
+    """Data, hold-out split, device, mechanisms and the resumable epoch-1 upload of `config`.
+    `channel` None: the server role runs in this process (in `<workdir>/server`, or on the device
+    for a mode that uploads nothing) on a fresh work directory; a given channel (the network):
+    the server is elsewhere, and an interrupted deterministic upload in `<workdir>/device` is resumed."""
     torch.manual_seed(config.seed)
     workdir = Path(config.workdir)
     kind = task_kind(config)
@@ -125,44 +161,75 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),
                              overwrite, on_acknowledged, resumable=mechanisms.deterministic)
-        uploaded_bytes = channel.bytes_up
-        forwards_epoch1 = device.forward_samples
-        seconds_epoch1 = device.forward_seconds + device.reused_forward_seconds
-        server_seconds_epoch1 = None if host is None else host.compute_seconds
-        with PeakMemory() as train_peak:
-            outcome = mode.train(channel, config.epochs, mechanisms)
-        forwards_after_epoch1 = device.forward_samples - forwards_epoch1  # expected 0: the server uses its cache
-        server_seconds = None if host is None else host.compute_seconds
-        details = {**outcome.details, **(mode.server_details(host.endpoint) if host is not None else {})}
-    finally:
+    except BaseException:
         if host is not None:
             host.close()
-    side = mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
-    safeguard = kind.safeguard(device, side, validation, config.seed)
+        raise
+    return StartedRun(config=config, mode=mode, mechanisms=mechanisms, device=device, channel=channel, host=host,
+                      upload_set=upload_set, validation=validation, evaluate=evaluate,
+                      upload_peak_mib=upload_peak.peak_mib, uploaded_bytes=channel.bytes_up,
+                      forwards_epoch1=device.forward_samples,
+                      seconds_epoch1=device.forward_seconds + device.reused_forward_seconds,
+                      server_seconds_epoch1=None if host is None else host.compute_seconds)
+
+
+def train_side(run: StartedRun) -> TrainOutcome:
+    """The mode's training after epoch 1 (the server trains, or the device does for a mode that
+    uploads nothing) and the side output it hands back, still as trained (not restored)."""
+    with PeakMemory() as train_peak:
+        outcome = run.mode.train(run.channel, run.config.epochs, run.mechanisms)
+    run.train_peak_mib = train_peak.peak_mib
+    if run.host is not None:
+        run.server_seconds = run.host.compute_seconds
+        outcome.details = {**outcome.details, **run.mode.server_details(run.host.endpoint)}
+    return outcome
+
+
+def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
+    """Restore the side output (mechanisms), safeguard it on the device's validation split,
+    score it on the evaluation split, save the model file and summarize the run."""
+    config, mode, device, channel, workdir = run.config, run.mode, run.device, run.channel, run.workdir
+    kind = task_kind(config)
+    forwards_after_epoch1 = device.forward_samples - run.forwards_epoch1  # expected 0: the server uses its cache
+    side = run.mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
+    safeguard = kind.safeguard(device, side, run.validation, config.seed)
     # The device's work ends with its deployment decision; scoring the evaluation split is the
     # measurement, not a cost (the references' device seconds exclude it too).
     forward_work_seconds = device.forward_seconds + device.reused_forward_seconds
-    metrics = kind.evaluate(device, config, side, evaluate)
+    metrics = kind.evaluate(device, config, side, run.evaluate)
     model_path = save_model(device, config, side, workdir)
+    server_seconds = run.server_seconds
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
     device_train_seconds = 0.0 if mode.uploads else server_seconds
     cached_epochs = max(0, outcome.epochs_done - 1)
     per_cached_epoch = (None if server_seconds is None or not mode.uploads
-                        else (server_seconds - server_seconds_epoch1) / max(1, cached_epochs))
+                        else (server_seconds - run.server_seconds_epoch1) / max(1, cached_epochs))
+    uploaded_bytes = run.uploaded_bytes if mode.uploads else 0
     return RunSummary(
-        config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(upload_set), n_eval=len(evaluate),
-        mechanisms=mechanisms.describe(), safeguard=safeguard, metrics=metrics,
+        config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(run.upload_set), n_eval=len(run.evaluate),
+        mechanisms=run.mechanisms.describe(), safeguard=safeguard, metrics=metrics,
         epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
         bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,
-        upload_bytes_per_sample=(uploaded_bytes if mode.uploads else 0) / max(1, len(upload_set)),
-        upload_wire_bytes_this_session=uploaded_bytes if mode.uploads else 0,
+        upload_bytes_per_sample=uploaded_bytes / max(1, len(run.upload_set)),
+        upload_wire_bytes_this_session=uploaded_bytes,
         reconnects=getattr(channel, "reconnects", 0),
         device_seconds=forward_work_seconds + outcome.device_seconds + device_train_seconds,
         device_train_seconds=device_train_seconds, device_forwards=device.forward_samples,
-        device_forwards_reused=device.reused_forwards, device_seconds_epoch1=seconds_epoch1,
-        device_forwards_epoch1=forwards_epoch1, device_forwards_after_epoch1=forwards_after_epoch1,
-        device_peak_rss_mib=max(upload_peak.peak_mib, 0.0 if mode.uploads else train_peak.peak_mib),
+        device_forwards_reused=device.reused_forwards, device_seconds_epoch1=run.seconds_epoch1,
+        device_forwards_epoch1=run.forwards_epoch1, device_forwards_after_epoch1=forwards_after_epoch1,
+        device_peak_rss_mib=max(run.upload_peak_mib, 0.0 if mode.uploads else run.train_peak_mib),
         server_seconds=server_seconds if mode.uploads else None, server_seconds_per_cached_epoch=per_cached_epoch,
         cache_samples=outcome.cache_samples, cache_reads=outcome.cache_samples * cached_epochs,
-        model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if host is not None and mode.uploads else None,
-        ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=details)
+        model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if run.host is not None and mode.uploads
+        else None, ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=outcome.details)
+
+
+def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
+                 overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> RunSummary:
+    """Run `config` end to end (`start_run`, `train_side`, `deploy`); see `start_run` for `channel`."""
+    run = start_run(config, channel, progress, overwrite, on_acknowledged)
+    try:
+        outcome = train_side(run)
+    finally:
+        run.close()
+    return deploy(run, outcome)
