@@ -21,7 +21,7 @@ from protocol.modes.pooled.mode import PooledMode
 from protocol.modes.registry import MODES
 from protocol.wire.channel import Channel, InProcessChannel
 from secure_assist.config import FinetuneConfig
-from secure_assist.training.run import deploy, start_run, train_side
+from secure_assist.training.run import build_mechanisms, deploy, start_run, train_side
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.workdir import prepare_workdir
 
@@ -52,7 +52,10 @@ def pooled_configs(configs: list[FinetuneConfig], pool: str = POOL) -> list[Fine
     indices = [c.device_index for c in configs]
     if len(set(indices)) != len(indices) or len({c.workdir for c in configs}) != len(configs):
         raise UserInputError("every device of a pool needs its own device_index and workdir")
-    return [replace(c, mode=PooledMode.name, pool=pool) for c in configs]
+    configs = [replace(c, mode=PooledMode.name, pool=pool) for c in configs]
+    for config in configs:
+        build_mechanisms(config)  # e.g. he_ckks is refused here, before any device works
+    return configs
 
 
 def run_members(configs: list[FinetuneConfig], channels: list[Channel], progress: bool = True) -> list[RunSummary]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protocol.errors import ProtocolError, UserInputError
-from protocol.modes.pooled.member import PoolMemberServer
-from protocol.modes.pooled.pool import Pool
 from protocol.server.limits import ServerLimits
 from protocol.server.training_settings import ServerTraining
 from protocol.wire.messages import POOL_NAME
+
+if TYPE_CHECKING:  # torch-backed: imported when a device joins, so that `serve` listens first
+    from protocol.modes.pooled.member import PoolMemberServer
+    from protocol.modes.pooled.pool import Pool
 
 POOLS_DIR = "pools"
 PRIVATE_POOL_DIR = "pool"  # inside the namespace of a device that names no pool
@@ -70,6 +72,8 @@ class PoolDirectory:
 
     def pool(self, name: str) -> Pool:
         """The hosted pool `name` (its state is built on first use)."""
+        from protocol.modes.pooled.pool import Pool
+
         with self._lock:
             if name not in self._pools:
                 self._pools[name] = Pool(name, self.quorums[name], self.root / POOLS_DIR / name, self.training,
@@ -91,6 +95,8 @@ class PoolDirectory:
     def member_server(self, pool: str, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                       stop: threading.Event | None = None) -> PoolMemberServer:
         """The endpoint of a device `admit` admitted to `pool`."""
+        from protocol.modes.pooled.member import PoolMemberServer
+
         return PoolMemberServer(workdir, training, self.pool(pool), self.admission.name(Path(workdir).name), limits,
                                 stop)
 
@@ -98,6 +104,9 @@ class PoolDirectory:
 def private_member_server(workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                           stop: threading.Event | None = None) -> PoolMemberServer:
     """A device that names no pool: a pool of one, in its own namespace."""
+    from protocol.modes.pooled.member import PoolMemberServer
+    from protocol.modes.pooled.pool import Pool
+
     workdir = Path(workdir)
     pool = Pool("", 1, workdir / PRIVATE_POOL_DIR, training, limits)
     pool.join(workdir.name, workdir.name, workdir)
