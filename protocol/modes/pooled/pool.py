@@ -115,10 +115,11 @@ class Pool:
             if state.epochs is None:
                 state.ready_since = time.monotonic()
             state.epochs = max(state.epochs or 0, epochs)
-            members = tuple(sorted(name for name, m in self._members.items()
-                                   if m.epochs is not None and m.samples > 0 and self.active(m.identity)))
-            if len(members) < self.quorum:
-                return self._pending(state, len(members))
+            ready = [name for name, m in self._members.items() if m.epochs is not None and m.samples > 0]
+            if len(ready) < self.quorum:
+                return self._pending(state, len(ready))
+            # The quorum counts members that have uploaded; the training, those not revoked since.
+            members = tuple(sorted(name for name in ready if self.active(self._members[name].identity)))
             total = max(self._members[name].epochs for name in members)
             if self._trained is None or (self._trained.members, self._trained.epochs) != (members, total):
                 self._trained = None  # a failed training leaves no stale network behind
