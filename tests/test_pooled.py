@@ -30,6 +30,7 @@ from protocol.wire.messages import (
     FetchWeights, Hello, ModeAccepted, RecordedDigest, ResentUpload, SideWeights, TrainReport, TrainUntil, Upload,
     UploadAck, expect,
 )
+from secure_assist.cli import main
 from secure_assist.config import FinetuneConfig
 from secure_assist.devices.pooled_run import run_pooled
 
@@ -226,3 +227,19 @@ def test_pool_specifications_are_checked() -> None:
             parse_pool(bad)
     with pytest.raises(UserInputError, match="max-pool-members"):
         PoolDirectory(Path("unused"), {"P": 9}, TRAINING, ServerLimits(max_pool_members=8))
+
+
+def test_the_commands_host_pools_and_list_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = str(tmp_path / "keys")
+    assert main(["keys", "init", "--dir", keys, "--devices", "phone1"]) == 0
+    assert main(["keys", "add-device", "phone2", "--pool", "clinics", "--dir", keys]) == 0
+    capsys.readouterr()
+    assert main(["keys", "show", "--dir", keys]) == 0
+    shown = capsys.readouterr().out
+    assert '"pools": [\n        "clinics"\n      ]' in shown and '"pools": []' in shown
+    for flags, reason in ((["--pool", "clinics"], "NAME:QUORUM"), (["--pool", "a:1", "--pool", "a:2"], "named twice"),
+                          (["--pool", "a:1", "--modes", "side_network"], "offer it in --modes")):
+        assert main(["serve", "--keys", keys, "--workdir", str(tmp_path / "srv"), *flags]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error:") and reason in error and error.count("\n") == 1
+    assert not (tmp_path / "srv").exists()
