@@ -13,6 +13,7 @@ import pytest
 
 from protocol.errors import ProtocolError
 from protocol.modes.pooled.directory import POOLS_DIR
+from protocol.modes.pooled.pool import TRAINED_DIR
 from protocol.server.transcript import SIDE_NETWORK_FILE, ServerView
 from protocol.transport.client import NetworkChannel
 from protocol.transport.identity import KeyDirectory
@@ -42,7 +43,7 @@ def test_five_devices_over_tls_train_the_in_process_pool(tiny_llama, tmp_path: P
     with ServeProcess(tmp_path, keys, ["--pool", "clinics:5", "--pool", "labs:1", "--rank", "4"]) as serve:
         channels = [NetworkChannel(*serve.address, *keys.device_context(member_name(c))) for c in configs]
         remote = run_members(pooled_configs(configs, "clinics"), channels, progress=False)
-        served = weights(serve.workdir / POOLS_DIR / "clinics" / SIDE_NETWORK_FILE)
+        served = weights(serve.workdir / POOLS_DIR / "clinics" / TRAINED_DIR / SIDE_NETWORK_FILE)
 
         # Refused before anything is stored: a device of another pool, and a pool the server does not host.
         for pool, reason in (("clinics", "may not join pool 'clinics'"), ("nowhere", "hosts no pool 'nowhere'")):
@@ -65,7 +66,7 @@ def test_five_devices_over_tls_train_the_in_process_pool(tiny_llama, tmp_path: P
 
     pooled = sum(s.n_train for s in remote)
     assert all(s.mode == "pooled" and s.cache_samples == pooled for s in remote)
-    in_process = weights(local.pool_dir / POOLS_DIR / "pool" / SIDE_NETWORK_FILE)
+    in_process = weights(Path(local.details["side_network"]))
     assert served.keys() == in_process.keys()
     for key in served:
         np.testing.assert_allclose(served[key], in_process[key], rtol=1e-5, atol=1e-6, err_msg=key)
@@ -79,7 +80,7 @@ def test_five_devices_over_tls_train_the_in_process_pool(tiny_llama, tmp_path: P
         view = ServerView(summary.server_view)
         assert view.mode() == "pooled" and sum(len(u.sample_ids) for u in view.received(Upload)) == summary.n_train
         assert (Path(summary.server_view) / SIDE_NETWORK_FILE).read_bytes() == \
-            (local.pool_dir / POOLS_DIR / "pool" / SIDE_NETWORK_FILE).read_bytes()
+            Path(local.details["side_network"]).read_bytes()
 
     assert retrained.samples == pooled - remote[-1].n_train
     assert not np.allclose(without["head.weight"], served["head.weight"])

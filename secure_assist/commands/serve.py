@@ -35,7 +35,7 @@ def _return_large_buffers_to_the_os() -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; then end the process (it does not return after serving)."""
     from protocol.transport.identity import KeyDirectory
-    from protocol.transport.server import TransportServer
+    from protocol.transport.server import DEVICES_DIR, TransportServer
     from protocol.modes.registry import get_mode, server_modes
     from protocol.modes.host import host_factory
     from protocol.modes.pooled.directory import PoolDirectory, parse_pool
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("a pool is named twice in --pool")
     if pools and "pooled" not in offered:
         raise UserInputError("--pool hosts pools of the mode 'pooled': offer it in --modes")
-    directory = PoolDirectory(Path(args.workdir), pools, training, limits, KeyPoolAdmission(keys)) if pools else None
+    directory = (PoolDirectory(Path(args.workdir), Path(args.workdir) / DEVICES_DIR, pools, training, limits,
+                               KeyPoolAdmission(keys)) if pools else None)
     server = TransportServer(Path(args.workdir), keys, training, limits,
                              endpoint_factory=host_factory(offered, directory))
 
