@@ -242,6 +242,9 @@ def test_pool_specifications_are_checked() -> None:
     for bad in ("clinic", "clinic:0", ":3", "a b:2"):
         with pytest.raises(UserInputError, match="NAME:QUORUM"):
             parse_pool(bad)
+    for mode, pool in ((None, "clinics"), ("pooled", "a b")):
+        with pytest.raises(UserInputError, match="needs --mode pooled"):
+            FinetuneConfig(mode=mode, pool=pool)
     with pytest.raises(UserInputError, match="max-pool-members"):
         PoolDirectory(Path("unused"), Path("unused"), {"P": 9}, TRAINING, ServerLimits(max_pool_members=8))
 
