@@ -86,8 +86,10 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
                                       f'address = "127.0.0.1:{PORT}"\nroot-certificates = "{certs["ca"]}"\n')
-    env = {**os.environ, "FLWR_HOME": str(home)}
     bin_dir = Path(sys.executable).parent
+    # The SuperLink and SuperNodes start Flower's other executables (flower-superexec, flwr-serverapp) by name.
+    os.environ.update(FLWR_HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ)
     base = FinetuneConfig(model=args.model, train_samples=args.train_samples, eval_samples=args.eval_samples,
                           devices=DEVICES, partition="iid")
     configs = [replace(base, device_index=i, workdir=str(root / f"device_{i}")) for i in range(DEVICES)]
@@ -105,7 +107,6 @@ def main() -> None:
             processes.append(subprocess.Popen(command, env=env, stdout=open(logs / f"process_{i}.log", "wb"),
                                               stderr=subprocess.STDOUT))
             time.sleep(3 if i == 0 else 0.5)  # the SuperLink listens before SuperNodes dial it
-        os.environ["FLWR_HOME"] = str(home)
         start = time.perf_counter()
         outcome = run_fedavg(configs, FedAvgSettings(variant=args.variant, rounds=args.rounds), progress=False,
                              updates_dir=root / "server", overwrite=True, superlink="loopback")
