@@ -126,3 +126,26 @@ def test_bad_device_sets_are_one_line_errors(tmp_path: Path) -> None:
         run_fedavg([replace(c, mechanism=("gaussian",)) for c in configs], progress=False)
     with pytest.raises(UserInputError, match="variant"):
         FedAvgSettings(variant="krum")
+
+
+def test_an_update_of_another_shape_is_neither_stored_nor_averaged(tmp_path: Path) -> None:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.strategy import FedAvg
+
+    from secure_assist.federated.recording import RecordingStrategy
+
+    model = [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)]
+
+    def result(arrays: list[np.ndarray]) -> FitRes:
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 10, {})
+
+    strategy = RecordingStrategy(FedAvg(initial_parameters=ndarrays_to_parameters(model), accept_failures=False),
+                                 tmp_path, secure_aggregation=False)
+    strategy.initialize_parameters(None)
+    honest = (GridClientProxy(1, None, 0), result([a + 1 for a in model]))
+    oversized = (GridClientProxy(2, None, 0), result([np.ones((2000, 3), np.float32), model[1]]))
+    poisoned = (GridClientProxy(3, None, 0), result([np.full((2, 3), np.nan, np.float32), model[1]]))
+    parameters, _ = strategy.aggregate_fit(1, [honest, oversized, poisoned], [])
+    assert parameters is None  # failures are not accepted: the round does not move the global model
+    assert [p.name for p in (tmp_path / "round_001").iterdir()] == ["node_1.safetensors"]
