@@ -3,14 +3,17 @@
 Runs `run_fedavg` over `--devices` devices (iid shares of `--train-samples`), polling the whole
 process tree (this process, the simulation's child, Ray's processes and workers) for the sum
 of their resident memory. Reports the wall time of each phase, that peak RSS, the per-device
-local-training seconds per round (from the devices' own logs), the dev accuracy of the deployed
-models and the projected simulation time on a Ray cluster of M machines:
+local-training seconds per round (from the devices' own logs), each round's wall time (from the
+times the server wrote each round's global model), the dev accuracy of the deployed models and
+the projected simulation time on a Ray cluster of M machines:
 
     T(M) = O + R * ceil(N / (M * S)) * t
 
 N devices per round, R rounds, S = cores / cpus_per_client devices trained at once per machine,
-t the median per-device round time measured here, O the measured simulation time minus its
-rounds on this machine (O = T(1) - R * ceil(N / S) * t: Ray and actor start-up, aggregation).
+t the per-device time of a round as measured here: the mean wall time of rounds 2..R (round 1
+also starts the actors) divided by ceil(N / S), i.e. local training plus Flower's dispatch and
+(de)serialization of one device; O the measured simulation time minus its rounds
+(O = T(1) - R * ceil(N / S) * t: the child process, Ray and actor start-up).
 The devices' forward passes (`start`) run on the devices themselves in a deployment; here they
 run one after another in this process and are reported apart.
 
@@ -36,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np
 import psutil
 
+from protocol.server.federated_view import GLOBAL_FILE, round_dir
 from secure_assist.config import FinetuneConfig
 from secure_assist.federated import device_side
 from secure_assist.federated.run import run_fedavg
@@ -62,6 +66,12 @@ class TreeRss(threading.Thread):
                     continue
             self.peak_bytes = max(self.peak_bytes, total)
             self.stop.wait(self.interval)
+
+
+def round_seconds(updates_dir: Path, rounds: int) -> list[float]:
+    """Wall time of each round: between the server's writes of consecutive global models."""
+    times = [round_dir(updates_dir, r).joinpath(GLOBAL_FILE).stat().st_mtime for r in range(rounds + 1)]
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def projection(simulation_seconds: float, rounds: int, devices: int, slots: int, per_device: float) -> dict[str, float]:
@@ -99,6 +109,9 @@ def main() -> None:
                  for r in device_side.read_log(Path(s.config["workdir"]), device_side.ROUNDS_FILE)]
     slots = max(1, int((os.cpu_count() or 1) / settings.cpus_per_client))
     median = float(np.median(per_round))
+    rounds = round_seconds(outcome.updates_dir, args.rounds)
+    later = rounds[1:] or rounds
+    per_device = float(np.mean(later)) / math.ceil(args.devices / slots)
     accuracy = [s.metrics["accuracy"] for s in outcome.summaries]
     print(json.dumps({
         "model": args.model, "devices": args.devices, "train_samples": args.train_samples,
@@ -107,7 +120,8 @@ def main() -> None:
         "wall_seconds": wall, "simulation_seconds": outcome.details["simulation_seconds"],
         "start_and_deploy_seconds": wall - outcome.details["simulation_seconds"],
         "server_seconds": outcome.server_seconds, "peak_rss_mib_process_tree": monitor.peak_bytes / 2**20,
-        "device_round_seconds": {"median": median, "mean": float(np.mean(per_round)),
+        "round_wall_seconds": rounds, "per_device_seconds_in_a_round": per_device,
+        "device_local_training_seconds": {"median": median, "mean": float(np.mean(per_round)),
                                  "p90": float(np.percentile(per_round, 90)), "max": float(np.max(per_round))},
         "device_bytes_up_per_round": float(np.mean([s.details["fedavg_bytes_up_per_round"]
                                                     for s in outcome.summaries])),
@@ -118,8 +132,8 @@ def main() -> None:
         "safeguard_actions": {a: sum(1 for s in outcome.summaries if (s.safeguard or {}).get("action") == a)
                               for a in ("kept", "shrunk", "dropped")},
         "projected_simulation_seconds_on_M_machines": projection(outcome.details["simulation_seconds"], args.rounds,
-                                                                  args.devices, slots, median),
-        "projection": "T(M) = O + R * ceil(N / (M * S)) * t, t = median device round seconds, "
+                                                                  args.devices, slots, per_device),
+        "projection": "T(M) = O + R * ceil(N / (M * S)) * t, t = mean wall of rounds 2..R / ceil(N / S), "
                       "O = measured simulation seconds - R * ceil(N / S) * t",
     }, indent=1))
 
