@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from protocol.model.backbone import EMBEDDED_BACKBONES, load_backbone
+from protocol.model.backbone import EMBEDDED_BACKBONES, load_backbone, sharing_backbones
 from protocol.device.forward_device import DeviceRole, pivot_outputs
 from protocol.errors import UserInputError
 from protocol.data.tasks import SST2
@@ -48,3 +48,10 @@ def test_unknown_backbone_names_the_choices() -> None:
 def test_layers_out_of_range_are_rejected(tiny_llama) -> None:
     with pytest.raises(UserInputError, match="within 1..2"):
         DeviceRole(tiny_llama, SST2, layers=(0, 3))
+
+
+def test_simulated_devices_share_one_backbone_only_inside_the_scope() -> None:
+    with sharing_backbones():
+        first, second = load_backbone("tiny-llama"), load_backbone("tiny-llama")
+        assert first is second
+    assert load_backbone("tiny-llama") is not first

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -191,11 +192,39 @@ def _probe_hidden_states(model: PreTrainedModel, name: str, device: torch.device
     return len(hidden) - 1, int(hidden[-1].shape[-1])
 
 
+# Within `sharing_backbones()`: the backbones loaded so far, by (name, torch device).
+_SHARED: ContextVar[dict[tuple[str, str], Backbone] | None] = ContextVar("shared_backbones", default=None)
+
+
+@contextmanager
+def sharing_backbones() -> Iterator[None]:
+    """Within it, `load_backbone` loads each backbone once and hands every caller the same frozen
+    instance: many simulated devices in one process (a pool, federated averaging) run the same
+    read-only weights, and a copy each would cost its load time and its memory per device. Nothing
+    that changes a backbone's modules (e.g. LoRA) may run inside it."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | None = None) -> Backbone:
-    """Load a frozen backbone by embedded name, local path or hub id."""
+    """Load a frozen backbone by embedded name, local path or hub id (once per name inside
+    `sharing_backbones`)."""
     if not name:
         raise UserInputError("backbone name is empty")
     device = device or default_torch_device()
+    shared = _SHARED.get()
+    if shared is None:
+        return _load(name, device)
+    key = (name, str(device))
+    if key not in shared:
+        shared[key] = _load(name, device)
+    return shared[key]
+
+
+def _load(name: str, device: torch.device) -> Backbone:
     loader = EMBEDDED_BACKBONES.get(name)
     if loader is None and name.startswith("tiny-"):
         raise UserInputError(f"unknown backbone {name!r}; embedded: {sorted(EMBEDDED_BACKBONES)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import UserInputError
+from protocol.model.backbone import sharing_backbones
 from protocol.modes.host import ModeHost
 from protocol.modes.pooled.directory import POOLS_DIR, PoolDirectory
 from protocol.modes.pooled.mode import PooledMode
@@ -67,8 +68,9 @@ def run_members(configs: list[FinetuneConfig], channels: list[Channel], progress
     mode = MODES[PooledMode.name]
     runs = []
     try:
-        for config, channel in zip(configs, channels):
-            runs.append(start_run(config, channel, progress))
+        with sharing_backbones():  # one frozen backbone for every device of this process
+            for config, channel in zip(configs, channels):
+                runs.append(start_run(config, channel, progress))
         for run in runs:
             mode.request_training(run.channel, run.config.epochs)
         outcomes = [train_side(run) for run in runs]

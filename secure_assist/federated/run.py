@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from protocol.errors import UserInputError
+from protocol.model.backbone import sharing_backbones
 from protocol.model.side_network import SideNetworkShape
 from protocol.modes.base import TrainOutcome
 from protocol.server.federated_rounds import initial_network, local_network, shared_arrays
@@ -80,15 +81,14 @@ def check_devices(configs: list[FinetuneConfig]) -> None:
 
 def start_devices(configs: list[FinetuneConfig], progress: bool, overwrite: bool) -> list[StartedRun]:
     """Each device's `device_local` start: its forward outputs, kept in its work directory.
-    The devices of this process share one frozen backbone (they load the same read-only weights)."""
+    The devices of this process share one frozen backbone (`sharing_backbones`)."""
     runs: list[StartedRun] = []
-    for config in tqdm(configs, desc="FedAvg devices: forward passes", disable=not progress):
-        run = start_run(replace(config, mode="device_local"), progress=False, overwrite=overwrite)
-        run.close()
-        if runs and run.device.backbone.name == runs[0].device.backbone.name:
-            run.device.backbone = runs[0].device.backbone
-        device_side.save_training(run.workdir, config.server_training())
-        runs.append(run)
+    with sharing_backbones():
+        for config in tqdm(configs, desc="FedAvg devices: forward passes", disable=not progress):
+            run = start_run(replace(config, mode="device_local"), progress=False, overwrite=overwrite)
+            run.close()
+            device_side.save_training(run.workdir, config.server_training())
+            runs.append(run)
     return runs
 
 
