@@ -155,5 +155,5 @@ def test_a_tiny_device_deploys_its_backbone_and_says_why(tmp_path, device_index:
         assert summary.n_train == 3 and decision["validation_samples"] == 2
         assert decision["reason"].startswith("dropped: the cross-fitted")
     else:
-        assert summary.n_train == 1 and decision == {"factor": 0.0, "validation_samples": 0, "action": "dropped",
-                                                     "reason": NO_VALIDATION}
+        assert summary.n_train == 1 and decision == {"factor": 0.0, "validation_samples": 0, "p_value": 1.0,
+                                                     "action": "dropped", "reason": NO_VALIDATION}

@@ -34,7 +34,7 @@ def test_network_run_applies_the_mechanism_chain(tiny_llama, tmp_path: Path) -> 
         with pytest.raises(UserInputError, match="randomized mechanism"):
             run_training(config, NetworkChannel(*running.address, context, pinned), progress=False)
     assert [m["name"] for m in summary["mechanisms"]] == ["gaussian", "int8_activations"]
-    assert summary["n_train"] == 32 and summary["safeguard"]["validation_samples"] == 8
+    assert summary["n_train"] == 30 and summary["safeguard"]["validation_samples"] == 10  # the floor, not 20% (8)
     fingerprint = next(iter(keys.load_trust()))
     uploads = ServerView(transport.workdir(fingerprint)).received(Upload)
     delta = np.concatenate([u.delta for u in uploads])

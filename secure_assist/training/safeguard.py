@@ -72,7 +72,7 @@ def drop_unvalidated(side: SideOutput) -> dict[str, object]:
     """The safeguard's decision when it is on but the device could hold out no validation sample: nothing shows
     the side output beats the backbone, so the backbone is deployed (fail closed)."""
     shrink_network(side, 0.0)
-    return {"factor": 0.0, "validation_samples": 0, "action": "dropped", "reason": NO_VALIDATION}
+    return {"factor": 0.0, "validation_samples": 0, "p_value": 1.0, "action": "dropped", "reason": NO_VALIDATION}
 
 
 @dataclass(frozen=True)
