@@ -3,7 +3,8 @@ validation share keeps the gain when there is one?
 
 Each repetition is one device of a many-device run: the 2,000-sample SST-2 training subset split iid over
 2000/size devices (`devices`, `partition`, `device_index`), device `index` holding `size` samples, trained
-`device_local` on SmolLM2-135M (forwards from the device cache: the first run computes the 2,000 + 872 once).
+`device_local` on SmolLM2-135M (forwards from the device cache, keyed by the whole training subset: the first run
+computes the 2,000 + 872 once for every device).
 Every device is run once per arm: without the safeguard (`safeguard_fraction` 0: all its samples train, the side
 output deploys as trained) and with each (share, floor) arm, the floor being the fewest validation samples held out
 (`safeguard.MIN_VALIDATION`, never more than half the device's samples). Arms that hold out the same number of
@@ -29,11 +30,15 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import runpy
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
 
 import numpy as np
 
 from protocol.files import write_atomic
 from secure_assist.config import FinetuneConfig
+from secure_assist.data import resolve_data
 from secure_assist.finetune import run_finetune
 from secure_assist.task_kinds import task_kind
 from secure_assist.training import safeguard
@@ -50,6 +55,25 @@ def arm_name(share: float, floor: int) -> str:
     return NO_SAFEGUARD if share == 0 else f"share {share}, floor {floor}"
 
 
+@contextmanager
+def one_forward_cache_entry(config: FinetuneConfig) -> Iterator[None]:
+    """Key every device's forward cache by the whole training subset rather than by its own share (the run path's
+    pool): the same forwards, computed once for all the devices of a size (and shared by the one-device run)."""
+    from secure_assist.task_kinds.classification import ClassificationKind
+
+    original = ClassificationKind.make_device
+    _, whole, evaluate = resolve_data(replace(config, devices=1, device_index=0))
+
+    def make_device(self, config, task, mechanisms, progress, datasets=()):
+        return original(self, config, task, mechanisms, progress, (whole, evaluate))
+
+    ClassificationKind.make_device = make_device
+    try:
+        yield
+    finally:
+        ClassificationKind.make_device = original
+
+
 def one_run(args: argparse.Namespace, size: int, index: int, share: float, floor: int) -> dict:
     """Zero-shot, raw and deployed dev accuracy of one device at one arm, with the safeguard's decision."""
     saved, safeguard.MIN_VALIDATION = safeguard.MIN_VALIDATION, floor  # the arm's floor, for this run only
@@ -57,7 +81,7 @@ def one_run(args: argparse.Namespace, size: int, index: int, share: float, floor
         config = FinetuneConfig(model=args.model, train_samples=args.train_samples, devices=args.train_samples // size,
                                 device_index=index, mode="device_local", seed=args.seed, safeguard_fraction=share,
                                 reuse_forwards=True, workdir=str(Path(args.workdir) / "run"))
-        with raw_side_outputs() as recorded:
+        with raw_side_outputs() as recorded, one_forward_cache_entry(config):
             summary = run_finetune(config, progress=False, overwrite=True)
     finally:
         safeguard.MIN_VALIDATION = saved
@@ -118,8 +142,9 @@ def main() -> None:
     parser.add_argument("--skip-strong", action="store_true", help="leave out the one-device 2,000-sample run")
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args()
-    arms = [(0.0, safeguard.MIN_VALIDATION)] + [(float(a.split(":")[0]), int(a.split(":")[1]))
-                                                 for a in args.arms.split(",")]
+    # The safeguarded arms first, the arm without safeguard last.
+    arms = [(float(a.split(":")[0]), int(a.split(":")[1])) for a in args.arms.split(",")] + [
+        (0.0, safeguard.MIN_VALIDATION)]
     sizes = [int(s) for s in args.sizes.split(",")]
     runs: dict[tuple[int, str], list[dict]] = {}
     for share, floor in arms:  # arm by arm, in the given order: an interrupted study has its first arms whole
