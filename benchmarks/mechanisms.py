@@ -11,8 +11,8 @@ process), and the device forward passes of all of them are computed once beforeh
   split and safeguard), and the run's `he_*` costs at several training-set sizes.
 
 What the run path decides, not this script: the device's validation split is the run
-path's (`safeguard_fraction`, 20% of the training subset for protected runs; it was 10%
-here before), every row's training subset is the run's seed-fixed sample, the mechanisms
+path's (`safeguard_fraction`, 20% of the training subset for every run, unprotected included
+since the safeguard applies to every run; 20% for protected runs only, and 10% here, before), every row's training subset is the run's seed-fixed sample, the mechanisms
 are seeded with `mechanism_seed` 0. `dev_accuracy_unshrunk` is the deployed side output
 scaled back by 1/factor or, where the safeguard dropped it, the server's φ for mechanisms the
 device does not undo (`gaussian`, `label_rr`); it is null for a dropped `rotation_mask` or CKKS

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--mechanisms", default="none,label_rr@4,gaussian@8")
-    # Plain PAE is not safeguarded by default; here every run holds out the protected runs' default share.
+    # Every run's default share (safeguard.VALIDATION_SHARE), plain PAE included.
     parser.add_argument("--safeguard-fraction", type=float, default=0.2)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workdir", required=True)

@@ -9,8 +9,9 @@ then scores the evaluation split locally. Prints JSON: both accuracies, their di
 whether the deployed φ is bit-identical, bytes, times.
 
 Since the run path does it: the evaluation split is the run's (a seed-fixed sample of the dev
-split with --eval-samples, not its first rows), the unprotected run holds out nothing and
-deploys φ as trained (no safeguard), and `*_seconds` are the wall time of a whole run
+split with --eval-samples, not its first rows), the unprotected run holds out its safeguard's 20%
+like every run (it held out nothing and deployed φ as trained before the safeguard applied to every
+run), and `*_seconds` are the wall time of a whole run
 (upload, training, fetch, local scoring and saving the model; the forward passes are read
 from the shared table).
 

@@ -102,12 +102,13 @@ class RunSettings:
     mechanism: tuple[str, ...] = option(("none",), "comma-separated privacy mechanisms, composed: "
                                          + ", ".join(MECHANISM_PARAMETERS))
     mechanism_seed: int | None = option(None, "seed of the mechanisms' randomness; None: OS entropy")
-    # Share of the training data the device holds out for the safeguard; None: 0 for
-    # the unprotected classification baseline ('none'), secure_assist.training.safeguard.VALIDATION_SHARE (0.2)
-    # for any protected classification run, 0.1 for every generation run (the device picks the
-    # correction's scale there).
+    # Share of the training data the device holds out for the safeguard, every run (unprotected 'none' included);
+    # None: secure_assist.training.safeguard.VALIDATION_SHARE (0.2) for classification, 0.1 for generation (the
+    # device picks the correction's scale there). At least safeguard.MIN_VALIDATION samples, up to half the device's.
     safeguard_fraction: float | None = option(None, "share of the training data held out on the device for the "
-                                                     "safeguard")
+                                                     "safeguard (default 0.2, 0.1 for generation; at least 10 "
+                                                     "samples up to half); 0: no safeguard (deploy the side "
+                                                     "output as trained)")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
     reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "

@@ -70,7 +70,7 @@ def test_one_backbone_pass_serves_every_row(audited: tuple) -> None:
     local = next(r for r in report["references"] if r["variant"] == "device_local")
     n_train, n_eval = report["data"]["train"]["rows_used"], report["data"]["eval"]["rows_used"]
     # The first row computes the training and evaluation sets' passes; every other row reads them, whatever subset
-    # it uploads (protected variants hold out a validation split of the same training set).
+    # it uploads (every row holds out a validation split of the same training set for its safeguard).
     assert local["cost"]["device_forwards"] + local["cost"]["device_forwards_reused"] == n_train + n_eval
     for variant in report["variants"]:
         assert variant["cost"]["device_forwards"] == 0, variant["variant"]

@@ -70,7 +70,7 @@ def test_custom_task_audit_end_to_end(requests_file: Path, tmp_path: Path, capsy
     assert main(["attack", "model_completion_k8", "--workdir", str(output / "rows" / "none"), "--public-file",
                  str(public), "--json", "--quiet"]) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert alone["n"] == 60 and 0 <= alone["balanced_accuracy"] <= 1  # plain PAE holds out no validation split
+    assert alone["n"] == 48 and 0 <= alone["balanced_accuracy"] <= 1  # plain PAE's safeguard holds out 12 of 60
     assert main(["attack", "model_completion_k8", "--workdir", str(output / "rows" / "none"), "--quiet"]) == 2
     assert "pass --public-file" in capsys.readouterr().err
 

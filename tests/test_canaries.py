@@ -107,7 +107,8 @@ def test_audit_reports_exposure_and_a_repeated_canary_stands_out(tmp_path: Path)
         assert canaries["planted_count"] == 1 and canaries["null_count"] >= 20 and canaries["repetitions"] == 46
         assert len(canaries["planted"]) == 1 and {"exposure", "exposure_extrapolated", "log_likelihood",
                                                   "copies_trained"} <= set(canaries["planted"][0])
-    # The side network trains on the uploads (the device keeps 10% for its safeguard): most of the 46 copies.
+    # The side network trains on the uploads (the device keeps 10 of the 50 samples, its floor, for its safeguard):
+    # at least 36 of the 46 copies.
     trained = rows["device_local"]["canaries"]["planted"][0]
     assert 36 <= trained["copies_trained"] <= 46
     # Trained on them, the deployed model ranks the secret above the never-planted ones; the backbone does not.

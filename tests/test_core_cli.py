@@ -13,14 +13,15 @@ TINY_RUN = ["finetune", "--model", "tiny-llama", "--train-samples", "48", "--eva
 def test_finetune_then_predict(tmp_path, capsys) -> None:
     assert main(TINY_RUN + ["--workdir", str(tmp_path / "run")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n_train"] == 48 and summary["n_eval"] == 24
-    assert summary["device_forwards_epoch1"] == 48 and summary["device_forwards_after_epoch1"] == 0
-    assert summary["cache_samples"] == 48 and summary["cache_reads"] == 96
-    # The device's cost is its uploads' forward passes (no safeguard, no device work here): scoring the 24
+    # The unprotected run is safeguarded too: 10 of the 48 samples are its validation split (the floor).
+    assert summary["n_train"] == 38 and summary["n_eval"] == 24 and summary["safeguard"]["validation_samples"] == 10
+    assert summary["device_forwards_epoch1"] == 38 and summary["device_forwards_after_epoch1"] == 0
+    assert summary["cache_samples"] == 38 and summary["cache_reads"] == 76
+    # The device's cost is its uploads' forward passes and its safeguard's on the validation split: scoring the 24
     # evaluation samples afterwards is measurement and is not counted.
-    assert summary["device_forwards"] == 48 + 24
-    assert summary["device_seconds"] == pytest.approx(summary["device_seconds_epoch1"]) and summary["device_seconds"] > 0
-    assert summary["bytes_up"] > 48 * 2 * 64 * 2
+    assert summary["device_forwards"] == 38 + 10 + 24
+    assert summary["device_seconds"] > summary["device_seconds_epoch1"] > 0
+    assert summary["bytes_up"] > 38 * 2 * 64 * 2
     assert 0 <= summary["accuracy"] <= 1
     assert main(["predict", summary["model_file"], "--text", "great fun", "--text", "a bore", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -39,7 +40,7 @@ def test_custom_task_from_user_file(tmp_path, capsys) -> None:
             "--quiet", "--workdir", str(tmp_path / "run")]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["n_train"], summary["n_eval"]) == (24, 6)
+    assert (summary["n_train"], summary["n_eval"]) == (14, 6)  # 10 of the 24 training rows validate
 
 
 @pytest.mark.parametrize("argv,message", [

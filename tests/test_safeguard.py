@@ -1,6 +1,8 @@
 """The safeguard's honesty and power, by simulation: side outputs no better than the backbone are deployed in at
 most 5% of trials, while choosing the factor and testing it on the same samples (the earlier design) is not held
-to that; a side output that is clearly better is deployed. The same two checks for generation's correction scale."""
+to that; a side output that is clearly better is deployed. The same two checks for generation's correction scale.
+Then in real (tiny-model) runs: every run is safeguarded by default, unprotected included; `safeguard_fraction` 0
+turns it off; a device too small to show a gain deploys its backbone and says why."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from secure_assist.training.safeguard import SCALE_GRID, SHRINK_GRID, choose_scale, choose_shrink, paired_lower
+from secure_assist.config import FinetuneConfig
+from secure_assist.finetune import run_finetune
+from secure_assist.training.safeguard import (MIN_VALIDATION, NO_VALIDATION, SCALE_GRID, SHRINK_GRID, choose_scale,
+                                              choose_shrink, paired_lower, validation_count)
 
 TRIALS = 400
 VALIDATION = 200
@@ -58,12 +63,14 @@ def _same_sample_deploys(probs: np.ndarray, side: np.ndarray, labels: np.ndarray
     return best > 0 and paired_lower(brier[best], brier[0]) <= 0.05
 
 
+# 10: the fewest validation samples a run holds out (`MIN_VALIDATION`), a small device's split.
+@pytest.mark.parametrize("validation", [MIN_VALIDATION, VALIDATION])
 @pytest.mark.parametrize("scenario", [_noise, _trade, _calibration], ids=["noise", "trade", "calibration"])
-def test_a_side_output_no_better_than_the_backbone_is_rarely_deployed(scenario) -> None:
+def test_a_side_output_no_better_than_the_backbone_is_rarely_deployed(scenario, validation: int) -> None:
     rng = np.random.default_rng(1)
     deployed = same_sample = 0
     for trial in range(TRIALS):
-        probs, labels, side = scenario(rng, VALIDATION)
+        probs, labels, side = scenario(rng, validation)
         deployed += choose_shrink(probs, side, labels, seed=trial).factor > 0
         same_sample += _same_sample_deploys(probs, side, labels)
     assert deployed / TRIALS <= 0.05, deployed
@@ -110,3 +117,43 @@ def test_a_clearly_better_generation_correction_is_deployed_at_a_factor_that_low
     decisions = [choose_scale(*_scaled_correction(rng, 60, 1.0)) for _ in range(50)]
     assert sum(d.factor > 0 for d in decisions) >= 45
     assert all(d.validation_nll_chosen <= d.validation_nll_backbone for d in decisions)
+
+
+def test_the_validation_split_holds_the_share_at_least_the_floor_and_at_most_half() -> None:
+    assert validation_count(2000, 0.2) == 400 and validation_count(100, 0.3) == 30  # the share
+    assert validation_count(20, 0.2) == MIN_VALIDATION == 10 and validation_count(50, 0.1) == 10  # the floor
+    assert validation_count(5, 0.2) == 2 and validation_count(2, 0.2) == 1  # at most half: the rest trains
+    assert validation_count(1, 0.2) == 0  # a device of one sample holds none out (and deploys its backbone)
+    assert validation_count(2000, 0.0) == 0  # the safeguard is off
+
+
+TINY = dict(model="tiny-llama", eval_samples=8, epochs=2, rank=4, mechanism_seed=0)
+
+
+def test_an_unprotected_run_is_safeguarded_unless_turned_off(tmp_path) -> None:
+    config = FinetuneConfig(train_samples=40, workdir=str(tmp_path / "on"), **TINY)
+    assert config.mechanism == ("none",) and config.safeguard_fraction is None  # the defaults
+    guarded = run_finetune(config, progress=False)
+    decision = guarded.safeguard
+    assert guarded.n_train == 30 and decision["validation_samples"] == MIN_VALIDATION
+    assert decision["action"] in ("kept", "shrunk", "dropped") and decision["reason"].startswith(decision["action"])
+    unguarded = run_finetune(FinetuneConfig(train_samples=40, safeguard_fraction=0.0, workdir=str(tmp_path / "off"),
+                                            **TINY), progress=False)
+    assert unguarded.safeguard is None and unguarded.n_train == 40
+
+
+@pytest.mark.parametrize("device_index", [0, 3])
+def test_a_tiny_device_deploys_its_backbone_and_says_why(tmp_path, device_index: int) -> None:
+    # 40 samples over 8 devices: 5 each, 2 of them held out; over 40 devices: 1 each, none to hold out.
+    devices = 8 if device_index else 40
+    summary = run_finetune(FinetuneConfig(train_samples=40, devices=devices, device_index=device_index,
+                                          workdir=str(tmp_path / "run"), **TINY), progress=False)
+    decision = summary.safeguard
+    assert decision["action"] == "dropped" and decision["factor"] == 0.0
+    assert summary.metrics["accuracy"] == summary.metrics["zero_shot_accuracy"]  # the backbone, deployed
+    if devices == 8:
+        assert summary.n_train == 3 and decision["validation_samples"] == 2
+        assert decision["reason"].startswith("dropped: the cross-fitted")
+    else:
+        assert summary.n_train == 1 and decision == {"factor": 0.0, "validation_samples": 0, "p_value": 1.0,
+                                                     "action": "dropped", "reason": NO_VALIDATION}

@@ -36,16 +36,18 @@ class TaskKind:
         raise NotImplementedError
 
     def validation_fraction(self, config: FinetuneConfig) -> float:
-        """The device's validation share when `safeguard_fraction` is not set: 0 for the
-        unprotected baseline ('none'), `VALIDATION_SHARE` for any protected run."""
-        return 0.0 if config.mechanism == ("none",) else VALIDATION_SHARE
+        """The device's validation share when `safeguard_fraction` is not set: `VALIDATION_SHARE` for
+        every run, unprotected ('none') included (a device never deploys a side output it has not
+        checked against its backbone)."""
+        return VALIDATION_SHARE
 
     def check(self, device: ForwardDevice, examples: list[Any]) -> None:
         """Every example's problems, raised before any forward pass (nothing by default)."""
 
-    def safeguard(self, device: ForwardDevice, side: SideOutput, validation: list[Any],
+    def safeguard(self, device: ForwardDevice, side: SideOutput, validation: list[Any] | None,
                   seed: int = 0) -> dict[str, Any] | None:
-        """Adjust the side output on the device's validation split (None: no split); `seed`
+        """Adjust the side output on the device's validation split and return the decision (None:
+        the safeguard is off, `safeguard_fraction` 0; an empty split deploys the backbone); `seed`
         fixes any random split the decision makes."""
         raise NotImplementedError
 

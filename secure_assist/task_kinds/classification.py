@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.task_kinds.base import TaskKind
 from secure_assist.mechanisms import MechanismChain
-from secure_assist.training.safeguard import choose_shrink, shrink_network
+from secure_assist.training.safeguard import choose_shrink, drop_unvalidated, shrink_network
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -43,16 +42,18 @@ class ClassificationKind(TaskKind):
             return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
         return DeviceRole(load_backbone(config.model), task, **settings)
 
-    def safeguard(self, device: DeviceRole, side: SideOutput, validation: list[Example],
+    def safeguard(self, device: DeviceRole, side: SideOutput, validation: list[Example] | None,
                   seed: int = 0) -> dict[str, Any] | None:
         """Shrink or drop the side output unless it is measurably better than the backbone on validation."""
-        if not validation:
+        if validation is None:
             return None
+        if not validation:
+            return drop_unvalidated(side)
         backbone_probs, combined = device.scores(validation, side)
         decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
                                  seed)
         shrink_network(side, decision.factor)
-        return {**asdict(decision), "action": decision.action}
+        return decision.to_json()
 
     def evaluate(self, device: DeviceRole, config: FinetuneConfig, side: SideOutput,
                  evaluate: list[Example]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ the deployed model.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 import io
 import json
 from pathlib import Path
@@ -38,7 +37,7 @@ from secure_assist.devices.share import device_share
 from secure_assist.task_kinds.base import TaskKind
 from secure_assist.mechanisms import MechanismChain
 from secure_assist.metrics import bootstrap_interval, rouge_l
-from secure_assist.training.safeguard import SCALE_GRID, choose_scale, shrink_network
+from secure_assist.training.safeguard import SCALE_GRID, choose_scale, drop_unvalidated, shrink_network
 from secure_assist.training.workdir import DEVICE_DIR, EVAL_SCORES_FILE, GROUND_TRUTH_FILE
 
 
@@ -143,16 +142,18 @@ class GenerationKind(TaskKind):
         for example in examples:
             device.token_ids(example)  # an answer that tokenizes to nothing names its file and line
 
-    def safeguard(self, device: GenerationDevice, side: SideOutput, validation: list[InstructionExample],
+    def safeguard(self, device: GenerationDevice, side: SideOutput, validation: list[InstructionExample] | None,
                   seed: int = 0) -> dict[str, Any] | None:
         """Scale the correction to the factor with the lowest validation answer NLL, kept only
         when its gain over the backbone is significant (one-sided sign test over samples)."""
-        if not validation:
+        if validation is None:
             return None
+        if not validation:
+            return drop_unvalidated(side)
         log_probs, _, counts = device.token_scores(validation, side, scales=SCALE_GRID)
         decision = choose_scale(per_sample_sums(-log_probs.astype(np.float64), counts), counts)
         shrink_network(side, decision.factor)
-        return {**asdict(decision), "action": decision.action}
+        return decision.to_json()
 
     def evaluate(self, device: GenerationDevice, config: FinetuneConfig, side: SideOutput,
                  evaluate: list[InstructionExample]) -> dict[str, Any]:

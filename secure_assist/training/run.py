@@ -32,6 +32,7 @@ from protocol.modes.base import TrainingMode, TrainOutcome
 from protocol.modes.registry import MODES, get_mode, server_modes
 from protocol.modes.host import ModeHost
 from secure_assist.training.resources import PeakMemory
+from secure_assist.training.safeguard import validation_count
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.upload import run_key, upload_resumable
 from secure_assist.training.workdir import (
@@ -69,23 +70,24 @@ def build_mechanisms(config: FinetuneConfig, mode: TrainingMode | None = None) -
     return chain
 
 
+def validation_share(config: FinetuneConfig) -> float:
+    """The share of the training data the device holds out for its safeguard (0: the safeguard is off)."""
+    share = config.safeguard_fraction
+    return task_kind(config).validation_fraction(config) if share is None else share
+
+
 def hold_out_indices(n_train: int, config: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(indices to upload, indices of the device's validation split), seed-fixed."""
-    fraction = config.safeguard_fraction
-    if fraction is None:
-        fraction = task_kind(config).validation_fraction(config)
-    cut = int(n_train * fraction)
-    if fraction > 0 and (cut < 1 or cut >= n_train):
-        raise UserInputError(f"safeguard_fraction {fraction} leaves no validation or no training sample "
-                             f"out of {n_train}")
+    """(indices to upload, indices of the device's validation split), seed-fixed; the split's size is
+    `safeguard.validation_count` (at least `MIN_VALIDATION` samples up to half the device's)."""
+    cut = validation_count(n_train, validation_share(config))
     order = np.random.default_rng(config.seed).permutation(n_train)
     return order[cut:], order[:cut]
 
 
-def hold_out(train: list[E], config: FinetuneConfig) -> tuple[list[E], list[E]]:
-    """(examples to upload, the device's validation split for the safeguard)."""
+def hold_out(train: list[E], config: FinetuneConfig) -> tuple[list[E], list[E] | None]:
+    """(examples to upload, the device's validation split for the safeguard; None: the safeguard is off)."""
     upload, validation = hold_out_indices(len(train), config)
-    return [train[i] for i in upload], [train[i] for i in validation]
+    return [train[i] for i in upload], [train[i] for i in validation] if validation_share(config) else None
 
 
 def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, workdir: Path) -> Path:

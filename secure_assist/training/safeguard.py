@@ -39,7 +39,7 @@ correction that helps as many samples as it hurts and checks that at most 5% are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import binomtest, ttest_1samp
@@ -49,9 +49,30 @@ from protocol.model.side_output import SideOutput, scale_side_output
 
 SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SIGNIFICANCE = 0.05
-# The validation share a protected run holds out by default: half of it decided a side output clearly above
-# zero-shot by chance in the power study (BENCHMARKS.md, "Audit").
+# The validation share every classification run holds out by default, unprotected ('none') included: a device
+# with little data trains side outputs worse than its backbone more often than not (BENCHMARKS.md, "Safeguard on
+# small devices"), and at 2,000 samples half this share decided a side output clearly above zero-shot by chance
+# in the power study (BENCHMARKS.md, "Audit").
 VALIDATION_SHARE = 0.2
+# The fewest validation samples a run holds out whatever its share (never more than half its samples, so that the
+# rest trains): a 0.2 share of a 20-sample device is 4 samples, on which the cross-fitted test can hardly ever
+# find a gain (BENCHMARKS.md, "Safeguard on small devices").
+MIN_VALIDATION = 10
+NO_VALIDATION = "no validation sample (a device of one sample): the backbone is deployed"
+
+
+def validation_count(n_train: int, share: float) -> int:
+    """How many of a device's `n_train` training samples its safeguard holds out at `share` (0: none, the
+    safeguard is off): the share, at least `MIN_VALIDATION` but at most half the samples. 0 for a device of one
+    sample, whose safeguard then deploys the backbone (`drop_unvalidated`)."""
+    return max(int(n_train * share), min(MIN_VALIDATION, n_train // 2)) if share > 0 else 0
+
+
+def drop_unvalidated(side: SideOutput) -> dict[str, object]:
+    """The safeguard's decision when it is on but the device could hold out no validation sample: nothing shows
+    the side output beats the backbone, so the backbone is deployed (fail closed)."""
+    shrink_network(side, 0.0)
+    return {"factor": 0.0, "validation_samples": 0, "p_value": 1.0, "action": "dropped", "reason": NO_VALIDATION}
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,24 @@ class ShrinkDecision:
     def action(self) -> str:
         """'kept', 'shrunk' or 'dropped'."""
         return "dropped" if self.factor == 0 else "kept" if self.factor == 1 else "shrunk"
+
+    @property
+    def reason(self) -> str:
+        """Why the side output is deployed or dropped, in one sentence."""
+        if self.p_value > SIGNIFICANCE:
+            return (f"dropped: the cross-fitted Brier score is not significantly below the backbone's "
+                    f"(p = {self.p_value:.3g} > {SIGNIFICANCE}, {self.validation_samples} validation samples)")
+        if self.cross_fitted_accuracy <= self.validation_accuracy_backbone:
+            return ("dropped: the cross-fitted predictions fix no more validation samples than they break "
+                    f"({self.cross_fitted_accuracy:.3f} vs the backbone's {self.validation_accuracy_backbone:.3f})")
+        if self.factor == 0:
+            return "dropped: the lowest Brier score on the whole validation split is the backbone's"
+        return (f"{self.action}: the cross-fitted Brier score is significantly below the backbone's "
+                f"(p = {self.p_value:.3g}) and fixes more validation samples than it breaks")
+
+    def to_json(self) -> dict[str, object]:
+        """The summary's record of the decision."""
+        return {**asdict(self), "action": self.action, "reason": self.reason}
 
 
 def _brier(backbone_probs: np.ndarray, side_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -155,6 +194,19 @@ class ScaleDecision:
     def action(self) -> str:
         """'kept', 'scaled' or 'dropped'."""
         return "dropped" if self.factor == 0 else "kept" if self.factor == 1 else "scaled"
+
+    @property
+    def reason(self) -> str:
+        """Why the correction is deployed or dropped, in one sentence."""
+        if self.factor == 0:
+            return (f"dropped: the best scale improves the answer NLL of not significantly more validation samples "
+                    f"than it worsens (sign test p = {self.p_value:.3g}, {self.validation_samples} samples)")
+        return f"{self.action}: the scale improves significantly more validation samples than it worsens " \
+               f"(sign test p = {self.p_value:.3g})"
+
+    def to_json(self) -> dict[str, object]:
+        """The summary's record of the decision."""
+        return {**asdict(self), "action": self.action, "reason": self.reason}
 
 
 def choose_scale(sample_nll: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = SCALE_GRID) -> ScaleDecision:
