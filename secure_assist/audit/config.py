@@ -28,8 +28,12 @@ from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, uses_epsilo
 DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "label_rr@4", "he_ckks")
 # Generation runs protect r, not Δ: its Gaussian mechanism at the DP setting ε = 1 and at ε = 8.
 GENERATION_DEFAULT_VARIANTS = ("none", "gaussian_r", "gaussian_r@8")
-# Fields of a fine-tuning run that the audit sets per row (from the variant and --output).
-PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
+# With --devices N > 1 the variants are the pooled rows' protections (DESIGN.md §10): plain, label RR at ε = 4 and
+# Gaussian DP at ε = 1 (CKKS does not pool: ciphertexts under different device keys cannot be added).
+DEVICES_DEFAULT_VARIANTS = ("none", "label_rr@4", "gaussian")
+# Fields of a fine-tuning run that the audit sets per row (from the variant and --output) or, with --devices,
+# per device of a row (which device, and whether it poisons).
+PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed", "device_index", "flip_labels")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
 DEFAULT_EPSILON = 1.0
 # The reference modes that upload nothing (protocol.modes.registry.MODES), by task kind.
@@ -147,7 +151,9 @@ def audit_variants(config: AuditSettings) -> list[Variant]:
     noise_given = getattr(config, "noise_multiplier", None) is not None
     default = None if noise_given else getattr(config, "epsilon", DEFAULT_EPSILON)
     generation = getattr(config, "task", None) == GENERATION_TASK
-    texts = config.variants or (GENERATION_DEFAULT_VARIANTS if generation else DEFAULT_VARIANTS)
+    many = getattr(config, "devices", 1) > 1
+    texts = config.variants or (GENERATION_DEFAULT_VARIANTS if generation
+                                else DEVICES_DEFAULT_VARIANTS if many else DEFAULT_VARIANTS)
     return [parse_variant(text, default) for text in texts]
 
 
