@@ -28,12 +28,10 @@ from secure_assist.audit.device_rows import (
 )
 from secure_assist.audit.device_stats import paired_gain, spread
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT
-from secure_assist.audit.schema import jsonable, package_versions
+from secure_assist.audit.schema import DEVICE_SCHEMA, DEVICE_SCHEMA_VERSION, jsonable, package_versions
 from secure_assist.devices.partition import Partition
 from secure_assist.training.forwards import forwards_summary, share_forwards
 
-SCHEMA = "secure-assist/device-audit-report"
-SCHEMA_VERSION = 1
 ROWS_DIR = "device_rows"
 # The two evaluation splits every device is scored on: the row's per-device key of each.
 SPLITS = {"common": "accuracy", "own": "own_accuracy"}
@@ -151,7 +149,7 @@ def run_device_audit(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str,
     with serving(tables):
         rows = device_rows(config, shared, attacks, progress, RowStore(output, fingerprint(config)))
     report = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "schema": DEVICE_SCHEMA, "schema_version": DEVICE_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": jsonable({**asdict(config), "variants": [v.label for v in audit_variants(config)]}),
         "config_fingerprint": fingerprint(config), "seed": config.seed, "devices": config.devices,
