@@ -1,0 +1,160 @@
+"""The many-device audit (`audit --devices N`, N > 1) on tiny-llama: its rows, its per-device statistics
+recomputed directly from each device's model file and share, its page, resumption, and bad flags."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_assist.audit.config import AuditConfig
+from secure_assist.audit.device_rows import FEDAVG_ROWS
+from secure_assist.audit.point import PointData, attack_rows
+from secure_assist.audit.public_knowledge import public_data
+from secure_assist.audit.report import write_reports
+from secure_assist.audit.runner import run_audit
+from secure_assist.cli import build_parser, main
+from secure_assist.config import FinetuneConfig
+from secure_assist.data import resolve_data
+from secure_assist.devices.partition import Partition
+from secure_assist.metrics import bootstrap_interval
+from secure_assist.predict import predict_texts
+from secure_assist.training.run import run_training
+from secure_assist.training.workdir import MODEL_FILE, SERVER_DIR
+
+DEVICES = 3
+LABEL_ATTACKS = ("delta_argmax", "public_head_zero_shot")
+
+
+@pytest.fixture(scope="module")
+def device_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """(config, report, written paths) of one 3-device Dirichlet(0.5) tiny-llama audit."""
+    config = AuditConfig(model="tiny-llama", train_samples=48, eval_samples=16, epochs=2, devices=DEVICES,
+                         partition="dirichlet:0.5", attacks=LABEL_ATTACKS,
+                         output=str(tmp_path_factory.mktemp("devices")))
+    report = run_audit(config, progress=False)
+    return config, report, write_reports(report, config.output)
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {row["variant"]: row for row in report["rows"]}
+
+
+def test_rows_are_the_references_pooled_variants_and_fedavg(device_audit: tuple) -> None:
+    _, report, _ = device_audit
+    rows = _rows(report)
+    assert list(rows) == ["zero_shot", "device_local", "pooled:none", "pooled:label_rr@4", "pooled:gaussian@1",
+                          *FEDAVG_ROWS]
+    assert report["schema"] == "secure-assist/device-audit-report" and report["devices"] == DEVICES
+    assert rows["zero_shot"]["status"] == rows["device_local"]["status"] == "ok"
+    for name, row in rows.items():
+        assert row["status"] in ("ok", "skipped"), name
+        if row["status"] == "skipped":  # an engine not on this branch: said so, in one line
+            assert "engine" in row["reason"] and "\n" not in row["reason"]
+        else:
+            assert len(row["per_device"]) == DEVICES and row["membership"]["status"]
+    assert report["poisoning"]["status"]
+
+
+def test_per_device_statistics_equal_a_direct_computation(device_audit: tuple) -> None:
+    config, report, _ = device_audit
+    whole = resolve_data(FinetuneConfig(model="tiny-llama", train_samples=48, eval_samples=16))
+    train, evaluate = whole[1], whole[2]
+    eval_labels = np.array([e.label for e in evaluate])
+    shares = Partition.parse("dirichlet:0.5").indices(len(train), DEVICES, config.seed,
+                                                      np.array([e.label for e in train]))
+    rows = _rows(report)
+    accuracy, own = [], []
+    for index, share in enumerate(shares):
+        model = Path(config.output) / "rows" / "device_local" / f"device_{index:03d}" / MODEL_FILE
+        predicted = [int(np.argmax(row["scores"])) for row in predict_texts(str(model), [e.text for e in evaluate], progress=False)]
+        correct = (np.array(predicted) == np.array([e.label for e in evaluate])).astype(float)
+        # The device's own distribution: each evaluation sample weighted by its class's share on the device
+        # over its share in the evaluation split.
+        device_shares = np.bincount([train[i].label for i in share], minlength=2) / len(share)
+        eval_shares = np.bincount(eval_labels, minlength=2) / len(eval_labels)
+        weights = (device_shares / eval_shares)[eval_labels]
+        accuracy.append(correct.mean())
+        own.append(float((weights * correct).sum() / weights.sum()))
+    local = rows["device_local"]
+    assert [d["accuracy"] for d in local["per_device"]] == pytest.approx(accuracy, abs=1e-9)
+    assert [d["own_accuracy"] for d in local["per_device"]] == pytest.approx(own, abs=1e-9)
+    for split, values in (("common", accuracy), ("own", own)):
+        stats = local["utility"][split]
+        assert stats["mean"] == pytest.approx(np.mean(values)) and stats["min"] == pytest.approx(min(values))
+        assert stats["p10"] == pytest.approx(np.percentile(values, 10)) and stats["n"] == DEVICES
+    # Zero-shot is the backbone alone: every device scores the same on the common split.
+    assert len({d["accuracy"] for d in rows["zero_shot"]["per_device"]}) == 1
+    gain = rows["zero_shot"]["gain_vs_device_local"]["own"]
+    differences = np.array([d["own_accuracy"] for d in rows["zero_shot"]["per_device"]]) - np.array(own)
+    assert gain["per_device"] == pytest.approx(differences.tolist(), abs=1e-9)
+    assert gain["mean"] == pytest.approx(differences.mean(), abs=1e-9)
+    assert gain["ci95"] == pytest.approx(bootstrap_interval(lambda idx: float(differences[idx].mean()), DEVICES,
+                                                            config.seed), abs=1e-9)
+    assert "per device" in gain["pairing"]
+    samples = [d["n_train"] for d in local["per_device"]]
+    assert all(0 < n <= len(s) for n, s in zip(samples, shares)) and sum(len(s) for s in shares) == 48
+    assert local["cost"]["device_seconds"]["max"] >= local["cost"]["device_seconds"]["mean"] > 0
+    assert local["cost"]["bytes_up"]["max"] == 0 and local["server_seconds"] is None
+
+
+def test_page_has_the_per_device_plot_and_tables(device_audit: tuple) -> None:
+    _, report, paths = device_audit
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
+    assert json.loads(paths[0].read_text())["rows"] == json.loads(json.dumps(report["rows"]))
+    markdown, page = paths[1].read_text(), paths[2].read_text()
+    assert "| device_local |" in markdown and "## Devices: device_local" in markdown
+    assert "Cross-device membership" in markdown and "## Poisoning" in markdown
+    images = re.findall(r'alt=\'([^\']+)\' src="data:image/png;base64,([^"]+)"', page)
+    assert [title for title, _ in images] == ["Accuracy per device, each row (box: quartiles over devices; dots: devices)"]
+    assert base64.b64decode(images[0][1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_reads_finished_rows_back(device_audit: tuple) -> None:
+    config, report, _ = device_audit
+    # Without the device_local runs' files a recomputation would differ in its seconds at least: the rows come
+    # back from <output>/device_rows unchanged.
+    shutil.rmtree(Path(config.output) / "rows")
+    again = run_audit(config, progress=False)
+    assert _rows(again)["device_local"] == _rows(report)["device_local"]
+    assert not (Path(config.output) / "rows" / "device_local").exists()
+
+
+def test_attacks_read_a_view_stored_apart_from_the_run(tmp_path: Path) -> None:
+    """A pooled device's view sits in the pool's server directory: `server_dir` points the attacks there."""
+    config = FinetuneConfig(model="tiny-llama", train_samples=24, eval_samples=8, epochs=1,
+                            workdir=str(tmp_path / "run"), reuse_forwards=False)
+    run_training(config, progress=False)
+    task, train, evaluate = resolve_data(config)
+    data = PointData(task, train, evaluate, public_data(task, None, None, train + evaluate, config.seed))
+    here, _ = attack_rows(["delta_argmax"], Path(config.workdir), data, config, False, held_out=evaluate)
+    moved = tmp_path / "pool" / "device_000"
+    shutil.move(str(Path(config.workdir) / SERVER_DIR), str(moved))
+    there, uploads = attack_rows(["delta_argmax"], Path(config.workdir), data, config, False, held_out=evaluate,
+                                 server_dir=moved)
+    assert uploads == here[0]["of_uploads"] and there[0]["status"] == "ok"
+    assert there[0]["balanced_accuracy"] == pytest.approx(here[0]["balanced_accuracy"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--devices", "0"], "devices at least 1"),
+    (["--partition", "foo"], "--partition 'foo'"),
+    (["--devices", "50"], "more than the 20 training samples"),
+])
+def test_bad_device_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+                                              message: str) -> None:
+    code = main(["audit", "--model", "tiny-llama", "--train-samples", "20", "--output", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_device_index_and_flip_labels_are_not_audit_flags() -> None:
+    flags = build_parser()._subparsers._group_actions[0].choices["audit"]._option_string_actions
+    assert "--devices" in flags and "--partition" in flags
+    assert "--device-index" not in flags and "--flip-labels" not in flags
+    assert not hasattr(AuditConfig(), "device_index") and not hasattr(AuditConfig(), "flip_labels")
