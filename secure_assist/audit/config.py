@@ -31,6 +31,8 @@ GENERATION_DEFAULT_VARIANTS = ("none", "gaussian_r", "gaussian_r@8")
 # With --devices N > 1 the variants are the pooled rows' protections (DESIGN.md §10): plain, label RR at ε = 4 and
 # Gaussian DP at ε = 1 (CKKS does not pool: ciphertexts under different device keys cannot be added).
 DEVICES_DEFAULT_VARIANTS = ("none", "label_rr@4", "gaussian")
+# The many-device audit's federated-averaging rows (secure_assist.federated.settings.VARIANTS, which imports Flower).
+FEDAVG_VARIANTS = ("plain", "dp", "secagg")
 # Fields of a fine-tuning run that the audit sets per row (from the variant and --output) or, with --devices,
 # per device of a row (which device, and whether it poisons).
 PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed", "device_index", "flip_labels")
@@ -103,9 +105,15 @@ class AuditSettings:
     # with few references, and BENCHMARKS.md ("Attacks") shows what 16 and 64 add.
     membership_references: int = option(4, "reference side networks the membership attacks train on public data "
                                            "(each as long as one row's training; 0: no membership attacks)")
+    fedavg: tuple[str, ...] = option(FEDAVG_VARIANTS, "with --devices N > 1: the federated-averaging rows "
+                                                      f"(comma-separated, of {', '.join(FEDAVG_VARIANTS)}; '' for "
+                                                      "none)")
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
+        unknown = [v for v in self.fedavg if v not in FEDAVG_VARIANTS]
+        if unknown:
+            raise UserInputError(f"unknown --fedavg row(s) {unknown}; choose from {', '.join(FEDAVG_VARIANTS)}")
         for name, least in (("dp_releases", 2), ("attack_samples", 1)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise UserInputError(f"{name} must be at least {least}, got {getattr(self, name)}")

@@ -36,11 +36,23 @@ from secure_assist.training.run import build_mechanisms, run_training
 from secure_assist.training.summary import RunSummary
 
 POOLED, FEDAVG = "pooled", "fedavg"
-# The FedAvg rows: row name -> the federated engine's variant.
-FEDAVG_ROWS = {"fedavg": "plain", "fedavg+dp": "dp", "fedavg+secagg": "secagg"}
+# The FedAvg rows' server-side leak, until an attack on the updates is registered.
+FEDAVG_LEAK = "not measured: no attack on a FedAvg server's view (its updates) is registered here"
+
+
+def pooled_row_name(variant: Variant) -> str:
+    """The row of a pooled variant: `pooled:none`, `pooled:label_rr@4`."""
+    return f"{POOLED}:{variant.label}"
+
+
+def fedavg_row_name(variant: str) -> str:
+    """The row of a FedAvg variant: `fedavg`, `fedavg+dp`, `fedavg+secagg`."""
+    return FEDAVG if variant == "plain" else f"{FEDAVG}+{variant}"
+
+
 # Where each engine lives (imported when its row runs: a missing one skips its rows).
 ENGINES = {POOLED: ("secure_assist.devices.pooled_run", "run_pooled"),
-           FEDAVG: ("secure_assist.federated", "run_fedavg")}
+           FEDAVG: ("secure_assist.federated.run", "run_fedavg")}
 # The per-device figures a row's statistics summarize.
 COST_FIGURES = ("bytes_up", "bytes_down", "device_seconds")
 # The label attacks' headline (balanced accuracy): the leak figure of a classification row.
@@ -149,7 +161,8 @@ def device_leaks(names: list[str], summaries: list[RunSummary], configs: list[Fi
         only = max((r for r in leaks if r["activations_only"]), key=lambda r: r[LEAK_METRIC], default=None)
         for r in leaks:
             by_attack.setdefault(r["attack"], []).append(r[LEAK_METRIC])
-        per_device.append({"device": index, "uploads": uploads, "best_attack": best and best["attack"],
+        per_device.append({"device": index, "server_view": summary.server_view, "uploads": uploads,
+                           "best_attack": best and best["attack"],
                            "best": best and best[LEAK_METRIC], "best_ci95": best and best[LEAK_METRIC + "_ci95"],
                            "activations_only_attack": only and only["attack"],
                            "activations_only": only and only[LEAK_METRIC],
@@ -161,7 +174,7 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
     """One pooled row: every device uploads under the variant's mechanism into its own namespace, the server
     trains one side network over the pool, each device deploys it behind its own safeguard; then the
     server-side attacks on each device's view."""
-    name = f"{POOLED}:{variant.label}"
+    name = pooled_row_name(variant)
     configs = device_configs(config, name, variant.mechanism, variant.epsilon)  # run_pooled sets the mode
     run_pooled = engine(POOLED)
     if isinstance(run_pooled, str):
@@ -170,7 +183,7 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
         build_mechanisms(configs[0])
     except UserInputError as exc:
         return skipped(name, str(exc))
-    outcome = run_pooled(configs, progress=progress)
+    outcome = run_pooled(configs, progress=progress, overwrite=True)
     _, deployed = scored(outcome.summaries, shared)
     leak = device_leaks(attacks, outcome.summaries, configs, shared, config.attack_samples, progress) if attacks \
         else None
@@ -178,15 +191,17 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
                      leak=leak)
 
 
-def fedavg_row(config: Any, name: str, shared: DeviceData, progress: bool) -> dict[str, Any]:
-    """One FedAvg row (plain, DP or SecAgg): Flower averages the devices' side networks; each device
-    deploys the final global model behind its own safeguard."""
+def fedavg_row(config: Any, variant: str, shared: DeviceData, progress: bool) -> dict[str, Any]:
+    """One FedAvg row (variant plain, dp or secagg): Flower averages the devices' side networks; each
+    device deploys the final global model behind its own safeguard."""
+    name = fedavg_row_name(variant)
     run_fedavg = engine(FEDAVG)
     if isinstance(run_fedavg, str):
         return skipped(name, run_fedavg)
-    from secure_assist.federated import FedAvgSettings  # present whenever run_fedavg is
+    from secure_assist.federated.settings import FedAvgSettings  # present whenever run_fedavg is
 
     configs = device_configs(config, name, "none", None)
-    outcome = run_fedavg(configs, FedAvgSettings(variant=FEDAVG_ROWS[name]), progress=progress)
+    outcome = run_fedavg(configs, FedAvgSettings(variant=variant), progress=progress, overwrite=True)
     _, deployed = scored(outcome.summaries, shared)
-    return row_entry(name, deployed, outcome.server_seconds, accounting=jsonable(outcome.accounting), leak=None)
+    return row_entry(name, deployed, outcome.server_seconds, accounting=jsonable(outcome.accounting), leak=None,
+                     leak_note=FEDAVG_LEAK)

@@ -24,7 +24,7 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.config import AuditConfig, audit_variants, fingerprint
 from secure_assist.audit.device_rows import (
-    FEDAVG_ROWS, DeviceData, device_configs, device_data, fedavg_row, pooled_row, reference_rows,
+    DeviceData, device_configs, device_data, fedavg_row, fedavg_row_name, pooled_row, pooled_row_name, reference_rows,
 )
 from secure_assist.audit.device_stats import paired_gain, spread
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT
@@ -125,8 +125,8 @@ def device_rows(config: AuditConfig, shared: DeviceData, attacks: list[str], pro
 
     references = cached([ZERO_SHOT, DEVICE_LOCAL], lambda: reference_rows(config, shared, progress))
     produced = [lambda v=v: [pooled_row(config, v, shared, attacks, progress)] for v in audit_variants(config)]
-    produced += [lambda n=n: [fedavg_row(config, n, shared, progress)] for n in FEDAVG_ROWS]
-    names = [f"pooled:{v.label}" for v in audit_variants(config)] + list(FEDAVG_ROWS)
+    produced += [lambda v=v: [fedavg_row(config, v, shared, progress)] for v in config.fedavg]
+    names = [pooled_row_name(v) for v in audit_variants(config)] + [fedavg_row_name(v) for v in config.fedavg]
     rows = references + [row for name, produce in zip(names, produced) for row in cached([name], produce)]
     local = rows[1]
     for row in rows:
