@@ -162,6 +162,22 @@ def test_a_rerun_reads_finished_rows_back(device_audit: tuple) -> None:
     assert not (Path(config.output) / "rows" / "device_local").exists()
 
 
+def test_compare_puts_the_audit_rows_beside_its_points(device_audit: tuple, tmp_path: Path) -> None:
+    config, report, _ = device_audit
+    output = tmp_path / "compare"
+    # The same settings give the same rows from the same producers: compare finds the audit's finished rows
+    # where it keeps its own and reads them back (its one point, device 0's run, is computed).
+    shutil.copytree(Path(config.output) / "device_rows", output / "devices" / "device_rows")
+    code = main(["compare", "--model", "tiny-llama", "--train-samples", "48", "--eval-samples", "16", "--epochs", "2",
+                 "--devices", str(DEVICES), "--partition", "dirichlet:0.5", "--mechanisms", "none",
+                 "--attacks", ",".join(LABEL_ATTACKS), "--fedavg", "", "--output", str(output), "--quiet"])
+    assert code == 0
+    compare = json.loads((output / "compare.json").read_text())
+    assert [p["status"] for p in compare["points"]] == ["ok"]
+    assert compare["devices"]["rows"] == json.loads(json.dumps(report["rows"]))
+    assert "3 devices (dirichlet:0.5): rows per device" in (output / "compare.md").read_text()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--devices", "0"], "devices at least 1"),
     (["--partition", "foo"], "--partition 'foo'"),

@@ -32,7 +32,7 @@ from secure_assist.audit.verdict import HEADLINES
 from secure_assist.config import FinetuneConfig
 from secure_assist.devices.partition import own_distribution_weights
 from secure_assist.devices.share import device_share
-from secure_assist.training.run import build_mechanisms, run_training
+from secure_assist.training.run import run_training
 from secure_assist.training.summary import RunSummary
 
 POOLED, FEDAVG = "pooled", "fedavg"
@@ -180,10 +180,9 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
     if isinstance(run_pooled, str):
         return skipped(name, run_pooled)
     try:
-        build_mechanisms(configs[0])
-    except UserInputError as exc:
+        outcome = run_pooled(configs, progress=progress, overwrite=True)
+    except UserInputError as exc:  # e.g. a mechanism that does not pool (he_ckks): refused before any device works
         return skipped(name, str(exc))
-    outcome = run_pooled(configs, progress=progress, overwrite=True)
     _, deployed = scored(outcome.summaries, shared)
     leak = device_leaks(attacks, outcome.summaries, configs, shared, config.attack_samples, progress) if attacks \
         else None

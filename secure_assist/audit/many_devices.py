@@ -136,26 +136,31 @@ def device_rows(config: AuditConfig, shared: DeviceData, attacks: list[str], pro
     return rows
 
 
-def run_device_audit(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, Any]], attacks: list[str],
-                     progress: bool = True) -> dict[str, Any]:
-    """The many-device audit of `config` over `data_inputs` ((EvalData, PublicData, provenance) of the
-    whole training set, from `runner.audit_inputs`) with the server-side `attacks`; the JSON report.
-    `check_devices(config)` first: its errors should come before the data is read."""
-    start = time.perf_counter()
-    data, public, provenance = data_inputs
+def device_section(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, Any]], attacks: list[str],
+                   progress: bool = True) -> dict[str, Any]:
+    """The many-device rows of `config` (over the whole training set's `data_inputs`: (EvalData,
+    PublicData, provenance) from `runner.audit_inputs`, with the server-side `attacks`), the poisoning
+    section and the shared forwards: what `audit` reports and `compare --devices` puts beside its points."""
+    data, public, _ = data_inputs
     shared = device_data(data, public, config.devices)
-    output = Path(config.output)
     tables = share_forwards([data.config], progress)
     with serving(tables):
-        rows = device_rows(config, shared, attacks, progress, RowStore(output, fingerprint(config)))
+        rows = device_rows(config, shared, attacks, progress, RowStore(Path(config.output), fingerprint(config)))
+    return {"devices": config.devices, "partition": config.partition, "rows": rows,
+            "poisoning": threat_slot("secure_assist.devices.poisoning"), "shared_forwards": forwards_summary(tables)}
+
+
+def run_device_audit(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, Any]], attacks: list[str],
+                     progress: bool = True) -> dict[str, Any]:
+    """The many-device audit's JSON report (see `device_section`). `check_devices(config)` first: its
+    errors should come before the data is read."""
+    start = time.perf_counter()
     report = {
         "schema": DEVICE_SCHEMA, "schema_version": DEVICE_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": jsonable({**asdict(config), "variants": [v.label for v in audit_variants(config)]}),
-        "config_fingerprint": fingerprint(config), "seed": config.seed, "devices": config.devices,
-        "partition": config.partition, "package_versions": package_versions(), "data": jsonable(provenance),
-        "rows": rows, "poisoning": threat_slot("secure_assist.devices.poisoning"),
-        "shared_forwards": forwards_summary(tables),
+        "config_fingerprint": fingerprint(config), "seed": config.seed, "package_versions": package_versions(),
+        "data": jsonable(data_inputs[2]), **device_section(config, data_inputs, attacks, progress),
     }
     report["wall_seconds"] = time.perf_counter() - start
     return report
