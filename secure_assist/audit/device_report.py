@@ -9,7 +9,7 @@ from typing import Any
 
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT
 from secure_assist.audit.plots import DEVICE_ACCURACY, device_accuracy
-from secure_assist.audit.report import HTML_HEAD, html_image, html_table, markdown_table
+from secure_assist.audit.report import HTML_HEAD, html_image, html_table, identity_text, markdown_table
 
 SUMMARY_TITLE = "Summary per row: accuracy over devices, what the server buys per device, leak and cost"
 SUMMARY_HEADER = ("row", "accuracy: mean / p10 / min", "own distribution: mean / p10 / min",
@@ -103,8 +103,7 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
 
 
 def _intro(report: dict[str, Any]) -> str:
-    return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
-            f"{report['config']['model']}; task {report['data']['task']}; {report['devices']} devices, partition "
+    return (f"{identity_text(report)}; {report['devices']} devices, partition "
             f"{report['partition']}; wall time {report['wall_seconds']:.0f} s. Each device is scored on the common "
             "evaluation split and on its own distribution (the common split re-weighted by its label shares); gains "
             "are paired per device against device_local; leaks are label-attack balanced accuracy on each device's "

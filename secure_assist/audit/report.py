@@ -178,9 +178,14 @@ def _leak_explained(report: dict[str, Any]) -> str:
             "answer NLL per token (lower is better)")
 
 
-def _intro(report: dict[str, Any]) -> str:
+def identity_text(report: dict[str, Any]) -> str:
+    """Which configuration, seed, model and task an audit report is about."""
     return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
-            f"{report['config']['model']}; task {report['data']['task']}; wall time {report['wall_seconds']:.0f} s; "
+            f"{report['config']['model']}; task {report['data']['task']}")
+
+
+def _intro(report: dict[str, Any]) -> str:
+    return (f"{identity_text(report)}; wall time {report['wall_seconds']:.0f} s; "
             f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. {_leak_explained(report)}; "
             "device s = forward passes + training on the device (the forward passes are computed once and each row "
             "is charged the time they took); device peak RSS = this process's peak during the row's device phases "
