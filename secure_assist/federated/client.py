@@ -1,15 +1,14 @@
 """The Flower client of a device: local epochs of the side trainer on its own forward outputs.
 
-Each round it starts from the global shared tensors, trains E epochs with the project's
-`SideTrainer` (the side network, AdamW and MSE loss of `device_local` and PAE; a fresh
-optimizer each round and a constant rate, as FedAvg's local steps are), and returns the
-tensors with its weight in the average. It sends no metrics: the update is all it discloses.
+Each round it starts from the global shared tensors, trains E epochs
+(`protocol.server.federated_rounds.local_round`: the side network, AdamW and MSE loss of
+`device_local` and PAE), and returns the tensors with its weight in the average. It sends no
+metrics: the update is all it discloses.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,13 +20,13 @@ from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.serde import recorddict_to_proto
 
-from protocol.server.trainer import SideTrainer
+from protocol.server.federated_rounds import local_network, local_round, shared_arrays
 from secure_assist.federated import device_side
-from secure_assist.federated.settings import FedAvgSettings
-from secure_assist.federated.shared_weights import local_network, shared_arrays
 
 # Keys of the round's configuration that the server sends with the global tensors.
 ROUND_KEY, LOCAL_EPOCHS_KEY, UNIT_WEIGHT_KEY = "round", "local-epochs", "unit-weight"
+VARIANT_MODS = {"plain": None, "dp": fixedclipping_mod, "secagg": secaggplus_mod}
+VARIANT_KEY = "variant"  # of a deployment's run configuration
 # Where a deployed SuperNode finds its device (`flower-supernode --node-config 'device-workdir="..."'`).
 WORKDIR_KEY = "device-workdir"
 
@@ -47,11 +46,7 @@ class LocalSideClient(NumPyClient):
         activations, delta = device_side.features(self.workdir)
         shape = device_side.shape_of(activations, delta, training)
         network = local_network(shape, activations, parameters, training.dropout)
-        # The round in the seed: each round shuffles differently, and a rerun identically.
-        trainer = SideTrainer(replace(training, cosine_decay=False, seed=training.seed * 100_003 + server_round))
-        trainer.start(network, ())
-        inputs, targets = torch.from_numpy(activations), torch.from_numpy(delta)
-        samples, loss = trainer.train_epochs(int(config[LOCAL_EPOCHS_KEY]), lambda: (inputs, targets, None))
+        samples, loss = local_round(network, activations, delta, training, int(config[LOCAL_EPOCHS_KEY]), server_round)
         device_side.append(self.workdir, device_side.ROUNDS_FILE, {
             "round": server_round, "node_id": self.node_id, "samples": samples, "loss": loss,
             "train_seconds": time.perf_counter() - start})
@@ -77,9 +72,21 @@ def traffic_mod(workdir_of: Callable[[Context], Path]) -> Callable:
     return mod
 
 
-def client_app(variant: str, workdirs: Sequence[str] | None = None) -> ClientApp:
-    """The devices' ClientApp. `workdirs`: device i of a simulation is partition i; None (a
-    deployment): each SuperNode names its device's work directory in its node config."""
+def variant_mod(variant: str | None) -> Callable:
+    """The variant's Flower mod (SecAgg+'s, DP's client-side clipping, none for plain); `variant`
+    None: the run configuration's `variant` (a deployment, where `flwr run` names it)."""
+
+    def mod(message: Message, context: Context, call_next: Callable) -> Message:
+        chosen = VARIANT_MODS[variant or str(context.run_config[VARIANT_KEY])]
+        return call_next(message, context) if chosen is None else chosen(message, context, call_next)
+
+    return mod
+
+
+def client_app(variant: str | None, workdirs: Sequence[str] | None = None) -> ClientApp:
+    """The devices' ClientApp (`variant` None: read from the run configuration). `workdirs`: device i
+    of a simulation is partition i; None (a deployment): each SuperNode names its device's work
+    directory in its node config."""
 
     def workdir_of(context: Context) -> Path:
         if workdirs is None:
@@ -90,5 +97,4 @@ def client_app(variant: str, workdirs: Sequence[str] | None = None) -> ClientApp
         torch.set_num_threads(1)  # one simulated device per core (FedAvgSettings.cpus_per_client)
         return LocalSideClient(workdir_of(context), int(context.node_id)).to_client()
 
-    variant_mods = {"plain": [], "dp": [fixedclipping_mod], "secagg": [secaggplus_mod]}[variant]
-    return ClientApp(client_fn=client_fn, mods=[traffic_mod(workdir_of), *variant_mods])
+    return ClientApp(client_fn=client_fn, mods=[traffic_mod(workdir_of), variant_mod(variant)])

@@ -6,7 +6,7 @@ is set); its forward outputs stay in its own work directory. Flower's simulation
 backend) then runs `rounds` rounds: each sampled device trains E local epochs from the global
 model (`client.py`) and Flower's FedAvg, its DP wrapper or SecAgg+ aggregates (`server.py`).
 Finally every device deploys the last global model behind its own safeguard (`deploy`), so its
-summary is a normal run summary. The server's view is the updates directory (`server_view.py`).
+summary is a normal run summary. The server's view is the updates directory (`protocol.server.federated_view`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from protocol.errors import UserInputError
+from protocol.model.side_network import SideNetworkShape
 from protocol.modes.base import TrainOutcome
+from protocol.server.federated_rounds import initial_network, local_network, shared_arrays
+from protocol.server.federated_view import global_model
+from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.config import FinetuneConfig
 from secure_assist.federated import device_side
-from secure_assist.federated.client import client_app
-from secure_assist.federated.server import SERVER_FILE, dp_accounting, server_app
-from secure_assist.federated.server_view import GLOBAL_FILE, load_tensors, round_dir, rounds_recorded
+from secure_assist.federated.server import SERVER_FILE, dp_accounting
+from secure_assist.federated.simulation import simulate
 from secure_assist.federated.settings import FedAvgSettings
-from secure_assist.federated.shared_weights import initial_network, local_network, shared_arrays
 from secure_assist.training.run import StartedRun, deploy, start_run
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.workdir import prepare_workdir
@@ -44,6 +47,15 @@ class FedAvgOutcome:
     accounting: dict[str, Any] | None  # the DP variant's (ε, δ) and its parameters
     server_seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+
+    def label_counts(self, n_classes: int) -> dict[int, np.ndarray]:
+        """Each device's label counts over its training share, by its node id in the view: the
+        auditor's truth (read from the devices' ground truth, never the server's)."""
+        counts = {}
+        for summary in self.summaries:
+            labels = [t.label for t in load_ground_truth(Path(summary.config["workdir"])).values()]
+            counts[int(summary.details["fedavg_node_id"])] = np.bincount(labels, minlength=n_classes)
+        return counts
 
 
 def check_devices(configs: list[FinetuneConfig]) -> None:
@@ -80,25 +92,22 @@ def start_devices(configs: list[FinetuneConfig], progress: bool, overwrite: bool
     return runs
 
 
-def run_simulation(settings: FedAvgSettings, runs: list[StartedRun], updates_dir: Path) -> float:
-    """Flower's simulation of the rounds (Ray backend); its wall seconds."""
-    from flwr.simulation import run_simulation as flower_simulation  # Ray: imported when a simulation runs
+def network_shape(run: StartedRun) -> SideNetworkShape:
+    """The side network the devices' forward outputs train."""
+    activations, delta = device_side.features(run.workdir)
+    return device_side.shape_of(activations, delta, run.config.server_training())
 
-    activations, delta = device_side.features(runs[0].workdir)
-    training = runs[0].config.server_training()
-    initial = shared_arrays(initial_network(device_side.shape_of(activations, delta, training), training))
+
+def federate(settings: FedAvgSettings, runs: list[StartedRun], updates_dir: Path, superlink: str | None) -> float:
+    """The rounds, in Flower's simulation engine or (`superlink`) on a deployed SuperLink; wall seconds."""
+    shape, training = network_shape(runs[0]), runs[0].config.server_training()
     max_weight = float(max(len(run.upload_set) for run in runs))
-    start = time.perf_counter()
-    flower_simulation(server_app=server_app(settings, initial, len(runs), updates_dir, max_weight),
-                      client_app=client_app(settings.variant, [str(run.workdir) for run in runs]),
-                      num_supernodes=len(runs),
-                      backend_config={"client_resources": {"num_cpus": settings.cpus_per_client, "num_gpus": 0.0},
-                                      "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
-    seconds = time.perf_counter() - start
-    if rounds_recorded(updates_dir) != list(range(settings.rounds + 1)):
-        raise RuntimeError(f"the FedAvg simulation did not finish its {settings.rounds} rounds "
-                           f"(rounds recorded: {rounds_recorded(updates_dir)}); see Flower's log above")
-    return seconds
+    if superlink is not None:
+        from secure_assist.federated.deployment import submit
+
+        return submit(settings, shape, training, len(runs), updates_dir, max_weight, superlink)
+    initial = shared_arrays(initial_network(shape, training))
+    return simulate(settings, initial, [str(run.workdir) for run in runs], updates_dir, max_weight)
 
 
 def deploy_device(run: StartedRun, settings: FedAvgSettings, final: list) -> RunSummary:
@@ -125,18 +134,21 @@ def deploy_device(run: StartedRun, settings: FedAvgSettings, final: list) -> Run
 
 
 def run_fedavg(configs: list[FinetuneConfig], settings: FedAvgSettings = FedAvgSettings(), progress: bool = True,
-               updates_dir: Path | str | None = None, overwrite: bool = False) -> FedAvgOutcome:
+               updates_dir: Path | str | None = None, overwrite: bool = False,
+               superlink: str | None = None) -> FedAvgOutcome:
     """FedAvg of the devices `configs` (one per device index, each with its own workdir) under
     `settings`; `updates_dir` (default: `fedavg_server` beside the first device's workdir) is
-    the server's view. Each device's summary is a normal run summary of its deployed model."""
+    the server's view. Each device's summary is a normal run summary of its deployed model.
+    `superlink`: a SuperLink connection of the Flower configuration whose SuperNodes serve these
+    devices' workdirs (`deployment`); None: Flower's simulation engine on this machine."""
     check_devices(configs)
     configs = sorted(configs, key=lambda c: c.device_index)
     updates_dir = Path(updates_dir) if updates_dir is not None else Path(configs[0].workdir).parent / "fedavg_server"
     prepare_workdir(updates_dir, overwrite)
     start = time.perf_counter()
     runs = start_devices(configs, progress, overwrite)
-    simulation_seconds = run_simulation(settings, runs, updates_dir)
-    final, _ = load_tensors(round_dir(updates_dir, settings.rounds) / GLOBAL_FILE)
+    simulation_seconds = federate(settings, runs, updates_dir, superlink)
+    final = global_model(updates_dir, settings.rounds)
     summaries = [deploy_device(run, settings, final)
                  for run in tqdm(runs, desc="FedAvg devices: deploy", disable=not progress)]
     server_seconds = json.loads((updates_dir / SERVER_FILE).read_text())["server_seconds"]
@@ -144,5 +156,5 @@ def run_fedavg(configs: list[FinetuneConfig], settings: FedAvgSettings = FedAvgS
                          accounting=dp_accounting(settings, len(configs)), server_seconds=server_seconds,
                          details={"variant": settings.variant, "rounds": settings.rounds,
                                   "local_epochs": settings.local_epochs, "devices": len(configs),
-                                  "simulation_seconds": simulation_seconds,
+                                  "simulation_seconds": simulation_seconds, "engine": "simulation" if superlink is None else "deployment",
                                   "wall_seconds": time.perf_counter() - start})

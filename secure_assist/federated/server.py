@@ -25,7 +25,7 @@ from opacus.accountants import RDPAccountant
 
 from protocol.files import write_atomic
 from secure_assist.federated.client import LOCAL_EPOCHS_KEY, ROUND_KEY, UNIT_WEIGHT_KEY
-from secure_assist.federated.server_view import RecordingStrategy
+from secure_assist.federated.recording import RecordingStrategy
 from secure_assist.federated.settings import FedAvgSettings
 
 SERVER_FILE = "server.json"  # the server's own compute seconds
@@ -53,26 +53,32 @@ def strategy(settings: FedAvgSettings, initial: list[np.ndarray], devices: int, 
     return RecordingStrategy(inner, updates_dir, secure_aggregation=settings.variant == "secagg")
 
 
+def run_rounds(grid: Grid, context: Context, settings: FedAvgSettings, initial: list[np.ndarray], devices: int,
+               updates_dir: Path, max_weight: float) -> None:
+    """The server's whole run: `settings.rounds` rounds over `devices` devices through Flower's
+    `DefaultWorkflow` (SecAgg+'s workflow for its fit stage under `secagg`); `max_weight`: the
+    largest weight a device may declare (SecAgg+ scales updates by weight / max_weight)."""
+    # The server's own work: this thread's CPU time (waiting for the devices is not work).
+    start = time.thread_time()
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=settings.rounds),
+                           strategy=strategy(settings, initial, devices, updates_dir))
+    fit_workflow = None
+    if settings.variant == "secagg":
+        fit_workflow = SecAggPlusWorkflow(num_shares=min(settings.secagg_shares, devices),
+                                          reconstruction_threshold=min(settings.secagg_threshold, devices),
+                                          max_weight=max_weight, clipping_range=settings.secagg_clipping_range)
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    write_atomic(Path(updates_dir) / SERVER_FILE, json.dumps({"server_seconds": time.thread_time() - start}).encode())
+
+
 def server_app(settings: FedAvgSettings, initial: list[np.ndarray], devices: int, updates_dir: Path,
                max_weight: float) -> ServerApp:
-    """The ServerApp of `settings.rounds` rounds over `devices` devices; `max_weight`: the largest
-    weight a device may declare (SecAgg+ scales updates by weight / max_weight before quantizing)."""
+    """The simulation's ServerApp (`run_rounds` with these arguments)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        # The server's own work: this thread's CPU time (waiting for the devices is not work).
-        start = time.thread_time()
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=settings.rounds),
-                               strategy=strategy(settings, initial, devices, updates_dir))
-        fit_workflow = None
-        if settings.variant == "secagg":
-            fit_workflow = SecAggPlusWorkflow(num_shares=min(settings.secagg_shares, devices),
-                                              reconstruction_threshold=min(settings.secagg_threshold, devices),
-                                              max_weight=max_weight, clipping_range=settings.secagg_clipping_range)
-        DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
-        write_atomic(Path(updates_dir) / SERVER_FILE, json.dumps({"server_seconds": time.thread_time() - start})
-                     .encode())
+        run_rounds(grid, context, settings, initial, devices, updates_dir, max_weight)
 
     return app
 

@@ -1,4 +1,7 @@
-"""Which side-network tensors FedAvg averages, and moving them in and out of a network.
+"""A FedAvg round of the side network, as a device runs it (and a server simulating one).
+
+Which side-network tensors FedAvg averages, moving them in and out of a network, and one
+device's local round: E epochs of the project's `SideTrainer` from the global tensors.
 
 Every trained parameter (gates, adapters, head) is shared. The input standardization is not:
 each device fits it on its own pivot states, as FedBN keeps normalization statistics local
@@ -8,6 +11,8 @@ into the updates that DP clips and SecAgg+ quantizes.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -50,3 +55,15 @@ def local_network(shape: SideNetworkShape, activations: np.ndarray, arrays: list
     network.fit_input_scaling(torch.from_numpy(activations.astype(np.float32)))
     load_shared(network, arrays)
     return network
+
+
+def local_round(network: AdditiveSideNetwork, activations: np.ndarray, delta: np.ndarray, training: ServerTraining,
+                epochs: int, server_round: int) -> tuple[int, float]:
+    """Train `network` (a device's copy of the global model) `epochs` epochs on its forward outputs:
+    the side trainer's network, AdamW and MSE loss, a fresh optimizer each round and a constant
+    rate, as FedAvg's local steps are. (samples, the last epoch's mean loss)."""
+    # The round in the seed: each round shuffles differently, and a rerun identically.
+    trainer = SideTrainer(replace(training, cosine_decay=False, seed=training.seed * 100_003 + server_round))
+    trainer.start(network, ())
+    inputs, targets = torch.from_numpy(activations), torch.from_numpy(delta)
+    return trainer.train_epochs(epochs, lambda: (inputs, targets, None))

@@ -1,12 +1,11 @@
-"""What the FedAvg server sees, kept as safetensors under its updates directory.
+"""The FedAvg server's recorder: a strategy wrapper that writes its view (`protocol.server.federated_view`).
 
 `RecordingStrategy` wraps the strategy the server runs (Flower's FedAvg, or its DP wrapper
-around it) and writes what reaches `aggregate_fit`: every device's trained tensors of the
-round (`round_RRR/node_<id>.safetensors`), or under SecAgg+, where Flower's workflow hands
-the strategy only the unmasked sum, that aggregate alone (`round_RRR/aggregate.safetensors`).
-The weights each device declared travel in clear in both cases and are kept in the metadata.
-It also writes the global model the round produced (`round_RRR/global.safetensors`;
-`round_000` is the initial one), which every device downloads anyway.
+around it) and writes what reaches `aggregate_fit`: every device's trained tensors, or under
+SecAgg+, where Flower's workflow hands the strategy only the unmasked sum, that aggregate alone;
+and the global model each round produced, which every device downloads anyway. An update
+whose tensors are not the global model's (names, shapes, finite values) is a failed device:
+it is neither stored nor averaged, and the strategy (which accepts no failures) skips the round.
 """
 
 from __future__ import annotations
@@ -15,47 +14,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from flwr.common import FitRes, Parameters, Scalar, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from protocol.files import private_dir, write_atomic
-from protocol.wire.codec import decode, encode
-from secure_assist.federated.shared_weights import SHARED_NAMES
-
-GLOBAL_FILE = "global.safetensors"
-AGGREGATE_FILE = "aggregate.safetensors"
-NODE_PREFIX = "node_"
-WEIGHTS_KEY = "weights"  # metadata: {node id: declared weight} of the round
-
-
-def round_dir(updates_dir: Path, server_round: int) -> Path:
-    """Where round `server_round`'s view is kept."""
-    return Path(updates_dir) / f"round_{server_round:03d}"
-
-
-def save_tensors(path: Path, arrays: list[np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """The shared tensors, by name, as one safetensors file."""
-    private_dir(path.parent)
-    write_atomic(path, encode(dict(zip(SHARED_NAMES, arrays)), metadata or {}))
-
-
-def load_tensors(path: Path) -> tuple[list[np.ndarray], dict[str, str]]:
-    """(shared tensors in `SHARED_NAMES` order, metadata) of a file of the view."""
-    arrays, metadata = decode(Path(path).read_bytes(), max_bytes=1 << 31)
-    return [arrays[name] for name in SHARED_NAMES], metadata
-
-
-def rounds_recorded(updates_dir: Path) -> list[int]:
-    """The rounds of the view (0: the initial model), in order."""
-    return sorted(int(p.name.split("_")[1]) for p in Path(updates_dir).glob("round_*") if (p / GLOBAL_FILE).is_file())
-
-
-def node_updates(updates_dir: Path, server_round: int) -> dict[int, list[np.ndarray]]:
-    """Each device's trained tensors of a round, by node id (empty under SecAgg+)."""
-    folder = round_dir(updates_dir, server_round)
-    return {int(p.stem[len(NODE_PREFIX):]): load_tensors(p)[0] for p in sorted(folder.glob(f"{NODE_PREFIX}*"))}
+from protocol.files import private_dir
+from protocol.server.federated_view import (
+    AGGREGATE_FILE, GLOBAL_FILE, NODE_PREFIX, WEIGHTS_KEY, round_dir, save_tensors,
+)
 
 
 class RecordingStrategy(Strategy):
@@ -66,6 +34,7 @@ class RecordingStrategy(Strategy):
         self.strategy = strategy
         self.updates_dir = private_dir(Path(updates_dir))
         self.secure_aggregation = secure_aggregation
+        self.shapes: list[tuple[int, ...]] | None = None  # the global model's, fixed by round 0
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.strategy!r})"
@@ -74,8 +43,16 @@ class RecordingStrategy(Strategy):
         """The wrapped strategy's initial model, recorded as round 0."""
         parameters = self.strategy.initialize_parameters(client_manager)
         if parameters is not None:
-            save_tensors(round_dir(self.updates_dir, 0) / GLOBAL_FILE, parameters_to_ndarrays(parameters))
+            arrays = parameters_to_ndarrays(parameters)
+            self.shapes = [a.shape for a in arrays]
+            save_tensors(round_dir(self.updates_dir, 0) / GLOBAL_FILE, arrays)
         return parameters
+
+    def fits(self, result: FitRes) -> bool:
+        """Whether an update has the global model's shapes and finite float values."""
+        arrays = parameters_to_ndarrays(result.parameters)
+        return (self.shapes is not None and [a.shape for a in arrays] == self.shapes
+                and all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in arrays))
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         """As the wrapped strategy."""
@@ -84,6 +61,8 @@ class RecordingStrategy(Strategy):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Record the round's updates (or their sum), aggregate, record the new global model."""
+        failures = failures + [res for _, res in results if not self.fits(res)]
+        results = [(proxy, res) for proxy, res in results if self.fits(res)]
         folder = round_dir(self.updates_dir, server_round)
         weights = json.dumps({str(proxy.node_id): res.num_examples for proxy, res in results})
         if self.secure_aggregation and results:
