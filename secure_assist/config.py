@@ -136,8 +136,8 @@ class RunSettings:
             raise UserInputError("flip_labels flips class labels: it needs a classification task")
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
-        if self.pool and not POOL_NAME.fullmatch(self.pool):
-            raise UserInputError(f"pool {self.pool!r} must be 1-64 of [A-Za-z0-9_.-]")
+        if self.pool and (self.mode != "pooled" or not POOL_NAME.fullmatch(self.pool)):
+            raise UserInputError(f"pool {self.pool!r} needs --mode pooled and a name of 1-64 of [A-Za-z0-9_.-]")
         self.server_training()  # validates the server's settings now, not after the forward passes
         check_mechanism_parameters(self)
 

@@ -25,13 +25,13 @@ from protocol.files import private_dir, write_atomic
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.server.training_settings import ServerTraining
+from protocol.modes.pooled.directory import POOL_FILE
 from protocol.modes.registry import MODES, server_modes
 
-if TYPE_CHECKING:  # torch-backed: imported where a pool is hosted
+if TYPE_CHECKING:
     from protocol.modes.pooled.directory import PoolDirectory
 
 MODE_FILE = "mode"
-POOL_FILE = "pool"
 log = logging.getLogger(__name__)
 
 

@@ -62,5 +62,6 @@ class KeyPoolAdmission:
         return None
 
     def name(self, identity: str) -> str:
-        """The device name an admitted identity was added under."""
+        """The device name an identity was added under (KeyError: not in the key directory)."""
+        self.allowed.refresh()
         return self.allowed.name(identity)

@@ -16,7 +16,8 @@ def _init(keys: KeyDirectory, args: argparse.Namespace) -> dict:
 
 
 def _add(keys: KeyDirectory, args: argparse.Namespace) -> dict:
-    return {"added": args.name, "fingerprint": keys.add_device(args.name, tuple(args.pool)), "pools": sorted(set(args.pool))}
+    fingerprint = keys.add_device(args.name, tuple(args.pool))
+    return {"added": args.name, "fingerprint": fingerprint, "pools": sorted(set(args.pool))}
 
 
 def _revoke(keys: KeyDirectory, args: argparse.Namespace) -> dict:

@@ -4,7 +4,8 @@ pool, then the server trains one side network on the union and every device depl
 Each device is a normal run (`secure_assist.training.run`: `start_run`, `train_side`, `deploy`)
 with its own data share, mechanisms, hold-out split and safeguard; only the server is shared. Its
 summary's `server_view` is its own namespace (`<pool_dir>/devices/device-<index>`: its cache and
-transcript, the layout every attack reads), and the pool's φ is under `<pool_dir>/pools/`.
+transcript, the layout every attack reads), and the pool's φ is
+`<pool_dir>/pools/pool/trained/side_network.safetensors`.
 `run_members` is the same coordination over any channels (the TLS test runs it against `serve`).
 """
 
@@ -18,6 +19,8 @@ from protocol.errors import UserInputError
 from protocol.modes.host import ModeHost
 from protocol.modes.pooled.directory import POOLS_DIR, PoolDirectory
 from protocol.modes.pooled.mode import PooledMode
+from protocol.modes.pooled.pool import TRAINED_DIR
+from protocol.server.transcript import SIDE_NETWORK_FILE
 from protocol.modes.registry import MODES
 from protocol.wire.channel import Channel, InProcessChannel
 from secure_assist.config import FinetuneConfig
@@ -85,7 +88,7 @@ def run_pooled(configs: list[FinetuneConfig], progress: bool = True, pool_dir: P
     for path in [pool_dir] + [Path(c.workdir) for c in configs]:
         prepare_workdir(path, overwrite)
     training = configs[0].server_training()
-    directory = PoolDirectory(pool_dir, {POOL: len(configs)}, training)
+    directory = PoolDirectory(pool_dir, pool_dir / DEVICES_DIR, {POOL: len(configs)}, training)
     hosts = [ModeHost(pool_dir / DEVICES_DIR / member_name(c), (PooledMode.name,), training, pools=directory)
              for c in configs]
     try:
@@ -99,4 +102,4 @@ def run_pooled(configs: list[FinetuneConfig], progress: bool = True, pool_dir: P
                        server_seconds=sum(host.compute_seconds for host in hosts),
                        details={"pool": POOL, "members": len(configs), "quorum": len(configs),
                                 "pool_samples": summaries[0].cache_samples,
-                                "side_network": str(pool_dir / POOLS_DIR / POOL)})
+                                "side_network": str(pool_dir / POOLS_DIR / POOL / TRAINED_DIR / SIDE_NETWORK_FILE)})

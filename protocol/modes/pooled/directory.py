@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # torch-backed: imported when a device joins, so that `serve`
     from protocol.modes.pooled.pool import Pool
 
 POOLS_DIR = "pools"
-PRIVATE_POOL_DIR = "pool"  # inside the namespace of a device that names no pool
+PRIVATE_POOL_DIR = "own_pool"  # inside the namespace of a device that names no pool
+POOL_FILE = "pool"  # inside a member's namespace: the pool it belongs to, for good
 
 
 class PoolAdmission(Protocol):
@@ -56,11 +57,12 @@ def parse_pool(text: str) -> tuple[str, int]:
 
 
 class PoolDirectory:
-    """The hosted pools (name -> quorum), their state under `root`, and the endpoints of their members."""
+    """The hosted pools (name -> quorum), their state under `root`, and the endpoints of their members,
+    whose namespaces are the folders of `namespaces` (a restart recovers each pool's members from them)."""
 
-    def __init__(self, root: Path | str, quorums: dict[str, int], training: ServerTraining,
+    def __init__(self, root: Path | str, namespaces: Path | str, quorums: dict[str, int], training: ServerTraining,
                  limits: ServerLimits | None = None, admission: PoolAdmission = OpenAdmission()) -> None:
-        self.root, self.quorums, self.training = Path(root), dict(quorums), training
+        self.root, self.namespaces, self.quorums, self.training = Path(root), Path(namespaces), dict(quorums), training
         self.limits, self.admission = limits, admission
         if limits is not None:
             too_large = [name for name, quorum in self.quorums.items() if quorum > limits.max_pool_members]
@@ -76,10 +78,31 @@ class PoolDirectory:
 
         with self._lock:
             if name not in self._pools:
-                self._pools[name] = Pool(name, self.quorums[name], self.root / POOLS_DIR / name, self.training,
-                                         self.limits, active=lambda identity: self.admission.refusal(identity, name)
-                                         is None)
+                pool = Pool(name, self.quorums[name], self.root / POOLS_DIR / name, self.training, self.limits,
+                            active=lambda identity: self.admission.refusal(identity, name) is None)
+                self._recover(pool)
+                self._pools[name] = pool
             return self._pools[name]
+
+    def _recover(self, pool: Pool) -> None:
+        """The members an earlier run of the server admitted to `pool`, from their namespaces: what
+        they hold and whether they had finished their upload (a restart loses no member)."""
+        from protocol.modes.pooled.member import ready_epochs
+        from protocol.server.cache import ActivationCache
+        from protocol.server.transcript import CACHE_FILE
+
+        marks = sorted(self.namespaces.glob(f"*/{POOL_FILE}")) if self.namespaces.is_dir() else []
+        for namespace in [mark.parent for mark in marks if mark.read_text().strip() == pool.name]:
+            try:
+                name = self.admission.name(namespace.name)
+            except KeyError:
+                continue  # no longer in the key directory at all (a revoked member stays, and is not trained on)
+            cache = ActivationCache(namespace / CACHE_FILE)
+            try:
+                samples = len(cache)
+            finally:
+                cache.close()
+            pool.join(name, namespace.name, namespace, samples, ready_epochs(namespace))
 
     def admit(self, pool: str, workdir: Path) -> None:
         """Admit the device whose namespace is `workdir` to `pool`; an unknown pool, one the device may

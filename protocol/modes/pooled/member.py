@@ -21,6 +21,10 @@ from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import SIDE_NETWORK_FILE
 from protocol.wire.messages import FetchWeights, Hello, Message, TrainUntil, Upload, UploadAck
 
+# In the member's namespace: the epochs it asked for once its upload was done (a restarted server
+# recovers the pool's members from their namespaces: `protocol.modes.pooled.directory`).
+READY_FILE = "pool_ready"
+
 
 class PoolMemberServer(SideTuningServer):
     """The endpoint of member `member` of `pool` (joined already), its state in `workdir`."""
@@ -44,6 +48,8 @@ class PoolMemberServer(SideTuningServer):
             raise ProtocolError(f"this device's server state is a member of pool {self.pool.name!r}, "
                                 f"not {message.pool!r}")
         if isinstance(message, TrainUntil):
+            if ready_epochs(self.workdir) is None or message.epochs_total > ready_epochs(self.workdir):
+                write_atomic(self.workdir / READY_FILE, str(message.epochs_total).encode())
             return self.pool.train(self.member, message.epochs_total, self.check_stop)
         if isinstance(message, FetchWeights):
             weights, path = self.pool.weights(self.member)
@@ -57,3 +63,9 @@ class PoolMemberServer(SideTuningServer):
         self._payload_bytes = self.cache.payload_bytes()
         self.pool.stored(self.member, len(self.cache))
         return UploadAck(stored=int(new.sum()), duplicates=int((~new).sum()))
+
+
+def ready_epochs(namespace: Path) -> int | None:
+    """The epochs a member asked for once its upload was done; None while it is still uploading."""
+    path = namespace / READY_FILE
+    return int(path.read_text()) if path.is_file() else None

@@ -9,6 +9,7 @@ A device names its pool in its Hello (`--pool`); one that names none is a pool o
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from protocol.wire.messages import Message, TrainReport, TrainUntil, expect
 # (a server that keeps answering 'pending' cannot hold a device for ever).
 MIN_POLL_SECONDS, MAX_POLL_SECONDS, WAIT_SLACK_SECONDS = 0.05, 5.0, 30.0
 MAX_DEVICE_WAIT_SECONDS = 3600.0
+log = logging.getLogger(__name__)
 _PER_DEVICE_SECRET = "its restore needs this device's own secret, which a φ shared by the pool cannot serve"
 
 
@@ -59,6 +61,8 @@ class PooledMode(SideNetworkMode):
             now = time.monotonic()
             if deadline is None:
                 deadline = now + min(reply.wait_left_seconds + WAIT_SLACK_SECONDS, MAX_DEVICE_WAIT_SECONDS)
+                log.info("waiting for the pool's quorum: %d of %d members have finished their upload", reply.ready,
+                         reply.quorum)
             if now >= deadline:
                 raise ProtocolError(f"the pool's quorum was not reached in time: {reply.ready} of {reply.quorum} "
                                     f"members had finished their upload")

@@ -15,10 +15,11 @@ Thread-safe: members are served from their own threads, and one trains for all u
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from protocol.errors import ProtocolError
-from protocol.files import private_dir
+from protocol.files import private_dir, write_atomic
 from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape, state_arrays
 from protocol.modes.pooled.messages import PoolPending
 from protocol.server.cache import ActivationCache
@@ -38,6 +39,9 @@ from protocol.wire.messages import SideWeights, TrainReport
 
 # How often a waiting member is asked to try again.
 RETRY_SECONDS = 0.5
+# In the pool's directory: the upload shape every member must share (kept across restarts), and the
+# trainer's files of the latest training (φ: `trained/side_network.safetensors`).
+SHAPE_FILE, TRAINED_DIR = "shape.json", "trained"
 
 
 @dataclass
@@ -72,11 +76,15 @@ class Pool:
         self.wait_seconds = limits.pool_wait_seconds if limits is not None else ServerLimits.pool_wait_seconds
         self._members: dict[str, Member] = {}
         self._shape: tuple[SideNetworkShape, tuple[int, ...]] | None = None
+        if (self.root / SHAPE_FILE).is_file():
+            saved = json.loads((self.root / SHAPE_FILE).read_text())
+            self._shape = SideNetworkShape(**saved["shape"]), tuple(saved["layers"])
         self._trained: Trained | None = None
         self._lock = threading.Lock()
 
-    def join(self, member: str, identity: str, namespace: Path) -> None:
-        """Admit a member (again, after a reconnect or a restart: its namespace is unchanged)."""
+    def join(self, member: str, identity: str, namespace: Path, samples: int = 0, epochs: int | None = None) -> None:
+        """Admit a member (again, after a reconnect: its namespace is unchanged); a server restarting
+        recovers its members with the samples they hold and the epochs they asked for once done."""
         with self._lock:
             if member in self._members:
                 if self._members[member].identity != identity:
@@ -84,7 +92,7 @@ class Pool:
                 return
             if self.limits is not None and len(self._members) >= self.limits.max_pool_members:
                 raise self.limits.exceeded("max_pool_members", f"member {len(self._members) + 1} of pool {self.name!r}")
-            self._members[member] = Member(identity, Path(namespace))
+            self._members[member] = Member(identity, Path(namespace), samples, epochs, time.monotonic())
 
     def check_upload(self, member: str, shape: SideNetworkShape, layers: tuple[int, ...], samples_after: int) -> None:
         """Refuse an upload that another member's would not pool with, that adds samples after the
@@ -99,7 +107,11 @@ class Pool:
             total = samples_after + sum(m.samples for name, m in self._members.items() if name != member)
             if self.limits is not None and total > self.limits.max_pool_samples:
                 raise self.limits.exceeded("max_pool_samples", f"{total} samples stored in pool {self.name!r}")
-            self._shape = self._shape or (shape, layers)
+            if self._shape is None:
+                private_dir(self.root)
+                saved = {"shape": asdict(shape), "layers": list(layers)}
+                write_atomic(self.root / SHAPE_FILE, json.dumps(saved).encode())
+                self._shape = shape, layers
 
     def stored(self, member: str, samples: int) -> None:
         """The member's cache now holds `samples` samples."""
@@ -115,10 +127,11 @@ class Pool:
             if state.epochs is None:
                 state.ready_since = time.monotonic()
             state.epochs = max(state.epochs or 0, epochs)
-            members = tuple(sorted(name for name, m in self._members.items()
-                                   if m.epochs is not None and m.samples > 0 and self.active(m.identity)))
-            if len(members) < self.quorum:
-                return self._pending(state, len(members))
+            ready = [name for name, m in self._members.items() if m.epochs is not None and m.samples > 0]
+            if len(ready) < self.quorum:
+                return self._pending(state, len(ready))
+            # The quorum counts members that have uploaded; the training, those not revoked since.
+            members = tuple(sorted(name for name in ready if self.active(self._members[name].identity)))
             total = max(self._members[name].epochs for name in members)
             if self._trained is None or (self._trained.members, self._trained.epochs) != (members, total):
                 self._trained = None  # a failed training leaves no stale network behind
@@ -140,7 +153,7 @@ class Pool:
         with self._lock:
             if self._trained is None or member not in self._trained.members:
                 raise ProtocolError(f"pool {self.name!r} has not trained with this member yet: ask for training first")
-            return self._trained.weights, self.root / SIDE_NETWORK_FILE
+            return self._trained.weights, self.root / TRAINED_DIR / SIDE_NETWORK_FILE
 
     def _union(self, members: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Every sample of the members, by member name and then in upload order."""
@@ -159,11 +172,12 @@ class Pool:
     def _fit(self, members: tuple[str, ...], epochs: int, check_stop: Callable[[], None]) -> Trained:
         inputs, targets = self._union(members)
         shape, layers = self._shape
-        if self.root.exists():
-            shutil.rmtree(self.root)  # the previous set's network: this one starts from scratch
-        private_dir(self.root)
+        workdir = self.root / TRAINED_DIR
+        if workdir.exists():
+            shutil.rmtree(workdir)  # the previous set's network: this one starts from scratch
+        private_dir(workdir)
         # Checkpoints only at the start and the end: an interrupted training is simply trained again.
-        trainer = SideTrainer(self.training, self.root, check_stop=check_stop, checkpoint_seconds=float("inf"))
+        trainer = SideTrainer(self.training, workdir, check_stop=check_stop, checkpoint_seconds=float("inf"))
         network = AdditiveSideNetwork(shape, self.training.dropout, generator=trainer.init_generator())
         network.fit_input_scaling(inputs)
         trainer.start(network, layers)
