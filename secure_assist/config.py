@@ -14,6 +14,7 @@ from protocol.model.names import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server.training_settings import ServerTraining
 from secure_assist.devices.partition import Partition
+from protocol.wire.messages import POOL_NAME
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_fields
 
 T = TypeVar("T")
@@ -92,7 +93,10 @@ class RunSettings:
     # The training mode (protocol.modes.registry.MODES); None: the first one every mechanism supports
     # (side_network, or ckks_ridge with he_ckks).
     mode: str | None = option(None, "training mode (side_network, ckks_ridge, device_local, generation, "
-                                     "generation_local; default: the one the task and mechanisms imply)")
+                                     "generation_local, pooled; default: the one the task and mechanisms imply)")
+    # The pool a `pooled` device joins on the server (protocol.modes.pooled); "": a pool of its own.
+    pool: str = option("", "pool to join with --mode pooled (the server hosts it, the key directory lets the "
+                           "device join it); default: a pool of its own")
     # Privacy mechanisms (secure_assist.mechanism_parameters.MECHANISM_PARAMETERS), composed in stage order; their
     # parameters are the generated fields below.
     mechanism: tuple[str, ...] = option(("none",), "comma-separated privacy mechanisms, composed: "
@@ -132,6 +136,8 @@ class RunSettings:
             raise UserInputError("flip_labels flips class labels: it needs a classification task")
         if self.safeguard_fraction is not None and not 0 <= self.safeguard_fraction < 1:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
+        if self.pool and (self.mode != "pooled" or not POOL_NAME.fullmatch(self.pool)):
+            raise UserInputError(f"pool {self.pool!r} needs --mode pooled and a name of 1-64 of [A-Za-z0-9_.-]")
         self.server_training()  # validates the server's settings now, not after the forward passes
         check_mechanism_parameters(self)
 

@@ -64,6 +64,10 @@ class TrainingMode:
     required_stage: ClassVar[str | None] = None
     # The task kind this mode trains for (secure_assist.task_kinds.TASK_KINDS).
     task_kind: ClassVar[str] = "classification"
+    # Whether a device may name a pool in its Hello (`protocol.modes.pooled`).
+    pooled: ClassVar[bool] = False
+    # Mechanisms this mode cannot run, by name, and why in one line (a mechanism's `supports` reads it).
+    refused_mechanisms: ClassVar[dict[str, str]] = {}
 
     def make_server(self, workdir: Path, training: ServerTraining, limits: ServerLimits | None = None,
                     stop: threading.Event | None = None) -> RecordingEndpoint:

@@ -4,7 +4,9 @@
 The first request of every connection must be `Hello(mode)` (the transport enforces it
 per connection, `requires_hello`): a mode the server does
 not offer, or another mode than the one this device's server state already holds, is
-refused with an error reply and nothing is stored. Once open, the mode's endpoint
+refused with an error reply and nothing is stored. A `pooled` device may name a pool the
+server hosts (`pools`) and the device may join; its namespace is then that pool's member for
+good. Once open, the mode's endpoint
 answers (and records) every request, Hellos of later connections included, so every
 server view says which mode wrote it.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from protocol.wire.codec import DEFAULT_MAX_BYTES
 from protocol.server.endpoint import RecordingEndpoint
@@ -23,7 +25,11 @@ from protocol.files import private_dir, write_atomic
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.server.training_settings import ServerTraining
+from protocol.modes.pooled.directory import POOL_FILE
 from protocol.modes.registry import MODES, server_modes
+
+if TYPE_CHECKING:
+    from protocol.modes.pooled.directory import PoolDirectory
 
 MODE_FILE = "mode"
 log = logging.getLogger(__name__)
@@ -37,7 +43,7 @@ class ModeHost:
 
     def __init__(self, workdir: Path | str, offered: tuple[str, ...], training: ServerTraining = ServerTraining(),
                  max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, pools: PoolDirectory | None = None) -> None:
         unknown = [name for name in offered if name not in MODES]
         if unknown or not offered:
             raise ValueError(f"cannot offer modes {unknown or '(none)'}; known: {list(MODES)}")
@@ -47,6 +53,7 @@ class ModeHost:
         self.max_message_bytes = max_message_bytes
         self.limits = limits
         self.stop = stop
+        self.pools = pools
         self.endpoint: RecordingEndpoint | None = None
         self.mode: str | None = None
 
@@ -72,27 +79,40 @@ class ModeHost:
             try:
                 if not isinstance(message, Hello):
                     raise ProtocolError("the first request must be 'hello' naming the training mode")
-                self._open(message.mode)
+                self._open(message.mode, message.pool)
             except ProtocolError as exc:
                 log.warning("refused a device's first request: %s", exc)
                 return encode_message(ErrorReply(reason=str(exc)))
         return self.endpoint.handle_message(message, data)
 
-    def _open(self, mode: str) -> None:
+    def _open(self, mode: str, pool: str = "") -> None:
         if mode not in self.offered:
             raise ProtocolError(f"this server does not offer training mode {mode!r}; it offers {list(self.offered)}")
-        held = self.mode or self._recorded_mode()
+        held = self.mode or self._recorded(MODE_FILE)
         if held is not None and held != mode:
             raise ProtocolError(f"this device's server state holds training mode {held!r}, not {mode!r}")
+        if pool and not MODES[mode].pooled:
+            raise ProtocolError(f"training mode {mode!r} takes no pool; name pool {pool!r} with mode 'pooled'")
+        if pool and self.pools is None:
+            raise ProtocolError(f"this server hosts no pools (asked for {pool!r})")
+        held_pool = self._recorded(POOL_FILE) or ""
+        if held is not None and held_pool != pool:
+            raise ProtocolError(f"this device's server state belongs to pool {held_pool or '(its own)'!r}, "
+                                f"not {pool or '(its own)'!r}")
         if self.endpoint is None:
+            if pool:
+                self.pools.admit(pool, self.workdir)
             private_dir(self.workdir)  # server state is the server user's alone, whatever the umask
+            if pool:
+                write_atomic(self.workdir / POOL_FILE, pool.encode())
             write_atomic(self.workdir / MODE_FILE, mode.encode())
-            self.endpoint = MODES[mode].make_server(self.workdir, self.training, self.limits, self.stop)
+            self.endpoint = (self.pools.member_server(pool, self.workdir, self.training, self.limits, self.stop)
+                             if pool else MODES[mode].make_server(self.workdir, self.training, self.limits, self.stop))
             self.endpoint.mode = mode
             self.mode = mode
 
-    def _recorded_mode(self) -> str | None:
-        path = self.workdir / MODE_FILE
+    def _recorded(self, name: str) -> str | None:
+        path = self.workdir / name
         return path.read_text().strip() if path.is_file() else None
 
     def close(self) -> None:
@@ -101,9 +121,9 @@ class ModeHost:
             self.endpoint.close()
 
 
-def host_factory(offered: tuple[str, ...] | None = None) -> Callable[..., ModeHost]:
+def host_factory(offered: tuple[str, ...] | None = None, pools: PoolDirectory | None = None) -> Callable[..., ModeHost]:
     """The transport server's per-device endpoint factory: a host offering `offered`
-    (default: every mode that uploads), under the server's limits and stop flag."""
+    (default: every mode that uploads) and hosting `pools`, under the server's limits and stop flag."""
     modes = offered or server_modes()
     return lambda workdir, training, limits=None, stop=None: ModeHost(workdir, modes, training, limits=limits,
-                                                                      stop=stop)
+                                                                      stop=stop, pools=pools)

@@ -14,10 +14,12 @@ from protocol.modes.ckks_ridge.mode import CkksRidgeMode
 from protocol.modes.device_local.mode import DeviceLocalMode
 from protocol.modes.generation.mode import GenerationMode
 from protocol.modes.generation_local.mode import GenerationLocalMode
+from protocol.modes.pooled.mode import PooledMode
 from protocol.modes.side_network.mode import SideNetworkMode
 
 MODES: dict[str, TrainingMode] = {mode.name: mode for mode in (SideNetworkMode(), CkksRidgeMode(), DeviceLocalMode(),
-                                                               GenerationMode(), GenerationLocalMode())}
+                                                               GenerationMode(), GenerationLocalMode(),
+                                                               PooledMode())}
 
 __all__ = ["MODES", "get_mode", "server_modes"]
 

@@ -125,6 +125,13 @@ class ServerLimits:
     checkpoint_seconds: float = _limit(
         300.0, "least time between two training checkpoints of a device (each rewrites its network and optimizer "
                "state); a clean stop writes the last, and a crash resumes exactly from the one before")
+    # Pools (protocol.modes.pooled): what a pool's members together make the server hold and wait for.
+    max_pool_members: int = _limit(64, "pooled: devices that may join one pool")
+    max_pool_samples: int = _limit(100_000, "pooled: samples one pool's members may have stored together (the "
+                                            "pool's training loads them all)")
+    pool_wait_seconds: float = _limit(
+        600.0, "pooled: time a member that finished its upload is answered 'pending' while the pool's quorum "
+               "is not in; then it is refused")
     # Connections, handshakes, ckks_ridge.
     max_handshakes: int = _limit(
         64, "TLS handshakes in progress, all peers together; one more sheds the oldest in progress")

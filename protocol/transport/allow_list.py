@@ -36,6 +36,32 @@ class AllowList:
         entry = self._entries.get(identity)
         return "unknown" if entry is None else ("revoked" if entry.get("revoked", False) else None)
 
+    def pools(self, identity: str) -> list[str]:
+        """The pools an allowed identity may join."""
+        return self._entries[identity].get("pools", [])
+
     def name(self, identity: str) -> str:
         """The device name an allowed identity was added under."""
         return self._entries[identity]["name"]
+
+
+class KeyPoolAdmission:
+    """Who may join which pool over the network: a device the allow-list serves now, in a pool its
+    entry lists (`secure-assist keys add-device NAME --pool P`), named as it was added."""
+
+    def __init__(self, keys: KeyDirectory) -> None:
+        self.allowed = AllowList(keys)
+
+    def refusal(self, identity: str, pool: str) -> str | None:
+        """None if `identity` may be served as a member of `pool` now, else why not."""
+        why = self.allowed.refusal(identity)
+        if why is not None:
+            return f"device certificate {why}"
+        if pool not in self.allowed.pools(identity):
+            return "the key directory does not list it as a member"
+        return None
+
+    def name(self, identity: str) -> str:
+        """The device name an identity was added under (KeyError: not in the key directory)."""
+        self.allowed.refresh()
+        return self.allowed.name(identity)

@@ -20,6 +20,7 @@ import numpy as np
 
 import protocol.modes.generation.messages as gen
 import protocol.modes.ckks_ridge.messages as he
+import protocol.modes.pooled.messages as pooled
 import protocol.wire.split_messages as split
 from protocol.wire import messages as plain
 from protocol.wire.codec import encode
@@ -51,7 +52,7 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
     plain.ResentUpload.TYPE: lambda r: plain.ResentUpload(sample_ids=_ids(r, 2), sha256="ab" * 32, wire_bytes=1000),
     plain.RecordedDigest.TYPE: lambda r: plain.RecordedDigest(kind="upload", outcome="refused", sha256="ab" * 32,
                                                               wire_bytes=1000),
-    plain.Hello.TYPE: lambda r: plain.Hello(mode="side_network"),
+    plain.Hello.TYPE: lambda r: plain.Hello(mode="pooled", pool="clinics"),
     plain.ModeAccepted.TYPE: lambda r: plain.ModeAccepted(mode="ckks_ridge"),
     plain.FullUpload.TYPE: lambda r: plain.FullUpload(sample_ids=_ids(r, 2), activations=_floats(r, 2, 2, 3, 4),
                                                       attention_mask=np.ones((2, 3), np.uint8),
@@ -81,6 +82,7 @@ EXAMPLES: dict[str, Callable[[Rng], Message]] = {
                                                               activations=_floats(r, 3, 2, 4, dtype="float16"),
                                                               residual=_floats(r, 3, 4), layers=(1, 2)),
     gen.HeadGram.TYPE: lambda r: gen.HeadGram(gram=np.eye(4, dtype=np.float32)),
+    pooled.PoolPending.TYPE: lambda r: pooled.PoolPending(ready=2, quorum=5, retry_seconds=0.5, wait_left_seconds=60.0),
 }
 
 # JSON texts spliced in place of one scalar field's value.

@@ -4,7 +4,7 @@ A key directory holds
     server.key / server.crt          the server identity (the device pins server.crt)
     devices/<name>.key / .crt        device identities (each device needs only its own pair)
     trusted_devices.json             the server's allow-list: certificate fingerprint ->
-                                     {name, revoked, certificate PEM}
+                                     {name, revoked, certificate PEM, pools it may join}
 Identities are ECDSA P-256 keys with self-signed certificates made by `cryptography`; a
 peer is trusted because its exact certificate is pinned (SHA-256 fingerprint), not because
 a CA vouches for it. Revoking a device marks its fingerprint; the server re-reads the list
@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.wire.messages import POOL_NAME
 
 SERVER_NAME = "server"
 TRUST_FILE = "trusted_devices.json"
@@ -113,8 +114,11 @@ class KeyDirectory:
         for name in device_names:
             self.add_device(name)
 
-    def add_device(self, name: str) -> str:
-        """Create a device identity, trust it on the server; return its fingerprint."""
+    def add_device(self, name: str, pools: tuple[str, ...] = ()) -> str:
+        """Create a device identity, trust it on the server (as a member of `pools`); return its fingerprint."""
+        bad = [pool for pool in pools if not POOL_NAME.fullmatch(pool)]
+        if bad:
+            raise UserInputError(f"pool names {bad} must be 1-64 of [A-Za-z0-9_.-]")
         if self.device_key(name).exists():
             raise UserInputError(f"device {name!r} already exists in {self.root}")
         key, cert = make_identity(name)
@@ -122,7 +126,7 @@ class KeyDirectory:
         write_atomic(self.device_cert(name), cert)
         trust = self.load_trust()
         digest = pem_fingerprint(cert)
-        trust[digest] = {"name": name, "revoked": False, "certificate": cert.decode()}
+        trust[digest] = {"name": name, "revoked": False, "certificate": cert.decode(), "pools": sorted(set(pools))}
         self._save_trust(trust)
         return digest
 

@@ -10,6 +10,7 @@ before any state is touched.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
@@ -19,12 +20,14 @@ from protocol.wire.codec import DEFAULT_MAX_BYTES, MAX_MESSAGE_HEADER_BYTES, dec
 from protocol.errors import ProtocolError
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
+from protocol.modes.pooled.messages import PoolPending
 from protocol.wire.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
 from protocol.wire.message_base import (  # noqa: F401  (re-exported: the message API lives here)
     PROTOCOL_VERSION, SAMPLE_ID_BYTES, Message, _check_ids, _exact_keys, _int_field, _tensor,
 )
 
 MAX_MODE_NAME = 64
+POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -252,17 +255,22 @@ class Hello(Message):
 
     TYPE: ClassVar[str] = "hello"
     mode: str
+    # The named pool a `pooled` device joins ("": none; the field is then left off the wire).
+    pool: str = ""
 
     def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-        return {}, {"mode": self.mode}
+        return {}, {"mode": self.mode, **({"pool": self.pool} if self.pool else {})}
 
     @classmethod
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Hello":
-        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode"})
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode", "pool"} if "pool" in meta else {"mode"})
         mode = meta["mode"]
         if not isinstance(mode, str) or not mode.isidentifier() or len(mode) > MAX_MODE_NAME:
             raise ProtocolError(f"field 'mode' must be an identifier of at most {MAX_MODE_NAME} characters")
-        return cls(mode=mode)
+        pool = meta.get("pool", "")
+        if pool != "" and not (isinstance(pool, str) and POOL_NAME.fullmatch(pool)):
+            raise ProtocolError("field 'pool' must be 1-64 of [A-Za-z0-9_.-]")
+        return cls(mode=mode, pool=pool)
 
 
 @dataclass(frozen=True)
@@ -277,6 +285,7 @@ class ModeAccepted(Message):
 
     @classmethod
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "ModeAccepted":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode"})
         return cls(mode=Hello.from_parts(tensors, meta).mode)
 
 
@@ -287,7 +296,7 @@ _MESSAGE_CLASSES: tuple[type[Message], ...] = (
     FetchWeights, SideWeights, ErrorReply,
     EncryptedUpload, HeFitRequest, HeFitReply,
     SplitForward, SplitActivations, SplitBackward, CutGradients,
-    HeadGram, GenerationUpload,
+    HeadGram, GenerationUpload, PoolPending,
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _MESSAGE_CLASSES}
 if len(MESSAGE_TYPES) != len(_MESSAGE_CLASSES):

@@ -16,7 +16,8 @@ def _init(keys: KeyDirectory, args: argparse.Namespace) -> dict:
 
 
 def _add(keys: KeyDirectory, args: argparse.Namespace) -> dict:
-    return {"added": args.name, "fingerprint": keys.add_device(args.name)}
+    fingerprint = keys.add_device(args.name, tuple(args.pool))
+    return {"added": args.name, "fingerprint": fingerprint, "pools": sorted(set(args.pool))}
 
 
 def _revoke(keys: KeyDirectory, args: argparse.Namespace) -> dict:
@@ -27,7 +28,7 @@ def _show(keys: KeyDirectory, args: argparse.Namespace) -> dict:
     from protocol.transport.identity import pem_fingerprint
 
     server = pem_fingerprint(keys.server_cert.read_bytes()) if keys.server_cert.is_file() else None
-    devices = [{"name": e["name"], "fingerprint": fp, "revoked": e.get("revoked", False)}
+    devices = [{"name": e["name"], "fingerprint": fp, "revoked": e.get("revoked", False), "pools": e.get("pools", [])}
                for fp, e in keys.load_trust().items()]
     return {"directory": str(keys.root), "server_fingerprint": server, "devices": devices}
 
@@ -52,6 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.add_argument("--devices", default="device1", help="comma-separated device names (default: device1)")
     add = actions.add_parser("add-device", help="create one more device identity and trust it")
     add.add_argument("name")
+    add.add_argument("--pool", action="append", default=[],
+                     help="a pool (of `serve --pool`) the device may join; repeatable (default: none)")
     revoke = actions.add_parser("revoke", help="revoke a device (name or certificate fingerprint)")
     revoke.add_argument("device")
     actions.add_parser("show", help="print the server fingerprint and the device allow-list")

@@ -35,9 +35,11 @@ def _return_large_buffers_to_the_os() -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; then end the process (it does not return after serving)."""
     from protocol.transport.identity import KeyDirectory
-    from protocol.transport.server import TransportServer
+    from protocol.transport.server import DEVICES_DIR, TransportServer
     from protocol.modes.registry import get_mode, server_modes
     from protocol.modes.host import host_factory
+    from protocol.modes.pooled.directory import PoolDirectory, parse_pool
+    from protocol.transport.allow_list import KeyPoolAdmission
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = ServerLimits.from_arguments(args)
@@ -49,8 +51,16 @@ def run(args: argparse.Namespace) -> int:
     refused = [name for name in offered if not get_mode(name).uploads]
     if refused:
         raise UserInputError(f"{', '.join(refused)} upload nothing and cannot be served; offer {list(server_modes())}")
-    server = TransportServer(Path(args.workdir), KeyDirectory(Path(args.keys)), training, limits,
-                             endpoint_factory=host_factory(offered))
+    keys = KeyDirectory(Path(args.keys))
+    pools = dict(parse_pool(text) for text in args.pool)
+    if len(pools) != len(args.pool):
+        raise UserInputError("a pool is named twice in --pool")
+    if pools and "pooled" not in offered:
+        raise UserInputError("--pool hosts pools of the mode 'pooled': offer it in --modes")
+    directory = (PoolDirectory(Path(args.workdir), Path(args.workdir) / DEVICES_DIR, pools, training, limits,
+                               KeyPoolAdmission(keys)) if pools else None)
+    server = TransportServer(Path(args.workdir), keys, training, limits,
+                             endpoint_factory=host_factory(offered, directory))
 
     def ready(host: str, port: int) -> None:
         if args.ready_file:
@@ -76,6 +86,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ready-file", help="write host:port here once listening")
     parser.add_argument("--modes", type=lambda text: tuple(p for p in text.split(",") if p), default=None,
                         help="comma-separated training modes to offer (default: every mode that uploads)")
+    parser.add_argument("--pool", action="append", default=[], metavar="NAME:QUORUM",
+                        help="host a pool (mode pooled): one side network trained once QUORUM member devices have "
+                             "uploaded; the key directory says who may join (repeatable; default: none)")
     parser.add_argument("--rank", type=int, default=ServerTraining.rank,
                         help=f"side-network rank (default: {ServerTraining.rank})")
     parser.add_argument("--learning-rate", type=float, default=ServerTraining.learning_rate,

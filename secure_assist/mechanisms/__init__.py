@@ -64,6 +64,9 @@ def check_chain(names: tuple[str, ...] | list[str], mode: ModeTraits | None = No
         raise UserInputError("'none' cannot be combined with other mechanisms")
     classes = sorted((MECHANISMS[n] for n in names), key=lambda cls: STAGES.index(cls.stage))
     for cls in classes:
+        if mode is not None and cls.name in mode.refused_mechanisms:
+            raise UserInputError(f"training mode {mode.name!r} refuses mechanism {cls.name!r}: "
+                                 f"{mode.refused_mechanisms[cls.name]}")
         if mode is not None and not cls.supports(mode):
             raise UserInputError(f"mechanism {cls.name!r} does not support training mode {mode.name!r} "
                                  f"(it supports {cls.supported_modes()})")

@@ -39,6 +39,7 @@ class ModeTraits(Protocol):
     name: str
     uploads: bool  # False: nothing leaves the device
     task_kind: str  # CLASSIFICATION_KIND or GENERATION_KIND: the uploads it sends
+    refused_mechanisms: dict[str, str]  # mechanism name -> why the mode cannot run it (one line)
 
 # What a DP claim protects: the released Δ (gaussian, label_rr), the released activations,
 # or the generation mode's released r (gaussian_r). Each names the upload field it covers.
@@ -108,7 +109,7 @@ class Mechanism:
     @classmethod
     def supports(cls, mode: ModeTraits) -> bool:
         """Whether the mechanism works in this training mode."""
-        if mode.task_kind not in cls.task_kinds:
+        if mode.task_kind not in cls.task_kinds or cls.name in mode.refused_mechanisms:
             return False
         return mode.uploads if cls.modes is None else mode.name in cls.modes
 

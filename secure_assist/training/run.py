@@ -156,7 +156,7 @@ def start_run(config: FinetuneConfig, channel: Channel | None = None, progress: 
     try:
         device = kind.make_device(config, task, mechanisms if mode.uploads else None, progress, (train, evaluate))
         kind.check(device, train + evaluate)
-        expect(channel.request(Hello(mode=mode.name)), ModeAccepted)
+        expect(channel.request(Hello(mode=mode.name, pool=config.pool)), ModeAccepted)
         mode.open(channel, device)
         with PeakMemory() as upload_peak:
             upload_resumable(device, channel, upload_set, workdir / DEVICE_DIR, run_key(config, mode.name, upload_set),

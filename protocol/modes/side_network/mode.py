@@ -44,9 +44,13 @@ class SideNetworkMode(TrainingMode):
 
         return network_from_arrays(weights.state, weights.architecture, AdditiveSideNetwork)
 
-    def train(self, channel: Channel, epochs: int, mechanisms: DeviceProtections) -> TrainOutcome:
+    def training_report(self, channel: Channel, epochs: int) -> TrainReport:
+        """Have the server train until `epochs` are done."""
         # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
-        report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+        return expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+
+    def train(self, channel: Channel, epochs: int, mechanisms: DeviceProtections) -> TrainOutcome:
+        report = self.training_report(channel, epochs)
         weights = expect(channel.request(FetchWeights()), SideWeights)
         return TrainOutcome(side=self.rebuild(weights),
                             epochs_done=report.epochs_done, cache_samples=report.samples,

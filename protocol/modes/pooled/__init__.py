@@ -1,0 +1,1 @@
+"""`pooled`: one side network trained on the union of a pool's caches (messages, pool, member endpoint)."""
