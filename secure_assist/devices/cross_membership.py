@@ -42,7 +42,7 @@ from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.audit.membership import (
     DeployedTarget, membership_attacks, membership_setting, score_membership,
 )
-from secure_assist.audit.public_knowledge import public_data
+from secure_assist.audit.public_knowledge import PublicData, public_data
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
 from secure_assist.devices.share import device_share
@@ -69,14 +69,17 @@ def _best(report: dict[str, Any]) -> dict[str, Any] | None:
 
 def cross_device_membership(config: FinetuneConfig, model_file: Path | str, trained: Sequence[Collection[str]],
                             attacker: int = ATTACKER, references: int = REFERENCES,
-                            attacks: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+                            attacks: Sequence[str] | None = None, public: PublicData | None = None,
+                            progress: bool = True) -> dict[str, Any]:
     """Device `attacker`'s membership attacks on the other devices' samples through the shared
     model in `model_file`, and the same attacks on the backbone alone.
 
     `config`: any device's config of the run (model, task, data, devices, partition, seed and
     the side network's recipe are the run's); `trained[i]`: the texts device i's run trained on
     (`device_trained_texts` of the devices' work directories); `attacks`: membership attack
-    names (None: every registered one). Returns the shared model's and the zero-shot report
+    names (None: every registered one); `public`: the attacker's public rows (None: the rows of
+    the task's pool the run does not use; a smaller run on a subset of a larger one's samples
+    may share the larger one's, and with them its backbone passes). Returns the shared model's and the zero-shot report
     (`secure_assist.audit.membership.score_membership`), each with its best attack's numbers."""
     if len(trained) != config.devices:
         raise UserInputError(f"cross-device membership needs the trained samples of each of the {config.devices} "
@@ -94,7 +97,10 @@ def cross_device_membership(config: FinetuneConfig, model_file: Path | str, trai
     if not targets:
         raise UserInputError("the other devices trained on no sample the attacker does not hold itself")
     shared = load_finetuned(Path(model_file))
-    public = public_data(task, None, config.train_file, train + evaluate, config.seed, config.skip_invalid_rows)
+    if public is None:
+        public = public_data(task, None, config.train_file, train + evaluate, config.seed, config.skip_invalid_rows)
+    if {e.text for e in public.examples} & {e.text for e in train}:
+        raise UserInputError("the attacker's public rows include training samples of the run")
     setting = membership_setting(config, task, targets, public, shared.layers, references, progress,
                                  trained_size=len(frozenset().union(*trained)))
     reports = {name: score_membership(setting, DeployedTarget(name, side, others), names, config.seed)
