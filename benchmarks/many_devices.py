@@ -59,9 +59,10 @@ def table_row(row: dict[str, Any]) -> dict[str, Any]:
         "activations_only_baseline": _mean_max(leak.get("activations_only_baseline")),
         "leak_over_activations_only": None if leak.get("over_activations_only") is None
         else {k: leak["over_activations_only"][k] for k in ("mean", "ci95")},
-        "leak_note": row.get("leak_note"),
-        "membership_tpr_at_1pct_fpr": membership.get("tpr_at_0.01_fpr") if membership["status"] == "ok"
-        else membership["reason"],
+        "fedavg_update_leak": None if "update_leak" not in row else {
+            k: row["update_leak"][k] for k in ("view", "mean_tv", "prior_mean_tv")},
+        "membership_tpr_at_1pct_fpr": (membership["shared_model"]["best"] or {}).get("tpr_at_0.01_fpr")
+        if membership["status"] == "ok" else membership["reason"],
         "bytes_up_per_device": cost["bytes_up"]["mean"], "bytes_down_per_device": cost["bytes_down"]["mean"],
         "device_seconds": {"mean": cost["device_seconds"]["mean"], "max": cost["device_seconds"]["max"]},
         "server_seconds": cost["server_seconds"],

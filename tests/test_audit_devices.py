@@ -27,6 +27,7 @@ from secure_assist.training.workdir import MODEL_FILE
 
 DEVICES = 3
 LABEL_ATTACKS = ("delta_argmax", "public_head_zero_shot")
+ATTACKS = LABEL_ATTACKS + ("lira_offline",)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,8 @@ def device_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """(config, report, written paths) of one 3-device Dirichlet(0.5) tiny-llama audit: the reference rows and
     plain pooled PAE."""
     config = AuditConfig(model="tiny-llama", train_samples=48, eval_samples=16, epochs=2, devices=DEVICES,
-                         partition="dirichlet:0.5", attacks=LABEL_ATTACKS, variants=("none",),
-                         fedavg=(),
+                         partition="dirichlet:0.5", attacks=ATTACKS, variants=("none",), fedavg=(),
+                         poisoning=True,
                          output=str(tmp_path_factory.mktemp("devices")))
     report = run_audit(config, progress=False)
     return config, report, write_reports(report, config.output)
@@ -58,8 +59,9 @@ def test_rows_are_the_references_and_the_pooled_variants(device_audit: tuple) ->
         if row["status"] == "skipped":  # an engine not on this branch: said so, in one line
             assert "engine" in row["reason"] and "\n" not in row["reason"]
         else:
-            assert len(row["per_device"]) == DEVICES and row["membership"]["status"]
-    assert report["poisoning"]["status"]
+            assert len(row["per_device"]) == DEVICES
+    assert rows["device_local"]["membership"]["status"] == "not_applicable"
+    assert [p["variant"] for p in report["poisoning"]] == ["poisoning:pooled"]
 
 
 def _direct(config: AuditConfig, row: str) -> tuple[list[float], list[float], list[np.ndarray]]:
@@ -140,13 +142,30 @@ def test_costs_and_leaks_per_device(device_audit: tuple) -> None:
     assert set(leak["attacks"]) == set(LABEL_ATTACKS)
 
 
+def test_cross_device_membership_and_poisoning(device_audit: tuple) -> None:
+    config, report, _ = device_audit
+    membership = _rows(report)["pooled:none"]["membership"]
+    assert membership["status"] == "ok" and membership["attacker"] == 0
+    shares = Partition.parse("dirichlet:0.5").indices(48, DEVICES, config.seed, np.array(
+        [e.label for e in resolve_data(FinetuneConfig(model="tiny-llama", train_samples=48, eval_samples=16))[1]]))
+    assert membership["attacker_samples_left_out"] == len(shares[0])  # the attacker's own share is not a candidate
+    for model in ("shared_model", "zero_shot"):
+        best = membership[model]["best"]
+        assert best["attack"] == "lira_offline" and 0 <= best["tpr_at_0.01_fpr"] <= 1
+    poisoning = report["poisoning"][0]
+    assert poisoning["status"] == "ok" and poisoning["poisoner"] == 0 and poisoning["honest_devices"] == DEVICES - 1
+    clean, poisoned = (np.array(poisoning["per_device_accuracy"][run])[1:] for run in ("clean", "poisoned"))
+    assert poisoning["honest_accuracy_change"]["mean"] == pytest.approx(float((poisoned - clean).mean()), abs=1e-9)
+
+
 def test_page_has_the_per_device_plot_and_tables(device_audit: tuple) -> None:
     _, report, paths = device_audit
     assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
     assert json.loads(paths[0].read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     markdown, page = paths[1].read_text(), paths[2].read_text()
     assert "| device_local |" in markdown and "## Devices: device_local" in markdown
-    assert "Cross-device membership" in markdown and "## Poisoning" in markdown
+    assert "## Cross-device membership" in markdown and "## Poisoning: one device flips every label" in markdown
+    assert "| poisoning:pooled | ok |" in markdown
     images = re.findall(r'alt=\'([^\']+)\' src="data:image/png;base64,([^"]+)"', page)
     assert [title for title, _ in images] == ["Accuracy per device, each row (box: quartiles over devices; dots: devices)"]
     assert base64.b64decode(images[0][1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -162,20 +181,26 @@ def test_a_rerun_reads_finished_rows_back(device_audit: tuple) -> None:
     assert not (Path(config.output) / "rows" / "device_local").exists()
 
 
-def test_compare_puts_the_audit_rows_beside_its_points(device_audit: tuple, tmp_path: Path) -> None:
-    config, report, _ = device_audit
+def test_compare_puts_the_audit_rows_beside_its_points(tmp_path: Path) -> None:
     output = tmp_path / "compare"
-    # The same settings give the same rows from the same producers: compare finds the audit's finished rows
-    # where it keeps its own and reads them back (its one point, device 0's run, is computed).
-    shutil.copytree(Path(config.output) / "device_rows", output / "devices" / "device_rows")
-    code = main(["compare", "--model", "tiny-llama", "--train-samples", "48", "--eval-samples", "16", "--epochs", "2",
-                 "--devices", str(DEVICES), "--partition", "dirichlet:0.5", "--mechanisms", "none",
-                 "--attacks", ",".join(LABEL_ATTACKS), "--fedavg", "", "--output", str(output), "--quiet"])
+    flags = ["--model", "tiny-llama", "--train-samples", "16", "--eval-samples", "8", "--epochs", "1", "--devices", "2",
+             "--partition", "iid"]
+    code = main(["compare", *flags, "--mechanisms", "none", "--attacks", "delta_argmax", "--fedavg", "",
+                 "--output", str(output), "--quiet"])
     assert code == 0
     compare = json.loads((output / "compare.json").read_text())
     assert [p["status"] for p in compare["points"]] == ["ok"]
-    assert compare["devices"]["rows"] == json.loads(json.dumps(report["rows"]))
-    assert "3 devices (dirichlet:0.5): rows per device" in (output / "compare.md").read_text()
+    rows = compare["devices"]["rows"]
+    assert [r["variant"] for r in rows] == ["zero_shot", "device_local", "pooled:none"]
+    assert all(r["status"] == "ok" and len(r["per_device"]) == 2 for r in rows)
+    assert "2 devices (iid): rows per device" in (output / "compare.md").read_text()
+    # The same settings as an audit: the audit finds compare's rows as its own (same producers, same fingerprint)
+    # and recomputes none of them.
+    shutil.rmtree(output / "devices" / "rows")
+    config = AuditConfig(model="tiny-llama", train_samples=16, eval_samples=8, epochs=1, devices=2, partition="iid",
+                         variants=("none",), attacks=("delta_argmax",), fedavg=(), output=str(output / "devices"))
+    assert run_audit(config, progress=False)["rows"] == rows
+    assert not (output / "devices" / "rows").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -108,6 +108,8 @@ class AuditSettings:
     fedavg: tuple[str, ...] = option(FEDAVG_VARIANTS, "with --devices N > 1: the federated-averaging rows "
                                                       f"(comma-separated, of {', '.join(FEDAVG_VARIANTS)}; '' for "
                                                       "none)")
+    poisoning: bool = option(False, "with --devices N > 1: run pooled plain and FedAvg plain again, clean and with "
+                                    "device 0 flipping every label, and report the honest devices' accuracy")
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:

@@ -69,14 +69,34 @@ def conclusions(report: dict[str, Any]) -> list[str]:
         out.append(f"{name} buys each device {_gain(common)} over device_local on the common split "
                    f"({_gain(own)} on its own distribution): {verdict} training alone (paired per device, "
                    f"CI by bootstrap over the {len(common['per_device'])} devices).")
+        updates = row.get("update_leak")
+        if updates is not None:
+            out.append(f"{name}: the server's label-share attack on {updates['view']} misses each device's label "
+                       f"shares by {updates['mean_tv']:.3f} (total variation, mean over devices) against "
+                       f"{updates['prior_mean_tv']:.3f} for the prior-only guess (lower: more leaked).")
         over = (row.get("leak") or {}).get("over_activations_only")
         if over is not None:
             out.append(f"{name}: the best server-side label attack on a device's view exceeds the activations-only "
                        f"baseline by {_gain(over)} of balanced accuracy (mean over devices).")
+    for entry in report["poisoning"]:
+        if entry["status"] == "ok":
+            out.append(f"{entry['variant']}: one of {entry['devices']} devices flipping every label moves the honest "
+                       f"devices' accuracy by {_gain(entry['honest_accuracy_change'])} (mean "
+                       f"{entry['clean']['honest_accuracy']['mean']:.1%} clean, "
+                       f"{entry['poisoned']['honest_accuracy']['mean']:.1%} poisoned).")
     skipped = [f"{r['variant']} ({r['reason']})" for r in report["rows"] if r["status"] != "ok"]
     if skipped:
         out.append("Not run: " + "; ".join(skipped) + ".")
     return out
+
+
+def _membership_cells(entry: dict[str, Any]) -> list[str]:
+    best, zero = (entry.get(k, {}).get("best") for k in ("shared_model", "zero_shot"))
+    if entry["status"] != "ok" or best is None:
+        return ["–"] * 4 + [entry.get("reason", "")]
+    low, high = best["tpr_at_0.01_fpr_ci95"]
+    return [best["attack"], f"{best['auc']:.3f}", f"{best['tpr_at_0.01_fpr']:.3f} [{low:.3f}, {high:.3f}]",
+            "–" if zero is None else f"{zero['tpr_at_0.01_fpr']:.3f}", ""]
 
 
 def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -92,10 +112,20 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         out.append((f"Devices: {row['variant']}", ["device", "samples", "accuracy", "own distribution",
                                                    "gain vs device_local (points)", "safeguard", "bytes up",
                                                    "device s", "best leak"], lines))
-    membership = [[r["variant"], r["membership"]["status"], r["membership"].get("reason", "")] for r in _ran(report)]
-    out.append(("Cross-device membership", ["row", "status", "note"], membership))
-    poisoning = report["poisoning"]
-    out.append(("Poisoning", ["status", "note"], [[poisoning["status"], poisoning.get("reason", "")]]))
+    membership = [[r["variant"], r["membership"]["status"]] + _membership_cells(r["membership"]) for r in _ran(report)]
+    out.append(("Cross-device membership: device 0 attacks the other devices' samples through its deployed model",
+                ["row", "status", "best attack", "AUC", "TPR at 1% FPR (95% CI)", "zero-shot TPR at 1% FPR", "note"],
+                membership))
+    poisoning = [[p["variant"], p["status"]] + ([_spread(p["clean"]["honest_accuracy"]),
+                                                 _spread(p["poisoned"]["honest_accuracy"]),
+                                                 _gain(p["honest_accuracy_change"]),
+                                                 f"{p['poisoned']['poisoner_accuracy']:.1%}", ""]
+                                                if p["status"] == "ok" else ["–"] * 4 + [p["reason"]])
+                 for p in report["poisoning"]]
+    out.append(("Poisoning: one device flips every label", ["row", "status", "honest devices clean: mean / p10 / min",
+                                                            "poisoned: mean / p10 / min",
+                                                            "change (paired per honest device, 95% CI)",
+                                                            "poisoner's own accuracy", "note"], poisoning))
     skipped = [[r["variant"], r["reason"]] for r in report["rows"] if r["status"] != "ok"]
     if skipped:
         out.append(("Rows not run", ["row", "reason"], skipped))

@@ -23,23 +23,23 @@ from tqdm import tqdm
 
 from attacks.base import LABELS
 from protocol.errors import UserInputError
+from protocol.model.model_io import load_finetuned
 from secure_assist.audit.config import Variant, row_finetune_config
+from secure_assist.audit.membership import membership_attacks
 from secure_assist.audit.point import PointData, attack_rows
-from secure_assist.audit.public_knowledge import PublicData
+from secure_assist.audit.public_knowledge import PublicData, knowledge
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT, EvalData, SampleScores
 from secure_assist.audit.schema import jsonable
 from secure_assist.audit.verdict import HEADLINES
 from secure_assist.config import FinetuneConfig
+from secure_assist.devices.cross_membership import ATTACKER, cross_device_membership, device_trained_texts
 from secure_assist.devices.partition import own_distribution_weights
+from secure_assist.devices.poisoning import POISONER, poisoning_effect
 from secure_assist.devices.share import device_share
 from secure_assist.training.run import run_training
 from secure_assist.training.summary import RunSummary
 
 POOLED, FEDAVG = "pooled", "fedavg"
-# The FedAvg rows' server-side leak, until an attack on the updates is registered.
-FEDAVG_LEAK = "not measured: no attack on a FedAvg server's view (its updates) is registered here"
-
-
 def pooled_row_name(variant: Variant) -> str:
     """The row of a pooled variant: `pooled:none`, `pooled:label_rr@4`."""
     return f"{POOLED}:{variant.label}"
@@ -170,6 +170,23 @@ def device_leaks(names: list[str], summaries: list[RunSummary], configs: list[Fi
     return {"metric": LEAK_METRIC, "per_device": jsonable(per_device), "by_attack": by_attack}
 
 
+def row_membership(config: Any, configs: list[FinetuneConfig], summaries: list[RunSummary], shared: DeviceData,
+                   attacks: list[str], progress: bool) -> dict[str, Any]:
+    """Cross-device membership of a row whose devices share a model: device `ATTACKER` attacks the other
+    devices' samples through the model it deployed (`secure_assist.devices.cross_membership`), with the
+    audit's membership attacks and reference count; 'not_measured' without them."""
+    names = membership_attacks(attacks)
+    if not names or not config.membership_references:
+        return {"status": "not_measured", "reason": "no membership attack configured (--attacks, "
+                                                    "--membership-references)"}
+    report = cross_device_membership(configs[ATTACKER], summaries[ATTACKER].model_file,
+                                     device_trained_texts([c.workdir for c in configs]),
+                                     references=config.membership_references, attacks=names, public=shared.public,
+                                     progress=progress)
+    return {"status": "ok", "model": "the attacker device's deployed model (behind its safeguard)",
+            **jsonable(report)}
+
+
 def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[str], progress: bool) -> dict:
     """One pooled row: every device uploads under the variant's mechanism into its own namespace, the server
     trains one side network over the pool, each device deploys it behind its own safeguard; then the
@@ -187,10 +204,11 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
     leak = device_leaks(attacks, outcome.summaries, configs, shared, config.attack_samples, progress) if attacks \
         else None
     return row_entry(name, deployed, outcome.server_seconds, mechanism=variant.mechanism, epsilon=variant.epsilon,
-                     leak=leak)
+                     leak=leak, membership=row_membership(config, configs, outcome.summaries, shared, attacks,
+                                                          progress))
 
 
-def fedavg_row(config: Any, variant: str, shared: DeviceData, progress: bool) -> dict[str, Any]:
+def fedavg_row(config: Any, variant: str, shared: DeviceData, attacks: list[str], progress: bool) -> dict[str, Any]:
     """One FedAvg row (variant plain, dp or secagg): Flower averages the devices' side networks; each
     device deploys the final global model behind its own safeguard."""
     name = fedavg_row_name(variant)
@@ -200,7 +218,47 @@ def fedavg_row(config: Any, variant: str, shared: DeviceData, progress: bool) ->
     from secure_assist.federated.settings import FedAvgSettings  # present whenever run_fedavg is
 
     configs = device_configs(config, name, "none", None)
-    outcome = run_fedavg(configs, FedAvgSettings(variant=variant), progress=progress, overwrite=True)
+    settings = FedAvgSettings(variant=variant)
+    outcome = run_fedavg(configs, settings, progress=progress, overwrite=True)
     _, deployed = scored(outcome.summaries, shared)
     return row_entry(name, deployed, outcome.server_seconds, accounting=jsonable(outcome.accounting), leak=None,
-                     leak_note=FEDAVG_LEAK)
+                     update_leak=update_leak(outcome, configs[0], settings, shared, progress),
+                     membership=row_membership(config, configs, outcome.summaries, shared, attacks, progress))
+
+
+def update_leak(outcome: Any, config: FinetuneConfig, settings: Any, shared: DeviceData,
+                progress: bool) -> dict[str, Any]:
+    """The FedAvg server's attack on what it saw (`attacks.fedavg_updates`: each device's label shares from
+    its updates, or the pool's under SecAgg), scored against the devices' true label shares: mean total
+    variation over devices, beside the prior-only guess's (every device holds the pool's shares)."""
+    from attacks.fedavg_updates import fedavg_update_leak  # with the federated engine only
+
+    data = shared.data
+    public = knowledge(config.model, data.task, shared.public, [], config.seed, progress,
+                       private_pool=[e.text for e in data.train])
+    layers = load_finetuned(outcome.summaries[0].model_file).layers
+    return jsonable(fedavg_update_leak(outcome.updates_dir, outcome.label_counts(len(data.task.labels)), public,
+                                       layers, config.server_training(), settings.local_epochs, config.seed))
+
+
+def poisoning_families(config: Any) -> list[str]:
+    """The engines a poisoning section runs: pooled, and FedAvg when the audit has FedAvg rows."""
+    return [POOLED] + ([FEDAVG] if config.fedavg else [])
+
+
+def poisoning_rows(config: Any, progress: bool) -> list[dict[str, Any]]:
+    """One label-flipping device (device `POISONER`) against pooled plain and (with FedAvg rows) FedAvg
+    plain: the honest devices' accuracy clean and poisoned, paired per honest device
+    (`secure_assist.devices.poisoning`)."""
+    base = row_finetune_config(config, "poisoning", "none", None)
+    rows = []
+    for family in poisoning_families(config):  # each engine's plain row: run_pooled's and run_fedavg's defaults
+        name = f"poisoning:{family}"
+        run = engine(family)
+        if isinstance(run, str):
+            rows.append(skipped(name, run))
+            continue
+        effect = poisoning_effect(base, lambda configs: run(configs, progress=progress, overwrite=True).summaries,
+                                  Path(base.workdir) / family, POISONER, config.seed)
+        rows.append({"variant": name, "status": "ok", **jsonable(effect)})
+    return rows

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +24,8 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.config import AuditConfig, audit_variants, fingerprint
 from secure_assist.audit.device_rows import (
-    DeviceData, device_configs, device_data, fedavg_row, fedavg_row_name, pooled_row, pooled_row_name, reference_rows,
+    DeviceData, device_configs, device_data, fedavg_row, fedavg_row_name, poisoning_families, poisoning_rows, pooled_row,
+    pooled_row_name, reference_rows,
 )
 from secure_assist.audit.device_stats import paired_gain, spread
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT
@@ -35,9 +36,8 @@ from secure_assist.training.forwards import forwards_summary, share_forwards
 ROWS_DIR = "device_rows"
 # The two evaluation splits every device is scored on: the row's per-device key of each.
 SPLITS = {"common": "accuracy", "own": "own_accuracy"}
-# Slots the threat analyses fill (cross-device membership per row, a poisoning section) while their
-# module is not on this branch: what the report says instead.
-PENDING = "not measured: {} is not available here"
+# The poisoning section of an audit run without --poisoning.
+NO_POISONING = [{"variant": "poisoning", "status": "not_measured", "reason": "not asked for (--poisoning)"}]
 
 
 def check_devices(config: AuditConfig) -> None:
@@ -75,9 +75,6 @@ def row_statistics(row: dict[str, Any], local: dict[str, Any], seed: int) -> dic
     return row
 
 
-def threat_slot(module: str) -> dict[str, Any]:
-    """What a row's `membership` (or the report's `poisoning`) says while its analysis is not here."""
-    return {"status": "not_measured", "reason": PENDING.format(module)}
 
 
 class RowStore:
@@ -110,29 +107,31 @@ class RowStore:
                      json.dumps({"fingerprint": self.fingerprint, "row": row}, indent=1).encode("utf-8"))
 
 
+def cached(store: RowStore, names: list[str], produce: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows `names` from `store` when all are there, else `produce()`d and each finished one saved."""
+    saved = [store.load(n) for n in names]
+    if all(saved):
+        return saved
+    rows = produce()
+    for row in rows:
+        if row["status"] == "ok":
+            store.save(row)
+    return rows
+
+
 def device_rows(config: AuditConfig, shared: DeviceData, attacks: list[str], progress: bool,
                 store: RowStore) -> list[dict[str, Any]]:
     """Every row of a many-device audit (each saved to `store` as soon as it is done), with statistics."""
-    def cached(names: list[str], produce: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        saved = [store.load(n) for n in names]
-        if all(saved):
-            return saved
-        rows = produce()
-        for row in rows:
-            if row["status"] == "ok":
-                store.save(row)
-        return rows
-
-    references = cached([ZERO_SHOT, DEVICE_LOCAL], lambda: reference_rows(config, shared, progress))
+    references = cached(store, [ZERO_SHOT, DEVICE_LOCAL], lambda: reference_rows(config, shared, progress))
     produced = [lambda v=v: [pooled_row(config, v, shared, attacks, progress)] for v in audit_variants(config)]
-    produced += [lambda v=v: [fedavg_row(config, v, shared, progress)] for v in config.fedavg]
+    produced += [lambda v=v: [fedavg_row(config, v, shared, attacks, progress)] for v in config.fedavg]
     names = [pooled_row_name(v) for v in audit_variants(config)] + [fedavg_row_name(v) for v in config.fedavg]
-    rows = references + [row for name, produce in zip(names, produced) for row in cached([name], produce)]
+    rows = references + [row for name, produce in zip(names, produced) for row in cached(store, [name], produce)]
     local = rows[1]
     for row in rows:
         row_statistics(row, local, config.seed)
         if row["status"] == "ok":
-            row["membership"] = threat_slot("secure_assist.devices.cross_membership")
+            row.setdefault("membership", {"status": "not_applicable", "reason": "no model shared between devices"})
     return rows
 
 
@@ -144,10 +143,14 @@ def device_section(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, A
     data, public, _ = data_inputs
     shared = device_data(data, public, config.devices)
     tables = share_forwards([data.config], progress)
+    # --poisoning adds a section and changes no row: the rows of an audit with it and without it are the same.
+    store = RowStore(Path(config.output), fingerprint(replace(config, poisoning=False)))
     with serving(tables):
-        rows = device_rows(config, shared, attacks, progress, RowStore(Path(config.output), fingerprint(config)))
-    return {"devices": config.devices, "partition": config.partition, "rows": rows,
-            "poisoning": threat_slot("secure_assist.devices.poisoning"), "shared_forwards": forwards_summary(tables)}
+        rows = device_rows(config, shared, attacks, progress, store)
+        poisoning = cached(store, [f"poisoning:{family}" for family in poisoning_families(config)],
+                           lambda: poisoning_rows(config, progress)) if config.poisoning else NO_POISONING
+    return {"devices": config.devices, "partition": config.partition, "rows": rows, "poisoning": poisoning,
+            "shared_forwards": forwards_summary(tables)}
 
 
 def run_device_audit(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, Any]], attacks: list[str],
