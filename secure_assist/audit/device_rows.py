@@ -40,6 +40,15 @@ from secure_assist.training.run import run_training
 from secure_assist.training.summary import RunSummary
 
 POOLED, FEDAVG = "pooled", "fedavg"
+# Where each engine lives (imported when its row runs: a missing one skips its rows).
+ENGINES = {POOLED: ("secure_assist.devices.pooled_run", "run_pooled"),
+           FEDAVG: ("secure_assist.federated.run", "run_fedavg")}
+# The per-device figures a row's statistics summarize.
+COST_FIGURES = ("bytes_up", "bytes_down", "device_seconds")
+# The label attacks' headline (balanced accuracy): the leak figure of a classification row.
+LEAK_METRIC = HEADLINES[LABELS][0]
+
+
 def pooled_row_name(variant: Variant) -> str:
     """The row of a pooled variant: `pooled:none`, `pooled:label_rr@4`."""
     return f"{POOLED}:{variant.label}"
@@ -48,15 +57,6 @@ def pooled_row_name(variant: Variant) -> str:
 def fedavg_row_name(variant: str) -> str:
     """The row of a FedAvg variant: `fedavg`, `fedavg+dp`, `fedavg+secagg`."""
     return FEDAVG if variant == "plain" else f"{FEDAVG}+{variant}"
-
-
-# Where each engine lives (imported when its row runs: a missing one skips its rows).
-ENGINES = {POOLED: ("secure_assist.devices.pooled_run", "run_pooled"),
-           FEDAVG: ("secure_assist.federated.run", "run_fedavg")}
-# The per-device figures a row's statistics summarize.
-COST_FIGURES = ("bytes_up", "bytes_down", "device_seconds")
-# The label attacks' headline (balanced accuracy): the leak figure of a classification row.
-LEAK_METRIC = HEADLINES[LABELS][0]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from protocol.errors import UserInputError
 from protocol.files import write_atomic
 from secure_assist.audit.config import AuditConfig, audit_variants, fingerprint
 from secure_assist.audit.device_rows import (
-    DeviceData, device_configs, device_data, fedavg_row, fedavg_row_name, poisoning_families, poisoning_rows, pooled_row,
+    COST_FIGURES, DeviceData, device_configs, device_data, fedavg_row, fedavg_row_name, poisoning_families, poisoning_rows, pooled_row,
     pooled_row_name, reference_rows,
 )
 from secure_assist.audit.device_stats import paired_gain, spread
@@ -61,8 +61,7 @@ def row_statistics(row: dict[str, Any], local: dict[str, Any], seed: int) -> dic
     row["utility"] = {split: spread([d[key] for d in devices]) for split, key in SPLITS.items()}
     row["gain_vs_device_local"] = {split: paired_gain([d[key] for d in devices], [d[key] for d in reference], seed)
                                    for split, key in SPLITS.items()}
-    row["cost"] = {**{figure: spread([d[figure] for d in devices]) for figure in ("bytes_up", "bytes_down",
-                                                                                "device_seconds")},
+    row["cost"] = {**{figure: spread([d[figure] for d in devices]) for figure in COST_FIGURES},
                    "server_seconds": row["server_seconds"]}
     leak = row.get("leak")
     if leak is not None:
