@@ -9,7 +9,7 @@ baseline (mean and max over devices), cross-device membership TPR at 1% FPR wher
 seconds per device and the server's seconds. The devices' forward passes are computed once per audit
 (`reuse_forwards`) and read back from the device cache by the next audits.
 
-    python benchmarks/many_devices.py --output runs/many_devices     # SmolLM2-135M, 2,000 samples: N = 20, 100
+    python benchmarks/many_devices.py --output runs/many_devices --poisoning   # SmolLM2-135M, 2,000 samples: N = 20, 100
     python benchmarks/many_devices.py --output runs/many_devices_20 --devices 20 --partitions iid
     python benchmarks/many_devices.py --output runs/many_devices_smoke --model tiny-llama --train-samples 60 \\
         --eval-samples 16 --devices 3 --partitions iid --fedavg plain
@@ -32,8 +32,9 @@ from secure_assist.audit.config import DEVICES_DEFAULT_VARIANTS, FEDAVG_VARIANTS
 from secure_assist.audit.report import write_reports  # noqa: E402
 from secure_assist.audit.runner import run_audit  # noqa: E402
 
-# Δ-based and activations-only label attacks: the leak and its activations-only baseline.
-ATTACKS = ("delta_argmax", "clustering_delta", "public_head_zero_shot", "model_completion_k8")
+# Δ-based and activations-only label attacks (the leak and its activations-only baseline), and LiRA offline for
+# cross-device membership.
+ATTACKS = ("delta_argmax", "clustering_delta", "public_head_zero_shot", "model_completion_k8", "lira_offline")
 
 
 def _items(text: str) -> tuple[str, ...]:
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--variants", type=_items, default=DEVICES_DEFAULT_VARIANTS)
     parser.add_argument("--fedavg", type=_items, default=FEDAVG_VARIANTS)
     parser.add_argument("--attacks", type=_items, default=ATTACKS)
+    parser.add_argument("--poisoning", action="store_true", help="also one label-flipping device (the audit's --poisoning)")
     parser.add_argument("--output", default="runs/many_devices")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
             start = time.perf_counter()
             config = AuditConfig(model=args.model, train_samples=args.train_samples, eval_samples=args.eval_samples,
                                  devices=devices, partition=partition, variants=args.variants, fedavg=args.fedavg,
-                                 attacks=args.attacks,
+                                 attacks=args.attacks, poisoning=args.poisoning,
                                  output=str(Path(args.output) / f"n{devices}_{partition.replace(':', '')}"))
             report = run_audit(config, progress=not args.quiet)
             write_reports(report, config.output)
