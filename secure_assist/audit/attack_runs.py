@@ -39,11 +39,13 @@ def realigned_name(attack: str, aligner: str) -> str:
 
 def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: PublicKnowledge, seed: int = 0,
                    progress: bool = True, held_out: list[Example] | None = None,
-                   keep: frozenset[str] | None = None) -> Iterator[Outcome]:
+                   keep: frozenset[str] | None = None, server_dir: Path | None = None) -> Iterator[Outcome]:
     """Each named attack's scored report (or NotApplicable), alignment attacks last, each
     followed by the attacks it realigned. `keep`: the uploads (hex sample ids) reconstruction
     attacks read (default: all); their reports then say `subsampled`. Membership attacks read a
-    deployed model, not the view: the audit runs them on every row (`secure_assist.audit.membership`)."""
+    deployed model, not the view: the audit runs them on every row (`secure_assist.audit.membership`).
+    `server_dir`: where the view is stored (default: `<workdir>/server`)."""
+    server_dir = server_dir or Path(workdir) / SERVER_DIR
     names = [n for n in names if get_attack(n).KIND != MEMBERSHIP]
     aligners = [n for n in names if get_attack(n).KIND == ALIGNMENT]
     applied = []
@@ -52,7 +54,7 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
         subset = keep if get_attack(name).KIND == RECONSTRUCTION else None
         try:
             report = audit(name, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
-                           keep=subset)[1]
+                           keep=subset, server_dir=server_dir)[1]
             report["subsampled"] = subset is not None
             applied.append(name)
         except NotApplicable as exc:
@@ -62,12 +64,13 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
     for aligner in aligners:
         start = time.perf_counter()
         try:
-            result, report = audit(aligner, workdir, public=public, seed=seed, progress=progress, held_out=held_out)
+            result, report = audit(aligner, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
+                                   server_dir=server_dir)
         except NotApplicable as exc:
             yield aligner, exc, time.perf_counter() - start
             continue
         yield aligner, report, time.perf_counter() - start
-        view = RealignedView(ServerView(Path(workdir) / SERVER_DIR), result.rotation, aligner, REALIGNED_SAMPLES)
+        view = RealignedView(ServerView(server_dir), result.rotation, aligner, REALIGNED_SAMPLES)
         for target in targets:
             start = time.perf_counter()
             name = realigned_name(target, aligner)

@@ -211,7 +211,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
           progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
           view: ServerView | None = None, public_file: str | None = None,
-          keep: frozenset[str] | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          keep: frozenset[str] | None = None, server_dir: Path | None = None) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
@@ -220,7 +220,8 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     examples); runs pass their own evaluation split, whose device forwards they already hold.
     `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
     alignment attack realigned). `keep`: attack only these uploads (hex sample ids; a
-    `SampledView` of the stored view)."""
+    `SampledView` of the stored view). `server_dir`: where the stored view is (default:
+    `<workdir>/server`; a pooled device's own namespace in the pool's server directory)."""
     workdir = Path(workdir)
     attack = get_attack(name)
     truth = load_ground_truth(workdir)
@@ -231,7 +232,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     if public is None:
         public = default_public_knowledge(backbone_name, task, upload_texts(truth), seed,
                                           progress, public_file)
-    view = view or memory_view(workdir / SERVER_DIR, keep)
+    view = view or memory_view(server_dir or workdir / SERVER_DIR, keep)
     result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}

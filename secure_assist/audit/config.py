@@ -28,8 +28,14 @@ from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, uses_epsilo
 DEFAULT_VARIANTS = ("none", "gaussian", "label_rr", "label_rr@4", "he_ckks")
 # Generation runs protect r, not Δ: its Gaussian mechanism at the DP setting ε = 1 and at ε = 8.
 GENERATION_DEFAULT_VARIANTS = ("none", "gaussian_r", "gaussian_r@8")
-# Fields of a fine-tuning run that the audit sets per row (from the variant and --output).
-PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed")
+# With --devices N > 1 the variants are the pooled rows' protections (DESIGN.md §10): plain, label RR at ε = 4 and
+# Gaussian DP at ε = 1 (CKKS does not pool: ciphertexts under different device keys cannot be added).
+DEVICES_DEFAULT_VARIANTS = ("none", "label_rr@4", "gaussian")
+# The many-device audit's federated-averaging rows (secure_assist.federated.settings.VARIANTS, which imports Flower).
+FEDAVG_VARIANTS = ("plain", "dp", "secagg")
+# Fields of a fine-tuning run that the audit sets per row (from the variant and --output) or, with --devices,
+# per device of a row (which device, and whether it poisons).
+PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed", "device_index", "flip_labels")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
 DEFAULT_EPSILON = 1.0
 # The reference modes that upload nothing (protocol.modes.registry.MODES), by task kind.
@@ -99,9 +105,17 @@ class AuditSettings:
     # with few references, and BENCHMARKS.md ("Attacks") shows what 16 and 64 add.
     membership_references: int = option(4, "reference side networks the membership attacks train on public data "
                                            "(each as long as one row's training; 0: no membership attacks)")
+    fedavg: tuple[str, ...] = option(FEDAVG_VARIANTS, "with --devices N > 1: the federated-averaging rows "
+                                                      f"(comma-separated, of {', '.join(FEDAVG_VARIANTS)}; '' for "
+                                                      "none)")
+    poisoning: bool = option(False, "with --devices N > 1: run pooled plain and FedAvg plain again, clean and with "
+                                    "device 0 flipping every label, and report the honest devices' accuracy")
     output: str = option("runs/audit", "folder for the rows' runs and report.{json,md,html}")
 
     def __post_init__(self) -> None:
+        unknown = [v for v in self.fedavg if v not in FEDAVG_VARIANTS]
+        if unknown:
+            raise UserInputError(f"unknown --fedavg row(s) {unknown}; choose from {', '.join(FEDAVG_VARIANTS)}")
         for name, least in (("dp_releases", 2), ("attack_samples", 1)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise UserInputError(f"{name} must be at least {least}, got {getattr(self, name)}")
@@ -147,7 +161,9 @@ def audit_variants(config: AuditSettings) -> list[Variant]:
     noise_given = getattr(config, "noise_multiplier", None) is not None
     default = None if noise_given else getattr(config, "epsilon", DEFAULT_EPSILON)
     generation = getattr(config, "task", None) == GENERATION_TASK
-    texts = config.variants or (GENERATION_DEFAULT_VARIANTS if generation else DEFAULT_VARIANTS)
+    many = getattr(config, "devices", 1) > 1
+    texts = config.variants or (GENERATION_DEFAULT_VARIANTS if generation
+                                else DEVICES_DEFAULT_VARIANTS if many else DEFAULT_VARIANTS)
     return [parse_variant(text, default) for text in texts]
 
 

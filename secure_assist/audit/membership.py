@@ -81,9 +81,13 @@ def _features(function: FeatureFunction, examples: list[Example], layers: tuple[
 
 
 def membership_setting(config: FinetuneConfig, task: TaskSpec, train: list[Example], public: PublicData,
-                       layers: tuple[int, ...], references: int, progress: bool) -> MembershipSetting:
-    """Draw the candidates, compute their and the population's backbone passes (through the
-    attacker's feature cache) and train `references` reference side networks."""
+                       layers: tuple[int, ...], references: int, progress: bool,
+                       trained_size: int | None = None) -> MembershipSetting:
+    """Draw the member candidates from `train`, compute their and the population's backbone
+    passes (through the attacker's feature cache) and train `references` reference side
+    networks of the target's training size (`trained_size`; None: `len(train)`; larger when
+    the target also trained on rows that are no candidates, e.g. a curious pool member's own)."""
+    size = len(train) if trained_size is None else trained_size
     chosen = sample_ids([e.text for e in train], MEMBER_CANDIDATES, config.seed)
     members = [e for e in train if e.text in chosen]
     attacker_rows = PUBLIC_LABELED + PUBLIC_UNLABELED
@@ -94,13 +98,13 @@ def membership_setting(config: FinetuneConfig, task: TaskSpec, train: list[Examp
     # The same knowledge the label attacks build, so its backbone passes come from the cache.
     known = knowledge(config.model, task, public, [], config.seed, progress, private_pool=[e.text for e in train])
     # References fill up to the target's size with population rows; RMIA compares with at least RMIA_POPULATION.
-    needed = max(len(train) - min((len(members) + len(non_members)) // 2, len(train)), RMIA_POPULATION)
+    needed = max(size - min((len(members) + len(non_members)) // 2, size), RMIA_POPULATION)
     population_rows = (list(known.labeled) + list(public.examples[PUBLIC_LABELED:attacker_rows]))[:needed]
     candidates = LabeledFeatures.concatenate([_features(known.features, members, layers),
                                               _features(known.features, non_members, layers)])
     population = _features(known.features, population_rows, layers)
     recipe = TrainingRecipe(config.server_training(), config.epochs, config.device_batch_size)
-    outputs = train_references(candidates, population, recipe, references, len(train), config.seed, progress)
+    outputs = train_references(candidates, population, recipe, references, size, config.seed, progress)
     return MembershipSetting([e.text for e in members], candidates, population, outputs)
 
 

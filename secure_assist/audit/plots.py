@@ -1,5 +1,5 @@
 """The audit report's plots, as base64 PNGs: the privacy–utility plot first, then the
-leakage per attack and the upload cost per variant."""
+leakage per attack and the upload cost per variant; a many-device report's accuracy per device."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from attacks.base import LABELS  # noqa: E402
 from secure_assist.audit.rows import row_value  # noqa: E402
@@ -153,3 +154,26 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     if any((row.get("membership") or {}).get("status") == "ok" for row in rows_of(report)):
         images[MEMBERSHIP_ROC] = membership_roc(report)
     return images
+
+
+DEVICE_ACCURACY = "Accuracy per device, each row (box: quartiles over devices; dots: devices)"
+
+
+def device_accuracy(report: dict[str, Any]) -> str:
+    """A many-device report's per-device accuracy of every row that ran, on the common evaluation split
+    (left) and on each device's own distribution (right): one box and one dot per device."""
+    rows = [r for r in report["rows"] if r["status"] == "ok"]
+    names = [r["variant"] for r in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for axis, (key, title) in zip(axes, (("accuracy", "common evaluation split"),
+                                         ("own_accuracy", "each device's own distribution"))):
+        values = [[d[key] for d in r["per_device"]] for r in rows]
+        axis.boxplot(values, widths=0.5, showfliers=False)
+        jitter = np.random.default_rng(0)  # fixed: the same report draws the same picture
+        for position, column in enumerate(values, start=1):
+            axis.scatter(position + jitter.uniform(-0.15, 0.15, len(column)), column, s=9, alpha=0.6, color="tab:blue")
+        axis.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=7)
+        axis.set_title(title, fontsize=9)
+        axis.set_ylim(0, 1.02)
+    axes[0].set_ylabel("accuracy per device")
+    return _png(figure)

@@ -57,9 +57,11 @@ def run_cost(summary: RunSummary) -> dict[str, Any]:
 
 def attack_rows(names: Sequence[str], workdir: Path, data: PointData, config: FinetuneConfig,
                 progress: bool, attack_samples: int | None = None,
-                held_out: list[Example] | list[InstructionExample] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Every named attack on the run's server view: (rows, uploads attacked). Reconstruction
-    attacks read a seed-fixed subsample of `attack_samples` uploads (default: all)."""
+                held_out: list[Example] | list[InstructionExample] | None = None,
+                server_dir: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Every named attack on the run's server view (stored in `server_dir`, default `<workdir>/server`):
+    (rows, uploads attacked). Reconstruction attacks read a seed-fixed subsample of `attack_samples`
+    uploads (default: all)."""
     truth = load_ground_truth(workdir)
     known = knowledge(config.model, data.task, data.public, upload_texts(truth), config.seed, progress,
                       private_pool=[e.text for e in data.train], mechanisms=tuple(config.mechanism))
@@ -68,7 +70,7 @@ def attack_rows(names: Sequence[str], workdir: Path, data: PointData, config: Fi
         subsample = sample_ids(list(truth), attack_samples, config.seed)
         keep = subsample if len(subsample) < len(truth) else None
     rows = []
-    reports = attack_reports(list(names), workdir, known, config.seed, progress, held_out, keep)
+    reports = attack_reports(list(names), workdir, known, config.seed, progress, held_out, keep, server_dir)
     for name, report, seconds in tqdm(reports, desc=f"attacks on {workdir.name}", unit="attack",
                                       disable=not progress, leave=False):
         if isinstance(report, NotApplicable):

@@ -14,10 +14,15 @@ from typing import Any
 from protocol.files import write_atomic
 from secure_assist.audit.plots import plots, privacy_utility_title
 from secure_assist.audit.rows import row_value
+from secure_assist.audit.schema import DEVICE_SCHEMA
 from secure_assist.audit.summary import report_metric, rows_of, summary_header, summary_table
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 SUMMARY_TITLE = "Summary: which protection, at what cost, and what the server buys"
+HTML_HEAD = ("<!doctype html><html><head><meta charset='utf-8'><title>secure-assist audit</title>"
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}#summary td:first-child{font-weight:bold}"
+             "</style></head><body>")
 
 
 def _audited(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,13 +178,24 @@ def _leak_explained(report: dict[str, Any]) -> str:
             "answer NLL per token (lower is better)")
 
 
-def _intro(report: dict[str, Any]) -> str:
+def identity_text(report: dict[str, Any]) -> str:
+    """Which configuration, seed, model and task an audit report is about."""
     return (f"Config fingerprint {report['config_fingerprint']}; seed {report['seed']}; model "
-            f"{report['config']['model']}; task {report['data']['task']}; wall time {report['wall_seconds']:.0f} s; "
+            f"{report['config']['model']}; task {report['data']['task']}")
+
+
+def _intro(report: dict[str, Any]) -> str:
+    return (f"{identity_text(report)}; wall time {report['wall_seconds']:.0f} s; "
             f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. {_leak_explained(report)}; "
             "device s = forward passes + training on the device (the forward passes are computed once and each row "
             "is charged the time they took); device peak RSS = this process's peak during the row's device phases "
             "(every row runs in the audit's one process).")
+
+
+def markdown_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    """A titled Markdown table's lines, a blank line after it."""
+    return ([f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows] + [""])
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -187,15 +203,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# secure-assist audit report", "", _intro(report), ""]
     sections = [(SUMMARY_TITLE, list(summary_header(report)), summary_table(report))] + tables(report)
     for index, (title, header, rows) in enumerate(sections):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-        lines.append("")
+        lines += markdown_table(title, header, rows)
         if index == 0:
             lines += ["## Conclusions", ""] + [f"- {sentence}" for sentence in report["conclusions"]] + [""]
     return "\n".join(lines)
 
 
-def _html_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]], ident: str = "") -> str:
+def html_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]], ident: str = "") -> str:
+    """A titled HTML table (`ident`: its id)."""
     attribute = f" id='{ident}'" if ident else ""
     return (f"<h2>{html.escape(title)}</h2><table{attribute}><tr>"
             + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
@@ -203,33 +218,37 @@ def _html_table(title: str, header: list[str] | tuple[str, ...], rows: list[list
             + "</table>")
 
 
-def _html_image(title: str, png: str) -> str:
+def html_image(title: str, png: str) -> str:
+    """A titled image from a base64 PNG, embedded."""
     return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src=\"data:image/png;base64,{png}\">"
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The report as one self-contained HTML page (no external resources), summary first."""
     images = plots(report)
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>secure-assist audit</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}#summary td:first-child{font-weight:bold}"
-             "</style></head><body>", "<h1>secure-assist audit report</h1>",
-             f"<p>{html.escape(_intro(report))}</p>",
-             _html_table(SUMMARY_TITLE, summary_header(report), summary_table(report), "summary"),
-             _html_image(privacy_utility_title(report), images.pop(privacy_utility_title(report))),
+    parts = [HTML_HEAD, "<h1>secure-assist audit report</h1>", f"<p>{html.escape(_intro(report))}</p>",
+             html_table(SUMMARY_TITLE, summary_header(report), summary_table(report), "summary"),
+             html_image(privacy_utility_title(report), images.pop(privacy_utility_title(report))),
              "<h2>Conclusions</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in report["conclusions"])
              + "</ul>"]
-    parts += [_html_table(title, header, rows) for title, header, rows in tables(report)]
-    parts += [_html_image(title, png) for title, png in images.items()]
+    parts += [html_table(title, header, rows) for title, header, rows in tables(report)]
+    parts += [html_image(title, png) for title, png in images.items()]
     parts.append(f"<h2>Package versions</h2><pre>{html.escape(json.dumps(report['package_versions'], indent=1))}</pre>")
     return "\n".join(parts + ["</body></html>"])
 
 
 def write_reports(report: dict[str, Any], folder: Path | str) -> list[Path]:
-    """Write report.json, report.md and report.html into `folder`; return their paths."""
+    """Write report.json, report.md and report.html into `folder` (a many-device audit's pages:
+    `secure_assist.audit.device_report`); return their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    contents = (json.dumps(report, indent=1, allow_nan=True), render_markdown(report), render_html(report))
+    if report["schema"] == DEVICE_SCHEMA:
+        from secure_assist.audit.device_report import render_device_html, render_device_markdown
+
+        pages = render_device_markdown(report), render_device_html(report)
+    else:
+        pages = render_markdown(report), render_html(report)
+    contents = (json.dumps(report, indent=1, allow_nan=True), *pages)
     paths = [folder / name for name in REPORT_FILES]
     for path, text in zip(paths, contents):
         write_atomic(path, text.encode("utf-8"))

@@ -176,7 +176,8 @@ def attach_membership(config: AuditConfig, data: EvalData, public: PublicData, r
 def audit_inputs(config: AuditConfig) -> tuple[EvalData, PublicData, dict[str, Any]]:
     """What every row of an audit shares: the evaluation data (with the reference run's config),
     the attacker's public data, and where both came from."""
-    run_config = device_local_config(config)
+    # The whole training set (with --devices N every device's share of it): one device's share is its row's business.
+    run_config = replace(device_local_config(config), devices=1)
     task, train, evaluate = task_kind(run_config).data(run_config)
     public = public_data(task, config.public_file, config.train_file, train + evaluate, config.seed,
                          skip_invalid=config.skip_invalid_rows)
@@ -192,9 +193,15 @@ def run_audit(config: AuditConfig, progress: bool = True, executor: Executor | N
 
     The reference rows run in this process; the variants run on `executor` (default: in this
     process, one after another), all over device forwards computed once. A variant that
-    fails twice is reported failed with its error."""
+    fails twice is reported failed with its error. With `devices` > 1 this is the many-device
+    audit (`secure_assist.audit.many_devices`, in this process), whose report has its own schema."""
     start = time.perf_counter()
-    attack_names(config)  # fail on an unknown attack before any fine-tuning
+    names = attack_names(config)  # fail on an unknown attack before any fine-tuning
+    if config.devices != 1:
+        from secure_assist.audit.many_devices import check_devices, run_device_audit
+
+        check_devices(config)
+        return run_device_audit(config, audit_inputs(config), names, progress)
     variants = audit_variants(config)
     data, public, provenance = audit_inputs(config)
     executor = executor or LocalExecutor()

@@ -9,6 +9,8 @@ from typing import Any
 
 SCHEMA = "secure-assist/audit-report"
 SCHEMA_VERSION = 2  # 2: reference rows, "what the server buys", balanced label metrics, data provenance
+# The many-device audit's report (`secure_assist.audit.many_devices`): rows scored per device.
+DEVICE_SCHEMA, DEVICE_SCHEMA_VERSION = "secure-assist/device-audit-report", 1
 PACKAGES = ("secure-assist", "torch", "transformers", "peft", "opacus", "tenseal", "scikit-learn", "numpy",
             "matplotlib")
 COST_KEYS = ("bytes_up", "bytes_down", "upload_bytes_per_sample", "device_seconds", "server_seconds",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from secure_assist.audit.config import AuditConfig
+from secure_assist.audit.schema import DEVICE_SCHEMA
 from secure_assist.commands import finetune as finetune_command
 from secure_assist.executors import add_executor_flags, executor_from_args
 
@@ -28,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     with executor_from_args(args) as executor:
         report = run_audit(config, progress=not args.quiet, executor=executor)
     paths = write_reports(report, config.output)
+    if report["schema"] == DEVICE_SCHEMA:
+        return _many_devices_output(report, paths, args)
     if args.json:
         print(json.dumps(report, indent=1))
     elif not args.quiet:
@@ -44,6 +49,19 @@ def run(args: argparse.Namespace) -> int:
     if not report["consistent"]:
         print("error: a DP variant's empirical ε lower bound exceeds its claimed ε (inconsistent)", file=sys.stderr)
         return EXIT_INCONSISTENT
+    return 0
+
+
+def _many_devices_output(report: dict[str, Any], paths: list[Path], args: argparse.Namespace) -> int:
+    """Print a many-device audit's conclusions (or its JSON); 0, as every row that ran is reported."""
+    from secure_assist.audit.device_report import conclusions
+
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif not args.quiet:
+        for sentence in conclusions(report):
+            print(sentence)
+        print("reports: " + ", ".join(str(p) for p in paths))
     return 0
 
 

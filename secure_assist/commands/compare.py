@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from secure_assist.audit.config import FEDAVG_VARIANTS
 from secure_assist.commands.finetune import add_config_flags, config_from_args
 from secure_assist.compare.grid import DEFAULT_ATTACKS, DEFAULT_EPSILONS, DEFAULT_MECHANISMS, DEVICE_LOCAL, SweepAxes
 from secure_assist.config import FinetuneConfig
@@ -71,9 +72,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Absolute: a Ray worker may not share the driver's working directory.
     output = Path(args.output).resolve()
-    points = expand(config_from_args(args), axes_from_args(args), output, references=args.references)
+    base, axes = config_from_args(args), axes_from_args(args)
+    if base.devices > 1:  # the points stay one device's runs (its share); the many-device rows come beside them
+        from secure_assist.compare.devices import device_audit_config, device_rows_beside
+
+        device_audit_config(base, axes, args.fedavg, output)  # its one-line errors before any point runs
+    points = expand(base, axes, output, references=args.references)
     with executor_from_args(args) as executor:
         compare = run_sweep(points, output, progress=not args.quiet, announce=not args.quiet, executor=executor)
+    if base.devices > 1:
+        compare["devices"] = device_rows_beside(base, axes, args.fedavg, output, progress=not args.quiet)
     paths = write_outputs(compare, output)
     if args.json:
         print(json.dumps(compare, indent=1))
@@ -106,6 +114,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "trained on the device, nothing uploaded; the default without a list) and the "
                              "registered references scored on an evaluation split (secure_assist.references; an "
                              "unknown name is refused with the list)")
+    parser.add_argument("--fedavg", metavar="LIST", type=_items(str), default=FEDAVG_VARIANTS,
+                        help=f"with --devices N > 1: the federated-averaging rows beside the points (of "
+                             f"{', '.join(FEDAVG_VARIANTS)}; default: all; '' for none)")
     add_executor_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     parser.add_argument("--json", action="store_true", help="print compare.json on stdout")

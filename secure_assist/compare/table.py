@@ -84,4 +84,11 @@ def to_markdown(compare: dict[str, Any]) -> str:
                                                       "activations_only_balanced_accuracy", "upload_bytes_per_sample",
                                                       "device_seconds", "server_seconds", "cached")]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    if "devices" in compare:  # compare --devices N: the many-device rows beside the points
+        from secure_assist.audit.device_report import SUMMARY_HEADER, summary_table
+        from secure_assist.audit.report import markdown_table
+
+        section = compare["devices"]
+        lines += [""] + markdown_table(f"{section['devices']} devices ({section['partition']}): rows per device",
+                                       SUMMARY_HEADER, summary_table(section))
     return "\n".join(lines) + "\n"
