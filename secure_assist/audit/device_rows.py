@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from attacks.base import LABELS
 from protocol.errors import UserInputError
+from protocol.model.backbone import sharing_backbones
 from protocol.model.model_io import load_finetuned
 from secure_assist.audit.config import Variant, row_finetune_config
 from secure_assist.audit.membership import membership_attacks
@@ -129,9 +130,10 @@ def skipped(name: str, reason: str) -> dict[str, Any]:
 
 def reference_rows(config: Any, shared: DeviceData, progress: bool) -> list[dict[str, Any]]:
     """`zero_shot` and `device_local`: every device trains on its own share alone, nothing uploaded."""
-    summaries = [run_training(c, progress=False, overwrite=True)
-                 for c in tqdm(device_configs(config, DEVICE_LOCAL, "none", None, mode=DEVICE_LOCAL),
-                               desc="device_local: devices", unit="device", disable=not progress)]
+    with sharing_backbones():  # every simulated device runs the same frozen backbone
+        summaries = [run_training(c, progress=False, overwrite=True)
+                     for c in tqdm(device_configs(config, DEVICE_LOCAL, "none", None, mode=DEVICE_LOCAL),
+                                   desc="device_local: devices", unit="device", disable=not progress)]
     zero, local = scored(summaries, shared)
     return [row_entry(ZERO_SHOT, zero, None), row_entry(DEVICE_LOCAL, local, None)]
 
