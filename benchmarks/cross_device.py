@@ -1,16 +1,17 @@
 """Threats across devices: a curious member's membership inference on the other devices' samples
 through the pool's shared model, and one label-flipping device's cost to the honest ones. Prints JSON.
 
-1. Pooled PAE over `--devices` devices (`--partition`, default iid) of `--train-samples` samples; the
+1. Poisoning: device 0 of the setting below flips every training label; the honest devices'
+   accuracy against the clean run (`secure_assist.devices.poisoning`) under pooled PAE.
+2. Pooled PAE over `--devices` devices (`--partition`, default iid) of `--train-samples` samples; the
    attacker (device 0) skips its own safeguard so that it deploys the pool's φ whole; it attacks the
    other devices' samples (`secure_assist.devices.cross_membership`) with `--references` references,
    the backbone alone beside it (zero-shot).
-2. The positive control: the same with an intentionally overfit shared model (`--control-samples` over
+3. The positive control: the same with an intentionally overfit shared model (`--control-samples` over
    the same number of devices, `--control-epochs` epochs, no weight decay, adapters at the full rate),
    attacked with `--control-references` references and the same public rows.
-3. Poisoning: device 0 of the same setting flips every training label; the honest devices' accuracy
-   against the clean run (`secure_assist.devices.poisoning`), under pooled PAE and, with `--fedavg`,
-   under Flower FedAvg (plain, default rounds).
+4. With `--fedavg`, poisoning under Flower FedAvg too (plain, default rounds).
+Each part is also written to `<output>/partial.json` as it completes.
 
     python benchmarks/cross_device.py --output runs/cross_device           # SmolLM2-135M, 2,000 samples, 20 devices
     python benchmarks/cross_device.py --output runs/cross_device_smoke --model tiny-llama --train-samples 80 \\
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config = FinetuneConfig(model=args.model, train_samples=args.train_samples, eval_samples=args.eval_samples,
                             devices=args.devices, partition=args.partition, epochs=args.epochs, seed=args.seed,
@@ -97,26 +99,31 @@ def main() -> None:
     public = public_data(task, None, None, train + evaluate, args.seed)
     result: dict[str, Any] = {"setting": {k: getattr(config, k) for k in (
         "model", "task", "train_samples", "eval_samples", "devices", "partition", "epochs", "weight_decay", "seed")}}
-    result["pooled"] = pooled_membership(config, args.output / "pooled", args.references, public)
+    partial = args.output / "partial.json"  # each part as it completes: nothing lost on a crash
+
+    def record(key: str, value: dict[str, Any]) -> None:
+        result[key] = value
+        partial.write_text(json.dumps(result, indent=1))
+
+    poisoning_start = time.perf_counter()
+    record("poisoning_pooled", {**poisoning_effect(
+        config, lambda configs: run_pooled(configs, progress=False).summaries, args.output / "poisoning_pooled"),
+        "seconds": time.perf_counter() - poisoning_start})
+    record("pooled", pooled_membership(config, args.output / "pooled", args.references, public))
     control = replace(config, train_samples=args.control_samples, epochs=args.control_epochs, weight_decay=0.0,
                       adapter_lr_scale=1.0)
-    result["positive_control"] = {
+    record("positive_control", {
         "setting": {"train_samples": args.control_samples, "epochs": args.control_epochs, "weight_decay": 0.0,
                     "adapter_lr_scale": 1.0, "references": args.control_references},
-        **pooled_membership(control, args.output / "control", args.control_references, public)}
-    poisoning_start = time.perf_counter()
-    result["poisoning"] = {"pooled": poisoning_effect(
-        config, lambda configs: run_pooled(configs, progress=False).summaries, args.output / "poisoning_pooled")}
-    result["poisoning"]["pooled"]["seconds"] = time.perf_counter() - poisoning_start
+        **pooled_membership(control, args.output / "control", args.control_references, public)})
     if args.fedavg:
         from secure_assist.federated.run import run_fedavg
         from secure_assist.federated.settings import FedAvgSettings
 
         poisoning_start = time.perf_counter()
-        result["poisoning"]["fedavg"] = poisoning_effect(
+        record("poisoning_fedavg", {**poisoning_effect(
             config, lambda configs: run_fedavg(configs, FedAvgSettings(), progress=False).summaries,
-            args.output / "poisoning_fedavg")
-        result["poisoning"]["fedavg"]["seconds"] = time.perf_counter() - poisoning_start
+            args.output / "poisoning_fedavg"), "seconds": time.perf_counter() - poisoning_start})
     result["wall_seconds"] = time.perf_counter() - start
     print(json.dumps(result, indent=1))
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from protocol.errors import UserInputError
+from protocol.model.backbone import Backbone
 from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.config import FinetuneConfig
 from secure_assist.data import resolve_data
@@ -24,10 +25,12 @@ DEVICES = 4
 
 
 @pytest.fixture(scope="module")
-def overfit_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[FinetuneConfig, str, list[frozenset[str]]]:
+def overfit_pool(tiny_llama: Backbone,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[FinetuneConfig, str, list[frozenset[str]]]:
     """(4-device config, model file, each device's trained texts) of a side network trained on the
     union of the 4 devices' shares (200 SST-2 samples) to memorise them: 60 epochs, no weight
-    decay, adapters at the full rate, no validation split held back."""
+    decay, adapters at the full rate, no validation split held back. (`tiny_llama` sets one torch
+    thread: the side networks are small, and more threads only contend.)"""
     config = FinetuneConfig(model="tiny-llama", train_samples=200, eval_samples=16, epochs=60, weight_decay=0.0,
                             adapter_lr_scale=1.0, safeguard_fraction=0.0, mode="side_network",
                             workdir=str(tmp_path_factory.mktemp("overfit")))
@@ -41,13 +44,13 @@ def overfit_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[FinetuneConf
 
 def test_curious_device_finds_the_other_devices_members_in_an_overfit_shared_model(overfit_pool: tuple) -> None:
     pool, model_file, trained = overfit_pool
-    report = cross_device_membership(pool, model_file, trained, attacker=1, references=8, progress=False)
+    report = cross_device_membership(pool, model_file, trained, attacker=1, references=4, progress=False)
     assert report["attacker"] == 1 and report["attacker_samples_left_out"] == len(trained[1]) == 50
     for row in (SHARED_MODEL, ZERO_SHOT):
         # Members: the other three devices' 150 samples, never the attacker's own.
         assert report[row]["members"] == 150 and report[row]["non_members"] == 1000
     shared, zero_shot = report[SHARED_MODEL]["best"], report[ZERO_SHOT]
-    assert shared["tpr_at_0.01_fpr"] > 0.05 and shared["auc"] > 0.7  # chance: 0.01 and 0.5
+    assert shared["tpr_at_0.01_fpr"] > 0.05 and shared["auc"] > 0.7  # chance: 0.01 and 0.5 (measured: 0.11, 0.85)
     for attack in zero_shot["attacks"]:  # the backbone trained on nobody
         assert attack["auc"] < 0.6 and attack["tpr_at_0.01_fpr"] < 0.06
 
