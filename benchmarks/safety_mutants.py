@@ -57,6 +57,7 @@ SECURITY = "tests/test_transport_security.py"
 QUOTAS = "tests/test_server_quotas.py"
 TRANSPORT_QUOTAS = "tests/test_transport_quotas.py"
 CKKS_QUOTAS = "tests/test_ckks_quotas.py"
+POOLED = "tests/test_pooled.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # Randomized response.
@@ -275,6 +276,31 @@ MUTANTS: tuple[Mutant, ...] = (
            "return float(np.mean([(predictions[labels == c] == c).mean() for c in np.unique(labels)]))",
            "return float((predictions == labels).mean())",
            ("tests/test_audit_imbalanced.py",), "label leakage scored by plain accuracy (majority share for free)"),
+    # Pools and federated averaging (many devices).
+    Mutant("pool_members_unbounded", "protocol.modes.pooled.pool",
+           "if self.limits is not None and len(self._members) >= self.limits.max_pool_members:",
+           "if self.limits is not None and len(self._members) >= 10 ** 9:",
+           (f"{POOLED}::test_the_pool_bounds_members_samples_and_epochs",),
+           "a pool admits members beyond max_pool_members"),
+    Mutant("pool_samples_unbounded", "protocol.modes.pooled.pool",
+           "if self.limits is not None and total > self.limits.max_pool_samples:",
+           "if self.limits is not None and total > 10 ** 12:",
+           (f"{POOLED}::test_the_pool_bounds_members_samples_and_epochs",),
+           "a pool stores samples beyond max_pool_samples"),
+    Mutant("pool_wait_unbounded", "protocol.modes.pooled.pool",
+           "if waited > self.wait_seconds:", "if False:",
+           (f"{POOLED}::test_a_member_waits_for_the_quorum_within_the_server_bound",),
+           "a member may wait for a quorum forever"),
+    Mutant("revoked_member_still_trained", "protocol.modes.pooled.pool",
+           "members = tuple(sorted(name for name in ready if self.active(self._members[name].identity)))",
+           "members = tuple(sorted(ready))",
+           (f"{POOLED}::test_membership_comes_from_the_key_directory_and_revoking_drops_samples",),
+           "a revoked member's samples stay in the pool's training"),
+    Mutant("fedavg_update_unchecked", "secure_assist.federated.recording",
+           "return (self.shapes is not None and [a.shape for a in arrays] == self.shapes",
+           "return True or (self.shapes is not None and [a.shape for a in arrays] == self.shapes",
+           ("tests/test_federated_fedavg.py::test_an_update_of_another_shape_is_neither_stored_nor_averaged",),
+           "a FedAvg update of another shape (or not finite) is stored and averaged"),
 )
 
 
