@@ -175,8 +175,8 @@ def test_resume_after_sigkill_recomputes_nothing_done(tmp_path: Path) -> None:
     output = tmp_path / "sweep"
     command = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, "--mechanisms", "gaussian,label_rr",
                "--epsilons", "0.5,1,2,4,8", "--output", str(output)]
-    # Ray from 2.56 starts local clusters with token authentication (the token in ~/.ray/auth_token), and a driver
-    # of its own must then say so; the Ray that Flower pins (2.55.1) starts them without.
+    # A Ray that starts local clusters with token authentication keeps the token in ~/.ray/auth_token, and a driver
+    # of its own must then ask for it; the Ray that Flower pins (2.55.1) starts them without one here.
     token = {"RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").is_file() else {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", **token}
     points = output / POINTS_DIR
@@ -210,8 +210,8 @@ def test_ray_sweep_equals_local_and_resumes_after_the_driver_is_killed(
     output = tmp_path / "ray"
     flags = ["--mechanisms", "none,gaussian,none+gaussian", "--epsilons", "1,8", "--executor", "ray"]
     # A driver of its own joins the test's cluster (2 CPUs) and is SIGKILLed after its first point.
-    # Ray from 2.56 starts local clusters with token authentication (the token in ~/.ray/auth_token), and a driver
-    # of its own must then say so; the Ray that Flower pins (2.55.1) starts them without.
+    # A Ray that starts local clusters with token authentication keeps the token in ~/.ray/auth_token, and a driver
+    # of its own must then ask for it; the Ray that Flower pins (2.55.1) starts them without one here.
     token = {"RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").is_file() else {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", **token}
     driver = [sys.executable, "-m", "secure_assist.cli", "compare", *TINY, *flags, "--ray-address", address,
