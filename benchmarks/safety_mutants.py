@@ -301,6 +301,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "return True or (self.shapes is not None and [a.shape for a in arrays] == self.shapes",
            ("tests/test_federated_fedavg.py::test_an_update_of_another_shape_is_neither_stored_nor_averaged",),
            "a FedAvg update of another shape (or not finite) is stored and averaged"),
+    # The safeguard on every run (many small devices).
+    Mutant("unprotected_run_not_safeguarded", "secure_assist.task_kinds.base",
+           "        return VALIDATION_SHARE\n",
+           "        return 0.0 if config.mechanism == (\"none\",) else VALIDATION_SHARE\n",
+           ("tests/test_safeguard.py::test_an_unprotected_run_is_safeguarded_unless_turned_off",),
+           "an unprotected run deploys its side output unchecked"),
+    Mutant("unvalidated_side_output_deployed", "secure_assist.training.safeguard",
+           "    shrink_network(side, 0.0)\n    return {\"factor\": 0.0,",
+           "    return {\"factor\": 0.0,",
+           ("tests/test_safeguard.py::test_a_side_output_without_validation_is_zeroed_not_only_labelled_dropped",),
+           "a device with no validation sample deploys its side output anyway"),
 )
 
 

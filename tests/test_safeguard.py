@@ -157,3 +157,20 @@ def test_a_tiny_device_deploys_its_backbone_and_says_why(tmp_path, device_index:
     else:
         assert summary.n_train == 1 and decision == {"factor": 0.0, "validation_samples": 0, "p_value": 1.0,
                                                      "action": "dropped", "reason": NO_VALIDATION}
+
+
+def test_a_side_output_without_validation_is_zeroed_not_only_labelled_dropped() -> None:
+    import torch
+
+    from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
+    from secure_assist.training.safeguard import drop_unvalidated
+
+    side = AdditiveSideNetwork(SideNetworkShape(n_layers=2, hidden_size=8, rank=2, n_classes=2),
+                               generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for parameter in side.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(2))
+    assert side(inputs).abs().max() > 0
+    assert drop_unvalidated(side)["action"] == "dropped"
+    assert torch.allclose(side(inputs), torch.zeros(4, 2), atol=1e-6)
