@@ -198,6 +198,7 @@ def test_compare_puts_the_audit_rows_beside_its_points(tmp_path: Path) -> None:
     (["--partition", "foo"], "--partition 'foo'"),
     (["--devices", "50"], "more than the 20 training samples"),
     (["--devices", "2", "--fedavg", "plain,nope"], "unknown --fedavg row(s) ['nope']"),
+    (["--devices", "2", "--executor", "ray"], "--executor ray is not supported with --devices 2"),
 ])
 def test_bad_device_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                               message: str) -> None:

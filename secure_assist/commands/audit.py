@@ -11,6 +11,7 @@ from typing import Any
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.schema import DEVICE_SCHEMA
 from secure_assist.commands import finetune as finetune_command
+from protocol.errors import UserInputError
 from secure_assist.executors import add_executor_flags, executor_from_args
 
 # Exit code when a DP variant's empirical ε lower bound exceeds its claimed ε.
@@ -28,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.audit.runner import run_audit
 
     config = config_from_args(args)
+    if config.devices != 1 and args.executor != "local":
+        # Refused, not ignored: the many-device rows run one after another in this process (FedAvg through
+        # Flower's own simulation engine), so a Ray cluster asked for would sit idle.
+        raise UserInputError(f"--executor {args.executor} is not supported with --devices {config.devices}: the "
+                             "many-device audit runs in this process (drop --executor)")
     with executor_from_args(args) as executor:
         report = run_audit(config, progress=not args.quiet, executor=executor)
     paths = write_reports(report, config.output)
