@@ -44,7 +44,9 @@ def overfit_pool(tiny_llama: Backbone,
 
 def test_curious_device_finds_the_other_devices_members_in_an_overfit_shared_model(overfit_pool: tuple) -> None:
     pool, model_file, trained = overfit_pool
-    report = cross_device_membership(pool, model_file, trained, attacker=1, references=4, progress=False)
+    settings: dict = {}
+    report = cross_device_membership(pool, model_file, trained, attacker=1, references=4, progress=False,
+                                     settings=settings)
     assert report["attacker"] == 1 and report["attacker_samples_left_out"] == len(trained[1]) == 50
     for row in (SHARED_MODEL, ZERO_SHOT):
         # Members: the other three devices' 150 samples, never the attacker's own.
@@ -53,6 +55,15 @@ def test_curious_device_finds_the_other_devices_members_in_an_overfit_shared_mod
     assert shared["tpr_at_0.01_fpr"] > 0.05 and shared["auc"] > 0.7  # chance: 0.01 and 0.5 (measured: 0.11, 0.85)
     for attack in zero_shot["attacks"]:  # the backbone trained on nobody
         assert attack["auc"] < 0.6 and attack["tpr_at_0.01_fpr"] < 0.06
+    # Another row over the same devices reuses the attacker's setting (its references), with the same result;
+    # another reference count is another setting.
+    (built,) = settings.values()
+    assert cross_device_membership(pool, model_file, trained, attacker=1, references=4, progress=False,
+                                   settings=settings) == report
+    assert list(settings.values()) == [built]
+    cross_device_membership(pool, model_file, trained, attacker=1, references=2, progress=False, settings=settings)
+    assert len(settings) == 2 and all(v.references.candidate_scores.shape[0] == n
+                                      for v, n in zip(settings.values(), (4, 2)))
 
 
 def test_cross_device_membership_rejects_a_wrong_device_list(overfit_pool: tuple) -> None:

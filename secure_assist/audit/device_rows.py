@@ -14,7 +14,7 @@ both produce their rows here.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +26,7 @@ from protocol.errors import UserInputError
 from protocol.model.backbone import sharing_backbones
 from protocol.model.model_io import load_finetuned
 from secure_assist.audit.config import Variant, row_finetune_config
-from secure_assist.audit.membership import membership_attacks
+from secure_assist.audit.membership import MembershipSetting, membership_attacks
 from secure_assist.audit.point import PointData, attack_rows
 from secure_assist.audit.public_knowledge import PublicData, knowledge
 from secure_assist.audit.rows import DEVICE_LOCAL, ZERO_SHOT, EvalData, SampleScores
@@ -63,11 +63,13 @@ def fedavg_row_name(variant: str) -> str:
 @dataclass(frozen=True)
 class DeviceData:
     """The audit's common data (whole training set, common evaluation split, the attacker's public
-    rows) and, per device, its evaluation weights for its own distribution."""
+    rows), per device its evaluation weights for its own distribution, and the cross-device attacker's
+    membership settings built so far (every row over the same devices reuses its reference networks)."""
 
     data: EvalData
     public: PublicData
     own_weights: list[np.ndarray]
+    membership_settings: dict[str, MembershipSetting] = field(default_factory=dict)
 
     @property
     def devices(self) -> int:
@@ -184,7 +186,7 @@ def row_membership(config: Any, configs: list[FinetuneConfig], summaries: list[R
     report = cross_device_membership(configs[ATTACKER], summaries[ATTACKER].model_file,
                                      device_trained_texts([c.workdir for c in configs]),
                                      references=config.membership_references, attacks=names, public=shared.public,
-                                     progress=progress)
+                                     progress=progress, settings=shared.membership_settings)
     return {"status": "ok", "model": "the attacker device's deployed model (behind its safeguard)",
             **jsonable(report)}
 

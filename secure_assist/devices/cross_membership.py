@@ -30,7 +30,9 @@ by skipping its own safeguard (`safeguard_fraction` 0: its validation rows go to
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import hashlib
+import json
+from collections.abc import Collection, MutableMapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from protocol.errors import UserInputError
 from protocol.model.model_io import load_finetuned
 from secure_assist.audit.auditor import load_ground_truth
 from secure_assist.audit.membership import (
-    DeployedTarget, membership_attacks, membership_setting, score_membership,
+    DeployedTarget, MembershipSetting, membership_attacks, membership_setting, score_membership,
 )
 from secure_assist.audit.public_knowledge import PublicData, public_data
 from secure_assist.config import FinetuneConfig
@@ -67,10 +69,22 @@ def _best(report: dict[str, Any]) -> dict[str, Any] | None:
         "tpr_at_0.001_fpr_ci95")}
 
 
+def setting_key(config: FinetuneConfig, targets: Sequence[Any], public: PublicData, layers: tuple[int, ...],
+                references: int, trained_size: int) -> str:
+    """What the attacker's membership setting depends on, as a digest: the backbone, task, seed and side-network
+    recipe of the run, the other devices' samples, the public rows, the shared model's layers and the number and
+    size of the references."""
+    parts = [config.model, config.task, config.seed, config.epochs, config.device_batch_size,
+             repr(config.server_training()), sorted(e.text for e in targets), public.source,
+             [e.text for e in public.examples], list(layers), references, trained_size]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
 def cross_device_membership(config: FinetuneConfig, model_file: Path | str, trained: Sequence[Collection[str]],
                             attacker: int = ATTACKER, references: int = REFERENCES,
                             attacks: Sequence[str] | None = None, public: PublicData | None = None,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True,
+                            settings: MutableMapping[str, MembershipSetting] | None = None) -> dict[str, Any]:
     """Device `attacker`'s membership attacks on the other devices' samples through the shared
     model in `model_file`, and the same attacks on the backbone alone.
 
@@ -79,7 +93,10 @@ def cross_device_membership(config: FinetuneConfig, model_file: Path | str, trai
     (`device_trained_texts` of the devices' work directories); `attacks`: membership attack
     names (None: every registered one); `public`: the attacker's public rows (None: the rows of
     the task's pool the run does not use; a smaller run on a subset of a larger one's samples
-    may share the larger one's, and with them its backbone passes). Returns the shared model's and the zero-shot report
+    may share the larger one's, and with them its backbone passes); `settings`: the attacker's settings
+    (candidates, population, trained references) already built, by `setting_key`, reused when this run's key
+    is among them and added otherwise (an audit's rows over the same devices share them: the references
+    depend on the recipe and the samples, not on the row). Returns the shared model's and the zero-shot report
     (`secure_assist.audit.membership.score_membership`), each with its best attack's numbers."""
     if len(trained) != config.devices:
         raise UserInputError(f"cross-device membership needs the trained samples of each of the {config.devices} "
@@ -101,8 +118,13 @@ def cross_device_membership(config: FinetuneConfig, model_file: Path | str, trai
         public = public_data(task, None, config.train_file, train + evaluate, config.seed, config.skip_invalid_rows)
     if {e.text for e in public.examples} & {e.text for e in train}:
         raise UserInputError("the attacker's public rows include training samples of the run")
-    setting = membership_setting(config, task, targets, public, shared.layers, references, progress,
-                                 trained_size=len(frozenset().union(*trained)))
+    size = len(frozenset().union(*trained))
+    key = setting_key(config, targets, public, shared.layers, references, size)
+    settings = {} if settings is None else settings
+    if key not in settings:
+        settings[key] = membership_setting(config, task, targets, public, shared.layers, references, progress,
+                                           trained_size=size)
+    setting = settings[key]
     reports = {name: score_membership(setting, DeployedTarget(name, side, others), names, config.seed)
                for name, side in ((SHARED_MODEL, shared.side_network), (ZERO_SHOT, None))}
     return {"attacker": attacker, "devices": config.devices, "partition": config.partition,
