@@ -11,6 +11,8 @@ seconds per device and the server's seconds. The devices' forward passes are com
 
     python benchmarks/many_devices.py --output runs/many_devices --poisoning   # SmolLM2-135M, 2,000 samples: N = 20, 100
     python benchmarks/many_devices.py --output runs/many_devices_20 --devices 20 --partitions iid
+    python benchmarks/many_devices.py --output runs/many_devices_trusting --devices 20 --partitions iid \\
+        --safeguard-fraction 0   # every device deploys what it receives (or trains) as it is
     python benchmarks/many_devices.py --output runs/many_devices_smoke --model tiny-llama --train-samples 60 \\
         --eval-samples 16 --devices 3 --partitions iid --fedavg plain
 """
@@ -80,6 +82,9 @@ def main() -> None:
     parser.add_argument("--variants", type=_items, default=DEVICES_DEFAULT_VARIANTS)
     parser.add_argument("--fedavg", type=_items, default=FEDAVG_VARIANTS)
     parser.add_argument("--attacks", type=_items, default=ATTACKS)
+    parser.add_argument("--safeguard-fraction", type=float, default=None,
+                        help="every device's safeguard share (0: off, each device deploys its model as trained or "
+                             "received; default: the run's)")
     parser.add_argument("--poisoning", action="store_true", help="also one label-flipping device (the audit's --poisoning)")
     parser.add_argument("--output", default="runs/many_devices")
     parser.add_argument("--quiet", action="store_true")
@@ -91,6 +96,7 @@ def main() -> None:
             config = AuditConfig(model=args.model, train_samples=args.train_samples, eval_samples=args.eval_samples,
                                  devices=devices, partition=partition, variants=args.variants, fedavg=args.fedavg,
                                  attacks=args.attacks, poisoning=args.poisoning,
+                                 safeguard_fraction=args.safeguard_fraction,
                                  output=str(Path(args.output) / f"n{devices}_{partition.replace(':', '')}"))
             report = run_audit(config, progress=not args.quiet)
             write_reports(report, config.output)
