@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from secure_assist.audit.config import AuditConfig
+from secure_assist.audit.device_report import conclusions
 from secure_assist.audit.point import PointData, attack_rows
 from secure_assist.audit.public_knowledge import public_data
 from secure_assist.audit.report import write_reports
@@ -169,6 +170,18 @@ def test_page_has_the_per_device_plot_and_tables(device_audit: tuple) -> None:
     images = re.findall(r'alt=\'([^\']+)\' src="data:image/png;base64,([^"]+)"', page)
     assert [title for title, _ in images] == ["Accuracy per device, each row (box: quartiles over devices; dots: devices)"]
     assert base64.b64decode(images[0][1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_conclusions_say_how_many_devices_dropped_each_rows_model(device_audit: tuple) -> None:
+    _, report, _ = device_audit
+    sentences = conclusions(report)
+    for name, row in _rows(report).items():
+        if row["status"] != "ok" or name == "zero_shot":
+            continue
+        dropped = sum(d["safeguard"] == "dropped" for d in row["per_device"])
+        said = [s for s in sentences if s.startswith(f"{name}: ") and "safeguards dropped" in s]
+        assert said == ([] if not dropped else [s for s in said if f" {dropped} of {DEVICES} devices'" in s]), name
+        assert len(said) == (1 if dropped else 0), name
 
 
 def test_compare_puts_the_audit_rows_beside_its_points(tmp_path: Path) -> None:

@@ -60,9 +60,11 @@ def conclusions(report: dict[str, Any]) -> list[str]:
            f"nothing uploaded) scores {_spread(local['utility']['common'])} (mean / p10 / min over devices) on the "
            f"common evaluation split and {_spread(local['utility']['own'])} on each device's own distribution; "
            f"zero-shot (the backbone alone) {rows[ZERO_SHOT]['utility']['common']['mean']:.1%}."]
+    out += _safeguard_sentence(DEVICE_LOCAL, local)
     for name, row in rows.items():
         if name in (ZERO_SHOT, DEVICE_LOCAL):
             continue
+        out += _safeguard_sentence(name, row)
         common, own = row["gain_vs_device_local"]["common"], row["gain_vs_device_local"]["own"]
         verdict = {"above": "significantly better than", "below": "significantly worse than",
                    "no": "not significantly different from"}[common["significant"]]
@@ -88,6 +90,17 @@ def conclusions(report: dict[str, Any]) -> list[str]:
     if skipped:
         out.append("Not run: " + "; ".join(skipped) + ".")
     return out
+
+
+def _safeguard_sentence(name: str, row: dict[str, Any]) -> list[str]:
+    """How many devices' safeguards dropped the row's model (none: no sentence)."""
+    actions = [d["safeguard"] for d in row["per_device"] if d["safeguard"]]
+    dropped = actions.count("dropped")
+    if not dropped:
+        return []
+    return [f"{name}: {dropped} of {len(actions)} devices' safeguards dropped the model, so those devices deploy "
+            f"their backbone: their validation split did not show it beats the backbone (a small split cannot "
+            f"show a small gain; BENCHMARKS.md, \"Many devices\")."]
 
 
 def _membership_cells(entry: dict[str, Any]) -> list[str]:
