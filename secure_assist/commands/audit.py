@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import UserInputError
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.schema import DEVICE_SCHEMA
 from secure_assist.commands import finetune as finetune_command
-from protocol.errors import UserInputError
 from secure_assist.executors import add_executor_flags, executor_from_args
 
 # Exit code when a DP variant's empirical ε lower bound exceeds its claimed ε.
