@@ -22,7 +22,7 @@ T = TypeVar("T")
 # Run settings that decide whether a run works but never what it computes: the config fingerprints
 # (audit, compare points) leave them out, so adding one keeps earlier fingerprints valid and saved
 # sweep points reusable.
-RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows",)
+RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows", "keep_received_model")
 
 
 def option(default: Any, text: str, **extra: Any) -> Any:
@@ -109,6 +109,11 @@ class RunSettings:
                                                      "safeguard (default 0.2, 0.1 for generation; at least 10 "
                                                      "samples up to half); 0: no safeguard (deploy the side "
                                                      "output as trained)")
+    # A curious device keeps what the server (or the pool's aggregation) sent beside what its safeguard lets it
+    # deploy: the cross-device membership attacker of a many-device audit attacks that copy. It writes one more file
+    # and changes nothing computed, so the fingerprints leave it out (RESULT_NEUTRAL_FIELDS).
+    keep_received_model: bool = option(False, "also save the side output as received, before the safeguard "
+                                              "(received_model.safetensors: what a curious device holds)")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
     reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "

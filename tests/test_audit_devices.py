@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
+from protocol.model.model_io import load_finetuned
+from protocol.server.transcript import SIDE_NETWORK_FILE
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.device_report import conclusions
 from secure_assist.audit.point import PointData, attack_rows
@@ -24,7 +27,7 @@ from secure_assist.data import resolve_data
 from secure_assist.devices.partition import Partition
 from secure_assist.metrics import bootstrap_interval
 from secure_assist.predict import predict_texts
-from secure_assist.training.workdir import MODEL_FILE
+from secure_assist.training.workdir import MODEL_FILE, RECEIVED_MODEL_FILE
 
 DEVICES = 3
 LABEL_ATTACKS = ("delta_argmax", "public_head_zero_shot")
@@ -157,6 +160,21 @@ def test_cross_device_membership_and_poisoning(device_audit: tuple) -> None:
     assert poisoning["status"] == "ok" and poisoning["poisoner"] == 0 and poisoning["honest_devices"] == DEVICES - 1
     clean, poisoned = (np.array(poisoning["per_device_accuracy"][run])[1:] for run in ("clean", "poisoned"))
     assert poisoning["honest_accuracy_change"]["mean"] == pytest.approx(float((poisoned - clean).mean()), abs=1e-9)
+
+
+def test_the_attacker_attacks_the_shared_model_as_received(device_audit: tuple) -> None:
+    """Device 0 keeps the pool's φ as it received it (before its safeguard, which still decides what it deploys),
+    and its cross-device membership attacks that copy; no other device keeps one."""
+    config, report, _ = device_audit
+    row_dir = Path(config.output) / "rows" / "pooled_none"
+    assert "before its safeguard" in _rows(report)["pooled:none"]["membership"]["model"]
+    received = load_finetuned(row_dir / "device_000" / RECEIVED_MODEL_FILE).side_network
+    pooled = load_file(str(row_dir / "pool_server" / "pools" / "pool" / "trained" / SIDE_NETWORK_FILE))
+    arrays, _ = received.to_arrays()
+    assert arrays.keys() == pooled.keys()
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(value, pooled[name])
+    assert not any((row_dir / f"device_{i:03d}" / RECEIVED_MODEL_FILE).exists() for i in range(1, DEVICES))
 
 
 def test_page_has_the_per_device_plot_and_tables(device_audit: tuple) -> None:

@@ -35,7 +35,8 @@ DEVICES_DEFAULT_VARIANTS = ("none", "label_rr@4", "gaussian")
 FEDAVG_VARIANTS = ("plain", "dp", "secagg")
 # Fields of a fine-tuning run that the audit sets per row (from the variant and --output) or, with --devices,
 # per device of a row (which device, and whether it poisons).
-PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed", "device_index", "flip_labels")
+PER_ROW_FIELDS = ("mechanism", "mode", "workdir", "reuse_forwards", "mechanism_seed", "device_index", "flip_labels",
+                  "keep_received_model")
 # The DP variants' ε unless a variant names its own (`label_rr@4`).
 DEFAULT_EPSILON = 1.0
 # The reference modes that upload nothing (protocol.modes.registry.MODES), by task kind.

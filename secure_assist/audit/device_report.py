@@ -126,7 +126,8 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                                                    "gain vs device_local (points)", "safeguard", "bytes up",
                                                    "device s", "best leak"], lines))
     membership = [[r["variant"], r["membership"]["status"]] + _membership_cells(r["membership"]) for r in _ran(report)]
-    out.append(("Cross-device membership: device 0 attacks the other devices' samples through its deployed model",
+    out.append(("Cross-device membership: device 0 attacks the other devices' samples through the shared model as "
+                "it received it",
                 ["row", "status", "best attack", "AUC", "TPR at 1% FPR (95% CI)", "zero-shot TPR at 1% FPR", "note"],
                 membership))
     poisoning = [[p["variant"], p["status"]] + ([_spread(p["clean"]["honest_accuracy"]),

@@ -99,6 +99,12 @@ def device_configs(config: Any, name: str, mechanism: str, epsilon: float | None
                     mechanism_seed=config.seed + i, flip_labels=i in flipped) for i in range(config.devices)]
 
 
+def with_curious_attacker(configs: list[FinetuneConfig]) -> list[FinetuneConfig]:
+    """`configs` with device `ATTACKER` keeping the shared model as it received it (before its safeguard, which
+    still decides what it deploys): the copy its cross-device membership attacks (`row_membership`)."""
+    return [replace(c, keep_received_model=True) if c.device_index == ATTACKER else c for c in configs]
+
+
 def device_record(index: int, deployed: SampleScores, weights: np.ndarray, summary: RunSummary | None) -> dict:
     """One device's utility on the common split and on its own distribution, and its costs."""
     record = {"device": index, "accuracy": deployed.value(), "own_accuracy": float(weights @ deployed.total)}
@@ -176,18 +182,23 @@ def device_leaks(names: list[str], summaries: list[RunSummary], configs: list[Fi
 
 def row_membership(config: Any, configs: list[FinetuneConfig], summaries: list[RunSummary], shared: DeviceData,
                    attacks: list[str], progress: bool) -> dict[str, Any]:
-    """Cross-device membership of a row whose devices share a model: device `ATTACKER` attacks the other
-    devices' samples through the model it deployed (`secure_assist.devices.cross_membership`), with the
-    audit's membership attacks and reference count; 'not_measured' without them."""
+    """Cross-device membership of a row whose devices share a model: device `ATTACKER`, curious, attacks the
+    other devices' samples through the shared model as it received it, before its safeguard
+    (`with_curious_attacker`; `secure_assist.devices.cross_membership`), with the audit's membership attacks and
+    reference count; 'not_measured' without them."""
     names = membership_attacks(attacks)
     if not names or not config.membership_references:
         return {"status": "not_measured", "reason": "no membership attack configured (--attacks, "
                                                     "--membership-references)"}
-    report = cross_device_membership(configs[ATTACKER], summaries[ATTACKER].model_file,
+    received = summaries[ATTACKER].received_model_file
+    if received is None:
+        raise ValueError("the attacker device's run kept no received model: build the row's configs with "
+                         "with_curious_attacker")
+    report = cross_device_membership(configs[ATTACKER], received,
                                      device_trained_texts([c.workdir for c in configs]),
                                      references=config.membership_references, attacks=names, public=shared.public,
                                      progress=progress, settings=shared.membership_settings)
-    return {"status": "ok", "model": "the attacker device's deployed model (behind its safeguard)",
+    return {"status": "ok", "model": "the shared model as the attacker device received it (before its safeguard)",
             **jsonable(report)}
 
 
@@ -196,7 +207,7 @@ def pooled_row(config: Any, variant: Variant, shared: DeviceData, attacks: list[
     trains one side network over the pool, each device deploys it behind its own safeguard; then the
     server-side attacks on each device's view."""
     name = pooled_row_name(variant)
-    configs = device_configs(config, name, variant.mechanism, variant.epsilon)  # run_pooled sets the mode
+    configs = with_curious_attacker(device_configs(config, name, variant.mechanism, variant.epsilon))  # run_pooled sets the mode
     run_pooled = engine(POOLED)
     if isinstance(run_pooled, str):
         return skipped(name, run_pooled)
@@ -221,7 +232,7 @@ def fedavg_row(config: Any, variant: str, shared: DeviceData, attacks: list[str]
         return skipped(name, run_fedavg)
     from secure_assist.federated.settings import FedAvgSettings  # present whenever run_fedavg is
 
-    configs = device_configs(config, name, "none", None)
+    configs = with_curious_attacker(device_configs(config, name, "none", None))
     settings = FedAvgSettings(variant=variant)
     outcome = run_fedavg(configs, settings, progress=progress, overwrite=True)
     _, deployed = scored(outcome.summaries, shared)

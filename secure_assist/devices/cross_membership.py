@@ -24,8 +24,9 @@ rows, with the target's recipe), scored with AUC and TPR at 1% and 0.1% FPR with
   nobody: at chance up to sampling noise.
 
 The shared model is a model file as the attacker received it. A device's deployed file is
-its safeguard's shrunk (or dropped) φ; a curious device keeps φ whole, which its run does
-by skipping its own safeguard (`safeguard_fraction` 0: its validation rows go to training).
+its safeguard's shrunk (or dropped) φ; a curious device keeps φ whole: its run saves the copy it
+received (`keep_received_model`, as the many-device audit's attacker does), or skips its own
+safeguard (`safeguard_fraction` 0: its validation rows go to training).
 """
 
 from __future__ import annotations

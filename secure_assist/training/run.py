@@ -36,7 +36,7 @@ from secure_assist.training.safeguard import validation_count
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.upload import run_key, upload_resumable
 from secure_assist.training.workdir import (
-    DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, SERVER_DIR, prepare_workdir,
+    DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, RECEIVED_MODEL_FILE, SERVER_DIR, prepare_workdir,
 )
 
 E = TypeVar("E")
@@ -90,9 +90,10 @@ def hold_out(train: list[E], config: FinetuneConfig) -> tuple[list[E], list[E] |
     return [train[i] for i in upload], [train[i] for i in validation] if validation_share(config) else None
 
 
-def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, workdir: Path) -> Path:
-    """The deployable model file: the backbone's name, the task, the layers and the side output."""
-    model_path = workdir / MODEL_FILE
+def save_model(device: ForwardDevice, config: FinetuneConfig, side: SideOutput, workdir: Path,
+               name: str = MODEL_FILE) -> Path:
+    """The deployable model file `workdir/name`: the backbone's name, the task, the layers and the side output."""
+    model_path = workdir / name
     save_finetuned(model_path, FineTunedModel(backbone=config.model, task=device.task, layers=device.layers,
                                               payload_dtype=config.payload_dtype, side_network=side))
     return model_path
@@ -194,6 +195,8 @@ def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
     kind = task_kind(config)
     forwards_after_epoch1 = device.forward_samples - run.forwards_epoch1  # expected 0: the server uses its cache
     side = run.mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
+    # Saved before the safeguard, which shrinks or drops `side` in place.
+    received = save_model(device, config, side, workdir, RECEIVED_MODEL_FILE) if config.keep_received_model else None
     safeguard = kind.safeguard(device, side, run.validation, config.seed)
     # The device's work ends with its deployment decision; scoring the evaluation split is the
     # measurement, not a cost (the references' device seconds exclude it too).
@@ -223,7 +226,8 @@ def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
         server_seconds=server_seconds if mode.uploads else None, server_seconds_per_cached_epoch=per_cached_epoch,
         cache_samples=outcome.cache_samples, cache_reads=outcome.cache_samples * cached_epochs,
         model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if run.host is not None and mode.uploads
-        else None, ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=outcome.details)
+        else None, ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=outcome.details,
+        received_model_file=None if received is None else str(received))
 
 
 def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,

@@ -54,6 +54,7 @@ class RunSummary:
     server_view: str | None  # None when the server is elsewhere or there is none
     ground_truth: str
     details: dict[str, Any] = field(default_factory=dict)
+    received_model_file: str | None = None  # the side output before the safeguard (keep_received_model)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-able summary: every field, the task's metrics after `safeguard` (where the

@@ -24,6 +24,8 @@ DEVICE_DIR = "device"
 # Where a mode that uploads nothing trains: on the device, never shown to an attack.
 LOCAL_TRAINING_DIR = "device/local_training"
 MODEL_FILE = "model.safetensors"
+# The side output as the device received it, before its safeguard (FinetuneConfig.keep_received_model).
+RECEIVED_MODEL_FILE = "received_model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
 # Generation runs: per-sample answer NLL and top-1 hits on the evaluation split (device side).
 EVAL_SCORES_FILE = "eval_scores.npz"
