@@ -176,6 +176,10 @@ def test_membership_comes_from_the_key_directory_and_revoking_drops_samples(tmp_
     assert after_report.samples == 24 and not np.array_equal(after["head.weight"], before["head.weight"])
     with pytest.raises(ProtocolError, match="has not trained with this member"):
         channels["carol"].request(FetchWeights())  # (the transport refuses a revoked device before this)
+    # With bob revoked too, one active member is below the quorum of 2: the pool waits, never trains on alice alone.
+    keys.revoke("bob")
+    pending = channels["alice"].request(TrainUntil(epochs_total=2))
+    assert isinstance(pending, PoolPending) and (pending.ready, pending.quorum) == (1, 2)
     # The namespace belongs to pool P for good; a mode without pools refuses a pool name.
     with pytest.raises(ProtocolError, match="pool 'P', not 'Q'"):
         channels["alice"].request(Hello(mode="pooled", pool="Q"))

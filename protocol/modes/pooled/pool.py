@@ -9,7 +9,8 @@ order (sample ids are random per run; the order a device uploads its samples in 
 is one pass over that union in order, as single-device PAE's epoch 1 is one pass over uploads as
 they arrive; the cached epochs follow. So the weights depend on which members are in, never on
 the order they arrived in. Each distinct set of members (one more member ready, one revoked) is
-trained from scratch: a revoked member's samples leave every later training.
+trained from scratch: a revoked member's samples leave every later training, and it no longer counts
+for the quorum.
 Thread-safe: members are served from their own threads, and one trains for all under the lock.
 """
 
@@ -127,11 +128,12 @@ class Pool:
             if state.epochs is None:
                 state.ready_since = time.monotonic()
             state.epochs = max(state.epochs or 0, epochs)
-            ready = [name for name, m in self._members.items() if m.epochs is not None and m.samples > 0]
-            if len(ready) < self.quorum:
-                return self._pending(state, len(ready))
-            # The quorum counts members that have uploaded; the training, those not revoked since.
-            members = tuple(sorted(name for name in ready if self.active(self._members[name].identity)))
+            # A revoked member counts neither for the quorum nor in the training: the pool never trains on
+            # fewer members than its quorum (the quorum is how few devices' data a φ may come from).
+            members = tuple(sorted(name for name, m in self._members.items()
+                                   if m.epochs is not None and m.samples > 0 and self.active(m.identity)))
+            if len(members) < self.quorum:
+                return self._pending(state, len(members))
             total = max(self._members[name].epochs for name in members)
             if self._trained is None or (self._trained.members, self._trained.epochs) != (members, total):
                 self._trained = None  # a failed training leaves no stale network behind
