@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from protocol.model.model_io import load_finetuned
 from protocol.server.transcript import SIDE_NETWORK_FILE
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.device_report import conclusions
+from secure_assist.audit.many_devices import row_store
 from secure_assist.audit.point import PointData, attack_rows
 from secure_assist.audit.public_knowledge import public_data
 from secure_assist.audit.report import write_reports
@@ -222,6 +224,10 @@ def test_compare_puts_the_audit_rows_beside_its_points(tmp_path: Path) -> None:
                          variants=("none",), attacks=("delta_argmax",), fedavg=(), output=str(output / "devices"))
     assert run_audit(config, progress=False)["rows"] == rows
     assert not (output / "devices" / "rows").exists()
+    # Asking for more or fewer rows keeps the finished ones; another run setting does not.
+    kept = row_store(replace(config, variants=("gaussian@1",), fedavg=("plain",), poisoning=True)).load("pooled:none")
+    assert kept is not None and kept["variant"] == "pooled:none"
+    assert row_store(replace(config, epochs=2)).load("pooled:none") is None
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -106,6 +106,13 @@ class RowStore:
                      json.dumps({"fingerprint": self.fingerprint, "row": row}, indent=1).encode("utf-8"))
 
 
+def row_store(config: AuditConfig) -> RowStore:
+    """The finished rows of `config`'s audit. A row is named by what it runs (`pooled:label_rr@4`, `fedavg+dp`), so
+    which rows are asked for (--variants, --fedavg) and --poisoning (a section of its own) change no row: an audit
+    that adds or drops rows reads the finished ones back."""
+    return RowStore(Path(config.output), fingerprint(replace(config, poisoning=False, variants=(), fedavg=())))
+
+
 def cached(store: RowStore, names: list[str], produce: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The rows `names` from `store` when all are there, else `produce()`d and each finished one saved."""
     saved = [store.load(n) for n in names]
@@ -142,8 +149,7 @@ def device_section(config: AuditConfig, data_inputs: tuple[Any, Any, dict[str, A
     data, public, _ = data_inputs
     shared = device_data(data, public, config.devices)
     tables = share_forwards([data.config], progress)
-    # --poisoning adds a section and changes no row: the rows of an audit with it and without it are the same.
-    store = RowStore(Path(config.output), fingerprint(replace(config, poisoning=False)))
+    store = row_store(config)
     with serving(tables):
         rows = device_rows(config, shared, attacks, progress, store)
         poisoning = cached(store, [f"poisoning:{family}" for family in poisoning_families(config)],
