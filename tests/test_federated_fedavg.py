@@ -128,7 +128,7 @@ def test_bad_device_sets_are_one_line_errors(tmp_path: Path) -> None:
         FedAvgSettings(variant="krum")
 
 
-def test_an_update_of_another_shape_is_neither_stored_nor_averaged(tmp_path: Path) -> None:
+def test_an_update_of_another_shape_or_an_outsized_weight_is_neither_stored_nor_averaged(tmp_path: Path) -> None:
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
     from flwr.server.compat.grid_client_proxy import GridClientProxy
     from flwr.server.strategy import FedAvg
@@ -141,11 +141,13 @@ def test_an_update_of_another_shape_is_neither_stored_nor_averaged(tmp_path: Pat
         return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 10, {})
 
     strategy = RecordingStrategy(FedAvg(initial_parameters=ndarrays_to_parameters(model), accept_failures=False),
-                                 tmp_path, secure_aggregation=False)
+                                 tmp_path, secure_aggregation=False, max_weight=10)
     strategy.initialize_parameters(None)
     honest = (GridClientProxy(1, None, 0), result([a + 1 for a in model]))
     oversized = (GridClientProxy(2, None, 0), result([np.ones((2000, 3), np.float32), model[1]]))
     poisoned = (GridClientProxy(3, None, 0), result([np.full((2, 3), np.nan, np.float32), model[1]]))
-    parameters, _ = strategy.aggregate_fit(1, [honest, oversized, poisoned], [])
+    outweighing = (GridClientProxy(4, None, 0), result([a + 1 for a in model]))
+    outweighing[1].num_examples = 11  # claims more samples than any device holds
+    parameters, _ = strategy.aggregate_fit(1, [honest, oversized, poisoned, outweighing], [])
     assert parameters is None  # failures are not accepted: the round does not move the global model
     assert [p.name for p in (tmp_path / "round_001").iterdir()] == ["node_1.safetensors"]

@@ -4,8 +4,9 @@
 around it) and writes what reaches `aggregate_fit`: every device's trained tensors, or under
 SecAgg+, where Flower's workflow hands the strategy only the unmasked sum, that aggregate alone;
 and the global model each round produced, which every device downloads anyway. An update
-whose tensors are not the global model's (names, shapes, finite values) is a failed device:
-it is neither stored nor averaged, and the strategy (which accepts no failures) skips the round.
+whose tensors are not the global model's (names, shapes, finite values), or whose declared weight
+(its sample count, which FedAvg weighs it by) is beyond the largest a device may hold, is a failed
+device: it is neither stored nor averaged, and the strategy (which accepts no failures) skips the round.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from protocol.server.federated_view import (
 class RecordingStrategy(Strategy):
     """Delegates to `strategy` and records what the server receives and publishes."""
 
-    def __init__(self, strategy: Strategy, updates_dir: Path, secure_aggregation: bool) -> None:
+    def __init__(self, strategy: Strategy, updates_dir: Path, secure_aggregation: bool, max_weight: float) -> None:
         super().__init__()
         self.strategy = strategy
         self.updates_dir = private_dir(Path(updates_dir))
         self.secure_aggregation = secure_aggregation
+        # Without it one device could claim any sample count and outweigh every other in the average. Under
+        # SecAgg+ the workflow scales each weight by it before masking, and the strategy sees only the sum.
+        self.max_weight = max_weight
         self.shapes: list[tuple[int, ...]] | None = None  # the global model's, fixed by round 0
 
     def __repr__(self) -> str:
@@ -49,7 +53,10 @@ class RecordingStrategy(Strategy):
         return parameters
 
     def fits(self, result: FitRes) -> bool:
-        """Whether an update has the global model's shapes and finite float values."""
+        """Whether an update has the global model's shapes and finite float values, and (without SecAgg+) a
+        weight in (0, max_weight]."""
+        if not self.secure_aggregation and not 0 < result.num_examples <= self.max_weight:
+            return False
         arrays = parameters_to_ndarrays(result.parameters)
         return (self.shapes is not None and [a.shape for a in arrays] == self.shapes
                 and all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in arrays))

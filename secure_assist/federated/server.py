@@ -36,8 +36,10 @@ def sampled_per_round(settings: FedAvgSettings, devices: int) -> int:
     return max(1, int(devices * settings.fraction_train))
 
 
-def strategy(settings: FedAvgSettings, initial: list[np.ndarray], devices: int, updates_dir: Path) -> Strategy:
-    """The server's strategy for the variant, wrapped so that what it receives is recorded."""
+def strategy(settings: FedAvgSettings, initial: list[np.ndarray], devices: int, updates_dir: Path,
+             max_weight: float) -> Strategy:
+    """The server's strategy for the variant, wrapped so that what it receives is recorded (and an update
+    declaring a weight beyond `max_weight` is refused)."""
     sampled = sampled_per_round(settings, devices)
 
     def fit_config(server_round: int) -> dict:
@@ -50,7 +52,7 @@ def strategy(settings: FedAvgSettings, initial: list[np.ndarray], devices: int, 
     if settings.variant == "dp":
         inner = DifferentialPrivacyClientSideFixedClipping(inner, settings.noise_multiplier, settings.clipping_norm,
                                                            sampled)
-    return RecordingStrategy(inner, updates_dir, secure_aggregation=settings.variant == "secagg")
+    return RecordingStrategy(inner, updates_dir, secure_aggregation=settings.variant == "secagg", max_weight=max_weight)
 
 
 def run_rounds(grid: Grid, context: Context, settings: FedAvgSettings, initial: list[np.ndarray], devices: int,
@@ -61,7 +63,7 @@ def run_rounds(grid: Grid, context: Context, settings: FedAvgSettings, initial: 
     # The server's own work: this thread's CPU time (waiting for the devices is not work).
     start = time.thread_time()
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=settings.rounds),
-                           strategy=strategy(settings, initial, devices, updates_dir))
+                           strategy=strategy(settings, initial, devices, updates_dir, max_weight))
     fit_workflow = None
     if settings.variant == "secagg":
         fit_workflow = SecAggPlusWorkflow(num_shares=min(settings.secagg_shares, devices),
