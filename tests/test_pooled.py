@@ -180,6 +180,8 @@ def test_membership_comes_from_the_key_directory_and_revoking_drops_samples(tmp_
     keys.revoke("bob")
     pending = channels["alice"].request(TrainUntil(epochs_total=2))
     assert isinstance(pending, PoolPending) and (pending.ready, pending.quorum) == (1, 2)
+    with pytest.raises(ProtocolError, match="trained with a member since revoked"):
+        channels["alice"].request(FetchWeights())  # the φ trained with bob's samples is not served any more
     # The namespace belongs to pool P for good; a mode without pools refuses a pool name.
     with pytest.raises(ProtocolError, match="pool 'P', not 'Q'"):
         channels["alice"].request(Hello(mode="pooled", pool="Q"))

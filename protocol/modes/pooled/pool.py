@@ -9,8 +9,8 @@ order (sample ids are random per run; the order a device uploads its samples in 
 is one pass over that union in order, as single-device PAE's epoch 1 is one pass over uploads as
 they arrive; the cached epochs follow. So the weights depend on which members are in, never on
 the order they arrived in. Each distinct set of members (one more member ready, one revoked) is
-trained from scratch: a revoked member's samples leave every later training, and it no longer counts
-for the quorum.
+trained from scratch: a revoked member's samples leave every later training, it no longer counts for
+the quorum, and the φ trained with it is no longer served (below the quorum, members wait).
 Thread-safe: members are served from their own threads, and one trains for all under the lock.
 """
 
@@ -151,10 +151,14 @@ class Pool:
                            wait_left_seconds=self.wait_seconds - waited)
 
     def weights(self, member: str) -> tuple[SideWeights, Path]:
-        """The pool's φ (as a reply, and its file) for a member it was trained with."""
+        """The pool's φ (as a reply, and its file) for a member it was trained with, while none of the members it
+        was trained with is revoked (below its quorum of active members, the pool serves no φ until it can retrain)."""
         with self._lock:
             if self._trained is None or member not in self._trained.members:
                 raise ProtocolError(f"pool {self.name!r} has not trained with this member yet: ask for training first")
+            if not all(self.active(self._members[name].identity) for name in self._trained.members):
+                raise ProtocolError(f"pool {self.name!r}'s side network was trained with a member since revoked: "
+                                    f"ask for training first")
             return self._trained.weights, self.root / TRAINED_DIR / SIDE_NETWORK_FILE
 
     def _union(self, members: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
