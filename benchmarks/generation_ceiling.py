@@ -14,7 +14,10 @@ score is also their final training NLL. The fair counterpart (d) trains the `upl
 training split, with PAE's MSE through the head (`fair_linear_mse`: whitened r_t targets, as the generation
 server fits them) or with the cross-entropy (`fair_linear_ce`); like PAE's device, each holds out the same 10%
 validation split, picks the epoch and the correction's scale on it (the device's safeguard rule), and is
-scored on the evaluation split.
+scored on the evaluation split. `fair_linear_rounds` is boosting by the device's refreshed signal (the
+rounds the generation issue proposes), run here on the cached states: round k fits a new `fair_linear_mse`
+read-out to r_t recomputed at the logits corrected by rounds 1..k-1, the validation split scales it, and
+the deployed correction is the sum; its rows are scored after each round of --rounds.
 Every row reports answer NLL per token and token top-1 with a paired bootstrap 95% interval against zero-shot.
 Forward outputs are cached in --workdir as safetensors files and every read-out's result as JSON as soon as
 it is done, so a rerun resumes. Prints one JSON object. Example:
@@ -44,6 +47,17 @@ from generation import clean_copy  # sibling script: python puts benchmarks/ on 
 # Run as a script, this file's folder comes first on sys.path and its names would shadow packages.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from protocol.files import write_atomic  # noqa: E402
+from protocol.model.backbone import load_backbone  # noqa: E402
+from protocol.modes.generation.device import (  # noqa: E402
+    GenerationDevice, answer_log_probs, encode_answers, residual_signal)
+from protocol.modes.generation.server import inverse_square_root  # noqa: E402
+from secure_assist.config import FinetuneConfig  # noqa: E402
+from secure_assist.task_kinds import task_kind  # noqa: E402
+from secure_assist.task_kinds.generation import answer_metrics, per_sample_sums  # noqa: E402
+from secure_assist.training.run import hold_out_indices  # noqa: E402
+from secure_assist.training.safeguard import SCALE_GRID, ScaleDecision, choose_scale  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Readout:
@@ -54,6 +68,7 @@ class Readout:
     network: str
     fitted_on: str = "eval"
     objective: str = "ce"
+    boosted: bool = False
 
 
 READOUTS = {
@@ -64,6 +79,7 @@ READOUTS = {
     "sequence_attention": Readout("sequence", "attention"),
     "fair_linear_mse": Readout("uploaded", "linear", "train", "mse"),
     "fair_linear_ce": Readout("uploaded", "linear", "train", "ce"),
+    "fair_linear_rounds": Readout("uploaded", "linear", "train", "mse", boosted=True),
 }
 
 
@@ -124,7 +140,6 @@ def teacher_forced(args: argparse.Namespace, device: object, examples: list, lay
     """Forward outputs at the answer positions (`layers`' states rounded to fp16 as uploaded, the final state,
     the target, each sample's count) and, with `sequences`, the uploaded layers' states at every position of
     each sample (flattened) with each sample's length. Cached in <workdir>/<name>_forward.safetensors."""
-    from protocol.modes.generation.device import encode_answers
 
     path = Path(args.workdir) / f"{name}_forward.safetensors"
     if path.is_file():
@@ -212,8 +227,6 @@ class Fit:
         # PAE's objective: MSE on whitened, scaled targets u = r G^{-1/2}/σ; the correction is s = σ u G^{-1/2}.
         self.output_map = torch.eye(hidden_size)
         if readout.objective == "mse":
-            from protocol.modes.generation.device import residual_signal
-            from protocol.modes.generation.server import inverse_square_root
 
             root = torch.from_numpy(inverse_square_root((weight.T @ weight).double().numpy())).float()
             whitened = residual_signal(weight, fitted["final"], fitted["targets"]) @ root
@@ -265,39 +278,25 @@ class Fit:
 def scores(weight: torch.Tensor, data: dict[str, torch.Tensor], corrections: torch.Tensor,
            scales: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(log p(y_t), top-1 correct) per answer row, one column per scale of the correction (0: the backbone)."""
-    from protocol.modes.generation.device import answer_log_probs
 
     with torch.inference_mode():
         log_probs, correct = answer_log_probs(weight, data["final"], corrections, data["targets"], scales)
     return log_probs.numpy(), correct.numpy()
 
 
-def run_readout(args: argparse.Namespace, name: str, splits: dict, weight: torch.Tensor) -> dict:
-    """Fit one read-out, score it on the evaluation split; its result JSON is written when done and read
-    back on a rerun with the same training settings."""
-    from protocol.files import write_atomic
-    from secure_assist.task_kinds.generation import answer_metrics, per_sample_sums
-    from secure_assist.training.safeguard import SCALE_GRID, choose_scale
-
-    path = Path(args.workdir) / f"readout_{name}.json"
-    training = {key: getattr(args, key) for key in TRAINING_SETTINGS}
-    if READOUTS[name].fitted_on == "train":
-        training["fitted_samples"] = len(splits["upload"]["counts"]) + len(splits["validation"]["counts"])
-    if path.is_file() and json.loads(path.read_text()).get("training") == training:
-        return json.loads(path.read_text())
-    readout, started = READOUTS[name], time.perf_counter()
-    uploaded = tuple(int(x) for x in args.layers.split(","))
-    needed = ("eval",) if readout.fitted_on == "eval" else ("eval", "upload", "validation")
-    split = {key: with_inputs(readout, splits[key], uploaded) for key in needed}
+def fit_readout(args: argparse.Namespace, readout: Readout, split: dict[str, dict[str, torch.Tensor]],
+                weight: torch.Tensor) -> tuple[Fit, list[float], ScaleDecision | None, int]:
+    """Fit `readout` on its split for --epochs; a read-out fitted on the training split keeps the epoch whose
+    validation NLL at its chosen scale is lowest (PAE's device rule, which also chooses the scale).
+    Returns (the fit, training loss per epoch, the validation decision or None, the chosen epoch)."""
     torch.manual_seed(args.seed)
     fit = Fit(args, readout, split["eval" if readout.fitted_on == "eval" else "upload"], weight)
     optimizer = torch.optim.Adam(fit.network.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     losses, best, best_epoch, best_state = [], None, 0, None
-    for epoch in tqdm(range(args.epochs), desc=name, unit="epoch"):
-        losses.append(fit.epoch(optimizer, generator, f"{name} epoch {epoch + 1}"))
+    for epoch in tqdm(range(args.epochs), desc="fit", unit="epoch", leave=False):
+        losses.append(fit.epoch(optimizer, generator, f"epoch {epoch + 1}"))
         if readout.fitted_on == "train":
-            # PAE's device rule on its held-out validation split chooses the scale; here also the epoch.
             log_probs, _ = scores(weight, split["validation"], fit.all_corrections(split["validation"]), SCALE_GRID)
             counts = split["validation"]["counts"].numpy()
             decision = choose_scale(per_sample_sums(-log_probs.astype(np.float64), counts), counts)
@@ -305,26 +304,82 @@ def run_readout(args: argparse.Namespace, name: str, splits: dict, weight: torch
                 best, best_epoch, best_state = decision, epoch + 1, copy.deepcopy(fit.network.state_dict())
     if best_state is not None:
         fit.network.load_state_dict(best_state)
-    factor = 1.0 if best is None else best.factor
-    log_probs, correct = scores(weight, split["eval"], fit.all_corrections(split["eval"]), (0.0, factor))
-    result = {"readout": asdict(readout), "training": training,
-              "parameters": sum(p.numel() for p in fit.network.parameters()),
-              "training_loss_by_epoch": losses,
-              **answer_metrics(log_probs, correct, split["eval"]["counts"].numpy(), args.seed),
-              "seconds": time.perf_counter() - started}
-    if best is not None:
-        result.update({"chosen_epoch": best_epoch, "validation": best.to_json()})
+    return fit, losses, best, best_epoch
+
+
+def shifted(data: dict[str, torch.Tensor], correction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`data` with its final states moved by a hidden-space correction: the logits W_U (h_t + S_t) a device
+    holds after deploying the correction S_t, from which its next round's signal r_t is computed."""
+    return {**data, "final": data["final"] + correction}
+
+
+def boosted_rounds(args: argparse.Namespace, readout: Readout, split: dict[str, dict[str, torch.Tensor]],
+                   weight: torch.Tensor) -> list[dict]:
+    """Rounds of `readout` on the refreshed signal, one result per round of --rounds: round k fits a new
+    read-out to r_t at the logits corrected by the sum of rounds 1..k-1 and adds it at its validation scale.
+    A round whose scale is 0 changes nothing, so every later round would repeat it: the rounds stop there."""
+    wanted = sorted(int(r) for r in args.rounds.split(","))
+    total = {key: torch.zeros_like(part["final"]) for key, part in split.items()}
+    results, stopped = [], False
+    for number in tqdm(range(1, wanted[-1] + 1), desc="rounds", unit="round"):
+        if not stopped:
+            started = time.perf_counter()
+            fit, losses, decision, epoch = fit_readout(
+                args, readout, {key: shifted(part, total[key]) for key, part in split.items()}, weight)
+            fitted = time.perf_counter() - started
+            started = time.perf_counter()
+            # The device's share of a round: the new side output and the refreshed r_t on the states it holds.
+            total["upload"] = total["upload"] + decision.factor * fit.all_corrections(split["upload"])
+            residual_signal(weight, split["upload"]["final"] + total["upload"], split["upload"]["targets"])
+            refresh = time.perf_counter() - started
+            for key in ("validation", "eval"):
+                total[key] = total[key] + decision.factor * fit.all_corrections(split[key])
+            stopped = decision.factor == 0
+            record = {"training_loss_by_epoch": losses, "chosen_epoch": epoch, "validation": decision.to_json(),
+                      "fit_seconds": fitted, "device_refresh_seconds": refresh,
+                      "upload_answer_positions": int(split["upload"]["counts"].sum())}
+        if number in wanted:
+            log_probs, correct = scores(weight, split["eval"], total["eval"], (0.0, 1.0))
+            results.append({"round": number, "stopped_after_round": number if not stopped else None, **record,
+                            **answer_metrics(log_probs, correct, split["eval"]["counts"].numpy(), args.seed)})
+    return results
+
+
+def run_readout(args: argparse.Namespace, name: str, splits: dict, weight: torch.Tensor) -> dict:
+    """Fit one read-out, score it on the evaluation split; its result JSON is written when done and read
+    back on a rerun with the same training settings."""
+
+    path = Path(args.workdir) / f"readout_{name}.json"
+    readout, started = READOUTS[name], time.perf_counter()
+    training = {key: getattr(args, key) for key in TRAINING_SETTINGS}
+    if readout.fitted_on == "train":
+        training["fitted_samples"] = len(splits["upload"]["counts"]) + len(splits["validation"]["counts"])
+    if readout.boosted:
+        training["rounds"] = args.rounds
+    if path.is_file() and json.loads(path.read_text()).get("training") == training:
+        return json.loads(path.read_text())
+    uploaded = tuple(int(x) for x in args.layers.split(","))
+    needed = ("eval",) if readout.fitted_on == "eval" else ("eval", "upload", "validation")
+    split = {key: with_inputs(readout, splits[key], uploaded) for key in needed}
+    result: dict = {"readout": asdict(readout), "training": training}
+    if readout.boosted:
+        result["rounds"] = boosted_rounds(args, readout, split, weight)
+    else:
+        fit, losses, best, best_epoch = fit_readout(args, readout, split, weight)
+        factor = 1.0 if best is None else best.factor
+        log_probs, correct = scores(weight, split["eval"], fit.all_corrections(split["eval"]), (0.0, factor))
+        result.update({"parameters": sum(p.numel() for p in fit.network.parameters()),
+                       "training_loss_by_epoch": losses,
+                       **answer_metrics(log_probs, correct, split["eval"]["counts"].numpy(), args.seed)})
+        if best is not None:
+            result.update({"chosen_epoch": best_epoch, "validation": best.to_json()})
+    result["seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
     write_atomic(path, text.encode())
     return json.loads(text)  # as a rerun reads it back
 
 
 def main() -> None:
-    from protocol.model.backbone import load_backbone
-    from protocol.modes.generation.device import GenerationDevice
-    from secure_assist.config import FinetuneConfig
-    from secure_assist.task_kinds import task_kind
-    from secure_assist.training.run import hold_out_indices
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -341,6 +396,7 @@ def main() -> None:
     parser.add_argument("--attention-width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--forward-batch", type=int, default=8)
+    parser.add_argument("--rounds", default="1,2,4,8", help="after which rounds fair_linear_rounds is scored")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="runs/generation_ceiling")
     args = parser.parse_args()

@@ -90,3 +90,24 @@ def test_readout_fitted_on_the_evaluation_split_lowers_its_nll(eval_split: tuple
     # A rerun with the same settings reads the result back; other settings fit again.
     assert ceiling.run_readout(args, name, {"eval": data}, weight) == result
     assert ceiling.run_readout(_args(Path(args.workdir), epochs=1), name, {"eval": data}, weight) != result
+
+
+def test_boosting_rounds_refresh_the_signal_at_the_corrected_logits(eval_split: tuple, tiny_llama: object) -> None:
+    """Round 1 is the fair MSE read-out itself; round 2 is fitted and judged from round 1's corrected logits.
+    (The six samples serve as upload, validation and evaluation split: this checks the rounds' arithmetic.)"""
+    args, data = eval_split
+    args = argparse.Namespace(**{**vars(args), "rounds": "1,2", "workdir": str(Path(args.workdir) / "rounds")})
+    Path(args.workdir).mkdir()
+    weight = GenerationDevice(tiny_llama, InstructionTask(), layers=(2,), progress=False).weight
+    splits = {"eval": data, "upload": data, "validation": data}
+    single = ceiling.run_readout(args, "fair_linear_mse", splits, weight)
+    first, second = ceiling.run_readout(args, "fair_linear_rounds", splits, weight)["rounds"]
+    assert [first["round"], second["round"]] == [1, 2]
+    assert first["validation"]["factor"] > 0  # round 1 deployed, so round 2 starts from other logits
+    assert np.isclose(first["eval_answer_nll"], single["eval_answer_nll"], rtol=1e-5)
+    # Round 2's backbone is round 1's deployed model: its scale 0 is round 1's chosen NLL, not zero-shot's.
+    assert np.isclose(second["validation"]["validation_nll_backbone"], first["validation"]["validation_nll_chosen"],
+                      rtol=1e-4)
+    assert not np.isclose(second["validation"]["validation_nll_backbone"], first["zero_shot_answer_nll"], rtol=1e-3)
+    assert second["training_loss_by_epoch"] != first["training_loss_by_epoch"]
+    assert second["eval_answer_nll"] <= first["eval_answer_nll"] + 1e-6
