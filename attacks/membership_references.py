@@ -77,12 +77,14 @@ def deployed_scores(side: torch.nn.Module | None, features: LabeledFeatures) -> 
         return (probabilities + side(torch.from_numpy(np.asarray(features.activations)))).numpy()
 
 
-def train_side_network(features: LabeledFeatures, recipe: TrainingRecipe, seed: int) -> AdditiveSideNetwork:
-    """A side network trained on `features` (in their order) as PAE's server trains one."""
+def train_side_network(features: LabeledFeatures, recipe: TrainingRecipe, seed: int,
+                       targets: torch.Tensor | None = None) -> AdditiveSideNetwork:
+    """A side network trained on `features` (in their order) as PAE's server trains one, on their Δ or on
+    other `targets` of the same shape (a boosting round's Δ, refreshed at the corrected prediction)."""
     training = replace(recipe.training, seed=seed)
     trainer = SideTrainer(training)
     inputs = torch.from_numpy(np.asarray(features.activations))
-    targets = features.deltas()
+    targets = features.deltas() if targets is None else targets
     shape = SideNetworkShape(n_layers=inputs.shape[1], hidden_size=inputs.shape[2], rank=training.rank,
                              n_classes=targets.shape[1])
     network = AdditiveSideNetwork(shape, training.dropout, generator=trainer.init_generator())
