@@ -52,29 +52,34 @@ def side_values(network: torch.nn.Module, features: LabeledFeatures) -> np.ndarr
 def boosted_rounds(splits: dict[str, LabeledFeatures], recipe: TrainingRecipe, rounds: list[int],
                    seed: int) -> list[dict]:
     """One record per round of `rounds`: the deployed sum's accuracy on 'eval' and the round's decision.
-    A round whose factor is 0 leaves the sum as it was, so every later round would repeat it: stop there."""
+    A round whose factor is 0 leaves the sum as it was, so every later round would repeat it: the rounds stop
+    there ('dropped_at_round')."""
     backbone = {key: part.backbone_probabilities().numpy() for key, part in splits.items()}
     total = {key: np.zeros_like(value) for key, value in backbone.items()}
     onehot = np.eye(backbone["upload"].shape[1], dtype=np.float32)[splits["upload"].labels]
-    results, first, stopped = [], None, False
+    labels = splits["eval"].labels
+    results, first, stopped_at = [], None, None
     for number in range(1, max(rounds) + 1):
-        if not stopped:
+        if stopped_at is None:
             started = time.perf_counter()
             targets = torch.from_numpy(onehot - (backbone["upload"] + total["upload"]))
             network = train_side_network(splits["upload"], recipe, seed, targets=targets)
             outputs = {key: side_values(network, part) for key, part in splits.items()}
             decision = choose_shrink(backbone["validation"] + total["validation"], outputs["validation"],
                                      splits["validation"].labels, seed)
+            # What the evaluation split would say of this round added whole, whatever the safeguard decided.
+            unscaled = float(((backbone["eval"] + total["eval"] + outputs["eval"]).argmax(1) == labels).mean())
             for key in total:
                 total[key] = total[key] + decision.factor * outputs[key]
-            stopped = decision.factor == 0
-            record = {"validation": decision.to_json(), "server_seconds": time.perf_counter() - started}
+            stopped_at = number if decision.factor == 0 else None
+            record = {"validation": decision.to_json(), "eval_accuracy_if_added_unscaled": unscaled,
+                      "server_seconds": time.perf_counter() - started}
         if number in rounds:
-            correct = (backbone["eval"] + total["eval"]).argmax(1) == splits["eval"].labels
+            correct = (backbone["eval"] + total["eval"]).argmax(1) == labels
             first = correct if first is None else first
-            results.append({"round": number, "stopped_after_round": number if stopped else None, **record,
+            results.append({"round": number, "dropped_at_round": stopped_at, **record,
                             "accuracy": accuracy_with_interval((backbone["eval"] + total["eval"]).argmax(1),
-                                                               splits["eval"].labels, seed),
+                                                               labels, seed),
                             "gain_over_first_scored_round": paired_difference(correct, first, seed)})
     return results
 

@@ -317,12 +317,13 @@ def boosted_rounds(args: argparse.Namespace, readout: Readout, split: dict[str, 
                    weight: torch.Tensor) -> list[dict]:
     """Rounds of `readout` on the refreshed signal, one result per round of --rounds: round k fits a new
     read-out to r_t at the logits corrected by the sum of rounds 1..k-1 and adds it at its validation scale.
-    A round whose scale is 0 changes nothing, so every later round would repeat it: the rounds stop there."""
+    A round whose scale is 0 changes nothing, so every later round would repeat it: the rounds stop there
+    ('dropped_at_round')."""
     wanted = sorted(int(r) for r in args.rounds.split(","))
     total = {key: torch.zeros_like(part["final"]) for key, part in split.items()}
-    results, stopped = [], False
+    results, stopped_at = [], None
     for number in tqdm(range(1, wanted[-1] + 1), desc="rounds", unit="round"):
-        if not stopped:
+        if stopped_at is None:
             started = time.perf_counter()
             fit, losses, decision, epoch = fit_readout(
                 args, readout, {key: shifted(part, total[key]) for key, part in split.items()}, weight)
@@ -334,13 +335,13 @@ def boosted_rounds(args: argparse.Namespace, readout: Readout, split: dict[str, 
             refresh = time.perf_counter() - started
             for key in ("validation", "eval"):
                 total[key] = total[key] + decision.factor * fit.all_corrections(split[key])
-            stopped = decision.factor == 0
+            stopped_at = number if decision.factor == 0 else None
             record = {"training_loss_by_epoch": losses, "chosen_epoch": epoch, "validation": decision.to_json(),
                       "fit_seconds": fitted, "device_refresh_seconds": refresh,
                       "upload_answer_positions": int(split["upload"]["counts"].sum())}
         if number in wanted:
             log_probs, correct = scores(weight, split["eval"], total["eval"], (0.0, 1.0))
-            results.append({"round": number, "stopped_after_round": number if not stopped else None, **record,
+            results.append({"round": number, "dropped_at_round": stopped_at, **record,
                             **answer_metrics(log_probs, correct, split["eval"]["counts"].numpy(), args.seed)})
     return results
 

@@ -39,5 +39,7 @@ def test_each_round_starts_from_the_sum_the_device_deployed() -> None:
     assert not np.isclose(second["validation"]["validation_brier_backbone"],
                           first["validation"]["validation_brier_backbone"])
     assert first["gain_over_first_scored_round"]["difference"] == 0.0
+    assert first["dropped_at_round"] is None
     if second["validation"]["factor"] == 0:  # a dropped round leaves the deployed sum as it was
+        assert second["dropped_at_round"] == 2
         assert second["accuracy"]["accuracy"] == first["accuracy"]["accuracy"]

@@ -103,6 +103,7 @@ def test_boosting_rounds_refresh_the_signal_at_the_corrected_logits(eval_split: 
     single = ceiling.run_readout(args, "fair_linear_mse", splits, weight)
     first, second = ceiling.run_readout(args, "fair_linear_rounds", splits, weight)["rounds"]
     assert [first["round"], second["round"]] == [1, 2]
+    assert first["dropped_at_round"] is None
     assert first["validation"]["factor"] > 0  # round 1 deployed, so round 2 starts from other logits
     assert np.isclose(first["eval_answer_nll"], single["eval_answer_nll"], rtol=1e-5)
     # Round 2's backbone is round 1's deployed model: its scale 0 is round 1's chosen NLL, not zero-shot's.
