@@ -75,12 +75,11 @@ def boosted_rounds(splits: dict[str, LabeledFeatures], recipe: TrainingRecipe, r
             record = {"validation": decision.to_json(), "eval_accuracy_if_added_unscaled": unscaled,
                       "server_seconds": time.perf_counter() - started}
         if number in rounds:
-            correct = (backbone["eval"] + total["eval"]).argmax(1) == labels
-            first = correct if first is None else first
+            predictions = (backbone["eval"] + total["eval"]).argmax(1)
+            first = predictions == labels if first is None else first
             results.append({"round": number, "dropped_at_round": stopped_at, **record,
-                            "accuracy": accuracy_with_interval((backbone["eval"] + total["eval"]).argmax(1),
-                                                               labels, seed),
-                            "gain_over_first_scored_round": paired_difference(correct, first, seed)})
+                            "accuracy": accuracy_with_interval(predictions, labels, seed),
+                            "gain_over_first_scored_round": paired_difference(predictions == labels, first, seed)})
     return results
 
 

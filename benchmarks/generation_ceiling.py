@@ -140,7 +140,6 @@ def teacher_forced(args: argparse.Namespace, device: object, examples: list, lay
     """Forward outputs at the answer positions (`layers`' states rounded to fp16 as uploaded, the final state,
     the target, each sample's count) and, with `sequences`, the uploaded layers' states at every position of
     each sample (flattened) with each sample's length. Cached in <workdir>/<name>_forward.safetensors."""
-
     path = Path(args.workdir) / f"{name}_forward.safetensors"
     if path.is_file():
         return load_file(path)
@@ -227,7 +226,6 @@ class Fit:
         # PAE's objective: MSE on whitened, scaled targets u = r G^{-1/2}/σ; the correction is s = σ u G^{-1/2}.
         self.output_map = torch.eye(hidden_size)
         if readout.objective == "mse":
-
             root = torch.from_numpy(inverse_square_root((weight.T @ weight).double().numpy())).float()
             whitened = residual_signal(weight, fitted["final"], fitted["targets"]) @ root
             scale = float(whitened.pow(2).mean().sqrt())
@@ -278,7 +276,6 @@ class Fit:
 def scores(weight: torch.Tensor, data: dict[str, torch.Tensor], corrections: torch.Tensor,
            scales: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(log p(y_t), top-1 correct) per answer row, one column per scale of the correction (0: the backbone)."""
-
     with torch.inference_mode():
         log_probs, correct = answer_log_probs(weight, data["final"], corrections, data["targets"], scales)
     return log_probs.numpy(), correct.numpy()
@@ -349,7 +346,6 @@ def boosted_rounds(args: argparse.Namespace, readout: Readout, split: dict[str, 
 def run_readout(args: argparse.Namespace, name: str, splits: dict, weight: torch.Tensor) -> dict:
     """Fit one read-out, score it on the evaluation split; its result JSON is written when done and read
     back on a rerun with the same training settings."""
-
     path = Path(args.workdir) / f"readout_{name}.json"
     readout, started = READOUTS[name], time.perf_counter()
     training = {key: getattr(args, key) for key in TRAINING_SETTINGS}
@@ -381,7 +377,6 @@ def run_readout(args: argparse.Namespace, name: str, splits: dict, weight: torch
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train-file", required=True)
@@ -401,6 +396,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="runs/generation_ceiling")
     args = parser.parse_args()
+    try:
+        if min(int(r) for r in args.rounds.split(",")) < 1:
+            parser.error("--rounds: rounds are numbered from 1")
+    except ValueError:
+        parser.error(f"--rounds {args.rounds!r}: give round numbers, e.g. 1,2,4")
     names = args.readouts.split(",")
     unknown = sorted(set(names) - set(READOUTS))
     if unknown:
