@@ -18,7 +18,7 @@ from protocol.model.model_io import load_finetuned
 from protocol.server.transcript import SIDE_NETWORK_FILE
 from secure_assist.audit.config import AuditConfig
 from secure_assist.audit.device_report import conclusions
-from secure_assist.audit.many_devices import row_store
+from secure_assist.audit.many_devices import ROW_MEANING, row_store
 from secure_assist.audit.point import PointData, attack_rows
 from secure_assist.audit.public_knowledge import public_data
 from secure_assist.audit.report import write_reports
@@ -228,6 +228,11 @@ def test_compare_puts_the_audit_rows_beside_its_points(tmp_path: Path) -> None:
     kept = row_store(replace(config, variants=("gaussian@1",), fedavg=("plain",), poisoning=True)).load("pooled:none")
     assert kept is not None and kept["variant"] == "pooled:none"
     assert row_store(replace(config, epochs=2)).load("pooled:none") is None
+    # A row stored by code that gave its figures another meaning is recomputed, not read back.
+    store = row_store(config)
+    saved = json.loads(store.path("pooled:none").read_text())
+    store.path("pooled:none").write_text(json.dumps({**saved, "row_meaning": ROW_MEANING - 1}))
+    assert store.load("pooled:none") is None
 
 
 @pytest.mark.parametrize("flags, message", [

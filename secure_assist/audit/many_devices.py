@@ -34,6 +34,10 @@ from secure_assist.devices.partition import Partition
 from secure_assist.training.forwards import forwards_summary, share_forwards
 
 ROWS_DIR = "device_rows"
+# What a stored row's figures mean for the same run settings. Bump it when code changes the meaning of a figure, so
+# that rows stored before are recomputed instead of read back with their old meaning. 2: the membership column
+# attacks the shared model as the curious device received it, not as its safeguard deployed it (commit 3b5e163).
+ROW_MEANING = 2
 # The two evaluation splits every device is scored on: the row's per-device key of each.
 SPLITS = {"common": "accuracy", "own": "own_accuracy"}
 # The poisoning section of an audit run without --poisoning.
@@ -74,11 +78,10 @@ def row_statistics(row: dict[str, Any], local: dict[str, Any], seed: int) -> dic
     return row
 
 
-
-
 class RowStore:
-    """Finished rows on disk, `<output>/device_rows/<row>.json`, each tagged with the config's fingerprint:
-    a rerun of the same audit reads them back instead of recomputing."""
+    """Finished rows on disk, `<output>/device_rows/<row>.json`, each tagged with the config's fingerprint and the
+    rows' meaning (`ROW_MEANING`): a rerun of the same audit by code that computes the same figures reads them back
+    instead of recomputing."""
 
     def __init__(self, output: Path, config_fingerprint: str) -> None:
         self.folder = output / ROWS_DIR
@@ -89,12 +92,13 @@ class RowStore:
         return self.folder / f"{name.replace(':', '_')}.json"
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The saved row, or None when absent, unreadable, another config's or not finished."""
+        """The saved row, or None when absent, unreadable, another config's, of another meaning or not finished."""
         try:
             saved = json.loads(self.path(name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
+        if (not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint
+                or saved.get("row_meaning") != ROW_MEANING):
             return None
         row = saved.get("row")
         return row if isinstance(row, dict) and row.get("status") == "ok" else None
@@ -103,7 +107,8 @@ class RowStore:
         """Keep a finished row (atomically)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path(row["variant"]),
-                     json.dumps({"fingerprint": self.fingerprint, "row": row}, indent=1).encode("utf-8"))
+                     json.dumps({"fingerprint": self.fingerprint, "row_meaning": ROW_MEANING, "row": row},
+                                indent=1).encode("utf-8"))
 
 
 def row_store(config: AuditConfig) -> RowStore:
