@@ -50,12 +50,16 @@ class GaussianParameters:
     noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
                                                                            "(instead of --epsilon)"})
     clip: float = field(default=1.0, metadata={"help": "L2 clip norm c of Δ (gaussian)"})
+    # Each boosting round releases every sample's Δ once more (the config's `rounds`, whose help the CLI shows).
+    rounds: int = field(default=1, metadata={"help": "releases of each sample's Δ: one per boosting round"})
 
     def __post_init__(self) -> None:
         positive("epsilon", self.epsilon)
         positive("noise_multiplier", self.noise_multiplier)
         positive("clip", self.clip, allow_none=False)
         probability("dp_delta", self.dp_delta)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise UserInputError(f"mechanism parameter rounds must be a whole number of at least 1, got {self.rounds}")
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,11 @@ class ForwardDevice:
 
     def send(self, channel: Channel, chunk: list[Any], outputs: Any, sample_ids: np.ndarray) -> None:
         """Upload one batch, through the protection transform when there is one."""
-        upload = self.make_upload(chunk, outputs, sample_ids)
+        self.send_upload(channel, self.make_upload(chunk, outputs, sample_ids), chunk, outputs)
+
+    def send_upload(self, channel: Channel, upload: Message, chunk: list[Any], outputs: Any) -> None:
+        """Send `upload` (of the batch `chunk` with forward `outputs`), through the protection transform
+        when there is one (a boosting round sends an upload whose targets it refreshed)."""
         if self.transform is None:
             channel.request(upload)
             return
