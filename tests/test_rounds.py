@@ -127,6 +127,17 @@ def test_one_round_is_the_run_as_before_and_round_one_of_many(tmp_path: Path) ->
     assert first["bytes_down"] == one["bytes_down"] and first["upload_bytes"] == one["upload_wire_bytes_this_session"]
 
 
+def test_a_dropped_round_ends_the_rounds(tmp_path: Path) -> None:
+    # The safeguard on (its default share): on tiny-llama's random backbone it drops round 1's side network, so
+    # round 2 would train on round 1's targets again. No further round runs, uploads or gets a server role.
+    summary = run_finetune(FinetuneConfig(rounds=3, workdir=str(tmp_path / "run"), **TINY), progress=False).to_json()
+    rounds = summary["rounds"]
+    assert rounds[0]["safeguard"]["action"] == "dropped"  # the setting this test needs
+    assert [r["round"] for r in rounds] == [1] and rounds[0]["stopped"] == "rounds 2..3 not run: round 1 was dropped"
+    assert not (tmp_path / "run" / "server_round2").exists()
+    assert summary["bytes_up"] == rounds[0]["bytes_up"] and summary["accuracy"] == summary["zero_shot_accuracy"]
+
+
 def test_round_two_is_judged_against_the_deployed_sum() -> None:
     # One-hot activations make each side output a table of per-sample values.
     rng = np.random.default_rng(0)
@@ -278,9 +289,11 @@ def test_the_audit_boosts_its_pae_rows_and_refuses_rows_that_cannot(tmp_path: Pa
 
 
 def test_an_audit_boosts_its_rows_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The safeguard off: on tiny-llama it would drop round 1, which ends the rounds.
     output = tmp_path / "audit"
     code = main(["audit", "--model", "tiny-llama", "--train-samples", "40", "--eval-samples", "16", "--epochs", "2",
-                 "--rank", "4", "--rounds", "2", "--variants", "none,gaussian", "--attacks", "delta_argmax",
+                 "--rank", "4", "--rounds", "2", "--safeguard-fraction", "0", "--variants", "none,gaussian",
+                 "--attacks", "delta_argmax",
                  "--membership-references", "0", "--dp-releases", "400", "--attack-samples", "12",
                  "--output", str(output), "--quiet"])
     assert code == 0, capsys.readouterr().err

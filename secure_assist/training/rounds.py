@@ -7,8 +7,9 @@ at the factors their safeguards chose, from the forward passes it already holds 
 cache, on whenever rounds > 1: no backbone pass); uploads (fresh sample ids, the same A, Δ_k)
 through the run's mechanism chain to a fresh server role in `<workdir>/server_round<k>`, which
 trains a new side output for `epochs`; fetches and restores it; and its safeguard judges it
-against p_b + S_{k−1}, shrinking or dropping it. The deployed model is the sum of the kept
-rounds (`SummedSide`), evaluated and saved once at the end. The offline measurement of exactly
+against p_b + S_{k−1}, shrinking or dropping it. A dropped round ends the rounds: the next one would
+train on the same targets. The deployed model is the sum of the kept rounds (`SummedSide`), evaluated
+and saved once at the end. The offline measurement of exactly
 this is `benchmarks/classification_rounds.py`.
 
 Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
@@ -66,9 +67,14 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
                 "ground_truth": str(run.workdir / DEVICE_DIR / ground_truth_file(1))}]
     parts = [judged.side]
     for number in range(2, run.config.rounds + 1):
+        if _dropped(records[-1]):
+            # The dropped round left the deployed sum, hence the next round's targets, as they were: every later
+            # round would train on the same signal again (and release it again), so the rounds stop here.
+            records[-1]["stopped"] = f"rounds {number}..{run.config.rounds} not run: round {number - 1} was dropped"
+            break
         part, record = boost_round(run, number, SummedSide(parts))
         records.append(record)
-        if record["safeguard"] is None or record["safeguard"]["factor"] > 0:  # a dropped part adds nothing
+        if not _dropped(record):  # a dropped part adds nothing
             parts.append(part)
     summary = finish(run, outcome, judged, SummedSide(parts))
     uploaded = sum(r["upload_bytes"] for r in records)
@@ -128,6 +134,11 @@ def upload_refreshed(session: StartedRun, number: int, deployed: SideOutput) -> 
                            pivots)
         start += len(chunk)
     device.finish(session.channel)
+
+
+def _dropped(record: dict[str, Any]) -> bool:
+    """Whether the round's safeguard dropped its side output (None: the safeguard is off, nothing is dropped)."""
+    return record["safeguard"] is not None and record["safeguard"]["factor"] == 0
 
 
 def _cache_reads(outcome: TrainOutcome) -> int:
