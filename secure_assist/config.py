@@ -28,11 +28,12 @@ RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows", "keep_received_model")
 # hashes it otherwise (a run with --rounds 2 is another point).
 LATER_FIELDS: dict[str, Any] = {"rounds": 1}
 
-# Boosting rounds (secure_assist.training.rounds): at most this many, and only for in-process PAE on one
-# classification device whose Δ is sent plain or through the Gaussian mechanism (whose accounting composes rounds).
+# Boosting rounds (secure_assist.training.rounds): at most this many, and only for in-process PAE on one device,
+# per task kind its PAE mode and the mechanisms that send the targets plain or through a Gaussian mechanism (whose
+# accounting composes rounds).
 MAX_ROUNDS = 8
-ROUNDS_MODE = "side_network"
-ROUNDS_MECHANISMS = ("none", "gaussian")
+ROUNDS_MODES = {"classification": "side_network", "generation": "generation"}
+ROUNDS_MECHANISMS = {"classification": ("none", "gaussian"), "generation": ("none", "gaussian_r")}
 
 
 def option(default: Any, text: str, **extra: Any) -> Any:
@@ -124,11 +125,12 @@ class RunSettings:
     # and changes nothing computed, so the fingerprints leave it out (RESULT_NEUTRAL_FIELDS).
     keep_received_model: bool = option(False, "also save the side output as received, before the safeguard "
                                               "(received_model.safetensors: what a curious device holds)")
-    # Boosting rounds (secure_assist.training.rounds): round k >= 2 re-uploads the same activations with Δ refreshed at
-    # the deployed sum; the device rereads its passes from its forward cache (on whenever rounds > 1).
+    # Boosting rounds (secure_assist.training.rounds): round k >= 2 re-uploads the same activations with Δ (generation:
+    # r) refreshed at the deployed sum; the device rereads the passes it holds (on whenever rounds > 1).
     rounds: int = option(1, f"boosting rounds of PAE (1..{MAX_ROUNDS}): each round after the first uploads Δ "
-                            "refreshed at the model deployed so far and adds the side network its safeguard keeps "
-                            "(classification, mode side_network, mechanism none or gaussian, in process)")
+                            "(generation: r) refreshed at the model deployed so far and adds the side output its "
+                            "safeguard keeps (mode side_network with mechanism none or gaussian, or mode generation "
+                            "with none or gaussian_r; in process)")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
     reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "
@@ -169,14 +171,13 @@ class RunSettings:
             raise UserInputError(f"rounds must be in 1..{MAX_ROUNDS}, got {self.rounds}")
         if self.rounds == 1:
             return
-        if self.task == GENERATION_TASK:
-            raise UserInputError("--rounds > 1 boosts classification runs only, not --task generation")
-        if self.mode not in (None, ROUNDS_MODE):
-            raise UserInputError(f"--rounds > 1 runs with mode {ROUNDS_MODE} only, not {self.mode}")
-        unsupported = [name for name in self.mechanism if name not in ROUNDS_MECHANISMS]
+        kind = "generation" if self.task == GENERATION_TASK else "classification"
+        if self.mode not in (None, ROUNDS_MODES[kind]):
+            raise UserInputError(f"--rounds > 1 runs {kind} with mode {ROUNDS_MODES[kind]} only, not {self.mode}")
+        unsupported = [name for name in self.mechanism if name not in ROUNDS_MECHANISMS[kind]]
         if unsupported:
-            raise UserInputError(f"--rounds > 1 runs with mechanism {' or '.join(ROUNDS_MECHANISMS)} only, not "
-                                 f"{','.join(unsupported)}")
+            raise UserInputError(f"--rounds > 1 runs {kind} with mechanism {' or '.join(ROUNDS_MECHANISMS[kind])} "
+                                 f"only, not {','.join(unsupported)}")
         if self.devices > 1:
             raise UserInputError(f"--rounds > 1 runs on one device only, not --devices {self.devices}")
 

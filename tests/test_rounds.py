@@ -1,7 +1,8 @@
 """Boosting rounds (`--rounds R`, secure_assist.training.rounds) on tiny-llama: round k >= 2 uploads
-Δ_k = onehot(y) − (p_b + S_{k−1}(A)) to a fresh server role without a backbone pass, its safeguard judges
-the new side output against the deployed sum, the model file holds the sum (and `predict` reads it),
-the Gaussian mechanism's ε covers every round, and what rounds do not support is refused in one line."""
+Δ_k = onehot(y) − (p_b + S_{k−1}(A)) (generation: r_t at z_t + W_U S_{k−1,t}) to a fresh server role without
+a backbone pass, its safeguard judges the new side output against the deployed sum, the model file holds the
+sum (and `predict` reads it), the Gaussian mechanisms' ε covers every round, and what rounds do not support
+is refused in one line."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.device.forward_device import PivotBatch, side_scores
+from protocol.data.instructions import InstructionExample
+from protocol.device.forward_device import PivotBatch, new_sample_ids, side_scores
+from protocol.model.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.model.model_io import load_finetuned
-from protocol.model.side_network import AdditiveSideNetwork, SideNetworkShape
+from protocol.model.side_network import AdditiveSideNetwork, HiddenCorrection, SideNetworkShape
 from protocol.model.side_output import side_output_from_arrays
 from protocol.model.summed_side import SummedSide
+from protocol.modes.generation.device import AnswerBatch, GenerationDevice, residual_signal
+from protocol.modes.generation.messages import GenerationUpload
 from protocol.server.transcript import ServerView
 from protocol.wire.messages import Upload
 from secure_assist.audit.config import (AuditConfig, audit_variants, device_local_config, fingerprint,
@@ -28,15 +33,17 @@ from secure_assist.cli import main
 from secure_assist.compare.grid import point_identity
 from secure_assist.config import MAX_ROUNDS, FinetuneConfig, result_values
 from secure_assist.finetune import run_finetune
-from secure_assist.mechanism_parameters import GaussianParameters
+from secure_assist.mechanism_parameters import GaussianParameters, GaussianResidualParameters
 from secure_assist.mechanisms.accounting import analytic_gaussian_epsilon, analytic_gaussian_sigma
-from secure_assist.mechanisms.delta import GaussianDelta
+from secure_assist.mechanisms.delta import GaussianDelta, GaussianResidual
 from secure_assist.predict import predict_texts
 from secure_assist.task_kinds import task_kind
-from secure_assist.training.run import run_training
+from secure_assist.training.run import build_mechanisms, hold_out, run_training
 from secure_assist.training.workdir import DEVICE_DIR, ground_truth_file, server_dir
+from tests.generation_data import alpaca_file
 
 TINY = dict(model="tiny-llama", train_samples=40, eval_samples=16, epochs=2, rank=4, mechanism_seed=0)
+GENERATION = dict(task="generation", train_file="x.jsonl")
 
 
 def _uploads(workdir: Path, number: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,12 +209,15 @@ def test_a_summed_side_output_saves_each_part_and_maps_them_all() -> None:
 
 @pytest.mark.parametrize("settings", [
     dict(mode="ckks_ridge", mechanism=("he_ckks",)), dict(mode="device_local"), dict(mode="pooled"),
-    dict(mode="generation"), dict(mode="generation_local"),
-    dict(task="generation", train_file="x.jsonl"), dict(mechanism=("label_rr",), epsilon=1.0),
+    dict(mode="generation"), dict(mode="generation_local"), dict(mechanism=("label_rr",), epsilon=1.0),
     dict(mechanism=("rotation_mask",)), dict(mechanism=("activation_noise",), activation_noise_multiplier=1.0),
     dict(mechanism=("int8_activations",)), dict(mechanism=("activation_rotation",)),
     dict(mechanism=("gaussian", "activation_noise"), epsilon=1.0, activation_noise_multiplier=1.0),
     dict(devices=2),
+    dict(GENERATION, mode="generation_local"), dict(GENERATION, mode="side_network"),
+    dict(GENERATION, mechanism=("activation_noise",), activation_noise_multiplier=1.0),
+    dict(GENERATION, mechanism=("gaussian_r", "activation_noise"), epsilon=1.0, activation_noise_multiplier=1.0),
+    dict(GENERATION, devices=2),
 ])
 def test_what_rounds_do_not_support_is_refused_in_one_line(settings: dict) -> None:
     with pytest.raises(UserInputError, match=r"^--rounds > 1 ") as raised:
@@ -281,7 +291,7 @@ def test_fingerprints_change_with_rounds_only() -> None:
 
 
 def test_the_audit_boosts_its_pae_rows_and_refuses_rows_that_cannot(tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="^--rounds > 1 runs with mechanism none or gaussian only, not label_rr$"):
+    with pytest.raises(UserInputError, match="^--rounds > 1 runs classification with mechanism none or gaussian only, not label_rr$"):
         AuditConfig(rounds=2, output=str(tmp_path / "refused"))  # the default variants include label_rr
     config = AuditConfig(rounds=2, variants=("none", "gaussian"), output=str(tmp_path / "audit"))
     assert [variant_finetune_config(config, v).rounds for v in audit_variants(config)] == [2, 2]
@@ -302,3 +312,192 @@ def test_an_audit_boosts_its_rows_and_says_so(tmp_path: Path, capsys: pytest.Cap
     assert all((output / "rows" / row / "server_round2").is_dir() for row in ("none", "gaussian@1"))
     assert not (output / "rows" / "device_local" / "server_round2").exists()
     assert "Boosting rounds: each variant row runs 2" in (output / "report.md").read_text()
+
+
+# Generation: round k >= 2 uploads r_t = W_Uᵀ(onehot(y_t) − softmax(z_t + W_U S_{k−1,t})) from the passes the device
+# holds in memory, and the deployed model is the sum of the hidden-space corrections.
+GENERATION_TINY = dict(model="tiny-llama", task="generation", train_samples=30, eval_samples=8, epochs=2,
+                       max_answer_tokens=6, rouge_samples=4, rank=4, mechanism_seed=0)
+
+
+def _generation_config(folder: Path, **settings: object) -> FinetuneConfig:
+    return FinetuneConfig(train_file=str(alpaca_file(folder, 40)), workdir=str(folder / "run"),
+                          **GENERATION_TINY, **settings)
+
+
+def _residual_uploads(workdir: Path, number: int) -> tuple[np.ndarray, np.ndarray]:
+    """(states, r) round `number`'s server received, one row per answer position, samples in the device's
+    upload order (its ground truth for the round)."""
+    received = ServerView(workdir / server_dir(number)).received(GenerationUpload)
+    rows = {bytes(sid).hex(): (up.activations[part], up.residual[part])
+            for up in received for sid, part in zip(up.sample_ids, up.sample_rows())}
+    truth = (workdir / DEVICE_DIR / ground_truth_file(number)).read_text().splitlines()
+    ordered = [rows[json.loads(line)["sample_id"]] for line in truth]
+    return (np.concatenate([a for a, _ in ordered]).astype(np.float32), np.concatenate([r for _, r in ordered]))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[FinetuneConfig, dict]:
+    """A two-round plain generation run with the safeguard off (round 1's correction is deployed whole)."""
+    config = _generation_config(tmp_path_factory.mktemp("generation_rounds"), rounds=2, safeguard_fraction=0.0)
+    return config, run_finetune(config, progress=False).to_json()
+
+
+def test_generation_round_two_uploads_r_refreshed_at_the_deployed_correction(generated) -> None:
+    config, summary = generated
+    workdir = Path(config.workdir)
+    assert ServerView(workdir / "server_round2").mode() == "generation"
+    states_1, residual_1 = _residual_uploads(workdir, 1)
+    states_2, residual_2 = _residual_uploads(workdir, 2)
+    assert np.array_equal(states_1, states_2)  # the same states, under fresh ids
+    # h_t and y_t recomputed on the device side by a fresh device, batched as the run batched its upload.
+    task, train, _ = task_kind(config).data(config)
+    upload_set, _ = hold_out(train, config)
+    device = GenerationDevice(load_backbone(config.model), task, layers=config.layers,
+                              batch_size=config.device_batch_size, progress=False)
+    part = load_finetuned(summary["model_file"]).side_network.parts[0]
+    batches = [outputs for _, outputs in device.batches(upload_set, "recompute")]
+    np.testing.assert_array_equal(torch.cat([b.activations for b in batches]).numpy(), states_1)
+    backbone = torch.cat([residual_signal(device.weight, b.final_states, b.targets) for b in batches]).numpy()
+    refreshed = torch.cat([residual_signal(device.weight, b.final_states + torch.from_numpy(
+        _side_values(part, b.activations.numpy())), b.targets) for b in batches]).numpy()
+    # Round 1's correction is a short step (the MSE fit through the head), so r moves little: the tolerance is far
+    # below that move.
+    moved = np.abs(refreshed - backbone).max()
+    assert moved > 0 and np.abs(residual_2 - residual_1).max() > moved / 2
+    np.testing.assert_allclose(residual_1, backbone, rtol=0, atol=moved / 20)  # round 1: r at the backbone's z_t
+    np.testing.assert_allclose(residual_2, refreshed, rtol=0, atol=moved / 20)  # round 2: r at z_t + W_U S_1
+
+
+def test_a_refreshed_r_is_taken_at_the_corrected_logits() -> None:
+    # r_t = W_Uᵀ(onehot(y_t) − softmax(W_U h_t + W_U S_t)), against the formula in float64, with a large correction.
+    torch.manual_seed(0)
+    n, d, vocabulary = 6, 8, 12
+    device = GenerationDevice.__new__(GenerationDevice)  # no backbone: the upload's arithmetic only
+    device.weight, device.payload_dtype, device.layers = torch.randn(vocabulary, d), "float32", (1,)
+    outputs = AnswerBatch(activations=torch.randn(n, 1, d), final_states=torch.randn(n, d),
+                          targets=torch.randint(0, vocabulary, (n,)), counts=torch.tensor([2, 4]))
+    deployed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, d))  # (N, 1, d) -> S_t (N, d)
+    upload = device.make_upload([], outputs, new_sample_ids(2), deployed)
+    weight, hidden = device.weight.double(), outputs.final_states.double()
+    with torch.no_grad():
+        hidden = hidden + deployed(outputs.activations).double()
+    expected = (torch.eye(vocabulary, dtype=torch.float64)[outputs.targets] - torch.softmax(hidden @ weight.T, -1))
+    np.testing.assert_allclose(upload.residual, (expected @ weight).numpy(), atol=1e-5)
+    plain = device.make_upload([], outputs, new_sample_ids(2))
+    assert np.abs(upload.residual - plain.residual).max() > 0.1
+
+
+def test_generation_rounds_after_the_first_run_no_backbone_pass(generated) -> None:
+    _, summary = generated
+    assert summary["rounds"][1]["device_forwards"] == 0
+    assert summary["device_forwards_reused"] == summary["n_train"]  # round 2's upload, read from memory
+
+
+def test_the_generation_model_file_holds_the_sum_and_predict_and_the_evaluation_read_it(generated) -> None:
+    config, summary = generated
+    model = load_finetuned(summary["model_file"])
+    assert summary["head"] == SummedSide.KIND == model.head_kind and len(model.side_network.parts) == 2
+    assert all(isinstance(part, HiddenCorrection) for part in model.side_network.parts)
+    states, _ = _residual_uploads(Path(config.workdir), 1)
+    np.testing.assert_allclose(_side_values(model.side_network, states),
+                               sum(_side_values(part, states) for part in model.side_network.parts), atol=1e-5)
+    task, _, evaluate = task_kind(config).data(config)
+    device = GenerationDevice(load_backbone(config.model), task, layers=config.layers,
+                              batch_size=config.device_batch_size, progress=False)
+
+    def answer_nll(side: torch.nn.Module) -> float:
+        log_probs, _, counts = device.token_scores(evaluate, side)  # batched as the run's evaluation
+        return float(-log_probs[:, 1].astype(np.float64).sum() / counts.sum())
+
+    # The corrections are short steps (tiny NLL moves): the tolerance tells the sum from round 1's part alone.
+    assert summary["eval_answer_nll"] == pytest.approx(answer_nll(model.side_network), rel=0, abs=1e-9)
+    assert summary["eval_answer_nll"] != pytest.approx(answer_nll(model.side_network.parts[0]), rel=0, abs=1e-8)
+    instructions = ["Name a color.", "Add 2 and 3."]
+    rows = predict_texts(summary["model_file"], instructions, progress=False)
+    examples = [InstructionExample(instruction=text, input="", output="") for text in instructions]
+    assert [r["answer"] for r in rows] == [device.backbone.tokenizer.decode(ids, skip_special_tokens=True)
+                                           for ids in device.generate(examples, model.side_network)]
+
+
+@pytest.fixture(scope="module")
+def generated_safeguarded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Generation with three rounds asked for and the safeguard on (its default share)."""
+    folder = tmp_path_factory.mktemp("generation_safeguarded")
+    return folder, run_finetune(_generation_config(folder, rounds=3), progress=False).to_json()
+
+
+def test_a_dropped_generation_round_ends_the_rounds(generated_safeguarded) -> None:
+    folder, summary = generated_safeguarded
+    rounds = summary["rounds"]
+    assert rounds[0]["safeguard"]["action"] == "dropped"  # tiny-llama's random backbone: the setting this test needs
+    assert [r["round"] for r in rounds] == [1] and rounds[0]["stopped"] == "rounds 2..3 not run: round 1 was dropped"
+    assert not (folder / "run" / "server_round2").exists()
+    assert summary["eval_answer_nll"] == summary["zero_shot_answer_nll"]
+
+
+def test_one_generation_round_is_the_run_as_before_and_round_one_of_many(generated_safeguarded,
+                                                                         tmp_path: Path) -> None:
+    _, many = generated_safeguarded
+    one = run_finetune(_generation_config(tmp_path), progress=False).to_json()
+    assert "rounds" not in one and one["head"] == HiddenCorrection.KIND  # no wrapper, no new key
+    assert not (tmp_path / "run" / "server_round2").exists()
+    first = many["rounds"][0]
+    assert first["safeguard"] == one["safeguard"] and first["final_train_loss"] == one["final_train_loss"]
+    assert first["bytes_down"] == one["bytes_down"] and first["upload_bytes"] == one["upload_wire_bytes_this_session"]
+
+
+def test_a_generation_round_is_judged_against_the_deployed_correction() -> None:
+    # Orthonormal head rows and h_t = 0: the backbone's logits are all 0 and a hidden correction Wᵀu adds exactly u
+    # to the logits. The correction raises y_t by 1 and another token v_t by 2: better than the flat backbone, but
+    # on top of a deployed correction that already raised v_t by 5 it only lends v_t more weight.
+    torch.manual_seed(0)
+    n, d, vocabulary = 40, 8, 6
+    weight = torch.linalg.qr(torch.randn(d, d))[0][:vocabulary]
+    targets = torch.randint(0, vocabulary, (n,))
+    others = (targets + 1) % vocabulary
+    outputs = AnswerBatch(activations=torch.eye(n).unsqueeze(1), final_states=torch.zeros(n, d), targets=targets,
+                          counts=torch.ones(n, dtype=torch.long))
+    onehot = torch.eye(vocabulary)
+
+    class Table(torch.nn.Module):
+        KIND = "table"
+        n_outputs = d
+
+        def __init__(self, logit_shift: torch.Tensor) -> None:
+            super().__init__()
+            self.values = logit_shift @ weight  # the hidden correction of each sample (one-hot activations)
+
+        def forward(self, activations: torch.Tensor) -> torch.Tensor:
+            return activations[:, 0, :] @ self.values
+
+        def map_outputs_(self, matrix: np.ndarray) -> None:
+            self.values = self.values @ torch.from_numpy(np.asarray(matrix, dtype=np.float32))
+
+    device = GenerationDevice.__new__(GenerationDevice)  # scoring only: no backbone
+    device.weight, device.batches = weight, lambda examples, description: iter([(examples, outputs)])
+    validation = [InstructionExample(instruction=str(i), input="", output="x") for i in range(n)]
+    kind = task_kind(FinetuneConfig(**GENERATION))
+    correction = onehot[targets] + 2 * onehot[others]
+    assert kind.safeguard(device, Table(correction), validation)["action"] != "dropped"
+    again = Table(correction)
+    decision = kind.safeguard(device, again, validation, deployed=Table(5 * onehot[others]))
+    assert decision["action"] == "dropped" and float(again.values.abs().max()) == 0.0
+
+
+def test_gaussian_r_noise_covers_every_round() -> None:
+    delta, sensitivity = 1e-5, GaussianResidual.sensitivity
+    one = GaussianResidual(GaussianResidualParameters(epsilon=1.0), np.random.default_rng(0))
+    four = GaussianResidual(GaussianResidualParameters(epsilon=1.0, rounds=4), np.random.default_rng(0))
+    assert one.noise_multiplier == analytic_gaussian_sigma(1.0, delta, sensitivity) and one.releases == 1
+    assert four.releases == 4 and four.noise_multiplier == pytest.approx(2 * one.noise_multiplier)
+    assert four.epsilon == pytest.approx(1.0, abs=1e-6)  # the configured ε, over all four releases
+    given = GaussianResidual(GaussianResidualParameters(noise_multiplier=3.0, rounds=4), np.random.default_rng(0))
+    assert given.epsilon == pytest.approx(analytic_gaussian_epsilon(1.5, delta, sensitivity))  # ε of 4 releases
+    described = four.describe()
+    assert described["rounds"] == 4 and described["noise_multiplier_per_round"] == four.noise_multiplier
+    assert described["guarantee"].startswith("(ε, δ)-DP per sample on r,") and "4 releases" in described["guarantee"]
+    # A run's chain gets the config's rounds.
+    config = FinetuneConfig(rounds=3, mechanism=("gaussian_r",), epsilon=1.0, **GENERATION)
+    (described,) = build_mechanisms(config).describe()
+    assert described["rounds"] == 3 and described["epsilon"] == pytest.approx(1.0, abs=1e-6)

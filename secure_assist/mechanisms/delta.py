@@ -52,6 +52,10 @@ class NoProtection(Mechanism):
         return upload
 
 
+# The Gaussian mechanisms' guarantees name their releases: boosting rounds replace this with R of them.
+ONE_RELEASE = "one release"
+
+
 class GaussianDelta(Mechanism):
     """Clip ‖Δ‖₂ <= c and add N(0, σ²c²) per coordinate: one Gaussian release per sample and round.
 
@@ -71,7 +75,7 @@ class GaussianDelta(Mechanism):
     Parameters = GaussianParameters
     dp_target = DELTA_TARGET
     protects = "labels and Δ of each sample"
-    guarantee = "(ε, δ)-DP per sample, replace-one adjacency, one release (analytic Gaussian)"
+    guarantee = f"(ε, δ)-DP per sample, replace-one adjacency, {ONE_RELEASE} (analytic Gaussian)"
     sensitivity = 2.0  # in units of the clip norm c (replace-one)
 
     @classmethod
@@ -118,8 +122,8 @@ class GaussianDelta(Mechanism):
                 "epsilon_rdp_opacus": rdp_epsilon, "rdp_order": rdp_order,
                 "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(sigma, delta)}
         if self.releases > 1:  # one release reads as before; rounds say what the ε covers
-            info.update(guarantee=f"(ε, δ)-DP per sample, replace-one adjacency, {self.releases} releases (one per "
-                                  "round) composed exactly (analytic Gaussian)",
+            info.update(guarantee=self.guarantee.replace(ONE_RELEASE, f"{self.releases} releases (one per round) "
+                                                                      "composed exactly"),
                         rounds=self.releases, noise_multiplier_per_round=self.noise_multiplier,
                         composed_noise_multiplier=sigma)
         return info
@@ -128,9 +132,11 @@ class GaussianDelta(Mechanism):
 class GaussianResidual(GaussianDelta):
     """Generation: clip each sample's whole difference signal (r_1..r_T concatenated) to
     L2 norm c and add N(0, σ²c²) per coordinate. The server caches it, so each sample's r
-    is released once: one Gaussian release per sample, replace-one adjacency (sensitivity
-    2c), accounted like `gaussian`. What it does not cover: the activations (use
-    `activation_noise` or fewer, deeper layers) and the number of answer positions."""
+    is released once per boosting round (once without rounds): one Gaussian release per
+    sample and round, replace-one adjacency (sensitivity 2c), accounted like `gaussian`
+    (R rounds compose exactly, so each round's σ is √R times the one-release σ). What it does
+    not cover: the activations (use `activation_noise` or fewer, deeper layers) and the number
+    of answer positions."""
 
     name = "gaussian_r"
     Parameters = GaussianResidualParameters
@@ -138,11 +144,7 @@ class GaussianResidual(GaussianDelta):
     modes = (GENERATION_MODE,)
     task_kinds = (GENERATION_KIND,)
     protects = "answer tokens through r (the generation difference signal)"
-    guarantee = "(ε, δ)-DP per sample on r, replace-one adjacency, one release (analytic Gaussian)"
-
-    @property
-    def releases(self) -> int:
-        return 1  # generation has no boosting rounds: r is released once
+    guarantee = f"(ε, δ)-DP per sample on r, replace-one adjacency, {ONE_RELEASE} (analytic Gaussian)"
 
     @property
     def clip_norm(self) -> float:

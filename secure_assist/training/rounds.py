@@ -1,25 +1,26 @@
-"""Boosting rounds of PAE for classification, in process (`FinetuneConfig.rounds`).
+"""Boosting rounds of PAE, in process (`FinetuneConfig.rounds`), for classification and generation.
 
 Round 1 is the run itself: `start_run`, `train_side`, and the device's `judge` (restore, then
-safeguard). Round k >= 2: the device refreshes its targets at what it deploys so far,
-Δ_k = onehot(y) − (p_b + S_{k−1}(A)), S_{k−1} being the sum of the earlier rounds' side outputs
-at the factors their safeguards chose, from the forward passes it already holds (its forward
-cache, on whenever rounds > 1: no backbone pass); uploads (fresh sample ids, the same A, Δ_k)
-through the run's mechanism chain to a fresh server role in `<workdir>/server_round<k>`, which
-trains a new side output for `epochs`; fetches and restores it; and its safeguard judges it
-against p_b + S_{k−1}, shrinking or dropping it. A dropped round ends the rounds: the next one would
-train on the same targets. The deployed model is the sum of the kept rounds (`SummedSide`), evaluated
-and saved once at the end. The offline measurement of exactly
-this is `benchmarks/classification_rounds.py`.
+safeguard). Round k >= 2: the device refreshes its targets at what it deploys so far, S_{k−1} being
+the sum of the earlier rounds' side outputs at the factors their safeguards chose (classification:
+Δ_k = onehot(y) − (p_b + S_{k−1}(A)); generation: r_t = W_Uᵀ(onehot(y_t) − softmax(z_t + W_U S_{k−1,t}))),
+from the passes it already holds (classification: its forward cache; generation: its passes kept in
+memory, `protocol.modes.generation.answer_cache`; both on whenever rounds > 1: no backbone pass);
+uploads (fresh sample ids, the same A, the refreshed targets) through the run's mechanism chain to a
+fresh server role in `<workdir>/server_round<k>`, which trains a new side output for `epochs`; fetches
+and restores it; and its safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A
+dropped round ends the rounds: the next one would train on the same targets. The deployed model is
+the sum of the kept rounds (`SummedSide`), evaluated and saved once at the end. The offline
+measurement of exactly this for classification is `benchmarks/classification_rounds.py`.
 
 Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
 never replaces a value it holds (`protocol.server.side_tuning`), so new targets for the same
 samples make a new session, not an update; each round's bytes are in the summary's `rounds`
 records and in its totals.
 
-Privacy: each round releases every sample's Δ once more, through the run's own chain (`none`,
-or `gaussian`, calibrated for all R releases: `secure_assist.mechanisms.delta.GaussianDelta`),
-whose generators carry on from round to round: every round draws fresh noise.
+Privacy: each round releases every sample's targets once more, through the run's own chain (`none`,
+or `gaussian` / `gaussian_r`, calibrated for all R releases: `secure_assist.mechanisms.delta`), whose
+generators carry on from round to round: every round draws fresh noise.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from protocol.device.forward_device import new_sample_ids, side_scores
+from protocol.device.forward_device import new_sample_ids
 from protocol.errors import UserInputError
 from protocol.model.side_output import SideOutput
 from protocol.model.summed_side import SummedSide
@@ -37,7 +38,6 @@ from protocol.modes.host import ModeHost
 from protocol.wire.channel import InProcessChannel
 from protocol.wire.messages import Hello, ModeAccepted, expect
 from secure_assist.config import FinetuneConfig
-from secure_assist.mechanisms.base import with_delta
 from secure_assist.task_kinds import task_kind
 from secure_assist.training.resources import PeakMemory
 from secure_assist.training.run import StartedRun, finish, judge, train_side
@@ -122,16 +122,14 @@ def boost_round(run: StartedRun, number: int, deployed: SideOutput) -> tuple[Sid
 
 def upload_refreshed(session: StartedRun, number: int, deployed: SideOutput) -> None:
     """Round `number`'s upload: every uploaded sample again under a fresh id (recorded in the round's
-    ground truth), its activations as before and Δ_k = onehot(y) − (p_b + deployed(A))."""
+    ground truth), its activations as before and its targets refreshed at `deployed` by the device's
+    `make_upload` (Δ_k = onehot(y) − (p_b + deployed(A)); generation: r_t at z_t + W_U·deployed(A))."""
     device, examples = session.device, session.upload_set
     ids = new_sample_ids(len(examples))
     write_ground_truth(session.workdir / DEVICE_DIR / ground_truth_file(number), ids, examples)
     start = 0
-    for chunk, pivots in device.batches(examples, f"round {number} upload"):
-        upload = device.make_upload(chunk, pivots, ids[start:start + len(chunk)])  # Δ = onehot(y) − p_b
-        backbone_probs, combined = side_scores(pivots, deployed)
-        device.send_upload(session.channel, with_delta(upload, upload.delta - (combined - backbone_probs)), chunk,
-                           pivots)
+    for chunk, outputs in device.batches(examples, f"round {number} upload"):
+        device.send(session.channel, chunk, outputs, ids[start:start + len(chunk)], deployed)
         start += len(chunk)
     device.finish(session.channel)
 
