@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,6 +63,17 @@ def _side_values(side: torch.nn.Module, activations: np.ndarray) -> np.ndarray:
         return side(torch.from_numpy(activations)).numpy()
 
 
+def _assert_holds_the_sum(summary: dict, part_kind: type, inputs: np.ndarray, atol: float) -> Any:
+    """The run's model file holds a sum of its two rounds' parts of `part_kind`, whose output on `inputs` is the
+    parts' outputs summed; returns the loaded model."""
+    model = load_finetuned(summary["model_file"])
+    assert summary["head"] == SummedSide.KIND == model.head_kind and len(model.side_network.parts) == 2
+    assert all(isinstance(part, part_kind) for part in model.side_network.parts)
+    np.testing.assert_allclose(_side_values(model.side_network, inputs),
+                               sum(_side_values(part, inputs) for part in model.side_network.parts), atol=atol)
+    return model
+
+
 @pytest.fixture(scope="module")
 def boosted(tmp_path_factory: pytest.TempPathFactory) -> tuple[FinetuneConfig, dict]:
     """A two-round plain run with the safeguard off (every round's side output is deployed whole, so round 2's
@@ -111,12 +123,8 @@ def test_the_summary_reports_each_round_and_their_totals(boosted) -> None:
 
 def test_the_model_file_holds_the_sum_and_predict_reads_it(boosted) -> None:
     config, summary = boosted
-    model = load_finetuned(summary["model_file"])
-    assert summary["head"] == SummedSide.KIND == model.head_kind and len(model.side_network.parts) == 2
-    assert all(isinstance(part, AdditiveSideNetwork) for part in model.side_network.parts)
     activations, _ = _uploads(Path(config.workdir), 1)
-    np.testing.assert_allclose(_side_values(model.side_network, activations),
-                               sum(_side_values(part, activations) for part in model.side_network.parts), atol=1e-6)
+    _assert_holds_the_sum(summary, AdditiveSideNetwork, activations, atol=1e-6)
     task, _, evaluate = task_kind(config).data(config)
     rows = predict_texts(summary["model_file"], [e.text for e in evaluate], progress=False)
     predicted = np.array([task.labels.index(row["label"]) for row in rows])
@@ -396,12 +404,8 @@ def test_generation_rounds_after_the_first_run_no_backbone_pass(generated) -> No
 
 def test_the_generation_model_file_holds_the_sum_and_predict_and_the_evaluation_read_it(generated) -> None:
     config, summary = generated
-    model = load_finetuned(summary["model_file"])
-    assert summary["head"] == SummedSide.KIND == model.head_kind and len(model.side_network.parts) == 2
-    assert all(isinstance(part, HiddenCorrection) for part in model.side_network.parts)
     states, _ = _residual_uploads(Path(config.workdir), 1)
-    np.testing.assert_allclose(_side_values(model.side_network, states),
-                               sum(_side_values(part, states) for part in model.side_network.parts), atol=1e-5)
+    model = _assert_holds_the_sum(summary, HiddenCorrection, states, atol=1e-5)
     task, _, evaluate = task_kind(config).data(config)
     device = GenerationDevice(load_backbone(config.model), task, layers=config.layers,
                               batch_size=config.device_batch_size, progress=False)
