@@ -23,6 +23,17 @@ T = TypeVar("T")
 # (audit, compare points) leave them out, so adding one keeps earlier fingerprints valid and saved
 # sweep points reusable.
 RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows", "keep_received_model")
+# Run settings added after fingerprints were first saved, with the value that computes what runs computed before
+# them: a fingerprint leaves such a field out at that value (earlier fingerprints and saved points stay valid) and
+# hashes it otherwise (a run with --rounds 2 is another point).
+LATER_FIELDS: dict[str, Any] = {"rounds": 1}
+
+# Boosting rounds (secure_assist.training.rounds): at most this many, and only for in-process PAE on one device,
+# per task kind its PAE mode and the mechanisms that send the targets plain or through a Gaussian mechanism (whose
+# accounting composes rounds).
+MAX_ROUNDS = 8
+ROUNDS_MODES = {"classification": "side_network", "generation": "generation"}
+ROUNDS_MECHANISMS = {"classification": ("none", "gaussian"), "generation": ("none", "gaussian_r")}
 
 
 def option(default: Any, text: str, **extra: Any) -> Any:
@@ -114,6 +125,12 @@ class RunSettings:
     # and changes nothing computed, so the fingerprints leave it out (RESULT_NEUTRAL_FIELDS).
     keep_received_model: bool = option(False, "also save the side output as received, before the safeguard "
                                               "(received_model.safetensors: what a curious device holds)")
+    # Boosting rounds (secure_assist.training.rounds): round k >= 2 re-uploads the same activations with Δ (generation:
+    # r) refreshed at the deployed sum; the device rereads the passes it holds (on whenever rounds > 1).
+    rounds: int = option(1, f"boosting rounds of PAE (1..{MAX_ROUNDS}): each round after the first uploads Δ "
+                            "(generation: r) refreshed at the model deployed so far and adds the side output its "
+                            "safeguard keeps (mode side_network with mechanism none or gaussian, or mode generation "
+                            "with none or gaussian_r; in process)")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
     reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "
@@ -144,14 +161,38 @@ class RunSettings:
             raise UserInputError(f"safeguard_fraction must be in [0, 1), got {self.safeguard_fraction}")
         if self.pool and (self.mode != "pooled" or not POOL_NAME.fullmatch(self.pool)):
             raise UserInputError(f"pool {self.pool!r} needs --mode pooled and a name of 1-64 of [A-Za-z0-9_.-]")
+        self.check_rounds()
         self.server_training()  # validates the server's settings now, not after the forward passes
         check_mechanism_parameters(self)
+
+    def check_rounds(self) -> None:
+        """`rounds` in 1..MAX_ROUNDS, and more than one only where rounds are implemented: a one-line error."""
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise UserInputError(f"rounds must be in 1..{MAX_ROUNDS}, got {self.rounds}")
+        if self.rounds == 1:
+            return
+        kind = "generation" if self.task == GENERATION_TASK else "classification"
+        if self.mode not in (None, ROUNDS_MODES[kind]):
+            raise UserInputError(f"--rounds > 1 runs {kind} with mode {ROUNDS_MODES[kind]} only, not {self.mode}")
+        unsupported = [name for name in self.mechanism if name not in ROUNDS_MECHANISMS[kind]]
+        if unsupported:
+            raise UserInputError(f"--rounds > 1 runs {kind} with mechanism {' or '.join(ROUNDS_MECHANISMS[kind])} "
+                                 f"only, not {','.join(unsupported)}")
+        if self.devices > 1:
+            raise UserInputError(f"--rounds > 1 runs on one device only, not --devices {self.devices}")
 
     def server_training(self) -> ServerTraining:
         """The server's side-network settings for this run."""
         return ServerTraining(rank=self.rank, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                               adapter_lr_scale=self.adapter_lr_scale, cosine_decay=self.cosine_decay,
                               batch_size=self.server_batch_size, seed=self.seed)
+
+
+def result_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config's `asdict` that decide its results, as the fingerprints hash them:
+    RESULT_NEUTRAL_FIELDS left out, and each of LATER_FIELDS left out at its earlier value."""
+    return {k: v for k, v in values.items()
+            if k not in RESULT_NEUTRAL_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def check_mechanism_parameters(config: Any) -> None:

@@ -37,7 +37,14 @@ def probability(name: str, value: float) -> None:
         raise UserInputError(f"mechanism parameter {name} must be in (0, 1), got {value}")
 
 
+def releases(name: str, value: int) -> None:
+    """A parameter that counts releases: a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserInputError(f"mechanism parameter {name} must be a whole number of at least 1, got {value}")
+
+
 EPSILON_HELP = "target per-sample ε"
+ROUNDS_HELP = "releases of each sample's signal (Δ or r): one per boosting round"
 DP_DELTA_HELP = "δ of the Gaussian mechanisms"
 
 
@@ -50,12 +57,15 @@ class GaussianParameters:
     noise_multiplier: float | None = field(default=None, metadata={"help": "gaussian noise σ relative to --clip "
                                                                            "(instead of --epsilon)"})
     clip: float = field(default=1.0, metadata={"help": "L2 clip norm c of Δ (gaussian)"})
+    # Each boosting round releases every sample's Δ once more (the config's `rounds`, whose help the CLI shows).
+    rounds: int = field(default=1, metadata={"help": ROUNDS_HELP})
 
     def __post_init__(self) -> None:
         positive("epsilon", self.epsilon)
         positive("noise_multiplier", self.noise_multiplier)
         positive("clip", self.clip, allow_none=False)
         probability("dp_delta", self.dp_delta)
+        releases("rounds", self.rounds)
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,15 @@ class GaussianResidualParameters:
                                                                            "(instead of --epsilon)"})
     residual_clip: float = field(default=10.0, metadata={"help": "L2 clip norm of each sample's whole r signal, "
                                                                  "all answer positions together (gaussian_r)"})
+    # Each boosting round releases every sample's r once more (the config's `rounds`).
+    rounds: int = field(default=1, metadata={"help": ROUNDS_HELP})
 
     def __post_init__(self) -> None:
         positive("epsilon", self.epsilon)
         positive("noise_multiplier", self.noise_multiplier)
         positive("residual_clip", self.residual_clip, allow_none=False)
         probability("dp_delta", self.dp_delta)
+        releases("rounds", self.rounds)
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,10 @@ class ForwardDevice:
         """One inference-only pass over a batch of examples (subclasses)."""
         raise NotImplementedError
 
-    def make_upload(self, chunk: list[Any], outputs: Any, sample_ids: np.ndarray) -> Message:
-        """The plain upload of one batch (subclasses)."""
+    def make_upload(self, chunk: list[Any], outputs: Any, sample_ids: np.ndarray,
+                    deployed: torch.nn.Module | None = None) -> Message:
+        """The plain upload of one batch (subclasses): its targets are those of the backbone alone, or, with
+        `deployed` (a boosting round's sum so far), those left by the backbone plus that side output."""
         raise NotImplementedError
 
     def mechanism_inputs(self, chunk: list[Any], outputs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +158,11 @@ class ForwardDevice:
         self.finish(channel)
         return np.concatenate(all_ids)
 
-    def send(self, channel: Channel, chunk: list[Any], outputs: Any, sample_ids: np.ndarray) -> None:
-        """Upload one batch, through the protection transform when there is one."""
-        upload = self.make_upload(chunk, outputs, sample_ids)
+    def send(self, channel: Channel, chunk: list[Any], outputs: Any, sample_ids: np.ndarray,
+             deployed: torch.nn.Module | None = None) -> None:
+        """Upload one batch (its targets as `make_upload` forms them), through the protection transform
+        when there is one."""
+        upload = self.make_upload(chunk, outputs, sample_ids, deployed)
         if self.transform is None:
             channel.request(upload)
             return
@@ -193,10 +197,15 @@ class DeviceRole(ForwardDevice):
     def run_batch(self, chunk: list[Example]) -> PivotBatch:
         return self.forward([e.text for e in chunk])
 
-    def make_upload(self, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray) -> Upload:
-        """The message for one batch: ids, pivot activations and Δ (labels stay here)."""
+    def make_upload(self, chunk: list[Example], pivots: PivotBatch, sample_ids: np.ndarray,
+                    deployed: torch.nn.Module | None = None) -> Upload:
+        """The message for one batch: ids, pivot activations and Δ = onehot(y) − p_b, or with `deployed`
+        Δ = onehot(y) − (p_b + deployed(A)) (labels stay here)."""
         labels = torch.tensor([e.label for e in chunk])
         delta = prediction_difference(pivots.label_logits, labels)
+        if deployed is not None:
+            backbone_probs, combined = side_scores(pivots, deployed)
+            delta = delta - torch.from_numpy(combined - backbone_probs)
         return Upload(sample_ids=sample_ids,
                       activations=pivots.activations.numpy().astype(PAYLOAD_DTYPES[self.payload_dtype]),
                       delta=delta.numpy().astype(np.float32), layers=self.layers)

@@ -3,7 +3,7 @@
 Every training mode yields one (the side network φ, the CKKS mode's ridge head, the
 generation mode's hidden-space correction, added to the next-token logits through the head; a
 mechanism may wrap it in the map it applied to the uploads, e.g. the secret rotation of
-`activation_rotation`); the
+`activation_rotation`; boosting rounds deploy the sum of their rounds' side outputs); the
 safeguard, the model file and `predict` use only this interface, never a concrete
 class. `SIDE_OUTPUTS` is the one list of kinds, used to rebuild a saved side output.
 """
@@ -18,6 +18,7 @@ import torch
 from protocol.modes.ckks_ridge.head import RidgeHead
 from protocol.model.input_maps import ClippedInput, InputMapped, RotatedInput
 from protocol.model.side_network import AdditiveSideNetwork, HiddenCorrection
+from protocol.model.summed_side import SummedSide
 
 
 class SideOutput(Protocol):
@@ -44,7 +45,7 @@ class SideOutput(Protocol):
 
 
 SIDE_OUTPUTS: dict[str, type] = {cls.KIND: cls for cls in (AdditiveSideNetwork, RidgeHead, HiddenCorrection,
-                                                             RotatedInput, ClippedInput)}
+                                                             RotatedInput, ClippedInput, SummedSide)}
 
 
 def side_output_from_arrays(kind: str, state: dict[str, np.ndarray], architecture: dict[str, object]) -> SideOutput:
@@ -56,6 +57,8 @@ def side_output_from_arrays(kind: str, state: dict[str, np.ndarray], architectur
         inner_kind, inner_state, inner_architecture, own_state, own_architecture = cls.split_arrays(state, architecture)
         inner = side_output_from_arrays(inner_kind, inner_state, inner_architecture)
         return cls.from_own(inner, own_state, own_architecture)
+    if cls is SummedSide:  # each part is rebuilt by its own kind
+        return SummedSide([side_output_from_arrays(*part) for part in SummedSide.split_arrays(state, architecture)])
     return cls.from_arrays(state, architecture)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
-from secure_assist.config import RESULT_NEUTRAL_FIELDS, FinetuneConfig, option
+from secure_assist.config import FinetuneConfig, option, result_values
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, uses_epsilon
 
 # One variant per protection of Δ; label_rr twice: at ε = 1 (the DP setting at ε ≤ 1, with gaussian) and
@@ -169,19 +169,22 @@ def audit_variants(config: AuditSettings) -> list[Variant]:
 
 
 def fingerprint(config: AuditConfig) -> str:
-    """sha256 of the config's canonical JSON (the output folder and RESULT_NEUTRAL_FIELDS excluded: they do not
-    change results)."""
-    values = {k: v for k, v in asdict(config).items() if k != "output" and k not in RESULT_NEUTRAL_FIELDS}
+    """sha256 of the config's canonical JSON (the output folder excluded, and what `result_values` leaves out:
+    they do not change results)."""
+    values = {k: v for k, v in result_values(asdict(config)).items() if k != "output"}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def row_finetune_config(config: AuditSettings, name: str, mechanism: str, epsilon: float | None,
                         mode: str | None = None) -> FinetuneConfig:
     """The `secure-assist finetune` configuration of one row: the audit's own run settings
-    (same data, seed and training for every row) with the row's mechanism and mode."""
+    (same data, seed and training for every row) with the row's mechanism and mode. Boosting
+    rounds are PAE's: a row of another mode (the device_local reference) trains once."""
     run_class = getattr(config, "RUN_CLASS", FinetuneConfig)
     shared = {item.name: getattr(config, item.name) for item in fields(run_class)
               if item.name not in PER_ROW_FIELDS and item.name != "epsilon"}
+    if mode is not None and "rounds" in shared:
+        shared["rounds"] = 1
     return run_class(**shared, mechanism=tuple(mechanism.split("+")), epsilon=epsilon, mode=mode,
                           workdir=str(Path(config.output).resolve() / "rows" / name), mechanism_seed=config.seed,
                           # Every row runs over the same data: one backbone pass (generation runs recompute theirs).

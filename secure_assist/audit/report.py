@@ -189,7 +189,17 @@ def _intro(report: dict[str, Any]) -> str:
             f"DP claims {'consistent' if report['consistent'] else 'INCONSISTENT'}. {_leak_explained(report)}; "
             "device s = forward passes + training on the device (the forward passes are computed once and each row "
             "is charged the time they took); device peak RSS = this process's peak during the row's device phases "
-            "(every row runs in the audit's one process).")
+            f"(every row runs in the audit's one process).{_rounds_note(report)}")
+
+
+def _rounds_note(report: dict[str, Any]) -> str:
+    """What boosting rounds change in the report's rows ('' for one round)."""
+    rounds = report["config"].get("rounds", 1)
+    if rounds == 1:
+        return ""
+    return (f" Boosting rounds: each variant row runs {rounds} (bytes and seconds summed over them; a DP claim "
+            f"covers all {rounds} releases); its attacks read round 1's server view only, one of the {rounds} "
+            "sessions the server holds, so its leak figures are lower bounds; the reference rows train once.")
 
 
 def markdown_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 from attacks.base import ALIGNMENT, LABELS
 from protocol.errors import UserInputError
 from protocol.data.instructions import GENERATION_TASK
-from secure_assist.config import RESULT_NEUTRAL_FIELDS, FinetuneConfig
+from secure_assist.config import FinetuneConfig, result_values
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS
 from secure_assist.mechanism_parameters import uses_epsilon as mechanism_uses_epsilon
 
@@ -95,9 +95,9 @@ class SweepPoint:
 
 
 def point_identity(config: FinetuneConfig, attacks: tuple[str, ...], reference: str | None = None) -> dict[str, Any]:
-    """What a point's results depend on: its config (the workdir and RESULT_NEUTRAL_FIELDS excluded), its
-    attacks and, for a reference row, the reference's name."""
-    values = {k: v for k, v in asdict(config).items() if k != "workdir" and k not in RESULT_NEUTRAL_FIELDS}
+    """What a point's results depend on: its config (the workdir and what `result_values` leaves out excluded),
+    its attacks and, for a reference row, the reference's name."""
+    values = {k: v for k, v in result_values(asdict(config)).items() if k != "workdir"}
     identity = {"schema_version": POINT_SCHEMA_VERSION, "finetune": values, "attacks": list(attacks)}
     return identity if reference is None else {**identity, "reference": reference}
 

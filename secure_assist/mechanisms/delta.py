@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -51,20 +52,30 @@ class NoProtection(Mechanism):
         return upload
 
 
+# The Gaussian mechanisms' guarantees name their releases: boosting rounds replace this with R of them.
+ONE_RELEASE = "one release"
+
+
 class GaussianDelta(Mechanism):
-    """Clip ‖Δ‖₂ <= c and add N(0, σ²c²) per coordinate: one Gaussian release per sample.
+    """Clip ‖Δ‖₂ <= c and add N(0, σ²c²) per coordinate: one Gaussian release per sample and round.
 
     Adjacency *(choice)*: replace-one, i.e. any sample's clipped Δ may become any other
     vector of the c-ball (a label flip does that), so the L2 sensitivity is 2c. The
     ε used is the analytic Gaussian one (tight for one release); the zero-out ε
     (sensitivity c, the DP-SGD convention) and Opacus' RDP ε are reported beside it.
+
+    Boosting rounds (`rounds` R > 1) release each sample's Δ once per round, with fresh
+    noise. R Gaussian releases of noise σ compose exactly into one release of noise σ/√R
+    (their joint likelihood ratio is that of the summed release), so every ε is that of
+    σ/√R: for a target ε each round's noise is √R times the one-release σ, and the claimed
+    (ε, δ) covers all R rounds.
     """
 
     name = "gaussian"
     Parameters = GaussianParameters
     dp_target = DELTA_TARGET
     protects = "labels and Δ of each sample"
-    guarantee = "(ε, δ)-DP per sample, replace-one adjacency, one release (analytic Gaussian)"
+    guarantee = f"(ε, δ)-DP per sample, replace-one adjacency, {ONE_RELEASE} (analytic Gaussian)"
     sensitivity = 2.0  # in units of the clip norm c (replace-one)
 
     @classmethod
@@ -74,10 +85,19 @@ class GaussianDelta(Mechanism):
 
     def __init__(self, parameters: GaussianParameters, rng: np.random.Generator) -> None:
         super().__init__(parameters, rng)
+        root = math.sqrt(self.releases)
+        # σ of each release (per round), and σ/√R: the one release that R of them compose into.
         self.noise_multiplier = (parameters.noise_multiplier if parameters.noise_multiplier is not None
-                                 else analytic_gaussian_sigma(parameters.epsilon, parameters.dp_delta,
-                                                              self.sensitivity))
-        self.epsilon = analytic_gaussian_epsilon(self.noise_multiplier, parameters.dp_delta, self.sensitivity)
+                                 else root * analytic_gaussian_sigma(parameters.epsilon, parameters.dp_delta,
+                                                                     self.sensitivity))
+        self.composed_noise_multiplier = self.noise_multiplier / root
+        self.epsilon = analytic_gaussian_epsilon(self.composed_noise_multiplier, parameters.dp_delta,
+                                                 self.sensitivity)
+
+    @property
+    def releases(self) -> int:
+        """How often each sample's signal is released: once per boosting round."""
+        return self.parameters.rounds
 
     @property
     def clip_norm(self) -> float:
@@ -95,20 +115,28 @@ class GaussianDelta(Mechanism):
         return DpClaim(target=self.dp_target, epsilon=self.epsilon, delta=self.parameters.dp_delta)
 
     def describe(self) -> dict[str, Any]:
-        delta = self.parameters.dp_delta
-        rdp_epsilon, rdp_order = rdp_gaussian_epsilon(self.noise_multiplier, delta, self.sensitivity)
-        return {**super().describe(), "clip": self.clip_norm, "noise_multiplier": self.noise_multiplier,
+        delta, sigma = self.parameters.dp_delta, self.composed_noise_multiplier
+        rdp_epsilon, rdp_order = rdp_gaussian_epsilon(sigma, delta, self.sensitivity)
+        info = {**super().describe(), "clip": self.clip_norm, "noise_multiplier": self.noise_multiplier,
                 "delta": delta, "epsilon": self.epsilon, "accountant": "analytic_gaussian",
                 "epsilon_rdp_opacus": rdp_epsilon, "rdp_order": rdp_order,
-                "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(self.noise_multiplier, delta)}
+                "epsilon_zero_out_adjacency": analytic_gaussian_epsilon(sigma, delta)}
+        if self.releases > 1:  # one release reads as before; rounds say what the ε covers
+            info.update(guarantee=self.guarantee.replace(ONE_RELEASE, f"{self.releases} releases (one per round) "
+                                                                      "composed exactly"),
+                        rounds=self.releases, noise_multiplier_per_round=self.noise_multiplier,
+                        composed_noise_multiplier=sigma)
+        return info
 
 
 class GaussianResidual(GaussianDelta):
     """Generation: clip each sample's whole difference signal (r_1..r_T concatenated) to
     L2 norm c and add N(0, σ²c²) per coordinate. The server caches it, so each sample's r
-    is released once: one Gaussian release per sample, replace-one adjacency (sensitivity
-    2c), accounted like `gaussian`. What it does not cover: the activations (use
-    `activation_noise` or fewer, deeper layers) and the number of answer positions."""
+    is released once per boosting round (once without rounds): one Gaussian release per
+    sample and round, replace-one adjacency (sensitivity 2c), accounted like `gaussian`
+    (R rounds compose exactly, so each round's σ is √R times the one-release σ). What it does
+    not cover: the activations (use `activation_noise` or fewer, deeper layers) and the number
+    of answer positions."""
 
     name = "gaussian_r"
     Parameters = GaussianResidualParameters
@@ -116,7 +144,7 @@ class GaussianResidual(GaussianDelta):
     modes = (GENERATION_MODE,)
     task_kinds = (GENERATION_KIND,)
     protects = "answer tokens through r (the generation difference signal)"
-    guarantee = "(ε, δ)-DP per sample on r, replace-one adjacency, one release (analytic Gaussian)"
+    guarantee = f"(ε, δ)-DP per sample on r, replace-one adjacency, {ONE_RELEASE} (analytic Gaussian)"
 
     @property
     def clip_norm(self) -> float:

@@ -45,10 +45,11 @@ class TaskKind:
         """Every example's problems, raised before any forward pass (nothing by default)."""
 
     def safeguard(self, device: ForwardDevice, side: SideOutput, validation: list[Any] | None,
-                  seed: int = 0) -> dict[str, Any] | None:
+                  seed: int = 0, deployed: SideOutput | None = None) -> dict[str, Any] | None:
         """Adjust the side output on the device's validation split and return the decision (None:
         the safeguard is off, `safeguard_fraction` 0; an empty split deploys the backbone); `seed`
-        fixes any random split the decision makes."""
+        fixes any random split the decision makes; `deployed` (a boosting round's sum so far) is what
+        the side output is added to and judged against, instead of the backbone alone."""
         raise NotImplementedError
 
     def evaluate(self, device: ForwardDevice, config: FinetuneConfig, side: SideOutput,

@@ -33,25 +33,27 @@ class ClassificationKind(TaskKind):
 
     def make_device(self, config: FinetuneConfig, task: TaskSpec, mechanisms: MechanismChain | None,
                     progress: bool, datasets: tuple[list[Example], ...] = ()) -> DeviceRole:
-        """The device role, with its forward cache when `reuse_forwards` is set: one entry per
+        """The device role, with its forward cache when `reuse_forwards` is set or `rounds` > 1: one entry per
         dataset (training set, evaluation set), whatever subsets of them are asked for (the
         upload set and the safeguard's validation split share the training set's)."""
         settings = dict(layers=config.layers, payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
                         progress=progress, transform=mechanisms)
-        if config.reuse_forwards:
+        # Boosting rounds reread round 1's passes (secure_assist.training.rounds): the cache is on for them.
+        if config.reuse_forwards or config.rounds > 1:
             return ForwardCachingDevice(load_backbone(config.model), task, pools=datasets, **settings)
         return DeviceRole(load_backbone(config.model), task, **settings)
 
     def safeguard(self, device: DeviceRole, side: SideOutput, validation: list[Example] | None,
-                  seed: int = 0) -> dict[str, Any] | None:
-        """Shrink or drop the side output unless it is measurably better than the backbone on validation."""
+                  seed: int = 0, deployed: SideOutput | None = None) -> dict[str, Any] | None:
+        """Shrink or drop the side output unless it is measurably better than the backbone on validation
+        (`deployed`: better than p_b plus that, the side output a boosting round adds to)."""
         if validation is None:
             return None
         if not validation:
             return drop_unvalidated(side)
         backbone_probs, combined = device.scores(validation, side)
-        decision = choose_shrink(backbone_probs, combined - backbone_probs, np.array([e.label for e in validation]),
-                                 seed)
+        beaten = backbone_probs if deployed is None else device.scores(validation, deployed)[1]
+        decision = choose_shrink(beaten, combined - backbone_probs, np.array([e.label for e in validation]), seed)
         shrink_network(side, decision.factor)
         return decision.to_json()
 

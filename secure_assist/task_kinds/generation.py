@@ -27,6 +27,7 @@ import torch
 from protocol.model.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.files import write_atomic
+from protocol.modes.generation.answer_cache import AnswerCachingDevice
 from protocol.modes.generation.device import GenerationDevice
 from protocol.data.instructions import InstructionExample, InstructionTask, load_instructions
 from protocol.model.side_output import SideOutput
@@ -126,12 +127,14 @@ class GenerationKind(TaskKind):
 
     def make_device(self, config: FinetuneConfig, task: InstructionTask, mechanisms: MechanismChain | None,
                     progress: bool, datasets: tuple[list[InstructionExample], ...] = ()) -> GenerationDevice:
+        """The device role; with `rounds` > 1 it keeps its passes in memory (`AnswerCachingDevice`): later
+        rounds reread them instead of running the backbone again."""
         if config.reuse_forwards:
             raise UserInputError("reuse_forwards keeps classification forward passes only; generation runs "
                                  "recompute them")
-        return GenerationDevice(load_backbone(config.model), task, layers=config.layers,
-                                payload_dtype=config.payload_dtype, batch_size=config.device_batch_size,
-                                progress=progress, transform=mechanisms)
+        device = AnswerCachingDevice if config.rounds > 1 else GenerationDevice
+        return device(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
+                      batch_size=config.device_batch_size, progress=progress, transform=mechanisms)
 
     def validation_fraction(self, config: FinetuneConfig) -> float:
         """0.1 for every run: the correction's scale is chosen on the device's validation split
@@ -143,14 +146,15 @@ class GenerationKind(TaskKind):
             device.token_ids(example)  # an answer that tokenizes to nothing names its file and line
 
     def safeguard(self, device: GenerationDevice, side: SideOutput, validation: list[InstructionExample] | None,
-                  seed: int = 0) -> dict[str, Any] | None:
+                  seed: int = 0, deployed: SideOutput | None = None) -> dict[str, Any] | None:
         """Scale the correction to the factor with the lowest validation answer NLL, kept only
-        when its gain over the backbone is significant (one-sided sign test over samples)."""
+        when its gain over the backbone (`deployed`: over the backbone corrected by that, the sum a
+        boosting round adds to) is significant (one-sided sign test over samples)."""
         if validation is None:
             return None
         if not validation:
             return drop_unvalidated(side)
-        log_probs, _, counts = device.token_scores(validation, side, scales=SCALE_GRID)
+        log_probs, _, counts = device.token_scores(validation, side, scales=SCALE_GRID, deployed=deployed)
         decision = choose_scale(per_sample_sums(-log_probs.astype(np.float64), counts), counts)
         shrink_network(side, decision.factor)
         return decision.to_json()

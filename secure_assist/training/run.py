@@ -188,20 +188,44 @@ def train_side(run: StartedRun) -> TrainOutcome:
     return outcome
 
 
-def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
-    """Restore the side output (mechanisms), safeguard it on the device's validation split,
-    score it on the evaluation split, save the model file and summarize the run."""
-    config, mode, device, channel, workdir = run.config, run.mode, run.device, run.channel, run.workdir
-    kind = task_kind(config)
+@dataclass
+class Judged:
+    """The device's decision on the side output it received: restored, safeguarded, and its costs so far."""
+
+    side: SideOutput  # restored and shrunk (or dropped) in place by the safeguard
+    safeguard: dict[str, Any] | None
+    received: Path | None  # the side output as received (keep_received_model)
+    forwards_after_epoch1: int
+    forward_work_seconds: float
+
+
+def judge(run: StartedRun, outcome: TrainOutcome) -> Judged:
+    """Restore the side output (mechanisms) and safeguard it on the device's validation split."""
+    config, device = run.config, run.device
     forwards_after_epoch1 = device.forward_samples - run.forwards_epoch1  # expected 0: the server uses its cache
     side = run.mechanisms.restore(outcome.side)  # e.g. wrapped in the device's secret input rotation
     # Saved before the safeguard, which shrinks or drops `side` in place.
-    received = save_model(device, config, side, workdir, RECEIVED_MODEL_FILE) if config.keep_received_model else None
-    safeguard = kind.safeguard(device, side, run.validation, config.seed)
+    received = save_model(device, config, side, run.workdir, RECEIVED_MODEL_FILE) if config.keep_received_model \
+        else None
+    safeguard = task_kind(config).safeguard(device, side, run.validation, config.seed)
     # The device's work ends with its deployment decision; scoring the evaluation split is the
     # measurement, not a cost (the references' device seconds exclude it too).
-    forward_work_seconds = device.forward_seconds + device.reused_forward_seconds
-    metrics = kind.evaluate(device, config, side, run.evaluate)
+    return Judged(side, safeguard, received, forwards_after_epoch1,
+                  device.forward_seconds + device.reused_forward_seconds)
+
+
+def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
+    """Restore the side output (mechanisms), safeguard it on the device's validation split,
+    score it on the evaluation split, save the model file and summarize the run."""
+    return finish(run, outcome, judge(run, outcome))
+
+
+def finish(run: StartedRun, outcome: TrainOutcome, judged: Judged, side: SideOutput | None = None) -> RunSummary:
+    """Score the deployed side output (`judged`'s, or `side`: what boosting rounds built on it) on the
+    evaluation split, save the model file and summarize the run."""
+    config, mode, device, channel, workdir = run.config, run.mode, run.device, run.channel, run.workdir
+    side = judged.side if side is None else side
+    metrics = task_kind(config).evaluate(device, config, side, run.evaluate)
     model_path = save_model(device, config, side, workdir)
     server_seconds = run.server_seconds
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
@@ -212,30 +236,36 @@ def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
     uploaded_bytes = run.uploaded_bytes if mode.uploads else 0
     return RunSummary(
         config=asdict(config), mode=mode.name, head=side.KIND, n_train=len(run.upload_set), n_eval=len(run.evaluate),
-        mechanisms=run.mechanisms.describe(), safeguard=safeguard, metrics=metrics,
+        mechanisms=run.mechanisms.describe(), safeguard=judged.safeguard, metrics=metrics,
         epochs=config.epochs, epochs_done=outcome.epochs_done, final_train_loss=outcome.final_train_loss,
         bytes_up=channel.bytes_up if mode.uploads else 0, bytes_down=channel.bytes_down if mode.uploads else 0,
         upload_bytes_per_sample=uploaded_bytes / max(1, len(run.upload_set)),
         upload_wire_bytes_this_session=uploaded_bytes,
         reconnects=getattr(channel, "reconnects", 0),
-        device_seconds=forward_work_seconds + outcome.device_seconds + device_train_seconds,
+        device_seconds=judged.forward_work_seconds + outcome.device_seconds + device_train_seconds,
         device_train_seconds=device_train_seconds, device_forwards=device.forward_samples,
         device_forwards_reused=device.reused_forwards, device_seconds_epoch1=run.seconds_epoch1,
-        device_forwards_epoch1=run.forwards_epoch1, device_forwards_after_epoch1=forwards_after_epoch1,
+        device_forwards_epoch1=run.forwards_epoch1, device_forwards_after_epoch1=judged.forwards_after_epoch1,
         device_peak_rss_mib=max(run.upload_peak_mib, 0.0 if mode.uploads else run.train_peak_mib),
         server_seconds=server_seconds if mode.uploads else None, server_seconds_per_cached_epoch=per_cached_epoch,
         cache_samples=outcome.cache_samples, cache_reads=outcome.cache_samples * cached_epochs,
         model_file=str(model_path), server_view=str(workdir / SERVER_DIR) if run.host is not None and mode.uploads
         else None, ground_truth=str(workdir / DEVICE_DIR / GROUND_TRUTH_FILE), details=outcome.details,
-        received_model_file=None if received is None else str(received))
+        received_model_file=None if judged.received is None else str(judged.received))
 
 
 def run_training(config: FinetuneConfig, channel: Channel | None = None, progress: bool = True,
                  overwrite: bool = False, on_acknowledged: Callable[[int], None] | None = None) -> RunSummary:
-    """Run `config` end to end (`start_run`, `train_side`, `deploy`); see `start_run` for `channel`."""
+    """Run `config` end to end (`start_run`, `train_side`, `deploy`; with `rounds` > 1, the boosting
+    rounds of `secure_assist.training.rounds` between the first round's safeguard and the
+    evaluation); see `start_run` for `channel`."""
+    from secure_assist.training.rounds import boost, require_in_process  # it builds on this module's steps
+
+    if channel is not None:
+        require_in_process(config)
     run = start_run(config, channel, progress, overwrite, on_acknowledged)
     try:
         outcome = train_side(run)
     finally:
         run.close()
-    return deploy(run, outcome)
+    return deploy(run, outcome) if config.rounds == 1 else boost(run, outcome)

@@ -55,12 +55,17 @@ class RunSummary:
     ground_truth: str
     details: dict[str, Any] = field(default_factory=dict)
     received_model_file: str | None = None  # the side output before the safeguard (keep_received_model)
+    # Boosting rounds (rounds > 1; absent from the JSON otherwise): one record per round, its safeguard decision,
+    # bytes, seconds and server view; the totals above sum the rounds.
+    rounds: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-able summary: every field, the task's metrics after `safeguard` (where the
         accuracy keys always stood) and the mode's details flattened beside them."""
         values = asdict(self)
         details, metrics = values.pop("details"), values.pop("metrics")
+        if values["rounds"] is None:  # a one-round run's summary is what it always was
+            del values["rounds"]
         ordered: dict[str, Any] = {"summary_schema": SUMMARY_SCHEMA}
         for key, value in values.items():
             ordered[key] = value

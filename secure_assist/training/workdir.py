@@ -1,6 +1,7 @@
 """The layout of a run's work directory, kept apart by side.
 
 <workdir>/server/  the server's view (in-process runs; over the network it is on the server)
+<workdir>/server_round<k>/  boosting round k's server view (rounds > 1; round 1's is server/)
 <workdir>/device/  the device's own records: ground truth, upload progress, local training,
                    per-sample evaluation scores (generation)
 <workdir>/model.safetensors  the deployable model
@@ -29,6 +30,16 @@ RECEIVED_MODEL_FILE = "received_model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
 # Generation runs: per-sample answer NLL and top-1 hits on the evaluation split (device side).
 EVAL_SCORES_FILE = "eval_scores.npz"
+
+
+def server_dir(round_number: int = 1) -> str:
+    """The folder of a boosting round's in-process server role (round 1's, every run's, is SERVER_DIR)."""
+    return SERVER_DIR if round_number == 1 else f"{SERVER_DIR}_round{round_number}"
+
+
+def ground_truth_file(round_number: int = 1) -> str:
+    """The device's ground truth of a boosting round's uploads (each round draws fresh sample ids)."""
+    return GROUND_TRUTH_FILE if round_number == 1 else f"ground_truth_round{round_number}.jsonl"
 
 
 def prepare_workdir(workdir: Path, overwrite: bool) -> None:

@@ -131,6 +131,13 @@ def answer_log_probs(weight: torch.Tensor, final_states: torch.Tensor, correctio
     return torch.cat(log_probs), torch.cat(correct)
 
 
+def corrections(side: torch.nn.Module, outputs: AnswerBatch) -> torch.Tensor:
+    """The side output's hidden-space correction s_t (N, d) at every loss position of a batch."""
+    side.eval()
+    with torch.inference_mode():
+        return side(outputs.activations)
+
+
 class GenerationDevice(ForwardDevice):
     """Teacher-forced passes, generation uploads, answer scoring and greedy decoding."""
 
@@ -161,14 +168,21 @@ class GenerationDevice(ForwardDevice):
         return AnswerBatch(activations=self.rounded(states).cpu(), final_states=final.cpu(), targets=batch.targets,
                            counts=batch.counts)
 
-    def make_upload(self, chunk: list[InstructionExample], outputs: AnswerBatch,
-                    sample_ids: np.ndarray) -> GenerationUpload:
-        """States and r_t at every loss position (answer tokens stay here)."""
+    def make_upload(self, chunk: list[InstructionExample], outputs: AnswerBatch, sample_ids: np.ndarray,
+                    deployed: torch.nn.Module | None = None) -> GenerationUpload:
+        """States and r_t at every loss position (answer tokens stay here); with `deployed` (a boosting
+        round's sum so far) r_t is taken at the corrected logits z_t + W_U S_t = W_U (h_t + S_t)."""
         with torch.inference_mode():
-            residual = residual_signal(self.weight, outputs.final_states, outputs.targets)
+            residual = residual_signal(self.weight, self.deployed_states(outputs, deployed), outputs.targets)
         return GenerationUpload(sample_ids=sample_ids, counts=outputs.counts.numpy().astype(np.int64),
                                 activations=outputs.activations.numpy().astype(PAYLOAD_DTYPES[self.payload_dtype]),
                                 residual=residual.numpy().astype(np.float32), layers=self.layers)
+
+    @staticmethod
+    def deployed_states(outputs: AnswerBatch, deployed: torch.nn.Module | None) -> torch.Tensor:
+        """The head inputs of what the device deploys: h_t, plus the correction S_t of `deployed` (the logits
+        W_U (h_t + S_t) are the backbone's plus the correction's, so one hidden-space sum carries both)."""
+        return outputs.final_states if deployed is None else outputs.final_states + corrections(deployed, outputs)
 
     def mechanism_inputs(self, chunk: list[InstructionExample], outputs: AnswerBatch) -> tuple[np.ndarray, np.ndarray]:
         # Generation has no label words: the mechanisms see the answer tokens and no label logits.
@@ -180,20 +194,17 @@ class GenerationDevice(ForwardDevice):
         return HeadGram(gram=(weight.T @ weight).float().cpu().numpy())
 
     def token_scores(self, examples: list[InstructionExample], side: torch.nn.Module | None,
-                     scales: tuple[float, ...] = (0.0, 1.0), space: str = "logit"
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     scales: tuple[float, ...] = (0.0, 1.0), space: str = "logit",
+                     deployed: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log p(y_t), top-1 correct, counts) at every answer position, for each scale of the
-        side output (columns); computed locally with no traffic."""
+        side output (columns), on top of the backbone or, with `deployed`, of the backbone plus that
+        correction (scale 0 is then the deployed model); computed locally with no traffic."""
         log_probs, correct, counts = [], [], []
         for _, outputs in self.batches(examples, "device answer scoring"):
-            corrections = None
-            if side is not None:
-                side.eval()
-                with torch.inference_mode():
-                    corrections = side(outputs.activations)
+            shift = None if side is None else corrections(side, outputs)
             with torch.inference_mode():
-                lp, ok = answer_log_probs(self.weight, outputs.final_states, corrections, outputs.targets, scales,
-                                          space)
+                lp, ok = answer_log_probs(self.weight, self.deployed_states(outputs, deployed), shift,
+                                          outputs.targets, scales, space)
             log_probs.append(lp.numpy())
             correct.append(ok.numpy())
             counts.append(outputs.counts.numpy())
