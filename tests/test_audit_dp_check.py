@@ -73,6 +73,18 @@ def test_under_noised_gaussian_is_flagged_and_a_correct_one_never_is(gaussian_pa
         assert np.median([r["gdp_epsilon"] for r in results]) == pytest.approx(epsilon, rel=0.1)
 
 
+def test_the_check_of_a_claim_over_rounds_tests_every_round_release(gaussian_pair) -> None:
+    # Four boosting rounds: each round's noise is twice the one-release σ, and the claim covers the four releases
+    # together. The check sees all four (their mean), so it measures the μ of one release at the claimed ε; one
+    # round alone would show half of it.
+    rounds = GaussianParameters(epsilon=1.0, clip=0.5, rounds=4)
+    results = [empirical_epsilon(GaussianDelta, rounds, gaussian_pair, RELEASES, seed) for seed in range(3)]
+    mu = 2 / analytic_gaussian_sigma(1.0, CLAIM.dp_delta, 2.0)
+    assert all(r["rounds_per_release"] == 4 and r["consistent"] for r in results)
+    assert all(r["claimed_epsilon"] == pytest.approx(1.0, rel=1e-6) for r in results)
+    assert np.median([r["gdp_mu"] for r in results]) == pytest.approx(mu, rel=0.05)
+
+
 def test_randomized_response_is_certified_near_its_claim(device, texts) -> None:
     # The exact test's TPR/FPR are q and 1 - q, whose ratio is e^ε; 100,000 held-out releases of
     # each label pin FPR = 0.018 to about ±4%, which puts the Clopper-Pearson bound near 3.95 of ε = 4.

@@ -198,7 +198,8 @@ def _rounds_note(report: dict[str, Any]) -> str:
     if rounds == 1:
         return ""
     return (f" Boosting rounds: each variant row runs {rounds} (bytes and seconds summed over them; a DP claim "
-            f"covers all {rounds} releases); its attacks read round 1's server view only, one of the {rounds} "
+            f"covers all {rounds} releases, and the DP check tests them together); its attacks read round 1's server "
+            f"view only, one of the {rounds} "
             "sessions the server holds, so its leak figures are lower bounds; the reference rows train once.")
 
 

@@ -101,6 +101,12 @@ class Mechanism:
         self.parameters = parameters
         self.rng = rng
 
+    @property
+    def releases(self) -> int:
+        """How often a run releases each sample's protected signal: once (a mechanism whose claim covers boosting
+        rounds releases it once per round)."""
+        return 1
+
     @classmethod
     def uses_epsilon(cls) -> bool:
         """Whether the mechanism takes a target ε (sweeps vary ε only where it applies)."""
