@@ -58,6 +58,7 @@ QUOTAS = "tests/test_server_quotas.py"
 TRANSPORT_QUOTAS = "tests/test_transport_quotas.py"
 CKKS_QUOTAS = "tests/test_ckks_quotas.py"
 POOLED = "tests/test_pooled.py"
+ROUNDS = "tests/test_rounds.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # Randomized response.
@@ -312,6 +313,31 @@ MUTANTS: tuple[Mutant, ...] = (
            "    return {\"factor\": 0.0,",
            ("tests/test_safeguard.py::test_a_side_output_without_validation_is_zeroed_not_only_labelled_dropped",),
            "a device with no validation sample deploys its side output anyway"),
+    # Boosting rounds (secure_assist.training.rounds).
+    Mutant("rounds_gaussian_not_composed", "secure_assist.mechanisms.delta",
+           "root = math.sqrt(self.releases)", "root = 1.0",
+           (f"{ROUNDS}::test_gaussian_noise_covers_every_round",),
+           "each round adds the one-release noise: R rounds release far more than the claimed ε"),
+    Mutant("dp_check_tests_one_round", "secure_assist.audit.dp_check",
+           "for _ in range(instances[index].releases)]", "for _ in range(1)]",
+           ("tests/test_audit_dp_check.py::test_the_check_of_a_claim_over_rounds_tests_every_round_release",),
+           "the DP check tests one round's release of a claim that covers R of them"),
+    Mutant("round_judged_against_backbone", "secure_assist.task_kinds.classification",
+           "beaten = backbone_probs if deployed is None else device.scores(validation, deployed)[1]",
+           "beaten = backbone_probs",
+           (f"{ROUNDS}::test_round_two_is_judged_against_the_deployed_sum",),
+           "a later round is kept for beating the backbone, not the model already deployed"),
+    Mutant("rounds_unbounded", "secure_assist.config",
+           "if not 1 <= self.rounds <= MAX_ROUNDS:", "if not 1 <= self.rounds:",
+           (f"{ROUNDS}::test_rounds_are_bounded",), "any number of rounds (each a full session) is accepted"),
+    Mutant("rounds_over_the_network_accepted", "secure_assist.training.rounds",
+           "    if config.rounds > 1:", "    if config.rounds > 8:",
+           (f"{ROUNDS}::test_rounds_over_the_network_are_refused",),
+           "`device --rounds 2` connects although rounds run in process only"),
+    Mutant("rounds_rerun_the_backbone", "secure_assist.task_kinds.classification",
+           "if config.reuse_forwards or config.rounds > 1:", "if config.reuse_forwards:",
+           (f"{ROUNDS}::test_rounds_after_the_first_run_no_backbone_pass",),
+           "later rounds run the backbone again instead of reading the device's passes"),
 )
 
 
