@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from protocol.data.instructions import InstructionExample
-from protocol.device.forward_device import PivotBatch, new_sample_ids, side_scores
+from protocol.device.forward_device import DeviceRole, PivotBatch, new_sample_ids, side_scores
 from protocol.model.backbone import load_backbone
 from protocol.errors import UserInputError
 from protocol.model.model_io import load_finetuned
@@ -131,6 +131,37 @@ def test_the_model_file_holds_the_sum_and_predict_reads_it(boosted) -> None:
     assert float((predicted == np.array([e.label for e in evaluate])).mean()) == summary["accuracy"]
 
 
+def test_each_round_scores_the_sum_it_deployed(boosted) -> None:
+    # Round 1's record scores round 1's part alone, round 2's the sum (the run's metrics), on the evaluation split.
+    config, summary = boosted
+    task, _, evaluate = task_kind(config).data(config)
+    labels = np.array([e.label for e in evaluate])
+    device = DeviceRole(load_backbone(config.model), task, layers=config.layers, payload_dtype=config.payload_dtype,
+                        progress=False)
+    parts = load_finetuned(summary["model_file"]).side_network.parts
+    accuracies = [float((device.scores(evaluate, side)[1].argmax(1) == labels).mean())
+                  for side in (parts[0], SummedSide(parts))]
+    assert [r["eval_metrics"]["accuracy"] for r in summary["rounds"]] == pytest.approx(accuracies, abs=1e-9)
+    assert summary["rounds"][-1]["eval_metrics"]["accuracy"] == summary["accuracy"]
+
+
+def test_the_attack_command_reads_the_round_it_is_given(boosted, capsys: pytest.CaptureFixture) -> None:
+    config, summary = boosted
+    reports = []
+    for number in (1, 2):
+        assert main(["attack", "delta_argmax", "--workdir", config.workdir, "--round", str(number), "--json",
+                     "--quiet"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    # Each scored against its round's own ground truth (round 2's fresh ids are not in round 1's): round 2's Δ,
+    # plain and refreshed, still gives every label away.
+    assert [r["n"] for r in reports] == [summary["n_train"]] * 2 and reports[1]["balanced_accuracy"] > 0.9
+    assert main(["attack", "delta_argmax", "--workdir", config.workdir, "--round", "3", "--quiet"]) != 0
+    assert "holds no server view of round 3 (server_round3/ is missing)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attack", "delta_argmax", "--workdir", config.workdir, "--round", "0"])
+    assert "invalid round: '0'" in capsys.readouterr().err
+
+
 def test_one_round_is_the_run_as_before_and_round_one_of_many(tmp_path: Path) -> None:
     one = run_finetune(FinetuneConfig(reuse_forwards=True, workdir=str(tmp_path / "one"), **TINY),
                        progress=False).to_json()
@@ -151,6 +182,7 @@ def test_a_dropped_round_ends_the_rounds(tmp_path: Path) -> None:
     assert [r["round"] for r in rounds] == [1] and rounds[0]["stopped"] == "rounds 2..3 not run: round 1 was dropped"
     assert not (tmp_path / "run" / "server_round2").exists()
     assert summary["bytes_up"] == rounds[0]["bytes_up"] and summary["accuracy"] == summary["zero_shot_accuracy"]
+    assert rounds[0]["eval_metrics"]["accuracy"] == summary["zero_shot_accuracy"]  # a dropped round deploys p_b
 
 
 def test_round_two_is_judged_against_the_deployed_sum() -> None:
@@ -320,6 +352,18 @@ def test_an_audit_boosts_its_rows_and_says_so(tmp_path: Path, capsys: pytest.Cap
     assert all((output / "rows" / row / "server_round2").is_dir() for row in ("none", "gaussian@1"))
     assert not (output / "rows" / "device_local" / "server_round2").exists()
     assert "Boosting rounds: each variant row runs 2" in (output / "report.md").read_text()
+    for variant in report["variants"]:
+        # Every attack reads each round's view, scored on that round's ground truth (its fresh sample ids).
+        by_name = {r["attack"]: r for r in variant["attacks"]}
+        first, second = by_name["delta_argmax"], by_name["delta_argmax (round 2)"]
+        assert "round" not in first and second["round"] == 2 and second["status"] == first["status"] == "ok"
+        assert second["of_uploads"] == first["of_uploads"] and second["n"] == first["n"]
+        assert variant["best_label_leak"]["balanced_accuracy"] == max(first["balanced_accuracy"],
+                                                                       second["balanced_accuracy"])
+    # Without the safeguard round 1 is deployed whole, so round 2's plain Δ differs from round 1's, and its
+    # leak is measured on its own: the plain row's round-2 attack recovers the labels as round 1's does.
+    plain = {r["attack"]: r for r in report["variants"][0]["attacks"]}
+    assert plain["delta_argmax (round 2)"]["balanced_accuracy"] > 0.9
 
 
 # Generation: round k >= 2 uploads r_t = W_Uᵀ(onehot(y_t) − softmax(z_t + W_U S_{k−1,t})) from the passes the device
@@ -399,7 +443,8 @@ def test_a_refreshed_r_is_taken_at_the_corrected_logits() -> None:
 def test_generation_rounds_after_the_first_run_no_backbone_pass(generated) -> None:
     _, summary = generated
     assert summary["rounds"][1]["device_forwards"] == 0
-    assert summary["device_forwards_reused"] == summary["n_train"]  # round 2's upload, read from memory
+    # Read from memory: round 2's upload, and the evaluation split scored after round 2 (after round 1 it ran).
+    assert summary["device_forwards_reused"] == summary["n_train"] + summary["n_eval"]
 
 
 def test_the_generation_model_file_holds_the_sum_and_predict_and_the_evaluation_read_it(generated) -> None:
@@ -417,6 +462,9 @@ def test_the_generation_model_file_holds_the_sum_and_predict_and_the_evaluation_
     # The corrections are short steps (tiny NLL moves): the tolerance tells the sum from round 1's part alone.
     assert summary["eval_answer_nll"] == pytest.approx(answer_nll(model.side_network), rel=0, abs=1e-9)
     assert summary["eval_answer_nll"] != pytest.approx(answer_nll(model.side_network.parts[0]), rel=0, abs=1e-8)
+    # Each round's record scores what it deployed: round 1 its part alone, round 2 the sum.
+    assert [r["eval_metrics"]["eval_answer_nll"] for r in summary["rounds"]] == pytest.approx(
+        [answer_nll(model.side_network.parts[0]), summary["eval_answer_nll"]], rel=0, abs=1e-9)
     instructions = ["Name a color.", "Add 2 and 3."]
     rows = predict_texts(summary["model_file"], instructions, progress=False)
     examples = [InstructionExample(instruction=text, input="", output="") for text in instructions]

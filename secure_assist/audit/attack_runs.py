@@ -21,7 +21,7 @@ from attacks.realigned_view import RealignedView
 from protocol.data.tasks import Example
 from protocol.server.transcript import ServerView
 from secure_assist.audit.auditor import audit
-from secure_assist.training.workdir import SERVER_DIR
+from secure_assist.training.workdir import server_dir as round_dir
 
 # Uploads the attacks re-run on a realigned view read (the first ones): re-runs cost per
 # sample and there is one set per alignment attack; their CIs reflect the smaller sample.
@@ -39,13 +39,15 @@ def realigned_name(attack: str, aligner: str) -> str:
 
 def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: PublicKnowledge, seed: int = 0,
                    progress: bool = True, held_out: list[Example] | None = None,
-                   keep: frozenset[str] | None = None, server_dir: Path | None = None) -> Iterator[Outcome]:
+                   keep: frozenset[str] | None = None, server_dir: Path | None = None,
+                   round_number: int = 1) -> Iterator[Outcome]:
     """Each named attack's scored report (or NotApplicable), alignment attacks last, each
     followed by the attacks it realigned. `keep`: the uploads (hex sample ids) reconstruction
     attacks read (default: all); their reports then say `subsampled`. Membership attacks read a
     deployed model, not the view: the audit runs them on every row (`secure_assist.audit.membership`).
-    `server_dir`: where the view is stored (default: `<workdir>/server`)."""
-    server_dir = server_dir or Path(workdir) / SERVER_DIR
+    `server_dir`: where the view is stored (default: the folder of boosting round `round_number`,
+    `<workdir>/server` for round 1); `round_number` also picks the ground truth the reports are scored on."""
+    server_dir = server_dir or Path(workdir) / round_dir(round_number)
     names = [n for n in names if get_attack(n).KIND != MEMBERSHIP]
     aligners = [n for n in names if get_attack(n).KIND == ALIGNMENT]
     applied = []
@@ -54,7 +56,7 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
         subset = keep if get_attack(name).KIND == RECONSTRUCTION else None
         try:
             report = audit(name, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
-                           keep=subset, server_dir=server_dir)[1]
+                           keep=subset, server_dir=server_dir, round_number=round_number)[1]
             report["subsampled"] = subset is not None
             applied.append(name)
         except NotApplicable as exc:
@@ -65,7 +67,7 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
         start = time.perf_counter()
         try:
             result, report = audit(aligner, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
-                                   server_dir=server_dir)
+                                   server_dir=server_dir, round_number=round_number)
         except NotApplicable as exc:
             yield aligner, exc, time.perf_counter() - start
             continue
@@ -76,7 +78,7 @@ def attack_reports(names: list[str] | tuple[str, ...], workdir: Path, public: Pu
             name = realigned_name(target, aligner)
             try:
                 realigned = audit(target, workdir, public=public, seed=seed, progress=progress, held_out=held_out,
-                                  view=view)[1]
+                                  view=view, round_number=round_number)[1]
             except NotApplicable as exc:
                 yield name, exc, time.perf_counter() - start
                 continue

@@ -37,7 +37,7 @@ from secure_assist.audit.answer_audit import score_answers, score_generation_ext
 from secure_assist.audit.sampling import memory_view
 from protocol.modes.registry import MODES
 from secure_assist.audit.public_knowledge import default_public_knowledge
-from secure_assist.training.workdir import DEVICE_DIR, GROUND_TRUTH_FILE, MODEL_FILE, SERVER_DIR
+from secure_assist.training.workdir import DEVICE_DIR, MODEL_FILE, ground_truth_file, server_dir as round_dir
 from secure_assist.metrics import auc_with_interval, bag_scores, bootstrap_interval, label_leak_metrics, rouge_l
 
 # An alignment attack has recovered a layer's rotation when ‖R̂ − R‖_F / ‖R‖_F is below this.
@@ -81,9 +81,10 @@ class Truth:
     answer: str | None = None
 
 
-def load_ground_truth(workdir: Path) -> dict[str, Truth]:
-    """sample id (hex) -> label and text, from the device side of a run."""
-    path = workdir / DEVICE_DIR / GROUND_TRUTH_FILE
+def load_ground_truth(workdir: Path, round_number: int = 1) -> dict[str, Truth]:
+    """sample id (hex) -> label and text, from the device side of a run (of its boosting round
+    `round_number`, whose uploads carry fresh ids)."""
+    path = workdir / DEVICE_DIR / ground_truth_file(round_number)
     if not path.is_file():
         raise UserInputError(f"{path} is missing: the auditor needs the device's ground truth")
     truth = {}
@@ -201,17 +202,20 @@ def score_alignment(result: AttackResult, attack: Attack, view: ServerView, work
 def run_attack(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
                backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
                progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
-               public_file: str | None = None, keep: frozenset[str] | None = None) -> dict[str, Any]:
-    """Run one registered attack on `<workdir>/server` and score it with `<workdir>/device`."""
+               public_file: str | None = None, keep: frozenset[str] | None = None,
+               round_number: int = 1) -> dict[str, Any]:
+    """Run one registered attack on `<workdir>/server` (boosting round `round_number`'s view) and
+    score it with `<workdir>/device`."""
     return audit(name, workdir, public, backbone_name, task, seed, progress, held_out, public_file=public_file,
-                 keep=keep)[1]
+                 keep=keep, round_number=round_number)[1]
 
 
 def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
           backbone_name: str | None = None, task: TaskSpec | InstructionTask | None = None, seed: int = 0,
           progress: bool = True, held_out: list[Example] | list[InstructionExample] | None = None,
           view: ServerView | None = None, public_file: str | None = None,
-          keep: frozenset[str] | None = None, server_dir: Path | None = None) -> tuple[AttackResult, dict[str, Any]]:
+          keep: frozenset[str] | None = None, server_dir: Path | None = None,
+          round_number: int = 1) -> tuple[AttackResult, dict[str, Any]]:
     """The attack's raw result (which never saw ground truth) and its scored report.
 
     `public`: the attacker's public knowledge (default: from `public_file`, or a built-in
@@ -221,10 +225,15 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     `view`: what the attack reads (default: the run's server view as stored; e.g. a view an
     alignment attack realigned). `keep`: attack only these uploads (hex sample ids; a
     `SampledView` of the stored view). `server_dir`: where the stored view is (default:
-    `<workdir>/server`; a pooled device's own namespace in the pool's server directory)."""
+    `<workdir>/server`; a pooled device's own namespace in the pool's server directory).
+    `round_number`: the boosting round whose view (`<workdir>/server_round<k>` unless `server_dir`
+    says otherwise) and ground truth are read (default: round 1, every run's)."""
     workdir = Path(workdir)
     attack = get_attack(name)
-    truth = load_ground_truth(workdir)
+    if view is None and server_dir is None and not (workdir / round_dir(round_number)).is_dir():
+        raise UserInputError(f"{workdir} holds no server view of round {round_number} "
+                             f"({round_dir(round_number)}/ is missing): the run had fewer rounds, or none ran there")
+    truth = load_ground_truth(workdir, round_number)
     if (workdir / MODEL_FILE).is_file() and (backbone_name is None or task is None):
         deployed = load_finetuned(workdir / MODEL_FILE)
         backbone_name, task = backbone_name or deployed.backbone, task or deployed.task
@@ -232,7 +241,7 @@ def audit(name: str, workdir: Path | str, public: PublicKnowledge | None = None,
     if public is None:
         public = default_public_knowledge(backbone_name, task, upload_texts(truth), seed,
                                           progress, public_file)
-    view = view or memory_view(server_dir or workdir / SERVER_DIR, keep)
+    view = view or memory_view(server_dir or workdir / round_dir(round_number), keep)
     result = run_on_view(attack, view, public)
     report: dict[str, Any] = {"attack": name, "kind": attack.KIND, "activations_only": attack.ACTIVATIONS_ONLY,
                               "description": attack.DESCRIPTION, "workdir": str(workdir), **result.details}

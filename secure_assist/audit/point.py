@@ -58,11 +58,12 @@ def run_cost(summary: RunSummary) -> dict[str, Any]:
 def attack_rows(names: Sequence[str], workdir: Path, data: PointData, config: FinetuneConfig,
                 progress: bool, attack_samples: int | None = None,
                 held_out: list[Example] | list[InstructionExample] | None = None,
-                server_dir: Path | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Every named attack on the run's server view (stored in `server_dir`, default `<workdir>/server`):
-    (rows, uploads attacked). Reconstruction attacks read a seed-fixed subsample of `attack_samples`
-    uploads (default: all)."""
-    truth = load_ground_truth(workdir)
+                server_dir: Path | None = None, round_number: int = 1) -> tuple[list[dict[str, Any]], int]:
+    """Every named attack on the run's server view (stored in `server_dir`, default: boosting round
+    `round_number`'s folder, `<workdir>/server` for round 1): (rows, uploads attacked). Reconstruction
+    attacks read a seed-fixed subsample of `attack_samples` uploads (default: all). A later round's rows
+    are named `<attack> (round k)` and carry `round`."""
+    truth = load_ground_truth(workdir, round_number)
     known = knowledge(config.model, data.task, data.public, upload_texts(truth), config.seed, progress,
                       private_pool=[e.text for e in data.train], mechanisms=tuple(config.mechanism))
     keep = None
@@ -70,14 +71,18 @@ def attack_rows(names: Sequence[str], workdir: Path, data: PointData, config: Fi
         subsample = sample_ids(list(truth), attack_samples, config.seed)
         keep = subsample if len(subsample) < len(truth) else None
     rows = []
-    reports = attack_reports(list(names), workdir, known, config.seed, progress, held_out, keep, server_dir)
-    for name, report, seconds in tqdm(reports, desc=f"attacks on {workdir.name}", unit="attack",
-                                      disable=not progress, leave=False):
+    reports = attack_reports(list(names), workdir, known, config.seed, progress, held_out, keep, server_dir,
+                             round_number)
+    tag = {} if round_number == 1 else {"round": round_number}
+    for name, report, seconds in tqdm(reports, desc=f"attacks on {workdir.name}" + (f" (round {round_number})"
+                                                                                    if tag else ""),
+                                      unit="attack", disable=not progress, leave=False):
+        name = name if not tag else f"{name} (round {round_number})"
         if isinstance(report, NotApplicable):
-            rows.append({"attack": name, "status": "not_applicable", "reason": str(report)})
+            rows.append({"attack": name, "status": "not_applicable", "reason": str(report), **tag})
             continue
-        rows.append({**jsonable(report), "status": "ok", **headline(report), "of_uploads": len(truth),
-                     "seconds": seconds})
+        rows.append({**jsonable(report), "attack": name, "status": "ok", **headline(report),
+                     "of_uploads": len(truth), "seconds": seconds, **tag})
     return rows, len(truth)
 
 
@@ -85,10 +90,17 @@ def run_point(config: FinetuneConfig, attacks: Sequence[str], data: PointData, p
               attack_samples: int | None = None,
               held_out: list[Example] | list[InstructionExample] | None = None) -> PointResult:
     """Fine-tune `config` for real on a fresh work directory, then run `attacks` on its server view
-    (none for a run that uploads nothing: there is no view)."""
+    (none for a run that uploads nothing: there is no view). With boosting rounds the server holds one
+    view per round that ran, each with the device's refreshed signal: every attack reads each of them
+    (a later round's rows carry `round`), so the point's best leak is the best over all rounds."""
     summary = run_training(config, progress=progress, overwrite=True)
     workdir = Path(config.workdir)
-    rows, uploads = ([], 0) if not attacks else attack_rows(attacks, workdir, data, config, progress,
-                                                            attack_samples, held_out)
+    rows, uploads = [], 0
+    if attacks:
+        for record in summary.rounds or [{"round": 1}]:
+            round_rows, uploads_in_round = attack_rows(attacks, workdir, data, config, progress, attack_samples,
+                                                       held_out, round_number=record["round"])
+            rows += round_rows
+            uploads = uploads or uploads_in_round
     return PointResult(summary=summary, workdir=workdir, attacks=rows, uploads=uploads)
 

@@ -198,9 +198,10 @@ def _rounds_note(report: dict[str, Any]) -> str:
     if rounds == 1:
         return ""
     return (f" Boosting rounds: each variant row runs {rounds} (bytes and seconds summed over them; a DP claim "
-            f"covers all {rounds} releases, and the DP check tests them together); its attacks read round 1's server "
-            f"view only, one of the {rounds} "
-            "sessions the server holds, so its leak figures are lower bounds; the reference rows train once.")
+            f"covers all {rounds} releases, and the DP check tests them together); its attacks read each round's "
+            "server view (rows `<attack> (round k)` for k ≥ 2: the server holds one session per round, with the "
+            "device's refreshed signal), and its best leak is the best over the rounds; the reference rows train "
+            "once.")
 
 
 def markdown_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:

@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
     from secure_assist.audit.auditor import run_attack
 
     report = run_attack(args.name, args.workdir, seed=args.seed, progress=not args.quiet,
-                        public_file=args.public_file)
+                        public_file=args.public_file, round_number=args.round)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -30,6 +30,13 @@ def _attack_name(text: str) -> str:
     if text not in known:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(known)})")
     return text
+
+
+def _round_number(text: str) -> int:
+    """A boosting round's number: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid round: {text!r} (rounds count from 1)")
+    return int(text)
 
 
 class _HelpListingAttacks(argparse.Action):
@@ -63,6 +70,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                               "(labeled examples, unlabeled text, candidates; generation: instruction "
                                               "rows, those the device uploaded left out); needed for a custom or "
                                               "generation task, default for a built-in one: its unused training rows")
+    parser.add_argument("--round", type=_round_number, default=1, metavar="K",
+                        help="the boosting round whose view is attacked (server_round<K>/, scored on its own ground "
+                             "truth; default 1: server/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of public data sampling and bootstrap")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -10,7 +10,8 @@ uploads (fresh sample ids, the same A, the refreshed targets) through the run's 
 fresh server role in `<workdir>/server_round<k>`, which trains a new side output for `epochs`; fetches
 and restores it; and its safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A
 dropped round ends the rounds: the next one would train on the same targets. The deployed model is
-the sum of the kept rounds (`SummedSide`), evaluated and saved once at the end. The offline
+the sum of the kept rounds (`SummedSide`): the evaluation split scores it after every round (each
+record's `eval_metrics`; the last are the run's `metrics`), and it is saved once at the end. The offline
 measurement of exactly this for classification is `benchmarks/classification_rounds.py`.
 
 Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
@@ -66,6 +67,7 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
                 "server_view": str(run.workdir / server_dir(1)),
                 "ground_truth": str(run.workdir / DEVICE_DIR / ground_truth_file(1))}]
     parts = [judged.side]
+    metrics = records[0]["eval_metrics"] = scored(run, parts)
     for number in range(2, run.config.rounds + 1):
         if _dropped(records[-1]):
             # The dropped round left the deployed sum, hence the next round's targets, as they were: every later
@@ -74,9 +76,11 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
             break
         part, record = boost_round(run, number, SummedSide(parts))
         records.append(record)
-        if not _dropped(record):  # a dropped part adds nothing
+        if not _dropped(record):  # a dropped part adds nothing, and leaves the deployed sum's scores as they were
             parts.append(part)
-    summary = finish(run, outcome, judged, SummedSide(parts))
+            metrics = scored(run, parts)
+        record["eval_metrics"] = metrics
+    summary = finish(run, outcome, judged, SummedSide(parts), metrics)
     uploaded = sum(r["upload_bytes"] for r in records)
     return replace(summary, bytes_up=sum(r["bytes_up"] for r in records),
                    bytes_down=sum(r["bytes_down"] for r in records), upload_wire_bytes_this_session=uploaded,
@@ -85,6 +89,12 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
                    device_seconds=summary.device_seconds + sum(r["device_seconds"] for r in records[1:]),
                    cache_reads=sum(r["cache_reads"] for r in records),
                    device_peak_rss_mib=max(r["device_peak_rss_mib"] for r in records), rounds=records)
+
+
+def scored(run: StartedRun, parts: list[SideOutput]) -> dict[str, Any]:
+    """The evaluation split's scores of the sum deployed after a round (a measurement, not the device's cost:
+    its seconds are in no round's record); the last one is the run's `metrics`."""
+    return task_kind(run.config).evaluate(run.device, run.config, SummedSide(parts), run.evaluate)
 
 
 def boost_round(run: StartedRun, number: int, deployed: SideOutput) -> tuple[SideOutput, dict[str, Any]]:

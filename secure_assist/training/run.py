@@ -220,12 +220,13 @@ def deploy(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
     return finish(run, outcome, judge(run, outcome))
 
 
-def finish(run: StartedRun, outcome: TrainOutcome, judged: Judged, side: SideOutput | None = None) -> RunSummary:
+def finish(run: StartedRun, outcome: TrainOutcome, judged: Judged, side: SideOutput | None = None,
+           metrics: dict[str, Any] | None = None) -> RunSummary:
     """Score the deployed side output (`judged`'s, or `side`: what boosting rounds built on it) on the
-    evaluation split, save the model file and summarize the run."""
+    evaluation split (unless `metrics` already hold its scores), save the model file and summarize the run."""
     config, mode, device, channel, workdir = run.config, run.mode, run.device, run.channel, run.workdir
     side = judged.side if side is None else side
-    metrics = task_kind(config).evaluate(device, config, side, run.evaluate)
+    metrics = task_kind(config).evaluate(device, config, side, run.evaluate) if metrics is None else metrics
     model_path = save_model(device, config, side, workdir)
     server_seconds = run.server_seconds
     # A mode that uploads nothing trains on the device: its "server" time is device time, its bytes no traffic.
