@@ -199,7 +199,7 @@ def _rounds_note(report: dict[str, Any]) -> str:
         return ""
     return (f" Boosting rounds: each variant row runs {rounds} (bytes and seconds summed over them; a DP claim "
             f"covers all {rounds} releases, and the DP check tests them together); its attacks read each round's "
-            "server view (rows `<attack> (round k)` for k ≥ 2: the server holds one session per round, with the "
+            "server view (rows `<attack> (round k)` for k ≥ 2: the server holds one view per round, with the "
             "device's refreshed signal), and its best leak is the best over the rounds; the reference rows train "
             "once.")
 
