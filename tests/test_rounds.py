@@ -40,7 +40,8 @@ from secure_assist.mechanisms.delta import GaussianDelta, GaussianResidual
 from secure_assist.predict import predict_texts
 from secure_assist.task_kinds import task_kind
 from secure_assist.training.run import build_mechanisms, hold_out, run_training
-from secure_assist.training.workdir import DEVICE_DIR, ground_truth_file, server_dir
+from secure_assist.training import rounds
+from secure_assist.training.workdir import DEVICE_DIR, ROUNDS_FILE, ground_truth_file, server_dir
 from tests.generation_data import alpaca_file
 
 TINY = dict(model="tiny-llama", train_samples=40, eval_samples=16, epochs=2, rank=4, mechanism_seed=0)
@@ -160,6 +161,30 @@ def test_the_attack_command_reads_the_round_it_is_given(boosted, capsys: pytest.
     with pytest.raises(SystemExit):
         main(["attack", "delta_argmax", "--workdir", config.workdir, "--round", "0"])
     assert "invalid round: '0'" in capsys.readouterr().err
+
+
+def test_each_finished_round_is_on_disk_before_the_next_one_runs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Round 3 stops the run (as a crash or ^C would): rounds 1 and 2's records, scores included, are kept.
+    run_round = rounds.boost_round
+
+    def stopped_in_round_three(run, number: int, deployed):
+        if number == 3:
+            raise KeyboardInterrupt
+        return run_round(run, number, deployed)
+
+    monkeypatch.setattr(rounds, "boost_round", stopped_in_round_three)
+    workdir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(FinetuneConfig(rounds=3, safeguard_fraction=0.0, workdir=str(workdir), **TINY), progress=False)
+    kept = [json.loads(line) for line in (workdir / ROUNDS_FILE).read_text().splitlines()]
+    assert [r["round"] for r in kept] == [1, 2] and all("accuracy" in r["eval_metrics"] for r in kept)
+
+
+def test_the_rounds_file_holds_the_summary_records(boosted) -> None:
+    config, summary = boosted
+    kept = [json.loads(line) for line in (Path(config.workdir) / ROUNDS_FILE).read_text().splitlines()]
+    assert kept == summary["rounds"]
 
 
 def test_one_round_is_the_run_as_before_and_round_one_of_many(tmp_path: Path) -> None:

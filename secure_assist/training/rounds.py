@@ -11,7 +11,8 @@ fresh server role in `<workdir>/server_round<k>`, which trains a new side output
 and restores it; and its safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A
 dropped round ends the rounds: the next one would train on the same targets. The deployed model is
 the sum of the kept rounds (`SummedSide`): the evaluation split scores it after every round (each
-record's `eval_metrics`; the last are the run's `metrics`), and it is saved once at the end. The offline
+record's `eval_metrics`; the last are the run's `metrics`), and it is saved once at the end. Each
+round's record is written to `<workdir>/rounds.jsonl` as the round ends, so a stopped run keeps them. The offline
 measurement of exactly this for classification is `benchmarks/classification_rounds.py`.
 
 Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
@@ -43,7 +44,8 @@ from secure_assist.task_kinds import task_kind
 from secure_assist.training.resources import PeakMemory
 from secure_assist.training.run import StartedRun, finish, judge, train_side
 from secure_assist.training.summary import RunSummary
-from secure_assist.training.workdir import DEVICE_DIR, ground_truth_file, server_dir, write_ground_truth
+from secure_assist.training.workdir import (DEVICE_DIR, ground_truth_file, server_dir, write_ground_truth,
+                                           write_round_records)
 
 
 def require_in_process(config: FinetuneConfig) -> None:
@@ -68,11 +70,13 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
                 "ground_truth": str(run.workdir / DEVICE_DIR / ground_truth_file(1))}]
     parts = [judged.side]
     metrics = records[0]["eval_metrics"] = scored(run, parts)
+    write_round_records(run.workdir, records)
     for number in range(2, run.config.rounds + 1):
         if _dropped(records[-1]):
             # The dropped round left the deployed sum, hence the next round's targets, as they were: every later
             # round would train on the same signal again (and release it again), so the rounds stop here.
             records[-1]["stopped"] = f"rounds {number}..{run.config.rounds} not run: round {number - 1} was dropped"
+            write_round_records(run.workdir, records)
             break
         part, record = boost_round(run, number, SummedSide(parts))
         records.append(record)
@@ -80,6 +84,7 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
             parts.append(part)
             metrics = scored(run, parts)
         record["eval_metrics"] = metrics
+        write_round_records(run.workdir, records)  # a run stopped in a later round keeps this one
     summary = finish(run, outcome, judged, SummedSide(parts), metrics)
     uploaded = sum(r["upload_bytes"] for r in records)
     return replace(summary, bytes_up=sum(r["bytes_up"] for r in records),

@@ -5,6 +5,7 @@
 <workdir>/device/  the device's own records: ground truth, upload progress, local training,
                    per-sample evaluation scores (generation)
 <workdir>/model.safetensors  the deployable model
+<workdir>/rounds.jsonl  boosting rounds' records, rewritten as each round ends (rounds > 1)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,8 @@ MODEL_FILE = "model.safetensors"
 # The side output as the device received it, before its safeguard (FinetuneConfig.keep_received_model).
 RECEIVED_MODEL_FILE = "received_model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.jsonl"
+# Boosting rounds: one JSON line per finished round (the summary's `rounds`), so a stopped run keeps them.
+ROUNDS_FILE = "rounds.jsonl"
 # Generation runs: per-sample answer NLL and top-1 hits on the evaluation split (device side).
 EVAL_SCORES_FILE = "eval_scores.npz"
 
@@ -40,6 +44,11 @@ def server_dir(round_number: int = 1) -> str:
 def ground_truth_file(round_number: int = 1) -> str:
     """The device's ground truth of a boosting round's uploads (each round draws fresh sample ids)."""
     return GROUND_TRUTH_FILE if round_number == 1 else f"ground_truth_round{round_number}.jsonl"
+
+
+def write_round_records(workdir: Path, records: list[dict[str, Any]]) -> None:
+    """The records of the rounds finished so far, one JSON line each, replacing the earlier file whole."""
+    write_atomic(workdir / ROUNDS_FILE, "".join(json.dumps(record) + "\n" for record in records).encode())
 
 
 def prepare_workdir(workdir: Path, overwrite: bool) -> None:
