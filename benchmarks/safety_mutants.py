@@ -59,6 +59,7 @@ TRANSPORT_QUOTAS = "tests/test_transport_quotas.py"
 CKKS_QUOTAS = "tests/test_ckks_quotas.py"
 POOLED = "tests/test_pooled.py"
 ROUNDS = "tests/test_rounds.py"
+ROUNDS_TRANSPORT = "tests/test_rounds_transport.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # Randomized response.
@@ -330,10 +331,23 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("rounds_unbounded", "secure_assist.config",
            "if not 1 <= self.rounds <= MAX_ROUNDS:", "if not 1 <= self.rounds:",
            (f"{ROUNDS}::test_rounds_are_bounded",), "any number of rounds (each a full session) is accepted"),
-    Mutant("rounds_over_the_network_accepted", "secure_assist.training.rounds",
-           "    if config.rounds > 1:", "    if config.rounds > 8:",
-           (f"{ROUNDS}::test_rounds_over_the_network_are_refused",),
-           "`device --rounds 2` connects although rounds run in process only"),
+    Mutant("hello_round_unbounded", "protocol.wire.messages",
+           "if number > MAX_ROUNDS:", "if number > 2 ** 31:",
+           (f"{ROUNDS_TRANSPORT}::test_the_round_a_hello_names_is_bounded",),
+           "a device names any round: the server opens as many round states in its namespace as it asks for"),
+    Mutant("round_quota_one_round_only", "protocol.modes.host",
+           "if number != 1 and endpoint.quota is not None:", "if False:",
+           (f"{ROUNDS_TRANSPORT}::test_every_round_counts_against_the_devices_whole_disk_quota",),
+           "each round's state gets a disk quota of its own: R rounds store R quotas' worth"),
+    Mutant("earlier_round_left_open", "protocol.modes.host",
+           "        self.close()  # the earlier round's endpoint", "        pass  # the earlier round's endpoint",
+           (f"{ROUNDS_TRANSPORT}::test_a_new_round_closes_the_last_and_the_same_round_resumes",),
+           "a new round's Hello leaves the last round's files and memory held"),
+    Mutant("network_round_sent_twice", "secure_assist.training.rounds",
+           "    if host is None and (run.workdir / DEVICE_DIR / ground_truth_file(number)).exists():",
+           "    if False:",
+           (f"{ROUNDS_TRANSPORT}::test_rounds_over_tls_equal_the_in_process_rounds_and_are_not_run_twice",),
+           "a rerun sends a begun round again under fresh ids, mixed on the server with the first attempt's"),
     Mutant("rounds_rerun_the_backbone", "secure_assist.task_kinds.classification",
            "if config.reuse_forwards or config.rounds > 1:", "if config.reuse_forwards:",
            (f"{ROUNDS}::test_rounds_after_the_first_run_no_backbone_pass",),

@@ -14,7 +14,7 @@ from protocol.model.names import DEFAULT_BACKBONE
 from protocol.errors import UserInputError
 from protocol.server.training_settings import ServerTraining
 from secure_assist.devices.partition import Partition
-from protocol.wire.messages import POOL_NAME
+from protocol.wire.messages import MAX_ROUNDS, POOL_NAME
 from secure_assist.mechanism_parameters import MECHANISM_PARAMETERS, parameter_fields
 
 T = TypeVar("T")
@@ -28,10 +28,9 @@ RESULT_NEUTRAL_FIELDS = ("skip_invalid_rows", "keep_received_model")
 # hashes it otherwise (a run with --rounds 2 is another point).
 LATER_FIELDS: dict[str, Any] = {"rounds": 1}
 
-# Boosting rounds (secure_assist.training.rounds): at most this many, and only for in-process PAE on one device,
-# per task kind its PAE mode and the mechanisms that send the targets plain or through a Gaussian mechanism (whose
-# accounting composes rounds).
-MAX_ROUNDS = 8
+# Boosting rounds (secure_assist.training.rounds): at most MAX_ROUNDS (the protocol's bound), only for PAE on one
+# device, per task kind its PAE mode and the mechanisms that send the targets plain or through a Gaussian mechanism
+# (whose accounting composes rounds).
 ROUNDS_MODES = {"classification": "side_network", "generation": "generation"}
 ROUNDS_MECHANISMS = {"classification": ("none", "gaussian"), "generation": ("none", "gaussian_r")}
 
@@ -130,7 +129,7 @@ class RunSettings:
     rounds: int = option(1, f"boosting rounds of PAE (1..{MAX_ROUNDS}): each round after the first uploads Δ "
                             "(generation: r) refreshed at the model deployed so far and adds the side output its "
                             "safeguard keeps (mode side_network with mechanism none or gaussian, or mode generation "
-                            "with none or gaussian_r; in process)")
+                            "with none or gaussian_r)")
     # Keep the device's forward passes in its own disk cache and reuse them on the same
     # data (audits and sweeps run many variants over one dataset); outputs are identical.
     reuse_forwards: bool = option(False, "keep the device's forward passes in its disk cache and reuse them on "

@@ -298,16 +298,6 @@ def test_rounds_are_bounded(rounds: int) -> None:
     assert FinetuneConfig(rounds=MAX_ROUNDS).rounds == MAX_ROUNDS
 
 
-def test_rounds_over_the_network_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["device", "--server", "127.0.0.1:9", "--keys", str(tmp_path), "--name", "d", "--model", "tiny-llama",
-                 "--rounds", "2", "--workdir", str(tmp_path / "run")])
-    error = capsys.readouterr().err
-    assert code != 0 and error == "error: --rounds > 1 runs in process only for now: use `secure-assist finetune`\n"
-    assert not (tmp_path / "run").exists()
-    with pytest.raises(UserInputError, match="in process only"):
-        run_training(FinetuneConfig(rounds=2, workdir=str(tmp_path / "run"), **TINY), channel=object())
-
-
 def test_finetune_help_lists_rounds(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])

@@ -195,6 +195,8 @@ class ForwardCachingDevice(DeviceRole):
 
     def batches(self, examples: list[Example], description: str) -> Iterator[tuple[list[Example], PivotBatch]]:
         """The examples' outputs (shared, cached or computed once), served batch by batch."""
+        if not examples:  # e.g. an upload resumed after its last batch was acknowledged
+            return
         pivots = self.outputs(examples)
         for start in range(0, len(examples), self.batch_size):
             stop = start + self.batch_size

@@ -9,6 +9,12 @@ server hosts (`pools`) and the device may join; its namespace is then that pool'
 good. Once open, the mode's endpoint
 answers (and records) every request, Hellos of later connections included, so every
 server view says which mode wrote it.
+
+Boosting rounds: a device names round k >= 2 in its Hello (`round`); the host then closes the
+endpoint it holds and opens the mode's endpoint for that round, whose state lives in
+`round_dir(k)` (default `<workdir>/round<k>`, inside the device's namespace, so the device's disk
+quota counts every round it made the server keep). Round 1 is `workdir` itself. A pooled device
+names no round: a pool trains once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from protocol.server.endpoint import RecordingEndpoint
 from protocol.errors import ProtocolError
 from protocol.files import private_dir, write_atomic
 from protocol.server.limits import ServerLimits
+from protocol.server.quotas import DeviceQuota
 from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
 from protocol.server.training_settings import ServerTraining
 from protocol.modes.pooled.directory import POOL_FILE
@@ -43,7 +50,8 @@ class ModeHost:
 
     def __init__(self, workdir: Path | str, offered: tuple[str, ...], training: ServerTraining = ServerTraining(),
                  max_message_bytes: int = DEFAULT_MAX_BYTES, limits: ServerLimits | None = None,
-                 stop: threading.Event | None = None, pools: PoolDirectory | None = None) -> None:
+                 stop: threading.Event | None = None, pools: PoolDirectory | None = None,
+                 round_dir: Callable[[int], Path] | None = None) -> None:
         unknown = [name for name in offered if name not in MODES]
         if unknown or not offered:
             raise ValueError(f"cannot offer modes {unknown or '(none)'}; known: {list(MODES)}")
@@ -54,8 +62,11 @@ class ModeHost:
         self.limits = limits
         self.stop = stop
         self.pools = pools
+        self.round_dir = round_dir or (lambda number: self.workdir / f"round{number}")
         self.endpoint: RecordingEndpoint | None = None
         self.mode: str | None = None
+        self.round = 1  # the boosting round whose endpoint is (or was last) open
+        self._endpoint_closed = False
 
     @property
     def compute_seconds(self) -> float:
@@ -74,18 +85,20 @@ class ModeHost:
 
     def handle_message(self, message: Message, data: bytes) -> bytes:
         """Answer one decoded request. Until a mode is open only a Hello is accepted; once it
-        is, the mode's endpoint answers everything (a later Hello included) and records it."""
-        if self.endpoint is None:
+        is, the mode's endpoint answers everything (a later Hello included) and records it, except
+        a Hello naming another boosting round, which opens that round's endpoint first."""
+        opening = self.endpoint is None or (isinstance(message, Hello) and message.round != self.round)
+        if opening:
             try:
                 if not isinstance(message, Hello):
                     raise ProtocolError("the first request must be 'hello' naming the training mode")
-                self._open(message.mode, message.pool)
+                self._open(message.mode, message.pool, message.round)
             except ProtocolError as exc:
-                log.warning("refused a device's first request: %s", exc)
+                log.warning("refused a device's hello: %s", exc)
                 return encode_message(ErrorReply(reason=str(exc)))
         return self.endpoint.handle_message(message, data)
 
-    def _open(self, mode: str, pool: str = "") -> None:
+    def _open(self, mode: str, pool: str = "", number: int = 1) -> None:
         if mode not in self.offered:
             raise ProtocolError(f"this server does not offer training mode {mode!r}; it offers {list(self.offered)}")
         held = self.mode or self._recorded(MODE_FILE)
@@ -95,30 +108,36 @@ class ModeHost:
             raise ProtocolError(f"training mode {mode!r} takes no pool; name pool {pool!r} with mode 'pooled'")
         if pool and self.pools is None:
             raise ProtocolError(f"this server hosts no pools (asked for {pool!r})")
+        if pool and number != 1:
+            raise ProtocolError(f"pool {pool!r} trains once: a pooled device names no boosting round")
         held_pool = self._recorded(POOL_FILE) or ""
         if held is not None and held_pool != pool:
             raise ProtocolError(f"this device's server state belongs to pool {held_pool or '(its own)'!r}, "
                                 f"not {pool or '(its own)'!r}")
-        if self.endpoint is None:
-            if pool:
-                self.pools.admit(pool, self.workdir)
-            private_dir(self.workdir)  # server state is the server user's alone, whatever the umask
-            if pool:
-                write_atomic(self.workdir / POOL_FILE, pool.encode())
-            write_atomic(self.workdir / MODE_FILE, mode.encode())
-            self.endpoint = (self.pools.member_server(pool, self.workdir, self.training, self.limits, self.stop)
-                             if pool else MODES[mode].make_server(self.workdir, self.training, self.limits, self.stop))
-            self.endpoint.mode = mode
-            self.mode = mode
+        if pool:
+            self.pools.admit(pool, self.workdir)
+        private_dir(self.workdir)  # server state is the server user's alone, whatever the umask
+        if pool:
+            write_atomic(self.workdir / POOL_FILE, pool.encode())
+        write_atomic(self.workdir / MODE_FILE, mode.encode())
+        self.close()  # the earlier round's endpoint: one round's state is open at a time
+        state = self.workdir if number == 1 else private_dir(self.round_dir(number))
+        endpoint = (self.pools.member_server(pool, self.workdir, self.training, self.limits, self.stop)
+                    if pool else MODES[mode].make_server(state, self.training, self.limits, self.stop))
+        if number != 1 and endpoint.quota is not None:  # a round's disk quota is the namespace's, every round in it
+            endpoint.quota = DeviceQuota(self.workdir, self.limits)
+        endpoint.mode = mode
+        self.endpoint, self.mode, self.round, self._endpoint_closed = endpoint, mode, number, False
 
     def _recorded(self, name: str) -> str | None:
         path = self.workdir / name
         return path.read_text().strip() if path.is_file() else None
 
     def close(self) -> None:
-        """Release the mode endpoint's files."""
-        if self.endpoint is not None:
+        """Release the mode endpoint's files (once: a later round's Hello may reopen the host)."""
+        if self.endpoint is not None and not self._endpoint_closed:
             self.endpoint.close()
+            self._endpoint_closed = True
 
 
 def host_factory(offered: tuple[str, ...] | None = None, pools: PoolDirectory | None = None) -> Callable[..., ModeHost]:

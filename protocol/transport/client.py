@@ -22,7 +22,7 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.errors import ProtocolError
 from protocol.wire.messages import ErrorReply, Hello, Message, decode_message, encode_message
@@ -200,6 +200,11 @@ class NetworkChannel:
             self._closed_down += self._link.down
             self._link.close()
             self._link = None
+
+    def reopen(self) -> "NetworkChannel":
+        """A fresh connection to the same server, naming no mode until its caller's Hello; this one is closed."""
+        self.close()
+        return replace(self, mode=None)
 
     def close(self) -> None:
         """Close the connection (the server keeps the device's state)."""

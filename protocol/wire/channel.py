@@ -19,6 +19,13 @@ class Channel(Protocol):
     def request(self, message: Message) -> Message:
         """Send one request and return the server's (validated) reply."""
 
+    def reopen(self) -> "Channel":
+        """A fresh link to the same server, its byte counts at zero (a boosting round's connection);
+        this link is closed."""
+
+    def close(self) -> None:
+        """Release the link (the server keeps the device's state)."""
+
 
 class ByteHandler(Protocol):
     """Anything that answers wire bytes with wire bytes (the server role)."""
@@ -46,3 +53,10 @@ class InProcessChannel:
         if isinstance(reply, ErrorReply):
             raise ProtocolError(f"server rejected {message.TYPE!r}: {reply.reason}")
         return reply
+
+    def reopen(self) -> "InProcessChannel":
+        """A fresh channel to the same server object."""
+        return InProcessChannel(self._server, self._max)
+
+    def close(self) -> None:
+        """Nothing to release: the server object is its owner's."""

@@ -28,6 +28,8 @@ from protocol.wire.message_base import (  # noqa: F401  (re-exported: the messag
 
 MAX_MODE_NAME = 64
 POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The most boosting rounds a device may name: each round is a server state of its own in the device's namespace.
+MAX_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -257,20 +259,26 @@ class Hello(Message):
     mode: str
     # The named pool a `pooled` device joins ("": none; the field is then left off the wire).
     pool: str = ""
+    # The boosting round the connection serves, 1..MAX_ROUNDS (1: the run itself; the field is then left off).
+    round: int = 1
 
     def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-        return {}, {"mode": self.mode, **({"pool": self.pool} if self.pool else {})}
+        return {}, {"mode": self.mode, **({"pool": self.pool} if self.pool else {}),
+                    **({"round": self.round} if self.round != 1 else {})}
 
     @classmethod
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "Hello":
-        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode", "pool"} if "pool" in meta else {"mode"})
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"mode"} | ({"pool", "round"} & set(meta)))
         mode = meta["mode"]
         if not isinstance(mode, str) or not mode.isidentifier() or len(mode) > MAX_MODE_NAME:
             raise ProtocolError(f"field 'mode' must be an identifier of at most {MAX_MODE_NAME} characters")
         pool = meta.get("pool", "")
         if pool != "" and not (isinstance(pool, str) and POOL_NAME.fullmatch(pool)):
             raise ProtocolError("field 'pool' must be 1-64 of [A-Za-z0-9_.-]")
-        return cls(mode=mode, pool=pool)
+        number = _int_field(meta, "round", 2) if "round" in meta else 1
+        if number > MAX_ROUNDS:
+            raise ProtocolError(f"field 'round' must be at most {MAX_ROUNDS}")
+        return cls(mode=mode, pool=pool, round=number)
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,10 @@ def attack_rows(names: Sequence[str], workdir: Path, data: PointData, config: Fi
     reports = attack_reports(list(names), workdir, known, config.seed, progress, held_out, keep, server_dir,
                              round_number)
     tag = {} if round_number == 1 else {"round": round_number}
-    for name, report, seconds in tqdm(reports, desc=f"attacks on {workdir.name}" + (f" (round {round_number})"
-                                                                                    if tag else ""),
-                                      unit="attack", disable=not progress, leave=False):
-        name = name if not tag else f"{name} (round {round_number})"
+    suffix = f" (round {round_number})" if tag else ""
+    for name, report, seconds in tqdm(reports, desc=f"attacks on {workdir.name}{suffix}", unit="attack",
+                                      disable=not progress, leave=False):
+        name += suffix
         if isinstance(report, NotApplicable):
             rows.append({"attack": name, "status": "not_applicable", "reason": str(report), **tag})
             continue
@@ -101,6 +101,6 @@ def run_point(config: FinetuneConfig, attacks: Sequence[str], data: PointData, p
             round_rows, uploads_in_round = attack_rows(attacks, workdir, data, config, progress, attack_samples,
                                                        held_out, round_number=record["round"])
             rows += round_rows
-            uploads = uploads or uploads_in_round
+            uploads = uploads_in_round  # every round uploads the same samples again
     return PointResult(summary=summary, workdir=workdir, attacks=rows, uploads=uploads)
 

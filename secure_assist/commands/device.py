@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from protocol.transport.client import NetworkChannel
     from protocol.transport.identity import KeyDirectory
     from secure_assist.task_kinds import task_kind
-    from secure_assist.training.rounds import require_in_process
     from secure_assist.training.run import resolve_mode
     from secure_assist.training.run import build_mechanisms, run_training
 
@@ -37,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_address(args.server)
     config = config_from_args(args)
-    require_in_process(config)  # before connecting
     mode = resolve_mode(config.mode, config.mechanism, task_kind(config).name)
     build_mechanisms(config, mode)  # configuration errors fail before connecting
     if not mode.uploads:

@@ -1,4 +1,5 @@
-"""Boosting rounds of PAE, in process (`FinetuneConfig.rounds`), for classification and generation.
+"""Boosting rounds of PAE (`FinetuneConfig.rounds`), for classification and generation, in process or
+against `serve`.
 
 Round 1 is the run itself: `start_run`, `train_side`, and the device's `judge` (restore, then
 safeguard). Round k >= 2: the device refreshes its targets at what it deploys so far, S_{k−1} being
@@ -6,19 +7,22 @@ the sum of the earlier rounds' side outputs at the factors their safeguards chos
 Δ_k = onehot(y) − (p_b + S_{k−1}(A)); generation: r_t = W_Uᵀ(onehot(y_t) − softmax(z_t + W_U S_{k−1,t}))),
 from the passes it already holds (classification: its forward cache; generation: its passes kept in
 memory, `protocol.modes.generation.answer_cache`; both on whenever rounds > 1: no backbone pass);
-uploads (fresh sample ids, the same A, the refreshed targets) through the run's mechanism chain to a
-fresh server role in `<workdir>/server_round<k>`, which trains a new side output for `epochs`; fetches
-and restores it; and its safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A
-dropped round ends the rounds: the next one would train on the same targets. The deployed model is
-the sum of the kept rounds (`SummedSide`): the evaluation split scores it after every round (each
-record's `eval_metrics`; the last are the run's `metrics`), and it is saved once at the end. Each
-round's record is written to `<workdir>/rounds.jsonl` as the round ends, so a stopped run keeps them. The offline
-measurement of exactly this for classification is `benchmarks/classification_rounds.py`.
+uploads (fresh sample ids, the same A, the refreshed targets) through the run's mechanism chain on a
+fresh connection whose Hello names round k, so the server opens a fresh role for it
+(`protocol.modes.host`: in process in `<workdir>/server_round<k>`; on `serve` in `round<k>/` of the
+device's namespace), which trains a new side output for `epochs`; fetches and restores it; and its
+safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A dropped round ends the rounds:
+the next one would train on the same targets. The deployed model is the sum of the kept rounds
+(`SummedSide`): the evaluation split scores it after every round (each record's `eval_metrics`; the
+last are the run's `metrics`), and it is saved once at the end. Each round's record is written to
+`<workdir>/rounds.jsonl` as the round ends, so a stopped run keeps them. The offline measurement of
+exactly this for classification is `benchmarks/classification_rounds.py`.
 
 Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
 never replaces a value it holds (`protocol.server.side_tuning`), so new targets for the same
 samples make a new session, not an update; each round's bytes are in the summary's `rounds`
-records and in its totals.
+records and in its totals. Over the network a round's upload is not resumable (its ids are fresh):
+a device that finds a round begun in its work directory refuses to run it again.
 
 Privacy: each round releases every sample's targets once more, through the run's own chain (`none`,
 or `gaussian` / `gaussian_r`, calibrated for all R releases: `secure_assist.mechanisms.delta`), whose
@@ -29,15 +33,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 from protocol.device.forward_device import new_sample_ids
 from protocol.errors import UserInputError
 from protocol.model.side_output import SideOutput
 from protocol.model.summed_side import SummedSide
 from protocol.modes.base import TrainOutcome
-from protocol.modes.host import ModeHost
-from protocol.wire.channel import InProcessChannel
 from protocol.wire.messages import Hello, ModeAccepted, expect
 from secure_assist.config import FinetuneConfig
 from secure_assist.task_kinds import task_kind
@@ -46,12 +48,6 @@ from secure_assist.training.run import StartedRun, finish, judge, train_side
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.workdir import (DEVICE_DIR, ground_truth_file, server_dir, write_ground_truth,
                                            write_round_records)
-
-
-def require_in_process(config: FinetuneConfig) -> None:
-    """Refuse rounds over the network: each round needs a fresh server session, which `serve` does not host yet."""
-    if config.rounds > 1:
-        raise UserInputError("--rounds > 1 runs in process only for now: use `secure-assist finetune`")
 
 
 def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
@@ -66,7 +62,7 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
                 "device_forwards": run.device.forward_samples, "device_peak_rss_mib": run.upload_peak_mib,
                 "epochs_done": outcome.epochs_done,
                 "final_train_loss": outcome.final_train_loss, "cache_reads": _cache_reads(outcome),
-                "server_view": str(run.workdir / server_dir(1)),
+                "server_view": None if run.host is None else str(run.workdir / server_dir(1)),
                 "ground_truth": str(run.workdir / DEVICE_DIR / ground_truth_file(1))}]
     parts = [judged.side]
     metrics = records[0]["eval_metrics"] = scored(run, parts)
@@ -90,7 +86,7 @@ def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
     return replace(summary, bytes_up=sum(r["bytes_up"] for r in records),
                    bytes_down=sum(r["bytes_down"] for r in records), upload_wire_bytes_this_session=uploaded,
                    upload_bytes_per_sample=uploaded / max(1, summary.n_train),
-                   server_seconds=sum(r["server_seconds"] for r in records),
+                   server_seconds=_total(r["server_seconds"] for r in records),
                    device_seconds=summary.device_seconds + sum(r["device_seconds"] for r in records[1:]),
                    cache_reads=sum(r["cache_reads"] for r in records),
                    device_peak_rss_mib=max(r["device_peak_rss_mib"] for r in records), rounds=records)
@@ -105,33 +101,37 @@ def scored(run: StartedRun, parts: list[SideOutput]) -> dict[str, Any]:
 def boost_round(run: StartedRun, number: int, deployed: SideOutput) -> tuple[SideOutput, dict[str, Any]]:
     """Round `number` on top of `deployed` (p_b + deployed is the model to beat): its side output,
     restored and safeguarded (shrunk or dropped in place), and its record for the summary."""
-    config, device, mode = run.config, run.device, run.mode
-    host = ModeHost(run.workdir / server_dir(number), (mode.name,), config.server_training())
-    session = replace(run, channel=InProcessChannel(host), host=host)
+    config, device, mode, host = run.config, run.device, run.mode, run.host
+    if host is None and (run.workdir / DEVICE_DIR / ground_truth_file(number)).exists():
+        # Its uploads carry fresh ids: resumed, they would join what the server kept of the first attempt.
+        raise UserInputError(f"{run.workdir} already began boosting round {number} against this server, whose round "
+                             "state cannot be resumed: start over with a fresh --workdir and device identity")
+    session = replace(run, channel=run.channel.reopen())  # in process: the run's host opens round `number`
     forwards, started = device.forward_samples, time.perf_counter()
     try:
-        expect(session.channel.request(Hello(mode=mode.name, pool=config.pool)), ModeAccepted)
+        expect(session.channel.request(Hello(mode=mode.name, pool=config.pool, round=number)), ModeAccepted)
         mode.open(session.channel, device)
         with PeakMemory() as upload_peak:
             upload_refreshed(session, number, deployed)
         # In process the server answers inside the device's requests: its seconds are not the device's.
-        upload_seconds = time.perf_counter() - started - host.compute_seconds
+        upload_seconds = time.perf_counter() - started - (0.0 if host is None else host.compute_seconds)
         upload_bytes = session.channel.bytes_up
         round_outcome = train_side(session)
     finally:
-        host.close()
+        session.close()
+        session.channel.close()
     judging = time.perf_counter()
     part = run.mechanisms.restore(round_outcome.side)
     safeguard = task_kind(config).safeguard(device, part, run.validation, config.seed, deployed=deployed)
     return part, {"round": number, "safeguard": safeguard,
                   "judged_against": f"p_b + rounds 1..{number - 1} as deployed", "bytes_up": session.channel.bytes_up,
                   "bytes_down": session.channel.bytes_down, "upload_bytes": upload_bytes,
-                  "server_seconds": host.compute_seconds,
+                  "server_seconds": None if host is None else host.compute_seconds,
                   "device_seconds": upload_seconds + time.perf_counter() - judging,
                   "device_forwards": device.forward_samples - forwards, "device_peak_rss_mib": upload_peak.peak_mib,
                   "epochs_done": round_outcome.epochs_done,
                   "final_train_loss": round_outcome.final_train_loss, "cache_reads": _cache_reads(round_outcome),
-                  "server_view": str(run.workdir / server_dir(number)),
+                  "server_view": None if host is None else str(run.workdir / server_dir(number)),
                   "ground_truth": str(run.workdir / DEVICE_DIR / ground_truth_file(number))}
 
 
@@ -152,6 +152,12 @@ def upload_refreshed(session: StartedRun, number: int, deployed: SideOutput) -> 
 def _dropped(record: dict[str, Any]) -> bool:
     """Whether the round's safeguard dropped its side output (None: the safeguard is off, nothing is dropped)."""
     return record["safeguard"] is not None and record["safeguard"]["factor"] == 0
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    """The rounds' sum, or None where a round's figure is unknown (the server's seconds over the network)."""
+    values = list(values)
+    return None if None in values else sum(values)
 
 
 def _cache_reads(outcome: TrainOutcome) -> int:

@@ -37,6 +37,7 @@ from secure_assist.training.summary import RunSummary
 from secure_assist.training.upload import run_key, upload_resumable
 from secure_assist.training.workdir import (
     DEVICE_DIR, GROUND_TRUTH_FILE, LOCAL_TRAINING_DIR, MODEL_FILE, RECEIVED_MODEL_FILE, SERVER_DIR, prepare_workdir,
+    server_dir,
 )
 
 E = TypeVar("E")
@@ -151,8 +152,9 @@ def start_run(config: FinetuneConfig, channel: Channel | None = None, progress: 
     host = None
     if channel is None:
         prepare_workdir(workdir, overwrite)
+        # Boosting round k's server state (a Hello naming round k) goes beside round 1's, where the audit reads it.
         host = ModeHost(workdir / (SERVER_DIR if mode.uploads else LOCAL_TRAINING_DIR), (mode.name,),
-                        config.server_training())
+                        config.server_training(), round_dir=lambda number: workdir / server_dir(number))
         channel = InProcessChannel(host)
     elif not mode.uploads:
         raise UserInputError(f"training mode {mode.name!r} uploads nothing: run it with `secure-assist finetune`")
@@ -260,10 +262,8 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     """Run `config` end to end (`start_run`, `train_side`, `deploy`; with `rounds` > 1, the boosting
     rounds of `secure_assist.training.rounds` between the first round's safeguard and the
     evaluation); see `start_run` for `channel`."""
-    from secure_assist.training.rounds import boost, require_in_process  # it builds on this module's steps
+    from secure_assist.training.rounds import boost  # it builds on this module's steps
 
-    if channel is not None:
-        require_in_process(config)
     run = start_run(config, channel, progress, overwrite, on_acknowledged)
     try:
         outcome = train_side(run)
