@@ -80,7 +80,8 @@ class RunSettings:
     # this run is device `device_index`'s (its hold-out split, uploads and safeguard come from its share alone).
     devices: int = option(1, "devices the training samples are split over; this run is one of them")
     partition: str = option("iid", "how the training samples are split over --devices: iid, dirichlet:ALPHA "
-                                    "(label skew, e.g. 0.5) or shards:K (K label-sorted shards each)")
+                                    "(label skew, e.g. 0.5), dirichlet_equal:ALPHA (label skew at equal device "
+                                    "sizes) or shards:K (K label-sorted shards each)")
     device_index: int = option(0, "which device's share this run holds (0 .. devices-1)")
     flip_labels: bool = option(False, "flip every training label of this device (a poisoning device; "
                                       "classification)")

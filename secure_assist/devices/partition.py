@@ -1,10 +1,19 @@
 """How a training set is split over N devices, seed-fixed, as in the federated literature.
 
 - `iid`: a random equal split.
-- `dirichlet:ALPHA`: label skew (Hsu et al. 2019): for each class, the shares of its samples over
-  the devices are drawn from Dir(ALPHA); small ALPHA (0.5 is the usual "non-IID") gives devices
-  dominated by one class. Draws that leave a device with fewer than `MIN_DIRICHLET_SAMPLES` are
-  redrawn, as common implementations do (a device needs a validation split of its own).
+- `dirichlet:ALPHA`: label skew with devices of random sizes (Yurochkin et al. 2019, Flower Datasets'
+  `DirichletPartitioner`): for each class, the shares of its samples over the devices are drawn from
+  Dir(ALPHA); small ALPHA (0.5 is the usual "non-IID") gives devices dominated by one class. Draws
+  that leave a device with fewer than `MIN_DIRICHLET_SAMPLES` are redrawn, as common implementations
+  do (a device needs a validation split of its own); with many devices and few samples no draw
+  passes (N = 100 over 2,000 SST-2 samples at 0.5), and the split is refused.
+- `dirichlet_equal:ALPHA`: label skew at equal device sizes (Hsu et al. 2019): every device holds an
+  equal share of the samples, and its class shares are drawn from Dir(ALPHA·C·p), p the training set's
+  class shares over C classes (Dir(ALPHA) per class when the classes are balanced; scaled by p so
+  that the devices ask for each class about as many samples as there are). Devices are filled one
+  after another in a seed-fixed order, each class's count drawn from its shares; a class that has
+  run out gives way to the classes still left (so even at a large ALPHA the last devices filled may
+  hold one class: 1 of 100 at ALPHA = 100 over 2,000 SST-2 samples, seed 0).
 - `shards:K`: the samples sorted by label are cut into N·K equal shards and each device gets K of
   them (McMahan et al. 2017): with K = 2 most devices see one or two classes.
 
@@ -20,7 +29,7 @@ import numpy as np
 
 from protocol.errors import UserInputError
 
-SCHEMES = ("iid", "dirichlet", "shards")
+SCHEMES = ("iid", "dirichlet", "dirichlet_equal", "shards")
 MIN_DIRICHLET_SAMPLES = 5
 DIRICHLET_TRIES = 1000
 
@@ -30,19 +39,21 @@ class Partition:
     """A parsed `--partition` value."""
 
     scheme: str
-    alpha: float | None = None  # dirichlet
+    alpha: float | None = None  # dirichlet, dirichlet_equal
     shards: int | None = None  # shards per device
 
     @classmethod
     def parse(cls, text: str) -> Partition:
-        """'iid', 'dirichlet:ALPHA' (ALPHA > 0) or 'shards:K' (K >= 1); anything else is a user error."""
+        """'iid', 'dirichlet:ALPHA' or 'dirichlet_equal:ALPHA' (ALPHA > 0) or 'shards:K' (K >= 1); anything else
+        is a user error."""
         name, _, value = text.partition(":")
-        usage = f"--partition {text!r}: use iid, dirichlet:ALPHA (ALPHA > 0, e.g. 0.5) or shards:K (K >= 1)"
+        usage = (f"--partition {text!r}: use iid, dirichlet:ALPHA or dirichlet_equal:ALPHA (ALPHA > 0, e.g. 0.5) "
+                 "or shards:K (K >= 1)")
         try:
             if name == "iid" and not value:
                 return cls("iid")
-            if name == "dirichlet" and float(value) > 0:
-                return cls("dirichlet", alpha=float(value))
+            if name in ("dirichlet", "dirichlet_equal") and float(value) > 0:
+                return cls(name, alpha=float(value))
             if name == "shards" and int(value) >= 1:
                 return cls("shards", shards=int(value))
         except ValueError:
@@ -50,7 +61,9 @@ class Partition:
         raise UserInputError(usage)
 
     def __str__(self) -> str:
-        return {"iid": "iid", "dirichlet": f"dirichlet:{self.alpha:g}", "shards": f"shards:{self.shards}"}[self.scheme]
+        if self.alpha is not None:
+            return f"{self.scheme}:{self.alpha:g}"
+        return {"iid": "iid", "shards": f"shards:{self.shards}"}[self.scheme]
 
     @property
     def needs_labels(self) -> bool:
@@ -69,6 +82,8 @@ class Partition:
             parts = np.array_split(rng.permutation(n_samples), devices)
         elif self.scheme == "dirichlet":
             parts = _dirichlet(np.asarray(labels), devices, self.alpha, rng)
+        elif self.scheme == "dirichlet_equal":
+            parts = _dirichlet_equal(np.asarray(labels), devices, self.alpha, rng)
         else:
             parts = _shards(np.asarray(labels), devices, self.shards, rng)
         return [np.sort(np.asarray(p, dtype=int)) for p in parts]
@@ -87,6 +102,23 @@ def _dirichlet(labels: np.ndarray, devices: int, alpha: float, rng: np.random.Ge
             return [np.array(p) for p in parts]
     raise UserInputError(f"dirichlet:{alpha:g} left some of {devices} devices with fewer than {least} samples in "
                          f"{DIRICHLET_TRIES} draws: use fewer devices, more samples or a larger alpha")
+
+
+def _dirichlet_equal(labels: np.ndarray, devices: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    classes, counts = np.unique(labels, return_counts=True)
+    concentration = alpha * len(classes) * counts / len(labels)
+    left = {label: list(rng.permutation(np.flatnonzero(labels == label))) for label in classes}
+    sizes = [len(part) for part in np.array_split(np.arange(len(labels)), devices)]
+    parts: list[list[int]] = [[] for _ in range(devices)]
+    for device in rng.permutation(devices):  # seed-fixed order: no device index is always the last filled
+        wanted = rng.multinomial(sizes[device], rng.dirichlet(concentration))
+        for label, count in zip(classes, wanted):
+            take = min(int(count), len(left[label]))
+            parts[device] += [left[label].pop() for _ in range(take)]
+        # What an exhausted class could not give comes from the classes left, the fullest first.
+        while len(parts[device]) < sizes[device]:
+            parts[device].append(left[max(classes, key=lambda label: len(left[label]))].pop())
+    return [np.array(part) for part in parts]
 
 
 def _shards(labels: np.ndarray, devices: int, per_device: int, rng: np.random.Generator) -> list[np.ndarray]:
