@@ -71,8 +71,8 @@ def test_two_shards_give_at_most_two_label_runs() -> None:
     assert all(len(p) == 50 for p in parts)
 
 
-@pytest.mark.parametrize("text", ["", "dirichlet", "dirichlet:0", "dirichlet:x", "dirichlet_equal", "dirichlet_equal:-1", "shards:0",
-                                  "iid:3", "noniid"])
+@pytest.mark.parametrize("text", ["", "dirichlet", "dirichlet:0", "dirichlet:x", "dirichlet_equal",
+                                  "dirichlet_equal:-1", "shards:0", "iid:3", "noniid"])
 def test_bad_partitions_are_user_errors(text: str) -> None:
     with pytest.raises(UserInputError, match="--partition"):
         Partition.parse(text)
