@@ -22,7 +22,7 @@ Re-upload *(choice)*: every round uploads the activations again. The server's pe
 never replaces a value it holds (`protocol.server.side_tuning`), so new targets for the same
 samples make a new session, not an update; each round's bytes are in the summary's `rounds`
 records and in its totals. Over the network a round's upload is not resumable (its ids are fresh):
-a device that finds a round begun in its work directory refuses to run it again.
+a device that finds a round begun in its work directory refuses before it connects.
 
 Privacy: each round releases every sample's targets once more, through the run's own chain (`none`,
 or `gaussian` / `gaussian_r`, calibrated for all R releases: `secure_assist.mechanisms.delta`), whose
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Iterable
 
 from protocol.device.forward_device import new_sample_ids
@@ -48,6 +49,17 @@ from secure_assist.training.run import StartedRun, finish, judge, train_side
 from secure_assist.training.summary import RunSummary
 from secure_assist.training.workdir import (DEVICE_DIR, ground_truth_file, server_dir, write_ground_truth,
                                            write_round_records)
+
+
+def refuse_begun_rounds(config: FinetuneConfig) -> None:
+    """Before a network run connects: refuse a work directory that already began a round k >= 2 against the
+    server. That round's uploads carried fresh ids, so sent again they would join what the server kept of
+    the first attempt."""
+    begun = [k for k in range(2, config.rounds + 1)
+             if (Path(config.workdir) / DEVICE_DIR / ground_truth_file(k)).exists()]
+    if begun:
+        raise UserInputError(f"{config.workdir} already began boosting round {begun[0]} against this server, whose "
+                             "round state cannot be resumed: start over with a fresh --workdir and device identity")
 
 
 def boost(run: StartedRun, outcome: TrainOutcome) -> RunSummary:
@@ -102,10 +114,6 @@ def boost_round(run: StartedRun, number: int, deployed: SideOutput) -> tuple[Sid
     """Round `number` on top of `deployed` (p_b + deployed is the model to beat): its side output,
     restored and safeguarded (shrunk or dropped in place), and its record for the summary."""
     config, device, mode, host = run.config, run.device, run.mode, run.host
-    if host is None and (run.workdir / DEVICE_DIR / ground_truth_file(number)).exists():
-        # Its uploads carry fresh ids: resumed, they would join what the server kept of the first attempt.
-        raise UserInputError(f"{run.workdir} already began boosting round {number} against this server, whose round "
-                             "state cannot be resumed: start over with a fresh --workdir and device identity")
     session = replace(run, channel=run.channel.reopen())  # in process: the run's host opens round `number`
     forwards, started = device.forward_samples, time.perf_counter()
     try:

@@ -262,8 +262,10 @@ def run_training(config: FinetuneConfig, channel: Channel | None = None, progres
     """Run `config` end to end (`start_run`, `train_side`, `deploy`; with `rounds` > 1, the boosting
     rounds of `secure_assist.training.rounds` between the first round's safeguard and the
     evaluation); see `start_run` for `channel`."""
-    from secure_assist.training.rounds import boost  # it builds on this module's steps
+    from secure_assist.training.rounds import boost, refuse_begun_rounds  # it builds on this module's steps
 
+    if channel is not None:
+        refuse_begun_rounds(config)
     run = start_run(config, channel, progress, overwrite, on_acknowledged)
     try:
         outcome = train_side(run)
