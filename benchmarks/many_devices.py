@@ -6,10 +6,13 @@ FedAvg plain / +DP / +SecAgg. Per row: accuracy over devices (mean, p10, min) on
 split and on each device's own distribution, what the server buys per device over device_local (paired
 per device, 95% CI by bootstrap over devices), the best server-side label leak against the activations-only
 baseline (mean and max over devices), cross-device membership TPR at 1% FPR where measured, bytes and
-seconds per device and the server's seconds. The devices' forward passes are computed once per audit
-(`reuse_forwards`) and read back from the device cache by the next audits.
+seconds per device and the server's seconds. A setting the audit refuses (dirichlet:0.5 cannot split 2,000
+samples over N = 100 devices: some would hold 0-1 samples) is listed with its reason, and the others run. The
+devices' forward passes are computed once per audit (`reuse_forwards`) and read back from the device cache by
+the next audits.
 
     python benchmarks/many_devices.py --output runs/many_devices --poisoning   # SmolLM2-135M, 2,000 samples: N = 20, 100
+    python benchmarks/many_devices.py --output runs/many_devices --devices 100 --partitions dirichlet_equal:0.5
     python benchmarks/many_devices.py --output runs/many_devices_20 --devices 20 --partitions iid
     python benchmarks/many_devices.py --output runs/many_devices_trusting --devices 20 --partitions iid \\
         --safeguard-fraction 0   # every device deploys what it receives (or trains) as it is
@@ -30,6 +33,7 @@ from typing import Any
 # shadow the attacks package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from protocol.errors import UserInputError  # noqa: E402
 from secure_assist.audit.config import DEVICES_DEFAULT_VARIANTS, FEDAVG_VARIANTS, AuditConfig  # noqa: E402
 from secure_assist.audit.report import write_reports  # noqa: E402
 from secure_assist.audit.runner import run_audit  # noqa: E402
@@ -98,7 +102,12 @@ def main() -> None:
                                  attacks=args.attacks, poisoning=args.poisoning,
                                  safeguard_fraction=args.safeguard_fraction,
                                  output=str(Path(args.output) / f"n{devices}_{partition.replace(':', '')}"))
-            report = run_audit(config, progress=not args.quiet)
+            try:
+                report = run_audit(config, progress=not args.quiet)
+            except UserInputError as exc:  # e.g. dirichlet:0.5 at N = 100: the other settings still run
+                results.append({"devices": devices, "partition": partition, "refused": str(exc)})
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+                continue
             write_reports(report, config.output)
             results.append({"devices": devices, "partition": partition, "report": f"{config.output}/report.html",
                             "samples_per_device": args.train_samples / devices,

@@ -2,8 +2,8 @@
 
 `SecureAssistError` is the root: the CLI turns it into a one-line message and a
 non-zero exit code instead of a traceback. Subclasses say who made the mistake.
-`PrivacyWarning` lives here too, apart from the mechanisms that emit it, so that the
-CLI can format it without importing them (they load torch).
+The warnings the CLI shows as one line live here too, apart from the code that emits them, so
+that the CLI can format them without importing it (it loads torch).
 """
 
 
@@ -21,3 +21,8 @@ class ProtocolError(SecureAssistError):
 
 class PrivacyWarning(UserWarning):
     """Raised (as a warning) when a run sends signals that the server can read in the clear."""
+
+
+class CappedRequestWarning(UserWarning):
+    """Raised (as a warning) when the data holds fewer samples than a run asked for: the run goes on
+    with what there is, and says so."""

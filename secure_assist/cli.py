@@ -1,7 +1,7 @@
 """The `secure-assist` command line.
 
 Every user mistake ends as one `error:` line and exit code 2, never a traceback; a
-privacy warning is one `warning:` line.
+privacy warning, or a request the data could not fully serve, is one `warning:` line.
 
 Building the parser imports no command's heavy dependencies (torch, transformers,
 TenSEAL): each handler imports them when it runs, so `--help` answers at once.
@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence, TextIO
 
-from protocol.errors import PrivacyWarning, SecureAssistError
+from protocol.errors import CappedRequestWarning, PrivacyWarning, SecureAssistError
 from secure_assist.commands import attack, audit, compare, device, finetune, keys, predict, serve
 
 EXIT_USER_ERROR = 2
@@ -23,6 +23,8 @@ EXIT_INTERRUPTED = 130
 
 # The one list of subcommands: each module has `register(subparsers)`.
 COMMANDS = (finetune, predict, attack, audit, compare, keys, serve, device)
+# The warnings addressed to the CLI's user, each shown as one line.
+LINE_WARNINGS = (PrivacyWarning, CappedRequestWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def privacy_warnings_as_lines() -> Iterator[None]:
-    """Within the block, show each PrivacyWarning as one line on stderr,
+def toolkit_warnings_as_lines() -> Iterator[None]:
+    """Within the block, show each of `LINE_WARNINGS` as one line on stderr,
     `warning: mechanism 'none': ... sent to the server unprotected`, instead of Python's
     format with the emitting file, line number and source line (which say nothing to a
     CLI user). Other warnings, and library callers outside the CLI, keep the usual format
@@ -46,7 +48,7 @@ def privacy_warnings_as_lines() -> Iterator[None]:
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: TextIO | None = None, line: str | None = None) -> Any:
-        if not issubclass(category, PrivacyWarning):
+        if not issubclass(category, LINE_WARNINGS):
             return shown_before(message, category, filename, lineno, file, line)
         print(f"warning: {message}", file=sys.stderr if file is None else file)
         return None
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `secure-assist` console script."""
     args = build_parser().parse_args(argv)
     try:
-        with privacy_warnings_as_lines():
+        with toolkit_warnings_as_lines():
             return args.handler(args)
     except (SecureAssistError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

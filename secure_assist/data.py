@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-from protocol.errors import UserInputError
+from protocol.errors import CappedRequestWarning, UserInputError
 from protocol.data.instructions import InstructionTask, parse_instructions
 from protocol.data.tasks import BUILTIN_TASKS, Example, TaskSpec, builtin_split, load_examples, parse_examples, sample
 from secure_assist.config import FinetuneConfig
@@ -44,11 +45,23 @@ def subsets(config: FinetuneConfig, train_pool: list[E], eval_pool: list[E] | No
         shuffled = sample(train_pool, None, config.seed)
         cut = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
         eval_pool, train_pool = shuffled[:cut], shuffled[cut:]
-    train = sample(train_pool, min(config.train_samples, len(train_pool)) if config.train_samples else None,
-                   config.seed)
-    evaluate = (sample(eval_pool, min(config.eval_samples, len(eval_pool)), config.seed + 1)
-                if config.eval_samples else eval_pool)
+        held_out = f" (without --eval-file, {HELD_OUT_FRACTION:.0%} of the train file is held out for evaluation)"
+    else:
+        held_out = ""
+    train = sample(train_pool, capped(config.train_samples, len(train_pool), "--train-samples", "training", held_out)
+                   if config.train_samples else None, config.seed)
+    evaluate = (sample(eval_pool, capped(config.eval_samples, len(eval_pool), "--eval-samples", "evaluation", ""),
+                       config.seed + 1) if config.eval_samples else eval_pool)
     return train, evaluate
+
+
+def capped(asked: int, available: int, flag: str, split: str, why: str) -> int:
+    """`asked`, or `available` where that is fewer, said in a `CappedRequestWarning`: the run goes on with
+    every sample there is rather than stopping, and its summary's sample counts are what it used."""
+    if asked > available:
+        warnings.warn(f"{flag} {asked} is more than the {available} {split} samples available{why}: using {available}",
+                      CappedRequestWarning, stacklevel=3)
+    return min(asked, available)
 
 
 def resolve_data(config: FinetuneConfig) -> tuple[TaskSpec, list[Example], list[Example]]:
