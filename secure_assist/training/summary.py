@@ -33,7 +33,7 @@ class RunSummary:
     final_train_loss: float | None
     bytes_up: int  # on the wire; 0 when nothing leaves the device
     bytes_down: int
-    upload_bytes_per_sample: float
+    upload_bytes_per_sample: float  # the run's upload bytes, every round's, per uploaded sample
     upload_wire_bytes_this_session: int
     reconnects: int
     # Forward passes of the uploads and the safeguard's validation (also those reused from the device cache) + the
