@@ -125,6 +125,9 @@ class ServerLimits:
     checkpoint_seconds: float = _limit(
         300.0, "least time between two training checkpoints of a device (each rewrites its network and optimizer "
                "state); a clean stop writes the last, and a crash resumes exactly from the one before")
+    train_reply_seconds: float = _limit(
+        60.0, "time one training request may train before the server replies with the epochs done so far (the "
+              "epoch in progress is finished first); the device asks again for the rest, on the same schedule")
     # Pools (protocol.modes.pooled): what a pool's members together make the server hold and wait for.
     max_pool_members: int = _limit(64, "pooled: devices that may join one pool")
     max_pool_samples: int = _limit(100_000, "pooled: samples one pool's members may have stored together (the "

@@ -85,7 +85,9 @@ class SideTuningServer(RecordingEndpoint):
         if isinstance(message, self.UPLOAD):
             return self._on_upload(message)
         if isinstance(message, TrainUntil):
-            samples, loss = self.trainer.train_until(message.epochs_total, self._training_set)
+            # Bounded per reply, so that no request outlasts the device's wait for it: the device asks again.
+            reply_seconds = self.limits.train_reply_seconds if self.limits is not None else None
+            samples, loss = self.trainer.train_until(message.epochs_total, self._training_set, reply_seconds)
             return TrainReport(epochs_done=self.trainer.epochs_done, samples=samples, loss=loss)
         if isinstance(message, FetchWeights):
             return self._weights_message()

@@ -137,23 +137,30 @@ class SideTrainer:
         if self._arrivals_since_checkpoint >= self.training.checkpoint_every_uploads:
             self._save_when_due()
 
-    def train_until(self, epochs_total: int, training_set: Callable[[], TrainingSet]) -> tuple[int, float]:
-        """Cached epochs until `epochs_total` are done (the arrival pass was epoch 1): (samples, last loss)."""
-        return self.train_epochs(max(0, epochs_total - max(1, self.epochs_done)), training_set)
+    def train_until(self, epochs_total: int, training_set: Callable[[], TrainingSet],
+                    seconds: float | None = None) -> tuple[int, float]:
+        """Cached epochs until `epochs_total` are done (the arrival pass was epoch 1), or, with `seconds`, until the
+        first epoch boundary after that long (`epochs_done` says how far it got): (samples, last loss). Asked
+        again for the same total, the training goes on where it stopped, on the same schedule."""
+        return self.train_epochs(max(0, epochs_total - max(1, self.epochs_done)), training_set, seconds)
 
-    def train_epochs(self, epochs: int, training_set: Callable[[], TrainingSet]) -> tuple[int, float]:
-        """`epochs` more epochs over the whole training set: (samples, the last epoch's mean loss)."""
+    def train_epochs(self, epochs: int, training_set: Callable[[], TrainingSet],
+                     seconds: float | None = None) -> tuple[int, float]:
+        """`epochs` more epochs over the whole training set, or with `seconds` those done by the first epoch
+        boundary after that long: (samples, the last epoch's mean loss)."""
         if self.network is None:
             raise ProtocolError("nothing to train on: no upload received yet")
         if self.epochs_done == 0:
             self.epochs_done = 1  # the streaming pass over uploads was epoch 1
         activations, targets, offsets = training_set()
         samples = len(targets) if offsets is None else len(offsets) - 1
-        # The decay spans this request: a restarted server asked for the same total
-        # (TrainUntil) resumes on the same schedule.
+        # The decay spans this request: a restarted server, or a request cut short by `seconds`, asked
+        # again for the same total (TrainUntil) resumes on the same schedule.
         horizon = self.epochs_done + epochs
-        loss = 0.0
-        for _ in range(epochs):
+        loss, started = 0.0, time.monotonic()
+        for done in range(epochs):
+            if done and seconds is not None and time.monotonic() - started >= seconds:
+                break  # at least one epoch per request: every request makes progress
             order = torch.randperm(samples, generator=self.generator)
             batches = order.split(self.training.batch_size)
             losses = []

@@ -62,7 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--reconnect-seconds", type=float, default=120.0,
                         help="how long to keep retrying a broken link (default: 120)")
     parser.add_argument("--request-timeout", type=float, default=600.0,
-                        help="seconds to wait for one reply, e.g. the server's training (default: 600)")
+                        help="seconds to wait for one reply (the server answers a training request within its "
+                             "--train-reply-seconds, 60 by default, plus the epoch in progress; default: 600)")
     add_config_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming --workdir")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

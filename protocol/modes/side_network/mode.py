@@ -8,6 +8,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from protocol.errors import ProtocolError
 from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
@@ -45,9 +46,16 @@ class SideNetworkMode(TrainingMode):
         return network_from_arrays(weights.state, weights.architecture, AdditiveSideNetwork)
 
     def training_report(self, channel: Channel, epochs: int) -> TrainReport:
-        """Have the server train until `epochs` are done."""
+        """Have the server train until `epochs` are done, asking again while a reply (bounded in time by the
+        server's `train_reply_seconds`) says fewer are."""
         # TrainUntil is idempotent: a request retried after a reconnect never over-trains.
-        return expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+        report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+        while report.epochs_done < epochs:
+            done = report.epochs_done
+            report = expect(channel.request(TrainUntil(epochs_total=epochs)), TrainReport)
+            if report.epochs_done <= done:  # a server that never gets there cannot hold the device for ever
+                raise ProtocolError(f"the server's training stopped at {report.epochs_done} of {epochs} epochs")
+        return report
 
     def train(self, channel: Channel, epochs: int, mechanisms: DeviceProtections) -> TrainOutcome:
         report = self.training_report(channel, epochs)
