@@ -60,6 +60,8 @@ CKKS_QUOTAS = "tests/test_ckks_quotas.py"
 POOLED = "tests/test_pooled.py"
 ROUNDS = "tests/test_rounds.py"
 ROUNDS_TRANSPORT = "tests/test_rounds_transport.py"
+ROUNDS_REFRESH = "tests/test_rounds_refresh.py"
+REPLIES = "tests/test_training_replies.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # Randomized response.
@@ -346,7 +348,28 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("network_round_sent_twice", "secure_assist.training.rounds",
            "    if begun:\n", "    if False:\n",
            (f"{ROUNDS_TRANSPORT}::test_rounds_over_tls_equal_the_in_process_rounds_and_are_not_run_twice",),
-           "a rerun sends a begun round again under fresh ids, mixed on the server with the first attempt's"),
+           "a rerun sends a begun round's targets again, on top of the server's state of the first attempt"),
+    Mutant("refresh_expansion_unbounded", "protocol.server.side_tuning",
+           "        if size > limit:\n", "        if False:\n",
+           (f"{ROUNDS_REFRESH}::test_the_upload_refreshed_targets_stand_for_must_fit_in_a_frame",),
+           "a small refresh message makes the server read round 1's states for any number of samples into memory"),
+    Mutant("refresh_outside_a_round", "protocol.server.side_tuning",
+           "        if self.first_round is None:\n", "        if False:\n",
+           (f"{ROUNDS_REFRESH}::test_refreshed_targets_outside_a_later_round_are_refused",),
+           "refreshed targets sent to a round-1 role fail inside it (an internal error) instead of a refusal"),
+    Mutant("refresh_repeats_a_sample", "protocol.wire.messages",
+           "if len(np.unique(ids, axis=0)) != len(ids):", "if False:",
+           (f"{ROUNDS_REFRESH}::test_a_sample_is_refreshed_once_per_message",),
+           "one refresh message names a sample many times, each standing for a copy of its states"),
+    Mutant("upload_of_an_empty_network", "protocol.wire.messages",
+           "if 0 in acts.shape[1:] or delta.shape[1] == 0:", "if False:",
+           ("tests/test_core_messages.py::test_rejects_uploads_that_describe_an_empty_network",),
+           "an upload of zero classes, layers or width fails inside the server role: an unanswered, unthrottled "
+           "internal error with its traceback in the server's log"),
+    Mutant("training_reply_unbounded", "protocol.server.trainer",
+           "if done and seconds is not None and time.monotonic() - started >= seconds:", "if False:",
+           (f"{REPLIES}::test_training_replies_epoch_by_epoch_and_gives_the_single_requests_model",),
+           "one training request holds the device's thread for the whole training and outlasts the device's wait"),
     Mutant("rounds_rerun_the_backbone", "secure_assist.task_kinds.classification",
            "if config.reuse_forwards or config.rounds > 1:", "if config.reuse_forwards:",
            (f"{ROUNDS}::test_rounds_after_the_first_run_no_backbone_pass",),

@@ -76,3 +76,18 @@ def test_rejects_oversize_and_garbage() -> None:
     for garbage in (b"", b"\x01", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00[]"):
         with pytest.raises(ProtocolError):
             decode_message(garbage)
+
+
+@pytest.mark.parametrize("activations, delta, layers", [
+    ((3, 2, 8), (3, 0), (1, 2)),  # no class
+    ((3, 2, 0), (3, 2), (1, 2)),  # no activation value
+    ((3, 0, 8), (3, 2), ()),  # no layer
+])
+def test_rejects_uploads_that_describe_an_empty_network(activations, delta, layers) -> None:
+    """Before, such an upload decoded and failed inside the server role while it sized the side network: not a
+    protocol error, so the transport logged an internal error with its traceback (outside the peer log's
+    rate limit) instead of answering with an error."""
+    empty = Upload(sample_ids=new_sample_ids(3), activations=np.zeros(activations, np.float16),
+                   delta=np.zeros(delta, np.float32), layers=layers)
+    with pytest.raises(ProtocolError, match="at least one layer, one activation value and one Δ value"):
+        decode_message(encode_message(empty))

@@ -27,7 +27,7 @@ from protocol.model.summed_side import SummedSide
 from protocol.modes.generation.device import AnswerBatch, GenerationDevice, residual_signal
 from protocol.modes.generation.messages import GenerationUpload
 from protocol.server.transcript import ServerView
-from protocol.wire.messages import Upload
+from protocol.wire.messages import RefreshedTargets, Upload
 from secure_assist.audit.config import (AuditConfig, audit_variants, device_local_config, fingerprint,
                                         variant_finetune_config)
 from secure_assist.cli import main
@@ -90,9 +90,12 @@ def test_round_two_uploads_delta_refreshed_at_the_deployed_sum_to_its_own_server
     assert [r["server_view"] for r in summary["rounds"]] == [str(workdir / "server"), str(workdir / "server_round2")]
     assert summary["server_view"] == str(workdir / "server")  # round 1's, where every consumer reads it
     assert ServerView(workdir / "server").mode() == ServerView(workdir / "server_round2").mode() == "side_network"
-    first_ids = {json.loads(line)["sample_id"] for line in (workdir / DEVICE_DIR / ground_truth_file(1)).open()}
-    second_ids = {json.loads(line)["sample_id"] for line in (workdir / DEVICE_DIR / ground_truth_file(2)).open()}
-    assert len(second_ids) == summary["n_train"] and not first_ids & second_ids  # fresh ids, every sample again
+    first_ids = [json.loads(line)["sample_id"] for line in (workdir / DEVICE_DIR / ground_truth_file(1)).open()]
+    second_ids = [json.loads(line)["sample_id"] for line in (workdir / DEVICE_DIR / ground_truth_file(2)).open()]
+    assert len(second_ids) == summary["n_train"] and second_ids == first_ids  # every sample, under round 1's id
+    # Round 2 sent only its targets; its view records the upload they stand for, round 1's A with them.
+    assert ServerView(workdir / "server_round2").received(RefreshedTargets) == []
+    assert summary["rounds"][1]["upload_bytes"] < summary["rounds"][0]["upload_bytes"] / 4
     activations_1, delta_1 = _uploads(workdir, 1)
     activations_2, delta_2 = _uploads(workdir, 2)
     assert np.array_equal(activations_1, activations_2)  # the same A

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from protocol.model.backbone import Backbone
 from protocol.wire.channel import Channel
 from protocol.errors import UserInputError
-from protocol.wire.messages import SAMPLE_ID_BYTES, Message, Upload
+from protocol.wire.messages import SAMPLE_ID_BYTES, Message, Upload, refreshed_targets
 from protocol.data.tasks import Example, TaskSpec
 
 PAYLOAD_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -161,19 +161,23 @@ class ForwardDevice:
     def send(self, channel: Channel, chunk: list[Any], outputs: Any, sample_ids: np.ndarray,
              deployed: torch.nn.Module | None = None) -> None:
         """Upload one batch (its targets as `make_upload` forms them), through the protection transform
-        when there is one."""
+        when there is one. With `deployed` (a boosting round >= 2, under the ids of round 1, whose server
+        holds the batch's states) only the refreshed targets are sent (`RefreshedTargets`)."""
         upload = self.make_upload(chunk, outputs, sample_ids, deployed)
-        if self.transform is None:
-            channel.request(upload)
-            return
-        for message in self.transform.transform(upload, *self.mechanism_inputs(chunk, outputs)):
-            channel.request(message)
+        messages = [upload] if self.transform is None else self.transform.transform(
+            upload, *self.mechanism_inputs(chunk, outputs))
+        self._request_all(channel, messages, refreshing=deployed is not None)
 
-    def finish(self, channel: Channel) -> None:
-        """Send what the protection transform held back (nothing without one)."""
+    def finish(self, channel: Channel, refreshing: bool = False) -> None:
+        """Send what the protection transform held back (nothing without one); `refreshing`: a boosting
+        round's, whose states the server holds (only the targets go)."""
         if self.transform is not None:
-            for message in self.transform.flush():
-                channel.request(message)
+            self._request_all(channel, self.transform.flush(), refreshing)
+
+    @staticmethod
+    def _request_all(channel: Channel, messages: list[Message], refreshing: bool) -> None:
+        for message in messages:
+            channel.request(refreshed_targets(message) if refreshing else message)
 
 
 class DeviceRole(ForwardDevice):

@@ -127,6 +127,7 @@ class ModeHost:
         if number != 1 and endpoint.quota is not None:  # a round's disk quota is the namespace's, every round in it
             endpoint.quota = DeviceQuota(self.workdir, self.limits)
         endpoint.mode = mode
+        endpoint.first_round = self.workdir if number != 1 else None  # the states its refreshed targets pair with
         self.endpoint, self.mode, self.round, self._endpoint_closed = endpoint, mode, number, False
 
     def _recorded(self, name: str) -> str | None:

@@ -42,6 +42,7 @@ class ActivationCache:
 
     SCHEMA = _SCHEMA
     VALUES = "delta"
+    SHAPE = ("n_layers", "hidden_size")  # the columns giving one sample's states' shape
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -119,14 +120,38 @@ class ActivationCache:
 
     def _stored(self, keys: list[bytes]) -> dict[bytes, tuple[bytes, str, bytes]]:
         """Cached rows among `keys`: id -> (activation bytes, their dtype, `VALUES` bytes)."""
-        found: dict[bytes, tuple[bytes, str, bytes]] = {}
+        return self._select(keys, f"activations, act_dtype, {self.VALUES}")
+
+    def _select(self, keys: list[bytes], columns: str) -> dict[bytes, tuple]:
+        """Cached rows among `keys`: id -> the values of `columns`."""
+        found: dict[bytes, tuple] = {}
         # SQLite limits the number of bound parameters per statement.
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            query = (f"SELECT sample_id, activations, act_dtype, {self.VALUES} FROM samples "
-                     f"WHERE sample_id IN ({','.join('?' * len(chunk))})")
+            query = f"SELECT sample_id, {columns} FROM samples WHERE sample_id IN ({','.join('?' * len(chunk))})"
             found.update((row[0], tuple(row[1:])) for row in self._db.execute(query, chunk))
         return found
+
+    def state_sizes(self, sample_ids: np.ndarray) -> dict[bytes, int]:
+        """Bytes of the cached states of each of `sample_ids` the cache holds (id -> bytes)."""
+        return {key: row[0] for key, row in self._select([bytes(s) for s in sample_ids], "LENGTH(activations)").items()}
+
+    def states(self, sample_ids: np.ndarray) -> list[np.ndarray]:
+        """The cached states of each sample, in the order given (each of shape `SHAPE`; every id must be cached)."""
+        keys = [bytes(s) for s in sample_ids]
+        rows = self._select(keys, f"activations, act_dtype, {', '.join(self.SHAPE)}")
+        if len(rows) != len(set(keys)):
+            raise ProtocolError("some sample ids are not cached")
+        out = []
+        for key in keys:
+            data, dtype, *shape = rows[key]
+            if dtype not in _ALLOWED_DTYPES:
+                raise ProtocolError(f"cache row has unexpected dtype {dtype!r}")
+            array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
+            if array.size != int(np.prod(shape)):  # a corrupted row must fail loudly, not reshape into garbage
+                raise ProtocolError("cache row size does not match its recorded shape")
+            out.append(array.reshape(shape).astype(dtype))
+        return out
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids (N,16) uint8, activations (N,L,d), delta (N,C) float32) in arrival order."""
@@ -176,6 +201,7 @@ class SequenceCache(ActivationCache):
 
     SCHEMA = _SEQUENCE_SCHEMA
     VALUES = "residual"
+    SHAPE = ("n_positions", "n_layers", "hidden_size")
 
     def put_sequences(self, sample_ids: np.ndarray, rows: list[slice], activations: np.ndarray,
                       residual: np.ndarray) -> np.ndarray:

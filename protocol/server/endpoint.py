@@ -8,9 +8,11 @@ they were. The checks that do not depend on the role (an upload's own shape and 
 the samples the device would hold, the device's disk and memory quotas) live here, so
 every role served over the network gets them; a role adds its own by extending `admit`
 and declares what a request adds to its disk and memory (`disk_added`, `memory_held_after`).
-A request the role refuses after admission, or that does not decode, is recorded by kind,
-digest and size only (it changed nothing); a reply identical to the last one of its kind
-is recorded by its digest.
+A role may carry out a short form as the full request it stands for (`carried_out_as`: a boosting
+round's refreshed targets are the upload of round 1's states with them), and the full request is then
+what is admitted and recorded. A request the role refuses after admission, or that does not decode,
+is recorded by kind, digest and size only (it changed nothing); a reply identical to the last one
+of its kind is recorded by its digest.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class RecordingEndpoint:
         self._last_reply: tuple[Message, bytes] | None = None
         # The training mode this endpoint serves (set by the host that opened it for a Hello).
         self.mode: str | None = None
+        # Round 1's state directory when this endpoint serves a later boosting round (set by the host).
+        self.first_round: Path | None = None
 
     def handle_bytes(self, data: bytes) -> bytes:
         """Answer one encoded request; a protocol violation becomes an ErrorReply."""
@@ -72,6 +76,7 @@ class RecordingEndpoint:
         start = time.perf_counter()
         try:
             self.check_stop()
+            message, data = self.carried_out_as(message, data)
             self.admit(message)
             self.admit_bytes(message, len(data))
         except ProtocolError as exc:
@@ -90,6 +95,11 @@ class RecordingEndpoint:
         out = self._record_reply(reply)
         self.compute_seconds += time.perf_counter() - start
         return out
+
+    def carried_out_as(self, message: Message, data: bytes) -> tuple[Message, bytes]:
+        """The request carried out for `message` and its wire form: the message itself, or for a short form
+        the full request it stands for (roles), which is then admitted, recorded and handled in its place."""
+        return message, data
 
     def admit(self, message: Message) -> None:
         """Raise ProtocolError (LimitExceeded for limits) for a request that must change nothing."""

@@ -9,6 +9,7 @@ recorded in the server's view (`protocol.server.transcript`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from pathlib import Path
@@ -25,10 +26,11 @@ from protocol.server.limits import ServerLimits
 from protocol.server.quotas import CACHED_EPOCH_COPIES, CHECKPOINT_DISK_COPIES, NETWORK_MEMORY_COPIES, weights_bytes
 from protocol.server.trainer import SideTrainer, TrainingSet
 from protocol.server.training_settings import ServerTraining
-from protocol.server.transcript import CACHE_FILE
-from protocol.wire.codec import DEFAULT_MAX_BYTES
+from protocol.server.transcript import CACHE_FILE, SIDE_NETWORK_FILE
+from protocol.wire.codec import DEFAULT_MAX_BYTES, read_metadata
 from protocol.wire.messages import (
-    FetchWeights, Message, ResentUpload, SideWeights, TrainReport, TrainUntil, Upload, UploadAck, encode_message,
+    FetchWeights, Message, RefreshedTargets, ResentUpload, SideWeights, TrainReport, TrainUntil, Upload, UploadAck,
+    decode_message, encode_message,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class SideTuningServer(RecordingEndpoint):
         self.trainer = SideTrainer(training, self.workdir, self.NETWORK, served=self._served_network,
                                    check_stop=self.check_stop,
                                    checkpoint_seconds=limits.checkpoint_seconds if limits is not None else 0.0)
+        self._first_round: tuple[ActivationCache, tuple[int, ...]] | None = None  # opened at the first refresh
         self.trainer.restore(len(self.cache))
         self.trainer.catch_up(len(self.cache), self._training_set)
         log.info("work directory open: %d cached samples, %d epochs done", len(self.cache), self.trainer.epochs_done)
@@ -75,6 +78,8 @@ class SideTuningServer(RecordingEndpoint):
         if self.network is not None:
             self.trainer.flush()
         self.cache.close()
+        if self._first_round is not None:
+            self._first_round[0].close()
         super().close()
 
     def _open_cache(self) -> ActivationCache:
@@ -92,6 +97,50 @@ class SideTuningServer(RecordingEndpoint):
         if isinstance(message, FetchWeights):
             return self._weights_message()
         return super().handle(message)
+
+    def carried_out_as(self, message: Message, data: bytes) -> tuple[Message, bytes]:
+        """Refreshed targets are carried out as the upload they stand for: the states this device uploaded in
+        round 1 with the targets refreshed, admitted, recorded (the round's view holds what the server knows)
+        and cached as such an upload would be; the device sends each sample's states once."""
+        if not isinstance(message, RefreshedTargets):
+            return message, data
+        if self.first_round is None:
+            raise ProtocolError("refreshed targets belong to a boosting round >= 2, paired with round 1's states")
+        first, layers = self._first_round_state()
+        sizes = first.state_sizes(message.sample_ids)
+        if len(sizes) != len(message.sample_ids):
+            raise ProtocolError(f"{len(message.sample_ids) - len(sizes)} of {len(message.sample_ids)} refreshed "
+                                "samples were not uploaded in round 1")
+        # Bounded before a state is read: the upload it stands for must fit where a sent upload would.
+        size = sum(sizes.values()) + message.targets.nbytes
+        limit = self.limits.max_frame_bytes if self.limits is not None else self.max_message_bytes
+        if size > limit:
+            what = f"the upload {len(sizes)} refreshed samples stand for ({size} bytes)"
+            raise self.limits.exceeded("max_frame_mib", what) if self.limits is not None else ProtocolError(
+                f"{what} exceeds {limit} bytes: send fewer samples per message")
+        data = encode_message(self._refreshed_upload(message, first.states(message.sample_ids), layers))
+        return decode_message(data, limit), data  # checked as a sent upload is (shapes, widths, values)
+
+    def _refreshed_upload(self, refresh: RefreshedTargets, states: list[np.ndarray],
+                          layers: tuple[int, ...]) -> Message:
+        """The upload of round 1's `states` with `refresh`'s targets (classification: one row per sample)."""
+        if (refresh.counts != 1).any():
+            raise ProtocolError("classification targets are one row per sample")
+        return Upload(sample_ids=refresh.sample_ids, activations=np.stack(states), delta=refresh.targets, layers=layers)
+
+    def _first_round_state(self) -> tuple[ActivationCache, tuple[int, ...]]:
+        """Round 1's cache (opened once) and the layers its uploads carried."""
+        if self._first_round is None:
+            cache_path, network = self.first_round / self.cache.path.name, self.first_round / SIDE_NETWORK_FILE
+            if not cache_path.is_file() or not network.is_file():
+                raise ProtocolError("round 1 holds no trained uploads of this mode to refresh")
+            try:
+                data = network.read_bytes()  # the server's own file (a frame's weights at most): read whole
+                layers = tuple(json.loads(read_metadata(data, len(data))["layers"]))
+            except (KeyError, ValueError) as exc:
+                raise ProtocolError(f"corrupt side-network file {network}: {exc}") from exc
+            self._first_round = (type(self.cache)(cache_path), layers)
+        return self._first_round
 
     def _output_size(self, upload: Upload) -> int:
         """Side values per row: C, the classes of Δ."""

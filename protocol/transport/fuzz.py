@@ -49,6 +49,8 @@ def _bytes(rng: Rng, n: int) -> np.ndarray:
 EXAMPLES: dict[str, Callable[[Rng], Message]] = {
     plain.Upload.TYPE: lambda r: plain.Upload(sample_ids=_ids(r, 2), activations=_floats(r, 2, 3, 4, dtype="float16"),
                                               delta=_floats(r, 2, 2), layers=(1, 2, 3)),
+    plain.RefreshedTargets.TYPE: lambda r: plain.RefreshedTargets(sample_ids=_ids(r, 2), counts=np.array([1, 2], np.int64),
+                                                                  targets=_floats(r, 3, 4)),
     plain.ResentUpload.TYPE: lambda r: plain.ResentUpload(sample_ids=_ids(r, 2), sha256="ab" * 32, wire_bytes=1000),
     plain.RecordedDigest.TYPE: lambda r: plain.RecordedDigest(kind="upload", outcome="refused", sha256="ab" * 32,
                                                               wire_bytes=1000),

@@ -18,7 +18,7 @@ import numpy as np
 
 from protocol.wire.codec import DEFAULT_MAX_BYTES, MAX_MESSAGE_HEADER_BYTES, decode, encode
 from protocol.errors import ProtocolError
-from protocol.modes.generation.messages import GenerationUpload, HeadGram
+from protocol.modes.generation.messages import MAX_POSITIONS, GenerationUpload, HeadGram, rows_of_counts
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.modes.pooled.messages import PoolPending
 from protocol.wire.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
@@ -61,7 +61,54 @@ class Upload(Message):
                 f"inconsistent shapes: ids {ids.shape}, activations {acts.shape}, delta {delta.shape}, "
                 f"{len(layers)} layers"
             )
+        if 0 in acts.shape[1:] or delta.shape[1] == 0:  # no side network has zero inputs or outputs
+            raise ProtocolError("an upload carries at least one layer, one activation value and one Δ value")
         return cls(sample_ids=ids, activations=acts, delta=delta, layers=tuple(layers))
+
+
+@dataclass(frozen=True)
+class RefreshedTargets(Message):
+    """A boosting round's upload without its states: for samples the device uploaded in round 1 (their ids),
+    the targets refreshed at the model deployed so far (classification Δ, one row per sample; generation r_t,
+    `counts` rows per sample). The round's server pairs them with the states it holds from round 1, so the
+    device sends each sample's states once (`protocol.server.side_tuning`)."""
+
+    TYPE: ClassVar[str] = "refreshed_targets"
+    sample_ids: np.ndarray  # uint8 (n, 16): round 1's ids, each at most once
+    counts: np.ndarray  # int64 (n,): rows of each sample, in order
+    targets: np.ndarray  # float32 (sum(counts), C or d)
+
+    def parts(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        return {"sample_ids": self.sample_ids, "counts": self.counts, "targets": self.targets}, {}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, object]) -> "RefreshedTargets":
+        _exact_keys(cls.TYPE, set(tensors) | set(meta), {"sample_ids", "counts", "targets"})
+        ids = _tensor(tensors, "sample_ids", ("uint8",), 2)
+        _check_ids(ids)
+        counts = _tensor(tensors, "counts", ("int64",), 1)
+        targets = _tensor(tensors, "targets", ("float32",), 2, finite=True)
+        if len(np.unique(ids, axis=0)) != len(ids):
+            raise ProtocolError("a sample's targets are refreshed once per message: sample_ids repeat")
+        if counts.shape != (len(ids),) or (counts < 1).any() or (counts > MAX_POSITIONS).any():
+            raise ProtocolError(f"counts must give 1..{MAX_POSITIONS} rows for each of {len(ids)} samples")
+        if targets.shape[0] != int(counts.sum()) or targets.shape[1] == 0:
+            raise ProtocolError(f"inconsistent shapes: {int(counts.sum())} rows, targets {targets.shape}")
+        return cls(sample_ids=ids, counts=counts, targets=targets)
+
+    def sample_rows(self) -> list[slice]:
+        """Each sample's rows of `targets`."""
+        return rows_of_counts(self.counts)
+
+
+def refreshed_targets(upload: Message) -> RefreshedTargets:
+    """What a boosting round sends of a full upload (`Upload` or `GenerationUpload`): its ids and targets."""
+    if isinstance(upload, Upload):
+        return RefreshedTargets(sample_ids=upload.sample_ids, counts=np.ones(len(upload.sample_ids), np.int64),
+                                targets=upload.delta)
+    if isinstance(upload, GenerationUpload):
+        return RefreshedTargets(sample_ids=upload.sample_ids, counts=upload.counts, targets=upload.residual)
+    raise ProtocolError(f"a {upload.TYPE!r} message has no refreshable targets")
 
 
 @dataclass(frozen=True)
@@ -300,8 +347,8 @@ class ModeAccepted(Message):
 # The one list of message types, every mode's messages named explicitly (never filled by
 # import side effects, so whether a transcript decodes does not depend on other imports).
 _MESSAGE_CLASSES: tuple[type[Message], ...] = (
-    Hello, ModeAccepted, Upload, ResentUpload, RecordedDigest, FullUpload, UploadAck, TrainUntil, TrainReport,
-    FetchWeights, SideWeights, ErrorReply,
+    Hello, ModeAccepted, Upload, RefreshedTargets, ResentUpload, RecordedDigest, FullUpload, UploadAck, TrainUntil,
+    TrainReport, FetchWeights, SideWeights, ErrorReply,
     EncryptedUpload, HeFitRequest, HeFitReply,
     SplitForward, SplitActivations, SplitBackward, CutGradients,
     HeadGram, GenerationUpload, PoolPending,

@@ -7,8 +7,8 @@ the sum of the earlier rounds' side outputs at the factors their safeguards chos
 Δ_k = onehot(y) − (p_b + S_{k−1}(A)); generation: r_t = W_Uᵀ(onehot(y_t) − softmax(z_t + W_U S_{k−1,t}))),
 from the passes it already holds (classification: its forward cache; generation: its passes kept in
 memory, `protocol.modes.generation.answer_cache`; both on whenever rounds > 1: no backbone pass);
-uploads (fresh sample ids, the same A, the refreshed targets) through the run's mechanism chain on a
-fresh connection whose Hello names round k, so the server opens a fresh role for it
+sends the refreshed targets (under round 1's sample ids, without A: `RefreshedTargets`) through the run's
+mechanism chain on a fresh connection whose Hello names round k, so the server opens a fresh role for it
 (`protocol.modes.host`: in process in `<workdir>/server_round<k>`; on `serve` in `round<k>/` of the
 device's namespace), which trains a new side output for `epochs`; fetches and restores it; and its
 safeguard judges it against p_b + S_{k−1}, shrinking or dropping it. A dropped round ends the rounds:
@@ -18,11 +18,12 @@ last are the run's `metrics`), and it is saved once at the end. Each round's rec
 `<workdir>/rounds.jsonl` as the round ends, so a stopped run keeps them. The offline measurement of
 exactly this for classification is `benchmarks/classification_rounds.py`.
 
-Re-upload *(choice)*: every round uploads the activations again. The server's per-device cache
-never replaces a value it holds (`protocol.server.side_tuning`), so new targets for the same
-samples make a new session, not an update; each round's bytes are in the summary's `rounds`
-records and in its totals. Over the network a round's upload is not resumable (its ids are fresh):
-a device that finds a round begun in its work directory refuses before it connects.
+States once *(choice)*: a round sends only the refreshed targets; its server role pairs them with the
+states it holds from round 1 and carries them out as that upload (`carried_out_as`: admitted under
+the same quotas, recorded in the round's view as the upload it stands for, cached in the round's own
+state, since the per-device cache never replaces a value it holds). Each round's bytes are in the
+summary's `rounds` records and in its totals. Over the network a begun round is not resumed: a device
+that finds a round begun in its work directory refuses before it connects.
 
 Privacy: each round releases every sample's targets once more, through the run's own chain (`none`,
 or `gaussian` / `gaussian_r`, calibrated for all R releases: `secure_assist.mechanisms.delta`), whose
@@ -36,7 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from protocol.device.forward_device import new_sample_ids
 from protocol.errors import UserInputError
 from protocol.model.side_output import SideOutput
 from protocol.model.summed_side import SummedSide
@@ -47,14 +47,14 @@ from secure_assist.task_kinds import task_kind
 from secure_assist.training.resources import PeakMemory
 from secure_assist.training.run import StartedRun, finish, judge, train_side
 from secure_assist.training.summary import RunSummary
-from secure_assist.training.workdir import (DEVICE_DIR, ground_truth_file, server_dir, write_ground_truth,
-                                           write_round_records)
+from secure_assist.training.workdir import (DEVICE_DIR, ground_truth_file, ground_truth_ids, server_dir,
+                                           write_ground_truth, write_round_records)
 
 
 def refuse_begun_rounds(config: FinetuneConfig) -> None:
     """Before a network run connects: refuse a work directory that already began a round k >= 2 against the
-    server. That round's uploads carried fresh ids, so sent again they would join what the server kept of
-    the first attempt."""
+    server. That round's server state holds the first attempt's targets and training, which a second attempt
+    (fresh noise under a randomized mechanism) would contradict."""
     begun = [k for k in range(2, config.rounds + 1)
              if (Path(config.workdir) / DEVICE_DIR / ground_truth_file(k)).exists()]
     if begun:
@@ -144,17 +144,18 @@ def boost_round(run: StartedRun, number: int, deployed: SideOutput) -> tuple[Sid
 
 
 def upload_refreshed(session: StartedRun, number: int, deployed: SideOutput) -> None:
-    """Round `number`'s upload: every uploaded sample again under a fresh id (recorded in the round's
-    ground truth), its activations as before and its targets refreshed at `deployed` by the device's
-    `make_upload` (Δ_k = onehot(y) − (p_b + deployed(A)); generation: r_t at z_t + W_U·deployed(A))."""
-    device, examples = session.device, session.upload_set
-    ids = new_sample_ids(len(examples))
-    write_ground_truth(session.workdir / DEVICE_DIR / ground_truth_file(number), ids, examples)
+    """Round `number`'s upload: every uploaded sample's targets refreshed at `deployed` by the device's
+    `make_upload` (Δ_k = onehot(y) − (p_b + deployed(A)); generation: r_t at z_t + W_U·deployed(A)), under its
+    round 1 id (recorded in the round's ground truth), without its states: the server pairs the targets with
+    the states it holds from round 1."""
+    device, examples, device_dir = session.device, session.upload_set, session.workdir / DEVICE_DIR
+    ids = ground_truth_ids(device_dir / ground_truth_file(1))
+    write_ground_truth(device_dir / ground_truth_file(number), ids, examples)
     start = 0
     for chunk, outputs in device.batches(examples, f"round {number} upload"):
         device.send(session.channel, chunk, outputs, ids[start:start + len(chunk)], deployed)
         start += len(chunk)
-    device.finish(session.channel)
+    device.finish(session.channel, refreshing=True)
 
 
 def _dropped(record: dict[str, Any]) -> bool:

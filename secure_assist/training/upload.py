@@ -25,7 +25,7 @@ from protocol.files import write_atomic
 from protocol.data.instructions import InstructionExample
 from protocol.data.tasks import Example
 from secure_assist.config import FinetuneConfig
-from secure_assist.training.workdir import GROUND_TRUTH_FILE, write_ground_truth
+from secure_assist.training.workdir import GROUND_TRUTH_FILE, ground_truth_ids, write_ground_truth
 
 PROGRESS_FILE = "upload_progress.json"
 
@@ -52,9 +52,7 @@ def _load_or_assign_ids(device_dir: Path, key: str, examples: list[Example], ove
             raise UserInputError(f"{device_dir} holds an upload under a randomized mechanism; resuming it "
                                  "would release re-sent samples twice, so it is refused (pass --overwrite to "
                                  "start a new run)")
-        rows = [json.loads(line) for line in truth_path.read_text().splitlines() if line]
-        ids = np.array([np.frombuffer(bytes.fromhex(r["sample_id"]), np.uint8) for r in rows])
-        return ids, int(progress["acknowledged_batches"])
+        return ground_truth_ids(truth_path), int(progress["acknowledged_batches"])
     if truth_path.exists() and not overwrite:
         raise UserInputError(f"{device_dir} already holds a run; pass --overwrite or another --workdir")
     ids = new_sample_ids(len(examples))

@@ -42,7 +42,7 @@ def server_dir(round_number: int = 1) -> str:
 
 
 def ground_truth_file(round_number: int = 1) -> str:
-    """The device's ground truth of a boosting round's uploads (each round draws fresh sample ids)."""
+    """The device's ground truth of a boosting round's uploads (every round under round 1's sample ids)."""
     return GROUND_TRUTH_FILE if round_number == 1 else f"ground_truth_round{round_number}.jsonl"
 
 
@@ -58,6 +58,12 @@ def prepare_workdir(workdir: Path, overwrite: bool) -> None:
             raise UserInputError(f"{workdir} already holds a run; pass --overwrite or choose another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+
+
+def ground_truth_ids(path: Path) -> np.ndarray:
+    """The sample ids of a ground truth file, in its order (the order of the examples it was written for)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return np.array([np.frombuffer(bytes.fromhex(r["sample_id"]), np.uint8) for r in rows])
 
 
 def write_ground_truth(path: Path, sample_ids: np.ndarray, examples: list[Example | InstructionExample]) -> None:

@@ -59,12 +59,19 @@ class GenerationUpload(Message):
                 or acts.shape[2] > MAX_HIDDEN):
             raise ProtocolError(f"inconsistent shapes: {rows} positions, activations {acts.shape}, residual "
                                 f"{residual.shape}, {len(layers)} layers")
+        if 0 in acts.shape[1:]:  # no side network has zero inputs or outputs
+            raise ProtocolError("a generation upload carries at least one layer and one activation value")
         return cls(sample_ids=ids, counts=counts, activations=acts, residual=residual, layers=layers)
 
     def sample_rows(self) -> list[slice]:
         """Each sample's rows of `activations` and `residual`."""
-        ends = np.cumsum(self.counts)
-        return [slice(int(end - count), int(end)) for end, count in zip(ends, self.counts)]
+        return rows_of_counts(self.counts)
+
+
+def rows_of_counts(counts: np.ndarray) -> list[slice]:
+    """The rows each sample owns when sample i owns the next `counts[i]` rows."""
+    ends = np.cumsum(counts)
+    return [slice(int(end - count), int(end)) for end, count in zip(ends, counts)]
 
 
 @dataclass(frozen=True)

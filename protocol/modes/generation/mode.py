@@ -20,7 +20,8 @@ from protocol.server.endpoint import RecordingEndpoint
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import (
-    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, UploadAck, expect,
+    ErrorReply, FetchWeights, Hello, ModeAccepted, RefreshedTargets, SideWeights, TrainReport, TrainUntil, UploadAck,
+    expect,
 )
 from protocol.server.training_settings import ServerTraining
 from protocol.server.transcript import ANSWER_ACTIVATIONS, HIDDEN_CORRECTION, RESIDUAL
@@ -36,8 +37,8 @@ class GenerationMode(SideNetworkMode):
 
     name = "generation"
     description = "PAE for free-text answers: states and r_t at the answer positions, a hidden-space correction"
-    messages = (Hello, ModeAccepted, HeadGram, GenerationUpload, UploadAck, TrainUntil, TrainReport, FetchWeights,
-                SideWeights, ErrorReply)
+    messages = (Hello, ModeAccepted, HeadGram, GenerationUpload, RefreshedTargets, UploadAck, TrainUntil, TrainReport,
+                FetchWeights, SideWeights, ErrorReply)
     view_fields = frozenset({ANSWER_ACTIVATIONS, RESIDUAL, HIDDEN_CORRECTION})
     task_kind = "generation"
 

@@ -25,7 +25,7 @@ from protocol.errors import ProtocolError
 from protocol.files import write_atomic
 from protocol.modes.generation.messages import GenerationUpload, HeadGram
 from protocol.server.limits import ServerLimits
-from protocol.wire.messages import Message, UploadAck
+from protocol.wire.messages import Message, RefreshedTargets, UploadAck
 from protocol.server.training_settings import ServerTraining
 from protocol.server.side_tuning import SideTuningServer
 from protocol.model.side_network import AdditiveSideNetwork, HiddenCorrection
@@ -118,6 +118,14 @@ class GenerationServer(SideTuningServer):
     def _conflicts(self, upload: GenerationUpload) -> bool:
         return self.cache.conflicts_sequences(upload.sample_ids, upload.sample_rows(), upload.activations,
                                               upload.residual)
+
+    def _refreshed_upload(self, refresh: RefreshedTargets, states: list[np.ndarray],
+                          layers: tuple[int, ...]) -> GenerationUpload:
+        """Round 1's positions' `states` with `refresh`'s r_t, each sample's rows as many as round 1 sent."""
+        if [len(sample) for sample in states] != refresh.counts.tolist():
+            raise ProtocolError("refreshed targets must give each sample the loss positions it had in round 1")
+        return GenerationUpload(sample_ids=refresh.sample_ids, counts=refresh.counts,
+                                activations=np.concatenate(states), residual=refresh.targets, layers=layers)
 
     def _upload_bytes(self, upload: GenerationUpload) -> int:
         return upload.activations.nbytes + upload.residual.nbytes

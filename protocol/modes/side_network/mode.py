@@ -13,7 +13,7 @@ from protocol.wire.channel import Channel
 from protocol.server.endpoint import RecordingEndpoint
 from protocol.server.limits import ServerLimits
 from protocol.wire.messages import (
-    ErrorReply, FetchWeights, Hello, ModeAccepted, SideWeights, TrainReport, TrainUntil, Upload,
+    ErrorReply, FetchWeights, Hello, ModeAccepted, RefreshedTargets, SideWeights, TrainReport, TrainUntil, Upload,
     UploadAck, expect,
 )
 from protocol.server.training_settings import ServerTraining
@@ -29,7 +29,7 @@ class SideNetworkMode(TrainingMode):
 
     name = "side_network"
     description = "PAE: the server trains the side network on uploaded pivot states and Δ"
-    messages = (Hello, ModeAccepted, Upload, UploadAck, TrainUntil, TrainReport, FetchWeights,
+    messages = (Hello, ModeAccepted, Upload, RefreshedTargets, UploadAck, TrainUntil, TrainReport, FetchWeights,
                 SideWeights, ErrorReply)
     view_fields = frozenset({PIVOT_ACTIVATIONS, DELTA, SIDE_NETWORK})
 
