@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
@@ -48,17 +49,21 @@ def subsets(config: FinetuneConfig, train_pool: list[E], eval_pool: list[E] | No
         held_out = f" (without --eval-file, {HELD_OUT_FRACTION:.0%} of the train file is held out for evaluation)"
     else:
         held_out = ""
-    train = sample(train_pool, capped(config.train_samples, len(train_pool), "--train-samples", "training", held_out)
+    train = sample(train_pool, capped(config, "train_samples", len(train_pool), "training", held_out)
                    if config.train_samples else None, config.seed)
-    evaluate = (sample(eval_pool, capped(config.eval_samples, len(eval_pool), "--eval-samples", "evaluation", ""),
-                       config.seed + 1) if config.eval_samples else eval_pool)
+    evaluate = (sample(eval_pool, capped(config, "eval_samples", len(eval_pool), "evaluation", ""), config.seed + 1)
+                if config.eval_samples else eval_pool)
     return train, evaluate
 
 
-def capped(asked: int, available: int, flag: str, split: str, why: str) -> int:
-    """`asked`, or `available` where that is fewer, said in a `CappedRequestWarning`: the run goes on with
-    every sample there is rather than stopping, and its summary's sample counts are what it used."""
-    if asked > available:
+def capped(config: FinetuneConfig, name: str, available: int, split: str, why: str) -> int:
+    """The samples `config.<name>` asks for, or `available` where that is fewer: the run goes on with every
+    sample there is rather than stopping, and its summary's sample counts are what it used. A request other than
+    the field's default (an explicit one) that the data cannot serve is said in a `CappedRequestWarning`; the
+    default is a ceiling, so a small data file is no surprise to warn about."""
+    asked, default = getattr(config, name), next(f.default for f in fields(FinetuneConfig) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    if available < asked != default:
         warnings.warn(f"{flag} {asked} is more than the {available} {split} samples available{why}: using {available}",
                       CappedRequestWarning, stacklevel=3)
     return min(asked, available)

@@ -26,11 +26,14 @@ def test_a_request_beyond_the_pools_is_capped_and_said() -> None:
         "--eval-samples 30 is more than the 10 evaluation samples available: using 10"]
 
 
-def test_a_request_within_the_pools_says_nothing() -> None:
+def test_a_request_within_the_pools_or_the_default_says_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train, evaluate = subsets(FinetuneConfig(train_samples=40, eval_samples=5), list(range(50)), list(range(9)))
-    assert (len(train), len(evaluate)) == (40, 5)
+        assert (len(train), len(evaluate)) == (40, 5)
+        # The default (2,000) is a ceiling: a small pool is used whole without a word.
+        train, evaluate = subsets(FinetuneConfig(), list(range(50)), None)
+        assert (len(train), len(evaluate)) == (40, 10)
 
 
 def test_the_cli_shows_the_cap_as_one_line(tmp_path: Path, capsys) -> None:
