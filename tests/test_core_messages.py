@@ -8,6 +8,7 @@ import pytest
 from protocol.wire.codec import encode
 from protocol.device.forward_device import new_sample_ids
 from protocol.errors import ProtocolError
+from protocol.modes.generation.messages import GenerationUpload
 from protocol.wire.messages import (
     PROTOCOL_VERSION, ErrorReply, FetchWeights, FullUpload, SideWeights, TrainReport, TrainUntil, Upload,
     UploadAck, decode_message, encode_message,
@@ -90,4 +91,13 @@ def test_rejects_uploads_that_describe_an_empty_network(activations, delta, laye
     empty = Upload(sample_ids=new_sample_ids(3), activations=np.zeros(activations, np.float16),
                    delta=np.zeros(delta, np.float32), layers=layers)
     with pytest.raises(ProtocolError, match="at least one layer, one activation value and one Δ value"):
+        decode_message(encode_message(empty))
+
+
+@pytest.mark.parametrize("activations, layers", [((3, 2, 0), (1, 2)), ((3, 0, 8), ())])
+def test_rejects_generation_uploads_that_describe_an_empty_network(activations, layers) -> None:
+    empty = GenerationUpload(sample_ids=new_sample_ids(2), counts=np.array([2, 1], np.int64),
+                             activations=np.zeros(activations, np.float16),
+                             residual=np.zeros((3, activations[2]), np.float32), layers=layers)
+    with pytest.raises(ProtocolError, match="at least one layer and one activation value"):
         decode_message(encode_message(empty))

@@ -18,7 +18,7 @@ import numpy as np
 
 from protocol.wire.codec import DEFAULT_MAX_BYTES, MAX_MESSAGE_HEADER_BYTES, decode, encode
 from protocol.errors import ProtocolError
-from protocol.modes.generation.messages import MAX_POSITIONS, GenerationUpload, HeadGram, rows_of_counts
+from protocol.modes.generation.messages import MAX_POSITIONS, GenerationUpload, HeadGram
 from protocol.modes.ckks_ridge.messages import EncryptedUpload, HeFitReply, HeFitRequest
 from protocol.modes.pooled.messages import PoolPending
 from protocol.wire.split_messages import CutGradients, SplitActivations, SplitBackward, SplitForward
@@ -95,10 +95,6 @@ class RefreshedTargets(Message):
         if targets.shape[0] != int(counts.sum()) or targets.shape[1] == 0:
             raise ProtocolError(f"inconsistent shapes: {int(counts.sum())} rows, targets {targets.shape}")
         return cls(sample_ids=ids, counts=counts, targets=targets)
-
-    def sample_rows(self) -> list[slice]:
-        """Each sample's rows of `targets`."""
-        return rows_of_counts(self.counts)
 
 
 def refreshed_targets(upload: Message) -> RefreshedTargets:

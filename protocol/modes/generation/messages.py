@@ -65,13 +65,8 @@ class GenerationUpload(Message):
 
     def sample_rows(self) -> list[slice]:
         """Each sample's rows of `activations` and `residual`."""
-        return rows_of_counts(self.counts)
-
-
-def rows_of_counts(counts: np.ndarray) -> list[slice]:
-    """The rows each sample owns when sample i owns the next `counts[i]` rows."""
-    ends = np.cumsum(counts)
-    return [slice(int(end - count), int(end)) for end, count in zip(ends, counts)]
+        ends = np.cumsum(self.counts)
+        return [slice(int(end - count), int(end)) for end, count in zip(ends, self.counts)]
 
 
 @dataclass(frozen=True)
